@@ -1,0 +1,1 @@
+"""The task decider: commands, events, state, `decide` and `evolve`. Pure: no I/O, no clock."""

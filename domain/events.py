@@ -1,0 +1,183 @@
+"""Task events: facts in the past tense, the wire contract of the event log.
+
+Schema rules: a new field gets a default; a field is never retyped or renamed; a breaking change is a
+new tag plus an upcaster. Metadata (event id, correlation, trace context, stored_at) travels in
+message headers and the stream, never in these types.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Union
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Event(msgspec.Struct, frozen=True, tag_field="event", omit_defaults=True):
+    """Base of every task event; the tag is the snake_case event name."""
+
+
+class Submitted(Event, tag="submitted"):
+    task_type: str
+    queue: str
+    tenant: str
+    priority: int = 5
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+    max_attempts: int = 3
+    timeout_s: float = 300.0
+    tags: tuple[str, ...] = ()
+    idempotency_key: str | None = None
+    body_hash: str | None = None
+
+
+class Scheduled(Event, tag="scheduled"):
+    run_at: datetime
+
+
+class Queued(Event, tag="queued"):
+    reason: str = "due"
+
+
+class Paused(Event, tag="paused"):
+    reason: str = ""
+
+
+class Resumed(Event, tag="resumed"):
+    pass
+
+
+class Updated(Event, tag="updated"):
+    payload: msgspec.Raw | None = None
+    priority: int | None = None
+    run_at: datetime | None = None
+
+
+class AttemptStarted(Event, tag="attempt_started"):
+    attempt: int
+    worker_id: str
+    lease_until: datetime
+    dispatch: int = 0
+
+
+class LeaseExtended(Event, tag="lease_extended"):
+    attempt: int
+    lease_until: datetime
+
+
+class Progressed(Event, tag="progressed"):
+    attempt: int
+    pct: float | None = None
+    note: str = ""
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What went wrong in an attempt."""
+
+    kind: str
+    message: str = ""
+    traceback: str = ""
+
+
+class AttemptFailed(Event, tag="attempt_failed"):
+    attempt: int
+    error: ErrorInfo
+    retryable: bool = True
+
+
+class AttemptTimedOut(Event, tag="attempt_timed_out"):
+    attempt: int
+    reason: str = "handler_timeout"  # or "lease_expired"
+
+
+class RetryScheduled(Event, tag="retry_scheduled"):
+    attempt: int
+    retry_at: datetime
+
+
+class Succeeded(Event, tag="succeeded"):
+    attempt: int
+    result: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class Failed(Event, tag="failed"):
+    attempt: int
+    reason: str = ""
+
+
+class DeadLettered(Event, tag="dead_lettered"):
+    reason: str = ""
+
+
+class CancelRequested(Event, tag="cancel_requested"):
+    reason: str = ""
+
+
+class Cancelled(Event, tag="cancelled"):
+    reason: str = ""
+    attempt: int = 0
+
+
+class Replayed(Event, tag="replayed"):
+    reason: str = ""
+
+
+class Archived(Event, tag="archived"):
+    pass
+
+
+class ZombieRejected(Event, tag="zombie_rejected"):
+    attempt: int
+    current_attempt: int
+    what: str  # the rejected report: "succeeded", "attempt_failed", ...
+    worker_id: str = ""
+
+
+class Deduplicated(Event, tag="deduplicated"):
+    idempotency_key: str
+
+
+TaskEvent = Union[
+    Submitted,
+    Scheduled,
+    Queued,
+    Paused,
+    Resumed,
+    Updated,
+    AttemptStarted,
+    LeaseExtended,
+    Progressed,
+    AttemptFailed,
+    AttemptTimedOut,
+    RetryScheduled,
+    Succeeded,
+    Failed,
+    DeadLettered,
+    CancelRequested,
+    Cancelled,
+    Replayed,
+    Archived,
+    ZombieRejected,
+    Deduplicated,
+]
+
+EVENT_TYPES: tuple[type[Event], ...] = TaskEvent.__args__  # type: ignore[attr-defined]
+EVENT_NAMES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in EVENT_TYPES)
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(TaskEvent)
+
+
+def event_name(event: Event) -> str:
+    """The snake_case name of an event (its tag, also its subject token)."""
+    return str(type(event).__struct_config__.tag)
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes) -> TaskEvent:
+    """Decode one stored event; raises msgspec.DecodeError/ValidationError for a foreign payload."""
+    return _decoder.decode(data)  # type: ignore[no-any-return]

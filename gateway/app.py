@@ -1,0 +1,39 @@
+"""The FastAPI application: routes, problem+json errors, the UI's static files."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from gateway import problems, routes_events, routes_health, routes_tasks
+from gateway.services import Services
+from infra.settings import Settings
+
+UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.services = await Services.start(settings)
+        try:
+            yield
+        finally:
+            await app.state.services.close()
+
+    app = FastAPI(
+        title="Ordo",
+        version="0.1.0",
+        description="Event-sourced task scheduler on NATS JetStream",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(routes_tasks.router)
+    app.include_router(routes_events.router)
+    app.include_router(routes_health.router)
+    app.mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui")
+    return app

@@ -1,0 +1,88 @@
+"""The gateway's composition root: the connections and services every route uses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import asyncpg
+from fastapi import Request
+from nats.aio.client import Client as NATS
+
+from infra.command_handler import CommandHandler
+from infra.event_store import EventStore
+from infra.nats_conn import connect, provision
+from infra.pg import connect as pg_connect
+from infra.pg import create_pool
+from infra.settings import Settings
+from infra.timers import Timers
+from projections.runner import NOTIFY_CHANNEL
+from projections.schema import migrate
+
+log = logging.getLogger("ordo.gateway")
+
+
+class Notifier:
+    """Wakes SSE streams when the projector commits (PostgreSQL LISTEN/NOTIFY)."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Condition()
+        self.last_seq = 0
+
+    async def notify(self, seq: int) -> None:
+        async with self._changed:
+            self.last_seq = max(self.last_seq, seq)
+            self._changed.notify_all()
+
+    async def wait_beyond(self, seq: int, timeout: float) -> None:
+        """Return when a commit past `seq` was announced, or after `timeout`."""
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self.last_seq > seq), timeout
+                )
+
+
+@dataclass
+class Services:
+    settings: Settings
+    nc: NATS
+    handler: CommandHandler
+    pool: asyncpg.Pool
+    notifier: Notifier
+    _listener: asyncpg.Connection | None = field(default=None)
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Services:
+        nc = await connect(settings, name="ordo-gateway")
+        await provision(nc, settings)
+        pool = await create_pool(settings.database_url)
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        store = EventStore(nc)
+        handler = CommandHandler(store, Timers(nc, settings.timer_lead_s))
+        services = cls(settings, nc, handler, pool, Notifier())
+        await services._listen()
+        return services
+
+    async def _listen(self) -> None:
+        conn = await pg_connect(self.settings.database_url)
+
+        def on_notify(_c: object, _pid: int, _channel: str, payload: str) -> None:
+            asyncio.get_running_loop().create_task(self.notifier.notify(int(payload)))
+
+        await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+        self._listener = conn
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+        await self.pool.close()
+        await self.nc.drain()
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc

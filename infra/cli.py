@@ -1,0 +1,123 @@
+"""The `ordo` console script: thin sub-commands that build a component and run it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from infra.settings import Settings, SettingsError
+
+log = logging.getLogger("ordo")
+
+
+def _install_signals(stop: Callable[[], Awaitable[None]]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: loop.create_task(stop()))
+
+
+async def _run_projector(settings: Settings) -> None:
+    from infra.nats_conn import connect, provision
+    from projections.runner import ProjectionRunner, RunnerConfig
+
+    nc = await connect(settings, name="ordo-projector")
+    await provision(nc, settings)
+    runner = ProjectionRunner(nc, settings.database_url, RunnerConfig(batch_size=settings.projection_batch))
+    _install_signals(runner.shutdown)
+    try:
+        await runner.run()
+    finally:
+        await nc.drain()
+
+
+async def _run_scheduler(settings: Settings) -> None:
+    from infra.command_handler import CommandHandler
+    from infra.event_store import EventStore
+    from infra.nats_conn import connect, provision
+    from infra.timers import Timers
+    from workers.scheduler import Scheduler
+
+    nc = await connect(settings, name="ordo-scheduler")
+    await provision(nc, settings)
+    handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
+    scheduler = Scheduler(nc, handler)
+    _install_signals(scheduler.shutdown)
+    try:
+        await scheduler.run()
+    finally:
+        await nc.drain()
+
+
+def _run_gateway(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+
+
+def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.local import run_local
+
+    return asyncio.run(
+        run_local(
+            settings,
+            data_dir=Path(args.data_dir),
+            port=args.port,
+            workers=args.workers,
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ordo", description="Ordo task scheduler")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run everything on this machine (embedded NATS and PostgreSQL)")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--data-dir", default=os.environ.get("ORDO_DATA_DIR", ".ordo"))
+    up.add_argument("--workers", type=int, default=1)
+    gw = sub.add_parser("gateway", help="run the HTTP gateway")
+    gw.add_argument("--host", default=None)
+    gw.add_argument("--port", type=int, default=None)
+    wk = sub.add_parser("worker", help="run a worker")
+    wk.add_argument("--queues", default="default", help="comma-separated queue names")
+    wk.add_argument("--concurrency", type=int, default=None)
+    sub.add_parser("projector", help="run the projections")
+    sub.add_parser("scheduler", help="run the timer scheduler")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("ORDO_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"ordo: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "up":
+        return _cmd_up(settings, args)
+    if not settings.nats_url or not settings.database_url and args.command != "worker":
+        print("ordo: set ORDO_NATS_URL and ORDO_DATABASE_URL (or use `ordo up`)", file=sys.stderr)
+        return 2
+    if args.command == "gateway":
+        _run_gateway(settings, args.host or settings.http_host, args.port or settings.http_port)
+    elif args.command == "worker":
+        from workers.service import run_worker
+
+        queues = tuple(q for q in args.queues.split(",") if q)
+        asyncio.run(run_worker(settings, queues, args.concurrency or settings.worker_concurrency))
+    elif args.command == "projector":
+        asyncio.run(_run_projector(settings))
+    elif args.command == "scheduler":
+        asyncio.run(_run_scheduler(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""The JetStream event store: append with per-task optimistic concurrency, load a task's history.
+
+Appends state the task's expected last sequence over the wildcard subject of all its events, so two
+writers of different event types still conflict. Several messages (events plus a dispatch ticket)
+go in one atomic batch: all are stored or none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.errors import APIError
+
+from domain.priority import band_for
+from domain.events import SCHEMA_VERSION, Event, TaskEvent, decode_event, encode_event, event_name
+from infra import subjects as sj
+
+WRONG_LAST_SEQUENCE = 10071
+_BATCH_LIMIT = 1000
+_LOAD_PAGE = 1000
+
+
+class EventStoreError(Exception):
+    """Base of the event store's errors."""
+
+
+class ConcurrencyError(EventStoreError):
+    """The task's last sequence was not the one the append expected."""
+
+
+class EventStoreUnavailable(EventStoreError):
+    """NATS did not answer in time or refused for a reason other than concurrency."""
+
+
+class Ticket(msgspec.Struct, frozen=True):
+    """A dispatch ticket: task `task_id` may run if its dispatch number is still `dispatch`."""
+
+    tenant: str
+    queue: str
+    task_id: str
+    dispatch: int
+    priority: int
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    seq: int
+    subject: str
+    tenant: str
+    queue: str
+    task_id: str
+    name: str
+    event: TaskEvent
+    stored_at: datetime
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """Envelope data that travels in headers, never in the domain types."""
+
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    traceparent: str | None = None
+
+
+_ticket_encoder = msgspec.json.Encoder()
+_ticket_decoder = msgspec.json.Decoder(Ticket)
+
+
+def encode_ticket(ticket: Ticket) -> bytes:
+    return _ticket_encoder.encode(ticket)
+
+
+def decode_ticket(data: bytes) -> Ticket:
+    return _ticket_decoder.decode(data)
+
+
+def parse_stored_at(value: str) -> datetime:
+    """Parse the server's nanosecond RFC 3339 timestamp (Python keeps microseconds)."""
+    head, _, rest = value.partition(".")
+    if rest:
+        digits = rest.rstrip("Z")[:6]
+        value = f"{head}.{digits}+00:00"
+    else:
+        value = head.rstrip("Z") + "+00:00"
+    return datetime.fromisoformat(value)
+
+
+class EventStore:
+    """Appends and loads task events on the ORDO_EVENTS stream."""
+
+    def __init__(self, nc: NATS, timeout: float = 5.0) -> None:
+        self._nc = nc
+        self._js = nc.jetstream(timeout=timeout)
+        self._timeout = timeout
+
+    async def append(
+        self,
+        tenant: str,
+        queue: str,
+        task_id: str,
+        events: list[Event],
+        expected_seq: int,
+        ticket: Ticket | None = None,
+        meta: Metadata | None = None,
+    ) -> list[int]:
+        """Append `events` (and the ticket) if the task's last sequence is `expected_seq`.
+
+        Returns the stream sequence of each event. Retries a lost reply with the same Nats-Msg-Id,
+        so a publish that did land is not stored twice.
+        """
+        msgs: list[tuple[str, bytes, dict[str, str]]] = []
+        for i, event in enumerate(events):
+            headers = self._headers(meta)
+            if i == 0:
+                headers[sj.EXPECTED_LAST_SUBJECT_SEQ] = str(expected_seq)
+                headers[sj.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = sj.task_events_filter(tenant, task_id)
+            subject = sj.event_subject(tenant, queue, task_id, event_name(event))
+            msgs.append((subject, encode_event(event), headers))
+        if ticket is not None:
+            subject = sj.work_subject(tenant, queue, band_for(ticket.priority))
+            msgs.append((subject, encode_ticket(ticket), {sj.MSG_ID: uuid.uuid4().hex}))
+        if len(msgs) > _BATCH_LIMIT:
+            raise EventStoreError(f"{len(msgs)} messages exceed one atomic batch")
+        for attempt in range(3):
+            try:
+                if len(msgs) == 1:
+                    subject, data, headers = msgs[0]
+                    ack = await self._js.publish(subject, data, headers=headers)
+                    return [ack.seq]
+                last = await self._publish_batch(msgs)
+                first = last - len(msgs) + 1
+                return [first + i for i in range(len(events))]
+            except APIError as exc:
+                if exc.err_code == WRONG_LAST_SEQUENCE:
+                    raise ConcurrencyError(str(exc.description)) from exc
+                raise EventStoreUnavailable(str(exc)) from exc
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+                if attempt == 2:
+                    raise EventStoreUnavailable("no reply from JetStream") from exc
+                await asyncio.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _publish_batch(self, msgs: list[tuple[str, bytes, dict[str, str]]]) -> int:
+        batch_id = uuid.uuid4().hex
+        for i, (subject, data, headers) in enumerate(msgs[:-1], start=1):
+            hdrs = {**headers, sj.BATCH_ID: batch_id, sj.BATCH_SEQ: str(i)}
+            await self._nc.publish(subject, data, headers=hdrs)
+        subject, data, headers = msgs[-1]
+        hdrs = {**headers, sj.BATCH_ID: batch_id, sj.BATCH_SEQ: str(len(msgs)), sj.BATCH_COMMIT: "1"}
+        reply = await self._nc.request(subject, data, headers=hdrs, timeout=self._timeout)
+        body = json.loads(reply.data)
+        error = body.get("error")
+        if error:
+            raise APIError(
+                code=error.get("code"), err_code=error.get("err_code"), description=error.get("description")
+            )
+        return int(body["seq"])
+
+    @staticmethod
+    def _headers(meta: Metadata | None) -> dict[str, str]:
+        headers = {sj.MSG_ID: uuid.uuid4().hex, sj.SCHEMA_VERSION: str(SCHEMA_VERSION)}
+        headers[sj.EVENT_ID] = headers[sj.MSG_ID]
+        if meta is not None:
+            if meta.correlation_id:
+                headers[sj.CORRELATION_ID] = meta.correlation_id
+            if meta.causation_id:
+                headers[sj.CAUSATION_ID] = meta.causation_id
+            if meta.traceparent:
+                headers[sj.TRACEPARENT] = meta.traceparent
+        return headers
+
+    async def load(self, tenant: str, task_id: str) -> tuple[list[StoredEvent], int]:
+        """Every stored event of one task in sequence order, and the task's last sequence (0: none)."""
+        return await self.load_filter(sj.task_events_filter(tenant, task_id))
+
+    async def load_filter(
+        self, subject_filter: str, start_seq: int = 1, up_to_seq: int | None = None
+    ) -> tuple[list[StoredEvent], int]:
+        """Batched direct get of every message matching `subject_filter` from `start_seq`."""
+        out: list[StoredEvent] = []
+        seq = start_seq
+        while True:
+            page, more = await self._page(subject_filter, seq)
+            for item in page:
+                if up_to_seq is not None and item.seq > up_to_seq:
+                    return out, out[-1].seq if out else 0
+                out.append(item)
+            if not more or not page:
+                return out, out[-1].seq if out else 0
+            seq = page[-1].seq + 1
+
+    async def _page(self, subject_filter: str, seq: int) -> tuple[list[StoredEvent], bool]:
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        request = {"seq": seq, "next_by_subj": subject_filter, "batch": _LOAD_PAGE}
+        try:
+            await self._nc.publish(
+                sj.direct_get(sj.EVENTS_STREAM), json.dumps(request).encode(), reply=inbox
+            )
+            page: list[StoredEvent] = []
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=self._timeout)
+                except nats.errors.TimeoutError as exc:
+                    raise EventStoreUnavailable("direct get timed out") from exc
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "404":
+                    return page, False
+                if status == "204":  # end of batch
+                    return page, int(headers.get("Nats-Num-Pending", "0")) > 0
+                if status:
+                    raise EventStoreUnavailable(f"direct get failed: {status} {headers}")
+                page.append(
+                    to_stored(
+                        headers["Nats-Subject"],
+                        msg.data,
+                        headers,
+                        int(headers["Nats-Sequence"]),
+                        parse_stored_at(headers["Nats-Time-Stamp"]),
+                    )
+                )
+        finally:
+            await sub.unsubscribe()
+
+
+def to_stored(
+    subject: str, data: bytes, headers: dict[str, str], seq: int, stored_at: datetime
+) -> StoredEvent:
+    """A stored event from a direct-get reply or a consumer message."""
+    tenant, queue, task_id, name = sj.parse_event_subject(subject)
+    return StoredEvent(
+        seq=seq,
+        subject=subject,
+        tenant=tenant,
+        queue=queue,
+        task_id=task_id,
+        name=name,
+        event=decode_event(data),
+        stored_at=stored_at,
+        headers={k: v for k, v in headers.items() if not k.startswith("Nats-")},
+    )

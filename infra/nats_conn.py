@@ -1,0 +1,99 @@
+"""Connecting to NATS and provisioning the streams, checking that the server echoes what was asked."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js.api import (
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from infra import subjects as sj
+from infra.settings import Settings
+
+MIN_SERVER = (2, 14)
+log = logging.getLogger("ordo.nats")
+
+
+class ProvisioningError(RuntimeError):
+    """The NATS server is too old or did not apply a stream setting Ordo relies on."""
+
+
+async def connect(settings: Settings, name: str) -> NATS:
+    """Connect with unbounded reconnects; raises if the first connection fails."""
+    nc = await nats.connect(
+        settings.nats_url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+    )
+    version = nc.connected_server_version
+    if (version.major, version.minor) < MIN_SERVER:
+        await nc.close()
+        raise ProvisioningError(
+            f"nats-server {version.major}.{version.minor} is too old: Ordo needs >= 2.14"
+        )
+    return nc
+
+
+def events_stream_config(settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=sj.EVENTS_STREAM,
+        description="Ordo task event log and dispatch tickets",
+        subjects=list(sj.EVENTS_SUBJECTS),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        num_replicas=settings.replicas,
+        duplicate_window=settings.duplicate_window_s,
+        deny_delete=True,
+        deny_purge=True,
+        allow_direct=True,
+        allow_atomic=True,
+    )
+
+
+def timers_stream_config(settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=sj.TIMERS_STREAM,
+        description="Ordo durable timers (message schedules) and their fired messages",
+        subjects=list(sj.TIMERS_SUBJECTS),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        duplicate_window=settings.duplicate_window_s,
+        allow_msg_schedules=True,
+        allow_rollup_hdrs=True,
+        allow_direct=True,
+        max_age=timedelta(days=30).total_seconds(),
+    )
+
+
+_CHECKED = ("allow_atomic", "allow_direct", "deny_delete", "deny_purge", "allow_msg_schedules")
+
+
+async def provision(nc: NATS, settings: Settings) -> None:
+    """Create or update both streams (idempotent) and verify the server applied every flag."""
+    js = nc.jetstream()
+    for wanted in (events_stream_config(settings), timers_stream_config(settings)):
+        assert wanted.name is not None
+        try:
+            await js.stream_info(wanted.name)
+            info = await js.update_stream(wanted)
+        except NotFoundError:
+            info = await js.add_stream(wanted)
+        for flag in _CHECKED:
+            asked = getattr(wanted, flag)
+            if asked and getattr(info.config, flag) != asked:
+                raise ProvisioningError(f"stream {wanted.name}: the server ignored {flag}={asked}")
+        if info.config.num_replicas != wanted.num_replicas:
+            raise ProvisioningError(f"stream {wanted.name}: replicas {info.config.num_replicas}")

@@ -1,0 +1,109 @@
+"""One settings object, parsed once from ORDO_* environment variables and validated up front."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or inconsistent with another."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every timer and limit of Ordo. Defaults suit production; tests shrink the timers."""
+
+    nats_url: str = ""
+    database_url: str = ""
+    data_dir: Path = Path(".ordo")
+    tenant: str = "default"
+    # Event-log stream replicas (3 on a cluster) and the NATS duplicate window for Nats-Msg-Id.
+    replicas: int = 1
+    duplicate_window_s: float = 120.0
+    sync_always: bool = False
+    # Worker leases: the ack deadline, and how often the lease is extended (<= ack_wait / 3).
+    ack_wait_s: float = 30.0
+    lease_extend_every_s: float = 10.0
+    # Retry backoff: base * 2**(attempt-1), capped, +/-20% jitter.
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 300.0
+    default_timeout_s: float = 300.0
+    default_max_attempts: int = 3
+    cancel_grace_s: float = 5.0
+    shutdown_grace_s: float = 10.0
+    worker_concurrency: int = 16
+    fetch_batch: int = 100
+    # Durable timers fire this long before the due time; the scheduler holds the rest locally.
+    timer_lead_s: float = 2.0
+    # Payload limit for one task (bytes) and the HTTP body limit.
+    max_payload_bytes: int = 256 * 1024
+    max_body_bytes: int = 4 * 1024 * 1024
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    # Projection batching: events applied per transaction.
+    projection_batch: int = 1000
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.tenant):
+            raise SettingsError(f"ORDO_TENANT {self.tenant!r} must match {NAME_RE.pattern}")
+        if self.ack_wait_s <= 0:
+            raise SettingsError("ORDO_ACK_WAIT_S must be > 0")
+        if self.lease_extend_every_s <= 0 or self.lease_extend_every_s > self.ack_wait_s / 3:
+            raise SettingsError(
+                f"ORDO_LEASE_EXTEND_EVERY_S ({self.lease_extend_every_s}) must be > 0 and "
+                f"<= ORDO_ACK_WAIT_S / 3 ({self.ack_wait_s / 3:g})"
+            )
+        if not 0 < self.backoff_base_s <= self.backoff_max_s:
+            raise SettingsError("need 0 < ORDO_BACKOFF_BASE_S <= ORDO_BACKOFF_MAX_S")
+        if self.replicas not in (1, 3, 5):
+            raise SettingsError("ORDO_REPLICAS must be 1, 3 or 5")
+        if self.worker_concurrency < 1 or self.fetch_batch < 1:
+            raise SettingsError("ORDO_WORKER_CONCURRENCY and ORDO_FETCH_BATCH must be >= 1")
+        if self.max_payload_bytes < 1 or self.max_body_bytes < self.max_payload_bytes:
+            raise SettingsError("need 1 <= ORDO_MAX_PAYLOAD_BYTES <= ORDO_MAX_BODY_BYTES")
+        if self.default_max_attempts < 1 or self.default_timeout_s <= 0:
+            raise SettingsError("ORDO_DEFAULT_MAX_ATTEMPTS >= 1 and ORDO_DEFAULT_TIMEOUT_S > 0")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ORDO_<FIELD> for every field; unknown ORDO_ variables are ignored."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"ORDO_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            default = getattr(cls, f.name)
+            try:
+                if isinstance(default, bool):
+                    values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                elif isinstance(default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
+                elif isinstance(default, Path):
+                    values[f.name] = Path(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                raise SettingsError(f"ORDO_{f.name.upper()}={raw!r}: {exc}") from exc
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """The ORDO_* variables that reproduce these settings in a child process."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f"ORDO_{f.name.upper()}"] = (
+                ("true" if value else "false") if isinstance(value, bool) else str(value)
+            )
+        return out

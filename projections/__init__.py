@@ -1,0 +1,1 @@
+"""Read-model builders (one module per projection) and the query functions next to their tables."""

@@ -1,0 +1,95 @@
+"""The `task_events` read model: every task event in sequence order (the timeline, and SSE's source)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from domain.events import encode_event
+from infra.event_store import StoredEvent
+
+NAME = "task_events"
+
+_INSERT = """
+INSERT INTO task_events (seq, tenant, task_id, queue, type, attempt, at, data, meta)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                     $7::timestamptz[], $8::jsonb[], $9::jsonb[])
+ON CONFLICT (seq) DO NOTHING
+"""
+_json = msgspec.json.Encoder()
+
+
+async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
+    if not events:
+        return
+    await conn.execute(
+        _INSERT,
+        [e.seq for e in events],
+        [e.tenant for e in events],
+        [e.task_id for e in events],
+        [e.queue for e in events],
+        [e.name for e in events],
+        [getattr(e.event, "attempt", None) for e in events],
+        [e.stored_at for e in events],
+        [encode_event(e.event).decode() for e in events],
+        [_json.encode(e.headers).decode() for e in events],
+    )
+
+
+_COLUMNS = "seq, tenant, task_id, queue, type, attempt, at, data, meta"
+
+
+def to_entry(rec: asyncpg.Record) -> dict[str, Any]:
+    data = dict(rec["data"])
+    data.pop("event", None)
+    return {
+        "seq": rec["seq"],
+        "type": rec["type"],
+        "at": rec["at"],
+        "task_id": rec["task_id"],
+        "queue": rec["queue"],
+        "attempt": rec["attempt"],
+        "data": data,
+        "meta": rec["meta"],
+    }
+
+
+async def timeline(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, task_id: str, limit: int = 10_000
+) -> list[dict[str, Any]]:
+    recs = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM task_events WHERE tenant=$1 AND task_id=$2 ORDER BY seq LIMIT $3",
+        tenant,
+        task_id,
+        limit,
+    )
+    return [to_entry(r) for r in recs]
+
+
+async def events_after(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant: str,
+    after_seq: int,
+    limit: int,
+    task_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Events with seq > after_seq in order: the projector commits them in order, so no gaps."""
+    if task_id is None:
+        recs = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM task_events WHERE tenant=$1 AND seq>$2 ORDER BY seq LIMIT $3",
+            tenant,
+            after_seq,
+            limit,
+        )
+    else:
+        recs = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM task_events WHERE tenant=$1 AND task_id=$2 AND seq>$3"
+            " ORDER BY seq LIMIT $4",
+            tenant,
+            task_id,
+            after_seq,
+            limit,
+        )
+    return [to_entry(r) for r in recs]

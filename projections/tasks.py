@@ -1,0 +1,174 @@
+"""The `tasks` read model: one row per task, its status folded by the domain's own `evolve`."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from domain import events as ev
+from domain.state import TaskState, evolve, initial
+from infra.event_store import StoredEvent
+
+NAME = "tasks"
+_state_enc = msgspec.json.Encoder()
+_state_dec = msgspec.json.Decoder(TaskState)
+_json = msgspec.json.Encoder()
+
+_UPSERT = """
+INSERT INTO tasks (tenant, id, type, queue, priority, status, attempts, max_attempts, timeout_s,
+    payload, result, error, tags, run_at, worker_id, lease_until, progress, archived,
+    idempotency_key, created_at, updated_at, started_at, finished_at, last_seq, state)
+VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25)
+ON CONFLICT (tenant, id) DO UPDATE SET
+    type=EXCLUDED.type, queue=EXCLUDED.queue, priority=EXCLUDED.priority, status=EXCLUDED.status,
+    attempts=EXCLUDED.attempts, max_attempts=EXCLUDED.max_attempts, timeout_s=EXCLUDED.timeout_s,
+    payload=EXCLUDED.payload, result=EXCLUDED.result, error=EXCLUDED.error, tags=EXCLUDED.tags,
+    run_at=EXCLUDED.run_at, worker_id=EXCLUDED.worker_id, lease_until=EXCLUDED.lease_until,
+    progress=EXCLUDED.progress, archived=EXCLUDED.archived, idempotency_key=EXCLUDED.idempotency_key,
+    updated_at=EXCLUDED.updated_at, started_at=EXCLUDED.started_at,
+    finished_at=EXCLUDED.finished_at, last_seq=EXCLUDED.last_seq, state=EXCLUDED.state
+"""
+
+
+class _Row:
+    __slots__ = ("state", "created_at", "updated_at", "started_at", "finished_at", "last_seq")
+
+    def __init__(self, state: TaskState, created_at: datetime | None = None) -> None:
+        self.state = state
+        self.created_at = created_at
+        self.updated_at: datetime | None = None
+        self.started_at: datetime | None = None
+        self.finished_at: datetime | None = None
+        self.last_seq = 0
+
+
+def _apply_one(row: _Row, stored: StoredEvent) -> None:
+    event = stored.event
+    row.state = evolve(row.state, event)
+    row.updated_at = stored.stored_at
+    row.last_seq = stored.seq
+    if isinstance(event, ev.Submitted):
+        row.created_at = stored.stored_at
+    elif isinstance(event, ev.AttemptStarted):
+        row.started_at = stored.stored_at
+        row.finished_at = None
+    elif isinstance(event, (ev.Succeeded, ev.Failed, ev.Cancelled)):
+        row.finished_at = stored.stored_at
+    elif isinstance(event, ev.Replayed):
+        row.finished_at = None
+
+
+async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
+    """Fold a batch of events into the rows of their tasks (the caller holds the transaction)."""
+    keys = sorted({(e.tenant, e.task_id) for e in events})
+    existing = await conn.fetch(
+        "SELECT tenant, id, state, created_at, started_at, finished_at FROM tasks"
+        " WHERE (tenant, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    rows: dict[tuple[str, str], _Row] = {}
+    for rec in existing:
+        row = _Row(_state_dec.decode(rec["state"]), rec["created_at"])
+        row.started_at, row.finished_at = rec["started_at"], rec["finished_at"]
+        rows[(rec["tenant"], rec["id"])] = row
+    for stored in events:
+        key = (stored.tenant, stored.task_id)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = _Row(initial(stored.task_id))
+        _apply_one(row, stored)
+    args = [_params(tenant, row) for (tenant, _), row in rows.items() if row.state.exists]
+    if args:
+        await conn.executemany(_UPSERT, args)
+
+
+def _raw(value: msgspec.Raw | None) -> str | None:
+    return None if value is None else bytes(value).decode()
+
+
+def _params(tenant: str, row: _Row) -> tuple[Any, ...]:
+    s = row.state
+    return (
+        tenant, s.task_id, s.task_type, s.queue, s.priority, str(s.status), s.attempt,
+        s.max_attempts, s.timeout_s, _raw(s.payload), _raw(s.result),
+        None if s.error is None else _json.encode(s.error).decode(), list(s.tags), s.run_at,
+        s.worker_id, s.lease_until, s.progress, s.archived, s.idempotency_key,
+        row.created_at, row.updated_at, row.started_at, row.finished_at, row.last_seq,
+        _state_enc.encode(s),
+    )  # fmt: skip
+
+
+# ---- queries -------------------------------------------------------------------------------------
+
+_COLUMNS = (
+    "id, type, queue, priority, status, attempts, max_attempts, timeout_s, payload, result, error,"
+    " tags, run_at, worker_id, lease_until, progress, archived, created_at, updated_at, started_at,"
+    " finished_at, last_seq"
+)
+
+
+def to_resource(rec: asyncpg.Record) -> dict[str, Any]:
+    out = dict(rec)
+    out["timeout"] = out.pop("timeout_s")
+    out["tags"] = list(out["tags"])
+    return out
+
+
+async def get_task(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, task_id: str) -> dict[str, Any] | None:
+    rec = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM tasks WHERE tenant=$1 AND id=$2", tenant, task_id
+    )
+    return None if rec is None else to_resource(rec)
+
+
+def encode_cursor(created_at: datetime, task_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{task_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises ValueError for a cursor this server did not issue."""
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode()).decode()
+        at, _, task_id = text.partition("|")
+        return datetime.fromisoformat(at), task_id
+    except Exception as exc:  # noqa: BLE001 - any malformed cursor is the caller's error
+        raise ValueError("malformed cursor") from exc
+
+
+async def list_tasks(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant: str,
+    limit: int,
+    cursor: str | None = None,
+    status: str | None = None,
+    task_type: str | None = None,
+    queue: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first; `next_cursor` is None on the last page."""
+    where = ["tenant=$1", "NOT archived"]
+    args: list[Any] = [tenant]
+    if cursor is not None:
+        at, task_id = decode_cursor(cursor)
+        args += [at, task_id]
+        where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    for column, value in (("status", status), ("type", task_type), ("queue", queue)):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column}=${len(args)}")
+    args.append(limit + 1)
+    recs = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)}"
+        f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
+        *args,
+    )
+    items = [to_resource(r) for r in recs[:limit]]
+    next_cursor = None
+    if len(recs) > limit:
+        last = recs[limit - 1]
+        next_cursor = encode_cursor(last["created_at"], last["id"])
+    return items, next_cursor

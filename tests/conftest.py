@@ -1,0 +1,148 @@
+"""Fixtures: a real nats-server and PostgreSQL per session, a fresh database and tenant per test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from nats.aio.client import Client as NATS
+
+from infra.command_handler import CommandHandler
+from infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from infra.embedded_postgres import EmbeddedPostgres, PostgresConfig
+from infra.event_store import EventStore
+from infra.nats_conn import connect, provision
+from infra.processes import free_port
+from infra.settings import Settings
+from infra.timers import Timers
+from projections.runner import ProjectionRunner
+from tests.helpers import eventually
+from workers.scheduler import Scheduler
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(NatsServerConfig(data_dir=tmp_path_factory.mktemp("nats")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(PostgresConfig(data_dir=tmp_path_factory.mktemp("pg") / "data", fsync=False))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def database_url(pg_server: EmbeddedPostgres) -> str:
+    name = "t_" + uuid.uuid4().hex[:12]
+    conn = await asyncpg.connect(pg_server.url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return pg_server.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def settings(nats_server: EmbeddedNats, database_url: str) -> Settings:
+    return Settings(
+        nats_url=nats_server.url,
+        database_url=database_url,
+        tenant="t" + uuid.uuid4().hex[:10],
+        ack_wait_s=2.0,
+        lease_extend_every_s=0.5,
+        backoff_base_s=0.2,
+        backoff_max_s=1.0,
+        timer_lead_s=0.5,
+        cancel_grace_s=1.0,
+        shutdown_grace_s=2.0,
+        max_payload_bytes=64 * 1024,
+    )
+
+
+@pytest.fixture
+async def nc(settings: Settings) -> AsyncIterator[NATS]:
+    client = await connect(settings, name="ordo-test")
+    await provision(client, settings)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def handler(nc: NATS, settings: Settings) -> CommandHandler:
+    return CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
+
+
+@dataclass
+class System:
+    """Gateway, projector, scheduler and a worker running in this test's event loop."""
+
+    settings: Settings
+    base_url: str
+    http: httpx.AsyncClient
+    handler: CommandHandler
+    nc: NATS
+    projector: ProjectionRunner
+
+
+@contextlib.asynccontextmanager
+async def run_system(settings: Settings, nc: NATS, handler: CommandHandler, worker: bool = True) -> AsyncIterator[System]:
+    from gateway.app import create_app
+    from workers.demo import registry
+    from workers.runtime import Worker
+
+    tasks: list[asyncio.Task[None]] = []
+    projector = ProjectionRunner(nc, settings.database_url)
+    scheduler = Scheduler(nc, handler)
+    wk = Worker(nc, handler, registry, settings) if worker else None
+    tasks.append(asyncio.create_task(projector.run()))
+    tasks.append(asyncio.create_task(scheduler.run()))
+    if wk is not None:
+        tasks.append(asyncio.create_task(wk.run()))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    tasks.append(asyncio.create_task(server.serve()))
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+
+        async def ready() -> bool:
+            try:
+                return (await http.get("/readyz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(ready, timeout=60, what="gateway ready")
+        try:
+            yield System(settings, base, http, handler, nc, projector)
+        finally:
+            server.should_exit = True
+            await projector.shutdown()
+            await scheduler.shutdown()
+            if wk is not None:
+                await wk.shutdown()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+
+@pytest.fixture
+async def system(settings: Settings, nc: NATS, handler: CommandHandler) -> AsyncIterator[System]:
+    async with run_system(settings, nc, handler) as sys_:
+        yield sys_
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,266 @@
+"""Tests for the embedded NATS / PostgreSQL launchers and the process supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+
+from infra import supervisor as supervisor_mod
+from infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from infra.embedded_postgres import EmbeddedPostgres, PostgresConfig
+from infra.processes import process_alive, wait_pid_gone, write_pidfile
+from infra.supervisor import ChildSpec, Supervisor
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``pred`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def kill_quietly(pid: int | None) -> None:
+    if pid is not None and process_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------- NATS
+
+
+def test_nats_start_publish_stop(tmp_path: Path) -> None:
+    server = EmbeddedNats(NatsServerConfig(data_dir=tmp_path / "nats", sync_always=True))
+    server.start()
+    pid = server.pid
+    assert pid is not None and server.url.startswith("nats://127.0.0.1:")
+    try:
+
+        async def publish() -> int:
+            nc = await nats.connect(server.url)
+            try:
+                js = nc.jetstream()
+                await js.add_stream(name="TEST", subjects=["test.>"])
+                ack = await js.publish("test.one", b"hello")
+                return ack.seq
+            finally:
+                await nc.close()
+
+        assert asyncio.run(publish()) == 1
+        assert (tmp_path / "nats" / "jetstream").is_dir()
+        assert (tmp_path / "nats" / "nats-server.pid").exists()
+    finally:
+        server.stop()
+    assert wait_pid_gone(pid, 5)
+    assert not (tmp_path / "nats" / "nats-server.pid").exists()
+    server.stop()  # idempotent
+
+
+def test_nats_cluster_config_renders(tmp_path: Path) -> None:
+    cfg = NatsServerConfig(
+        data_dir=tmp_path,
+        cluster_name="ordo",
+        cluster_port=6222,
+        routes=("nats://127.0.0.1:6223",),
+        server_name="n1",
+    )
+    text = EmbeddedNats(cfg).render_config()
+    assert 'name: "ordo"' in text and '"127.0.0.1:6222"' in text
+    assert 'routes: ["nats://127.0.0.1:6223"]' in text and 'server_name: "n1"' in text
+
+
+# ------------------------------------------------------------------- PostgreSQL
+
+
+def _pg_exec(url: str, *sql: str) -> list[object]:
+    async def run() -> list[object]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [await conn.fetchval(q) for q in sql]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def test_postgres_start_query_stop_restart(tmp_path: Path) -> None:
+    data = tmp_path / "pg"
+    pg = EmbeddedPostgres(PostgresConfig(data_dir=data, fsync=False))
+    pg.start()
+    pid = pg.pid
+    assert pid is not None
+    try:
+        assert _pg_exec(pg.url, "SELECT 1") == [1]
+        _pg_exec(pg.url, "CREATE TABLE kept (v int)", "INSERT INTO kept VALUES (42)")
+    finally:
+        pg.stop()
+    assert wait_pid_gone(pid, 5)
+    pg.stop()  # idempotent
+
+    pg2 = EmbeddedPostgres(PostgresConfig(data_dir=data, fsync=False))
+    pg2.start()
+    try:
+        assert _pg_exec(pg2.url, "SELECT v FROM kept") == [42]
+    finally:
+        pg2.stop()
+
+
+# ---------------------------------------------------------------------- orphans
+
+_ORPHAN_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import infra.embedded_nats as en, infra.embedded_postgres as ep
+kind, data, pdeathsig = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
+if not pdeathsig:  # simulate a server that survives its parent
+    en.child_preexec = ep.child_preexec = lambda sig: (lambda: None)
+if kind == "nats":
+    server = en.EmbeddedNats(en.NatsServerConfig(data_dir=data))
+else:
+    server = ep.EmbeddedPostgres(ep.PostgresConfig(data_dir=data, fsync=False))
+server.start()
+print(json.dumps({"pid": server.pid, "url": server.url}), flush=True)
+time.sleep(600)
+"""
+
+
+def _make(kind: str, data: Path) -> EmbeddedNats | EmbeddedPostgres:
+    if kind == "nats":
+        return EmbeddedNats(NatsServerConfig(data_dir=data))
+    return EmbeddedPostgres(PostgresConfig(data_dir=data, fsync=False))
+
+
+@pytest.mark.parametrize("pdeathsig", [True, False], ids=["pdeathsig", "stale"])
+@pytest.mark.parametrize("kind", ["nats", "postgres"])
+def test_orphaned_server_dies_or_is_cleaned_up(
+    tmp_path: Path, kind: str, pdeathsig: bool
+) -> None:
+    data = tmp_path / kind
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN_SCRIPT, kind, str(data), "1" if pdeathsig else "0"],
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    orphan: int | None = None
+    server = _make(kind, data)
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        assert line, "child failed to start the server"
+        orphan = int(json.loads(line)["pid"])
+        parent.kill()
+        parent.wait(10)
+        if pdeathsig:
+            assert wait_pid_gone(orphan, 20), "server survived its SIGKILLed parent"
+        else:
+            assert process_alive(orphan)
+        server.start()  # must clean up a survivor and start fine
+        assert not process_alive(orphan)
+        if kind == "postgres":
+            assert isinstance(server, EmbeddedPostgres)
+            assert _pg_exec(server.url, "SELECT 1") == [1]
+    finally:
+        server.stop()
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        kill_quietly(orphan)
+
+
+# ------------------------------------------------------------------- supervisor
+
+_FLAKY = """
+import os, sys, time
+path = sys.argv[1]
+with open(path, "a") as f:
+    f.write(f"{os.getpid()}\\n")
+if len(open(path).read().split()) < 3:
+    sys.exit(3)
+time.sleep(600)
+"""
+
+_STUBBORN = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+open(sys.argv[1], "w").write("ready")
+time.sleep(600)
+"""
+
+
+async def _async_wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def test_supervisor_restarts_and_shuts_down(tmp_path: Path) -> None:
+    starts = tmp_path / "starts.txt"
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    stale = subprocess.Popen(["sleep", "600"])  # recorded as a leftover "steady" child
+    write_pidfile(pid_dir / "steady.pid", stale.pid, "sleep")
+    specs = [
+        ChildSpec("flaky", [sys.executable, "-c", _FLAKY, str(starts)], {}),
+        ChildSpec("steady", ["sleep", "600"], {"ORDO_TEST": "1"}),
+    ]
+    sup = Supervisor(specs, logging.getLogger("test.sup"), 0.05, 0.2, pid_dir=pid_dir)
+
+    async def scenario() -> list[int]:
+        runner = asyncio.create_task(sup.run())
+        await _async_wait(lambda: stale.poll() is not None, 15, "stale child killed")
+
+        def flaky_settled() -> bool:
+            lines = starts.read_text().split() if starts.exists() else []
+            return len(lines) >= 3 and sup.pids.get("flaky") == int(lines[-1])
+
+        await _async_wait(flaky_settled, 20, "flaky child restarted twice")
+        await _async_wait(lambda: "steady" in sup.pids, 10, "steady child running")
+        assert sup.restart_count("flaky") == 2
+        assert (pid_dir / "flaky.pid").exists()
+        pids = list(sup.pids.values())
+        await asyncio.gather(sup.shutdown(), sup.shutdown())  # idempotent, concurrent
+        await asyncio.wait_for(runner, 5)
+        return pids
+
+    pids = asyncio.run(scenario())
+    for pid in pids:
+        assert wait_pid_gone(pid, 5)
+    assert list(pid_dir.iterdir()) == []
+
+
+def test_supervisor_kills_child_ignoring_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor_mod, "_SHUTDOWN_GRACE", 0.5)
+    ready = tmp_path / "ready"
+    spec = ChildSpec("stubborn", [sys.executable, "-c", _STUBBORN, str(ready)], {})
+    sup = Supervisor([spec], logging.getLogger("test.sup"), pid_dir=tmp_path / "pids")
+
+    async def scenario() -> int:
+        runner = asyncio.create_task(sup.run())
+        await _async_wait(ready.exists, 15, "stubborn child ready")
+        pid = sup.pids["stubborn"]
+        await sup.shutdown()
+        await asyncio.wait_for(runner, 5)
+        return pid
+
+    pid = asyncio.run(scenario())
+    assert wait_pid_gone(pid, 5)
+    assert sup.restart_count("stubborn") == 0
