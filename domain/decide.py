@@ -129,7 +129,8 @@ def _complete(c: cmd.CompleteAttempt, s: TaskState) -> Events:
 
 def _fail(c: cmd.FailAttempt, s: TaskState) -> Events:
     if not _is_current(s, c.attempt):
-        if s.attempt == c.attempt and s.status in (TaskStatus.RETRYING, TaskStatus.FAILED):
+        done = (TaskStatus.RETRYING, TaskStatus.FAILED, TaskStatus.CANCELLED)
+        if s.attempt == c.attempt and s.status in done:
             return []  # a redelivered failure report
         return _zombie(s, c.attempt, c.worker_id, "attempt_failed")
     first: ev.Event
@@ -141,7 +142,12 @@ def _fail(c: cmd.FailAttempt, s: TaskState) -> Events:
         return [first, ev.Cancelled(reason="cancelled while running", attempt=c.attempt)]
     if c.retryable and s.attempts_left > 0 and c.retry_at is not None:
         return [first, ev.RetryScheduled(attempt=c.attempt, retry_at=c.retry_at)]
-    reason = "not retryable" if not c.retryable else f"attempts exhausted ({c.attempt})"
+    if not c.retryable:
+        reason = "not retryable"
+    elif s.attempts_left <= 0:
+        reason = f"attempts exhausted ({c.attempt})"
+    else:
+        reason = "retryable, but no retry time was given"
     return [first, ev.Failed(attempt=c.attempt, reason=reason), ev.DeadLettered(reason=reason)]
 
 

@@ -19,7 +19,7 @@ class Event(msgspec.Struct, frozen=True, tag_field="event", omit_defaults=True):
     """Base of every task event; the tag is the snake_case event name."""
 
 
-class Submitted(Event, tag="submitted"):
+class Submitted(Event, frozen=True, tag="submitted"):
     task_type: str
     queue: str
     tenant: str
@@ -32,41 +32,41 @@ class Submitted(Event, tag="submitted"):
     body_hash: str | None = None
 
 
-class Scheduled(Event, tag="scheduled"):
+class Scheduled(Event, frozen=True, tag="scheduled"):
     run_at: datetime
 
 
-class Queued(Event, tag="queued"):
+class Queued(Event, frozen=True, tag="queued"):
     reason: str = "due"
 
 
-class Paused(Event, tag="paused"):
+class Paused(Event, frozen=True, tag="paused"):
     reason: str = ""
 
 
-class Resumed(Event, tag="resumed"):
+class Resumed(Event, frozen=True, tag="resumed"):
     pass
 
 
-class Updated(Event, tag="updated"):
+class Updated(Event, frozen=True, tag="updated"):
     payload: msgspec.Raw | None = None
     priority: int | None = None
     run_at: datetime | None = None
 
 
-class AttemptStarted(Event, tag="attempt_started"):
+class AttemptStarted(Event, frozen=True, tag="attempt_started"):
     attempt: int
     worker_id: str
     lease_until: datetime
     dispatch: int = 0
 
 
-class LeaseExtended(Event, tag="lease_extended"):
+class LeaseExtended(Event, frozen=True, tag="lease_extended"):
     attempt: int
     lease_until: datetime
 
 
-class Progressed(Event, tag="progressed"):
+class Progressed(Event, frozen=True, tag="progressed"):
     attempt: int
     pct: float | None = None
     note: str = ""
@@ -80,61 +80,61 @@ class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     traceback: str = ""
 
 
-class AttemptFailed(Event, tag="attempt_failed"):
+class AttemptFailed(Event, frozen=True, tag="attempt_failed"):
     attempt: int
     error: ErrorInfo
     retryable: bool = True
 
 
-class AttemptTimedOut(Event, tag="attempt_timed_out"):
+class AttemptTimedOut(Event, frozen=True, tag="attempt_timed_out"):
     attempt: int
     reason: str = "handler_timeout"  # or "lease_expired"
 
 
-class RetryScheduled(Event, tag="retry_scheduled"):
+class RetryScheduled(Event, frozen=True, tag="retry_scheduled"):
     attempt: int
     retry_at: datetime
 
 
-class Succeeded(Event, tag="succeeded"):
+class Succeeded(Event, frozen=True, tag="succeeded"):
     attempt: int
     result: msgspec.Raw = msgspec.Raw(b"null")
 
 
-class Failed(Event, tag="failed"):
+class Failed(Event, frozen=True, tag="failed"):
     attempt: int
     reason: str = ""
 
 
-class DeadLettered(Event, tag="dead_lettered"):
+class DeadLettered(Event, frozen=True, tag="dead_lettered"):
     reason: str = ""
 
 
-class CancelRequested(Event, tag="cancel_requested"):
+class CancelRequested(Event, frozen=True, tag="cancel_requested"):
     reason: str = ""
 
 
-class Cancelled(Event, tag="cancelled"):
+class Cancelled(Event, frozen=True, tag="cancelled"):
     reason: str = ""
     attempt: int = 0
 
 
-class Replayed(Event, tag="replayed"):
+class Replayed(Event, frozen=True, tag="replayed"):
     reason: str = ""
 
 
-class Archived(Event, tag="archived"):
+class Archived(Event, frozen=True, tag="archived"):
     pass
 
 
-class ZombieRejected(Event, tag="zombie_rejected"):
+class ZombieRejected(Event, frozen=True, tag="zombie_rejected"):
     attempt: int
     current_attempt: int
     what: str  # the rejected report: "succeeded", "attempt_failed", ...
     worker_id: str = ""
 
 
-class Deduplicated(Event, tag="deduplicated"):
+class Deduplicated(Event, frozen=True, tag="deduplicated"):
     idempotency_key: str
 
 

@@ -26,7 +26,7 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_key: str | None = None
     body_hash: str | None = None
     status: TaskStatus = TaskStatus.QUEUED
-    # Status to return to on resume (paused) or the status before cancel_requested.
+    # Status to return to on resume.
     paused_from: TaskStatus | None = None
     # Attempts started so far; the current attempt's number is the fencing token.
     attempt: int = 0
@@ -96,6 +96,9 @@ def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901 - one 
             s = r(s, priority=event.priority if event.priority is not None else s.priority)
             if event.run_at is not None:
                 s = r(s, run_at=event.run_at, due_at=event.run_at)
+                if s.status is TaskStatus.PAUSED and s.paused_from is TaskStatus.QUEUED:
+                    # It now waits for its run_at: resume returns it to scheduled.
+                    s = r(s, paused_from=TaskStatus.SCHEDULED)
             if s.status is TaskStatus.QUEUED:
                 # A queued task's old ticket carries old data: a fresh ticket replaces it.
                 return _queued(s)
@@ -136,7 +139,16 @@ def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901 - one 
         case ev.Cancelled():
             return r(s, status=TaskStatus.CANCELLED, lease_until=None, due_at=None, paused_from=None)
         case ev.Replayed():
-            return _queued(s, budget_base=s.attempt, error=None, result=None)
+            return _queued(
+                s,
+                budget_base=s.attempt,
+                error=None,
+                result=None,
+                archived=False,
+                worker_id=None,
+                lease_until=None,
+                progress=None,
+            )
         case ev.Archived():
             return r(s, archived=True)
         case ev.ZombieRejected() | ev.Deduplicated():

@@ -48,7 +48,7 @@ def decode_submit(body: bytes) -> SubmitTaskRequest:
         req = _decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidBody(str(exc)) from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidBody(f"malformed JSON: {exc}") from exc
     if req.run_at is not None and req.delay is not None:
         raise InvalidBody("give run_at or delay, not both")

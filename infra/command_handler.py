@@ -78,7 +78,10 @@ class CommandHandler:
         for event in events:
             new = evolve(new, event)
         waits = new.status in (TaskStatus.SCHEDULED, TaskStatus.RETRYING)
-        if waits and new.due_at is not None and new.due_at != state.due_at:
+        # (Re-)arm when the due time changes or the task comes back to waiting (resume): a timer
+        # that fired while the task was paused was ignored.
+        rearm = new.due_at != state.due_at or new.status is not state.status
+        if waits and new.due_at is not None and rearm:
             await self.timers.arm(tenant, new.task_id, new.due_at)
         ticket = None
         if new.status is TaskStatus.QUEUED and new.dispatch != state.dispatch:

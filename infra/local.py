@@ -41,13 +41,13 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int)
             nats_server = EmbeddedNats(
                 NatsServerConfig(data_dir=data_dir / "nats", sync_always=settings.sync_always)
             )
-            await asyncio.to_thread(nats_server.start)
+            nats_server.start()  # on this thread: pdeathsig follows the thread that forked
             nats_url = nats_server.url
             log.info("embedded nats-server at %s (data in %s)", nats_url, data_dir / "nats")
         database_url = settings.database_url
         if not database_url:
             postgres = EmbeddedPostgres(PostgresConfig(data_dir=data_dir / "postgres"))
-            await asyncio.to_thread(postgres.start)
+            postgres.start()
             database_url = postgres.url
             log.info("embedded PostgreSQL at %s", database_url)
         env = settings.with_(nats_url=nats_url, database_url=database_url, http_port=port).to_env()

@@ -29,7 +29,7 @@ class ProvisioningError(RuntimeError):
 async def connect(settings: Settings, name: str) -> NATS:
     """Connect with unbounded reconnects; raises if the first connection fails."""
     nc = await nats.connect(
-        settings.nats_url,
+        servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

@@ -71,9 +71,7 @@ def wait_for_port(
         if alive is not None and not alive():
             raise RuntimeError(f"process exited before listening on {host}:{port}")
         if time.monotonic() >= deadline:
-            raise TimeoutError(
-                f"{host}:{port} not accepting connections after {timeout}s"
-            )
+            raise TimeoutError(f"{host}:{port} not accepting connections after {timeout}s")
         time.sleep(_POLL_INTERVAL)
 
 
@@ -101,9 +99,7 @@ def read_pidfile(path: Path) -> PidInfo | None:
     """Read a pid file written by :func:`write_pidfile`; None if absent or garbled."""
     try:
         data = json.loads(path.read_text())
-        return PidInfo(
-            int(data["pid"]), str(data["argv0"]), float(data.get("started", 0.0))
-        )
+        return PidInfo(int(data["pid"]), str(data["argv0"]), float(data.get("started", 0.0)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -186,11 +182,7 @@ def kill_stale(pidfile: Path, sig: int = signal.SIGTERM, timeout: float = 10.0) 
     """
     info = read_pidfile(pidfile)
     killed = False
-    if (
-        info is not None
-        and info.pid != os.getpid()
-        and pid_matches(info.pid, info.argv0)
-    ):
+    if info is not None and info.pid != os.getpid() and pid_matches(info.pid, info.argv0):
         _signal_pid(info.pid, sig)
         if not wait_pid_gone(info.pid, timeout):
             _signal_pid(info.pid, signal.SIGKILL)

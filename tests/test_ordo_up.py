@@ -1,0 +1,132 @@
+"""`ordo up` end to end: serves, runs a task, stops cleanly, and recovers after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infra.processes import free_port
+
+READY_TIMEOUT = 90.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _recorded_pids(data_dir: Path) -> dict[str, int]:
+    """Every pid file under the data folder: the servers and the supervised children."""
+    out: dict[str, int] = {}
+    for path in data_dir.rglob("*.pid"):
+        try:
+            out[str(path.relative_to(data_dir))] = int(json.loads(path.read_text())["pid"])
+        except (ValueError, KeyError, json.JSONDecodeError):
+            continue
+    postmaster = data_dir / "postgres" / "postmaster.pid"
+    if postmaster.exists():
+        out["postmaster"] = int(postmaster.read_text().split()[0])
+    return out
+
+
+def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class Up:
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORDO_")}
+        env.update(ORDO_ACK_WAIT_S="3", ORDO_LEASE_EXTEND_EVERY_S="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "up", "--data-dir", str(data_dir), "--port", str(port)],
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"ordo up exited with {self.proc.returncode}")
+        try:
+            return httpx.get(self.base + "/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "ordo-data"
+
+
+def _run_echo(base: str) -> str:
+    r = httpx.post(base + "/v1/tasks", json={"type": "demo.echo", "payload": {"x": 1}}, timeout=10)
+    assert r.status_code == 202, r.text
+    task_id: str = r.json()["id"]
+    _wait(
+        lambda: httpx.get(f"{base}/v1/tasks/{task_id}", timeout=5).json().get("status") == "succeeded",
+        60,
+        "task succeeded",
+    )
+    events = httpx.get(f"{base}/v1/tasks/{task_id}/events", timeout=5).json()["events"]
+    assert [e["type"] for e in events] == ["submitted", "attempt_started", "succeeded"]
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    return task_id
+
+
+def test_up_serves_runs_a_task_and_stops_leaving_nothing(data_dir: Path) -> None:
+    up = Up(data_dir, free_port())
+    try:
+        _wait(up.ready, READY_TIMEOUT, "ordo up ready")
+        _run_echo(up.base)
+        pids = _recorded_pids(data_dir)
+        assert any("nats" in k for k in pids) and "postmaster" in pids, pids
+        assert all(_alive(p) for p in pids.values()), pids
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(timeout=60) == 0
+        _wait(lambda: not any(_alive(p) for p in pids.values()), 20, "children gone")
+    finally:
+        if up.proc.poll() is None:
+            up.proc.kill()
+
+
+def test_up_recovers_after_kill_9_and_finds_every_task(data_dir: Path) -> None:
+    first = Up(data_dir, free_port())
+    try:
+        _wait(first.ready, READY_TIMEOUT, "first ordo up ready")
+        task_id = _run_echo(first.base)
+        first.proc.kill()  # SIGKILL: no clean-up runs in ordo up itself
+        first.proc.wait(timeout=10)
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
+    second = Up(data_dir, free_port())
+    try:
+        _wait(second.ready, READY_TIMEOUT, "second ordo up ready")
+        task = httpx.get(f"{second.base}/v1/tasks/{task_id}", timeout=5).json()
+        assert task["status"] == "succeeded"
+        _run_echo(second.base)
+        pids = _recorded_pids(data_dir)
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.proc.wait(timeout=60) == 0
+        _wait(lambda: not any(_alive(p) for p in pids.values()), 20, "children gone")
+    finally:
+        if second.proc.poll() is None:
+            second.proc.kill()

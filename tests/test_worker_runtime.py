@@ -1,0 +1,337 @@
+"""The worker runtime end to end on a real nats-server: start, lease, retry, cancel, fencing.
+
+Each test uses its own tenant and queue, so durable work consumers never see another test's tickets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+
+from domain.commands import CancelTask, StartAttempt, SubmitTask
+from domain.events import AttemptStarted, ZombieRejected
+from domain.state import TaskState
+from domain.status import TaskStatus
+from infra import subjects as sj
+from infra.command_handler import CommandHandler
+from infra.embedded_nats import EmbeddedNats
+from infra.event_store import StoredEvent
+from infra.ids import new_task_id
+from infra.settings import Settings
+from tests.helpers import eventually
+from workers import Fail, Registry, TaskContext, Worker
+from workers.demo import registry as demo_registry
+from workers.runtime import WeightedPicker
+from workers.scheduler import Scheduler
+
+
+@pytest.fixture
+def settings(nats_server: EmbeddedNats) -> Settings:
+    """Tiny timers; no PostgreSQL needed (overrides the conftest fixture for this module)."""
+    return Settings(
+        nats_url=nats_server.url,
+        tenant="t" + uuid.uuid4().hex[:10],
+        ack_wait_s=2.0,
+        lease_extend_every_s=0.5,
+        backoff_base_s=0.2,
+        backoff_max_s=1.0,
+        timer_lead_s=0.5,
+        cancel_grace_s=1.0,
+        shutdown_grace_s=1.0,
+    )
+
+
+@pytest.fixture
+def queue() -> str:
+    return "q" + uuid.uuid4().hex[:10]
+
+
+@contextlib.asynccontextmanager
+async def running(*services: Worker | Scheduler) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(s.run()) for s in services]
+    try:
+        yield
+    finally:
+        for s in services:
+            await s.shutdown()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+
+async def submit(
+    handler: CommandHandler,
+    settings: Settings,
+    queue: str,
+    task_type: str,
+    payload: Any = None,
+    **extra: Any,
+) -> str:
+    task_id = new_task_id()
+    await handler.execute(
+        settings.tenant,
+        SubmitTask(
+            task_id=task_id,
+            tenant=settings.tenant,
+            queue=queue,
+            task_type=task_type,
+            now=datetime.now(UTC),
+            payload=msgspec.Raw(msgspec.json.encode(payload)),
+            **extra,
+        ),
+    )
+    return task_id
+
+
+async def until_status(
+    handler: CommandHandler, tenant: str, task_id: str, *statuses: TaskStatus, within: float = 20
+) -> tuple[TaskState, list[StoredEvent]]:
+    async def probe() -> tuple[TaskState, list[StoredEvent]] | None:
+        state, history, _ = await handler.load(tenant, task_id)
+        return (state, history) if state.status in statuses else None
+
+    found = await eventually(probe, timeout=within, what=f"{task_id} in {statuses}")
+    assert found is not None
+    return found
+
+
+def names(history: list[StoredEvent]) -> list[str]:
+    return [e.name for e in history]
+
+
+async def test_echo_succeeds_with_one_attempt(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    task_id = await submit(handler, settings, queue, "demo.echo", {"x": 1})
+    worker = Worker(nc, handler, demo_registry, settings, queues=(queue,))
+    async with running(worker):
+        state, history = await until_status(handler, settings.tenant, task_id, TaskStatus.SUCCEEDED)
+    assert names(history) == ["submitted", "attempt_started", "succeeded"]
+    assert msgspec.json.decode(state.result or b"null") == {"x": 1}
+    started = history[1].event
+    assert isinstance(started, AttemptStarted) and started.worker_id == worker.worker_id
+
+
+async def test_flaky_succeeds_on_second_attempt_after_a_retry(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    task_id = await submit(handler, settings, queue, "demo.flaky", {"fail_times": 1})
+    worker = Worker(nc, handler, demo_registry, settings, queues=(queue,))
+    async with running(worker, Scheduler(nc, handler)):
+        state, history = await until_status(handler, settings.tenant, task_id, TaskStatus.SUCCEEDED)
+    assert names(history) == [
+        "submitted",
+        "attempt_started",
+        "attempt_failed",
+        "retry_scheduled",
+        "queued",
+        "attempt_started",
+        "succeeded",
+    ]
+    assert state.attempt == 2
+    assert msgspec.json.decode(state.result or b"null") == {"attempts": 2}
+
+
+async def test_handler_sees_its_own_attempt_started(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    registry = Registry()
+
+    @registry.task("timeline")
+    async def timeline(ctx: TaskContext) -> list[list[Any]]:
+        _, history, _ = await handler.load(ctx.tenant, ctx.task_id)
+        return [[e.name, getattr(e.event, "attempt", None)] for e in history]
+
+    task_id = await submit(handler, settings, queue, "timeline")
+    async with running(Worker(nc, handler, registry, settings, queues=(queue,))):
+        state, _ = await until_status(handler, settings.tenant, task_id, TaskStatus.SUCCEEDED)
+    seen = msgspec.json.decode(state.result or b"null")
+    assert seen == [["submitted", None], ["attempt_started", 1]]
+
+
+async def test_long_task_keeps_its_lease_and_runs_once(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    seconds = 3 * settings.ack_wait_s
+    task_id = await submit(handler, settings, queue, "demo.sleep", {"seconds": seconds})
+    async with running(Worker(nc, handler, demo_registry, settings, queues=(queue,))):
+        _, history = await until_status(
+            handler, settings.tenant, task_id, TaskStatus.SUCCEEDED, within=seconds + 15
+        )
+    got = names(history)
+    assert got.count("attempt_started") == 1
+    # One extension per period while it ran (coalesced: heartbeats add none of their own).
+    extensions = got.count("lease_extended")
+    periods = seconds / settings.lease_extend_every_s
+    assert periods * 0.6 <= extensions <= periods + 2
+    assert got[-1] == "succeeded"
+
+
+async def test_fail_outcome_and_unknown_type_fail_without_retry(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    registry = Registry()
+
+    @registry.task("refuse")
+    async def refuse(ctx: TaskContext) -> None:
+        raise Fail("bad input")
+
+    refused = await submit(handler, settings, queue, "refuse")
+    unknown = await submit(handler, settings, queue, "no.such.type")
+    async with running(Worker(nc, handler, registry, settings, queues=(queue,))):
+        s1, h1 = await until_status(handler, settings.tenant, refused, TaskStatus.FAILED)
+        s2, h2 = await until_status(handler, settings.tenant, unknown, TaskStatus.FAILED)
+    for state, history in ((s1, h1), (s2, h2)):
+        assert names(history) == [
+            "submitted",
+            "attempt_started",
+            "attempt_failed",
+            "failed",
+            "dead_lettered",
+        ]
+        assert state.attempt == 1
+    assert s1.error is not None and (s1.error.kind, s1.error.message) == ("Fail", "bad input")
+    assert s2.error is not None and s2.error.kind == "UnknownTaskType"
+
+
+async def test_exception_records_type_message_and_traceback(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    task_id = await submit(handler, settings, queue, "demo.fail", max_attempts=1)
+    async with running(Worker(nc, handler, demo_registry, settings, queues=(queue,))):
+        state, _ = await until_status(handler, settings.tenant, task_id, TaskStatus.FAILED)
+    assert state.error is not None
+    assert state.error.kind == "RuntimeError"
+    assert "always fails" in state.error.message
+    assert "Traceback" in state.error.traceback
+
+
+async def test_cancel_stops_a_running_handler(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    task_id = await submit(handler, settings, queue, "demo.sleep", {"seconds": 60})
+    async with running(Worker(nc, handler, demo_registry, settings, queues=(queue,))):
+        await until_status(handler, settings.tenant, task_id, TaskStatus.RUNNING)
+        await handler.execute(settings.tenant, CancelTask(task_id=task_id, reason="test"))
+        _, history = await until_status(
+            handler, settings.tenant, task_id, TaskStatus.CANCELLED, within=10
+        )
+    assert names(history)[-2:] == ["cancel_requested", "cancelled"]
+
+
+async def test_ignoring_cancel_is_cut_off_after_the_grace_period(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    registry = Registry()
+    stopped = asyncio.Event()
+
+    @registry.task("stubborn")
+    async def stubborn(ctx: TaskContext) -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            stopped.set()
+
+    task_id = await submit(handler, settings, queue, "stubborn")
+    async with running(Worker(nc, handler, registry, settings, queues=(queue,))):
+        await until_status(handler, settings.tenant, task_id, TaskStatus.RUNNING)
+        await handler.execute(settings.tenant, CancelTask(task_id=task_id))
+        await until_status(handler, settings.tenant, task_id, TaskStatus.CANCELLED, within=10)
+    assert stopped.is_set()
+
+
+async def test_shutdown_hands_running_tasks_to_another_worker(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    task_id = await submit(handler, settings, queue, "demo.sleep", {"seconds": 30})
+    first = Worker(nc, handler, demo_registry, settings, queues=(queue,), worker_id="first")
+    async with running(first):
+        await until_status(handler, settings.tenant, task_id, TaskStatus.RUNNING)
+    # The lease was released on shutdown, so the next worker starts attempt 2 at once instead of
+    # waiting out the ack deadline.
+    state, history, _ = await handler.load(settings.tenant, task_id)
+    assert state.lease_until is not None and state.lease_until <= datetime.now(UTC)
+    second = Worker(nc, handler, demo_registry, settings, queues=(queue,), worker_id="second")
+    async with running(second):
+
+        async def second_started() -> bool:
+            s, _, _ = await handler.load(settings.tenant, task_id)
+            return s.attempt == 2 and s.worker_id == "second"
+
+        await eventually(second_started, timeout=settings.ack_wait_s, what="hand-over")
+        await handler.execute(settings.tenant, CancelTask(task_id=task_id))
+        await until_status(handler, settings.tenant, task_id, TaskStatus.CANCELLED, within=10)
+    assert "lease_extended" in names(history)
+
+
+async def test_superseded_attempt_is_fenced(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    """Attempt 1 loses its lease to attempt 2: its next report is rejected, then it goes quiet."""
+    registry = Registry()
+    runs: list[int] = []
+    cancelled: list[int] = []
+
+    @registry.task("slow")
+    async def slow(ctx: TaskContext) -> int:
+        runs.append(ctx.attempt)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(ctx.attempt)
+            raise
+        return ctx.attempt
+
+    task_id = await submit(handler, settings, queue, "slow")
+    zombie = Worker(nc, handler, registry, settings, queues=(queue,), worker_id="zombie")
+    async with running(zombie):
+        state, _ = await until_status(handler, settings.tenant, task_id, TaskStatus.RUNNING)
+        assert state.lease_until is not None
+        # Another worker takes the ticket as if attempt 1's lease had run out.
+        later = state.lease_until + timedelta(seconds=1)
+        await handler.execute(
+            settings.tenant,
+            StartAttempt(
+                task_id=task_id,
+                dispatch=state.dispatch,
+                worker_id="usurper",
+                now=later,
+                lease_until=later + timedelta(seconds=60),
+            ),
+        )
+
+        async def rejected() -> list[StoredEvent] | None:
+            _, history, _ = await handler.load(settings.tenant, task_id)
+            return history if "zombie_rejected" in names(history) else None
+
+        history = await eventually(rejected, timeout=10, what="zombie_rejected")
+        assert history is not None
+        await eventually(lambda: _true(cancelled == [1]), timeout=10, what="zombie handler stop")
+    zombies = [e.event for e in history if isinstance(e.event, ZombieRejected)]
+    assert [(z.attempt, z.current_attempt, z.worker_id) for z in zombies] == [(1, 2, "zombie")]
+    state, history, _ = await handler.load(settings.tenant, task_id)
+    assert (state.status, state.attempt, state.worker_id) == (TaskStatus.RUNNING, 2, "usurper")
+    assert names(history).count("zombie_rejected") == 1  # fenced: nothing more from attempt 1
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def test_weighted_picker_spreads_bands_six_three_one() -> None:
+    picker = WeightedPicker({("q", 0): 6, ("q", 1): 3, ("q", 2): 1})
+    picks = [picker.next()[1] for _ in range(100)]
+    assert (picks.count(0), picks.count(1), picks.count(2)) == (60, 30, 10)
+    assert max(len(run) for run in "".join(map(str, picks)).split("2")) <= 9
+
+
+async def test_cancel_subject_matches_event_subjects() -> None:
+    from workers.runtime import cancel_requested_filter
+
+    assert cancel_requested_filter() == sj.event_subject("*", "*", "*", "cancel_requested")

@@ -1,0 +1,284 @@
+"""The executor of one dispatch ticket: start the attempt, run the handler, make one ack decision.
+
+Order of effects, always: the event is stored, then the message is acked. `attempt_started` is
+stored before the handler runs; the result (or failure, or cancellation) is stored before the ack.
+A ticket whose start appends no `attempt_started` (stale, finished, cancelled) is acked and skipped;
+one whose lease is still held elsewhere is nak'ed until the lease ends. A fenced attempt (its
+report came back `zombie_rejected`) never touches its message again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from domain.backoff import backoff_seconds
+from domain.commands import (
+    CompleteAttempt,
+    ConfirmCancelled,
+    FailAttempt,
+    StartAttempt,
+    TaskCommand,
+)
+from domain.errors import DomainError, LeaseHeld, TaskNotFound
+from domain.events import AttemptStarted, ErrorInfo
+from domain.state import TaskState
+from infra.command_handler import CommandHandler
+from infra.event_store import EventStoreError, Ticket, decode_ticket
+from infra.settings import Settings
+from workers import consumer
+from workers.context import TaskContext
+from workers.handlers import Fail, HandlerFn, Registry, Retry
+from workers.lease import Attempt
+from workers.supervise import Verdict, supervise
+
+# A nak for a held lease lands this long after the lease ends, so the next start finds it expired.
+_LEASE_SLACK_S = 0.05
+_REPORT_TRIES = 3
+
+_result_encoder = msgspec.json.Encoder()
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class _Started:
+    state: TaskState
+    event: AttemptStarted
+
+
+class Executor:
+    """Runs dispatch tickets for one worker; tracks running attempts for cancel and shutdown."""
+
+    def __init__(
+        self,
+        handler: CommandHandler,
+        registry: Registry,
+        settings: Settings,
+        worker_id: str,
+        logger: logging.Logger,
+        clock: Callable[[], datetime] = utc_now,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._handler = handler
+        self._registry = registry
+        self._settings = settings
+        self._worker_id = worker_id
+        self._log = logger
+        self._clock = clock
+        self._jitter = jitter
+        self._running: dict[tuple[str, str], Attempt] = {}
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def request_cancel(self, tenant: str, task_id: str) -> bool:
+        """Raise the cancel signal of the task's running attempt here, if there is one."""
+        attempt = self._running.get((tenant, task_id))
+        if attempt is None:
+            return False
+        attempt.request_cancel()
+        return True
+
+    def abandon_all(self) -> int:
+        """Shutdown: every running attempt stops its handler and hands its ticket back."""
+        for attempt in self._running.values():
+            attempt.abandon()
+        return len(self._running)
+
+    async def execute(self, msg: Msg) -> None:
+        try:
+            ticket = decode_ticket(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._log.error("undecodable ticket on %s terminated: %s", msg.subject, exc)
+            await consumer.term(msg)
+            return
+        started = await self._start(msg, ticket)
+        if started is None:
+            return
+        key = (ticket.tenant, ticket.task_id)
+        log = logging.LoggerAdapter(
+            self._log,
+            {"tenant": ticket.tenant, "task_id": ticket.task_id, "attempt": started.event.attempt},
+        )
+        attempt = Attempt(
+            msg=msg,
+            handler=self._handler,
+            tenant=ticket.tenant,
+            task_id=ticket.task_id,
+            number=started.event.attempt,
+            worker_id=self._worker_id,
+            settings=self._settings,
+            clock=self._clock,
+            logger=log,
+        )
+        self._running[key] = attempt
+        try:
+            await self._run(attempt, started.state)
+        finally:
+            if self._running.get(key) is attempt:
+                del self._running[key]
+
+    async def _start(self, msg: Msg, ticket: Ticket) -> _Started | None:
+        now = self._clock()
+        command = StartAttempt(
+            task_id=ticket.task_id,
+            dispatch=ticket.dispatch,
+            worker_id=self._worker_id,
+            now=now,
+            lease_until=now + timedelta(seconds=self._settings.ack_wait_s),
+        )
+        try:
+            out = await self._handler.execute(ticket.tenant, command)
+        except LeaseHeld as exc:
+            remaining = (exc.lease_until - now).total_seconds() + _LEASE_SLACK_S
+            delay = min(max(remaining, _LEASE_SLACK_S), self._settings.ack_wait_s)
+            await consumer.nak(msg, delay=delay)
+            return None
+        except TaskNotFound:
+            self._log.error("ticket of unknown task %s/%s: term", ticket.tenant, ticket.task_id)
+            await consumer.term(msg)
+            return None
+        except DomainError as exc:
+            self._log.warning("ticket for %s skipped: %s", ticket.task_id, exc)
+            await consumer.ack(msg)
+            return None
+        except EventStoreError as exc:
+            self._log.warning("start of %s not stored, ticket back: %s", ticket.task_id, exc)
+            await consumer.nak(msg, delay=self._settings.backoff_base_s)
+            return None
+        event = next((e for e in out.events if isinstance(e, AttemptStarted)), None)
+        if event is None:
+            await consumer.ack(msg)  # stale ticket, or the task is already over
+            return None
+        return _Started(out.state, event)
+
+    async def _run(self, attempt: Attempt, state: TaskState) -> None:
+        fn = self._registry.get(state.task_type)
+        if fn is None:
+            error = ErrorInfo(kind="UnknownTaskType", message=f"no handler for {state.task_type!r}")
+            await self._finish(attempt, self._fail(attempt, error, retryable=False))
+            return
+        try:
+            payload: Any = msgspec.json.decode(state.payload)
+        except msgspec.DecodeError as exc:
+            error = ErrorInfo(kind="PayloadDecodeError", message=str(exc))
+            await self._finish(attempt, self._fail(attempt, error, retryable=False))
+            return
+        ctx = TaskContext(
+            task_id=state.task_id,
+            tenant=attempt.tenant,
+            queue=state.queue,
+            task_type=state.task_type,
+            attempt=attempt.number,
+            deadline=self._clock() + timedelta(seconds=state.timeout_s),
+            payload=payload,
+            logger=attempt.log,
+            cancelled=attempt.cancelled,
+            _reporter=attempt,
+        )
+        lease_loop = asyncio.create_task(attempt.run_lease_loop(), name=f"lease-{state.task_id}")
+        try:
+            verdict = await supervise(attempt, _call(fn, ctx), state.timeout_s, self._settings)
+        finally:
+            attempt.close()
+            lease_loop.cancel()
+            await asyncio.gather(lease_loop, return_exceptions=True)
+        await self._settle(attempt, verdict, state.timeout_s)
+
+    async def _settle(self, attempt: Attempt, verdict: Verdict, timeout_s: float) -> None:
+        if verdict.kind == "fenced":
+            return
+        if verdict.kind == "abandoned":
+            await attempt.release()
+            return
+        await self._finish(attempt, self._command_for(attempt, verdict, timeout_s))
+
+    def _command_for(self, attempt: Attempt, verdict: Verdict, timeout_s: float) -> TaskCommand:
+        if verdict.kind == "cancelled":
+            return ConfirmCancelled(
+                task_id=attempt.task_id, attempt=attempt.number, worker_id=attempt.worker_id
+            )
+        if verdict.kind == "timed_out":
+            error = ErrorInfo(kind="Timeout", message=f"handler exceeded its {timeout_s:g}s limit")
+            return self._fail(attempt, error, retryable=True, timed_out=True)
+        exc = verdict.error
+        if exc is None:
+            try:
+                result = msgspec.Raw(_result_encoder.encode(verdict.result))
+            except (TypeError, msgspec.EncodeError) as err:
+                error = ErrorInfo(kind="ResultNotSerialisable", message=str(err))
+                return self._fail(attempt, error, retryable=False)
+            return CompleteAttempt(
+                task_id=attempt.task_id,
+                attempt=attempt.number,
+                worker_id=attempt.worker_id,
+                result=result,
+            )
+        if isinstance(exc, Fail):
+            return self._fail(attempt, ErrorInfo(kind="Fail", message=exc.reason), retryable=False)
+        if isinstance(exc, Retry):
+            error = ErrorInfo(kind="Retry", message=str(exc))
+            return self._fail(attempt, error, retryable=True, after=exc.after)
+        error = ErrorInfo(
+            kind=type(exc).__name__,
+            message=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+        )
+        return self._fail(attempt, error, retryable=True)
+
+    def _fail(
+        self,
+        attempt: Attempt,
+        error: ErrorInfo,
+        *,
+        retryable: bool,
+        timed_out: bool = False,
+        after: float | None = None,
+    ) -> FailAttempt:
+        if after is None:
+            s = self._settings
+            jitter = self._jitter()
+            after = backoff_seconds(attempt.number, s.backoff_base_s, s.backoff_max_s, jitter)
+        return FailAttempt(
+            task_id=attempt.task_id,
+            attempt=attempt.number,
+            worker_id=attempt.worker_id,
+            error=error,
+            retryable=retryable,
+            timed_out=timed_out,
+            retry_at=self._clock() + timedelta(seconds=after),
+        )
+
+    async def _finish(self, attempt: Attempt, command: TaskCommand) -> None:
+        """Store the attempt's last word, then ack. Not stored: no ack, the ticket comes back."""
+        for n in range(_REPORT_TRIES):
+            try:
+                out = await attempt.send(command, final=True)
+            except DomainError as exc:
+                attempt.log.error("%s rejected, ticket acked: %s", type(command).__name__, exc)
+                await consumer.ack(attempt.msg)
+                return
+            if attempt.is_fenced():
+                return
+            if out is not None:
+                await consumer.ack(attempt.msg)
+                return
+            await asyncio.sleep(self._settings.backoff_base_s * (n + 1))
+        attempt.log.error("%s never stored: the ticket will come back", type(command).__name__)
+
+
+async def _call(fn: HandlerFn, ctx: TaskContext) -> Any:
+    return await fn(ctx)

@@ -1,0 +1,173 @@
+"""One running attempt: its lease, heartbeats, progress, and fencing.
+
+The ack deadline is the lease. While the handler runs, the lease is extended every
+`lease_extend_every_s`: a `lease_extended` event is appended and then `+WPI` is sent. If any report
+comes back as `zombie_rejected`, the attempt is fenced: from then on it sends no ack, nak, progress
+or extension for its message, ever. An extension that finds the task `cancelling` raises the
+attempt's cancel signal (a backstop for the at-most-once cancel subscription).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from nats.aio.msg import Msg
+
+from domain.commands import ExtendLease, ReportProgress, TaskCommand
+from domain.errors import DomainError
+from domain.events import ZombieRejected
+from domain.status import TaskStatus
+from infra.command_handler import CommandHandler, Outcome
+from infra.event_store import EventStoreError
+from infra.settings import Settings
+from workers import consumer
+
+
+class Attempt:
+    """The worker's handle on one attempt of one task (the fencing token is `number`)."""
+
+    def __init__(
+        self,
+        *,
+        msg: Msg,
+        handler: CommandHandler,
+        tenant: str,
+        task_id: str,
+        number: int,
+        worker_id: str,
+        settings: Settings,
+        clock: Callable[[], datetime],
+        logger: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.msg = msg
+        self.tenant = tenant
+        self.task_id = task_id
+        self.number = number
+        self.worker_id = worker_id
+        self.log = logger
+        self.cancelled = asyncio.Event()
+        # Set whenever the supervisor must look again: cancel, abandon or fence.
+        self.wake = asyncio.Event()
+        self.fenced = False
+        self.abandoned = False
+        self._handler = handler
+        self._settings = settings
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._last_extended = asyncio.get_running_loop().time()
+
+    # -- signals --------------------------------------------------------------------------------
+
+    def request_cancel(self) -> None:
+        if not self.cancelled.is_set():
+            self.log.info("cancel requested")
+            self.cancelled.set()
+            self.wake.set()
+
+    def abandon(self) -> None:
+        """The worker is shutting down: stop the handler, release the lease, return the ticket."""
+        self.abandoned = True
+        self.wake.set()
+
+    def fence(self, why: str) -> None:
+        if not self.fenced:
+            self.log.warning("attempt fenced (%s): it no longer reports for this ticket", why)
+            self.fenced = True
+            self.wake.set()
+
+    def is_fenced(self) -> bool:
+        # A method, not the attribute: `send` may fence between two reads of it.
+        return self.fenced
+
+    def close(self) -> None:
+        """No more extensions, heartbeats or progress: the final report is being made."""
+        self._closed = True
+
+    # -- reports --------------------------------------------------------------------------------
+
+    async def send(self, command: TaskCommand, *, final: bool = False) -> Outcome | None:
+        """Execute a command for this attempt; None if it could not be stored. Fences on a zombie.
+
+        A DomainError is logged and swallowed, except for the `final` report, where it propagates.
+        """
+        try:
+            out = await self._handler.execute(self.tenant, command)
+        except DomainError as exc:
+            if final:
+                raise
+            self.log.error("%s rejected: %s", type(command).__name__, exc)
+            return None
+        except EventStoreError as exc:
+            self.log.warning("%s not stored: %s", type(command).__name__, exc)
+            return None
+        if any(isinstance(e, ZombieRejected) for e in out.events):
+            self.fence(f"{type(command).__name__} rejected as a zombie")
+        elif out.state.status is TaskStatus.CANCELLING and out.state.attempt == self.number:
+            self.request_cancel()
+        return out
+
+    async def extend(self, *, force: bool = True) -> None:
+        """Extend the lease; unless `force`, only if the last one is a period old (coalesced)."""
+        async with self._lock:
+            if self.fenced or self._closed:
+                return
+            now = asyncio.get_running_loop().time()
+            if not force and now - self._last_extended < self._settings.lease_extend_every_s:
+                await consumer.in_progress(self.msg)
+                return
+            lease_until = self._clock() + timedelta(seconds=self._settings.ack_wait_s)
+            command = ExtendLease(
+                task_id=self.task_id,
+                attempt=self.number,
+                worker_id=self.worker_id,
+                lease_until=lease_until,
+            )
+            await self.send(command)
+            if self.is_fenced():
+                return
+            # Even when the store is briefly unavailable the ticket stays ours: the result of the
+            # current attempt is still accepted later.
+            await consumer.in_progress(self.msg)
+            self._last_extended = now
+
+    async def run_lease_loop(self) -> None:
+        period = self._settings.lease_extend_every_s
+        while not (self.fenced or self._closed):
+            await asyncio.sleep(period)
+            await self.extend()
+
+    async def release(self) -> None:
+        """Give the ticket back now: shorten the lease to now, then nak for immediate redelivery.
+
+        The next worker's start then finds the lease expired instead of waiting out the ack wait.
+        """
+        async with self._lock:
+            self._closed = True
+            if self.fenced:
+                return
+            command = ExtendLease(
+                task_id=self.task_id,
+                attempt=self.number,
+                worker_id=self.worker_id,
+                lease_until=self._clock(),
+            )
+            await self.send(command)
+            if not self.is_fenced():
+                await consumer.nak(self.msg)
+
+    # -- the AttemptReporter protocol of TaskContext --------------------------------------------
+
+    async def heartbeat(self) -> None:
+        await self.extend(force=False)
+
+    async def progress(self, pct: float | None, note: str) -> None:
+        if self.fenced or self._closed:
+            return
+        command = ReportProgress(
+            task_id=self.task_id, attempt=self.number, worker_id=self.worker_id, pct=pct, note=note
+        )
+        await self.send(command)

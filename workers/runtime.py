@@ -1,0 +1,225 @@
+"""The worker runtime: the fetch loop across queues and priority bands, limits, graceful shutdown.
+
+One pull subscription per (queue, band). Bands are fetched in smooth weighted round-robin (6:3:1 by
+default), so a busy high band never starves a low one. A fetch never asks for more tickets than
+there are free concurrency slots, so every fetched ticket starts at once and no ticket waits out its
+ack deadline in a local buffer. Cancel requests arrive on core NATS (at most once; the lease loop
+also notices a `cancelling` task on its next extension).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from domain.priority import BAND_WEIGHTS
+from infra import subjects as sj
+from infra.command_handler import CommandHandler
+from infra.settings import NAME_RE, Settings
+from workers import consumer
+from workers.executor import Executor, utc_now
+from workers.handlers import Registry
+
+# How long one fetch waits on an empty band before the loop moves to the next band.
+DEFAULT_FETCH_WAIT_S = 0.1
+CANCEL_REQUESTED = "cancel_requested"
+
+Key = tuple[str, int]  # (queue, band)
+
+
+def cancel_requested_filter() -> str:
+    """Every task's cancel_requested event, all tenants and queues (built from infra.subjects)."""
+    return sj.event_subject("*", "*", "*", CANCEL_REQUESTED)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class WeightedPicker:
+    """Smooth weighted round-robin (nginx's): 6:3:1 gives 0,1,0,0,2,0,1,0,0,1 ... evenly spread."""
+
+    def __init__(self, weights: dict[Key, int]) -> None:
+        if not weights or any(w < 1 for w in weights.values()):
+            raise ValueError("weights must be a non-empty map of positive integers")
+        self._weights = dict(weights)
+        self._current = dict.fromkeys(weights, 0)
+        self._total = sum(weights.values())
+
+    def next(self) -> Key:
+        for key, weight in self._weights.items():
+            self._current[key] += weight
+        best = max(self._current, key=lambda k: self._current[k])
+        self._current[best] -= self._total
+        return best
+
+
+class Worker:
+    """Pulls dispatch tickets for `queues` and runs them. `run()`, `shutdown()`: idempotent."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        handler: CommandHandler,
+        registry: Registry,
+        settings: Settings,
+        queues: Sequence[str] = ("default",),
+        worker_id: str | None = None,
+        logger: logging.Logger | None = None,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        fetch_wait_s: float = DEFAULT_FETCH_WAIT_S,
+    ) -> None:
+        if not queues:
+            raise ValueError("a worker needs at least one queue")
+        for queue in queues:
+            if not NAME_RE.match(queue):
+                raise ValueError(f"queue {queue!r} must match {NAME_RE.pattern}")
+        if fetch_wait_s <= 0:
+            raise ValueError("fetch_wait_s must be > 0")
+        self.worker_id = worker_id or default_worker_id()
+        self.queues = tuple(dict.fromkeys(queues))
+        self._nc = nc
+        self._settings = settings
+        self._log = logger or logging.getLogger("ordo.worker")
+        self._fetch_wait_s = fetch_wait_s
+        self._executor = Executor(
+            handler, registry, settings, self.worker_id, self._log, clock=clock
+        )
+        self._slots = asyncio.Semaphore(settings.worker_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._stopping = asyncio.Event()
+        self._done = asyncio.Event()
+
+    @property
+    def running(self) -> int:
+        """Tickets being executed now."""
+        return len(self._tasks)
+
+    async def run(self) -> None:
+        """Fetch and execute until shutdown. A second call waits for the first to end."""
+        if self._started:
+            await self._done.wait()
+            return
+        self._started = True
+        try:
+            if not self._stopping.is_set():
+                await self._serve()
+        finally:
+            self._done.set()
+
+    async def shutdown(self) -> None:
+        """Stop fetching; let running tasks finish for up to shutdown_grace_s, then hand the
+        rest back (lease released, ticket nak'ed) so another worker takes them at once."""
+        self._stopping.set()
+        if self._started:
+            await self._done.wait()
+
+    async def _serve(self) -> None:
+        subs: dict[Key, consumer.PullSubscription] = {}
+        cancel_sub: Subscription | None = None
+        try:
+            for queue in self.queues:
+                for band in range(len(BAND_WEIGHTS)):
+                    subs[(queue, band)] = await consumer.open_work_consumer(
+                        self._nc, queue, band, self._settings
+                    )
+            cancel_sub = await self._nc.subscribe(cancel_requested_filter(), cb=self._on_cancel)
+            self._log.info("worker %s serving %s", self.worker_id, ", ".join(self.queues))
+            await self._fetch_loop(subs)
+        finally:
+            await self._drain()
+            if cancel_sub is not None:
+                await cancel_sub.unsubscribe()
+            for sub in subs.values():
+                await consumer.close(sub)
+            self._log.info("worker %s stopped", self.worker_id)
+
+    async def _fetch_loop(self, subs: dict[Key, consumer.PullSubscription]) -> None:
+        picker = WeightedPicker({key: BAND_WEIGHTS[key[1]] for key in subs})
+        batch = self._settings.fetch_batch
+        while not self._stopping.is_set():
+            free = await self._take_slots(batch)
+            if free == 0:
+                continue  # stopping
+            msgs: list[Msg] = []
+            try:
+                msgs = await consumer.fetch(subs[picker.next()], free, self._fetch_wait_s)
+            finally:
+                for _ in range(free - len(msgs)):
+                    self._slots.release()
+            for msg in msgs:
+                self._spawn(msg)
+
+    async def _take_slots(self, most: int) -> int:
+        """Wait for one free slot (or shutdown), then take up to `most` without waiting."""
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not acquire.done():
+            acquire.cancel()
+            await asyncio.gather(acquire, return_exceptions=True)
+        if not acquire.done() or acquire.cancelled():
+            return 0
+        taken = 1
+        while taken < most and not self._slots.locked():
+            await self._slots.acquire()  # returns at once: a slot is free
+            taken += 1
+        if self._stopping.is_set():
+            for _ in range(taken):
+                self._slots.release()
+            return 0
+        return taken
+
+    def _spawn(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._execute(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, msg: Msg) -> None:
+        try:
+            await self._executor.execute(msg)
+        except Exception:
+            # The executor decides every ack itself; a bug here must not kill the worker. The
+            # ticket then comes back after the ack wait.
+            self._log.exception("executor failed on %s", msg.subject)
+        finally:
+            self._slots.release()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            tenant, queue, task_id, _ = sj.parse_event_subject(msg.subject)
+        except ValueError:
+            return
+        if queue in self.queues:
+            self._executor.request_cancel(tenant, task_id)
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        grace = self._settings.shutdown_grace_s
+        self._log.info("waiting up to %gs for %d running tasks", grace, len(self._tasks))
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        if not pending:
+            return
+        count = self._executor.abandon_all()
+        self._log.warning("handing back %d tasks still running after %gs", count, grace)
+        # Abandoning cancels each handler (up to cancel_grace_s) and stores the lease release.
+        _, stuck = await asyncio.wait(pending, timeout=self._settings.cancel_grace_s + 5.0)
+        for task in stuck:
+            task.cancel()
+        if stuck:
+            await asyncio.gather(*stuck, return_exceptions=True)
