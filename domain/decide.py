@@ -102,9 +102,7 @@ def _is_current(s: TaskState, attempt: int) -> bool:
 
 
 def _zombie(s: TaskState, attempt: int, worker_id: str, what: str) -> Events:
-    return [
-        ev.ZombieRejected(attempt=attempt, current_attempt=s.attempt, what=what, worker_id=worker_id)
-    ]
+    return [ev.ZombieRejected(attempt=attempt, current_attempt=s.attempt, what=what, worker_id=worker_id)]
 
 
 def _extend(c: cmd.ExtendLease, s: TaskState) -> Events:

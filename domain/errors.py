@@ -31,9 +31,7 @@ class IdempotencyConflict(DomainError):
     code = "idempotency-conflict"
 
     def __init__(self, task_id: str) -> None:
-        super().__init__(
-            f"idempotency key already used for task {task_id} with a different request body"
-        )
+        super().__init__(f"idempotency key already used for task {task_id} with a different request body")
         self.task_id = task_id
 
 

@@ -8,7 +8,7 @@ message headers and the stream, never in these types.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -138,31 +138,31 @@ class Deduplicated(Event, frozen=True, tag="deduplicated"):
     idempotency_key: str
 
 
-TaskEvent = Union[
-    Submitted,
-    Scheduled,
-    Queued,
-    Paused,
-    Resumed,
-    Updated,
-    AttemptStarted,
-    LeaseExtended,
-    Progressed,
-    AttemptFailed,
-    AttemptTimedOut,
-    RetryScheduled,
-    Succeeded,
-    Failed,
-    DeadLettered,
-    CancelRequested,
-    Cancelled,
-    Replayed,
-    Archived,
-    ZombieRejected,
-    Deduplicated,
-]
+TaskEvent = (
+    Submitted
+    | Scheduled
+    | Queued
+    | Paused
+    | Resumed
+    | Updated
+    | AttemptStarted
+    | LeaseExtended
+    | Progressed
+    | AttemptFailed
+    | AttemptTimedOut
+    | RetryScheduled
+    | Succeeded
+    | Failed
+    | DeadLettered
+    | CancelRequested
+    | Cancelled
+    | Replayed
+    | Archived
+    | ZombieRejected
+    | Deduplicated
+)
 
-EVENT_TYPES: tuple[type[Event], ...] = TaskEvent.__args__  # type: ignore[attr-defined]
+EVENT_TYPES: tuple[type[Event], ...] = TaskEvent.__args__
 EVENT_NAMES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in EVENT_TYPES)
 
 _encoder = msgspec.json.Encoder()

@@ -127,9 +127,7 @@ def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901 - one 
         case ev.RetryScheduled():
             return r(s, status=TaskStatus.RETRYING, due_at=event.retry_at, worker_id=None)
         case ev.Succeeded():
-            return r(
-                s, status=TaskStatus.SUCCEEDED, result=event.result, error=None, lease_until=None
-            )
+            return r(s, status=TaskStatus.SUCCEEDED, result=event.result, error=None, lease_until=None)
         case ev.Failed():
             return r(s, status=TaskStatus.FAILED, lease_until=None, due_at=None)
         case ev.DeadLettered():

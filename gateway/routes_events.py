@@ -62,9 +62,7 @@ async def events_stream(
     start = _resume_point(last_event_id, after)
     if start is None:
         start = 0 if task_id is not None else await checkpoint(svc.pool)
-    return EventSourceResponse(
-        _stream(request, svc, start, task_id), ping=15, send_timeout=30
-    )
+    return EventSourceResponse(_stream(request, svc, start, task_id), ping=15, send_timeout=30)
 
 
 @router.get("/tasks/{task_id}/stream")

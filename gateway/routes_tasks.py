@@ -40,9 +40,7 @@ async def submit_task(request: Request, svc: Svc) -> JSONResponse:
     except InvalidBody as exc:
         raise Problem(422, "invalid-request", str(exc)) from exc
     if len(req.payload) > svc.settings.max_payload_bytes:
-        raise Problem(
-            413, "payload-too-large", f"payload exceeds {svc.settings.max_payload_bytes} bytes"
-        )
+        raise Problem(413, "payload-too-large", f"payload exceeds {svc.settings.max_payload_bytes} bytes")
     tenant = svc.settings.tenant
     now = datetime.now(UTC)
     run_at = req.run_at

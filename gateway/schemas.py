@@ -11,9 +11,7 @@ import msgspec
 from domain.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,64}$")]
-TaskType = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
-]
+TaskType = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Priority = Annotated[int, msgspec.Meta(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
@@ -68,8 +66,6 @@ def submit_schema() -> dict[str, Any]:
             fields.append((f.name, f.type, msgspec.field(default_factory=f.default_factory)))
         else:
             fields.append((f.name, f.type, f.default))
-    doc = msgspec.defstruct(
-        "SubmitTaskRequest", fields, forbid_unknown_fields=True, kw_only=True
-    )
+    doc = msgspec.defstruct("SubmitTaskRequest", fields, forbid_unknown_fields=True, kw_only=True)
     (_,), components = msgspec.json.schema_components([doc])
     return {"schema": components["SubmitTaskRequest"]}

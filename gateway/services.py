@@ -40,9 +40,7 @@ class Notifier:
         """Return when a commit past `seq` was announced, or after `timeout`."""
         async with self._changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self.last_seq > seq), timeout
-                )
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.last_seq > seq), timeout)
 
 
 @dataclass

@@ -8,15 +8,16 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from infra.settings import Settings, SettingsError
 
 log = logging.getLogger("ordo")
 
 
-def _install_signals(stop: Callable[[], Awaitable[None]]) -> None:
+def _install_signals(stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: loop.create_task(stop()))
@@ -65,10 +66,12 @@ def _run_gateway(settings: Settings, host: str, port: int) -> None:
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from infra.local import run_local
 
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
     return asyncio.run(
         run_local(
             settings,
-            data_dir=Path(args.data_dir),
+            data_dir=data_dir,
             port=args.port,
             workers=args.workers,
         )

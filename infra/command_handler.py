@@ -41,9 +41,7 @@ class CommandHandler:
             state = evolve(state, stored.event)
         return state, history, last_seq
 
-    async def execute(
-        self, tenant: str, command: TaskCommand, meta: Metadata | None = None
-    ) -> Outcome:
+    async def execute(self, tenant: str, command: TaskCommand, meta: Metadata | None = None) -> Outcome:
         """Run one command; on a concurrent append, reload and decide again (bounded)."""
         for _ in range(self._max_retries):
             if isinstance(command, SubmitTask):

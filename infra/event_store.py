@@ -18,8 +18,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
 
-from domain.priority import band_for
 from domain.events import SCHEMA_VERSION, Event, TaskEvent, decode_event, encode_event, event_name
+from domain.priority import band_for
 from infra import subjects as sj
 
 WRONG_LAST_SEQUENCE = 10071
@@ -155,13 +155,20 @@ class EventStore:
             hdrs = {**headers, sj.BATCH_ID: batch_id, sj.BATCH_SEQ: str(i)}
             await self._nc.publish(subject, data, headers=hdrs)
         subject, data, headers = msgs[-1]
-        hdrs = {**headers, sj.BATCH_ID: batch_id, sj.BATCH_SEQ: str(len(msgs)), sj.BATCH_COMMIT: "1"}
+        hdrs = {
+            **headers,
+            sj.BATCH_ID: batch_id,
+            sj.BATCH_SEQ: str(len(msgs)),
+            sj.BATCH_COMMIT: "1",
+        }
         reply = await self._nc.request(subject, data, headers=hdrs, timeout=self._timeout)
         body = json.loads(reply.data)
         error = body.get("error")
         if error:
             raise APIError(
-                code=error.get("code"), err_code=error.get("err_code"), description=error.get("description")
+                code=error.get("code"),
+                err_code=error.get("err_code"),
+                description=error.get("description"),
             )
         return int(body["seq"])
 
@@ -203,9 +210,7 @@ class EventStore:
         sub = await self._nc.subscribe(inbox)
         request = {"seq": seq, "next_by_subj": subject_filter, "batch": _LOAD_PAGE}
         try:
-            await self._nc.publish(
-                sj.direct_get(sj.EVENTS_STREAM), json.dumps(request).encode(), reply=inbox
-            )
+            await self._nc.publish(sj.direct_get(sj.EVENTS_STREAM), json.dumps(request).encode(), reply=inbox)
             page: list[StoredEvent] = []
             while True:
                 try:

@@ -28,8 +28,7 @@ def _child(name: str, *args: str, env: dict[str, str]) -> ChildSpec:
 
 
 async def run_local(settings: Settings, data_dir: Path, port: int, workers: int) -> int:
-    data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Run until SIGINT/SIGTERM. `data_dir` must exist (the caller creates it)."""
     own_pid = data_dir / "ordo-up.pid"
     kill_stale(own_pid)
     write_pidfile(own_pid, os.getpid(), sys.argv[0])

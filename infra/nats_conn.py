@@ -39,9 +39,7 @@ async def connect(settings: Settings, name: str) -> NATS:
     version = nc.connected_server_version
     if (version.major, version.minor) < MIN_SERVER:
         await nc.close()
-        raise ProvisioningError(
-            f"nats-server {version.major}.{version.minor} is too old: Ordo needs >= 2.14"
-        )
+        raise ProvisioningError(f"nats-server {version.major}.{version.minor} is too old: Ordo needs >= 2.14")
     return nc
 
 

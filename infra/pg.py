@@ -23,9 +23,7 @@ async def _init(conn: asyncpg.Connection) -> None:
 
 async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     try:
-        pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, timeout=10, init=_init
-        )
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10, init=_init)
     except (OSError, asyncpg.PostgresError) as exc:
         raise ReadModelUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
     assert pool is not None

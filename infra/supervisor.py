@@ -102,8 +102,7 @@ class Supervisor:
             if kill_stale(self._pidfile(spec.name)):
                 self.logger.warning("killed stale %s from a previous run", spec.name)
         self._tasks = [
-            asyncio.create_task(self._supervise(spec), name=f"supervise-{spec.name}")
-            for spec in self.specs
+            asyncio.create_task(self._supervise(spec), name=f"supervise-{spec.name}") for spec in self.specs
         ]
         await done.wait()
 

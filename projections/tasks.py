@@ -78,10 +78,9 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
         rows[(rec["tenant"], rec["id"])] = row
     for stored in events:
         key = (stored.tenant, stored.task_id)
-        row = rows.get(key)
-        if row is None:
-            row = rows[key] = _Row(initial(stored.task_id))
-        _apply_one(row, stored)
+        if key not in rows:
+            rows[key] = _Row(initial(stored.task_id))
+        _apply_one(rows[key], stored)
     args = [_params(tenant, row) for (tenant, _), row in rows.items() if row.state.exists]
     if args:
         await conn.executemany(_UPSERT, args)
@@ -119,10 +118,10 @@ def to_resource(rec: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
-async def get_task(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, task_id: str) -> dict[str, Any] | None:
-    rec = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM tasks WHERE tenant=$1 AND id=$2", tenant, task_id
-    )
+async def get_task(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, task_id: str
+) -> dict[str, Any] | None:
+    rec = await conn.fetchrow(f"SELECT {_COLUMNS} FROM tasks WHERE tenant=$1 AND id=$2", tenant, task_id)
     return None if rec is None else to_resource(rec)
 
 

@@ -98,7 +98,9 @@ class System:
 
 
 @contextlib.asynccontextmanager
-async def run_system(settings: Settings, nc: NATS, handler: CommandHandler, worker: bool = True) -> AsyncIterator[System]:
+async def run_system(
+    settings: Settings, nc: NATS, handler: CommandHandler, worker: bool = True
+) -> AsyncIterator[System]:
     from gateway.app import create_app
 
     tasks: list[asyncio.Task[None]] = []

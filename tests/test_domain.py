@@ -24,7 +24,12 @@ GIVEN: dict[str, list[ev.Event]] = {
     "queued": [SUB],
     "paused": [SUB, ev.Paused()],
     "running": [SUB, START],
-    "retrying": [SUB, START, FAIL, ev.RetryScheduled(attempt=1, retry_at=T0 + timedelta(seconds=5))],
+    "retrying": [
+        SUB,
+        START,
+        FAIL,
+        ev.RetryScheduled(attempt=1, retry_at=T0 + timedelta(seconds=5)),
+    ],
     "cancelling": [SUB, START, ev.CancelRequested()],
     "succeeded": [SUB, START, ev.Succeeded(attempt=1)],
     "failed": [SUB, START, FAIL, ev.Failed(attempt=1), ev.DeadLettered()],
@@ -41,7 +46,9 @@ def commands_for(s: TaskState) -> dict[str, c.TaskCommand]:
             task_id="a", dispatch=s.dispatch, worker_id="w2",
             now=T0 + timedelta(seconds=60), lease_until=T0 + timedelta(seconds=90),
         ),
-        "ExtendLease": c.ExtendLease(task_id="a", attempt=1, worker_id="w", lease_until=T0 + timedelta(seconds=60)),
+        "ExtendLease": c.ExtendLease(
+            task_id="a", attempt=1, worker_id="w", lease_until=T0 + timedelta(seconds=60)
+        ),
         "ReportProgress": c.ReportProgress(task_id="a", attempt=1, worker_id="w", pct=50),
         "CompleteAttempt": c.CompleteAttempt(task_id="a", attempt=1, worker_id="w"),
         "FailAttempt": c.FailAttempt(
@@ -60,15 +67,150 @@ def commands_for(s: TaskState) -> dict[str, c.TaskCommand]:
 
 # status -> command -> the events decided ("-" for none) or "!Error".
 THEN: dict[str, dict[str, str]] = {
-    "scheduled": {"SubmitTask": "!TaskAlreadyExists", "EnqueueDue": "queued", "StartAttempt": "-", "ExtendLease": "zombie_rejected", "ReportProgress": "zombie_rejected", "CompleteAttempt": "zombie_rejected", "FailAttempt": "zombie_rejected", "ConfirmCancelled": "zombie_rejected", "CancelTask": "cancelled", "PauseTask": "paused", "ResumeTask": "-", "UpdateTask": "updated", "ReplayTask": "!InvalidTransition", "ArchiveTask": "!InvalidTransition"},
-    "queued": {"SubmitTask": "!TaskAlreadyExists", "EnqueueDue": "-", "StartAttempt": "attempt_started", "ExtendLease": "zombie_rejected", "ReportProgress": "zombie_rejected", "CompleteAttempt": "zombie_rejected", "FailAttempt": "zombie_rejected", "ConfirmCancelled": "zombie_rejected", "CancelTask": "cancelled", "PauseTask": "paused", "ResumeTask": "-", "UpdateTask": "updated", "ReplayTask": "!InvalidTransition", "ArchiveTask": "!InvalidTransition"},
-    "paused": {"SubmitTask": "!TaskAlreadyExists", "EnqueueDue": "-", "StartAttempt": "-", "ExtendLease": "zombie_rejected", "ReportProgress": "zombie_rejected", "CompleteAttempt": "zombie_rejected", "FailAttempt": "zombie_rejected", "ConfirmCancelled": "zombie_rejected", "CancelTask": "cancelled", "PauseTask": "-", "ResumeTask": "resumed", "UpdateTask": "updated", "ReplayTask": "!InvalidTransition", "ArchiveTask": "!InvalidTransition"},
-    "running": {"SubmitTask": "!TaskAlreadyExists", "EnqueueDue": "-", "StartAttempt": "attempt_timed_out attempt_started", "ExtendLease": "lease_extended", "ReportProgress": "progressed", "CompleteAttempt": "succeeded", "FailAttempt": "attempt_failed retry_scheduled", "ConfirmCancelled": "zombie_rejected", "CancelTask": "cancel_requested", "PauseTask": "!InvalidTransition", "ResumeTask": "!InvalidTransition", "UpdateTask": "!InvalidTransition", "ReplayTask": "!InvalidTransition", "ArchiveTask": "!InvalidTransition"},
-    "retrying": {"SubmitTask": "!TaskAlreadyExists", "EnqueueDue": "queued", "StartAttempt": "-", "ExtendLease": "zombie_rejected", "ReportProgress": "zombie_rejected", "CompleteAttempt": "zombie_rejected", "FailAttempt": "-", "ConfirmCancelled": "zombie_rejected", "CancelTask": "cancelled", "PauseTask": "paused", "ResumeTask": "-", "UpdateTask": "!InvalidTransition", "ReplayTask": "!InvalidTransition", "ArchiveTask": "!InvalidTransition"},
-    "cancelling": {"SubmitTask": "!TaskAlreadyExists", "EnqueueDue": "-", "StartAttempt": "attempt_timed_out cancelled", "ExtendLease": "lease_extended", "ReportProgress": "progressed", "CompleteAttempt": "succeeded", "FailAttempt": "attempt_failed cancelled", "ConfirmCancelled": "cancelled", "CancelTask": "-", "PauseTask": "!InvalidTransition", "ResumeTask": "!InvalidTransition", "UpdateTask": "!InvalidTransition", "ReplayTask": "!InvalidTransition", "ArchiveTask": "!InvalidTransition"},
-    "succeeded": {"SubmitTask": "!TaskAlreadyExists", "EnqueueDue": "-", "StartAttempt": "-", "ExtendLease": "zombie_rejected", "ReportProgress": "zombie_rejected", "CompleteAttempt": "-", "FailAttempt": "zombie_rejected", "ConfirmCancelled": "zombie_rejected", "CancelTask": "!InvalidTransition", "PauseTask": "!InvalidTransition", "ResumeTask": "!InvalidTransition", "UpdateTask": "!InvalidTransition", "ReplayTask": "!InvalidTransition", "ArchiveTask": "archived"},
-    "failed": {"SubmitTask": "!TaskAlreadyExists", "EnqueueDue": "-", "StartAttempt": "-", "ExtendLease": "zombie_rejected", "ReportProgress": "zombie_rejected", "CompleteAttempt": "zombie_rejected", "FailAttempt": "-", "ConfirmCancelled": "zombie_rejected", "CancelTask": "!InvalidTransition", "PauseTask": "!InvalidTransition", "ResumeTask": "!InvalidTransition", "UpdateTask": "!InvalidTransition", "ReplayTask": "replayed", "ArchiveTask": "archived"},
-    "cancelled": {"SubmitTask": "!TaskAlreadyExists", "EnqueueDue": "-", "StartAttempt": "-", "ExtendLease": "zombie_rejected", "ReportProgress": "zombie_rejected", "CompleteAttempt": "zombie_rejected", "FailAttempt": "zombie_rejected", "ConfirmCancelled": "-", "CancelTask": "-", "PauseTask": "!InvalidTransition", "ResumeTask": "!InvalidTransition", "UpdateTask": "!InvalidTransition", "ReplayTask": "replayed", "ArchiveTask": "archived"},
+    "scheduled": {
+        "SubmitTask": "!TaskAlreadyExists",
+        "EnqueueDue": "queued",
+        "StartAttempt": "-",
+        "ExtendLease": "zombie_rejected",
+        "ReportProgress": "zombie_rejected",
+        "CompleteAttempt": "zombie_rejected",
+        "FailAttempt": "zombie_rejected",
+        "ConfirmCancelled": "zombie_rejected",
+        "CancelTask": "cancelled",
+        "PauseTask": "paused",
+        "ResumeTask": "-",
+        "UpdateTask": "updated",
+        "ReplayTask": "!InvalidTransition",
+        "ArchiveTask": "!InvalidTransition",
+    },
+    "queued": {
+        "SubmitTask": "!TaskAlreadyExists",
+        "EnqueueDue": "-",
+        "StartAttempt": "attempt_started",
+        "ExtendLease": "zombie_rejected",
+        "ReportProgress": "zombie_rejected",
+        "CompleteAttempt": "zombie_rejected",
+        "FailAttempt": "zombie_rejected",
+        "ConfirmCancelled": "zombie_rejected",
+        "CancelTask": "cancelled",
+        "PauseTask": "paused",
+        "ResumeTask": "-",
+        "UpdateTask": "updated",
+        "ReplayTask": "!InvalidTransition",
+        "ArchiveTask": "!InvalidTransition",
+    },
+    "paused": {
+        "SubmitTask": "!TaskAlreadyExists",
+        "EnqueueDue": "-",
+        "StartAttempt": "-",
+        "ExtendLease": "zombie_rejected",
+        "ReportProgress": "zombie_rejected",
+        "CompleteAttempt": "zombie_rejected",
+        "FailAttempt": "zombie_rejected",
+        "ConfirmCancelled": "zombie_rejected",
+        "CancelTask": "cancelled",
+        "PauseTask": "-",
+        "ResumeTask": "resumed",
+        "UpdateTask": "updated",
+        "ReplayTask": "!InvalidTransition",
+        "ArchiveTask": "!InvalidTransition",
+    },
+    "running": {
+        "SubmitTask": "!TaskAlreadyExists",
+        "EnqueueDue": "-",
+        "StartAttempt": "attempt_timed_out attempt_started",
+        "ExtendLease": "lease_extended",
+        "ReportProgress": "progressed",
+        "CompleteAttempt": "succeeded",
+        "FailAttempt": "attempt_failed retry_scheduled",
+        "ConfirmCancelled": "zombie_rejected",
+        "CancelTask": "cancel_requested",
+        "PauseTask": "!InvalidTransition",
+        "ResumeTask": "!InvalidTransition",
+        "UpdateTask": "!InvalidTransition",
+        "ReplayTask": "!InvalidTransition",
+        "ArchiveTask": "!InvalidTransition",
+    },
+    "retrying": {
+        "SubmitTask": "!TaskAlreadyExists",
+        "EnqueueDue": "queued",
+        "StartAttempt": "-",
+        "ExtendLease": "zombie_rejected",
+        "ReportProgress": "zombie_rejected",
+        "CompleteAttempt": "zombie_rejected",
+        "FailAttempt": "-",
+        "ConfirmCancelled": "zombie_rejected",
+        "CancelTask": "cancelled",
+        "PauseTask": "paused",
+        "ResumeTask": "-",
+        "UpdateTask": "!InvalidTransition",
+        "ReplayTask": "!InvalidTransition",
+        "ArchiveTask": "!InvalidTransition",
+    },
+    "cancelling": {
+        "SubmitTask": "!TaskAlreadyExists",
+        "EnqueueDue": "-",
+        "StartAttempt": "attempt_timed_out cancelled",
+        "ExtendLease": "lease_extended",
+        "ReportProgress": "progressed",
+        "CompleteAttempt": "succeeded",
+        "FailAttempt": "attempt_failed cancelled",
+        "ConfirmCancelled": "cancelled",
+        "CancelTask": "-",
+        "PauseTask": "!InvalidTransition",
+        "ResumeTask": "!InvalidTransition",
+        "UpdateTask": "!InvalidTransition",
+        "ReplayTask": "!InvalidTransition",
+        "ArchiveTask": "!InvalidTransition",
+    },
+    "succeeded": {
+        "SubmitTask": "!TaskAlreadyExists",
+        "EnqueueDue": "-",
+        "StartAttempt": "-",
+        "ExtendLease": "zombie_rejected",
+        "ReportProgress": "zombie_rejected",
+        "CompleteAttempt": "-",
+        "FailAttempt": "zombie_rejected",
+        "ConfirmCancelled": "zombie_rejected",
+        "CancelTask": "!InvalidTransition",
+        "PauseTask": "!InvalidTransition",
+        "ResumeTask": "!InvalidTransition",
+        "UpdateTask": "!InvalidTransition",
+        "ReplayTask": "!InvalidTransition",
+        "ArchiveTask": "archived",
+    },
+    "failed": {
+        "SubmitTask": "!TaskAlreadyExists",
+        "EnqueueDue": "-",
+        "StartAttempt": "-",
+        "ExtendLease": "zombie_rejected",
+        "ReportProgress": "zombie_rejected",
+        "CompleteAttempt": "zombie_rejected",
+        "FailAttempt": "-",
+        "ConfirmCancelled": "zombie_rejected",
+        "CancelTask": "!InvalidTransition",
+        "PauseTask": "!InvalidTransition",
+        "ResumeTask": "!InvalidTransition",
+        "UpdateTask": "!InvalidTransition",
+        "ReplayTask": "replayed",
+        "ArchiveTask": "archived",
+    },
+    "cancelled": {
+        "SubmitTask": "!TaskAlreadyExists",
+        "EnqueueDue": "-",
+        "StartAttempt": "-",
+        "ExtendLease": "zombie_rejected",
+        "ReportProgress": "zombie_rejected",
+        "CompleteAttempt": "zombie_rejected",
+        "FailAttempt": "zombie_rejected",
+        "ConfirmCancelled": "-",
+        "CancelTask": "-",
+        "PauseTask": "!InvalidTransition",
+        "ResumeTask": "!InvalidTransition",
+        "UpdateTask": "!InvalidTransition",
+        "ReplayTask": "replayed",
+        "ArchiveTask": "archived",
+    },
 }
 
 
@@ -116,14 +258,26 @@ def test_commands_on_a_missing_task_are_not_found() -> None:
 
 def test_submit_with_future_run_at_is_scheduled_and_past_run_at_is_queued() -> None:
     empty = fold("a", [])
-    later = c.SubmitTask(task_id="a", tenant="t", queue="q", task_type="x", now=T0, run_at=T0 + timedelta(seconds=5))
+    later = c.SubmitTask(
+        task_id="a", tenant="t", queue="q", task_type="x", now=T0, run_at=T0 + timedelta(seconds=5)
+    )
     assert fold("a", decide(later, empty)).status is TaskStatus.SCHEDULED
-    past = c.SubmitTask(task_id="a", tenant="t", queue="q", task_type="x", now=T0, run_at=T0 - timedelta(seconds=5))
+    past = c.SubmitTask(
+        task_id="a", tenant="t", queue="q", task_type="x", now=T0, run_at=T0 - timedelta(seconds=5)
+    )
     assert fold("a", decide(past, empty)).status is TaskStatus.QUEUED
 
 
 def test_idempotent_resubmit_same_body_is_nothing_and_different_body_conflicts() -> None:
-    first = c.SubmitTask(task_id="a", tenant="t", queue="q", task_type="x", now=T0, idempotency_key="k", body_hash="h1")
+    first = c.SubmitTask(
+        task_id="a",
+        tenant="t",
+        queue="q",
+        task_type="x",
+        now=T0,
+        idempotency_key="k",
+        body_hash="h1",
+    )
     state = fold("a", decide(first, fold("a", [])))
     assert decide(first, state) == []
     with pytest.raises(IdempotencyConflict):
@@ -132,13 +286,18 @@ def test_idempotent_resubmit_same_body_is_nothing_and_different_body_conflicts()
 
 def test_attempts_exhausted_fail_and_dead_letter() -> None:
     state = fold("a", [ev.Submitted(task_type="x", queue="q", tenant="t", max_attempts=1), START])
-    events = decide(c.FailAttempt(task_id="a", attempt=1, worker_id="w", error=ev.ErrorInfo(kind="E"), retry_at=T0), state)
+    events = decide(
+        c.FailAttempt(task_id="a", attempt=1, worker_id="w", error=ev.ErrorInfo(kind="E"), retry_at=T0),
+        state,
+    )
     assert [ev.event_name(e) for e in events] == ["attempt_failed", "failed", "dead_lettered"]
 
 
 def test_lost_lease_with_no_attempts_left_dead_letters_on_redelivery() -> None:
     state = fold("a", [ev.Submitted(task_type="x", queue="q", tenant="t", max_attempts=1), START])
-    cmd = c.StartAttempt(task_id="a", dispatch=1, worker_id="w2", now=T0 + timedelta(minutes=5), lease_until=T0)
+    cmd = c.StartAttempt(
+        task_id="a", dispatch=1, worker_id="w2", now=T0 + timedelta(minutes=5), lease_until=T0
+    )
     names = [ev.event_name(e) for e in decide(cmd, state)]
     assert names == ["attempt_timed_out", "failed", "dead_lettered"]
 
@@ -163,7 +322,10 @@ def test_replay_gives_a_fresh_budget_and_numbering_continues() -> None:
     failed = fold("a", GIVEN["failed"])
     state = fold("a", [*GIVEN["failed"], *decide(c.ReplayTask(task_id="a"), failed)])
     assert state.status is TaskStatus.QUEUED and state.attempts_left == 3 and state.attempt == 1
-    started = decide(c.StartAttempt(task_id="a", dispatch=state.dispatch, worker_id="w", now=T0, lease_until=T0), state)
+    started = decide(
+        c.StartAttempt(task_id="a", dispatch=state.dispatch, worker_id="w", now=T0, lease_until=T0),
+        state,
+    )
     assert started[0] == ev.AttemptStarted(attempt=2, worker_id="w", lease_until=T0, dispatch=state.dispatch)
 
 

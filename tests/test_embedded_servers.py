@@ -238,9 +238,7 @@ time.sleep(600)
 """
 
 
-async def _async_wait(
-    pred: Callable[[], bool], within: float, what: str | Callable[[], str]
-) -> None:
+async def _async_wait(pred: Callable[[], bool], within: float, what: str | Callable[[], str]) -> None:
     deadline = time.monotonic() + within
     while not pred():
         if time.monotonic() > deadline:
@@ -298,9 +296,7 @@ def test_supervisor_restarts_and_shuts_down(tmp_path: Path) -> None:
     assert list(pid_dir.iterdir()) == []
 
 
-def test_supervisor_kills_child_ignoring_sigterm(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_supervisor_kills_child_ignoring_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(supervisor_mod, "_SHUTDOWN_GRACE", 0.5)
     ready = tmp_path / "ready"
     spec = ChildSpec("stubborn", [sys.executable, "-c", _STUBBORN, str(ready)], {})

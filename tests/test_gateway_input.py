@@ -24,7 +24,11 @@ BAD_BODIES: list[tuple[str, bytes, int]] = [
     ("bad queue name", b'{"type": "demo.echo", "queue": "Bad.Queue"}', 422),
     ("run_at without offset", b'{"type": "demo.echo", "run_at": "2030-01-01T10:00:00"}', 422),
     ("run_at not a date", b'{"type": "demo.echo", "run_at": "tomorrow"}', 422),
-    ("run_at and delay", b'{"type": "demo.echo", "run_at": "2030-01-01T10:00:00Z", "delay": 5}', 422),
+    (
+        "run_at and delay",
+        b'{"type": "demo.echo", "run_at": "2030-01-01T10:00:00Z", "delay": 5}',
+        422,
+    ),
     ("negative delay", b'{"type": "demo.echo", "delay": -1}', 422),
     ("zero max_attempts", b'{"type": "demo.echo", "max_attempts": 0}', 422),
 ]
@@ -35,9 +39,7 @@ async def test_bad_input_is_rejected_and_appends_nothing(
     gateway_only: System, case: str, body: bytes, status: int
 ) -> None:
     before = await _last_seq(gateway_only)
-    r = await gateway_only.http.post(
-        "/v1/tasks", content=body, headers={"content-type": "application/json"}
-    )
+    r = await gateway_only.http.post("/v1/tasks", content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, (case, r.text)
     assert r.headers["content-type"].startswith("application/problem+json")
     problem = r.json()
@@ -65,7 +67,9 @@ async def test_body_over_the_limit_is_rejected_while_streaming(gateway_only: Sys
         for _ in range(limit // 65536 + 2):
             yield b"y" * 65536
 
-    r = await gateway_only.http.post("/v1/tasks", content=chunks(), headers={"content-type": "application/json"})
+    r = await gateway_only.http.post(
+        "/v1/tasks", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413
     assert await _last_seq(gateway_only) == before
 

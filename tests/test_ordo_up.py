@@ -56,7 +56,16 @@ class Up:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDO_")}
         env.update(ORDO_ACK_WAIT_S="3", ORDO_LEASE_EXTEND_EVERY_S="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "up", "--data-dir", str(data_dir), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "infra.cli",
+                "up",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+            ],
             env=env,
             cwd=Path(__file__).resolve().parent.parent,
         )

@@ -10,7 +10,9 @@ from tests.conftest import System
 from tests.sse import SseEvent, read_events
 
 
-async def _collect(http: httpx.AsyncClient, headers: dict[str, str], params: dict[str, str], count: int) -> list[SseEvent]:
+async def _collect(
+    http: httpx.AsyncClient, headers: dict[str, str], params: dict[str, str], count: int
+) -> list[SseEvent]:
     got: list[SseEvent] = []
     async with http.stream("GET", "/v1/events/stream", headers=headers, params=params) as r:
         assert r.status_code == 200
@@ -42,9 +44,7 @@ async def test_resume_with_last_event_id_has_no_gap_and_no_duplicate(gateway_onl
     assert all(e.data["type"] == "submitted" and e.data["seq"] == int(e.id or 0) for e in first)
     # Disconnected; more events happen meanwhile.
     later_ids = await _submit(system, 7)
-    resumed = await asyncio.wait_for(
-        _collect(system.http, {"Last-Event-ID": first[-1].id or ""}, {}, 7), 30
-    )
+    resumed = await asyncio.wait_for(_collect(system.http, {"Last-Event-ID": first[-1].id or ""}, {}, 7), 30)
     resumed_seqs = [int(e.id or 0) for e in resumed]
     assert [e.data["task_id"] for e in resumed] == later_ids
     assert resumed_seqs == sorted(resumed_seqs)

@@ -219,9 +219,7 @@ async def test_cancel_stops_a_running_handler(
     async with running(Worker(nc, handler, demo_registry, settings, queues=(queue,))):
         await until_status(handler, settings.tenant, task_id, TaskStatus.RUNNING)
         await handler.execute(settings.tenant, CancelTask(task_id=task_id, reason="test"))
-        _, history = await until_status(
-            handler, settings.tenant, task_id, TaskStatus.CANCELLED, within=10
-        )
+        _, history = await until_status(handler, settings.tenant, task_id, TaskStatus.CANCELLED, within=10)
     assert names(history)[-2:] == ["cancel_requested", "cancelled"]
 
 

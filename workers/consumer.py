@@ -42,9 +42,7 @@ def work_consumer_config(queue: str, band: int, settings: Settings) -> ConsumerC
     )
 
 
-async def open_work_consumer(
-    nc: NATS, queue: str, band: int, settings: Settings
-) -> PullSubscription:
+async def open_work_consumer(nc: NATS, queue: str, band: int, settings: Settings) -> PullSubscription:
     """Create (or update in place) the durable consumer of (queue, band) and bind a pull sub to it.
 
     The server's create call updates an existing durable when the change is allowed; a consumer

@@ -92,9 +92,7 @@ class Worker:
         self._settings = settings
         self._log = logger or logging.getLogger("ordo.worker")
         self._fetch_wait_s = fetch_wait_s
-        self._executor = Executor(
-            handler, registry, settings, self.worker_id, self._log, clock=clock
-        )
+        self._executor = Executor(handler, registry, settings, self.worker_id, self._log, clock=clock)
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
