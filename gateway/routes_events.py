@@ -13,12 +13,14 @@ import msgspec
 from fastapi import APIRouter, Depends, Header, Query, Request
 from sse_starlette import EventSourceResponse
 
+from gateway.auth import Principal, Role, require
 from gateway.services import Services, services
 from projections import task_events
 from projections.runner import checkpoint
 
 router = APIRouter(prefix="/v1", tags=["events"])
 Svc = Annotated[Services, Depends(services)]
+Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
 _PAGE = 500
 _json = msgspec.json.Encoder()
 
@@ -37,9 +39,8 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int | None:
 
 
 async def _stream(
-    request: Request, svc: Services, after: int, task_id: str | None
+    request: Request, svc: Services, tenant: str, after: int, task_id: str | None
 ) -> AsyncIterator[dict[str, Any]]:
-    tenant = svc.settings.tenant
     while not await request.is_disconnected():
         page = await task_events.events_after(svc.pool, tenant, after, _PAGE, task_id=task_id)
         for entry in page:
@@ -54,6 +55,7 @@ async def _stream(
 async def events_stream(
     request: Request,
     svc: Svc,
+    who: Viewer,
     task_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = None,
     after: Annotated[int | None, Query(ge=0)] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -62,7 +64,7 @@ async def events_stream(
     start = _resume_point(last_event_id, after)
     if start is None:
         start = 0 if task_id is not None else await checkpoint(svc.pool)
-    return EventSourceResponse(_stream(request, svc, start, task_id), ping=15, send_timeout=30)
+    return EventSourceResponse(_stream(request, svc, who.tenant, start, task_id), ping=15, send_timeout=30)
 
 
 @router.get("/tasks/{task_id}/stream")
@@ -70,8 +72,9 @@ async def task_stream(
     request: Request,
     task_id: str,
     svc: Svc,
+    who: Viewer,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     """One task's events as SSE, from its first event unless resumed."""
     start = _resume_point(last_event_id, None) or 0
-    return EventSourceResponse(_stream(request, svc, start, task_id), ping=15, send_timeout=30)
+    return EventSourceResponse(_stream(request, svc, who.tenant, start, task_id), ping=15, send_timeout=30)

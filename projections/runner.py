@@ -22,25 +22,14 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from infra import subjects as sj
 from infra.event_store import StoredEvent, to_stored
 from infra.pg import connect
-from projections import task_events, tasks
+from projections import tasks
+from projections.registry import PROJECTIONS, Projection
 from projections.schema import migrate
 
 NOTIFY_CHANNEL = "ordo_events"
 LEADER_LOCK = 7_404_002
 
-ApplyFn = Callable[[asyncpg.Connection, list[StoredEvent]], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Projection:
-    name: str
-    apply: ApplyFn
-
-
-DEFAULT_PROJECTIONS: tuple[Projection, ...] = (
-    Projection(tasks.NAME, tasks.apply),
-    Projection(task_events.NAME, task_events.apply),
-)
+DEFAULT_PROJECTIONS: tuple[Projection, ...] = PROJECTIONS
 
 
 class PoisonEvent(RuntimeError):

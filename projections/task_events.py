@@ -10,6 +10,21 @@ import msgspec
 from domain.events import encode_event
 from infra.event_store import StoredEvent
 
+DDL = """
+CREATE TABLE IF NOT EXISTS task_events (
+    seq bigint PRIMARY KEY,
+    tenant text NOT NULL,
+    task_id text NOT NULL,
+    queue text NOT NULL,
+    type text NOT NULL,
+    attempt int,
+    at timestamptz NOT NULL,
+    data jsonb NOT NULL,
+    meta jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS task_events_task ON task_events (tenant, task_id, seq);
+"""
+
 NAME = "task_events"
 
 _INSERT = """

@@ -13,6 +13,39 @@ from domain import events as ev
 from domain.state import TaskState, evolve, initial
 from infra.event_store import StoredEvent
 
+DDL = """
+CREATE TABLE IF NOT EXISTS tasks (
+    tenant text NOT NULL,
+    id text NOT NULL,
+    type text NOT NULL,
+    queue text NOT NULL,
+    priority int NOT NULL,
+    status text NOT NULL,
+    attempts int NOT NULL DEFAULT 0,
+    max_attempts int NOT NULL,
+    timeout_s double precision NOT NULL,
+    payload jsonb,
+    result jsonb,
+    error jsonb,
+    tags text[] NOT NULL DEFAULT '{}',
+    run_at timestamptz,
+    worker_id text,
+    lease_until timestamptz,
+    progress double precision,
+    archived boolean NOT NULL DEFAULT false,
+    idempotency_key text,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    started_at timestamptz,
+    finished_at timestamptz,
+    last_seq bigint NOT NULL,
+    state bytea NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX IF NOT EXISTS tasks_newest ON tasks (tenant, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (tenant, status);
+"""
+
 NAME = "tasks"
 _state_enc = msgspec.json.Encoder()
 _state_dec = msgspec.json.Decoder(TaskState)
