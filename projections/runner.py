@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from nats.aio.client import Client as NATS
@@ -20,10 +21,9 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from infra import subjects as sj
-from infra.event_store import StoredEvent, to_stored
 from infra.pg import connect
 from projections import tasks
-from projections.registry import PROJECTIONS, Projection
+from projections.registry import FAMILIES, PROJECTIONS, Family, Projection
 from projections.schema import migrate
 
 NOTIFY_CHANNEL = "ordo_events"
@@ -57,6 +57,7 @@ class ProjectionRunner:
         dsn: str,
         config: RunnerConfig | None = None,
         projections: Sequence[Projection] = DEFAULT_PROJECTIONS,
+        families: Sequence[Family] = FAMILIES,
         logger: logging.Logger | None = None,
         after_commit: AfterCommit | None = None,
     ) -> None:
@@ -64,6 +65,7 @@ class ProjectionRunner:
         self._dsn = dsn
         self._config = config or RunnerConfig()
         self._projections = tuple(projections)
+        self._families = tuple(families)
         self._log = logger or logging.getLogger("ordo.projector")
         self._after_commit = after_commit
         self._stop = asyncio.Event()
@@ -119,12 +121,17 @@ class ProjectionRunner:
         async def on_msg(msg: Msg) -> None:
             self._queue.put_nowait(msg)
 
+        filters = [f.filter for f in self._families]
         sub = await js.subscribe(
-            sj.all_events_filter(),
+            filters[0],
             stream=sj.EVENTS_STREAM,
             cb=on_msg,
             ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start),
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start,
+                filter_subjects=filters if len(filters) > 1 else None,
+            ),
         )
         try:
             while not self._stop.is_set():
@@ -134,7 +141,7 @@ class ProjectionRunner:
         finally:
             await sub.unsubscribe()
 
-    async def _next_batch(self) -> list[StoredEvent]:
+    async def _next_batch(self) -> list[tuple[str, Any]]:
         stop = asyncio.ensure_future(self._stop.wait())
         get = asyncio.ensure_future(self._queue.get())
         done, _ = await asyncio.wait({stop, get}, return_when=asyncio.FIRST_COMPLETED)
@@ -147,32 +154,35 @@ class ProjectionRunner:
             msgs.append(self._queue.get_nowait())
         return [self._decode(m) for m in msgs]
 
-    def _decode(self, msg: Msg) -> StoredEvent:
+    def _decode(self, msg: Msg) -> tuple[str, Any]:
+        """(family name, record) of one log message."""
         meta = msg.metadata
         try:
-            return to_stored(
+            family = next(f for f in self._families if f.matches(msg.subject))
+            record = family.decode(
                 msg.subject, msg.data, dict(msg.headers or {}), meta.sequence.stream, meta.timestamp
             )
+            return family.name, record
         except Exception as exc:
             self._log.critical("poison event at seq %s on %s: %s", meta.sequence.stream, msg.subject, exc)
             raise PoisonEvent(f"cannot decode event seq {meta.sequence.stream}: {exc}") from exc
 
-    async def _apply(self, conn: asyncpg.Connection, batch: list[StoredEvent]) -> None:
+    async def _apply(self, conn: asyncpg.Connection, batch: list[tuple[str, Any]]) -> None:
+        last = batch[-1][1].seq
         async with conn.transaction():
             checkpoints = await self._checkpoints(conn)
             for projection in self._projections:
                 done = checkpoints.get(projection.name, 0)
-                fresh = [e for e in batch if e.seq > done]
-                if not fresh:
-                    continue
-                await projection.apply(conn, fresh)
+                if last <= done:
+                    continue  # already applied: a redelivery
+                fresh = [r for fam, r in batch if fam == projection.family and r.seq > done]
+                if fresh:
+                    await projection.apply(conn, fresh)
                 await conn.execute(
-                    "UPDATE projection_checkpoints SET last_seq=$2 WHERE name=$1",
-                    projection.name,
-                    fresh[-1].seq,
+                    "UPDATE projection_checkpoints SET last_seq=$2 WHERE name=$1", projection.name, last
                 )
-            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(batch[-1].seq))
-        self.last_seq = batch[-1].seq
+            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(last))
+        self.last_seq = last
         if self._after_commit is not None:
             await self._after_commit(self.last_seq)
 

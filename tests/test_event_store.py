@@ -94,7 +94,7 @@ async def test_projection_skips_an_already_applied_event(
         events_before = await conn.fetch("SELECT * FROM task_events WHERE task_id=$1", task_id)
         # Redeliver the same stored events to the projection: nothing changes.
         history, _ = await EventStore(nc).load(settings.tenant, task_id)
-        await runner._apply(conn, history)  # noqa: SLF001 - the redelivery path under test
+        await runner._apply(conn, [("task", h) for h in history])  # noqa: SLF001 - the redelivery path under test
         assert await projected() == row
         events_after = await conn.fetch("SELECT * FROM task_events WHERE task_id=$1", task_id)
         assert events_after == events_before
