@@ -74,6 +74,7 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             data_dir=data_dir,
             port=args.port,
             workers=args.workers,
+            cluster=args.cluster,
         )
     )
 
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--data-dir", default=os.environ.get("ORDO_DATA_DIR", ".ordo"))
     up.add_argument("--workers", type=int, default=1)
+    up.add_argument(
+        "--cluster", type=int, default=1, choices=(1, 3, 5), help="embedded JetStream cluster size"
+    )
     gw = sub.add_parser("gateway", help="run the HTTP gateway")
     gw.add_argument("--host", default=None)
     gw.add_argument("--port", type=int, default=None)

@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from infra.cluster import EmbeddedCluster
 from infra.embedded_nats import EmbeddedNats, NatsServerConfig
 from infra.embedded_postgres import EmbeddedPostgres, PostgresConfig
 from infra.processes import kill_stale, remove_pidfile, write_pidfile
@@ -27,19 +28,24 @@ def _child(name: str, *args: str, env: dict[str, str]) -> ChildSpec:
     return ChildSpec(name=name, argv=[sys.executable, "-m", "infra.cli", *args], env=env)
 
 
-async def run_local(settings: Settings, data_dir: Path, port: int, workers: int) -> int:
+async def run_local(settings: Settings, data_dir: Path, port: int, workers: int, cluster: int = 1) -> int:
     """Run until SIGINT/SIGTERM. `data_dir` must exist (the caller creates it)."""
     own_pid = data_dir / "ordo-up.pid"
     kill_stale(own_pid)
     write_pidfile(own_pid, os.getpid(), sys.argv[0])
-    nats_server: EmbeddedNats | None = None
+    nats_server: EmbeddedNats | EmbeddedCluster | None = None
     postgres: EmbeddedPostgres | None = None
     try:
         nats_url = settings.nats_url
-        if not nats_url:
+        if not nats_url and cluster > 1:
+            # N nats-servers forming one JetStream cluster on loopback; streams at R3 (or R5).
+            nats_server = EmbeddedCluster(data_dir / "nats-cluster", cluster, settings.sync_always)
+            settings = settings.with_(replicas=3 if cluster < 5 else 5)
+        elif not nats_url:
             nats_server = EmbeddedNats(
                 NatsServerConfig(data_dir=data_dir / "nats", sync_always=settings.sync_always)
             )
+        if nats_server is not None:
             nats_server.start()  # on this thread: pdeathsig follows the thread that forked
             nats_url = nats_server.url
             log.info("embedded nats-server at %s (data in %s)", nats_url, data_dir / "nats")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import (
     DiscardPolicy,
@@ -13,7 +15,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from infra import subjects as sj
 from infra.settings import Settings
@@ -79,8 +81,24 @@ def timers_stream_config(settings: Settings) -> StreamConfig:
 _CHECKED = ("allow_atomic", "allow_direct", "deny_delete", "deny_purge", "allow_msg_schedules")
 
 
+async def wait_for_jetstream(nc: NATS, timeout: float = 60.0) -> None:
+    """Wait until JetStream answers (a new cluster elects its meta leader first)."""
+    js = nc.jetstream(timeout=2.0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await js.account_info()
+            return
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, APIError) as exc:
+            if loop.time() > deadline:
+                raise ProvisioningError(f"JetStream unavailable after {timeout:g}s: {exc}") from exc
+            await asyncio.sleep(0.25)
+
+
 async def provision(nc: NATS, settings: Settings) -> None:
     """Create or update both streams (idempotent) and verify the server applied every flag."""
+    await wait_for_jetstream(nc)
     js = nc.jetstream()
     for wanted in (events_stream_config(settings), timers_stream_config(settings)):
         assert wanted.name is not None

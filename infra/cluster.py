@@ -1,0 +1,75 @@
+"""A JetStream cluster of embedded nats-servers on loopback (`ordo up --cluster N`, fault tests).
+
+Ports are chosen once and kept in `<data_dir>/cluster.json`, so a node restarted later (or a whole
+restart of `ordo up`) rejoins the same routes with its own store.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from infra.processes import free_port
+
+CLUSTER_NAME = "ordo"
+
+
+@dataclass(frozen=True)
+class NodePorts:
+    client: int
+    cluster: int
+
+
+def _load_ports(data_dir: Path, size: int) -> list[NodePorts]:
+    path = data_dir / "cluster.json"
+    if path.exists():
+        saved = [NodePorts(**p) for p in json.loads(path.read_text())]
+        if len(saved) == size:
+            return saved
+    ports = [NodePorts(free_port(), free_port()) for _ in range(size)]
+    path.write_text(json.dumps([p.__dict__ for p in ports]))
+    return ports
+
+
+class EmbeddedCluster:
+    """`size` nats-servers forming one JetStream cluster; node i is named `n<i+1>`."""
+
+    def __init__(self, data_dir: Path, size: int = 3, sync_always: bool = False) -> None:
+        if size < 1:
+            raise ValueError("cluster size must be >= 1")
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        ports = _load_ports(data_dir, size)
+        routes = tuple(f"nats-route://127.0.0.1:{p.cluster}" for p in ports)
+        self.nodes = [
+            EmbeddedNats(
+                NatsServerConfig(
+                    data_dir=data_dir / f"n{i + 1}",
+                    port=p.client,
+                    sync_always=sync_always,
+                    cluster_name=CLUSTER_NAME,
+                    cluster_port=p.cluster,
+                    routes=tuple(r for j, r in enumerate(routes) if j != i),
+                    server_name=f"n{i + 1}",
+                )
+            )
+            for i, p in enumerate(ports)
+        ]
+
+    @property
+    def url(self) -> str:
+        """All client URLs, comma-separated (the form ORDO_NATS_URL accepts)."""
+        return ",".join(node.url for node in self.nodes)
+
+    def node(self, server_name: str) -> EmbeddedNats:
+        return next(n for n in self.nodes if n.config.server_name == server_name)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
