@@ -14,7 +14,9 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
+from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from infra import subjects as sj
@@ -78,6 +80,21 @@ def timers_stream_config(settings: Settings) -> StreamConfig:
     )
 
 
+def workers_stream_config(settings: Settings) -> StreamConfig:
+    """Worker heartbeats: the last one of each worker, kept a day after it went quiet."""
+    return StreamConfig(
+        name=sj.WORKERS_STREAM,
+        description="Ordo worker registry: the last heartbeat of each worker",
+        subjects=list(sj.WORKERS_SUBJECTS),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        max_msgs_per_subject=1,
+        max_age=timedelta(days=1).total_seconds(),
+        allow_direct=True,
+    )
+
+
 _CHECKED = ("allow_atomic", "allow_direct", "deny_delete", "deny_purge", "allow_msg_schedules")
 
 
@@ -96,17 +113,38 @@ async def wait_for_jetstream(nc: NATS, timeout: float = 60.0) -> None:
             await asyncio.sleep(0.25)
 
 
+async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig, timeout: float = 60.0) -> StreamInfo:
+    """Create or update one stream; several processes starting together on a new cluster race to
+    create it and an R3 create can time out while the cluster is busy, so retry until `timeout`."""
+    assert wanted.name is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            try:
+                await js.stream_info(wanted.name)
+            except NotFoundError:
+                return await js.add_stream(wanted)
+            return await js.update_stream(wanted)
+        except (nats.errors.TimeoutError, APIError) as exc:
+            if isinstance(exc, APIError) and exc.code not in (None, 500, 503) and exc.err_code != 10058:
+                raise  # a real refusal (bad config), not a race or a busy cluster
+            if loop.time() > deadline:
+                raise ProvisioningError(f"stream {wanted.name}: {exc}") from exc
+            log.info("stream %s not ready yet (%s); retrying", wanted.name, exc)
+            await asyncio.sleep(0.5)
+
+
 async def provision(nc: NATS, settings: Settings) -> None:
     """Create or update both streams (idempotent) and verify the server applied every flag."""
     await wait_for_jetstream(nc)
     js = nc.jetstream()
-    for wanted in (events_stream_config(settings), timers_stream_config(settings)):
-        assert wanted.name is not None
-        try:
-            await js.stream_info(wanted.name)
-            info = await js.update_stream(wanted)
-        except NotFoundError:
-            info = await js.add_stream(wanted)
+    for wanted in (
+        events_stream_config(settings),
+        timers_stream_config(settings),
+        workers_stream_config(settings),
+    ):
+        info = await _ensure_stream(js, wanted)
         for flag in _CHECKED:
             asked = getattr(wanted, flag)
             if asked and getattr(info.config, flag) != asked:

@@ -1,0 +1,79 @@
+"""OpenTelemetry in one place: tracer set-up, and W3C trace context in NATS message headers.
+
+Nothing else imports OpenTelemetry's propagation API, and user handler code never does. With no
+`OTEL_EXPORTER_OTLP_ENDPOINT` (and no provider installed by a test) the global tracer is the API's
+no-op tracer: spans cost next to nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+log = logging.getLogger("ordo.telemetry")
+_propagator = TraceContextTextMapPropagator()
+TRACER_NAME = "ordo"
+
+
+def setup_tracing(service_name: str) -> None:
+    """Export spans over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; otherwise do nothing."""
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:  # the exporter is an optional extra
+        log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is not installed")
+        return
+    service = os.environ.get("OTEL_SERVICE_NAME", service_name)
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def inject(headers: MutableMapping[str, str]) -> None:
+    """Write the current span's context (traceparent/tracestate) into message headers."""
+    _propagator.inject(headers)
+
+
+def extract(headers: Mapping[str, str] | None) -> otel_context.Context:
+    return _propagator.extract(dict(headers or {}))
+
+
+@contextmanager
+def span(
+    name: str,
+    parent_headers: Mapping[str, str] | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+    **attributes: Any,
+) -> Iterator[Span]:
+    """A span, child of the trace carried in `parent_headers` if given, else of the current one."""
+    ctx = extract(parent_headers) if parent_headers is not None else None
+    with tracer().start_as_current_span(name, context=ctx, kind=kind) as current:
+        for key, value in attributes.items():
+            if value is not None:
+                current.set_attribute(f"ordo.{key}", value)
+        yield current
+
+
+def trace_id_of(headers: Mapping[str, str] | None) -> str | None:
+    """The 32-hex trace id in a traceparent header, if any."""
+    value = (headers or {}).get("traceparent", "")
+    parts = value.split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+        return parts[1]
+    return None
