@@ -86,6 +86,18 @@ class ConfirmCancelled(Command, frozen=True, kw_only=True):
     worker_id: str
 
 
+class ReleaseAttempt(Command, frozen=True, kw_only=True):
+    """A worker hands its running attempt back unfinished (graceful shutdown, drain past the grace).
+
+    Not a failure: the task goes back to `queued` without using up an attempt, and the worker's
+    own ticket (nak'ed right after) starts the next attempt at once, on any worker.
+    """
+
+    attempt: int
+    worker_id: str
+    reason: str = "worker shutdown"
+
+
 class CancelTask(Command, frozen=True, kw_only=True):
     reason: str = ""
 
@@ -124,6 +136,7 @@ TaskCommand = (
     | CompleteAttempt
     | FailAttempt
     | ConfirmCancelled
+    | ReleaseAttempt
     | CancelTask
     | PauseTask
     | ResumeTask

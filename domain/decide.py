@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from domain import commands as cmd
 from domain import events as ev
 from domain.errors import (
@@ -157,6 +159,17 @@ def _confirm_cancelled(c: cmd.ConfirmCancelled, s: TaskState) -> Events:
     return [ev.Cancelled(reason="cancelled while running", attempt=c.attempt)]
 
 
+def _release(c: cmd.ReleaseAttempt, s: TaskState) -> Events:
+    if not _is_current(s, c.attempt):
+        if s.attempt == c.attempt and s.status in (TaskStatus.QUEUED, TaskStatus.CANCELLED):
+            return []  # a repeated release
+        return _zombie(s, c.attempt, c.worker_id, "attempt_released")
+    released = ev.AttemptReleased(attempt=c.attempt, worker_id=c.worker_id, reason=c.reason)
+    if s.status is TaskStatus.CANCELLING:
+        return [released, ev.Cancelled(reason="released while cancelling", attempt=c.attempt)]
+    return [released]
+
+
 def _cancel(c: cmd.CancelTask, s: TaskState) -> Events:
     if s.status in (TaskStatus.CANCELLED, TaskStatus.CANCELLING):
         return []
@@ -186,7 +199,8 @@ def _resume(c: cmd.ResumeTask, s: TaskState) -> Events:
 def _update(c: cmd.UpdateTask, s: TaskState) -> Events:
     if s.status not in (*WAITING, TaskStatus.PAUSED) or s.attempt > 0:
         raise InvalidTransition(c.task_id, s.status, "update")
-    events: Events = [ev.Updated(payload=c.payload, priority=c.priority, run_at=c.run_at)]
+    payload = c.payload if c.payload is not None else msgspec.Raw(b"null")
+    events: Events = [ev.Updated(payload=payload, priority=c.priority, run_at=c.run_at)]
     if c.run_at is not None and s.status in (TaskStatus.QUEUED, TaskStatus.SCHEDULED):
         if c.run_at > c.now:
             events.append(ev.Scheduled(run_at=c.run_at))
@@ -217,6 +231,7 @@ _HANDLERS: dict[type, Callable[[Any, TaskState], Events]] = {
     cmd.CompleteAttempt: _complete,
     cmd.FailAttempt: _fail,
     cmd.ConfirmCancelled: _confirm_cancelled,
+    cmd.ReleaseAttempt: _release,
     cmd.CancelTask: _cancel,
     cmd.PauseTask: _pause,
     cmd.ResumeTask: _resume,

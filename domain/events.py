@@ -49,7 +49,8 @@ class Resumed(Event, frozen=True, tag="resumed"):
 
 
 class Updated(Event, frozen=True, tag="updated"):
-    payload: msgspec.Raw | None = None
+    # JSON null means "payload unchanged" (msgspec cannot decode Raw inside a union with None).
+    payload: msgspec.Raw = msgspec.Raw(b"null")
     priority: int | None = None
     run_at: datetime | None = None
 
@@ -119,6 +120,14 @@ class Cancelled(Event, frozen=True, tag="cancelled"):
     attempt: int = 0
 
 
+class AttemptReleased(Event, frozen=True, tag="attempt_released"):
+    """The worker handed the attempt back unfinished; it does not count against the budget."""
+
+    attempt: int
+    worker_id: str = ""
+    reason: str = ""
+
+
 class Replayed(Event, frozen=True, tag="replayed"):
     reason: str = ""
 
@@ -156,6 +165,7 @@ TaskEvent = (
     | DeadLettered
     | CancelRequested
     | Cancelled
+    | AttemptReleased
     | Replayed
     | Archived
     | ZombieRejected

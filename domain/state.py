@@ -30,7 +30,8 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True):
     paused_from: TaskStatus | None = None
     # Attempts started so far; the current attempt's number is the fencing token.
     attempt: int = 0
-    # Attempt count at the last replay: the budget is max_attempts attempts after it.
+    # Attempt count at the last replay, plus attempts handed back unfinished (released): the
+    # budget is max_attempts attempts beyond it.
     budget_base: int = 0
     # Dispatch tickets written so far; a ticket whose number is not this one is stale.
     dispatch: int = 0
@@ -92,7 +93,7 @@ def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901 - one 
                 return _queued(s, paused_from=None)
             return r(s, status=back, paused_from=None)
         case ev.Updated():
-            s = r(s, payload=event.payload if event.payload is not None else s.payload)
+            s = r(s, payload=event.payload if bytes(event.payload) != b"null" else s.payload)
             s = r(s, priority=event.priority if event.priority is not None else s.priority)
             if event.run_at is not None:
                 s = r(s, run_at=event.run_at, due_at=event.run_at)
@@ -136,6 +137,19 @@ def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901 - one 
             return r(s, status=TaskStatus.CANCELLING)
         case ev.Cancelled():
             return r(s, status=TaskStatus.CANCELLED, lease_until=None, due_at=None, paused_from=None)
+        case ev.AttemptReleased():
+            if s.status is not TaskStatus.RUNNING:
+                return r(s, lease_until=None)  # released while cancelling: `cancelled` follows
+            # Back to queued on the same dispatch number: the released ticket runs it next. The
+            # hand-back is not a failed attempt, so the budget grows by one.
+            return r(
+                s,
+                status=TaskStatus.QUEUED,
+                budget_base=s.budget_base + 1,
+                lease_until=None,
+                worker_id=None,
+                progress=None,
+            )
         case ev.Replayed():
             return _queued(
                 s,

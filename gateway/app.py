@@ -9,7 +9,19 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from gateway import problems, routes_events, routes_health, routes_tasks
+from gateway import (
+    openapi,
+    problems,
+    routes_auth,
+    routes_dead_letters,
+    routes_events,
+    routes_health,
+    routes_queues,
+    routes_schedules,
+    routes_stats,
+    routes_tasks,
+    routes_workers,
+)
 from gateway.services import Services
 from infra.settings import Settings
 
@@ -32,8 +44,15 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    openapi.install(app)
     app.include_router(routes_tasks.router)
+    app.include_router(routes_auth.router)
+    app.include_router(routes_schedules.router)
+    app.include_router(routes_queues.router)
     app.include_router(routes_events.router)
     app.include_router(routes_health.router)
+    app.include_router(routes_dead_letters.router)
+    app.include_router(routes_stats.router)
+    app.include_router(routes_workers.router)
     app.mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui")
     return app

@@ -21,11 +21,14 @@ TYPE_BASE = "https://ordo.dev/problems/"
 class Problem(Exception):
     """An HTTP error raised by a route: status, stable type slug, human detail, extra members."""
 
-    def __init__(self, status: int, slug: str, detail: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, slug: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.slug = slug
         self.detail = detail
+        self.headers = headers
         self.extra = extra
 
 
@@ -47,33 +50,53 @@ _DOMAIN_STATUS: dict[type[de.DomainError], int] = {
 }
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(Problem)
-    async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.slug, exc.detail, **exc.extra)
+def classify(exc: Exception) -> Problem | None:
+    """The problem an expected error stands for; None for an unexpected one (a 500, logged).
 
-    @app.exception_handler(de.DomainError)
-    async def _domain(_: Request, exc: de.DomainError) -> JSONResponse:
-        return problem_response(_DOMAIN_STATUS.get(type(exc), 409), exc.code, str(exc))
-
-    @app.exception_handler(ConcurrencyError)
-    async def _conflict(_: Request, exc: ConcurrencyError) -> JSONResponse:
-        return problem_response(409, "concurrent-modification", str(exc))
-
-    @app.exception_handler(EventStoreUnavailable)
-    async def _nats_down(_: Request, exc: EventStoreUnavailable) -> JSONResponse:
+    Shared by the HTTP exception handlers and the NATS command API, so both answer alike.
+    """
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, de.DomainError):
+        return Problem(_DOMAIN_STATUS.get(type(exc), 409), exc.code, str(exc))
+    if isinstance(exc, ConcurrencyError):
+        return Problem(409, "concurrent-modification", str(exc))
+    if isinstance(exc, EventStoreUnavailable):
         log.warning("event store unavailable: %s", exc)
-        return problem_response(503, "event-log-unavailable", str(exc), headers={"Retry-After": "1"})
-
-    @app.exception_handler(ReadModelUnavailable)
-    async def _pg_down(_: Request, exc: ReadModelUnavailable) -> JSONResponse:
+        return Problem(503, "event-log-unavailable", str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, ReadModelUnavailable):
         log.warning("read model unavailable: %s", exc)
-        return problem_response(503, "read-model-unavailable", str(exc), headers={"Retry-After": "1"})
+        return Problem(503, "read-model-unavailable", str(exc), headers={"Retry-After": "1"})
+    return None
+
+
+def problem_body(p: Problem) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": TYPE_BASE + p.slug, "title": p.slug.replace("-", " "), "status": p.status}
+    body["detail"] = p.detail
+    body.update(p.extra)
+    return body
+
+
+def install(app: FastAPI) -> None:
+    async def _expected(_: Request, exc: Exception) -> JSONResponse:
+        p = classify(exc)
+        if p is None:  # not one of ours: let Starlette log it and answer 500
+            raise exc
+        return problem_response(p.status, p.slug, p.detail, headers=p.headers, **p.extra)
+
+    for cls in (Problem, de.DomainError, ConcurrencyError, EventStoreUnavailable, ReadModelUnavailable):
+        app.add_exception_handler(cls, _expected)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()]
         return problem_response(422, "invalid-request", "the request is invalid", errors=errors)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's ServerErrorMiddleware calls this, then re-raises so the server logs it too.
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return problem_response(500, "internal-error", "an unexpected error occurred; it was logged")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

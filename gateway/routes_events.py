@@ -6,15 +6,22 @@ the filtered log after N: no gap, no duplicate, from any gateway. LISTEN/NOTIFY 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Depends, Header, Query, Request
 from sse_starlette import EventSourceResponse
 
+from domain.errors import TaskNotFound
+from gateway import keys
 from gateway.auth import Principal, Role, require
+from gateway.resources import problems
 from gateway.services import Services, services
+from gateway.task_service import check_id
+from infra import subjects as sj
 from projections import task_events
 from projections.runner import checkpoint
 
@@ -38,36 +45,119 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int | None:
     return None
 
 
+# `status=X` selects the events that move a task INTO status X (see docs/nats-api.md, "SSE filters").
+STATUS_EVENTS: dict[str, tuple[str, ...]] = {
+    "scheduled": ("scheduled",),
+    "queued": ("submitted", "queued", "replayed", "attempt_released"),
+    "paused": ("paused",),
+    "running": ("attempt_started",),
+    "retrying": ("retry_scheduled",),
+    "cancelling": ("cancel_requested",),
+    "succeeded": ("succeeded",),
+    "failed": ("failed",),
+    "cancelled": ("cancelled",),
+}
+_KEY_RECHECK_S = 5.0
+EventTypes = Annotated[str | None, Query(pattern=r"^[a-z_]{1,40}(,[a-z_]{1,40}){0,30}$")]
+
+
+@dataclass(frozen=True)
+class StreamFilter:
+    task_id: str | None = None
+    queue: str | None = None
+    types: tuple[str, ...] | None = None  # None: every type; (): nothing can match
+
+
+def _types(type_: str | None, status: str | None) -> tuple[str, ...] | None:
+    wanted: set[str] | None = None
+    if type_ is not None:
+        wanted = set(type_.split(","))
+    if status is not None:
+        by_status = {e for s in status.split(",") for e in STATUS_EVENTS.get(s, ())}
+        wanted = by_status if wanted is None else wanted & by_status
+    return None if wanted is None else tuple(sorted(wanted))
+
+
 async def _stream(
-    request: Request, svc: Services, tenant: str, after: int, task_id: str | None
+    request: Request, svc: Services, who: Principal, after: int, flt: StreamFilter
 ) -> AsyncIterator[dict[str, Any]]:
-    while not await request.is_disconnected():
-        page = await task_events.events_after(svc.pool, tenant, after, _PAGE, task_id=task_id)
-        for entry in page:
-            after = entry["seq"]
-            yield {"id": str(after), "event": "task_event", "data": _json.encode(entry).decode()}
-        if len(page) < _PAGE:
-            # Wait for the projector's next commit (the timeout only re-checks the connection).
-            await svc.notifier.wait_beyond(max(after, svc.notifier.last_seq), timeout=5.0)
+    checked = time.monotonic()
+    try:
+        while not await request.is_disconnected():
+            if flt.types == ():
+                await svc.notifier.wait_beyond(svc.notifier.last_seq, timeout=5.0)
+                continue
+            # Everything up to the checkpoint read first is committed: a filtered stream may skip
+            # to it after a short page without missing an event (no re-scan of unmatched rows).
+            reached = await checkpoint(svc.pool)
+            page = await task_events.events_after(
+                svc.pool, who.tenant, after, _PAGE, task_id=flt.task_id, queue=flt.queue, types=flt.types
+            )
+            for entry in page:
+                after = entry["seq"]
+                yield {"id": str(after), "event": "task_event", "data": _json.encode(entry).decode()}
+            if len(page) < _PAGE:
+                after = max(after, reached)
+                # Wait for the projector's next commit (the timeout only re-checks the connection).
+                await svc.notifier.wait_beyond(max(after, svc.notifier.last_seq), timeout=5.0)
+            if who.key_id is not None and time.monotonic() - checked > _KEY_RECHECK_S:
+                checked = time.monotonic()
+                if await keys.by_id(svc.pool, who.key_id) is None:
+                    return  # the key was revoked: end its streams
+    finally:
+        svc.limits.release_stream(who.key_id)
 
 
-@router.get("/events/stream")
+def _response(
+    request: Request, svc: Services, who: Principal, start: int, flt: StreamFilter
+) -> EventSourceResponse:
+    svc.limits.acquire_stream(who.key_id)  # the cap is per API key (none with auth off)
+    return EventSourceResponse(
+        _stream(request, svc, who, start, flt),
+        ping=int(max(1, svc.settings.sse_ping_s)),
+        send_timeout=svc.settings.sse_send_timeout_s,
+    )
+
+
+async def _known_task(svc: Services, who: Principal, task_id: str) -> str:
+    """Another tenant's task (or none) is 404 before the stream opens; read from the log, so a task
+    submitted a moment ago is found even while the projection lags."""
+    check_id(task_id)
+    if await svc.handler.store.last_seq(sj.task_events_filter(who.tenant, task_id)) == 0:
+        raise TaskNotFound(task_id)
+    return task_id
+
+
+_SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "SSE"},
+    **problems(401, 403, 404, 422, 429),
+}
+
+
+@router.get("/events/stream", response_class=EventSourceResponse, responses=_SSE_DOC)
 async def events_stream(
     request: Request,
     svc: Svc,
     who: Viewer,
-    task_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    task_id: Annotated[str | None, Query(max_length=64)] = None,
+    queue: Annotated[str | None, Query(pattern=r"^[a-z0-9_-]{1,64}$")] = None,
+    type: EventTypes = None,  # noqa: A002 - the API's name
+    status: EventTypes = None,
+    after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
-    """All task events (or one task's) as SSE. Without a resume point: from now on."""
+    """Task events of the caller's tenant as SSE, `id:` = log sequence, filtered server-side by
+    task, queue, event type(s) and status(es) entered. Without a resume point: from now on."""
+    if task_id is not None:
+        await _known_task(svc, who, task_id)
     start = _resume_point(last_event_id, after)
     if start is None:
         start = 0 if task_id is not None else await checkpoint(svc.pool)
-    return EventSourceResponse(_stream(request, svc, who.tenant, start, task_id), ping=15, send_timeout=30)
+    flt = StreamFilter(task_id=task_id, queue=queue, types=_types(type, status))
+    return _response(request, svc, who, start, flt)
 
 
-@router.get("/tasks/{task_id}/stream")
+@router.get("/tasks/{task_id}/stream", response_class=EventSourceResponse, responses=_SSE_DOC)
 async def task_stream(
     request: Request,
     task_id: str,
@@ -76,5 +166,6 @@ async def task_stream(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     """One task's events as SSE, from its first event unless resumed."""
+    await _known_task(svc, who, task_id)
     start = _resume_point(last_event_id, None) or 0
-    return EventSourceResponse(_stream(request, svc, who.tenant, start, task_id), ping=15, send_timeout=30)
+    return _response(request, svc, who, start, StreamFilter(task_id=task_id))

@@ -1,138 +1,174 @@
-"""Task routes: thin — parse, build a command or call a query, map errors in one place."""
+"""Task routes: thin — parse, call the shared task service or a query, map errors in one place."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from domain.commands import CancelTask, PauseTask, ReplayTask, ResumeTask, SubmitTask
 from domain.errors import TaskNotFound
+from gateway import task_service
 from gateway.auth import Principal, Role, require
 from gateway.body import read_limited
+from gateway.consistency import ReadConsistency
 from gateway.problems import Problem
-from gateway.schemas import InvalidBody, decode_submit, submit_schema
+from gateway.resources import (
+    Accepted,
+    BatchAccepted,
+    TaskList,
+    TaskResource,
+    Timeline,
+    problems,
+)
+from gateway.schemas import batch_schema, submit_schema, update_schema
 from gateway.services import Services, services
-from infra.ids import new_task_id, task_id_for_key
+from infra.settings import Settings
 from projections import task_events, tasks
 
-router = APIRouter(prefix="/v1", tags=["tasks"])
+router = APIRouter(prefix="/v1", tags=["tasks"], responses=problems(401, 403, 429))
 Svc = Annotated[Services, Depends(services)]
 Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
 Submitter = Annotated[Principal, Depends(require(Role.SUBMITTER))]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
+TaskStatus = Annotated[str, Query(pattern=r"^[a-z]{1,20}(,[a-z]{1,20}){0,9}$")]
+_MAX_BATCH = Settings().max_batch
 
 
-def _check_id(task_id: str) -> str:
-    if not (1 <= len(task_id) <= 64) or not all(c.isalnum() or c in "_-" for c in task_id):
-        raise TaskNotFound(task_id)
-    return task_id
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": schema}}}
 
 
 @router.post(
     "/tasks",
     status_code=202,
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": submit_schema()}}},
+    response_model=Accepted,
+    responses={200: {"model": Accepted, "description": "an idempotent repeat"}, **problems(409, 413, 422)},
+    openapi_extra=_json_body(submit_schema()),
 )
 async def submit_task(request: Request, svc: Svc, who: Submitter) -> JSONResponse:
-    """Submit one task. 202 with its id and status once the `submitted` event is stored."""
+    """Submit one task. 202 with its id, status and log `seq` once the `submitted` event is stored."""
     body = await read_limited(request, svc.settings.max_body_bytes)
-    try:
-        req = decode_submit(body)
-    except InvalidBody as exc:
-        raise Problem(422, "invalid-request", str(exc)) from exc
-    if len(req.payload) > svc.settings.max_payload_bytes:
-        raise Problem(413, "payload-too-large", f"payload exceeds {svc.settings.max_payload_bytes} bytes")
-    tenant = who.tenant
-    now = datetime.now(UTC)
-    run_at = req.run_at
-    if req.delay is not None:
-        run_at = now + timedelta(seconds=req.delay)
-    if req.idempotency_key is not None:
-        task_id = task_id_for_key(tenant, req.idempotency_key)
-    else:
-        task_id = new_task_id()
-    command = SubmitTask(
-        task_id=task_id,
-        tenant=tenant,
-        queue=req.queue,
-        task_type=req.type,
-        now=now,
-        payload=req.payload,
-        priority=req.priority,
-        run_at=run_at.astimezone(UTC) if run_at is not None else None,
-        max_attempts=req.max_attempts or svc.settings.default_max_attempts,
-        timeout_s=req.timeout or svc.settings.default_timeout_s,
-        tags=tuple(req.tags),
-        idempotency_key=req.idempotency_key,
-        body_hash=req.body_hash() if req.idempotency_key is not None else None,
-    )
-    outcome = await svc.handler.execute(tenant, command)
-    status = 202 if outcome.events else 200
-    return JSONResponse(
-        {"id": task_id, "status": str(outcome.state.status), "seq": outcome.last_seq},
-        status_code=status,
-        headers={"Location": f"/v1/tasks/{task_id}"},
-    )
+    status, out = await task_service.submit(svc, who, body)
+    return JSONResponse(out, status_code=status, headers={"Location": f"/v1/tasks/{out['id']}"})
 
 
-@router.get("/tasks")
+@router.post(
+    "/tasks:batch",
+    status_code=202,
+    response_model=BatchAccepted,
+    responses=problems(409, 413, 422),
+    openapi_extra=_json_body(batch_schema(_MAX_BATCH)),
+)
+async def submit_batch(request: Request, svc: Svc, who: Submitter) -> dict[str, Any]:
+    """Submit up to `max_batch` tasks. Every item is validated first: one bad item answers 422
+    listing the bad items by index and nothing is submitted. Then atomic chunks are appended."""
+    body = await read_limited(request, svc.settings.max_body_bytes)
+    return await task_service.submit_batch(svc, who, body)
+
+
+@router.get("/tasks", response_model=TaskList, responses=problems(400, 422, 503))
 async def list_tasks(
     svc: Svc,
     who: Viewer,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    rc: ReadConsistency,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
-    status: Annotated[str | None, Query(pattern=r"^[a-z]{1,20}$")] = None,
+    status: TaskStatus | None = None,
     type: Annotated[str | None, Query(max_length=200)] = None,  # noqa: A002 - the API's name
-    queue: Annotated[str | None, Query(pattern=r"^[a-z0-9_-]{1,64}$")] = None,
+    queue: Annotated[str | None, Query(max_length=64)] = None,
+    tag: Annotated[str | None, Query(max_length=100)] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    updated_after: datetime | None = None,
+    updated_before: datetime | None = None,
+    q: Annotated[str | None, Query(max_length=200, description="text search in id and type")] = None,
+    archived: bool = False,
+    sort: Annotated[str, Query(pattern=r"^-?(created_at|updated_at)$")] = "-created_at",
 ) -> dict[str, Any]:
-    """Tasks, newest first, with an opaque cursor to the next page."""
+    """Tasks of the caller's tenant (newest first by default) with an opaque cursor to the next page.
+    `status` takes a comma-separated list. Archived tasks are listed only with `archived=true`."""
+    if limit > svc.settings.max_page:
+        raise Problem(422, "page-too-large", f"limit is at most {svc.settings.max_page}")
+    await rc.ensure(svc, who.tenant)
     try:
-        items, next_cursor = await tasks.list_tasks(svc.pool, who.tenant, limit, cursor, status, type, queue)
+        items, next_cursor = await tasks.list_tasks(
+            svc.pool, who.tenant, limit, cursor, None, type, queue,
+            statuses=tuple(status.split(",")) if status else (), tag=tag,
+            created_after=created_after, created_before=created_before,
+            updated_after=updated_after, updated_before=updated_before,
+            search=q, archived=archived, sort=sort,
+        )  # fmt: skip
     except ValueError as exc:
         raise Problem(400, "invalid-cursor", str(exc)) from exc
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.get("/tasks/{task_id}")
-async def get_task(task_id: str, svc: Svc, who: Viewer) -> dict[str, Any]:
-    task = await tasks.get_task(svc.pool, who.tenant, _check_id(task_id))
-    if task is None:
-        raise TaskNotFound(task_id)
-    return task
+@router.get("/tasks/{task_id}", response_model=TaskResource, responses=problems(404, 422, 503))
+async def get_task(
+    task_id: str,
+    svc: Svc,
+    who: Viewer,
+    rc: ReadConsistency,
+    as_of_seq: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+) -> dict[str, Any]:
+    """The task from the read model; with `as_of_seq`, as it was after that log sequence
+    (its events folded by the domain from the log)."""
+    if as_of_seq is None:
+        task_service.check_id(task_id)
+        await rc.ensure(svc, who.tenant, task_id)
+    return await task_service.get(svc, who, task_id, as_of_seq)
 
 
-@router.get("/tasks/{task_id}/events")
-async def task_timeline(task_id: str, svc: Svc, who: Viewer) -> dict[str, Any]:
+@router.get("/tasks/{task_id}/events", response_model=Timeline, responses=problems(404, 503))
+async def task_timeline(task_id: str, svc: Svc, who: Viewer, rc: ReadConsistency) -> dict[str, Any]:
     """The task's events in sequence order (from the read model)."""
-    events = await task_events.timeline(svc.pool, who.tenant, _check_id(task_id))
+    task_service.check_id(task_id)
+    await rc.ensure(svc, who.tenant, task_id)
+    events = await task_events.timeline(svc.pool, who.tenant, task_id)
     if not events:
         raise TaskNotFound(task_id)
     return {"events": events}
 
 
-async def _command(svc: Services, who: Principal, command: Any) -> dict[str, Any]:
-    outcome = await svc.handler.execute(who.tenant, command)
-    return {"id": command.task_id, "status": str(outcome.state.status), "seq": outcome.last_seq}
+@router.patch(
+    "/tasks/{task_id}",
+    status_code=202,
+    response_model=Accepted,
+    responses=problems(404, 409, 413, 422),
+    openapi_extra=_json_body(update_schema()),
+)
+async def update_task(task_id: str, request: Request, svc: Svc, who: Submitter) -> dict[str, Any]:
+    """Change payload, priority or run_at of a task that has not started yet (409 once it has)."""
+    body = await read_limited(request, svc.settings.max_body_bytes)
+    return await task_service.update(svc, who, task_id, body)
 
 
-@router.post("/tasks/{task_id}:cancel", status_code=202)
+_COMMAND_DOC = problems(404, 409)
+
+
+@router.post("/tasks/{task_id}:cancel", status_code=202, response_model=Accepted, responses=_COMMAND_DOC)
 async def cancel_task(task_id: str, svc: Svc, who: Operator) -> dict[str, Any]:
-    return await _command(svc, who, CancelTask(task_id=_check_id(task_id)))
+    return await task_service.simple_command(svc, who, "cancel", task_id)
 
 
-@router.post("/tasks/{task_id}:pause", status_code=202)
+@router.post("/tasks/{task_id}:pause", status_code=202, response_model=Accepted, responses=_COMMAND_DOC)
 async def pause_task(task_id: str, svc: Svc, who: Operator) -> dict[str, Any]:
-    return await _command(svc, who, PauseTask(task_id=_check_id(task_id)))
+    return await task_service.simple_command(svc, who, "pause", task_id)
 
 
-@router.post("/tasks/{task_id}:resume", status_code=202)
+@router.post("/tasks/{task_id}:resume", status_code=202, response_model=Accepted, responses=_COMMAND_DOC)
 async def resume_task(task_id: str, svc: Svc, who: Operator) -> dict[str, Any]:
-    return await _command(svc, who, ResumeTask(task_id=_check_id(task_id)))
+    return await task_service.simple_command(svc, who, "resume", task_id)
 
 
-@router.post("/tasks/{task_id}:retry", status_code=202)
+@router.post("/tasks/{task_id}:retry", status_code=202, response_model=Accepted, responses=_COMMAND_DOC)
 async def retry_task(task_id: str, svc: Svc, who: Operator) -> dict[str, Any]:
-    return await _command(svc, who, ReplayTask(task_id=_check_id(task_id), reason="manual retry"))
+    return await task_service.simple_command(svc, who, "retry", task_id)
+
+
+@router.post("/tasks/{task_id}:archive", status_code=202, response_model=Accepted, responses=_COMMAND_DOC)
+async def archive_task(task_id: str, svc: Svc, who: Operator) -> dict[str, Any]:
+    """Hide a finished task from lists (kept in the log and readable by id). 409 unless finished."""
+    return await task_service.archive(svc, who, task_id)

@@ -69,3 +69,68 @@ def submit_schema() -> dict[str, Any]:
     doc = msgspec.defstruct("SubmitTaskRequest", fields, forbid_unknown_fields=True, kw_only=True)
     (_,), components = msgspec.json.schema_components([doc])
     return {"schema": components["SubmitTaskRequest"]}
+
+
+class UpdateTaskRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A change to a task that has not started yet; omitted fields stay as they are."""
+
+    payload: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    priority: Priority | None = None
+    run_at: AwareDatetime | None = None
+
+
+class _BatchEnvelope(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    tasks: list[msgspec.Raw]
+
+
+_update_decoder = msgspec.json.Decoder(UpdateTaskRequest)
+_batch_decoder = msgspec.json.Decoder(_BatchEnvelope)
+
+
+def decode_update(body: bytes) -> UpdateTaskRequest:
+    try:
+        req = _update_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidBody(str(exc)) from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidBody(f"malformed JSON: {exc}") from exc
+    if req.payload is msgspec.UNSET and req.priority is None and req.run_at is None:
+        raise InvalidBody("give at least one of payload, priority, run_at")
+    return req
+
+
+def decode_batch_items(body: bytes) -> list[msgspec.Raw]:
+    """The raw items of `{"tasks": [...]}`; each is decoded on its own to report errors by index."""
+    try:
+        return _batch_decoder.decode(body).tasks
+    except msgspec.ValidationError as exc:
+        raise InvalidBody(str(exc)) from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidBody(f"malformed JSON: {exc}") from exc
+
+
+def batch_schema(max_items: int) -> dict[str, Any]:
+    item = submit_schema()["schema"]
+    return {
+        "schema": {
+            "type": "object",
+            "required": ["tasks"],
+            "additionalProperties": False,
+            "properties": {"tasks": {"type": "array", "minItems": 1, "maxItems": max_items, "items": item}},
+        }
+    }
+
+
+def update_schema() -> dict[str, Any]:
+    return {
+        "schema": {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "properties": {
+                "payload": {},
+                "priority": {"type": "integer", "minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY},
+                "run_at": {"type": "string", "format": "date-time"},
+            },
+        }
+    }

@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import asyncpg
 from fastapi import Request
 from nats.aio.client import Client as NATS
 
+from gateway import keys
+from gateway.limits import Limits
 from infra.command_handler import CommandHandler
 from infra.event_store import EventStore
 from infra.nats_conn import connect, provision
@@ -20,6 +23,9 @@ from infra.settings import Settings
 from infra.timers import Timers
 from projections.runner import NOTIFY_CHANNEL
 from projections.schema import migrate
+
+if TYPE_CHECKING:
+    from gateway.nats_api import NatsApi
 
 log = logging.getLogger("ordo.gateway")
 
@@ -50,7 +56,10 @@ class Services:
     handler: CommandHandler
     pool: asyncpg.Pool
     notifier: Notifier
+    limits: Limits
+    session_secret: bytes = b""
     _listener: asyncpg.Connection | None = field(default=None)
+    _nats_api: NatsApi | None = field(default=None)
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -59,10 +68,22 @@ class Services:
         pool = await create_pool(settings.database_url)
         async with pool.acquire() as conn:
             await migrate(conn)
+            await keys.migrate(conn)
+            secret = await keys.session_secret(conn)
+            if settings.auth and settings.admin_key:
+                # Deployments (compose) bootstrap their first admin key from ORDO_ADMIN_KEY.
+                await keys.create_key(
+                    conn, settings.tenant, "admin", "ORDO_ADMIN_KEY", secret=settings.admin_key
+                )
         store = EventStore(nc)
         handler = CommandHandler(store, Timers(nc, settings.timer_lead_s))
-        services = cls(settings, nc, handler, pool, Notifier())
+        limits = Limits(settings.rate_limit_per_s, settings.rate_limit_burst, settings.sse_max_per_key)
+        services = cls(settings, nc, handler, pool, Notifier(), limits, secret)
         await services._listen()
+        from gateway.nats_api import NatsApi  # it routes into the task service, which needs Services
+
+        services._nats_api = NatsApi(services)
+        await services._nats_api.start()
         return services
 
     async def _listen(self) -> None:
@@ -75,6 +96,8 @@ class Services:
         self._listener = conn
 
     async def close(self) -> None:
+        if self._nats_api is not None:
+            await self._nats_api.stop()
         if self._listener is not None:
             await self._listener.close()
         await self.pool.close()

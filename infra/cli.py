@@ -37,6 +37,26 @@ async def _run_projector(settings: Settings) -> None:
         await nc.drain()
 
 
+async def _run_rebuild(settings: Settings, names: list[str]) -> int:
+    from infra.nats_conn import connect, provision
+    from projections.rebuild import RebuildError, rebuild
+
+    nc = await connect(settings, name="ordo-rebuild")
+    try:
+        await provision(nc, settings)
+        report = await rebuild(nc, settings.database_url, names, batch_size=settings.projection_batch)
+    except RebuildError as exc:
+        print(f"ordo rebuild: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await nc.drain()
+    print(
+        f"rebuilt {', '.join(report.projections)}: {report.events} events in {report.seconds:.2f} s"
+        f" ({report.events_per_s:.0f} events/s), checkpoint {report.checkpoint}"
+    )
+    return 0
+
+
 async def _run_scheduler(settings: Settings) -> None:
     from infra.command_handler import CommandHandler
     from infra.event_store import EventStore
@@ -47,7 +67,15 @@ async def _run_scheduler(settings: Settings) -> None:
     nc = await connect(settings, name="ordo-scheduler")
     await provision(nc, settings)
     handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
-    scheduler = Scheduler(nc, handler)
+    from infra.schedule_handler import ScheduleHandler, TaskDefaults
+    from infra.schedule_timers import ScheduleTimers
+
+    schedules = ScheduleHandler(
+        handler,
+        ScheduleTimers(nc, settings.timer_lead_s),
+        TaskDefaults(settings.default_max_attempts, settings.default_timeout_s),
+    )
+    scheduler = Scheduler(nc, handler, schedules=schedules)
     _install_signals(scheduler.shutdown)
     try:
         await scheduler.run()
@@ -86,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--data-dir", default=os.environ.get("ORDO_DATA_DIR", ".ordo"))
     up.add_argument("--workers", type=int, default=1)
+    up.add_argument("--no-auth", action="store_true", help="switch API keys off (local use only)")
     up.add_argument(
         "--cluster", type=int, default=1, choices=(1, 3, 5), help="embedded JetStream cluster size"
     )
@@ -95,7 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     wk = sub.add_parser("worker", help="run a worker")
     wk.add_argument("--queues", default="default", help="comma-separated queue names")
     wk.add_argument("--concurrency", type=int, default=None)
+    wk.add_argument(
+        "--type-limit",
+        action="append",
+        default=[],
+        metavar="TYPE=N",
+        help="at most N tasks of TYPE at once across all workers (repeatable; or ORDO_TYPE_LIMITS)",
+    )
     sub.add_parser("projector", help="run the projections")
+    rb = sub.add_parser("rebuild", help="replay the log into shadow tables and swap them in")
+    rb.add_argument("projection", nargs="*", help="projections to rebuild (default: all)")
     sub.add_parser("scheduler", help="run the timer scheduler")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -107,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"ordo: configuration error: {exc}", file=sys.stderr)
         return 2
+    if "ORDO_AUTH" not in os.environ:
+        settings = settings.with_(auth=True)  # entry points are secure unless told otherwise
     if args.command == "up":
+        if args.no_auth:
+            settings = settings.with_(auth=False)
         return _cmd_up(settings, args)
     if not settings.nats_url or not settings.database_url and args.command != "worker":
         print("ordo: set ORDO_NATS_URL and ORDO_DATABASE_URL (or use `ordo up`)", file=sys.stderr)
@@ -118,9 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         from workers.service import run_worker
 
         queues = tuple(q for q in args.queues.split(",") if q)
-        asyncio.run(run_worker(settings, queues, args.concurrency or settings.worker_concurrency))
+        from workers.limits import parse_type_limits
+
+        limits = parse_type_limits(",".join(args.type_limit))
+        asyncio.run(run_worker(settings, queues, args.concurrency or settings.worker_concurrency, limits))
     elif args.command == "projector":
         asyncio.run(_run_projector(settings))
+    elif args.command == "rebuild":
+        return asyncio.run(_run_rebuild(settings, args.projection))
     elif args.command == "scheduler":
         asyncio.run(_run_scheduler(settings))
     return 0

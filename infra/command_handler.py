@@ -7,14 +7,24 @@ the task runnable; a durable timer is armed before the event that needs it (a st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from domain.commands import SubmitTask, TaskCommand
 from domain.decide import decide
+from domain.errors import TaskAlreadyExists
 from domain.events import Event
 from domain.state import TaskState, evolve, initial
 from domain.status import TaskStatus
-from infra.event_store import ConcurrencyError, EventStore, Metadata, StoredEvent, Ticket
+from infra.event_store import (
+    MAX_ATOMIC_BATCH,
+    AppendItem,
+    ConcurrencyError,
+    EventStore,
+    Metadata,
+    StoredEvent,
+    Ticket,
+)
 from infra.timers import Timers
 
 
@@ -60,6 +70,74 @@ class CommandHandler:
                         continue
                 continue
         raise ConcurrencyError(f"task {command.task_id}: too many concurrent changes")
+
+    async def submit_many(
+        self, tenant: str, commands: Sequence[SubmitTask], meta: Metadata | None = None
+    ) -> list[Outcome]:
+        """Submit new tasks in atomic chunks of at most MAX_ATOMIC_BATCH messages.
+
+        Every task still appends with expected sequence 0. A chunk that conflicts (an idempotency
+        key already used, or our own earlier write whose reply was lost) stored nothing, so it is
+        replayed task by task through `execute`, which decides each against its real history.
+        The caller validated every command (decide raises nothing for a new task).
+        """
+        outcomes: list[Outcome] = []
+        chunk: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]] = []
+        size = 0
+        for command in commands:
+            state = initial(command.task_id)
+            events = decide(command, state)
+            new = state
+            for event in events:
+                new = evolve(new, event)
+            ticket = self._ticket(state, new)
+            item = AppendItem(new.queue, new.task_id, events, 0, ticket=ticket, meta=meta)
+            count = len(events) + (ticket is not None)
+            if chunk and size + count > MAX_ATOMIC_BATCH:
+                outcomes += await self._flush(tenant, chunk, meta)
+                chunk, size = [], 0
+            chunk.append((command, new, events, item))
+            size += count
+        if chunk:
+            outcomes += await self._flush(tenant, chunk, meta)
+        return outcomes
+
+    async def _flush(
+        self,
+        tenant: str,
+        chunk: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]],
+        meta: Metadata | None,
+    ) -> list[Outcome]:
+        for _, new, _, _ in chunk:
+            if new.status in (TaskStatus.SCHEDULED, TaskStatus.RETRYING) and new.due_at is not None:
+                await self.timers.arm(tenant, new.task_id, new.due_at)
+        try:
+            seqs = await self.store.append_many(tenant, [item for *_, item in chunk])
+        except ConcurrencyError:
+            return [await self._submit_one(tenant, command, meta) for command, *_ in chunk]
+        return [Outcome(new, events, s, s[-1]) for (_, new, events, _), s in zip(chunk, seqs, strict=True)]
+
+    async def _submit_one(self, tenant: str, command: SubmitTask, meta: Metadata | None) -> Outcome:
+        try:
+            return await self.execute(tenant, command, meta)
+        except TaskAlreadyExists:
+            if command.idempotency_key is not None:
+                raise
+            # A fresh random id that exists is our own earlier write whose reply was lost.
+            state, _, last_seq = await self.load(tenant, command.task_id)
+            return Outcome(state, [], [], last_seq)
+
+    @staticmethod
+    def _ticket(state: TaskState, new: TaskState) -> Ticket | None:
+        if new.status is TaskStatus.QUEUED and new.dispatch != state.dispatch:
+            return Ticket(
+                tenant=new.tenant,
+                queue=new.queue,
+                task_id=new.task_id,
+                dispatch=new.dispatch,
+                priority=new.priority,
+            )
+        return None
 
     async def _apply(
         self,

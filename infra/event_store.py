@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -24,6 +26,7 @@ from infra import subjects as sj
 
 WRONG_LAST_SEQUENCE = 10071
 _BATCH_LIMIT = 1000
+MAX_ATOMIC_BATCH = _BATCH_LIMIT
 _LOAD_PAGE = 1000
 
 
@@ -69,6 +72,18 @@ class Metadata:
     correlation_id: str | None = None
     causation_id: str | None = None
     traceparent: str | None = None
+
+
+@dataclass(frozen=True)
+class AppendItem:
+    """One task's part of a multi-task atomic append."""
+
+    queue: str
+    task_id: str
+    events: list[Event]
+    expected_seq: int
+    ticket: Ticket | None = None
+    meta: Metadata | None = None
 
 
 _ticket_encoder = msgspec.json.Encoder()
@@ -149,6 +164,55 @@ class EventStore:
                 await asyncio.sleep(0.1 * (attempt + 1))
         raise AssertionError("unreachable")
 
+    async def append_many(self, tenant: str, items: list[AppendItem]) -> list[list[int]]:
+        """Append several tasks' events in ONE atomic batch: all are stored or none.
+
+        Each task keeps its own optimistic-concurrency check (its first event states the task's
+        expected last sequence), so a conflict on any task rejects the whole batch with
+        ConcurrencyError. Returns each item's event sequences. The caller keeps a batch within
+        the server's atomic-batch limit (MAX_ATOMIC_BATCH messages).
+        """
+        msgs: list[tuple[str, bytes, dict[str, str]]] = []
+        slots: list[list[int]] = []
+        for item in items:
+            slot: list[int] = []
+            for i, event in enumerate(item.events):
+                headers = self._headers(item.meta)
+                if i == 0:
+                    headers[sj.EXPECTED_LAST_SUBJECT_SEQ] = str(item.expected_seq)
+                    headers[sj.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = sj.task_events_filter(
+                        tenant, item.task_id
+                    )
+                slot.append(len(msgs))
+                msgs.append(
+                    (sj.event_subject(tenant, item.queue, item.task_id, event_name(event)),
+                     encode_event(event), headers)
+                )  # fmt: skip
+            if item.ticket is not None:
+                subject = sj.work_subject(tenant, item.queue, band_for(item.ticket.priority))
+                msgs.append((subject, encode_ticket(item.ticket), {sj.MSG_ID: uuid.uuid4().hex}))
+            slots.append(slot)
+        if not msgs:
+            return [[] for _ in items]
+        if len(msgs) > _BATCH_LIMIT:
+            raise EventStoreError(f"{len(msgs)} messages exceed one atomic batch")
+        for attempt in range(3):
+            try:
+                last = await self._publish_batch(msgs)
+                first = last - len(msgs) + 1
+                return [[first + i for i in slot] for slot in slots]
+            except APIError as exc:
+                if exc.err_code == WRONG_LAST_SEQUENCE:
+                    raise ConcurrencyError(str(exc.description)) from exc
+                raise EventStoreUnavailable(str(exc)) from exc
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+                # A lost commit reply: the retry re-sends every message with its Nats-Msg-Id, so a
+                # batch that did land is reported as a conflict (expected seq 0), never stored twice.
+                if attempt == 2:
+                    raise EventStoreUnavailable("no reply from JetStream") from exc
+                await asyncio.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     async def _publish_batch(self, msgs: list[tuple[str, bytes, dict[str, str]]]) -> int:
         batch_id = uuid.uuid4().hex
         for i, (subject, data, headers) in enumerate(msgs[:-1], start=1):
@@ -185,6 +249,20 @@ class EventStore:
                 headers[sj.TRACEPARENT] = meta.traceparent
         return headers
 
+    async def last_seq(self, subject_filter: str) -> int:
+        """The sequence of the newest message matching `subject_filter` (wildcards allowed); 0: none."""
+        request = json.dumps({"last_by_subj": subject_filter}).encode()
+        try:
+            msg = await self._nc.request(sj.direct_get(sj.EVENTS_STREAM), request, timeout=self._timeout)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise EventStoreUnavailable("direct get timed out") from exc
+        headers = msg.headers or {}
+        if headers.get("Status") == "404":
+            return 0
+        if headers.get("Status"):
+            raise EventStoreUnavailable(f"direct get failed: {headers}")
+        return int(headers["Nats-Sequence"])
+
     async def load(self, tenant: str, task_id: str) -> tuple[list[StoredEvent], int]:
         """Every stored event of one task in sequence order, and the task's last sequence (0: none)."""
         return await self.load_filter(sj.task_events_filter(tenant, task_id))
@@ -205,13 +283,61 @@ class EventStore:
                 return out, out[-1].seq if out else 0
             seq = page[-1].seq + 1
 
-    async def _page(self, subject_filter: str, seq: int) -> tuple[list[StoredEvent], bool]:
+    async def append_raw(
+        self, msgs: list[tuple[str, bytes, dict[str, str]]], expected_seq: int, expected_filter: str
+    ) -> list[int]:
+        """Append messages of any subject family in one atomic batch, with the OCC check on
+        `expected_filter` (the aggregate's wildcard) stated by the first message. Headers get a
+        Nats-Msg-Id/Ordo-Event-Id and schema version when missing. Returns each message's sequence.
+        """
+        if not msgs or len(msgs) > _BATCH_LIMIT:
+            raise EventStoreError(f"{len(msgs)} messages: need 1..{_BATCH_LIMIT} for one atomic batch")
+        out: list[tuple[str, bytes, dict[str, str]]] = []
+        for i, (subject, data, headers) in enumerate(msgs):
+            hdrs = {**self._headers(None), **headers}
+            hdrs[sj.EVENT_ID] = hdrs[sj.MSG_ID]
+            if i == 0:
+                hdrs[sj.EXPECTED_LAST_SUBJECT_SEQ] = str(expected_seq)
+                hdrs[sj.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = expected_filter
+            out.append((subject, data, hdrs))
+        for attempt in range(3):
+            try:
+                if len(out) == 1:
+                    ack = await self._js.publish(out[0][0], out[0][1], headers=out[0][2])
+                    return [ack.seq]
+                last = await self._publish_batch(out)
+                return [last - len(out) + 1 + i for i in range(len(out))]
+            except APIError as exc:
+                if exc.err_code == WRONG_LAST_SEQUENCE:
+                    raise ConcurrencyError(str(exc.description)) from exc
+                raise EventStoreUnavailable(str(exc)) from exc
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+                if attempt == 2:
+                    raise EventStoreUnavailable("no reply from JetStream") from exc
+                await asyncio.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def load_raw(self, subject_filter: str) -> tuple[list[RawStored], int]:
+        """Every message matching `subject_filter` undecoded (any family), and the last sequence."""
+        out: list[RawStored] = []
+        seq = 1
+        while True:
+            page, more = await self._page(subject_filter, seq, RawStored)
+            out.extend(page)
+            if not more or not page:
+                return out, out[-1].seq if out else 0
+            seq = page[-1].seq + 1
+
+    async def _page(
+        self, subject_filter: str, seq: int, convert: Callable[..., Any] | None = None
+    ) -> tuple[list[Any], bool]:
+        convert = convert or to_stored
         inbox = self._nc.new_inbox()
         sub = await self._nc.subscribe(inbox)
         request = {"seq": seq, "next_by_subj": subject_filter, "batch": _LOAD_PAGE}
         try:
             await self._nc.publish(sj.direct_get(sj.EVENTS_STREAM), json.dumps(request).encode(), reply=inbox)
-            page: list[StoredEvent] = []
+            page: list[Any] = []
             while True:
                 try:
                     msg = await sub.next_msg(timeout=self._timeout)
@@ -226,7 +352,7 @@ class EventStore:
                 if status:
                     raise EventStoreUnavailable(f"direct get failed: {status} {headers}")
                 page.append(
-                    to_stored(
+                    convert(
                         headers["Nats-Subject"],
                         msg.data,
                         headers,
@@ -236,6 +362,17 @@ class EventStore:
                 )
         finally:
             await sub.unsubscribe()
+
+
+@dataclass(frozen=True)
+class RawStored:
+    """A stored message of any subject family, undecoded (schedules, queues)."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    seq: int
+    stored_at: datetime
 
 
 def to_stored(

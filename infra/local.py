@@ -17,15 +17,38 @@ from pathlib import Path
 from infra.cluster import EmbeddedCluster
 from infra.embedded_nats import EmbeddedNats, NatsServerConfig
 from infra.embedded_postgres import EmbeddedPostgres, PostgresConfig
+from infra.nats_conn import connect
 from infra.processes import kill_stale, remove_pidfile, write_pidfile
 from infra.settings import Settings
 from infra.supervisor import ChildSpec, Supervisor
+from workers.pool import WorkerPool
 
 log = logging.getLogger("ordo.up")
 
 
 def _child(name: str, *args: str, env: dict[str, str]) -> ChildSpec:
     return ChildSpec(name=name, argv=[sys.executable, "-m", "infra.cli", *args], env=env)
+
+
+async def _local_admin(settings: Settings, database_url: str, data_dir: Path) -> tuple[str, str]:
+    """The local admin key (ORDO_ADMIN_KEY, or one generated once and kept in the data folder, 0600)
+    and a fresh one-time sign-in link for the UI."""
+    from gateway import keys
+    from infra.pg import connect
+
+    key_file = data_dir / "admin.key"
+    secret = settings.admin_key or (key_file.read_text().strip() if key_file.exists() else "")
+    conn = await connect(database_url)
+    try:
+        await keys.migrate(conn)
+        key, secret = await keys.create_key(conn, settings.tenant, "admin", "ordo up", secret=secret or None)
+        token = await keys.create_login_token(conn, key.id, 600)
+    finally:
+        await conn.close()
+    if not settings.admin_key:
+        key_file.touch(mode=0o600)
+        key_file.write_text(secret + "\n")
+    return secret, f"/auth/token?t={token}"
 
 
 async def run_local(settings: Settings, data_dir: Path, port: int, workers: int, cluster: int = 1) -> int:
@@ -55,19 +78,41 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
             postgres.start()
             database_url = postgres.url
             log.info("embedded PostgreSQL at %s", database_url)
-        env = settings.with_(nats_url=nats_url, database_url=database_url, http_port=port).to_env()
+        if settings.auth:
+            admin_key, link = await _local_admin(settings, database_url, data_dir)
+        env = settings.with_(
+            nats_url=nats_url, database_url=database_url, http_port=port, admin_key=""
+        ).to_env()
         specs = [
             _child("projector", "projector", env=env),
             _child("scheduler", "scheduler", env=env),
             _child("gateway", "gateway", "--port", str(port), env=env),
-            *(_child(f"worker-{i + 1}", "worker", env=env) for i in range(workers)),
         ]
         supervisor = Supervisor(specs, log, pid_dir=data_dir / "pids")
+        # Workers run in a pool that the gateway can scale and kill from (POST /v1/workers:scale).
+        pool = WorkerPool(lambda n: _child(f"worker-{n}", "worker", env=env), log, pid_dir=data_dir / "pids")
+        nc = await connect(settings.with_(nats_url=nats_url), name="ordo-up")
+
+        async def stop() -> None:
+            await pool.shutdown()
+            await supervisor.shutdown()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: loop.create_task(supervisor.shutdown()))
+            loop.add_signal_handler(sig, lambda: loop.create_task(stop()))
         print(f"UI: http://{settings.http_host}:{port}/", flush=True)
-        await supervisor.run()
+        if settings.auth:
+            print(f"Admin API key (tenant {settings.tenant}): {admin_key}", flush=True)
+            print(f"One-time UI sign-in link (10 min): http://{settings.http_host}:{port}{link}", flush=True)
+        else:
+            print("Auth is OFF (--no-auth): anyone who can reach this port is admin.", flush=True)
+        try:
+            await pool.serve(nc)
+            await pool.scale(workers)
+            await supervisor.run()
+        finally:
+            await pool.shutdown()
+            await nc.close()
         return 0
     finally:
         if postgres is not None:

@@ -48,6 +48,23 @@ class Settings:
     http_port: int = 8000
     # Projection batching: events applied per transaction.
     projection_batch: int = 1000
+    # Gateway auth: API keys stored hashed in PostgreSQL. Off here (library and test default); the
+    # `ordo` entry points switch it on unless ORDO_AUTH=false or `ordo up --no-auth`.
+    auth: bool = False
+    # The local admin key `ordo up` creates (ORDO_ADMIN_KEY); generated and printed when empty.
+    admin_key: str = ""
+    session_ttl_s: float = 12 * 3600.0
+    # Per-API-key limits: a token bucket of requests, concurrent SSE streams; request sizes.
+    rate_limit_per_s: float = 200.0
+    rate_limit_burst: int = 400
+    sse_max_per_key: int = 20
+    max_batch: int = 10_000
+    max_page: int = 500
+    # Read-your-writes: how long a `consistency=wait` read may wait for the read model.
+    consistency_wait_s: float = 5.0
+    # SSE: keep-alive comment interval; a client that does not take a write for this long is dropped.
+    sse_ping_s: float = 15.0
+    sse_send_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.tenant):
@@ -69,6 +86,14 @@ class Settings:
             raise SettingsError("need 1 <= ORDO_MAX_PAYLOAD_BYTES <= ORDO_MAX_BODY_BYTES")
         if self.default_max_attempts < 1 or self.default_timeout_s <= 0:
             raise SettingsError("ORDO_DEFAULT_MAX_ATTEMPTS >= 1 and ORDO_DEFAULT_TIMEOUT_S > 0")
+        if self.rate_limit_per_s <= 0 or self.rate_limit_burst < 1 or self.sse_max_per_key < 1:
+            raise SettingsError(
+                "need ORDO_RATE_LIMIT_PER_S > 0, ORDO_RATE_LIMIT_BURST >= 1, ORDO_SSE_MAX_PER_KEY >= 1"
+            )
+        if not 1 <= self.max_batch <= 100_000 or not 1 <= self.max_page <= 10_000:
+            raise SettingsError("need 1 <= ORDO_MAX_BATCH <= 100000 and 1 <= ORDO_MAX_PAGE <= 10000")
+        if self.sse_ping_s <= 0 or self.sse_send_timeout_s <= 0 or self.consistency_wait_s < 0:
+            raise SettingsError("ORDO_SSE_PING_S, ORDO_SSE_SEND_TIMEOUT_S > 0; ORDO_CONSISTENCY_WAIT_S >= 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

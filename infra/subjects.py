@@ -4,9 +4,13 @@ Event log stream ORDO_EVENTS (limits retention, no delete, no purge):
   ordo.evt.<tenant>.<queue>.<task_id>.<event>   task lifecycle events
   ordo.work.<tenant>.<queue>.<band>              dispatch tickets, written in the same atomic batch as
                                                  the event that made the task runnable
+  ordo.sched.<tenant>.<schedule_id>.<event>      schedule events (created, fired, skipped, missed, ...)
+  ordo.queue.<tenant>.<queue>.<event>            queue control events (paused, resumed)
 Timer stream ORDO_TIMERS (purge allowed, message schedules on):
   ordo.timer.task.<tenant>.<task_id>             one pending `@at` schedule per task
   ordo.due.<tenant>.<task_id>                    where a fired timer lands, read by the scheduler
+  ordo.timer.sched.<tenant>.<schedule_id>        one pending `@at` schedule per cron schedule (next tick)
+  ordo.due.sched.<tenant>.<schedule_id>          where a schedule's tick lands (5 tokens: never a task's)
 Commands over NATS request/reply: ordo.cmd.<tenant>.<verb>.
 """
 
@@ -20,8 +24,10 @@ WORK_PREFIX = "ordo.work"
 TIMER_PREFIX = "ordo.timer"
 DUE_PREFIX = "ordo.due"
 CMD_PREFIX = "ordo.cmd"
+SCHED_PREFIX = "ordo.sched"
+QUEUE_PREFIX = "ordo.queue"
 
-EVENTS_SUBJECTS = [f"{EVT_PREFIX}.>", f"{WORK_PREFIX}.>"]
+EVENTS_SUBJECTS = [f"{EVT_PREFIX}.>", f"{WORK_PREFIX}.>", f"{SCHED_PREFIX}.>", f"{QUEUE_PREFIX}.>"]
 TIMERS_SUBJECTS = [f"{TIMER_PREFIX}.>", f"{DUE_PREFIX}.>"]
 
 PROJECTION_CONSUMER = "projector"
@@ -42,6 +48,12 @@ CAUSATION_ID = "Ordo-Causation-Id"
 SCHEMA_VERSION = "Ordo-Schema-Version"
 TRACEPARENT = "traceparent"
 DIRECT_GET_API = "$JS.API.DIRECT.GET"
+# NATS command API (request/reply; see docs/nats-api.md): request and reply headers.
+AUTHORIZATION = "Authorization"
+REPLY_STATUS = "Ordo-Status"
+REPLY_ERROR = "Ordo-Error"
+CMD_VERBS = ("submit", "batch", "get", "cancel", "retry", "pause", "resume")  # gateway.nats_api.VERBS
+CMD_QUEUE_GROUP = "ordo-gateway"
 
 
 def event_subject(tenant: str, queue: str, task_id: str, event: str) -> str:
@@ -51,6 +63,28 @@ def event_subject(tenant: str, queue: str, task_id: str, event: str) -> str:
 def task_events_filter(tenant: str, task_id: str) -> str:
     """All events of one task (the queue token is a wildcard: the id alone names the task)."""
     return f"{EVT_PREFIX}.{tenant}.*.{task_id}.*"
+
+
+def tenant_events_filter(tenant: str) -> str:
+    """Every task event of one tenant."""
+    return f"{EVT_PREFIX}.{tenant}.>"
+
+
+def cmd_subject(tenant: str, verb: str) -> str:
+    """A command request subject, e.g. ordo.cmd.acme.submit."""
+    return f"{CMD_PREFIX}.{tenant}.{verb}"
+
+
+def cmd_filter() -> str:
+    return f"{CMD_PREFIX}.*.*"
+
+
+def parse_cmd_subject(subject: str) -> tuple[str, str]:
+    """(tenant, verb) of a command subject; ValueError for anything else."""
+    parts = subject.split(".")
+    if len(parts) != 4 or f"{parts[0]}.{parts[1]}" != CMD_PREFIX:
+        raise ValueError(f"not a command subject: {subject}")
+    return parts[2], parts[3]
 
 
 def all_events_filter() -> str:
@@ -87,5 +121,94 @@ def parse_event_subject(subject: str) -> tuple[str, str, str, str]:
     return tenant, queue, task_id, event
 
 
+def schedule_event_subject(tenant: str, schedule_id: str, event: str) -> str:
+    return f"{SCHED_PREFIX}.{tenant}.{schedule_id}.{event}"
+
+
+def schedule_events_filter(tenant: str, schedule_id: str) -> str:
+    """All events of one schedule."""
+    return f"{SCHED_PREFIX}.{tenant}.{schedule_id}.*"
+
+
+def all_schedule_events_filter() -> str:
+    return f"{SCHED_PREFIX}.>"
+
+
+def parse_schedule_subject(subject: str) -> tuple[str, str, str]:
+    """(tenant, schedule_id, event) of a schedule event subject."""
+    _, _, tenant, schedule_id, event = subject.split(".", 4)
+    return tenant, schedule_id, event
+
+
+def schedule_timer_subject(tenant: str, schedule_id: str) -> str:
+    return f"{TIMER_PREFIX}.sched.{tenant}.{schedule_id}"
+
+
+def schedule_due_subject(tenant: str, schedule_id: str) -> str:
+    return f"{DUE_PREFIX}.sched.{tenant}.{schedule_id}"
+
+
+def is_schedule_due(subject: str) -> bool:
+    """A schedule tick (ordo.due.sched.<tenant>.<id>) rather than a task's due timer (4 tokens)."""
+    return subject.count(".") == 4 and subject.startswith(f"{DUE_PREFIX}.sched.")
+
+
+def queue_event_subject(tenant: str, queue: str, event: str) -> str:
+    return f"{QUEUE_PREFIX}.{tenant}.{queue}.{event}"
+
+
+def queue_events_filter(tenant: str, queue: str) -> str:
+    return f"{QUEUE_PREFIX}.{tenant}.{queue}.*"
+
+
+def all_queue_events_filter() -> str:
+    return f"{QUEUE_PREFIX}.>"
+
+
+def parse_queue_subject(subject: str) -> tuple[str, str, str]:
+    """(tenant, queue, event) of a queue event subject."""
+    _, _, tenant, queue, event = subject.split(".", 4)
+    return tenant, queue, event
+
+
 def direct_get(stream: str) -> str:
     return f"{DIRECT_GET_API}.{stream}"
+
+
+# -- Workers: registry heartbeats, control, per-type limit lanes, the local pool ------------------
+# Stream ORDO_WORKERS (limits, one message kept per subject): the last heartbeat of each worker.
+#   ordo.worker.hb.<worker_id>                     a worker's announcement + heartbeat (JSON)
+# Core NATS request/reply (no stream):
+#   ordo.worker.ctl.<worker_id>                    control of one worker ({"op": "drain"})
+#   ordo.local.ctl                                 `ordo up`'s worker pool ({"op": "scale"|"kill"})
+# Per-type concurrency lanes live in ORDO_EVENTS under `ordo.work.>`, one token deeper than a band,
+# so the band consumers (`ordo.work.*.<queue>.<band>`) never see them:
+#   ordo.work.<tenant>.<queue>.lim.<lane>          tickets of one limited task type
+WORKERS_STREAM = "ORDO_WORKERS"
+WORKER_PREFIX = "ordo.worker"
+WORKERS_SUBJECTS = [f"{WORKER_PREFIX}.hb.>"]
+LOCAL_CONTROL = "ordo.local.ctl"
+
+
+def worker_heartbeat_subject(worker_id: str) -> str:
+    return f"{WORKER_PREFIX}.hb.{worker_id}"
+
+
+def worker_heartbeats_filter() -> str:
+    return f"{WORKER_PREFIX}.hb.>"
+
+
+def worker_control_subject(worker_id: str) -> str:
+    return f"{WORKER_PREFIX}.ctl.{worker_id}"
+
+
+def limited_work_subject(tenant: str, queue: str, lane: str) -> str:
+    return f"{WORK_PREFIX}.{tenant}.{queue}.lim.{lane}"
+
+
+def limited_work_filter(queue: str, lane: str) -> str:
+    return f"{WORK_PREFIX}.*.{queue}.lim.{lane}"
+
+
+def limited_work_consumer(queue: str, lane: str) -> str:
+    return f"lim_{queue}_{lane}"

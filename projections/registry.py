@@ -2,6 +2,10 @@
 
 A family is one kind of aggregate in the event log (tasks; later schedules, queues), with its subject
 filter and decoder. A projection applies the records of one family. Add yours here.
+
+Rules every projection keeps (so `ordo rebuild` can replay it alone into a shadow schema):
+its DDL and SQL name tables without a schema (the connection's search_path picks live or shadow),
+its apply reads and writes only its own tables, and nothing in it reads the clock.
 """
 
 from __future__ import annotations
@@ -15,7 +19,16 @@ import asyncpg
 
 from infra import subjects as sj
 from infra.event_store import to_stored
-from projections import task_events, tasks
+from projections import (
+    attempts,
+    dead_letters,
+    queue_stats,
+    queues_state,
+    schedules,
+    stats_minutely,
+    task_events,
+    tasks,
+)
 
 # (subject, data, headers, stream sequence, stored_at) -> a record with at least `.seq`.
 Decoder = Callable[[str, bytes, dict[str, str], int, datetime], Any]
@@ -42,9 +55,19 @@ class Projection:
     family: str = "task"
 
 
-FAMILIES: tuple[Family, ...] = (Family("task", sj.all_events_filter(), to_stored),)
+FAMILIES: tuple[Family, ...] = (
+    Family("task", sj.all_events_filter(), to_stored),
+    Family("schedule", sj.all_schedule_events_filter(), schedules.decode),
+    Family("queue", sj.all_queue_events_filter(), queues_state.decode),
+)
 
 PROJECTIONS: tuple[Projection, ...] = (
     Projection(tasks.NAME, tasks.DDL, tasks.apply),
     Projection(task_events.NAME, task_events.DDL, task_events.apply),
+    Projection(attempts.NAME, attempts.DDL, attempts.apply),
+    Projection(dead_letters.NAME, dead_letters.DDL, dead_letters.apply),
+    Projection(queue_stats.NAME, queue_stats.DDL, queue_stats.apply),
+    Projection(stats_minutely.NAME, stats_minutely.DDL, stats_minutely.apply),
+    Projection(schedules.NAME, schedules.DDL, schedules.apply, family="schedule"),
+    Projection(queues_state.NAME, queues_state.DDL, queues_state.apply, family="queue"),
 )

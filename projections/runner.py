@@ -13,27 +13,26 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
+import nats.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from infra import subjects as sj
+from infra.event_store import EventStoreUnavailable
 from infra.pg import connect
 from projections import tasks
+from projections.reader import LogReader, PoisonEvent, Record
 from projections.registry import FAMILIES, PROJECTIONS, Family, Projection
 from projections.schema import migrate
+
+__all__ = ["PoisonEvent", "ProjectionRunner", "RunnerConfig", "apply_batch", "checkpoint", "lag"]
 
 NOTIFY_CHANNEL = "ordo_events"
 LEADER_LOCK = 7_404_002
 
 DEFAULT_PROJECTIONS: tuple[Projection, ...] = PROJECTIONS
-
-
-class PoisonEvent(RuntimeError):
-    """An event in the log that no projection can read: the runner stops rather than skip it."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,53 @@ class RunnerConfig:
 
 # A fault hook called after COMMIT with the batch's last sequence (tests crash here).
 AfterCommit = Callable[[int], Awaitable[None]]
+
+
+async def ensure_checkpoints(conn: asyncpg.Connection, projections: Sequence[Projection]) -> None:
+    await conn.executemany(
+        "INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING",
+        [(p.name,) for p in projections],
+    )
+
+
+async def locked_checkpoints(conn: asyncpg.Connection, names: Sequence[str]) -> dict[str, int]:
+    """The checkpoints of `names`, row-locked until the caller's transaction ends."""
+    recs = await conn.fetch(
+        "SELECT name, last_seq FROM projection_checkpoints WHERE name = ANY($1::text[]) FOR UPDATE",
+        list(names),
+    )
+    return {r["name"]: r["last_seq"] for r in recs}
+
+
+async def apply_batch(
+    conn: asyncpg.Connection, projections: Sequence[Projection], batch: list[Record]
+) -> tuple[int, int]:
+    """Apply `batch` to every projection and move each checkpoint, in the caller's transaction.
+
+    Records at or below a projection's checkpoint are skipped (a redelivery). Tables and checkpoints
+    are named without a schema, so the connection's search_path decides where they live: the live
+    tables, or a rebuild's shadow schema. Returns (records applied, records skipped as duplicates).
+    """
+    last = batch[-1][1].seq
+    checkpoints = await locked_checkpoints(conn, [p.name for p in projections])
+    applied = skipped = 0
+    for projection in projections:
+        done = checkpoints.get(projection.name, 0)
+        if last <= done:
+            skipped += len(batch)
+            continue
+        mine = [r for fam, r in batch if fam == projection.family]
+        fresh = [r for r in mine if r.seq > done]
+        skipped += len(mine) - len(fresh)
+        applied += len(fresh)
+        if fresh:
+            await projection.apply(conn, fresh)
+        await conn.execute(
+            "UPDATE projection_checkpoints SET last_seq=$2 WHERE name=$1 AND last_seq < $2",
+            projection.name,
+            last,
+        )
+    return applied, skipped
 
 
 class ProjectionRunner:
@@ -69,9 +115,10 @@ class ProjectionRunner:
         self._log = logger or logging.getLogger("ordo.projector")
         self._after_commit = after_commit
         self._stop = asyncio.Event()
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
         self.last_seq = 0
         self.active = False
+        # Records skipped because their checkpoint had passed them (observability and tests).
+        self.skipped_duplicates = 0
 
     async def shutdown(self) -> None:
         self._stop.set()
@@ -84,7 +131,7 @@ class ProjectionRunner:
                 return
             self.active = True
             self._log.info("projector active")
-            await self._ensure_checkpoints(conn)
+            await ensure_checkpoints(conn, self._projections)
             await self._consume(conn)
         finally:
             self.active = False
@@ -100,88 +147,27 @@ class ProjectionRunner:
                 pass
         return False
 
-    async def _ensure_checkpoints(self, conn: asyncpg.Connection) -> None:
-        await conn.executemany(
-            "INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING",
-            [(p.name,) for p in self._projections],
-        )
-
-    async def _checkpoints(self, conn: asyncpg.Connection) -> dict[str, int]:
-        recs = await conn.fetch(
-            "SELECT name, last_seq FROM projection_checkpoints WHERE name = ANY($1::text[]) FOR UPDATE",
-            [p.name for p in self._projections],
-        )
-        return {r["name"]: r["last_seq"] for r in recs}
-
     async def _consume(self, conn: asyncpg.Connection) -> None:
-        start = min((await self._checkpoints(conn)).values(), default=0) + 1
+        names = [p.name for p in self._projections]
+        async with conn.transaction():
+            start = min((await locked_checkpoints(conn, names)).values(), default=0) + 1
         self.last_seq = start - 1
-        js = self._nc.jetstream()
-
-        async def on_msg(msg: Msg) -> None:
-            self._queue.put_nowait(msg)
-
-        filters = [f.filter for f in self._families]
-        sub = await js.subscribe(
-            filters[0],
-            stream=sj.EVENTS_STREAM,
-            cb=on_msg,
-            ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=start,
-                filter_subjects=filters if len(filters) > 1 else None,
-            ),
-        )
+        reader = LogReader(self._nc, self._families, start, 4 * self._config.batch_size, self._log)
+        await reader.start()
         try:
             while not self._stop.is_set():
-                batch = await self._next_batch()
+                batch = await reader.batch(self._config.batch_size, wait=self._stop)
                 if batch:
                     await self._apply(conn, batch)
         finally:
-            await sub.unsubscribe()
+            await reader.close()
 
-    async def _next_batch(self) -> list[tuple[str, Any]]:
-        stop = asyncio.ensure_future(self._stop.wait())
-        get = asyncio.ensure_future(self._queue.get())
-        done, _ = await asyncio.wait({stop, get}, return_when=asyncio.FIRST_COMPLETED)
-        if get not in done:
-            get.cancel()
-            return []
-        stop.cancel()
-        msgs = [get.result()]
-        while len(msgs) < self._config.batch_size and not self._queue.empty():
-            msgs.append(self._queue.get_nowait())
-        return [self._decode(m) for m in msgs]
-
-    def _decode(self, msg: Msg) -> tuple[str, Any]:
-        """(family name, record) of one log message."""
-        meta = msg.metadata
-        try:
-            family = next(f for f in self._families if f.matches(msg.subject))
-            record = family.decode(
-                msg.subject, msg.data, dict(msg.headers or {}), meta.sequence.stream, meta.timestamp
-            )
-            return family.name, record
-        except Exception as exc:
-            self._log.critical("poison event at seq %s on %s: %s", meta.sequence.stream, msg.subject, exc)
-            raise PoisonEvent(f"cannot decode event seq {meta.sequence.stream}: {exc}") from exc
-
-    async def _apply(self, conn: asyncpg.Connection, batch: list[tuple[str, Any]]) -> None:
+    async def _apply(self, conn: asyncpg.Connection, batch: list[Record]) -> None:
         last = batch[-1][1].seq
         async with conn.transaction():
-            checkpoints = await self._checkpoints(conn)
-            for projection in self._projections:
-                done = checkpoints.get(projection.name, 0)
-                if last <= done:
-                    continue  # already applied: a redelivery
-                fresh = [r for fam, r in batch if fam == projection.family and r.seq > done]
-                if fresh:
-                    await projection.apply(conn, fresh)
-                await conn.execute(
-                    "UPDATE projection_checkpoints SET last_seq=$2 WHERE name=$1", projection.name, last
-                )
+            _, skipped = await apply_batch(conn, self._projections, batch)
             await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(last))
+        self.skipped_duplicates += skipped
         self.last_seq = last
         if self._after_commit is not None:
             await self._after_commit(self.last_seq)
@@ -200,3 +186,35 @@ async def leader_present(conn: asyncpg.Connection | asyncpg.Pool) -> bool:
 async def checkpoint(conn: asyncpg.Connection | asyncpg.Pool, name: str = tasks.NAME) -> int:
     value = await conn.fetchval("SELECT last_seq FROM projection_checkpoints WHERE name=$1", name)
     return int(value or 0)
+
+
+async def last_log_seq(nc: NATS, families: Sequence[Family] = FAMILIES) -> dict[str, int]:
+    """The sequence of the newest message of each family in the log (0 when it has none)."""
+    js = nc.jetstream()
+    out: dict[str, int] = {}
+    for family in families:
+        try:
+            msg = await js.get_last_msg(sj.EVENTS_STREAM, family.filter)
+            out[family.name] = int(msg.seq or 0)
+        except NotFoundError:
+            out[family.name] = 0
+        except nats.errors.Error as exc:
+            raise EventStoreUnavailable(f"cannot read the event log's last sequence: {exc}") from exc
+    return out
+
+
+async def lag(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    nc: NATS,
+    projections: Sequence[Projection] = DEFAULT_PROJECTIONS,
+    families: Sequence[Family] = FAMILIES,
+) -> dict[str, int]:
+    """Per projection: last relevant sequence in the log − its checkpoint (0 = caught up).
+
+    "Relevant" is the newest message of the family the projection reads; tickets and other
+    families' events do not count as lag.
+    """
+    newest = await last_log_seq(nc, families)
+    recs = await conn.fetch("SELECT name, last_seq FROM projection_checkpoints")
+    done = {r["name"]: int(r["last_seq"]) for r in recs}
+    return {p.name: max(0, newest.get(p.family, 0) - done.get(p.name, 0)) for p in projections}

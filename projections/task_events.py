@@ -89,22 +89,25 @@ async def events_after(
     after_seq: int,
     limit: int,
     task_id: str | None = None,
+    *,
+    queue: str | None = None,
+    types: tuple[str, ...] | None = None,
 ) -> list[dict[str, Any]]:
-    """Events with seq > after_seq in order: the projector commits them in order, so no gaps."""
-    if task_id is None:
-        recs = await conn.fetch(
-            f"SELECT {_COLUMNS} FROM task_events WHERE tenant=$1 AND seq>$2 ORDER BY seq LIMIT $3",
-            tenant,
-            after_seq,
-            limit,
-        )
-    else:
-        recs = await conn.fetch(
-            f"SELECT {_COLUMNS} FROM task_events WHERE tenant=$1 AND task_id=$2 AND seq>$3"
-            " ORDER BY seq LIMIT $4",
-            tenant,
-            task_id,
-            after_seq,
-            limit,
-        )
+    """Events with seq > after_seq in order: the projector commits them in order, so no gaps.
+
+    Optional filters (all bind parameters): one task, one queue, a set of event types."""
+    where = ["tenant=$1", "seq>$2"]
+    args: list[Any] = [tenant, after_seq]
+    for column, value in (("task_id", task_id), ("queue", queue)):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column}=${len(args)}")
+    if types is not None:
+        args.append(list(types))
+        where.append(f"type = ANY(${len(args)}::text[])")
+    args.append(limit)
+    recs = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM task_events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ${len(args)}",
+        *args,
+    )
     return [to_entry(r) for r in recs]

@@ -158,18 +158,34 @@ async def get_task(
     return None if rec is None else to_resource(rec)
 
 
-def encode_cursor(created_at: datetime, task_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{task_id}".encode()).decode()
+SORTS: dict[str, tuple[str, str]] = {
+    # API name -> (column, direction): an allow-list, never a column name from the request.
+    "-created_at": ("created_at", "DESC"),
+    "created_at": ("created_at", "ASC"),
+    "-updated_at": ("updated_at", "DESC"),
+    "updated_at": ("updated_at", "ASC"),
+}
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raises ValueError for a cursor this server did not issue."""
+def encode_cursor(created_at: datetime, task_id: str, sort: str = "-created_at") -> str:
+    return base64.urlsafe_b64encode(f"{sort}|{created_at.isoformat()}|{task_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str, sort: str = "-created_at") -> tuple[datetime, str]:
+    """Raises ValueError for a cursor this server did not issue (or issued for another sort)."""
     try:
         text = base64.urlsafe_b64decode(cursor.encode()).decode()
-        at, _, task_id = text.partition("|")
-        return datetime.fromisoformat(at), task_id
+        name, at, task_id = text.split("|", 2)
+        value = datetime.fromisoformat(at)
     except Exception as exc:  # noqa: BLE001 - any malformed cursor is the caller's error
         raise ValueError("malformed cursor") from exc
+    if name != sort:
+        raise ValueError(f"the cursor was issued for sort {name!r}, not {sort!r}")
+    return value, task_id
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 async def list_tasks(
@@ -180,27 +196,59 @@ async def list_tasks(
     status: str | None = None,
     task_type: str | None = None,
     queue: str | None = None,
+    *,
+    statuses: tuple[str, ...] = (),
+    tag: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    updated_after: datetime | None = None,
+    updated_before: datetime | None = None,
+    search: str | None = None,
+    archived: bool = False,
+    sort: str = "-created_at",
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Newest first; `next_cursor` is None on the last page."""
-    where = ["tenant=$1", "NOT archived"]
+    """One page (`next_cursor` is None on the last). Every value is a bind parameter; `sort` is
+    looked up in SORTS (KeyError for an unknown one). `search` matches id or type, case-insensitive."""
+    column, direction = SORTS[sort]
+    where = ["tenant=$1", "archived" if archived else "NOT archived"]
     args: list[Any] = [tenant]
+
+    def bind(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
     if cursor is not None:
-        at, task_id = decode_cursor(cursor)
-        args += [at, task_id]
-        where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
-    for column, value in (("status", status), ("type", task_type), ("queue", queue)):
+        at, task_id = decode_cursor(cursor, sort)
+        op = "<" if direction == "DESC" else ">"
+        where.append(f"({column}, id) {op} ({bind(at)}, {bind(task_id)})")
+    all_statuses = tuple(statuses) + ((status,) if status is not None else ())
+    if all_statuses:
+        where.append(f"status = ANY({bind(list(all_statuses))}::text[])")
+    for col, value in (("type", task_type), ("queue", queue)):
         if value is not None:
-            args.append(value)
-            where.append(f"{column}=${len(args)}")
-    args.append(limit + 1)
+            where.append(f"{col}={bind(value)}")
+    if tag is not None:
+        where.append(f"{bind(tag)} = ANY(tags)")
+    ranges: tuple[tuple[str, str, datetime | None], ...] = (
+        ("created_at", ">=", created_after),
+        ("created_at", "<", created_before),
+        ("updated_at", ">=", updated_after),
+        ("updated_at", "<", updated_before),
+    )
+    for col, op, moment in ranges:
+        if moment is not None:
+            where.append(f"{col} {op} {bind(moment)}")
+    if search:
+        pattern = bind(_like(search))
+        where.append(f"(id ILIKE {pattern} OR type ILIKE {pattern})")
     recs = await conn.fetch(
         f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)}"
-        f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
+        f" ORDER BY {column} {direction}, id {direction} LIMIT {bind(limit + 1)}",
         *args,
     )
     items = [to_resource(r) for r in recs[:limit]]
     next_cursor = None
     if len(recs) > limit:
         last = recs[limit - 1]
-        next_cursor = encode_cursor(last["created_at"], last["id"])
+        next_cursor = encode_cursor(last[column], last["id"], sort)
     return items, next_cursor

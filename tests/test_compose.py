@@ -97,6 +97,7 @@ def test_each_compose_service_runs_its_command_against_a_local_cluster(
             env.update({k: str(v) for k, v in svc["environment"].items()})
             env["ORDO_NATS_URL"] = cluster.url
             env["ORDO_DATABASE_URL"] = database_url
+            env["ORDO_AUTH"] = "false"  # API keys have their own tests (tests/test_auth*.py)
             procs[name] = subprocess.Popen(_argv(svc["command"], ports, name), env=env, cwd=ROOT)
         bases = [f"http://127.0.0.1:{ports[g]}" for g in ("gateway-1", "gateway-2")]
         _wait(lambda: all(_ready(b) for b in bases), 90, "both gateways ready")

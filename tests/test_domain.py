@@ -56,6 +56,7 @@ def commands_for(s: TaskState) -> dict[str, c.TaskCommand]:
             retry_at=T0 + timedelta(seconds=5),
         ),
         "ConfirmCancelled": c.ConfirmCancelled(task_id="a", attempt=1, worker_id="w"),
+        "ReleaseAttempt": c.ReleaseAttempt(task_id="a", attempt=1, worker_id="w"),
         "CancelTask": c.CancelTask(task_id="a"),
         "PauseTask": c.PauseTask(task_id="a"),
         "ResumeTask": c.ResumeTask(task_id="a"),
@@ -76,6 +77,7 @@ THEN: dict[str, dict[str, str]] = {
         "CompleteAttempt": "zombie_rejected",
         "FailAttempt": "zombie_rejected",
         "ConfirmCancelled": "zombie_rejected",
+        "ReleaseAttempt": "zombie_rejected",
         "CancelTask": "cancelled",
         "PauseTask": "paused",
         "ResumeTask": "-",
@@ -92,6 +94,7 @@ THEN: dict[str, dict[str, str]] = {
         "CompleteAttempt": "zombie_rejected",
         "FailAttempt": "zombie_rejected",
         "ConfirmCancelled": "zombie_rejected",
+        "ReleaseAttempt": "zombie_rejected",
         "CancelTask": "cancelled",
         "PauseTask": "paused",
         "ResumeTask": "-",
@@ -108,6 +111,7 @@ THEN: dict[str, dict[str, str]] = {
         "CompleteAttempt": "zombie_rejected",
         "FailAttempt": "zombie_rejected",
         "ConfirmCancelled": "zombie_rejected",
+        "ReleaseAttempt": "zombie_rejected",
         "CancelTask": "cancelled",
         "PauseTask": "-",
         "ResumeTask": "resumed",
@@ -124,6 +128,7 @@ THEN: dict[str, dict[str, str]] = {
         "CompleteAttempt": "succeeded",
         "FailAttempt": "attempt_failed retry_scheduled",
         "ConfirmCancelled": "zombie_rejected",
+        "ReleaseAttempt": "attempt_released",
         "CancelTask": "cancel_requested",
         "PauseTask": "!InvalidTransition",
         "ResumeTask": "!InvalidTransition",
@@ -140,6 +145,7 @@ THEN: dict[str, dict[str, str]] = {
         "CompleteAttempt": "zombie_rejected",
         "FailAttempt": "-",
         "ConfirmCancelled": "zombie_rejected",
+        "ReleaseAttempt": "zombie_rejected",
         "CancelTask": "cancelled",
         "PauseTask": "paused",
         "ResumeTask": "-",
@@ -156,6 +162,7 @@ THEN: dict[str, dict[str, str]] = {
         "CompleteAttempt": "succeeded",
         "FailAttempt": "attempt_failed cancelled",
         "ConfirmCancelled": "cancelled",
+        "ReleaseAttempt": "attempt_released cancelled",
         "CancelTask": "-",
         "PauseTask": "!InvalidTransition",
         "ResumeTask": "!InvalidTransition",
@@ -172,6 +179,7 @@ THEN: dict[str, dict[str, str]] = {
         "CompleteAttempt": "-",
         "FailAttempt": "zombie_rejected",
         "ConfirmCancelled": "zombie_rejected",
+        "ReleaseAttempt": "zombie_rejected",
         "CancelTask": "!InvalidTransition",
         "PauseTask": "!InvalidTransition",
         "ResumeTask": "!InvalidTransition",
@@ -188,6 +196,7 @@ THEN: dict[str, dict[str, str]] = {
         "CompleteAttempt": "zombie_rejected",
         "FailAttempt": "-",
         "ConfirmCancelled": "zombie_rejected",
+        "ReleaseAttempt": "zombie_rejected",
         "CancelTask": "!InvalidTransition",
         "PauseTask": "!InvalidTransition",
         "ResumeTask": "!InvalidTransition",
@@ -204,6 +213,7 @@ THEN: dict[str, dict[str, str]] = {
         "CompleteAttempt": "zombie_rejected",
         "FailAttempt": "zombie_rejected",
         "ConfirmCancelled": "-",
+        "ReleaseAttempt": "zombie_rejected",
         "CancelTask": "-",
         "PauseTask": "!InvalidTransition",
         "ResumeTask": "!InvalidTransition",
@@ -327,6 +337,18 @@ def test_replay_gives_a_fresh_budget_and_numbering_continues() -> None:
         state,
     )
     assert started[0] == ev.AttemptStarted(attempt=2, worker_id="w", lease_until=T0, dispatch=state.dispatch)
+
+
+def test_a_released_attempt_goes_back_to_queued_without_using_the_budget() -> None:
+    state = fold("a", [SUB, START])
+    events = decide(c.ReleaseAttempt(task_id="a", attempt=1, worker_id="w"), state)
+    assert events == [ev.AttemptReleased(attempt=1, worker_id="w", reason="worker shutdown")]
+    state = fold("a", [SUB, START, *events])
+    assert (state.status, state.dispatch, state.attempts_left) == (TaskStatus.QUEUED, 1, 3)
+    # The released ticket (same dispatch number) starts attempt 2 at once: no lease to wait out.
+    again = c.StartAttempt(task_id="a", dispatch=1, worker_id="w2", now=T0, lease_until=T0)
+    assert [ev.event_name(e) for e in decide(again, state)] == ["attempt_started"]
+    assert decide(c.ReleaseAttempt(task_id="a", attempt=1, worker_id="w"), state) == []
 
 
 def test_resume_re_tickets_a_queued_task_so_the_old_ticket_is_stale() -> None:

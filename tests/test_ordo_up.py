@@ -65,6 +65,7 @@ class Up:
                 str(data_dir),
                 "--port",
                 str(port),
+                "--no-auth",
             ],
             env=env,
             cwd=Path(__file__).resolve().parent.parent,

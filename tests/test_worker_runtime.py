@@ -251,10 +251,11 @@ async def test_shutdown_hands_running_tasks_to_another_worker(
     first = Worker(nc, handler, demo_registry, settings, queues=(queue,), worker_id="first")
     async with running(first):
         await until_status(handler, settings.tenant, task_id, TaskStatus.RUNNING)
-    # The lease was released on shutdown, so the next worker starts attempt 2 at once instead of
-    # waiting out the ack deadline.
+    # The attempt was released on shutdown (queued again, budget intact), so the next worker
+    # starts attempt 2 at once instead of waiting out the ack deadline.
     state, history, _ = await handler.load(settings.tenant, task_id)
-    assert state.lease_until is not None and state.lease_until <= datetime.now(UTC)
+    assert state.status is TaskStatus.QUEUED and state.attempts_left == 3
+    assert names(history)[-1] == "attempt_released"
     second = Worker(nc, handler, demo_registry, settings, queues=(queue,), worker_id="second")
     async with running(second):
 

@@ -57,6 +57,17 @@ async def open_work_consumer(nc: NATS, queue: str, band: int, settings: Settings
     return await js.pull_subscribe_bind(config.name, stream=sj.EVENTS_STREAM)
 
 
+async def open_consumer(nc: NATS, config: ConsumerConfig) -> PullSubscription:
+    """Create or update a durable pull consumer on the event-log stream and bind to it."""
+    js = nc.jetstream()
+    try:
+        await js.add_consumer(sj.EVENTS_STREAM, config=config)
+    except nats.js.errors.BadRequestError as exc:
+        log.warning("consumer %s kept its existing config: %s", config.name, exc.description)
+    assert config.name is not None
+    return await js.pull_subscribe_bind(config.name, stream=sj.EVENTS_STREAM)
+
+
 async def fetch(sub: PullSubscription, batch: int, wait_s: float) -> list[Msg]:
     """Up to `batch` tickets; [] when none arrived within `wait_s` or the connection is down."""
     try:
@@ -88,8 +99,13 @@ async def in_progress(msg: Msg) -> bool:
     return await _send(msg.in_progress(), "in_progress")
 
 
-async def term(msg: Msg) -> bool:
-    return await _send(msg.term(), "term")
+async def term(msg: Msg, reason: str = "") -> bool:
+    """Stop redelivery for good; the reason reaches the server's MSG_TERMINATED advisory."""
+    if not reason or not msg.reply:
+        return await _send(msg.term(), "term")
+    # nats-py's term() takes no reason: send the same protocol message with one.
+    body = f"+TERM {reason[:200]}".encode()
+    return await _send(msg._client.publish(msg.reply, body), "term")
 
 
 async def _send(op: Awaitable[None], what: str) -> bool:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from domain.backoff import backoff_seconds
@@ -39,6 +40,8 @@ from workers import consumer
 from workers.context import TaskContext
 from workers.handlers import Fail, HandlerFn, Registry, Retry
 from workers.lease import Attempt
+from workers.limits import TypeLimits, is_lane_message
+from workers.stats import WorkerStats
 from workers.supervise import Verdict, supervise
 
 # A nak for a held lease lands this long after the lease ends, so the next start finds it expired.
@@ -70,7 +73,16 @@ class Executor:
         logger: logging.Logger,
         clock: Callable[[], datetime] = utc_now,
         jitter: Callable[[], float] = random.random,
+        *,
+        stats: WorkerStats | None = None,
+        limits: TypeLimits | None = None,
+        nc: NATS | None = None,
     ) -> None:
+        if limits and nc is None:
+            raise ValueError("type limits need the NATS connection to forward tickets")
+        self.stats = stats or WorkerStats()
+        self._limits = limits
+        self._nc = nc
         self._handler = handler
         self._registry = registry
         self._settings = settings
@@ -83,6 +95,10 @@ class Executor:
     @property
     def running(self) -> int:
         return len(self._running)
+
+    def attempts(self) -> list[tuple[str, str, int]]:
+        """(tenant, task id, attempt) of every attempt running here."""
+        return [(a.tenant, a.task_id, a.number) for a in self._running.values()]
 
     def request_cancel(self, tenant: str, task_id: str) -> bool:
         """Raise the cancel signal of the task's running attempt here, if there is one."""
@@ -102,8 +118,14 @@ class Executor:
         try:
             ticket = decode_ticket(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self._log.error("undecodable ticket on %s terminated: %s", msg.subject, exc)
-            await consumer.term(msg)
+            # A poison message: terminated (never redelivered), counted, and logged with its
+            # stream sequence so it can be inspected; the queue moves on.
+            self.stats.poison += 1
+            seq = _stream_seq(msg)
+            self._log.error("poison ticket on %s (stream seq %s) terminated: %s", msg.subject, seq, exc)
+            await consumer.term(msg, f"ordo: undecodable ticket: {exc}")
+            return
+        if self._limits and not is_lane_message(msg) and await self._forwarded(msg, ticket):
             return
         started = await self._start(msg, ticket)
         if started is None:
@@ -148,8 +170,9 @@ class Executor:
             await consumer.nak(msg, delay=delay)
             return None
         except TaskNotFound:
+            self.stats.poison += 1
             self._log.error("ticket of unknown task %s/%s: term", ticket.tenant, ticket.task_id)
-            await consumer.term(msg)
+            await consumer.term(msg, f"ordo: ticket of unknown task {ticket.task_id}")
             return None
         except DomainError as exc:
             self._log.warning("ticket for %s skipped: %s", ticket.task_id, exc)
@@ -164,6 +187,24 @@ class Executor:
             await consumer.ack(msg)  # stale ticket, or the task is already over
             return None
         return _Started(out.state, event)
+
+    async def _forwarded(self, msg: Msg, ticket: Ticket) -> bool:
+        """Move the ticket of a limited type to its lane (see workers.limits); True if handled."""
+        assert self._limits is not None and self._nc is not None
+        try:
+            state, _, _ = await self._handler.load(ticket.tenant, ticket.task_id)
+        except EventStoreError as exc:
+            self._log.warning("ticket of %s not routed, back later: %s", ticket.task_id, exc)
+            await consumer.nak(msg, delay=self._settings.backoff_base_s)
+            return True
+        if not state.exists or not self._limits.limited(state.task_type):
+            return False
+        if await self._limits.forward(self._nc, ticket, msg.data, state.task_type):
+            self.stats.forwarded += 1
+            await consumer.ack(msg)
+        else:
+            await consumer.nak(msg, delay=self._settings.backoff_base_s)
+        return True
 
     async def _run(self, attempt: Attempt, state: TaskState) -> None:
         fn = self._registry.get(state.task_type)
@@ -202,6 +243,7 @@ class Executor:
         if verdict.kind == "fenced":
             return
         if verdict.kind == "abandoned":
+            self.stats.released += 1
             await attempt.release()
             return
         await self._finish(attempt, self._command_for(attempt, verdict, timeout_s))
@@ -274,10 +316,27 @@ class Executor:
             if attempt.is_fenced():
                 return
             if out is not None:
+                self._count(command)
                 await consumer.ack(attempt.msg)
                 return
             await asyncio.sleep(self._settings.backoff_base_s * (n + 1))
         attempt.log.error("%s never stored: the ticket will come back", type(command).__name__)
+
+    def _count(self, command: TaskCommand) -> None:
+        self.stats.processed += 1
+        if isinstance(command, CompleteAttempt):
+            self.stats.succeeded += 1
+        elif isinstance(command, FailAttempt):
+            self.stats.failed += 1
+        elif isinstance(command, ConfirmCancelled):
+            self.stats.cancelled += 1
+
+
+def _stream_seq(msg: Msg) -> int | None:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:  # noqa: BLE001 - not a JetStream message (or no metadata): just unknown
+        return None
 
 
 async def _call(fn: HandlerFn, ctx: TaskContext) -> Any:

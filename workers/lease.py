@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from nats.aio.msg import Msg
 
-from domain.commands import ExtendLease, ReportProgress, TaskCommand
+from domain.commands import ExtendLease, ReleaseAttempt, ReportProgress, TaskCommand
 from domain.errors import DomainError
 from domain.events import ZombieRejected
 from domain.status import TaskStatus
@@ -140,23 +140,22 @@ class Attempt:
             await asyncio.sleep(period)
             await self.extend()
 
-    async def release(self) -> None:
-        """Give the ticket back now: shorten the lease to now, then nak for immediate redelivery.
+    async def release(self, reason: str = "worker shutdown") -> None:
+        """Give the ticket back now: store `attempt_released`, then nak for immediate redelivery.
 
-        The next worker's start then finds the lease expired instead of waiting out the ack wait.
+        The task is `queued` again (the hand-back does not use up an attempt), so the next worker
+        to take the nak'ed ticket starts a new attempt at once instead of waiting out the lease.
+        If the release is not stored, the ticket still comes back after the ack deadline.
         """
         async with self._lock:
             self._closed = True
             if self.fenced:
                 return
-            command = ExtendLease(
-                task_id=self.task_id,
-                attempt=self.number,
-                worker_id=self.worker_id,
-                lease_until=self._clock(),
+            command = ReleaseAttempt(
+                task_id=self.task_id, attempt=self.number, worker_id=self.worker_id, reason=reason
             )
-            await self.send(command)
-            if not self.is_fenced():
+            out = await self.send(command)
+            if out is not None and not self.is_fenced():
                 await consumer.nak(self.msg)
 
     # -- the AttemptReporter protocol of TaskContext --------------------------------------------

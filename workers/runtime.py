@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -28,12 +30,16 @@ from infra.settings import NAME_RE, Settings
 from workers import consumer
 from workers.executor import Executor, utc_now
 from workers.handlers import Registry
+from workers.limits import TypeLimits, lane_consumer_config
+from workers.registry import DEFAULT_HEARTBEAT_S, Announcer
+from workers.stats import WorkerStats
 
 # How long one fetch waits on an empty band before the loop moves to the next band.
 DEFAULT_FETCH_WAIT_S = 0.1
 CANCEL_REQUESTED = "cancel_requested"
 
-Key = tuple[str, int]  # (queue, band)
+Key = tuple[str, int]  # (queue, band); a type-limit lane gets a number >= LANE_BASE
+LANE_BASE = 100
 
 
 def cancel_requested_filter() -> str:
@@ -41,8 +47,20 @@ def cancel_requested_filter() -> str:
     return sj.event_subject("*", "*", "*", CANCEL_REQUESTED)
 
 
+WORKER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
 def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    """host-pid-random, made safe for a subject token (host names may contain dots)."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64]
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _weight(key: Key) -> int:
+    """Bands by BAND_WEIGHTS; a type-limit lane like the middle band (its tickets were already
+    taken from a band once, in priority order)."""
+    band = key[1]
+    return BAND_WEIGHTS[band] if band < LANE_BASE else BAND_WEIGHTS[len(BAND_WEIGHTS) // 2]
 
 
 class WeightedPicker:
@@ -78,6 +96,8 @@ class Worker:
         *,
         clock: Callable[[], datetime] = utc_now,
         fetch_wait_s: float = DEFAULT_FETCH_WAIT_S,
+        type_limits: Mapping[str, int] | None = None,
+        heartbeat_every_s: float = DEFAULT_HEARTBEAT_S,
     ) -> None:
         if not queues:
             raise ValueError("a worker needs at least one queue")
@@ -87,12 +107,29 @@ class Worker:
         if fetch_wait_s <= 0:
             raise ValueError("fetch_wait_s must be > 0")
         self.worker_id = worker_id or default_worker_id()
+        if not WORKER_ID_RE.match(self.worker_id):
+            raise ValueError(f"worker id {self.worker_id!r} must match {WORKER_ID_RE.pattern}")
         self.queues = tuple(dict.fromkeys(queues))
+        self._registry = registry
+        self._limits = TypeLimits(type_limits or {})
+        self.stats = WorkerStats()
+        self._draining = asyncio.Event()
+        self._announcer = Announcer(nc, self, self.stats, heartbeat_every_s)
         self._nc = nc
         self._settings = settings
         self._log = logger or logging.getLogger("ordo.worker")
         self._fetch_wait_s = fetch_wait_s
-        self._executor = Executor(handler, registry, settings, self.worker_id, self._log, clock=clock)
+        self._executor = Executor(
+            handler,
+            registry,
+            settings,
+            self.worker_id,
+            self._log,
+            clock=clock,
+            stats=self.stats,
+            limits=self._limits,
+            nc=nc,
+        )
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -103,6 +140,29 @@ class Worker:
     def running(self) -> int:
         """Tickets being executed now."""
         return len(self._tasks)
+
+    @property
+    def state(self) -> str:
+        """online, draining (takes no new work), or stopping (shutting down)."""
+        if self._stopping.is_set():
+            return "stopping"
+        return "draining" if self._draining.is_set() else "online"
+
+    def drain(self) -> None:
+        """Stop taking work; running attempts finish normally. The worker stays up (idempotent)."""
+        if not self._draining.is_set():
+            self._log.info("worker %s draining: no new work", self.worker_id)
+            self._draining.set()
+            self._announcer.poke()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The live figures the registry heartbeat carries."""
+        return {
+            "handlers": self._registry.names(),
+            "concurrency": self._settings.worker_concurrency,
+            "type_limits": self._limits.limits,
+            "tasks": self._executor.attempts(),
+        }
 
     async def run(self) -> None:
         """Fetch and execute until shutdown. A second call waits for the first to end."""
@@ -120,23 +180,32 @@ class Worker:
         """Stop fetching; let running tasks finish for up to shutdown_grace_s, then hand the
         rest back (lease released, ticket nak'ed) so another worker takes them at once."""
         self._stopping.set()
+        self._announcer.poke()
         if self._started:
             await self._done.wait()
 
     async def _serve(self) -> None:
         subs: dict[Key, consumer.PullSubscription] = {}
         cancel_sub: Subscription | None = None
+        announced = False
         try:
             for queue in self.queues:
                 for band in range(len(BAND_WEIGHTS)):
                     subs[(queue, band)] = await consumer.open_work_consumer(
                         self._nc, queue, band, self._settings
                     )
+                for task_type, limit in self._limits.limits.items():
+                    config = lane_consumer_config(queue, task_type, limit, self._settings)
+                    subs[(queue, LANE_BASE + len(subs))] = await consumer.open_consumer(self._nc, config)
             cancel_sub = await self._nc.subscribe(cancel_requested_filter(), cb=self._on_cancel)
             self._log.info("worker %s serving %s", self.worker_id, ", ".join(self.queues))
+            await self._announcer.start()
+            announced = True
             await self._fetch_loop(subs)
         finally:
             await self._drain()
+            if announced:
+                await self._announcer.stop()
             if cancel_sub is not None:
                 await cancel_sub.unsubscribe()
             for sub in subs.values():
@@ -144,9 +213,12 @@ class Worker:
             self._log.info("worker %s stopped", self.worker_id)
 
     async def _fetch_loop(self, subs: dict[Key, consumer.PullSubscription]) -> None:
-        picker = WeightedPicker({key: BAND_WEIGHTS[key[1]] for key in subs})
+        picker = WeightedPicker({key: _weight(key) for key in subs})
         batch = self._settings.fetch_batch
         while not self._stopping.is_set():
+            if self._draining.is_set():
+                await self._stopping.wait()
+                break
             free = await self._take_slots(batch)
             if free == 0:
                 continue  # stopping
@@ -156,6 +228,12 @@ class Worker:
             finally:
                 for _ in range(free - len(msgs)):
                     self._slots.release()
+            if msgs and (self._draining.is_set() or self._stopping.is_set()):
+                # Drain or shutdown began during the fetch: hand these back untouched, at once.
+                for msg in msgs:
+                    await consumer.nak(msg)
+                    self._slots.release()
+                continue
             for msg in msgs:
                 self._spawn(msg)
 

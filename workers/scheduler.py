@@ -4,15 +4,28 @@ A timer fires `timer_lead_s` before the due time (the server's scheduler ticks a
 load); the scheduler holds the message with a local timer until the due time, then enqueues the task
 and acks. Several schedulers may share the durable consumer: each message goes to one of them, and a
 duplicate is ignored by the decider (the task no longer has that due time).
+
+Cron schedules use the same consumer: a schedule's tick lands on `ordo.due.sched.<tenant>.<id>`, is
+held until its nominal time the same way, and runs through the schedule handler, which decides
+fired / skipped / buffered / missed / caught_up and submits the tick's task idempotently. A tick
+that arrives late (the whole system was down) carries the catch-up decision. A tick buffered behind a
+running task (overlap `buffer_one`) is NAKed and comes back every `buffer_recheck_s`.
+
+Punctuality: the hold sleeps on the event loop's monotonic clock to ~`final_wait_s` before the due
+time, then waits the last stretch in short sleeps and checks the wall clock, so a task is never
+enqueued before its time and rarely more than a millisecond after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -21,17 +34,27 @@ from nats.js.errors import FetchTimeoutError
 
 from domain.commands import EnqueueDue
 from domain.errors import DomainError
+from domain.schedule_commands import Tick
 from infra import subjects as sj
 from infra.command_handler import CommandHandler
 from infra.event_store import EventStoreError
+from infra.schedule_handler import ScheduleHandler
+from infra.schedule_timers import ScheduleTimers, decode_tick
 from infra.timers import decode_due
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    ack_wait_s: float = 30.0
+    # Short: a timer held by a scheduler that died is redelivered after this long.
+    ack_wait_s: float = 5.0
     fetch_batch: int = 256
     max_held: int = 100_000
+    # The last stretch before a due time is waited in short sleeps (see the module doc).
+    final_wait_s: float = 0.002
+    buffer_recheck_s: float = 0.5
+    # Commands run at once (the rest wait their turn): a burst of due timers must not flood
+    # JetStream with thousands of concurrent loads and time them all out.
+    max_inflight: int = 32
 
     def __post_init__(self) -> None:
         if self.ack_wait_s <= 0 or self.fetch_batch < 1 or self.max_held < self.fetch_batch:
@@ -45,13 +68,20 @@ class Scheduler:
         handler: CommandHandler,
         config: SchedulerConfig | None = None,
         logger: logging.Logger | None = None,
+        schedules: ScheduleHandler | None = None,
     ) -> None:
         self._nc = nc
         self._handler = handler
+        if schedules is None:
+            lead = getattr(handler.timers, "_lead", None)
+            lead_s = lead.total_seconds() if lead is not None else 2.0
+            schedules = ScheduleHandler(handler, ScheduleTimers(nc, lead_s))
+        self._schedules = schedules
         self._config = config or SchedulerConfig()
         self._log = logger or logging.getLogger("ordo.scheduler")
         self._stop = asyncio.Event()
         self._held: set[asyncio.Task[None]] = set()
+        self._inflight = asyncio.Semaphore(self._config.max_inflight)
 
     async def shutdown(self) -> None:
         self._stop.set()
@@ -76,7 +106,11 @@ class Scheduler:
                     continue
                 try:
                     msgs = await sub.fetch(min(room, self._config.fetch_batch), timeout=1.0)
-                except (FetchTimeoutError, NatsTimeout):
+                except (FetchTimeoutError, NatsTimeout, TimeoutError):
+                    continue  # nothing due (nats-py raises a bare TimeoutError on an empty pull)
+                except nats.errors.Error as exc:
+                    self._log.warning("fetch failed (reconnecting?): %s", exc)
+                    await asyncio.sleep(0.5)
                     continue
                 for msg in msgs:
                     task = asyncio.create_task(self._hold(msg))
@@ -88,28 +122,93 @@ class Scheduler:
             await asyncio.gather(*self._held, return_exceptions=True)
             await sub.unsubscribe()
 
+    @contextlib.asynccontextmanager
+    async def _slot(self, msg: Msg) -> AsyncIterator[None]:
+        """One of `max_inflight` command slots. While queued for one, keep the message's ack
+        deadline extended: a redelivery storm under overload would only add duplicate work."""
+        while True:
+            try:
+                await asyncio.wait_for(self._inflight.acquire(), self._config.ack_wait_s / 3)
+                break
+            except TimeoutError:
+                await msg.in_progress()
+        try:
+            yield
+        finally:
+            self._inflight.release()
+
+    async def _wait_until(self, due: datetime, msg: Msg) -> None:
+        """Return at `due` (wall clock), never before; extend the ack deadline while holding."""
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = (due - datetime.now(UTC)).total_seconds()
+            if wait <= 0:
+                return
+            deadline = loop.time() + wait
+            coarse = wait - self._config.final_wait_s
+            if coarse > 0:
+                step = min(coarse, self._config.ack_wait_s / 3)
+                await asyncio.sleep(step)
+                if step < coarse:
+                    await msg.in_progress()
+                    continue
+            left = deadline - loop.time()
+            if left > 0:
+                await asyncio.sleep(left)  # the outer loop re-checks the wall clock
+
     async def _hold(self, msg: Msg) -> None:
+        try:
+            await self._hold_one(msg)
+        except asyncio.CancelledError:
+            # Stopping: hand the timer back at once (else it waits out the ack deadline).
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+
+    async def _hold_one(self, msg: Msg) -> None:
+        if sj.is_schedule_due(msg.subject):
+            await self._hold_tick(msg)
+            return
         try:
             due = decode_due(msg.data)
         except Exception:  # noqa: BLE001 - a foreign message must not block the timers
             self._log.error("undecodable timer message on %s: terminated", msg.subject)
             await msg.term()
             return
-        # Hold until due; extend the ack deadline while holding longer than a third of it.
-        while True:
-            wait = (due.due_at - datetime.now(UTC)).total_seconds()
-            if wait <= 0:
-                break
-            step = min(wait, self._config.ack_wait_s / 3)
-            await asyncio.sleep(step)
-            if wait > step:
-                await msg.in_progress()
+        await self._wait_until(due.due_at, msg)
         try:
-            await self._handler.execute(due.tenant, EnqueueDue(task_id=due.task_id, due_at=due.due_at))
+            async with self._slot(msg):
+                await self._handler.execute(due.tenant, EnqueueDue(task_id=due.task_id, due_at=due.due_at))
         except DomainError as exc:
             self._log.info("timer for %s ignored: %s", due.task_id, exc)
         except EventStoreError as exc:
             self._log.warning("timer for %s will retry: %s", due.task_id, exc)
             await msg.nak(delay=1.0)
             return
+        await msg.ack()
+
+    async def _hold_tick(self, msg: Msg) -> None:
+        try:
+            tick = decode_tick(msg.data)
+        except Exception:  # noqa: BLE001
+            self._log.error("undecodable schedule tick on %s: terminated", msg.subject)
+            await msg.term()
+            return
+        await self._wait_until(tick.tick_at, msg)
+        command = Tick(
+            schedule_id=tick.schedule_id, tenant=tick.tenant, tick_at=tick.tick_at, now=datetime.now(UTC)
+        )
+        try:
+            async with self._slot(msg):
+                outcome = await self._schedules.execute(tick.tenant, command)
+        except DomainError as exc:
+            self._log.info("tick of schedule %s ignored: %s", tick.schedule_id, exc)
+        except EventStoreError as exc:
+            self._log.warning("tick of schedule %s will retry: %s", tick.schedule_id, exc)
+            await msg.nak(delay=1.0)
+            return
+        else:
+            if outcome.state.buffered_at == tick.tick_at:
+                await msg.nak(delay=self._config.buffer_recheck_s)  # waits for the running task
+                return
         await msg.ack()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from infra.command_handler import CommandHandler
 from infra.event_store import EventStore
@@ -14,22 +16,43 @@ from infra.nats_conn import connect, provision
 from infra.settings import Settings
 from infra.timers import Timers
 from workers.demo import registry
+from workers.limits import parse_type_limits
 from workers.runtime import Worker
 
 log = logging.getLogger("ordo.worker")
 
 
+def worker_options(env: Mapping[str, str]) -> dict[str, Any]:
+    """Worker-only options from the environment (read here, not in Settings: only workers use them).
+
+    ORDO_TYPE_LIMITS="type=N,..." per-type concurrency limits across workers (give every worker the
+    same); ORDO_WORKER_HEARTBEAT_S registry heartbeat period (default 5); ORDO_WORKER_ID a fixed id.
+    """
+    options: dict[str, Any] = {"type_limits": parse_type_limits(env.get("ORDO_TYPE_LIMITS", ""))}
+    if env.get("ORDO_WORKER_HEARTBEAT_S"):
+        options["heartbeat_every_s"] = float(env["ORDO_WORKER_HEARTBEAT_S"])
+    if env.get("ORDO_WORKER_ID"):
+        options["worker_id"] = env["ORDO_WORKER_ID"]
+    return options
+
+
 async def run_worker(
-    settings: Settings, queues: Sequence[str] = ("default",), concurrency: int | None = None
+    settings: Settings,
+    queues: Sequence[str] = ("default",),
+    concurrency: int | None = None,
+    type_limits: Mapping[str, int] | None = None,
 ) -> None:
     """Run a worker with the demo handlers until SIGTERM/SIGINT, then shut down gracefully."""
+    options = worker_options(os.environ)
+    if type_limits:
+        options["type_limits"] = {**options["type_limits"], **type_limits}
     if concurrency is not None:
         settings = settings.with_(worker_concurrency=concurrency)
     nc = await connect(settings, name="ordo-worker")
     try:
         await provision(nc, settings)
         handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
-        worker = Worker(nc, handler, registry, settings, queues=tuple(queues), logger=log)
+        worker = Worker(nc, handler, registry, settings, queues=tuple(queues), logger=log, **options)
         loop = asyncio.get_running_loop()
         stops: list[asyncio.Task[None]] = []
 

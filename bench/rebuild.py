@@ -1,0 +1,99 @@
+"""Rebuild throughput: `ordo rebuild` over the log of N tasks with retries, cancels and replays.
+
+    .venv/bin/python -m bench.rebuild [--tasks 20000] [--batch 1000] [--concurrency 16]
+
+Embedded NATS and PostgreSQL (fsync on) in a temp folder. The tasks are driven through their
+lifecycles (tests/rebuild_workload.py) with a live projector running; once it has caught up, the
+rebuild runs as `python -m infra.cli rebuild` (all projections, shadow tables, swap) while the live
+projector stays up. Prints events/s of the rebuild and checks the swapped tables hash equal to the
+live ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+
+import asyncpg
+
+from bench.common import ROOT, emit, servers
+from infra.command_handler import CommandHandler
+from infra.event_store import EventStore
+from infra.nats_conn import connect, provision
+from infra.settings import Settings
+from infra.timers import Timers
+from projections.runner import ProjectionRunner, lag
+from tests.helpers import eventually
+from tests.rebuild_workload import drive
+from tests.test_rebuild import all_tables, table_hashes
+
+
+async def main(tasks: int, batch: int, concurrency: int) -> None:
+    with servers() as srv:
+        settings = Settings(
+            nats_url=srv.nats.url,
+            database_url=srv.postgres.url,
+            tenant="b" + uuid.uuid4().hex[:8],
+            projection_batch=batch,
+        )
+        nc = await connect(settings, name="bench-rebuild")
+        await provision(nc, settings)
+        handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
+        projector = ProjectionRunner(nc, settings.database_url)
+        live = asyncio.create_task(projector.run())
+        t0 = time.perf_counter()
+        paths = await drive(handler, settings.tenant, tasks, concurrency)
+        drive_s = time.perf_counter() - t0
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        assert pool is not None
+
+        async def caught_up() -> bool:
+            return not any((await lag(pool, nc)).values())
+
+        await eventually(caught_up, timeout=600, interval=0.2, what="live projector caught up")
+        events = await pool.fetchval("SELECT count(*) FROM task_events")
+        before = await table_hashes(settings.database_url, all_tables())
+        env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
+        cmd = [sys.executable, "-m", "infra.cli", "rebuild"]
+        t1 = time.perf_counter()
+        out = await asyncio.to_thread(
+            subprocess.run, cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        wall = time.perf_counter() - t1
+        after = await table_hashes(settings.database_url, all_tables())
+        m = re.search(r"(\d+) events in ([\d.]+) s \((\d+) events/s\)", out.stdout)
+        assert m, out.stdout + out.stderr
+        await projector.shutdown()
+        await live
+        await pool.close()
+        await nc.close()
+        emit(
+            {
+                "bench": "rebuild",
+                "tasks": tasks,
+                "paths": dict(paths),
+                "log_events": events,
+                "workload_s": round(drive_s, 1),
+                "rebuild_events": int(m.group(1)),
+                "rebuild_s": float(m.group(2)),
+                "rebuild_events_per_s": int(m.group(3)),
+                "command_wall_s": round(wall, 2),
+                "tables_equal": before == after,
+                "rows": {t: n for t, (n, _) in after.items()},
+            }
+        )
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=20_000)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=16, help="tasks driven at once")
+    a = ap.parse_args()
+    asyncio.run(main(a.tasks, a.batch, a.concurrency))

@@ -1,0 +1,69 @@
+"""Queue control: pausing and resuming dispatch from a queue, as events (pure decider).
+
+Stored on `ordo.queue.<tenant>.<queue>.<event>`. A paused queue dispatches nothing (its work
+consumers are paused); tasks keep being accepted and running tasks finish.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class QueueEvent(msgspec.Struct, frozen=True, tag_field="event"):
+    """Base of every queue event."""
+
+
+class QueuePaused(QueueEvent, frozen=True, tag="paused"):
+    reason: str = ""
+
+
+class QueueResumed(QueueEvent, frozen=True, tag="resumed"):
+    pass
+
+
+AnyQueueEvent = QueuePaused | QueueResumed
+
+
+class PauseQueue(msgspec.Struct, frozen=True, kw_only=True):
+    queue: str
+    reason: str = ""
+
+
+class ResumeQueue(msgspec.Struct, frozen=True, kw_only=True):
+    queue: str
+
+
+class QueueState(msgspec.Struct, frozen=True, kw_only=True):
+    queue: str
+    paused: bool = False
+    version: int = 0
+
+
+def evolve(state: QueueState, event: QueueEvent) -> QueueState:
+    paused = isinstance(event, QueuePaused) or (state.paused and not isinstance(event, QueueResumed))
+    return msgspec.structs.replace(state, paused=paused, version=state.version + 1)
+
+
+def decide(command: PauseQueue | ResumeQueue, state: QueueState) -> list[QueueEvent]:
+    """Pausing a paused queue or resuming a running one appends nothing."""
+    if isinstance(command, PauseQueue):
+        return [] if state.paused else [QueuePaused(reason=command.reason)]
+    return [QueueResumed()] if state.paused else []
+
+
+def queue_event_name(event: QueueEvent) -> str:
+    return str(type(event).__struct_config__.tag)
+
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyQueueEvent)
+
+
+def encode_queue_event(event: QueueEvent) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_queue_event(data: bytes) -> AnyQueueEvent:
+    return _decoder.decode(data)  # type: ignore[no-any-return]

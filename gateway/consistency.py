@@ -1,0 +1,81 @@
+"""Read-your-writes: a read may wait (bounded) until the read model holds a given log sequence.
+
+Every write answers the log sequence it reached (`seq`). A client that reads right after passes it
+back as `min_seq` (or the `Ordo-Min-Seq` header); `consistency=wait` (or `Ordo-Consistency: wait`)
+without a sequence waits for the newest event of the task read (or of the caller's tenant for a
+list). The projector NOTIFYs each commit, so a waiting read wakes at once; past the bound it answers
+503 `read-model-behind` with Retry-After rather than a stale answer the client asked not to get.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Query
+
+from gateway.problems import Problem
+from gateway.services import Services
+from infra import subjects as sj
+from projections.runner import checkpoint
+
+
+@dataclass(frozen=True)
+class Consistency:
+    """What a read asked for: wait or not, and the sequence to wait for (None: find it)."""
+
+    wait: bool
+    min_seq: int | None
+
+    async def ensure(self, svc: Services, tenant: str, task_id: str | None = None) -> None:
+        """Return once the read model has caught up, or raise 503 after the configured bound."""
+        if not self.wait:
+            return
+        target = self.min_seq
+        if target is not None and target > await svc.handler.store.last_seq(sj.all_events_filter()):
+            # Not a sequence any write answered: waiting could never succeed.
+            raise Problem(422, "invalid-min-seq", f"min_seq {target} is beyond the end of the event log")
+        if target is None:
+            subject = sj.task_events_filter(tenant, task_id) if task_id else sj.tenant_events_filter(tenant)
+            target = await svc.handler.store.last_seq(subject)
+        await wait_for_seq(svc, target, svc.settings.consistency_wait_s)
+
+
+async def wait_for_seq(svc: Services, target: int, bound_s: float) -> None:
+    deadline = time.monotonic() + bound_s
+    while True:
+        reached = await checkpoint(svc.pool)
+        if reached >= target:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Problem(
+                503,
+                "read-model-behind",
+                f"the read model is at sequence {reached}, not yet {target}; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        # Woken by the projector's NOTIFY; the short cap re-reads the checkpoint in case one was missed.
+        await svc.notifier.wait_beyond(max(reached, target - 1), timeout=min(left, 0.5))
+
+
+def consistency(
+    consistency: Annotated[str | None, Query(pattern=r"^(wait|eventual)$")] = None,
+    min_seq: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    consistency_header: Annotated[str | None, Header(alias="Ordo-Consistency")] = None,
+    min_seq_header: Annotated[str | None, Header(alias="Ordo-Min-Seq")] = None,
+) -> Consistency:
+    """The dependency reading the consistency request from the query or headers."""
+    seq = min_seq
+    if seq is None and min_seq_header is not None:
+        if not min_seq_header.isdigit() or len(min_seq_header) > 18:
+            raise Problem(400, "invalid-request", "Ordo-Min-Seq must be a non-negative integer")
+        seq = int(min_seq_header)
+    mode = consistency or (consistency_header or "").strip().lower() or None
+    if mode not in (None, "wait", "eventual"):
+        raise Problem(400, "invalid-request", "Ordo-Consistency must be 'wait' or 'eventual'")
+    return Consistency(wait=mode == "wait" or (mode is None and seq is not None), min_seq=seq)
+
+
+ReadConsistency = Annotated[Consistency, Depends(consistency)]

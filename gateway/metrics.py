@@ -1,0 +1,119 @@
+"""`/metrics` in Prometheus text format, and the HTTP latency middleware that feeds it.
+
+Task counters and durations come from the `counters` read model (the same on every gateway, exact
+across restarts); queue depth, in-flight tasks, workers and projection lag are read at scrape time;
+HTTP latency and SSE clients are this gateway process's own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from starlette.routing import Match
+
+from infra.metrics import Registry
+from projections import counters
+
+router = APIRouter(tags=["metrics"])
+http_registry = Registry()
+HTTP_LATENCY = http_registry.histogram(
+    "ordo_http_request_duration_seconds", "HTTP request latency by route", ("method", "route", "status")
+)
+SSE_CLIENTS = http_registry.gauge("ordo_sse_clients", "Open SSE connections on this gateway")
+
+_COUNTER_HELP = {
+    "submitted": "Tasks submitted",
+    "started": "Attempts started",
+    "succeeded": "Tasks succeeded",
+    "failed": "Tasks failed (retries exhausted or not retryable)",
+    "dead_lettered": "Tasks dead-lettered",
+    "cancelled": "Tasks cancelled",
+    "attempt_failed": "Attempts that failed",
+    "attempt_timed_out": "Attempts that timed out; reason lease_expired means a redelivery",
+    "zombie_rejected": "Late results from superseded attempts, rejected by fencing",
+}
+_HISTOGRAMS = {
+    "duration": ("ordo_task_duration_seconds", "Attempt duration, started to finished"),
+    "queue_wait": ("ordo_task_queue_wait_seconds", "Time from runnable to started"),
+}
+
+
+def _route_of(request: Request) -> str:
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is Match.FULL:
+            return str(getattr(route, "path", "other"))
+    return "unmatched"
+
+
+async def http_metrics_middleware(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        if request.url.path != "/metrics":
+            HTTP_LATENCY.observe(time.perf_counter() - start, request.method, _route_of(request), str(status))
+
+
+def _task_metrics(snapshot: dict[str, Any]) -> str:
+    registry = Registry()
+    for row in snapshot["counters"]:
+        metric = row["metric"]
+        labels = (row["tenant"], row["queue"], row["type"])
+        if metric in _COUNTER_HELP:
+            registry.counter(
+                f"ordo_tasks_{metric}_total", _COUNTER_HELP[metric], ("tenant", "queue", "type")
+            ).inc(*labels, by=row["value"])
+    for name, (metric_name, help_text) in _HISTOGRAMS.items():
+        hist = registry.histogram(metric_name, help_text, ("tenant", "queue", "type"), counters.BUCKETS)
+        sums = {
+            (r["tenant"], r["queue"], r["type"]): r["value"]
+            for r in snapshot["counters"]
+            if r["metric"] == name + "_sum"
+        }
+        for row in snapshot["histograms"]:
+            if row["metric"] != name:
+                continue
+            key = (row["tenant"], row["queue"], row["type"])
+            bucket_counts, totals = hist.series.setdefault(key, ([0] * (len(hist.buckets) + 1), [0.0]))
+            bucket_counts[row["bucket"]] += row["count"]
+            totals[0] = sums.get(key, 0.0)
+    return registry.render()
+
+
+async def _gauges(request: Request) -> str:
+    svc = request.app.state.services
+    registry = Registry()
+    async with svc.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT tenant, queue, status, count(*) AS n FROM tasks GROUP BY 1, 2, 3")
+        checkpoints = await conn.fetch("SELECT name, last_seq FROM projection_checkpoints")
+    depth = registry.gauge("ordo_queue_depth", "Tasks by queue and status", ("tenant", "queue", "status"))
+    depth.replace(((r["tenant"], r["queue"], r["status"]), float(r["n"])) for r in rows)
+    inflight = registry.gauge("ordo_tasks_in_flight", "Running tasks by queue", ("tenant", "queue"))
+    inflight.replace(
+        ((r["tenant"], r["queue"]), float(r["n"])) for r in rows if r["status"] in ("running", "cancelling")
+    )
+    info = await svc.nc.jetstream().stream_info("ORDO_EVENTS")
+    last = float(info.state.last_seq)
+    lag = registry.gauge(
+        "ordo_projection_lag_events", "Log sequences not yet applied by a projection", ("projection",)
+    )
+    lag.replace(((r["name"],), max(0.0, last - r["last_seq"])) for r in checkpoints)
+    return registry.render()
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    svc = request.app.state.services
+    async with svc.pool.acquire() as conn:
+        snapshot = await counters.snapshot(conn, None)
+    body = _task_metrics(snapshot) + await _gauges(request) + http_registry.render()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,91 @@
+"""Queue routes: list queues with their pause state; pause and resume dispatch from a queue."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from domain.queue_control import PauseQueue, ResumeQueue
+from gateway.auth import Principal, Role, require
+from gateway.problems import Problem
+from gateway.services import Services, services
+from infra.event_store import EventStore
+from infra.queue_control import QueueController, QueueOutcome
+from infra.settings import NAME_RE
+from projections import queues_state
+
+router = APIRouter(prefix="/v1", tags=["queues"])
+Svc = Annotated[Services, Depends(services)]
+Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
+Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
+
+
+def queue_controller(request: Request) -> QueueController:
+    app_state = request.app.state
+    ctl: QueueController | None = getattr(app_state, "queue_controller", None)
+    if ctl is None:
+        svc: Services = app_state.services
+        ctl = QueueController(svc.nc, EventStore(svc.nc), svc.settings)
+        app_state.queue_controller = ctl
+    return ctl
+
+
+Controller = Annotated[QueueController, Depends(queue_controller)]
+
+
+def _check(queue: str) -> str:
+    if not NAME_RE.match(queue):
+        raise Problem(422, "invalid-queue", f"queue name must match {NAME_RE.pattern}")
+    return queue
+
+
+@router.get("/queues")
+async def list_queues(svc: Svc, who: Viewer) -> dict[str, Any]:
+    """Queues of the tenant (any with tasks, or ever paused), their pause state and queued count."""
+    controls = await queues_state.controls(svc.pool, who.tenant)
+    counts = await svc.pool.fetch(
+        "SELECT queue, count(*) FILTER (WHERE status='queued') AS queued,"
+        " count(*) FILTER (WHERE status IN ('running','cancelling')) AS running"
+        " FROM tasks WHERE tenant=$1 GROUP BY queue",
+        who.tenant,
+    )
+    by_queue = {r["queue"]: (r["queued"], r["running"]) for r in counts}
+    items = []
+    for name in sorted(set(by_queue) | set(controls)):
+        control = controls.get(name, {})
+        queued, running = by_queue.get(name, (0, 0))
+        items.append(
+            {
+                "name": name,
+                "paused": bool(control.get("paused", False)),
+                "paused_reason": control.get("reason") or None,
+                "changed_at": control.get("changed_at"),
+                "queued": queued,
+                "running": running,
+            }
+        )
+    return {"items": items, "next_cursor": None}
+
+
+def _result(queue: str, outcome: QueueOutcome) -> dict[str, Any]:
+    return {
+        "name": queue,
+        "paused": outcome.state.paused,
+        "changed": outcome.appended,
+        "seq": outcome.last_seq,
+        "consumers": outcome.consumers,
+    }
+
+
+@router.post("/queues/{queue}:pause", status_code=202)
+async def pause_queue(queue: str, ctl: Controller, who: Operator) -> dict[str, Any]:
+    """Stop dispatch from the queue: nothing new starts; running tasks finish; submits still accepted."""
+    outcome = await ctl.execute(who.tenant, PauseQueue(queue=_check(queue)))
+    return _result(queue, outcome)
+
+
+@router.post("/queues/{queue}:resume", status_code=202)
+async def resume_queue(queue: str, ctl: Controller, who: Operator) -> dict[str, Any]:
+    outcome = await ctl.execute(who.tenant, ResumeQueue(queue=_check(queue)))
+    return _result(queue, outcome)

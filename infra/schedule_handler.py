@@ -1,0 +1,174 @@
+"""The schedule command handler: load -> fold -> decide -> effects -> append with the expected sequence.
+
+Mirrors infra/command_handler.py for the schedule aggregate (`ordo.sched.<tenant>.<id>.*`). The order
+of writes follows the timers rule (docs/decisions.md §4): the next tick's timer is armed before the
+event that needs it, and the tasks a tick creates are submitted (idempotently: id and idempotency key
+derived from schedule + tick) before the `fired` event, so a crash at any point leaves at worst a
+timer or a task the redelivered tick finds again — never a `fired` without its task. The overlap
+check loads the previous run's task from the event log, never from a read model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import nats.errors
+
+from domain import schedule_commands as sc
+from domain import schedule_events as se
+from domain.commands import CancelTask, SubmitTask
+from domain.errors import DomainError
+from domain.schedule_decide import decide
+from domain.schedule_state import ScheduleState, evolve, initial
+from infra import subjects as sj
+from infra.command_handler import CommandHandler
+from infra.event_store import ConcurrencyError, EventStoreUnavailable, RawStored
+from infra.schedule_timers import ScheduleTimers
+
+
+@dataclass(frozen=True)
+class ScheduleOutcome:
+    state: ScheduleState
+    events: list[se.ScheduleEvent]
+    seqs: list[int]
+    last_seq: int
+
+    @property
+    def waiting(self) -> bool:
+        """The tick is buffered behind a running task: deliver it again later."""
+        return self.state.buffered_at is not None
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    max_attempts: int = 3
+    timeout_s: float = 300.0
+
+
+class ScheduleHandler:
+    def __init__(
+        self,
+        tasks: CommandHandler,
+        timers: ScheduleTimers,
+        defaults: TaskDefaults | None = None,
+        max_retries: int = 8,
+    ) -> None:
+        self.tasks = tasks
+        self.store = tasks.store
+        self.timers = timers
+        self._defaults = defaults or TaskDefaults()
+        self._max_retries = max_retries
+
+    async def load(self, tenant: str, schedule_id: str) -> tuple[ScheduleState, list[RawStored], int]:
+        history, last_seq = await self.store.load_raw(sj.schedule_events_filter(tenant, schedule_id))
+        state = initial(schedule_id)
+        for raw in history:
+            state = evolve(state, se.decode_schedule_event(raw.data))
+        return state, history, last_seq
+
+    async def execute(self, tenant: str, command: sc.AnyScheduleCommand) -> ScheduleOutcome:
+        """Run one command; on a concurrent append, reload and decide again (bounded)."""
+        for _ in range(self._max_retries):
+            state, _, last_seq = await self.load(tenant, command.schedule_id)
+            if isinstance(command, sc.Tick):
+                command = sc.Tick(
+                    schedule_id=command.schedule_id,
+                    tenant=command.tenant,
+                    tick_at=command.tick_at,
+                    now=command.now,
+                    previous=await self._previous(tenant, state),
+                )
+            events = decide(command, state)
+            if not events:
+                return ScheduleOutcome(state, [], [], last_seq)
+            new = state
+            for event in events:
+                new = evolve(new, event)
+            try:
+                return await self._apply(tenant, state, new, events, last_seq)
+            except ConcurrencyError:
+                continue
+        raise ConcurrencyError(f"schedule {command.schedule_id}: too many concurrent changes")
+
+    async def _previous(self, tenant: str, state: ScheduleState) -> sc.PreviousRun | None:
+        if state.last_task_id is None:
+            return None
+        task, _, _ = await self.tasks.load(tenant, state.last_task_id)
+        active = task.exists and not task.status.terminal
+        return sc.PreviousRun(task_id=state.last_task_id, active=active)
+
+    async def _apply(
+        self,
+        tenant: str,
+        old: ScheduleState,
+        new: ScheduleState,
+        events: list[se.ScheduleEvent],
+        last_seq: int,
+    ) -> ScheduleOutcome:
+        sid = new.schedule_id
+        try:
+            if new.next_at is not None and (new.next_at != old.next_at or not old.active):
+                await self.timers.arm(tenant, sid, new.next_at)
+        except nats.errors.Error as exc:
+            raise EventStoreUnavailable(f"arming the schedule timer failed: {exc}") from exc
+        assert new.spec is not None or not any(_creates_task(e) for e in events)
+        for event in events:
+            if isinstance(event, se.ScheduleFired) and event.cancelled_task_id:
+                await self._cancel(tenant, event.cancelled_task_id)
+            if isinstance(event, (se.ScheduleFired, se.ScheduleCaughtUp)):
+                assert new.spec is not None
+                await self._submit(tenant, sid, new.spec, event.task_id, event.tick_at.isoformat())
+            elif isinstance(event, se.ScheduleTriggered):
+                assert new.spec is not None
+                await self._submit(tenant, sid, new.spec, event.task_id, "trigger:" + event.task_id)
+        msgs: list[tuple[str, bytes, dict[str, str]]] = [
+            (
+                sj.schedule_event_subject(tenant, sid, se.schedule_event_name(e)),
+                se.encode_schedule_event(e),
+                {},
+            )
+            for e in events
+        ]
+        seqs = await self.store.append_raw(msgs, last_seq, sj.schedule_events_filter(tenant, sid))
+        if new.next_at is None and old.next_at is not None:
+            try:
+                await self.timers.disarm(tenant, sid)
+            except nats.errors.Error:
+                pass  # best effort: a stale tick is ignored
+        return ScheduleOutcome(new, events, seqs, seqs[-1])
+
+    async def _cancel(self, tenant: str, task_id: str) -> None:
+        try:
+            await self.tasks.execute(tenant, CancelTask(task_id=task_id, reason="schedule: cancel_previous"))
+        except DomainError:
+            pass  # it ended meanwhile: nothing to cancel
+
+    async def _submit(
+        self, tenant: str, schedule_id: str, spec: se.ScheduleSpec, task_id: str, run_key: str
+    ) -> None:
+        """Submit the run's task; a repeat (redelivered tick, second scheduler) appends nothing."""
+        t = spec.task
+        key = f"schedule:{schedule_id}:{run_key}"
+        await self.tasks.execute(
+            tenant,
+            SubmitTask(
+                task_id=task_id,
+                tenant=tenant,
+                queue=t.queue,
+                task_type=t.type,
+                now=datetime.now(UTC),
+                payload=t.payload,
+                priority=t.priority,
+                max_attempts=t.max_attempts or self._defaults.max_attempts,
+                timeout_s=t.timeout or self._defaults.timeout_s,
+                tags=(*t.tags, f"schedule:{schedule_id}")[:20],
+                idempotency_key=key,
+                body_hash=hashlib.sha256(key.encode()).hexdigest(),
+            ),
+        )
+
+
+def _creates_task(event: se.ScheduleEvent) -> bool:
+    return isinstance(event, (se.ScheduleFired, se.ScheduleCaughtUp, se.ScheduleTriggered))

@@ -1,0 +1,148 @@
+"""The `counters` read model: monotonic task counters and duration histograms for /metrics.
+
+Kept in PostgreSQL (not in process memory) so every gateway exposes the same numbers, they survive
+restarts, and a rebuild from sequence 1 yields them again. Durations come from stored_at, never the
+wall clock.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from domain import events as ev
+from infra.event_store import StoredEvent
+from infra.metrics import DEFAULT_BUCKETS
+
+NAME = "counters"
+DDL = """
+CREATE TABLE IF NOT EXISTS metric_counters (
+    tenant text NOT NULL, queue text NOT NULL, type text NOT NULL, metric text NOT NULL,
+    value double precision NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, queue, type, metric)
+);
+CREATE TABLE IF NOT EXISTS metric_histograms (
+    tenant text NOT NULL, queue text NOT NULL, type text NOT NULL, metric text NOT NULL,
+    bucket int NOT NULL, count bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, queue, type, metric, bucket)
+);
+CREATE TABLE IF NOT EXISTS metric_task_marks (
+    tenant text NOT NULL, task_id text NOT NULL, queue text NOT NULL, type text NOT NULL,
+    runnable_at timestamptz, started_at timestamptz,
+    PRIMARY KEY (tenant, task_id)
+);
+"""
+
+# Counter names by event; each is exposed as ordo_tasks_<name>_total.
+COUNTED: dict[type[ev.Event], str] = {
+    ev.Submitted: "submitted",
+    ev.AttemptStarted: "started",
+    ev.Succeeded: "succeeded",
+    ev.Failed: "failed",
+    ev.DeadLettered: "dead_lettered",
+    ev.Cancelled: "cancelled",
+    ev.AttemptFailed: "attempt_failed",
+    ev.AttemptTimedOut: "attempt_timed_out",
+    ev.ZombieRejected: "zombie_rejected",
+}
+BUCKETS = DEFAULT_BUCKETS
+_RUNNABLE = (ev.Submitted, ev.Queued, ev.Resumed, ev.Replayed)
+_FINISHED = (ev.Succeeded, ev.AttemptFailed, ev.AttemptTimedOut)
+
+
+def _bucket(seconds: float) -> int:
+    for i, bound in enumerate(BUCKETS):
+        if seconds <= bound:
+            return i
+    return len(BUCKETS)
+
+
+class _Mark:
+    __slots__ = ("queue", "type", "runnable_at", "started_at")
+
+    def __init__(self, queue: str, task_type: str, runnable_at: datetime | None, started_at: datetime | None):
+        self.queue, self.type = queue, task_type
+        self.runnable_at, self.started_at = runnable_at, started_at
+
+
+async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
+    keys = sorted({(e.tenant, e.task_id) for e in events})
+    recs = await conn.fetch(
+        "SELECT tenant, task_id, queue, type, runnable_at, started_at FROM metric_task_marks"
+        " WHERE (tenant, task_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    marks: dict[tuple[str, str], _Mark] = {
+        (r["tenant"], r["task_id"]): _Mark(r["queue"], r["type"], r["runnable_at"], r["started_at"])
+        for r in recs
+    }
+    counters: dict[tuple[str, str, str, str], float] = defaultdict(float)
+    buckets: dict[tuple[str, str, str, str, int], int] = defaultdict(int)
+    for e in events:
+        key = (e.tenant, e.task_id)
+        event = e.event
+        if isinstance(event, ev.Submitted):
+            marks[key] = _Mark(event.queue, event.task_type, None, None)
+        mark = marks.get(key)
+        if mark is None:
+            continue  # events of a task submitted before this projection existed: rebuild covers it
+        name = COUNTED.get(type(event))
+        if name is not None:
+            counters[(e.tenant, mark.queue, mark.type, name)] += 1
+        if isinstance(event, _RUNNABLE):
+            mark.runnable_at = e.stored_at
+        elif isinstance(event, ev.AttemptStarted):
+            mark.started_at = e.stored_at
+            if mark.runnable_at is not None:
+                wait = (e.stored_at - mark.runnable_at).total_seconds()
+                _observe(counters, buckets, (e.tenant, mark.queue, mark.type, "queue_wait"), wait)
+            mark.runnable_at = None
+        elif isinstance(event, _FINISHED) and mark.started_at is not None:
+            took = (e.stored_at - mark.started_at).total_seconds()
+            _observe(counters, buckets, (e.tenant, mark.queue, mark.type, "duration"), took)
+            mark.started_at = None
+    await conn.executemany(
+        "INSERT INTO metric_task_marks (tenant, task_id, queue, type, runnable_at, started_at)"
+        " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (tenant, task_id) DO UPDATE SET"
+        " runnable_at=EXCLUDED.runnable_at, started_at=EXCLUDED.started_at",
+        [(t, i, m.queue, m.type, m.runnable_at, m.started_at) for (t, i), m in marks.items()],
+    )
+    await conn.executemany(
+        "INSERT INTO metric_counters (tenant, queue, type, metric, value) VALUES ($1,$2,$3,$4,$5)"
+        " ON CONFLICT (tenant, queue, type, metric)"
+        " DO UPDATE SET value = metric_counters.value + EXCLUDED.value",
+        [(*k, v) for k, v in counters.items()],
+    )
+    await conn.executemany(
+        "INSERT INTO metric_histograms (tenant, queue, type, metric, bucket, count)"
+        " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (tenant, queue, type, metric, bucket)"
+        " DO UPDATE SET count = metric_histograms.count + EXCLUDED.count",
+        [(*k, v) for k, v in buckets.items()],
+    )
+
+
+def _observe(
+    counters: dict[tuple[str, str, str, str], float],
+    buckets: dict[tuple[str, str, str, str, int], int],
+    key: tuple[str, str, str, str],
+    seconds: float,
+) -> None:
+    seconds = max(0.0, seconds)
+    buckets[(*key, _bucket(seconds))] += 1
+    counters[(key[0], key[1], key[2], key[3] + "_sum")] += seconds
+
+
+async def snapshot(conn: asyncpg.Connection | asyncpg.Pool, tenant: str | None) -> dict[str, Any]:
+    """Counters and histograms for one tenant (or all, for an operator's /metrics)."""
+    where, args = ("WHERE tenant=$1", [tenant]) if tenant is not None else ("", [])
+    counters = await conn.fetch(
+        f"SELECT tenant, queue, type, metric, value FROM metric_counters {where}", *args
+    )
+    hist = await conn.fetch(
+        f"SELECT tenant, queue, type, metric, bucket, count FROM metric_histograms {where}", *args
+    )
+    return {"counters": [dict(r) for r in counters], "histograms": [dict(r) for r in hist]}

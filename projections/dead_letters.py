@@ -1,0 +1,273 @@
+"""The `dead_letters` read model: tasks that failed for good, with a summary of why.
+
+A task enters on `dead_lettered` (which follows `failed`) and leaves on `replayed`: the list shows
+what still needs an operator. The row keeps the task's type and its last attempt error, which this
+projection remembers per task in `dead_letter_tasks` (a projection reads only its own tables, so a
+rebuild of it alone yields the same rows).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from domain import events as ev
+from infra.event_store import StoredEvent
+
+NAME = "dead_letters"
+
+DDL = """
+CREATE TABLE IF NOT EXISTS dead_letter_tasks (
+    tenant text NOT NULL,
+    task_id text NOT NULL,
+    queue text NOT NULL,
+    type text NOT NULL,
+    attempts int NOT NULL DEFAULT 0,
+    error jsonb,
+    last_seq bigint NOT NULL,
+    PRIMARY KEY (tenant, task_id)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    tenant text NOT NULL,
+    task_id text NOT NULL,
+    queue text NOT NULL,
+    type text NOT NULL,
+    attempts int NOT NULL,
+    error_kind text NOT NULL DEFAULT '',
+    error jsonb,
+    reason text NOT NULL DEFAULT '',
+    dead_at timestamptz NOT NULL,
+    seq bigint NOT NULL,
+    PRIMARY KEY (tenant, task_id)
+);
+CREATE INDEX IF NOT EXISTS dead_letters_newest ON dead_letters (tenant, seq DESC);
+"""
+
+_json = msgspec.json.Encoder()
+
+
+@dataclass
+class _Task:
+    queue: str
+    type: str
+    attempts: int = 0
+    error: str | None = None
+    last_seq: int = 0
+    # What this batch does to the dead-letter row: None = nothing, "dead" = (re)insert, "gone" = delete.
+    change: str | None = None
+    reason: str = ""
+    dead_at: datetime | None = None
+    dead_seq: int = 0
+
+
+def _fold(task: _Task, stored: StoredEvent) -> None:
+    event = stored.event
+    match event:
+        case ev.AttemptStarted():
+            task.attempts = event.attempt
+        case ev.AttemptFailed():
+            task.error = _json.encode(event.error).decode()
+        case ev.AttemptTimedOut():
+            task.error = _json.encode(ev.ErrorInfo(kind="timed_out", message=event.reason)).decode()
+        case ev.Succeeded():
+            task.error = None
+        case ev.DeadLettered():
+            task.change, task.reason, task.dead_at, task.dead_seq = (
+                "dead",
+                event.reason,
+                stored.stored_at,
+                stored.seq,
+            )
+        case ev.Replayed():
+            task.change, task.error = "gone", None
+    task.last_seq = stored.seq
+
+
+async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
+    keys = sorted({(e.tenant, e.task_id) for e in events})
+    tasks: dict[tuple[str, str], _Task] = {}
+    for rec in await conn.fetch(
+        "SELECT * FROM dead_letter_tasks WHERE (tenant, task_id) IN"
+        " (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    ):
+        error = rec["error"]
+        tasks[(rec["tenant"], rec["task_id"])] = _Task(
+            queue=rec["queue"],
+            type=rec["type"],
+            attempts=rec["attempts"],
+            error=None if error is None else _json.encode(error).decode(),
+            last_seq=rec["last_seq"],
+        )
+    for stored in events:
+        key = (stored.tenant, stored.task_id)
+        task = tasks.get(key)
+        if isinstance(stored.event, ev.Submitted):
+            if task is None:
+                tasks[key] = _Task(queue=stored.queue, type=stored.event.task_type, last_seq=stored.seq)
+            continue
+        if task is None or stored.seq <= task.last_seq:
+            continue  # not a task we saw submitted, or already applied
+        _fold(task, stored)
+    await _write(conn, tasks)
+
+
+async def _write(conn: asyncpg.Connection, tasks: dict[tuple[str, str], _Task]) -> None:
+    items = list(tasks.items())
+    if not items:
+        return
+    await conn.execute(
+        """
+        INSERT INTO dead_letter_tasks AS d (tenant, task_id, queue, type, attempts, error, last_seq)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::jsonb[],
+                             $7::bigint[])
+        ON CONFLICT (tenant, task_id) DO UPDATE SET attempts=EXCLUDED.attempts, error=EXCLUDED.error,
+            last_seq=EXCLUDED.last_seq
+        WHERE d.last_seq < EXCLUDED.last_seq
+        """,
+        [k[0] for k, _ in items],
+        [k[1] for k, _ in items],
+        [t.queue for _, t in items],
+        [t.type for _, t in items],
+        [t.attempts for _, t in items],
+        [t.error for _, t in items],
+        [t.last_seq for _, t in items],
+    )
+    gone = [k for k, t in items if t.change == "gone"]
+    if gone:
+        await conn.execute(
+            "DELETE FROM dead_letters WHERE (tenant, task_id) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [k[0] for k in gone],
+            [k[1] for k in gone],
+        )
+    dead = [(k, t) for k, t in items if t.change == "dead"]
+    if dead:
+        await conn.execute(
+            """
+            INSERT INTO dead_letters (tenant, task_id, queue, type, attempts, error_kind, error, reason,
+                                      dead_at, seq)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
+                                 $7::jsonb[], $8::text[], $9::timestamptz[], $10::bigint[])
+            ON CONFLICT (tenant, task_id) DO UPDATE SET attempts=EXCLUDED.attempts,
+                error_kind=EXCLUDED.error_kind, error=EXCLUDED.error, reason=EXCLUDED.reason,
+                dead_at=EXCLUDED.dead_at, seq=EXCLUDED.seq
+            """,
+            [k[0] for k, _ in dead],
+            [k[1] for k, _ in dead],
+            [t.queue for _, t in dead],
+            [t.type for _, t in dead],
+            [t.attempts for _, t in dead],
+            [_kind(t.error) for _, t in dead],
+            [t.error for _, t in dead],
+            [t.reason for _, t in dead],
+            [t.dead_at for _, t in dead],
+            [t.dead_seq for _, t in dead],
+        )
+
+
+def _kind(error: str | None) -> str:
+    if error is None:
+        return ""
+    return str(msgspec.json.decode(error).get("kind", ""))
+
+
+# ---- queries -------------------------------------------------------------------------------------
+
+_COLUMNS = "task_id, queue, type, attempts, error_kind, error, reason, dead_at, seq"
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters: every field optional; all given fields must match."""
+
+    queue: str | None = None
+    task_type: str | None = None
+    error_kind: str | None = None
+    dead_after: datetime | None = None
+    dead_before: datetime | None = None
+
+    def where(self, tenant: str) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = ["tenant=$1"]
+        args: list[Any] = [tenant]
+        for sql, value in (
+            ("queue=${}", self.queue),
+            ("type=${}", self.task_type),
+            ("error_kind=${}", self.error_kind),
+            ("dead_at>=${}", self.dead_after),
+            ("dead_at<${}", self.dead_before),
+        ):
+            if value is not None:
+                args.append(value)
+                clauses.append(sql.format(len(args)))
+        return clauses, args
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"dl:{seq}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> int:
+    """Raises ValueError for a cursor this server did not issue."""
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode()).decode()
+        prefix, _, seq = text.partition(":")
+        if prefix != "dl":
+            raise ValueError(text)
+        return int(seq)
+    except Exception as exc:  # noqa: BLE001 - any malformed cursor is the caller's error
+        raise ValueError("malformed cursor") from exc
+
+
+async def list_dead_letters(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant: str,
+    limit: int,
+    cursor: str | None = None,
+    where: DeadLetterFilter = DeadLetterFilter(),
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest dead letter first; `next_cursor` is None on the last page."""
+    clauses, args = where.where(tenant)
+    if cursor is not None:
+        args.append(decode_cursor(cursor))
+        clauses.append(f"seq<${len(args)}")
+    args.append(limit + 1)
+    recs = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM dead_letters WHERE {' AND '.join(clauses)}"
+        f" ORDER BY seq DESC LIMIT ${len(args)}",
+        *args,
+    )
+    items = [dict(r) for r in recs[:limit]]
+    return items, (encode_cursor(recs[limit - 1]["seq"]) if len(recs) > limit else None)
+
+
+async def get_dead_letter(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, task_id: str
+) -> dict[str, Any] | None:
+    rec = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM dead_letters WHERE tenant=$1 AND task_id=$2", tenant, task_id
+    )
+    return None if rec is None else dict(rec)
+
+
+async def matching_ids(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, where: DeadLetterFilter, limit: int
+) -> list[str]:
+    """Task ids of up to `limit` dead letters matching `where`, oldest first (bulk replay)."""
+    clauses, args = where.where(tenant)
+    args.append(limit)
+    recs = await conn.fetch(
+        f"SELECT task_id FROM dead_letters WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ${len(args)}",
+        *args,
+    )
+    return [r["task_id"] for r in recs]
+
+
+async def count(conn: asyncpg.Connection | asyncpg.Pool, tenant: str) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM dead_letters WHERE tenant=$1", tenant) or 0)

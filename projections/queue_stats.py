@@ -1,0 +1,164 @@
+"""The `queue_stats` read model: how many tasks each queue holds in each status, kept as counters.
+
+Counting rows of `tasks` at read time grows with the table; these counters cost one upsert per
+(queue, status) touched by a batch. A task's status comes from the domain's own `evolve`, folded
+over the few fields that decide it (status, paused_from, archived), which this projection keeps per
+task in `queue_task_status` — it reads only its own tables, so it can be rebuilt alone. Archived
+tasks leave the counts (they are hidden from lists too). Rates are read from `stats_minutely`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+import asyncpg
+
+from domain.state import TaskState, evolve, initial
+from domain.status import TaskStatus
+from infra.event_store import StoredEvent
+
+NAME = "queue_stats"
+
+DDL = """
+CREATE TABLE IF NOT EXISTS queue_task_status (
+    tenant text NOT NULL,
+    task_id text NOT NULL,
+    queue text NOT NULL,
+    status text NOT NULL,
+    paused_from text,
+    archived boolean NOT NULL DEFAULT false,
+    last_seq bigint NOT NULL,
+    PRIMARY KEY (tenant, task_id)
+);
+CREATE TABLE IF NOT EXISTS queue_depth (
+    tenant text NOT NULL,
+    queue text NOT NULL,
+    status text NOT NULL,
+    n bigint NOT NULL,
+    PRIMARY KEY (tenant, queue, status)
+);
+"""
+
+STATUSES = tuple(str(s) for s in TaskStatus)
+
+
+def _counted(state: TaskState) -> str | None:
+    """The (queue-less) bucket a task counts in, None when it is not counted."""
+    return None if not state.exists or state.archived else str(state.status)
+
+
+async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
+    keys = sorted({(e.tenant, e.task_id) for e in events})
+    states: dict[tuple[str, str], tuple[str, TaskState, int]] = {}
+    for rec in await conn.fetch(
+        "SELECT * FROM queue_task_status WHERE (tenant, task_id) IN"
+        " (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    ):
+        paused = rec["paused_from"]
+        state = TaskState(
+            task_id=rec["task_id"],
+            exists=True,
+            status=TaskStatus(rec["status"]),
+            paused_from=None if paused is None else TaskStatus(paused),
+            archived=rec["archived"],
+        )
+        states[(rec["tenant"], rec["task_id"])] = (rec["queue"], state, rec["last_seq"])
+    delta: Counter[tuple[str, str, str]] = Counter()
+    for stored in events:
+        key = (stored.tenant, stored.task_id)
+        queue, before, last = states.get(key, (stored.queue, initial(stored.task_id), 0))
+        if stored.seq <= last:
+            continue
+        after = evolve(before, stored.event)
+        old, new = _counted(before), _counted(after)
+        if old != new:
+            if old is not None:
+                delta[(stored.tenant, queue, old)] -= 1
+            if new is not None:
+                delta[(stored.tenant, queue, new)] += 1
+        states[key] = (queue, after, stored.seq)
+    rows = [(k, q, s, seq) for k, (q, s, seq) in states.items() if s.exists]
+    if rows:
+        await conn.execute(
+            """
+            INSERT INTO queue_task_status AS t
+                (tenant, task_id, queue, status, paused_from, archived, last_seq)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
+                                 $7::bigint[])
+            ON CONFLICT (tenant, task_id) DO UPDATE SET status=EXCLUDED.status,
+                paused_from=EXCLUDED.paused_from, archived=EXCLUDED.archived, last_seq=EXCLUDED.last_seq
+            WHERE t.last_seq < EXCLUDED.last_seq
+            """,
+            [k[0] for k, _, _, _ in rows],
+            [k[1] for k, _, _, _ in rows],
+            [q for _, q, _, _ in rows],
+            [str(s.status) for _, _, s, _ in rows],
+            [None if s.paused_from is None else str(s.paused_from) for _, _, s, _ in rows],
+            [s.archived for _, _, s, _ in rows],
+            [seq for _, _, _, seq in rows],
+        )
+    changed = sorted((k, n) for k, n in delta.items() if n != 0)
+    if changed:
+        await conn.execute(
+            """
+            INSERT INTO queue_depth AS d (tenant, queue, status, n)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+            ON CONFLICT (tenant, queue, status) DO UPDATE SET n = d.n + EXCLUDED.n
+            """,
+            [k[0] for k, _ in changed],
+            [k[1] for k, _ in changed],
+            [k[2] for k, _ in changed],
+            [n for _, n in changed],
+        )
+
+
+# ---- queries -------------------------------------------------------------------------------------
+
+
+async def by_status(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, queue: str | None = None
+) -> dict[str, int]:
+    """Tasks per status (every status present, zeros included), over one queue or all."""
+    recs = await conn.fetch(
+        "SELECT status, sum(n)::bigint AS n FROM queue_depth"
+        " WHERE tenant=$1 AND ($2::text IS NULL OR queue=$2) GROUP BY status",
+        tenant,
+        queue,
+    )
+    out = dict.fromkeys(STATUSES, 0)
+    out.update({r["status"]: int(r["n"]) for r in recs})
+    return out
+
+
+async def depths(conn: asyncpg.Connection | asyncpg.Pool, tenant: str) -> dict[str, dict[str, int]]:
+    """{queue: {status: n}} for every queue that ever held a task."""
+    recs = await conn.fetch("SELECT queue, status, n FROM queue_depth WHERE tenant=$1 ORDER BY queue", tenant)
+    out: dict[str, dict[str, int]] = {}
+    for r in recs:
+        out.setdefault(r["queue"], dict.fromkeys(STATUSES, 0))[r["status"]] = int(r["n"])
+    return out
+
+
+async def rates(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, since: datetime, until: datetime
+) -> dict[str, dict[str, float]]:
+    """{queue: events per minute (submitted/started/succeeded/failed)} over [since, until).
+
+    The window is chosen by the caller (an edge, which may read the clock); this reads only rows.
+    """
+    recs = await conn.fetch(
+        "SELECT queue, sum(submitted) AS submitted, sum(started) AS started,"
+        " sum(succeeded) AS succeeded, sum(failed) AS failed"
+        " FROM stats_minutely WHERE tenant=$1 AND minute >= $2 AND minute < $3 GROUP BY queue",
+        tenant,
+        since,
+        until,
+    )
+    span = max(1.0, (until - since).total_seconds() / 60)
+    return {
+        r["queue"]: {k: round(int(r[k]) / span, 3) for k in ("submitted", "started", "succeeded", "failed")}
+        for r in recs
+    }

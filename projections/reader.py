@@ -1,0 +1,153 @@
+"""Reading the event log in sequence order, for the live projector and for a rebuild alike.
+
+An ordered consumer (ephemeral, flow-controlled, no acks) on every family's filter, starting at a
+given sequence: PostgreSQL holds the cursor, so a reader is thrown away and recreated from the
+checkpoint after any failure. The in-memory buffer is bounded, so a rebuild of a long log applies
+back-pressure to the server instead of holding the whole log in memory. An event that no family can
+decode raises `PoisonEvent`: it is never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from infra import subjects as sj
+from projections.registry import Family
+
+# (family name, decoded record with at least `.seq`)
+Record = tuple[str, Any]
+
+
+class PoisonEvent(RuntimeError):
+    """An event in the log that no projection can read: projection stops rather than skip it."""
+
+
+class LogReader:
+    """Decoded log records from `start_seq` on, in stream order, handed out in batches."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        families: Sequence[Family],
+        start_seq: int,
+        buffer: int = 4000,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._nc = nc
+        self._families = tuple(families)
+        self._start = max(1, start_seq)
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=buffer)
+        self._held: Record | None = None
+        self._poison: PoisonEvent | None = None
+        self._sub: Subscription | None = None
+        self._log = logger or logging.getLogger("ordo.projector")
+
+    async def start(self) -> None:
+        filters = [f.filter for f in self._families]
+
+        async def on_msg(msg: Msg) -> None:
+            await self._queue.put(msg)  # blocks the subscription when full: back-pressure
+
+        self._sub = await self._nc.jetstream().subscribe(
+            filters[0],
+            stream=sj.EVENTS_STREAM,
+            cb=on_msg,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=self._start,
+                filter_subjects=filters if len(filters) > 1 else None,
+            ),
+        )
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            await sub.unsubscribe()
+
+    async def batch(
+        self,
+        max_size: int,
+        upto: int | None = None,
+        wait: asyncio.Event | None = None,
+        linger_s: float = 0.0,
+    ) -> list[Record]:
+        """Up to `max_size` records with seq <= `upto` (all if None), waiting for the first one.
+
+        Returns [] when `wait` is set before anything arrives. A record past `upto` is held back
+        for the next call. With `linger_s`, an empty buffer is given that long to refill before the
+        batch is cut short (a rebuild wants full batches; the live projector wants latency).
+        """
+        out: list[Record] = []
+        first = await self._first(wait)
+        if first is None:
+            return out
+        record = first
+        while True:
+            if upto is not None and record[1].seq > upto:
+                self._held = record
+                break
+            out.append(record)
+            if len(out) >= max_size:
+                break
+            msg = await self._next(linger_s)
+            if msg is None:
+                break
+            try:
+                record = self._decode(msg)
+            except PoisonEvent as exc:
+                self._poison = exc  # apply what came before it first; raise on the next call
+                break
+        return out
+
+    async def _next(self, linger_s: float) -> Msg | None:
+        """The next buffered message, waiting up to `linger_s` for one; None when none came."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if linger_s <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), linger_s)
+        except TimeoutError:
+            return None
+
+    def past(self, seq: int) -> bool:
+        """True when the reader holds a record beyond `seq` (everything up to `seq` was handed out)."""
+        return self._held is not None and self._held[1].seq > seq
+
+    async def _first(self, wait: asyncio.Event | None) -> Record | None:
+        if self._poison is not None:
+            raise self._poison
+        if self._held is not None:
+            held, self._held = self._held, None
+            return held
+        if wait is None:
+            return self._decode(await self._queue.get())
+        stop = asyncio.ensure_future(wait.wait())
+        get = asyncio.ensure_future(self._queue.get())
+        done, _ = await asyncio.wait({stop, get}, return_when=asyncio.FIRST_COMPLETED)
+        if get not in done:
+            get.cancel()
+            return None
+        stop.cancel()
+        return self._decode(get.result())
+
+    def _decode(self, msg: Msg) -> Record:
+        meta = msg.metadata
+        try:
+            family = next(f for f in self._families if f.matches(msg.subject))
+            record = family.decode(
+                msg.subject, msg.data, dict(msg.headers or {}), meta.sequence.stream, meta.timestamp
+            )
+            return family.name, record
+        except Exception as exc:
+            self._log.critical("poison event at seq %s on %s: %s", meta.sequence.stream, msg.subject, exc)
+            raise PoisonEvent(f"cannot decode event seq {meta.sequence.stream}: {exc}") from exc

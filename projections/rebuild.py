@@ -1,0 +1,236 @@
+"""`ordo rebuild`: replay the log from sequence 1 into shadow tables, catch up, swap them in.
+
+The shadow tables live in their own PostgreSQL schema, created by each projection's own DDL with the
+connection's search_path pointing there, and filled by the projections' own apply functions through
+the same `apply_batch` the live runner uses (projections name tables without a schema). So a rebuild
+runs exactly the live code, only against other tables.
+
+The live projector and the gateway keep running. When the shadow is within one batch of the live
+checkpoint, one transaction:
+  1. locks the rebuilt projections' live checkpoint rows (FOR UPDATE): the live projector's next batch
+     waits on them, so it pauses applying without being told;
+  2. applies the last few events into the shadow, up to exactly that checkpoint;
+  3. moves the live tables out and the shadow tables in (ALTER TABLE ... SET SCHEMA; their indexes
+     and constraints go with them) and moves the checkpoints (never backwards);
+  4. commits. Gateway reads wait at most for this transaction and then read the new tables; the live
+     projector resumes from the same checkpoint into the new tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from nats.aio.client import Client as NATS
+
+from infra.pg import connect
+from projections.reader import LogReader
+from projections.registry import FAMILIES, PROJECTIONS, Family, Projection
+from projections.runner import apply_batch, ensure_checkpoints, last_log_seq
+from projections.schema import DDL as CHECKPOINT_DDL
+from projections.schema import migrate
+
+SHADOW_SCHEMA = "ordo_rebuild"
+RETIRED_SCHEMA = "ordo_retired"
+REBUILD_LOCK = 7_404_003
+
+
+class RebuildError(RuntimeError):
+    """A rebuild could not start or finish (another one runs, unknown projection, swap timed out)."""
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    projections: tuple[str, ...]
+    tables: tuple[str, ...]
+    events: int
+    checkpoint: int
+    seconds: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def select(names: Sequence[str] | None) -> tuple[Projection, ...]:
+    """The registered projections called `names` (all when empty); unknown names raise."""
+    if not names:
+        return PROJECTIONS
+    known = {p.name: p for p in PROJECTIONS}
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise RebuildError(f"unknown projection(s) {unknown}; known: {sorted(known)}")
+    return tuple(known[n] for n in dict.fromkeys(names))
+
+
+class Rebuilder:
+    def __init__(
+        self,
+        nc: NATS,
+        dsn: str,
+        projections: Sequence[Projection] = PROJECTIONS,
+        families: Sequence[Family] = FAMILIES,
+        batch_size: int = 1000,
+        lock_timeout_s: float = 5.0,
+        swap_attempts: int = 5,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._nc = nc
+        self._dsn = dsn
+        self._projections = tuple(projections)
+        self._names = [p.name for p in self._projections]
+        self._families = tuple(f for f in families if f.name in {p.family for p in self._projections})
+        self._batch = batch_size
+        self._lock_timeout_ms = int(lock_timeout_s * 1000)
+        self._swap_attempts = swap_attempts
+        self._log = logger or logging.getLogger("ordo.rebuild")
+        self._applied = 0
+        self._shadow_last = 0
+        self._reader: LogReader | None = None
+
+    async def run(self) -> RebuildReport:
+        started = time.perf_counter()
+        conn = await connect(self._dsn)
+        try:
+            await migrate(conn)
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK):
+                raise RebuildError("another rebuild is running")
+            live = str(await conn.fetchval("SELECT current_schema()"))
+            async with conn.transaction():
+                await ensure_checkpoints(conn, self._projections)
+            tables = await self._prepare_shadow(conn)
+            await self._restart_reader()
+            try:
+                await self._catch_up(conn, live)
+                checkpoint = await self._swap(conn, live, tables)
+            finally:
+                if self._reader is not None:
+                    await self._reader.close()
+            seconds = time.perf_counter() - started
+            report = RebuildReport(tuple(self._names), tables, self._applied, checkpoint, seconds)
+            self._log.info(
+                "rebuilt %s: %d events in %.2f s (%.0f events/s), checkpoint %d",
+                ",".join(self._names), report.events, seconds, report.events_per_s, checkpoint,
+            )  # fmt: skip
+            return report
+        finally:
+            await conn.close()  # also drops the session's advisory lock
+
+    async def _prepare_shadow(self, conn: asyncpg.Connection) -> tuple[str, ...]:
+        """A fresh shadow schema holding this rebuild's tables and checkpoints, empty."""
+        async with conn.transaction():
+            await conn.execute(f"DROP SCHEMA IF EXISTS {SHADOW_SCHEMA} CASCADE")
+            await conn.execute(f"CREATE SCHEMA {SHADOW_SCHEMA}")
+            await conn.execute(f"SET search_path TO {SHADOW_SCHEMA}")
+            await conn.execute(CHECKPOINT_DDL)
+            for projection in self._projections:
+                await conn.execute(projection.ddl)
+            await ensure_checkpoints(conn, self._projections)
+        # SET inside a committed transaction persists for the session: applies go to the shadow.
+        recs = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname=$1 AND tablename <> 'projection_checkpoints'"
+            " ORDER BY tablename",
+            SHADOW_SCHEMA,
+        )
+        return tuple(r["tablename"] for r in recs)
+
+    async def _live_target(self, conn: asyncpg.Connection, live: str, lock: bool) -> int:
+        recs = await conn.fetch(
+            f"SELECT last_seq FROM {live}.projection_checkpoints WHERE name = ANY($1::text[])"
+            + (" FOR UPDATE" if lock else ""),
+            self._names,
+        )
+        return max((int(r["last_seq"]) for r in recs), default=0)
+
+    async def _apply_upto(self, conn: asyncpg.Connection, target: int) -> bool:
+        """Apply one batch of records <= target into the shadow; False once nothing more will come."""
+        if self._shadow_last >= target:
+            return False
+        assert self._reader is not None
+        tick = asyncio.Event()
+        timer = asyncio.get_running_loop().call_later(1.0, tick.set)
+        try:
+            batch = await self._reader.batch(self._batch, upto=target, wait=tick, linger_s=0.05)
+        finally:
+            timer.cancel()
+        if not batch:
+            if self._reader.past(target):
+                return False
+            # Nothing arrived for a while: is there anything newer in the log at all?
+            newest = max((await last_log_seq(self._nc, self._families)).values(), default=0)
+            return newest > self._shadow_last
+        await apply_batch(conn, self._projections, batch)
+        self._applied += len(batch)
+        self._shadow_last = batch[-1][1].seq
+        return True
+
+    async def _restart_reader(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+        self._reader = LogReader(self._nc, self._families, self._shadow_last + 1, 4 * self._batch, self._log)
+        await self._reader.start()
+
+    async def _catch_up(self, conn: asyncpg.Connection, live: str) -> None:
+        """Replay into the shadow until it is within one batch of the live checkpoint."""
+        while True:
+            target = await self._live_target(conn, live, lock=False)
+            if target - self._shadow_last <= self._batch:
+                return
+            async with conn.transaction():
+                if not await self._apply_upto(conn, target):
+                    return
+
+    async def _swap(self, conn: asyncpg.Connection, live: str, tables: tuple[str, ...]) -> int:
+        for attempt in range(1, self._swap_attempts + 1):
+            try:
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL lock_timeout = {self._lock_timeout_ms}")
+                    target = await self._live_target(conn, live, lock=True)  # the live projector waits
+                    while await self._apply_upto(conn, target):
+                        pass
+                    for table in tables:
+                        await conn.execute(f"LOCK TABLE {live}.{table} IN ACCESS EXCLUSIVE MODE")
+                    await conn.execute(f"DROP SCHEMA IF EXISTS {RETIRED_SCHEMA} CASCADE")
+                    await conn.execute(f"CREATE SCHEMA {RETIRED_SCHEMA}")
+                    for table in tables:
+                        await conn.execute(
+                            f"ALTER TABLE IF EXISTS {live}.{table} SET SCHEMA {RETIRED_SCHEMA}"
+                        )
+                        await conn.execute(f"ALTER TABLE {SHADOW_SCHEMA}.{table} SET SCHEMA {live}")
+                    await conn.execute(
+                        f"UPDATE {live}.projection_checkpoints l SET last_seq = s.last_seq"
+                        f" FROM {SHADOW_SCHEMA}.projection_checkpoints s"
+                        " WHERE l.name = s.name AND l.name = ANY($1::text[]) AND s.last_seq > l.last_seq",
+                        self._names,
+                    )
+                    await conn.execute(f"DROP SCHEMA {RETIRED_SCHEMA} CASCADE")
+                    await conn.execute(f"DROP SCHEMA {SHADOW_SCHEMA} CASCADE")
+                    await conn.execute(f"SET search_path TO {live}")
+                return await self._live_target(conn, live, lock=False)
+            except asyncpg.LockNotAvailableError:
+                self._log.warning(
+                    "swap attempt %d: tables busy for %d ms; retrying", attempt, self._lock_timeout_ms
+                )
+                await self._rewind(conn)
+        raise RebuildError(f"could not swap after {self._swap_attempts} attempts: tables stayed busy")
+
+    async def _rewind(self, conn: asyncpg.Connection) -> None:
+        """After a rolled-back swap: the shadow is where its committed checkpoints say; read from there."""
+        self._shadow_last = int(
+            await conn.fetchval(
+                "SELECT min(last_seq) FROM projection_checkpoints WHERE name = ANY($1::text[])", self._names
+            )
+            or 0
+        )
+        await self._restart_reader()
+
+
+async def rebuild(
+    nc: NATS, dsn: str, names: Sequence[str] | None = None, batch_size: int = 1000
+) -> RebuildReport:
+    """Rebuild the named projections (all when empty) and swap them in."""
+    return await Rebuilder(nc, dsn, select(names), batch_size=batch_size).run()

@@ -1,0 +1,260 @@
+"""The `stats_minutely` read model: per minute, queue and task type, what happened and how long it took.
+
+Counters (submitted, started, succeeded, failed, attempt failures, cancelled) per minute of the
+event's `stored_at` — the log's time, never a clock, so a rebuild at any later date gives the same
+rows. Each finished attempt's duration (its closing event's `stored_at` − its `attempt_started`'s)
+is a row of `stats_durations`; p50/p95/p99 are computed from those rows when read. The task's type
+and current attempt start are remembered per task in `stats_tasks` (a projection reads only its own
+tables). Idempotent by sequence: an event is counted only if its sequence is above its task's
+`last_seq` in `stats_tasks`, which is written in the same transaction as the counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from domain import events as ev
+from infra.event_store import StoredEvent
+
+NAME = "stats_minutely"
+
+DDL = """
+CREATE TABLE IF NOT EXISTS stats_tasks (
+    tenant text NOT NULL,
+    task_id text NOT NULL,
+    queue text NOT NULL,
+    type text NOT NULL,
+    attempt_started_at timestamptz,
+    last_seq bigint NOT NULL,
+    PRIMARY KEY (tenant, task_id)
+);
+CREATE TABLE IF NOT EXISTS stats_minutely (
+    tenant text NOT NULL,
+    queue text NOT NULL,
+    type text NOT NULL,
+    minute timestamptz NOT NULL,
+    submitted bigint NOT NULL DEFAULT 0,
+    started bigint NOT NULL DEFAULT 0,
+    succeeded bigint NOT NULL DEFAULT 0,
+    failed bigint NOT NULL DEFAULT 0,
+    attempts_failed bigint NOT NULL DEFAULT 0,
+    cancelled bigint NOT NULL DEFAULT 0,
+    last_seq bigint NOT NULL,
+    PRIMARY KEY (tenant, minute, queue, type)
+);
+CREATE TABLE IF NOT EXISTS stats_durations (
+    seq bigint PRIMARY KEY,
+    tenant text NOT NULL,
+    queue text NOT NULL,
+    type text NOT NULL,
+    minute timestamptz NOT NULL,
+    outcome text NOT NULL,
+    duration_ms double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stats_durations_minute ON stats_durations (tenant, minute, queue, type);
+"""
+
+COUNTERS = ("submitted", "started", "succeeded", "failed", "attempts_failed", "cancelled")
+
+_COUNTER_OF: dict[type, str] = {
+    ev.Submitted: "submitted",
+    ev.AttemptStarted: "started",
+    ev.Succeeded: "succeeded",
+    ev.Failed: "failed",
+    ev.AttemptFailed: "attempts_failed",
+    ev.AttemptTimedOut: "attempts_failed",
+    ev.Cancelled: "cancelled",
+}
+# Events that close the current attempt, and the outcome they record.
+_CLOSES: dict[type, str] = {
+    ev.Succeeded: "succeeded",
+    ev.AttemptFailed: "failed",
+    ev.AttemptTimedOut: "timed_out",
+    ev.Cancelled: "cancelled",
+}
+
+
+@dataclass
+class _Task:
+    queue: str
+    type: str
+    attempt_started_at: datetime | None
+    last_seq: int
+
+
+@dataclass
+class _Bucket:
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    last_seq: int = 0
+
+
+def minute_of(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
+
+
+async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
+    keys = sorted({(e.tenant, e.task_id) for e in events})
+    tasks: dict[tuple[str, str], _Task] = {
+        (r["tenant"], r["task_id"]): _Task(r["queue"], r["type"], r["attempt_started_at"], r["last_seq"])
+        for r in await conn.fetch(
+            "SELECT * FROM stats_tasks WHERE (tenant, task_id) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+    }
+    buckets: dict[tuple[str, datetime, str, str], _Bucket] = {}
+    durations: list[tuple[int, str, str, str, datetime, str, float]] = []
+    for stored in events:
+        key = (stored.tenant, stored.task_id)
+        event = stored.event
+        task = tasks.get(key)
+        if isinstance(event, ev.Submitted) and task is None:
+            task = tasks[key] = _Task(stored.queue, event.task_type, None, 0)
+        if task is None or stored.seq <= task.last_seq:
+            continue  # never saw it submitted, or already applied
+        task.last_seq = stored.seq
+        minute = minute_of(stored.stored_at)
+        outcome = _CLOSES.get(type(event))
+        if outcome is not None and task.attempt_started_at is not None:
+            ms = (stored.stored_at - task.attempt_started_at).total_seconds() * 1000
+            durations.append((stored.seq, stored.tenant, task.queue, task.type, minute, outcome, ms))
+            task.attempt_started_at = None
+        if isinstance(event, ev.AttemptStarted):
+            task.attempt_started_at = stored.stored_at
+        counter = _COUNTER_OF.get(type(event))
+        if counter is not None:
+            bucket = buckets.setdefault((stored.tenant, minute, task.queue, task.type), _Bucket())
+            bucket.counts[counter] += 1
+            bucket.last_seq = stored.seq
+    await _write(conn, tasks, buckets, durations)
+
+
+async def _write(
+    conn: asyncpg.Connection,
+    tasks: dict[tuple[str, str], _Task],
+    buckets: dict[tuple[str, datetime, str, str], _Bucket],
+    durations: list[tuple[int, str, str, str, datetime, str, float]],
+) -> None:
+    if tasks:
+        items = list(tasks.items())
+        await conn.execute(
+            """
+            INSERT INTO stats_tasks AS t (tenant, task_id, queue, type, attempt_started_at, last_seq)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                                 $6::bigint[])
+            ON CONFLICT (tenant, task_id) DO UPDATE SET attempt_started_at=EXCLUDED.attempt_started_at,
+                last_seq=EXCLUDED.last_seq
+            WHERE t.last_seq < EXCLUDED.last_seq
+            """,
+            [k[0] for k, _ in items],
+            [k[1] for k, _ in items],
+            [t.queue for _, t in items],
+            [t.type for _, t in items],
+            [t.attempt_started_at for _, t in items],
+            [t.last_seq for _, t in items],
+        )
+    if buckets:
+        rows = sorted(buckets.items())
+        sets = ", ".join(f"{c} = s.{c} + EXCLUDED.{c}" for c in COUNTERS)
+        await conn.execute(
+            f"""
+            INSERT INTO stats_minutely AS s (tenant, minute, queue, type, {", ".join(COUNTERS)}, last_seq)
+            SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[],
+                $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
+            ON CONFLICT (tenant, minute, queue, type) DO UPDATE SET {sets}, last_seq = EXCLUDED.last_seq
+            """,  # noqa: S608 - column names are constants
+            [k[0] for k, _ in rows],
+            [k[1] for k, _ in rows],
+            [k[2] for k, _ in rows],
+            [k[3] for k, _ in rows],
+            *[[b.counts[c] for _, b in rows] for c in COUNTERS],
+            [b.last_seq for _, b in rows],
+        )
+    if durations:
+        await conn.execute(
+            """
+            INSERT INTO stats_durations (seq, tenant, queue, type, minute, outcome, duration_ms)
+            SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                                 $6::text[], $7::double precision[])
+            ON CONFLICT (seq) DO NOTHING
+            """,
+            *[list(col) for col in zip(*durations, strict=True)],
+        )
+
+
+# ---- queries -------------------------------------------------------------------------------------
+
+
+async def series(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant: str,
+    since: datetime,
+    until: datetime,
+    queue: str | None = None,
+    task_type: str | None = None,
+    limit: int = 10_000,
+) -> list[dict[str, Any]]:
+    """Per (minute, queue, type) in [since, until): the counters and attempt-duration percentiles (ms).
+
+    Percentiles cover every finished attempt (succeeded, failed, timed out, cancelled while running)
+    whose result was stored in that minute; None when there was none.
+    """
+    recs = await conn.fetch(
+        f"""
+        WITH d AS (
+            SELECT minute, queue, type,
+                   percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms) AS p
+            FROM stats_durations
+            WHERE tenant=$1 AND minute >= $2 AND minute < $3
+              AND ($4::text IS NULL OR queue=$4) AND ($5::text IS NULL OR type=$5)
+            GROUP BY minute, queue, type
+        )
+        SELECT s.minute, s.queue, s.type, {", ".join("s." + c for c in COUNTERS)},
+               d.p[1] AS p50_ms, d.p[2] AS p95_ms, d.p[3] AS p99_ms
+        FROM stats_minutely s LEFT JOIN d USING (minute, queue, type)
+        WHERE s.tenant=$1 AND s.minute >= $2 AND s.minute < $3
+          AND ($4::text IS NULL OR s.queue=$4) AND ($5::text IS NULL OR s.type=$5)
+        ORDER BY s.minute, s.queue, s.type
+        LIMIT $6
+        """,  # noqa: S608 - column names are constants
+        tenant,
+        since,
+        until,
+        queue,
+        task_type,
+        limit,
+    )
+    return [{k: (int(v) if k in COUNTERS else v) for k, v in dict(r).items()} for r in recs]
+
+
+async def totals(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant: str,
+    since: datetime,
+    until: datetime,
+    queue: str | None = None,
+    task_type: str | None = None,
+) -> dict[str, Any]:
+    """The counters summed over [since, until) and the percentiles over all its finished attempts."""
+    where = (
+        "tenant=$1 AND minute >= $2 AND minute < $3"
+        " AND ($4::text IS NULL OR queue=$4) AND ($5::text IS NULL OR type=$5)"
+    )
+    counts = await conn.fetchrow(
+        f"SELECT {', '.join(f'coalesce(sum({c}), 0)::bigint AS {c}' for c in COUNTERS)}"
+        f" FROM stats_minutely WHERE {where}",
+        tenant, since, until, queue, task_type,
+    )  # fmt: skip
+    p = await conn.fetchval(
+        "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms)"
+        f" FROM stats_durations WHERE {where}",
+        tenant, since, until, queue, task_type,
+    )  # fmt: skip
+    out: dict[str, Any] = {c: int(counts[c]) for c in COUNTERS} if counts else dict.fromkeys(COUNTERS, 0)
+    out.update(dict(zip(("p50_ms", "p95_ms", "p99_ms"), p or (None, None, None), strict=True)))
+    return out

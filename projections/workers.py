@@ -1,0 +1,107 @@
+"""The `workers` read model: every worker's last heartbeat, with its status derived at read time.
+
+Not a projection of the event log: workers announce themselves on the ORDO_WORKERS stream, which
+keeps the last heartbeat per worker (see workers.registry). A read is one batched direct get of the
+last message of every `ordo.worker.hb.*` subject, served by any replica. Status:
+`offline` (stopped cleanly), `lost` (no heartbeat for 3 of its periods: killed, hung, partitioned),
+`draining` (takes no new work, or shutting down), else `online`. Ages use the stream's own
+timestamps against the reader's clock.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from infra import subjects as sj
+from infra.event_store import EventStoreUnavailable, parse_stored_at
+from workers.registry import LOST_AFTER_PERIODS, Heartbeat, decode_heartbeat
+
+_PAGE = 1000
+
+
+async def read_heartbeats(nc: NATS, timeout: float = 5.0) -> list[tuple[Heartbeat, datetime]]:
+    """(heartbeat, stored_at) of every worker still in the registry stream."""
+    out: list[tuple[Heartbeat, datetime]] = []
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    request = {"multi_last": [sj.worker_heartbeats_filter()], "batch": _PAGE}
+    try:
+        await nc.publish(sj.direct_get(sj.WORKERS_STREAM), json.dumps(request).encode(), reply=inbox)
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError as exc:
+                raise EventStoreUnavailable("worker registry read timed out") from exc
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status in ("404", "204"):
+                return out
+            if status:
+                raise EventStoreUnavailable(f"worker registry read failed: {status}")
+            try:
+                hb = decode_heartbeat(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # a foreign message on the subject: not a worker
+            out.append((hb, parse_stored_at(headers["Nats-Time-Stamp"])))
+    finally:
+        await sub.unsubscribe()
+
+
+def status_of(hb: Heartbeat, stored_at: datetime, now: datetime) -> str:
+    if hb.state == "offline":
+        return "offline"
+    if (now - stored_at).total_seconds() > LOST_AFTER_PERIODS * hb.every_s:
+        return "lost"
+    if hb.state in ("draining", "stopping"):
+        return "draining"
+    return "online"
+
+
+def view(hb: Heartbeat, stored_at: datetime, now: datetime, tenant: str) -> dict[str, Any]:
+    """The API shape of one worker. In-flight task ids are shown for the caller's tenant only."""
+    status = status_of(hb, stored_at, now)
+    live = status not in ("offline", "lost")
+    return {
+        "id": hb.worker_id,
+        "status": status,
+        "host": hb.host,
+        "pid": hb.pid,
+        "queues": list(hb.queues),
+        "handlers": list(hb.handlers),
+        "concurrency": hb.concurrency,
+        "type_limits": hb.type_limits,
+        "last_heartbeat": stored_at.isoformat(),
+        "heartbeat_every_s": hb.every_s,
+        "in_flight": hb.in_flight if live else 0,
+        "tasks": [
+            {"task_id": task_id, "attempt": attempt}
+            for (t, task_id, attempt) in hb.tasks
+            if t == tenant and live
+        ],
+        "processed": hb.processed,
+        "succeeded": hb.succeeded,
+        "failed": hb.failed,
+        "cancelled": hb.cancelled,
+        "released": hb.released,
+        "poison": hb.poison,
+        "cpu_pct": hb.cpu_pct,
+        "rss_bytes": hb.rss_bytes,
+        "started_at": hb.started_at.isoformat(),
+    }
+
+
+async def list_workers(nc: NATS, tenant: str, now: datetime | None = None) -> list[dict[str, Any]]:
+    now = now or datetime.now(UTC)
+    rows = [view(hb, at, now, tenant) for hb, at in await read_heartbeats(nc)]
+    order = {"online": 0, "draining": 1, "lost": 2, "offline": 3}
+    return sorted(rows, key=lambda r: (order[r["status"]], r["id"]))
+
+
+async def get_worker(nc: NATS, tenant: str, worker_id: str) -> dict[str, Any] | None:
+    return next((w for w in await list_workers(nc, tenant) if w["id"] == worker_id), None)

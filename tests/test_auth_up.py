@@ -1,0 +1,64 @@
+"""`ordo up` creates a local admin key (ORDO_ADMIN_KEY sets it), prints it and a one-time UI link."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from infra.processes import free_port
+
+
+def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_up_prints_an_admin_key_and_a_one_time_link(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    out = tmp_path / "up.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDO_")}
+    env.update(ORDO_ADMIN_KEY="local-admin-key-for-test")
+    with out.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "up", "--data-dir", str(tmp_path / "d"), "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    try:
+        link = _wait_for(
+            lambda: re.search(r"sign-in link.*?: (http\S+)", out.read_text()), 120, "printed link"
+        ).group(1)
+        assert "Admin API key (tenant default): local-admin-key-for-test" in out.read_text()
+
+        def ready() -> bool:
+            try:
+                return httpx.get(base + "/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait_for(ready, 120, "ready")
+        assert httpx.get(base + "/v1/tasks", timeout=5).status_code == 401
+        auth = {"Authorization": "Bearer local-admin-key-for-test"}
+        assert httpx.get(base + "/v1/tasks", headers=auth, timeout=5).status_code == 200
+        with httpx.Client() as browser:
+            r = browser.get(link, timeout=5, follow_redirects=True)  # to the UI, cookie set
+            assert r.status_code == 200 and "ordo_session" in browser.cookies
+            assert browser.get(base + "/v1/whoami", timeout=5).json()["role"] == "admin"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)

@@ -1,0 +1,70 @@
+"""Acceptance 6: another service submits, cancels and follows tasks over NATS only (no HTTP)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from infra import subjects as sj
+from tests.conftest import System
+
+
+async def _call(nc: Any, tenant: str, verb: str, body: Any) -> tuple[int, str, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    msg = await nc.request(sj.cmd_subject(tenant, verb), data, timeout=10)
+    headers = msg.headers or {}
+    return int(headers[sj.REPLY_STATUS]), headers.get(sj.REPLY_ERROR, ""), json.loads(msg.data)
+
+
+async def test_a_service_submits_cancels_and_follows_events_over_nats(gateway_only: System) -> None:
+    tenant = gateway_only.settings.tenant
+    service = await nats.connect(gateway_only.settings.nats_url, name="other-service")
+    try:
+        js = service.jetstream()
+        # The service's own durable consumer on its tenant's lifecycle events.
+        durable = "svc_" + uuid.uuid4().hex[:8]
+        events = await js.pull_subscribe(
+            sj.tenant_events_filter(tenant),
+            durable=durable,
+            stream=sj.EVENTS_STREAM,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        status, _, task = await _call(service, tenant, "submit", {"type": "demo.echo", "delay": 3600})
+        assert status == 202 and task["status"] == "scheduled"
+        # Read from the log at the write's sequence: no wait for the read model.
+        status, _, got = await _call(service, tenant, "get", {"id": task["id"], "as_of_seq": task["seq"]})
+        assert status == 200 and got["status"] == "scheduled"
+        status, _, cancelled = await _call(service, tenant, "cancel", {"id": task["id"]})
+        assert status == 202 and cancelled["status"] == "cancelled"
+        seen: list[tuple[str, str]] = []
+        while len([s for s in seen if s[0] == task["id"]]) < 3:
+            for msg in await events.fetch(10, timeout=10):
+                _, _, task_id, event = sj.parse_event_subject(msg.subject)
+                seen.append((task_id, event))
+                await msg.ack()
+        assert [e for t, e in seen if t == task["id"]] == ["submitted", "scheduled", "cancelled"]
+        # Batch, idempotent repeat, and the same errors as HTTP (status + slug headers, problem body).
+        status, _, batch = await _call(service, tenant, "batch", {"tasks": [{"type": "a"}, {"type": "b"}]})
+        assert status == 202 and batch["count"] == 2
+        first = await _call(service, tenant, "submit", {"type": "a", "idempotency_key": "k"})
+        again = await _call(service, tenant, "submit", {"type": "a", "idempotency_key": "k"})
+        assert (first[0], again[0]) == (202, 200) and first[2]["id"] == again[2]["id"]
+        status, error, problem = await _call(service, tenant, "submit", {"type": 1})
+        assert (status, error) == (422, "invalid-request") and problem["type"].endswith("/invalid-request")
+        status, error, problem = await _call(service, tenant, "batch", {"tasks": [{"type": "a"}, {}]})
+        assert (status, error) == (422, "invalid-batch") and [e["index"] for e in problem["errors"]] == [1]
+        assert (await _call(service, tenant, "submit", b"{not json"))[:2] == (422, "invalid-request")
+        assert (await _call(service, tenant, "cancel", {"id": "nope"}))[:2] == (404, "task-not-found")
+        assert (await _call(service, tenant, "cancel", {"id": task["id"]}))[0] == 202  # already: no-op
+        assert (await _call(service, tenant, "retry", {"id": batch["items"][0]["id"]}))[:2] == (
+            409,
+            "invalid-transition",
+        )
+        assert (await _call(service, tenant, "explode", {}))[:2] == (404, "not-found")
+        assert (await _call(service, "othertenant", "get", {"id": task["id"]}))[:2] == (404, "not-found")
+    finally:
+        await service.close()

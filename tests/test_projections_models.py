@@ -1,0 +1,124 @@
+"""The attempts, dead-letter, queue and per-minute stats read models, through their HTTP routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infra.pg import connect as pg_connect
+from projections import attempts
+from tests.conftest import System
+from tests.helpers import eventually
+
+
+async def _dead(system: System, **params: Any) -> dict[str, Any]:
+    r = await system.http.get("/v1/dead-letters", params=params)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def _stats(system: System, **params: Any) -> dict[str, Any]:
+    r = await system.http.get("/v1/stats", params=params)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def test_attempts_dead_letters_stats_and_replay(system: System) -> None:
+    http = system.http
+    ok = [
+        (await http.post("/v1/tasks", json={"type": "demo.echo", "payload": i})).json()["id"]
+        for i in range(3)
+    ]
+    bad = [
+        (await http.post("/v1/tasks", json={"type": "demo.fail", "max_attempts": 2})).json()["id"]
+        for _ in range(2)
+    ]
+    later = (await http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600, "queue": "q2"})).json()[
+        "id"
+    ]
+    assert (await http.post(f"/v1/tasks/{later}:cancel")).status_code == 202
+
+    async def settled() -> dict[str, Any] | None:
+        s = await _stats(system)
+        by = s["by_status"]
+        return s if (by["succeeded"], by["failed"], by["cancelled"]) == (3, 2, 1) else None
+
+    stats = await eventually(settled, timeout=60, what="3 succeeded, 2 failed, 1 cancelled")
+    assert set(stats["by_status"]) >= {"queued", "running", "retrying", "scheduled", "paused", "cancelling"}
+    assert sum(stats["by_status"].values()) == 6
+    assert stats["queues"]["q2"]["depth"]["cancelled"] == 1
+    assert stats["queues"]["default"]["depth"]["failed"] == 2, stats["queues"]
+    t = stats["totals"]
+    counts = (t["submitted"], t["started"], t["succeeded"], t["failed"], t["attempts_failed"], t["cancelled"])
+    assert counts == (6, 7, 3, 2, 4, 1)
+    assert t["p50_ms"] is not None and 0 <= t["p50_ms"] <= t["p95_ms"] <= t["p99_ms"]
+    fail_rows = [m for m in stats["series"] if m["type"] == "demo.fail"]
+    assert sum(m["attempts_failed"] for m in fail_rows) == 4 and all(
+        m["queue"] == "default" for m in fail_rows
+    )
+    assert set(stats["lag"]) >= {"tasks", "attempts", "dead_letters", "queue_stats", "stats_minutely"}
+    only_q2 = await _stats(system, queue="q2")
+    assert only_q2["by_status"]["cancelled"] == 1 and only_q2["by_status"]["succeeded"] == 0
+    assert only_q2["totals"]["submitted"] == 1 and list(only_q2["queues"]) == ["q2"]
+
+    # attempts: one row per attempt, closed by its outcome, times from the log
+    conn = await pg_connect(system.settings.database_url)
+    try:
+        rows = await attempts.for_task(conn, system.settings.tenant, bad[0])
+        assert [(r["attempt"], r["outcome"]) for r in rows] == [(1, "failed"), (2, "failed")]
+        assert all(r["worker_id"] and r["duration_ms"] >= 0 and r["error"]["kind"] for r in rows)
+        (one,) = await attempts.for_task(conn, system.settings.tenant, ok[0])
+        assert one["outcome"] == "succeeded" and one["finished_at"] >= one["started_at"]
+        assert await attempts.for_task(conn, system.settings.tenant, later) == []
+        assert await attempts.for_task(conn, "another-tenant", bad[0]) == []
+    finally:
+        await conn.close()
+
+    # dead letters: filters, cursor, replay one, replay by filter
+    body = await _dead(system)
+    assert sorted(d["task_id"] for d in body["items"]) == sorted(bad) and body["next_cursor"] is None
+    first = body["items"][0]
+    assert first["type"] == "demo.fail" and first["attempts"] == 2 and first["queue"] == "default"
+    assert first["error_kind"] and first["reason"]
+    page1 = await _dead(system, limit=1)
+    page2 = await _dead(system, limit=1, cursor=page1["next_cursor"])
+    assert [page1["items"][0]["task_id"], page2["items"][0]["task_id"]] == [
+        d["task_id"] for d in body["items"]
+    ]
+    assert page2["next_cursor"] is None
+    assert (await _dead(system, type="demo.echo"))["items"] == []
+    assert len((await _dead(system, queue="default", error_kind=first["error_kind"]))["items"]) == 2
+    assert (await http.get("/v1/dead-letters", params={"cursor": "nope"})).status_code == 400
+    assert (await http.get("/v1/dead-letters", params={"queue": "Bad Queue"})).status_code == 422
+
+    assert (await http.post(f"/v1/dead-letters/{ok[0]}:replay")).status_code == 409
+    assert (await http.post("/v1/dead-letters/nosuchtask:replay")).status_code == 404
+    r = await http.post(f"/v1/dead-letters/{bad[0]}:replay")
+    assert r.status_code == 202 and r.json()["status"] == "queued", r.text
+
+    async def refailed() -> bool:
+        items = (await _dead(system))["items"]
+        again = [d for d in items if d["task_id"] == bad[0]]
+        return len(items) == 2 and bool(again) and again[0]["attempts"] == 4
+
+    await eventually(refailed, timeout=60, what="the replayed task failed again and is back")
+
+    for invalid in ({"limit": 0}, {"queue": "Bad Queue"}, {"nope": 1}, [1]):
+        r = await http.post("/v1/dead-letters:replay", json=invalid)
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), (
+            r.text
+        )
+    r = await http.post("/v1/dead-letters:replay", json={"type": "demo.fail", "limit": 10})
+    assert r.status_code == 202, r.text
+    assert sorted(x["id"] for x in r.json()["replayed"]) == sorted(bad) and r.json()["skipped"] == []
+
+
+async def test_stats_window_is_validated(gateway_only: System) -> None:
+    http = gateway_only.http
+    assert (await http.get("/v1/stats", params={"since": "2026-01-01T00:00:00"})).status_code == 422
+    r = await http.get("/v1/stats", params={"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"})
+    assert r.status_code == 422
+    assert (await http.get("/v1/stats", params={"minutes": 0})).status_code == 422
+    body = (await http.get("/v1/stats")).json()
+    assert body["by_status"]["queued"] == 0 and body["series"] == [] and body["totals"]["p50_ms"] is None

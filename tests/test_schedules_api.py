@@ -1,0 +1,237 @@
+"""Schedules over HTTP with real servers: lifecycle, timeline, bad input, pause/resume, overlap."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from domain.schedule_commands import DeleteSchedule
+from infra import subjects as sj
+from infra.command_handler import CommandHandler
+from infra.event_store import EventStore
+from infra.schedule_handler import ScheduleHandler
+from infra.schedule_timers import ScheduleTimers
+from infra.settings import Settings
+from tests.conftest import System
+from tests.helpers import eventually
+
+# Read-model waits: generous, the session's projector may lag behind a long shared log.
+WAIT = 120.0
+
+
+@pytest.fixture(autouse=True)
+async def _delete_schedules_after(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> AsyncIterator[None]:
+    """A failed test must not leave a 1-second schedule firing into the session's event log."""
+    yield
+    store = handler.store
+    created, _ = await store.load_raw(f"{sj.SCHED_PREFIX}.{settings.tenant}.*.created")
+    schedules = ScheduleHandler(handler, ScheduleTimers(nc, settings.timer_lead_s))
+    for raw in created:
+        _, sid, _ = sj.parse_schedule_subject(raw.subject)
+        await schedules.execute(settings.tenant, DeleteSchedule(schedule_id=sid))
+
+
+async def _events(system: System, sid: str) -> list[dict[str, Any]]:
+    r = await system.http.get(f"/v1/schedules/{sid}/events")
+    return r.json()["events"] if r.status_code == 200 else []
+
+
+async def _types(system: System, sid: str) -> list[str]:
+    return [e["type"] for e in await _events(system, sid)]
+
+
+async def _create(system: System, **body: Any) -> str:
+    r = await system.http.post("/v1/schedules", json=body)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def test_schedule_lifecycle_fires_tasks_with_a_timeline(system: System) -> None:
+    sid = await _create(
+        system,
+        id="every-sec",
+        cron="* * * * * *",
+        timezone="Europe/Berlin",
+        task={"type": "demo.echo", "payload": {"n": 1}},
+    )
+
+    async def fired_twice() -> list[dict[str, Any]]:
+        evs = [e for e in await _events(system, sid) if e["type"] == "fired"]
+        return evs if len(evs) >= 2 else []
+
+    fired = await eventually(fired_twice, timeout=WAIT, what="two ticks fired")
+    task_id = fired[0]["data"]["task_id"]
+
+    async def task_done() -> bool:
+        r = await system.http.get(f"/v1/tasks/{task_id}")
+        return r.status_code == 200 and r.json()["status"] == "succeeded"
+
+    await eventually(task_done, timeout=WAIT, what="the tick's task ran")
+    got = (await system.http.get(f"/v1/schedules/{sid}")).json()
+    assert got["status"] == "active" and got["cron"] == "* * * * * *" and got["timezone"] == "Europe/Berlin"
+    times = [datetime.fromisoformat(t) for t in got["next_fire_times"]]
+    assert len(times) == 5 and times == sorted(times) and len(set(times)) == 5
+    listed = (await system.http.get("/v1/schedules", params={"limit": 10})).json()
+    assert [s["id"] for s in listed["items"]] == [sid] and listed["next_cursor"] is None
+
+    r = await system.http.patch(
+        f"/v1/schedules/{sid}", json={"cron": "@hourly", "timezone": "America/New_York"}
+    )
+    assert r.status_code == 200, r.text
+    nxt = datetime.fromisoformat(r.json()["next_fire_at"])
+    assert nxt.minute == 0 and nxt.second == 0 and nxt > datetime.now(UTC)
+
+    r = await system.http.post(f"/v1/schedules/{sid}:trigger")
+    assert r.status_code == 202
+    triggered = r.json()["task_id"]
+
+    async def trig_done() -> bool:
+        r = await system.http.get(f"/v1/tasks/{triggered}")
+        return r.status_code == 200 and r.json()["status"] == "succeeded"
+
+    await eventually(trig_done, timeout=WAIT, what="triggered task ran")
+    assert (await system.http.delete(f"/v1/schedules/{sid}")).status_code == 202
+
+    async def deleted() -> bool:
+        return (await _types(system, sid))[-1:] == ["deleted"]
+
+    await eventually(deleted, timeout=WAIT, what="deleted event")
+    assert (await system.http.get("/v1/schedules")).json()["items"] == []
+    types = await _types(system, sid)
+    assert types[0] == "created" and "updated" in types and "triggered" in types
+    assert (
+        await system.http.post("/v1/schedules", json={"id": sid, "cron": "* * * * *", "task": {"type": "x"}})
+    ).status_code == 409
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"cron": "not a cron", "task": {"type": "demo.echo"}}, "fields"),
+        ({"cron": "0 0 L * *", "task": {"type": "demo.echo"}}, "day-of-month"),
+        ({"cron": "* * * * *", "timezone": "Mars/Olympus", "task": {"type": "demo.echo"}}, "time zone"),
+        ({"cron": "* * * * *", "start_at": "2030-01-01T00:00:00", "task": {"type": "demo.echo"}}, "timezone"),
+        (
+            {
+                "cron": "* * * * *",
+                "start_at": "2030-01-02T00:00:00Z",
+                "end_at": "2030-01-01T00:00:00Z",
+                "task": {"type": "demo.echo"},
+            },
+            "end_at",
+        ),
+        ({"cron": "* * * * *", "task": {"type": "demo.echo"}, "overlap": "sometimes"}, "overlap"),
+    ],
+)
+async def test_bad_schedule_input_is_422_and_appends_nothing(
+    gateway_only: System, body: dict[str, Any], fragment: str
+) -> None:
+    system = gateway_only
+    r = await system.http.post("/v1/schedules", json=body)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert fragment in r.json()["detail"], r.json()
+    tenant = system.settings.tenant
+    events, _ = await EventStore(system.nc).load_raw(f"{sj.SCHED_PREFIX}.{tenant}.>")
+    assert events == []
+
+
+async def test_run_at_without_offset_is_422_and_appends_nothing(gateway_only: System) -> None:
+    r = await gateway_only.http.post("/v1/tasks", json={"type": "demo.echo", "run_at": "2030-01-01T00:00:00"})
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+    tenant = gateway_only.settings.tenant
+    events, _ = await EventStore(gateway_only.nc).load_raw(f"{sj.EVT_PREFIX}.{tenant}.>")
+    assert events == []
+
+
+async def test_pause_and_resume_a_schedule(system: System) -> None:
+    sid = await _create(system, cron="* * * * * *", task={"type": "demo.echo"})
+
+    async def fired(n: int) -> bool:
+        return (await _types(system, sid)).count("fired") >= n
+
+    await eventually(lambda: fired(1), timeout=WAIT, what="first tick")
+    r = await system.http.post(f"/v1/schedules/{sid}:pause")
+    assert r.status_code == 202 and r.json()["status"] == "paused" and r.json()["next_fire_at"] is None
+    paused_at = datetime.now(UTC)
+
+    async def row_paused() -> bool:
+        return (await system.http.get(f"/v1/schedules/{sid}")).json().get("status") == "paused"
+
+    await eventually(row_paused, timeout=WAIT, what="paused in the read model")
+    assert (await system.http.get(f"/v1/schedules/{sid}")).json()["next_fire_times"] == []
+    # Wait (on real ticks of another schedule) until 3 s have passed, then check nothing fired.
+    probe = await _create(system, cron="* * * * * *", task={"type": "demo.echo"})
+
+    async def probe_ticks() -> bool:
+        evs = [e for e in await _events(system, probe) if e["type"] == "fired"]
+        return any(
+            datetime.fromisoformat(e["data"]["tick_at"]) > paused_at.replace(microsecond=0) for e in evs[2:]
+        )
+
+    await eventually(probe_ticks, timeout=WAIT, what="3 s of probe ticks")
+    after_pause = [
+        e
+        for e in await _events(system, sid)
+        if e["type"] == "fired" and datetime.fromisoformat(e["data"]["tick_at"]) > paused_at
+    ]
+    assert after_pause == []
+    r = await system.http.post(f"/v1/schedules/{sid}:resume")
+    assert r.status_code == 202 and r.json()["status"] == "active"
+    count = (await _types(system, sid)).count("fired")
+    await eventually(lambda: fired(count + 2), timeout=WAIT, what="ticks after resume")
+    types = await _types(system, sid)
+    assert "paused" in types and "resumed" in types
+    for s in (sid, probe):
+        await system.http.delete(f"/v1/schedules/{s}")
+
+
+async def _attempt_windows(system: System, task_ids: list[str]) -> list[tuple[datetime, datetime]]:
+    out = []
+    for tid in task_ids:
+        evs = (await system.http.get(f"/v1/tasks/{tid}/events")).json()["events"]
+        start = next(datetime.fromisoformat(e["at"]) for e in evs if e["type"] == "attempt_started")
+        end = next(datetime.fromisoformat(e["at"]) for e in evs if e["type"] == "succeeded")
+        out.append((start, end))
+    return out
+
+
+@pytest.mark.parametrize("policy", ["skip", "allow"])
+async def test_overlap_of_a_3s_task_on_a_1s_schedule(system: System, policy: str) -> None:
+    sid = await _create(
+        system, cron="* * * * * *", overlap=policy, task={"type": "demo.sleep", "payload": {"seconds": 3}}
+    )
+
+    async def enough() -> list[dict[str, Any]]:
+        evs = await _events(system, sid)
+        fired = [e for e in evs if e["type"] == "fired"]
+        return evs if len(fired) >= 2 and len(evs) >= 6 else []
+
+    await eventually(enough, timeout=WAIT, what="two runs")
+    await system.http.post(f"/v1/schedules/{sid}:pause")
+    evs = await _events(system, sid)
+    fired = [e["data"]["task_id"] for e in evs if e["type"] == "fired"][:2]
+
+    async def both_done() -> bool:
+        for tid in fired:
+            r = await system.http.get(f"/v1/tasks/{tid}")
+            if r.status_code != 200 or r.json()["status"] != "succeeded":
+                return False
+        return True
+
+    await eventually(both_done, timeout=WAIT, what="runs finished")
+    (s1, e1), (s2, e2) = await _attempt_windows(system, fired)
+    skipped = [e for e in evs if e["type"] == "skipped"]
+    if policy == "skip":
+        assert skipped and all(e["data"]["running_task_id"] in fired for e in skipped)
+        assert s2 >= e1, "skip never runs two at once"
+    else:
+        assert not skipped
+        assert s2 < e1, "allow runs them concurrently"
+    await system.http.delete(f"/v1/schedules/{sid}")

@@ -1,0 +1,44 @@
+// What this gateway offers, read once from its OpenAPI document: panels whose routes are missing are
+// hidden or say "not available" without probing (a probe would log a 404 in the browser console).
+
+let routes = null;
+
+function toRegex(template) {
+  const re = template.replace(/[.*+?^$()|[\]\\]/g, "\\$&").replace(/\{[^}]+\}/g, "[^/]+");
+  return new RegExp(`^${re}$`);
+}
+
+/** Load the route table; on failure every route counts as available (errors then surface normally). */
+export async function loadCaps() {
+  try {
+    const r = await fetch("/openapi.json", { credentials: "same-origin" });
+    if (!r.ok) return;
+    const doc = await r.json();
+    routes = [];
+    for (const [path, ops] of Object.entries(doc.paths || {})) {
+      const methods = new Set(Object.keys(ops).map((m) => m.toUpperCase()));
+      const params = new Set();
+      for (const op of Object.values(ops)) for (const p of op.parameters || []) params.add(p.name);
+      routes.push({ path, re: toRegex(path), methods, params });
+    }
+  } catch {
+    routes = null;
+  }
+}
+
+function find(method, path) {
+  const bare = path.split("?")[0];
+  return routes?.find((r) => r.methods.has(method) && (r.path === bare || r.re.test(bare)));
+}
+
+/** True when the gateway has `method path` (a concrete path or a template like /v1/tasks/{id}). */
+export function has(method, path) {
+  if (routes === null) return true;
+  return Boolean(find(method, path));
+}
+
+/** True when `method path` accepts the query parameter `name`. */
+export function hasParam(method, path, name) {
+  if (routes === null) return true;
+  return Boolean(find(method, path)?.params.has(name));
+}

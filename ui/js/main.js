@@ -1,0 +1,135 @@
+// Boot: theme, navigation, the one global live stream, keyboard shortcuts, sign-in.
+import { h, clear, toast } from "./dom.js";
+import { loadCaps } from "./caps.js";
+import { LiveStream } from "./live.js";
+import { parseHash, go } from "./router.js";
+import { showSignIn, exchangeTokenFromUrl, renderAccount } from "./views/signin.js";
+import * as overview from "./views/overview.js";
+import * as tasks from "./views/tasks.js";
+import * as task from "./views/task.js";
+import * as schedules from "./views/schedules.js";
+import * as workers from "./views/workers.js";
+import * as deadLetters from "./views/deadletters.js";
+import * as submit from "./views/submit.js";
+
+const VIEWS = {
+  overview: { mod: overview, title: "Overview", key: "o" },
+  tasks: { mod: tasks, detail: task, title: "Tasks", key: "t" },
+  schedules: { mod: schedules, title: "Schedules", key: "s" },
+  workers: { mod: workers, title: "Workers", key: "w" },
+  "dead-letters": { mod: deadLetters, title: "Dead letters", key: "d" },
+  submit: { mod: submit, title: "Submit", key: "n" },
+};
+
+const root = document.getElementById("view");
+const conn = document.getElementById("conn");
+let current = null;
+let live = null;
+
+/** Debug/testing hook: what the live stream has delivered (sequences in order, duplicates dropped). */
+window.ordo = { seqs: [], get duplicates() { return live?.duplicates ?? 0; }, get lastSeq() { return live?.lastSeq ?? null; } };
+
+// ---- theme ------------------------------------------------------------------------------------
+function applyTheme(theme) {
+  document.documentElement.dataset.theme = theme;
+  document.getElementById("theme").textContent = theme === "dark" ? "☀" : "☾";
+}
+function initialTheme() {
+  const saved = localStorage.getItem("ordo.theme");
+  if (saved === "light" || saved === "dark") return saved;
+  return matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light";
+}
+function toggleTheme() {
+  const next = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
+  localStorage.setItem("ordo.theme", next);
+  applyTheme(next);
+  current?.onTheme?.();
+}
+
+// ---- navigation -------------------------------------------------------------------------------
+function renderNav() {
+  const nav = document.getElementById("nav");
+  clear(nav);
+  for (const [name, v] of Object.entries(VIEWS)) {
+    nav.append(h("a", { href: `#/${name}`, "data-view": name, title: `g ${v.key}` }, v.title));
+  }
+}
+
+function route() {
+  const { parts, params } = parseHash();
+  const name = VIEWS[parts[0]] ? parts[0] : "overview";
+  const v = VIEWS[name];
+  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.view === name);
+  const mod = parts[1] && v.detail ? v.detail : v.mod;
+  const key = `${name}/${parts[1] ?? ""}`;
+  if (current && current.key === key && current.update) {
+    current.update(params);
+    return;
+  }
+  current?.unmount?.();
+  clear(root);
+  document.title = `${v.title} · Ordo`;
+  const ctx = { id: parts[1], params };
+  current = { key, ...(mod.mount(root, ctx) || {}) };
+}
+
+// ---- live -------------------------------------------------------------------------------------
+function startLive() {
+  live?.close();
+  live = new LiveStream("/v1/events/stream", (e) => {
+    window.ordo.seqs.push(e.seq);
+    if (window.ordo.seqs.length > 5000) window.ordo.seqs.splice(0, 1000);
+    current?.onEvent?.(e);
+  }, (state) => {
+    conn.textContent = state === "live" ? "● live" : state === "reconnecting" ? "reconnecting…" : "offline";
+    conn.dataset.state = state;
+  });
+}
+
+// ---- keyboard ---------------------------------------------------------------------------------
+let pendingG = false;
+function onKey(ev) {
+  const t = ev.target;
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  if (t instanceof HTMLElement && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) {
+    if (ev.key === "Escape") t.blur();
+    return;
+  }
+  if (pendingG) {
+    pendingG = false;
+    const hit = Object.entries(VIEWS).find(([, v]) => v.key === ev.key);
+    if (hit) { ev.preventDefault(); go([hit[0]]); }
+    return;
+  }
+  if (ev.key === "g") { pendingG = true; return; }
+  if (ev.key === "?") { ev.preventDefault(); document.getElementById("help").toggleAttribute("open"); return; }
+  if (ev.key === "Escape") { document.getElementById("help").removeAttribute("open"); return; }
+  if (ev.key === "T") { toggleTheme(); return; }
+  if (ev.key === "/") {
+    const search = root.querySelector("[data-search]");
+    if (search) { ev.preventDefault(); search.focus(); }
+    return;
+  }
+  current?.onKey?.(ev);
+}
+
+// ---- boot -------------------------------------------------------------------------------------
+async function boot() {
+  applyTheme(initialTheme());
+  document.getElementById("theme").addEventListener("click", toggleTheme);
+  renderNav();
+  document.addEventListener("keydown", onKey);
+  window.addEventListener("ordo:unauthorized", () => showSignIn(() => { startLive(); current = null; route(); renderAccount(); }));
+  await exchangeTokenFromUrl();
+  window.addEventListener("hashchange", route);
+  // Signed in (or auth off)? The live stream starts only then; otherwise the sign-in form opens.
+  const [, signedIn] = await Promise.all([loadCaps(),
+    fetch("/v1/whoami", { credentials: "same-origin" }).then((r) => r.status !== 401, () => true)]);
+  renderAccount();
+  route();
+  if (signedIn) startLive();
+  else window.dispatchEvent(new CustomEvent("ordo:unauthorized"));
+  window.addEventListener("ordo:toast", (e) => toast(e.detail.text, e.detail.kind));
+}
+
+boot();

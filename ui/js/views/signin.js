@@ -1,0 +1,74 @@
+// Signing in: an API key typed once is exchanged for an HttpOnly session cookie (the key is never
+// stored by the page nor put in a URL). `ordo up` prints a one-time token link (`/?token=…`): the page
+// exchanges it for the same cookie and removes it from the address bar and history at once.
+import { h, clear } from "../dom.js";
+import { api, get, HttpError } from "../api.js";
+import { has } from "../caps.js";
+
+const SESSION = "/auth/session";
+const WHOAMI = "/v1/whoami";
+const LOGOUT = "/auth/logout";
+
+/**
+ * A `/?token=…` link: hand the token to the gateway's `GET /auth/token?t=…`, which sets the cookie
+ * and redirects back here (`ordo up` prints that link directly); `replace` keeps it out of history.
+ */
+export async function exchangeTokenFromUrl() {
+  const token = new URL(location.href).searchParams.get("token");
+  if (!token) return;
+  location.replace(`/auth/token?t=${encodeURIComponent(token)}`);
+  await new Promise(() => {}); // the page is being replaced
+}
+
+/** Who is signed in, in the header (when the gateway has sessions). */
+export async function renderAccount() {
+  const box = document.getElementById("account");
+  clear(box);
+  if (!has("GET", WHOAMI)) return;
+  try {
+    const me = await get(WHOAMI);
+    if (me.auth === false) { box.append(h("span", { class: "who", title: "auth is off (ordo up --no-auth)" }, `${me.tenant} · no auth`)); return; }
+    box.append(h("span", { class: "who", title: `tenant ${me.tenant ?? ""}` }, `${me.tenant ?? ""} · ${me.role ?? ""}`));
+    if (has("POST", LOGOUT)) {
+      box.append(h("button", {
+        class: "link", onclick: async () => { await api("POST", LOGOUT); location.reload(); },
+      }, "sign out"));
+    }
+  } catch (e) {
+    if (!(e instanceof HttpError)) throw e;
+  }
+}
+
+let open = false;
+
+/** The API-key form, shown when any call answers 401. */
+export function showSignIn(onSignedIn) {
+  if (open) return;
+  open = true;
+  const dialog = document.getElementById("signin");
+  clear(dialog);
+  const input = h("input", { type: "password", name: "api_key", autocomplete: "off", required: true, placeholder: "ordo_…" });
+  const msg = h("p", { class: "error-text", role: "alert" });
+  const form = h("form", { method: "dialog", class: "signin" },
+    h("h2", {}, "Sign in to Ordo"),
+    h("p", {}, "Paste an API key (ordo up prints the local admin key and a one-time sign-in link). It is exchanged for an HttpOnly session cookie; the page never keeps the key."),
+    h("label", {}, "API key", input),
+    msg,
+    h("button", { type: "submit", class: "primary" }, "Sign in"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    msg.textContent = "";
+    try {
+      await api("POST", SESSION, { key: input.value.trim() });
+      input.value = "";
+      dialog.close();
+      open = false;
+      onSignedIn();
+    } catch (e) {
+      msg.textContent = e instanceof HttpError && e.status === 401 ? "That key was not accepted." : e.message;
+    }
+  });
+  dialog.append(form);
+  dialog.showModal();
+  input.focus();
+}

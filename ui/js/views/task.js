@@ -1,0 +1,225 @@
+// Task detail: the attempt chart, the event list (full / compact / raw), payload/result/error, the
+// time-travel scrubber and the actions, live over the task's own event stream (resumed by sequence).
+import { h, put, clear, statusBadge, absTime, dur, jsonView, notice, copyText, toast } from "../dom.js";
+import { get, post, enc, HttpError } from "../api.js";
+import { hasParam } from "../caps.js";
+import { LiveStream, coalesce } from "../live.js";
+import { replaceParams } from "../router.js";
+import { drawGantt, layout, LEGEND } from "./gantt.js";
+
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const ROW_H = 30;
+
+export function mount(root, { id, params }) {
+  let task = null;
+  let events = [];
+  let view = ["full", "compact", "raw"].includes(params.view) ? params.view : "full";
+  let cursor = params.seq ? Number(params.seq) : null; // the scrubbed sequence; null = follow live
+  let stream = null;
+  let asOfAbort = null;
+  let gone = false;
+
+  const head = h("div", { class: "task-head" });
+  const actions = h("div", { class: "row", id: "task-actions" });
+  const details = h("dl", { class: "kv" });
+  const ganttBox = h("div", { class: "gantt-wrap", id: "gantt" });
+  const range = h("input", { type: "range", min: 0, max: 0, value: 0, id: "scrubber", "aria-label": "time travel: event" });
+  const rangeLabel = h("span", { class: "small", id: "scrub-label" });
+  const asOfBox = h("div", { id: "asof" });
+  const tabs = h("div", { class: "tabs", role: "group", "aria-label": "event views" });
+  const listBox = h("div", { id: "events-view" });
+  const ioBox = h("div", { class: "grid cols-2", id: "io" });
+  const errorBox = h("div");
+
+  root.append(errorBox,
+    h("div", { class: "panel" }, head, actions),
+    h("div", { class: "grid cols-main-side", style: "margin-top:1rem" },
+      h("div", { class: "panel" }, h("h2", {}, "Attempts"), ganttBox,
+        h("div", { class: "legend" }, LEGEND.map(([c, l, line]) => h("span", {}, h("i", { style: `background:${c};${line ? "height:2px" : ""}` }), l)))),
+      h("div", { class: "panel" }, h("h2", {}, "Details"), details)),
+    h("div", { class: "panel scrubber", style: "margin-top:1rem" },
+      h("div", { class: "row" }, h("h2", {}, "Time travel"), rangeLabel,
+        h("span", { class: "spacer" }), h("button", { class: "link", id: "scrub-live", onclick: () => scrubTo(null) }, "follow live")),
+      range, asOfBox),
+    h("div", { class: "panel", style: "margin-top:1rem" },
+      h("div", { class: "row" }, h("h2", {}, "Events"), h("span", { class: "spacer" }), tabs), listBox),
+    h("div", { style: "margin-top:1rem" }, ioBox));
+
+  // ---- header, details, actions -----------------------------------------------------------
+  function renderHead() {
+    if (!task) return;
+    put(head, 
+      h("span", { class: "id", id: "task-id" }, task.id),
+      h("span", { id: "task-status" }, statusBadge(task.status)),
+      h("span", {}, h("b", {}, task.type)),
+      h("span", { class: "muted" }, `queue ${task.queue} · priority ${task.priority} · attempt ${task.attempts}/${task.max_attempts}`));
+    const st = task.status;
+    const act = (label, action, enabled, key, cls) => h("button", { class: cls, "data-action": action, disabled: !enabled, title: key ? `${label} (${key})` : label,
+      onclick: () => command(action) }, label);
+    put(actions, 
+      act("Cancel", "cancel", !TERMINAL.has(st) && st !== "cancelling", "c", "danger"),
+      act("Retry", "retry", st === "failed" || st === "cancelled", "r"),
+      st === "paused" ? act("Resume", "resume", true, "p") : act("Pause", "pause", ["queued", "scheduled", "retrying"].includes(st), "p"),
+      h("button", { onclick: async () => { await copyText(task.id); toast("id copied"); } }, "Copy id"),
+      h("button", { onclick: async () => { await copyText(location.href); toast("link copied"); } }, "Copy link"));
+    const kv = [["created", absTime(task.created_at)], ["started", absTime(task.started_at)], ["finished", absTime(task.finished_at)],
+      ["run at", absTime(task.run_at)], ["worker", task.worker_id], ["lease until", absTime(task.lease_until)],
+      ["timeout", task.timeout ? `${task.timeout}s` : ""], ["tags", (task.tags || []).join(", ")], ["progress", task.progress ?? ""],
+      ["last seq", task.last_seq]];
+    put(details, kv.filter(([, v]) => v !== "" && v !== null && v !== undefined).map(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
+    put(ioBox, 
+      h("div", { class: "panel" }, h("h3", {}, "Payload"), jsonView(task.payload)),
+      h("div", { class: "panel", id: "result" }, h("h3", {}, task.error ? "Error" : "Result"),
+        task.error ? [h("p", {}, h("b", {}, task.error.kind || "error"), ": ", task.error.message || ""),
+          task.error.traceback ? h("pre", { class: "traceback" }, task.error.traceback) : null, jsonView(task.error)]
+          : jsonView(task.result)));
+  }
+
+  async function command(action) {
+    try {
+      await post(`/v1/tasks/${enc(id)}:${action}`);
+      toast(`${action} accepted`);
+    } catch (e) {
+      toast(`${action} refused: ${e.message}`, "error");
+    }
+  }
+
+  // ---- chart ------------------------------------------------------------------------------
+  function cursorEvent() { return cursor === null ? null : events.find((e) => e.seq === cursor) ?? null; }
+  function renderGantt() {
+    if (!events.length) return;
+    const ce = cursorEvent();
+    put(ganttBox, drawGantt(events, { live: task && !TERMINAL.has(task.status), cursorAt: ce ? new Date(ce.at).getTime() : null,
+      width: Math.max(640, ganttBox.clientWidth || 1000) }));
+  }
+
+  // ---- scrubber: the server folds the state (GET ?as_of_seq=N); this page only displays it --
+  const asOfOk = hasParam("GET", "/v1/tasks/{task_id}", "as_of_seq");
+  function renderScrubber() {
+    range.max = String(Math.max(0, events.length - 1));
+    const idx = cursor === null ? events.length - 1 : events.findIndex((e) => e.seq === cursor);
+    range.value = String(Math.max(0, idx));
+    const e = events[Math.max(0, idx)];
+    rangeLabel.textContent = e ? `event ${idx + 1} of ${events.length} · seq ${e.seq} · ${e.type} · +${dur(new Date(e.at) - new Date(events[0].at))}${cursor === null ? " · live" : ""}` : "";
+  }
+  async function showAsOf() {
+    const e = cursor === null ? null : cursorEvent();
+    if (!e) { put(asOfBox, h("p", { class: "muted small" }, "Drag to any event to see the task as it was then (state folded by the server).")); return; }
+    if (!asOfOk) { put(asOfBox, notice("Time travel is not available on this gateway (it needs GET /v1/tasks/{id}?as_of_seq=N).")); return; }
+    asOfAbort?.abort();
+    asOfAbort = new AbortController();
+    try {
+      const st = await get(`/v1/tasks/${enc(id)}?as_of_seq=${e.seq}`, { signal: asOfAbort.signal });
+      if (gone || cursor !== e.seq) return;
+      put(asOfBox, h("div", { class: "asof" }, h("span", {}, `as of seq ${e.seq} (${e.type}, ${absTime(e.at)}):`),
+        h("span", { id: "asof-status" }, statusBadge(st.status)), h("span", { class: "muted" }, `attempts ${st.attempts ?? st.attempt ?? ""}`)),
+      h("div", { id: "asof-json" }, jsonView(st)));
+      asOfBox.dataset.seq = String(e.seq);
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      put(asOfBox, notice(err.message, "error"));
+    }
+  }
+  function scrubTo(seq) {
+    cursor = seq;
+    replaceParams({ ...params, view, seq: seq ?? "" });
+    renderScrubber(); renderGantt(); renderList(); showAsOf();
+  }
+  range.addEventListener("input", () => {
+    const idx = Number(range.value);
+    scrubTo(idx >= events.length - 1 && task && !TERMINAL.has(task.status) ? null : events[idx].seq);
+  });
+
+  // ---- event list -------------------------------------------------------------------------
+  function renderTabs() {
+    put(tabs, ["full", "compact", "raw"].map((v, i) => h("button", { "aria-pressed": String(v === view), "data-view": v, title: `${i + 1}`,
+      onclick: () => { view = v; replaceParams({ ...params, view, seq: cursor ?? "" }); renderTabs(); renderList(); } }, v)));
+  }
+  let scroller = null;
+  function renderList() {
+    if (view === "raw") { scroller = null; put(listBox, jsonView(events)); return; }
+    if (view === "compact") { scroller = null; put(listBox, compactTable()); return; }
+    if (!scroller) {
+      const tbody = h("tbody");
+      const box = h("div", { class: "events-list" }, h("table", {},
+        h("colgroup", {}, [70, 150, 190, 80, 80, 150, null].map((w) => h("col", { style: w ? `width:${w}px` : "" }))),
+        h("thead", {}, h("tr", {}, ["seq", "type", "time", "+Δ", "attempt", "worker", "data"].map((c) => h("th", {}, c)))), tbody));
+      box.addEventListener("scroll", () => drawRows());
+      scroller = { box, tbody };
+      put(listBox, box);
+    }
+    drawRows();
+  }
+  function drawRows() {
+    // Windowed: only the rows in view (plus a margin) exist, so a 10,000-event task stays fast.
+    const { box, tbody } = scroller;
+    const t0 = events.length ? new Date(events[0].at).getTime() : 0;
+    const workers = new Map(layout(events).attempts.map((a) => [a.n, a.worker]));
+    const first = Math.max(0, Math.floor(box.scrollTop / ROW_H) - 10);
+    const last = Math.min(events.length, first + Math.ceil((box.clientHeight || 448) / ROW_H) + 20);
+    put(tbody, h("tr", { style: `height:${first * ROW_H}px` }));
+    for (let i = first; i < last; i += 1) {
+      const e = events[i];
+      const { attempt, worker_id: w, ...rest } = e.data || {};
+      tbody.append(h("tr", { class: `ev${e.seq === cursor ? " at-cursor" : ""}`, "data-seq": e.seq, onclick: () => scrubTo(e.seq) },
+        h("td", { class: "mono" }, e.seq), h("td", { class: "ev-type" }, e.type), h("td", { class: "small" }, absTime(e.at)),
+        h("td", { class: "num small" }, `+${dur(new Date(e.at).getTime() - t0)}`), h("td", { class: "num" }, e.attempt ?? attempt ?? ""),
+        h("td", { class: "small" }, w ?? workers.get(e.attempt ?? attempt) ?? ""),
+        h("td", { class: "mono small", title: JSON.stringify(rest) }, JSON.stringify(rest))));
+    }
+    tbody.append(h("tr", { style: `height:${(events.length - last) * ROW_H}px` }));
+  }
+  function compactTable() {
+    const { attempts, gaps } = layout(events);
+    return h("table", { class: "compact" }, h("thead", {}, h("tr", {}, ["attempt", "worker", "waited", "ran", "outcome", "lease ext.", "backoff after", "error"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, attempts.map((a) => {
+        const gap = gaps.find((g) => g.attempt === a.n);
+        return h("tr", { "data-attempt": a.n }, h("td", { class: "num" }, a.n), h("td", {}, a.worker), h("td", { class: "num" }, dur(a.startedAt - a.readyAt)),
+          h("td", { class: "num" }, a.endAt ? dur(a.endAt - a.startedAt) : "running"), h("td", {}, statusBadge(a.outcome ?? "running")),
+          h("td", { class: "num" }, a.leases.length - 1), h("td", { class: "num" }, gap ? dur(gap.to - gap.from) : ""),
+          h("td", { class: "wrap small" }, a.error ? `${a.error.kind}: ${a.error.message}` : ""));
+      })));
+  }
+
+  // ---- data and live ----------------------------------------------------------------------
+  const reloadTask = coalesce(async () => { task = await get(`/v1/tasks/${enc(id)}`); renderHead(); renderGantt(); }, 100);
+  function renderAll() { renderHead(); renderTabs(); renderGantt(); renderScrubber(); renderList(); }
+
+  async function load() {
+    try {
+      // A link opened right after a submit may beat the projector: wait (bounded) for it.
+      const rc = hasParam("GET", "/v1/tasks/{task_id}", "consistency") ? "?consistency=wait" : "";
+      [task, { events }] = await Promise.all([get(`/v1/tasks/${enc(id)}${rc}`), get(`/v1/tasks/${enc(id)}/events${rc}`)]);
+    } catch (e) {
+      put(errorBox, notice(e instanceof HttpError && e.status === 404 ? `No task ${id}.` : e.message, "error"));
+      return;
+    }
+    if (gone) return;
+    renderAll();
+    showAsOf();
+    const after = events.length ? events[events.length - 1].seq : 0;
+    stream = new LiveStream(`/v1/events/stream?task_id=${enc(id)}`, (e) => {
+      if (events.length && e.seq <= events[events.length - 1].seq) return;
+      events.push(e);
+      renderScrubber(); renderGantt();
+      if (view !== "full" || !scroller) renderList(); else drawRows();
+      reloadTask();
+    }, () => {}, after);
+  }
+  load();
+
+  return {
+    unmount() { gone = true; stream?.close(); asOfAbort?.abort(); },
+    update(p) { params = p; if ((p.seq ? Number(p.seq) : null) !== cursor) scrubTo(p.seq ? Number(p.seq) : null); },
+    onTheme() { renderGantt(); },
+    onKey(ev) {
+      const idx = cursor === null ? events.length - 1 : events.findIndex((e) => e.seq === cursor);
+      if (ev.key === "[" || ev.key === "k") scrubTo(events[Math.max(0, idx - 1)]?.seq ?? null);
+      else if (ev.key === "]" || ev.key === "j") scrubTo(idx + 1 >= events.length ? null : events[idx + 1].seq);
+      else if (["1", "2", "3"].includes(ev.key)) { view = ["full", "compact", "raw"][Number(ev.key) - 1]; renderTabs(); renderList(); }
+      else if (ev.key === "c") command("cancel");
+      else if (ev.key === "r") command("retry");
+      else if (ev.key === "p" && task) command(task.status === "paused" ? "resume" : "pause");
+    },
+  };
+}

@@ -1,0 +1,191 @@
+// The task list: server-side filters and cursor pagination (so 100,000 tasks cost one page), kept
+// live by the event stream: a page is re-read (coalesced, one request in flight) when an event
+// touches one of its rows, or a new task may belong on the first page.
+import { h, put, clear, statusBadge, absTime, ago, shortId, notice, toast } from "../dom.js";
+import { get, post, qs, enc, HttpError } from "../api.js";
+import { hasParam, has } from "../caps.js";
+import { coalesce } from "../live.js";
+import { go } from "../router.js";
+
+export const STATUSES = ["scheduled", "queued", "paused", "running", "retrying", "cancelling", "succeeded", "failed", "cancelled"];
+const PAGE = 50;
+
+export function mount(root, { params }) {
+  let state = { ...params };
+  let items = [];
+  let nextCursor = null;
+  const prevCursors = [];
+  const selected = new Set();
+  let cursorRow = -1;
+  let newSince = 0;
+  const rowsById = new Map();
+
+  const tbody = h("tbody");
+  const info = h("span", { class: "muted small", id: "tasks-info" });
+  const newBanner = h("button", { class: "link", hidden: true, onclick: () => setState({ ...state, cursor: "" }) });
+  const bulkCount = h("span", { class: "muted small" });
+  const btnCancel = h("button", { class: "danger", disabled: true, "data-bulk": "cancel", onclick: () => bulk("cancel") }, "Cancel selected");
+  const btnRetry = h("button", { disabled: true, "data-bulk": "retry", onclick: () => bulk("retry") }, "Retry selected");
+  const checkAll = h("input", { type: "checkbox", "aria-label": "select all on page", onchange: () => {
+    for (const t of items) checkAll.checked ? selected.add(t.id) : selected.delete(t.id);
+    renderRows();
+  } });
+  const btnPrev = h("button", { onclick: () => { const c = prevCursors.pop(); setState({ ...state, cursor: c || "" }, false); } }, "← Newer");
+  const btnNext = h("button", { onclick: () => { prevCursors.push(state.cursor || ""); setState({ ...state, cursor: nextCursor }, false); } }, "Older →");
+  const errorBox = h("div");
+
+  // ---- filters ----------------------------------------------------------------------------
+  const fStatus = h("select", { name: "status", "aria-label": "status" }, h("option", { value: "" }, "any status"),
+    STATUSES.map((s) => h("option", { value: s }, s)));
+  const fType = h("input", { name: "type", placeholder: "type, e.g. demo.echo", size: 16 });
+  const fQueue = h("input", { name: "queue", placeholder: "queue", size: 10 });
+  const fSearch = h("input", { type: "search", name: "q", placeholder: "search id or type  ( / )", "data-search": true });
+  const fFrom = h("input", { type: "datetime-local", name: "created_after", step: 1 });
+  const fTo = h("input", { type: "datetime-local", name: "created_before", step: 1 });
+  const rangeOk = hasParam("GET", "/v1/tasks", "created_after");
+  for (const el of [fFrom, fTo]) if (!rangeOk) { el.disabled = true; el.title = "time range filter not available on this gateway"; }
+  const form = h("form", { class: "filters", role: "search", onsubmit: (ev) => { ev.preventDefault(); applyFilters(); } },
+    h("label", {}, "Status", fStatus), h("label", {}, "Type", fType), h("label", {}, "Queue", fQueue),
+    h("label", {}, "Created from", fFrom), h("label", {}, "to", fTo),
+    h("label", {}, "Search", fSearch),
+    h("button", { type: "submit", class: "primary" }, "Apply"),
+    h("button", { type: "button", onclick: () => { form.reset(); applyFilters(); } }, "Clear"));
+  fStatus.addEventListener("change", applyFilters);
+
+  function toLocalInput(iso) { if (!iso) return ""; const d = new Date(iso); return new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19); }
+  function fromLocalInput(v) { return v ? new Date(v).toISOString() : ""; }
+  function fillForm() {
+    fStatus.value = state.status || ""; fType.value = state.type || ""; fQueue.value = state.queue || "";
+    fSearch.value = state.q || ""; fFrom.value = toLocalInput(state.created_after); fTo.value = toLocalInput(state.created_before);
+  }
+  function applyFilters() {
+    prevCursors.length = 0;
+    setState({ status: fStatus.value, type: fType.value.trim(), queue: fQueue.value.trim(), q: fSearch.value.trim(),
+      created_after: fromLocalInput(fFrom.value), created_before: fromLocalInput(fTo.value), cursor: "" });
+  }
+  function setState(next, resetStack = true) {
+    if (resetStack && !next.cursor) prevCursors.length = 0;
+    go(["tasks"], next);
+  }
+
+  // ---- data -------------------------------------------------------------------------------
+  async function load() {
+    const query = { limit: PAGE, status: state.status, type: state.type, queue: state.queue, cursor: state.cursor };
+    if (rangeOk) { query.created_after = state.created_after; query.created_before = state.created_before; }
+    clear(errorBox);
+    try {
+      if (state.q && !hasParam("GET", "/v1/tasks", "q")) {
+        // Without server-side search, a search is an exact id lookup.
+        const r = await fetch(`/v1/tasks/${enc(state.q)}`, { credentials: "same-origin" });
+        items = r.ok ? [await r.json()] : [];
+        nextCursor = null;
+      } else {
+        if (state.q) query.q = state.q;
+        const page = await get(`/v1/tasks${qs(query)}`);
+        items = page.items;
+        nextCursor = page.next_cursor;
+      }
+    } catch (e) {
+      errorBox.append(notice(e.message, "error"));
+      items = [];
+    }
+    renderRows();
+  }
+  const refresh = coalesce(load, 250);
+
+  function renderRows() {
+    const seen = new Set();
+    items.forEach((t, i) => {
+      seen.add(t.id);
+      let tr = rowsById.get(t.id);
+      const prevStatus = tr?.dataset.status;
+      if (!tr) { tr = h("tr", { "data-id": t.id }); rowsById.set(t.id, tr); }
+      const box = h("input", { type: "checkbox", "aria-label": `select ${t.id}`, onchange: (ev) => {
+        ev.target.checked ? selected.add(t.id) : selected.delete(t.id); updateBulk(); tr.classList.toggle("selected", ev.target.checked);
+      } });
+      box.checked = selected.has(t.id);
+      put(tr, 
+        h("td", {}, box),
+        h("td", { class: "mono" }, h("a", { href: `#/tasks/${enc(t.id)}`, title: t.id }, shortId(t.id))),
+        h("td", {}, t.type),
+        h("td", { class: "hide-narrow" }, t.queue),
+        h("td", { class: "status" }, statusBadge(t.status)),
+        h("td", { class: "num" }, `${t.attempts}/${t.max_attempts}`),
+        h("td", { class: "num hide-narrow" }, t.priority),
+        h("td", { class: "hide-narrow", title: absTime(t.created_at) }, ago(t.created_at)),
+        h("td", { class: "hide-narrow", title: absTime(t.updated_at) }, ago(t.updated_at)));
+      tr.dataset.status = t.status;
+      tr.classList.toggle("selected", selected.has(t.id));
+      tr.classList.toggle("cursor", i === cursorRow);
+      if (prevStatus && prevStatus !== t.status) { tr.classList.remove("flash"); void tr.offsetWidth; tr.classList.add("flash"); }
+      if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+    });
+    for (const [id, tr] of rowsById) if (!seen.has(id)) { tr.remove(); rowsById.delete(id); }
+    if (!items.length) tbody.append(h("tr", { class: "empty" }, h("td", { colspan: 9, class: "muted" }, "No tasks match.")));
+    else tbody.querySelector("tr.empty")?.remove();
+    info.textContent = `${items.length} task${items.length === 1 ? "" : "s"} on this page`;
+    btnPrev.disabled = !state.cursor;
+    btnNext.disabled = !nextCursor;
+    updateBulk();
+  }
+
+  function updateBulk() {
+    bulkCount.textContent = selected.size ? `${selected.size} selected` : "";
+    btnCancel.disabled = btnRetry.disabled = selected.size === 0;
+    checkAll.checked = items.length > 0 && items.every((t) => selected.has(t.id));
+  }
+
+  async function bulk(action) {
+    const ids = [...selected];
+    let ok = 0;
+    const failures = [];
+    await Promise.all(ids.map(async (id) => {
+      try { await post(`/v1/tasks/${enc(id)}:${action}`); ok += 1; selected.delete(id); }
+      catch (e) { failures.push(`${shortId(id)}: ${e instanceof HttpError ? e.message : e}`); }
+    }));
+    toast(`${action}: ${ok} accepted${failures.length ? `, ${failures.length} refused (${failures.slice(0, 3).join("; ")})` : ""}`,
+      failures.length ? "error" : "info");
+    refresh();
+  }
+
+  // ---- layout -----------------------------------------------------------------------------
+  root.append(h("div", { class: "panel" },
+    h("div", { class: "row" }, h("h1", {}, "Tasks"), h("span", { class: "spacer" }), newBanner),
+    form,
+    h("div", { class: "bulkbar" }, btnCancel, btnRetry, bulkCount, h("span", { class: "spacer" }), info),
+    errorBox,
+    h("div", { class: "table-wrap" }, h("table", { id: "tasks-table" },
+      h("thead", {}, h("tr", {}, h("th", {}, checkAll), h("th", {}, "id"), h("th", {}, "type"), h("th", { class: "hide-narrow" }, "queue"),
+        h("th", {}, "status"), h("th", { class: "num" }, "attempts"), h("th", { class: "num hide-narrow" }, "prio"),
+        h("th", { class: "hide-narrow" }, "created"), h("th", { class: "hide-narrow" }, "updated"))),
+      tbody)),
+    h("div", { class: "pager" }, btnPrev, btnNext)));
+  fillForm();
+  load();
+
+  return {
+    update(p) { state = { ...p }; fillForm(); newSince = 0; newBanner.hidden = true; cursorRow = -1; load(); },
+    onEvent(e) {
+      if (rowsById.has(e.task_id)) { refresh(); return; }
+      if (e.type === "submitted") {
+        if (state.q) return;
+        if (!state.cursor) refresh();
+        else { newSince += 1; newBanner.hidden = false; newBanner.textContent = `${newSince} new — show newest`; }
+      }
+    },
+    onKey(ev) {
+      if (ev.key === "j" || ev.key === "k") {
+        cursorRow = Math.max(0, Math.min(items.length - 1, cursorRow + (ev.key === "j" ? 1 : -1)));
+        renderRows();
+        tbody.children[cursorRow]?.scrollIntoView({ block: "nearest" });
+      } else if (ev.key === "Enter" && items[cursorRow]) {
+        go(["tasks", items[cursorRow].id]);
+      } else if (ev.key === "x" && items[cursorRow]) {
+        const id = items[cursorRow].id;
+        selected.has(id) ? selected.delete(id) : selected.add(id);
+        renderRows();
+      }
+    },
+  };
+}
+
