@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from gateway import (
+    metrics,
     openapi,
     problems,
     routes_auth,
@@ -54,5 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes_dead_letters.router)
     app.include_router(routes_stats.router)
     app.include_router(routes_workers.router)
+    app.include_router(metrics.router)
+    app.middleware("http")(metrics.http_metrics_middleware)
     app.mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui")
     return app

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.routing import Match
 
+from gateway.auth import Principal, Role, require
 from infra.metrics import Registry
 from projections import counters
 
@@ -42,10 +43,14 @@ _HISTOGRAMS = {
 
 
 def _route_of(request: Request) -> str:
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is Match.FULL:
-            return str(getattr(route, "path", "other"))
+    """The route template (never the raw path: ids would explode the label set)."""
+    route = request.scope.get("route")
+    if route is not None and hasattr(route, "path"):
+        return str(route.path)
+    for candidate in request.app.router.routes:
+        match, _ = candidate.matches(request.scope)
+        if match is Match.FULL and hasattr(candidate, "path"):
+            return str(candidate.path)
     return "unmatched"
 
 
@@ -89,11 +94,14 @@ def _task_metrics(snapshot: dict[str, Any]) -> str:
     return registry.render()
 
 
-async def _gauges(request: Request) -> str:
+async def _gauges(request: Request, tenant: str) -> str:
     svc = request.app.state.services
     registry = Registry()
     async with svc.pool.acquire() as conn:
-        rows = await conn.fetch("SELECT tenant, queue, status, count(*) AS n FROM tasks GROUP BY 1, 2, 3")
+        rows = await conn.fetch(
+            "SELECT tenant, queue, status, count(*) AS n FROM tasks WHERE tenant=$1 GROUP BY 1, 2, 3",
+            tenant,
+        )
         checkpoints = await conn.fetch("SELECT name, last_seq FROM projection_checkpoints")
     depth = registry.gauge("ordo_queue_depth", "Tasks by queue and status", ("tenant", "queue", "status"))
     depth.replace(((r["tenant"], r["queue"], r["status"]), float(r["n"])) for r in rows)
@@ -111,9 +119,10 @@ async def _gauges(request: Request) -> str:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, who: Annotated[Principal, Depends(require(Role.OPERATOR))]) -> Response:
+    """The caller's tenant's task metrics plus this gateway's own (scrape with an operator key)."""
     svc = request.app.state.services
     async with svc.pool.acquire() as conn:
-        snapshot = await counters.snapshot(conn, None)
-    body = _task_metrics(snapshot) + await _gauges(request) + http_registry.render()
+        snapshot = await counters.snapshot(conn, who.tenant)
+    body = _task_metrics(snapshot) + await _gauges(request, who.tenant) + http_registry.render()
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -18,6 +18,7 @@ from sse_starlette import EventSourceResponse
 from domain.errors import TaskNotFound
 from gateway import keys
 from gateway.auth import Principal, Role, require
+from gateway.metrics import SSE_CLIENTS
 from gateway.resources import problems
 from gateway.services import Services, services
 from gateway.task_service import check_id
@@ -82,6 +83,7 @@ async def _stream(
     request: Request, svc: Services, who: Principal, after: int, flt: StreamFilter
 ) -> AsyncIterator[dict[str, Any]]:
     checked = time.monotonic()
+    SSE_CLIENTS.inc(by=1)
     try:
         while not await request.is_disconnected():
             if flt.types == ():
@@ -105,6 +107,7 @@ async def _stream(
                 if await keys.by_id(svc.pool, who.key_id) is None:
                     return  # the key was revoked: end its streams
     finally:
+        SSE_CLIENTS.inc(by=-1)
         svc.limits.release_stream(who.key_id)
 
 

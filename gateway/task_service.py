@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+from opentelemetry.trace import SpanKind
 
 from domain.commands import (
     ArchiveTask,
@@ -33,6 +34,7 @@ from gateway.schemas import (
     decode_update,
 )
 from gateway.services import Services
+from infra import telemetry
 from infra.command_handler import Outcome
 from infra.ids import new_task_id, task_id_for_key
 from projections import tasks
@@ -85,7 +87,8 @@ async def submit(svc: Services, who: Principal, body: bytes) -> tuple[int, dict[
     if len(req.payload) > svc.settings.max_payload_bytes:
         raise Problem(413, "payload-too-large", f"payload exceeds {svc.settings.max_payload_bytes} bytes")
     command = _command(req, who.tenant, datetime.now(UTC), svc)
-    outcome = await svc.handler.execute(who.tenant, command)
+    with telemetry.span("ordo.submit", kind=SpanKind.SERVER, task_id=command.task_id, task_type=req.type):
+        outcome = await svc.handler.execute(who.tenant, command)
     return (202 if outcome.events else 200), accepted(outcome, command.task_id)
 
 

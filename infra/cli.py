@@ -136,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     rb.add_argument("projection", nargs="*", help="projections to rebuild (default: all)")
     sub.add_parser("scheduler", help="run the timer scheduler")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("ORDO_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from infra.logs import setup_logging
+    from infra.telemetry import setup_tracing
+
+    setup_logging()
+    setup_tracing(f"ordo-{args.command}")
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

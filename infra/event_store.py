@@ -23,6 +23,7 @@ from nats.js.errors import APIError
 from domain.events import SCHEMA_VERSION, Event, TaskEvent, decode_event, encode_event, event_name
 from domain.priority import band_for
 from infra import subjects as sj
+from infra import telemetry
 
 WRONG_LAST_SEQUENCE = 10071
 _BATCH_LIMIT = 1000
@@ -142,7 +143,7 @@ class EventStore:
             msgs.append((subject, encode_event(event), headers))
         if ticket is not None:
             subject = sj.work_subject(tenant, queue, band_for(ticket.priority))
-            msgs.append((subject, encode_ticket(ticket), {sj.MSG_ID: uuid.uuid4().hex}))
+            msgs.append((subject, encode_ticket(ticket), self._ticket_headers()))
         if len(msgs) > _BATCH_LIMIT:
             raise EventStoreError(f"{len(msgs)} messages exceed one atomic batch")
         for attempt in range(3):
@@ -190,7 +191,7 @@ class EventStore:
                 )  # fmt: skip
             if item.ticket is not None:
                 subject = sj.work_subject(tenant, item.queue, band_for(item.ticket.priority))
-                msgs.append((subject, encode_ticket(item.ticket), {sj.MSG_ID: uuid.uuid4().hex}))
+                msgs.append((subject, encode_ticket(item.ticket), self._ticket_headers()))
             slots.append(slot)
         if not msgs:
             return [[] for _ in items]
@@ -247,6 +248,14 @@ class EventStore:
                 headers[sj.CAUSATION_ID] = meta.causation_id
             if meta.traceparent:
                 headers[sj.TRACEPARENT] = meta.traceparent
+        if sj.TRACEPARENT not in headers:
+            telemetry.inject(headers)  # the caller's current span, if tracing is on
+        return headers
+
+    @staticmethod
+    def _ticket_headers() -> dict[str, str]:
+        headers = {sj.MSG_ID: uuid.uuid4().hex}
+        telemetry.inject(headers)  # the worker's attempt span continues the submitter's trace
         return headers
 
     async def last_seq(self, subject_filter: str) -> int:

@@ -21,6 +21,7 @@ from infra import subjects as sj
 from infra.event_store import to_stored
 from projections import (
     attempts,
+    counters,
     dead_letters,
     queue_stats,
     queues_state,
@@ -68,6 +69,7 @@ PROJECTIONS: tuple[Projection, ...] = (
     Projection(dead_letters.NAME, dead_letters.DDL, dead_letters.apply),
     Projection(queue_stats.NAME, queue_stats.DDL, queue_stats.apply),
     Projection(stats_minutely.NAME, stats_minutely.DDL, stats_minutely.apply),
+    Projection(counters.NAME, counters.DDL, counters.apply),
     Projection(schedules.NAME, schedules.DDL, schedules.apply, family="schedule"),
     Projection(queues_state.NAME, queues_state.DDL, queues_state.apply, family="queue"),
 )

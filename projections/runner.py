@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
 from infra import subjects as sj
+from infra import telemetry
 from infra.event_store import EventStoreUnavailable
 from infra.pg import connect
 from projections import tasks
@@ -165,12 +166,22 @@ class ProjectionRunner:
     async def _apply(self, conn: asyncpg.Connection, batch: list[Record]) -> None:
         last = batch[-1][1].seq
         async with conn.transaction():
+            _trace_projection(batch)
             _, skipped = await apply_batch(conn, self._projections, batch)
             await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(last))
         self.skipped_duplicates += skipped
         self.last_seq = last
         if self._after_commit is not None:
             await self._after_commit(self.last_seq)
+
+
+def _trace_projection(batch: list[Record]) -> None:
+    """A `project` span in the trace of every traced event (no-op when tracing is off)."""
+    for _, record in batch:
+        headers = getattr(record, "headers", None)
+        if headers and "traceparent" in headers:
+            with telemetry.span("ordo.project", parent_headers=headers, seq=record.seq):
+                pass
 
 
 async def leader_present(conn: asyncpg.Connection | asyncpg.Pool) -> bool:

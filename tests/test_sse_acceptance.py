@@ -100,7 +100,10 @@ async def test_100_clients_resume_exactly_across_gateways_while_the_projection_l
         a = await stack.enter_async_context(gateway_server(settings))
         b = await stack.enter_async_context(gateway_server(settings))
         current = {"url": a.base_url}
-        http = await stack.enter_async_context(httpx.AsyncClient(base_url=b.base_url, timeout=60))
+        # Idle connections expire before uvicorn closes them (5 s): no reuse race on a big POST.
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=b.base_url, timeout=60, limits=httpx.Limits(keepalive_expiry=1))
+        )
         await _submit(http, 60, 0)
         clients = [
             Client(FILTERS[1 + i % (len(FILTERS) - 1)] if i % 2 else {}, lambda: current["url"])

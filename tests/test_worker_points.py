@@ -373,11 +373,13 @@ async def test_priorities_with_two_worker_processes_and_a_backlog(
 
 @pytest.mark.timeout(90)
 async def test_registry_lists_workers_and_drain_stops_taking_work(
-    gateway_only: System, nc: NATS, handler: CommandHandler, settings: Settings
+    gateway_only: System, nc: NATS, handler: CommandHandler, settings: Settings, queue: str
 ) -> None:
     """Point 9 (graceful drain) and the worker registry through the gateway."""
     http = gateway_only.http
-    worker = Worker(nc, handler, demo_registry, settings, worker_id="drainme", heartbeat_every_s=0.3)
+    worker = Worker(
+        nc, handler, demo_registry, settings, queues=(queue,), worker_id="drainme", heartbeat_every_s=0.3
+    )
     async with running(worker):
 
         async def listed() -> dict[str, Any] | None:
@@ -385,9 +387,10 @@ async def test_registry_lists_workers_and_drain_stops_taking_work(
             return next((w for w in rows if w["id"] == "drainme" and w["status"] == "online"), None)
 
         row = await eventually(listed, timeout=20, what="worker listed")
-        assert row is not None and "demo.sleep" in row["handlers"] and row["queues"] == ["default"]
+        assert row is not None and "demo.sleep" in row["handlers"] and row["queues"] == [queue]
         assert row["concurrency"] == settings.worker_concurrency and row["rss_bytes"] > 0
-        r = await http.post("/v1/tasks", json={"type": "demo.sleep", "payload": {"seconds": 1.5}})
+        sleep = {"type": "demo.sleep", "payload": {"seconds": 1.5}, "queue": queue}
+        r = await http.post("/v1/tasks", json=sleep)
         first = r.json()["id"]
         await until(handler, settings, first, "attempt_started")
 
@@ -398,12 +401,13 @@ async def test_registry_lists_workers_and_drain_stops_taking_work(
         await eventually(in_flight, timeout=10, what="in-flight shown")
         r = await http.post("/v1/workers/drainme:drain")
         assert r.status_code == 202 and r.json()["status"] == "draining", r.text
-        second = (await http.post("/v1/tasks", json={"type": "demo.echo", "payload": 1})).json()["id"]
+        echo = {"type": "demo.echo", "payload": 1, "queue": queue}
+        second = (await http.post("/v1/tasks", json=echo)).json()["id"]
         await until(handler, settings, first, "succeeded")  # running work finishes
 
         async def drained() -> dict[str, Any] | None:
             w = (await http.get("/v1/workers/drainme")).json()
-            return w if w["status"] == "draining" and w["in_flight"] == 0 and w["processed"] >= 1 else None
+            return w if w["status"] == "draining" and w["in_flight"] == 0 and w["processed"] == 1 else None
 
         last: list[Any] = []
 

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind
 
 from domain.backoff import backoff_seconds
 from domain.commands import (
@@ -33,6 +34,7 @@ from domain.commands import (
 from domain.errors import DomainError, LeaseHeld, TaskNotFound
 from domain.events import AttemptStarted, ErrorInfo
 from domain.state import TaskState
+from infra import telemetry
 from infra.command_handler import CommandHandler
 from infra.event_store import EventStoreError, Ticket, decode_ticket
 from infra.settings import Settings
@@ -127,6 +129,13 @@ class Executor:
             return
         if self._limits and not is_lane_message(msg) and await self._forwarded(msg, ticket):
             return
+        # The attempt continues the trace that submitted the task (context in the ticket's headers).
+        with telemetry.span(
+            "ordo.attempt", parent_headers=msg.headers or {}, kind=SpanKind.CONSUMER, task_id=ticket.task_id
+        ):
+            await self._execute(msg, ticket)
+
+    async def _execute(self, msg: Msg, ticket: Ticket) -> None:
         started = await self._start(msg, ticket)
         if started is None:
             return
@@ -340,4 +349,5 @@ def _stream_seq(msg: Msg) -> int | None:
 
 
 async def _call(fn: HandlerFn, ctx: TaskContext) -> Any:
-    return await fn(ctx)
+    with telemetry.span("ordo.handler", task_id=ctx.task_id, task_type=ctx.task_type, attempt=ctx.attempt):
+        return await fn(ctx)

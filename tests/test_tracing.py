@@ -1,0 +1,56 @@
+"""One task followed through a trace: submit, append, attempt, handler and projection spans share one
+trace id (in-memory exporter), and that trace id is on the task's timeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.conftest import System
+from tests.helpers import eventually
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)  # once per process; later tests reuse it
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+async def test_a_task_is_one_trace_from_submit_to_projection(
+    spans: InMemorySpanExporter, system: System
+) -> None:
+    r = await system.http.post("/v1/tasks", json={"type": "demo.echo", "payload": {"traced": True}})
+    task_id = r.json()["id"]
+
+    async def done() -> list[dict[str, Any]] | None:
+        events = (await system.http.get(f"/v1/tasks/{task_id}/events")).json().get("events", [])
+        return events if [e["type"] for e in events][-1:] == ["succeeded"] else None
+
+    events = await eventually(done, what="task succeeded and projected")
+    submit = [
+        s
+        for s in spans.get_finished_spans()
+        if s.name == "ordo.submit" and s.attributes and s.attributes.get("ordo.task_id") == task_id
+    ]
+    assert len(submit) == 1
+    trace_id = submit[0].context.trace_id
+
+    async def all_spans() -> set[str] | None:
+        names = {s.name for s in spans.get_finished_spans() if s.context.trace_id == trace_id}
+        wanted = {"ordo.submit", "ordo.attempt", "ordo.handler", "ordo.project"}
+        return names if wanted <= names else None
+
+    await eventually(all_spans, what="every span in the one trace")
+    hex_id = f"{trace_id:032x}"
+    for event in events:
+        assert hex_id in event["meta"].get("traceparent", ""), event
