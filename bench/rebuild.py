@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 
 import asyncpg
 
@@ -32,6 +33,8 @@ from projections.runner import ProjectionRunner, lag
 from tests.helpers import eventually
 from tests.rebuild_workload import drive
 from tests.test_rebuild import all_tables, table_hashes
+
+ROUND = 2000
 
 
 async def main(tasks: int, batch: int, concurrency: int) -> None:
@@ -48,7 +51,10 @@ async def main(tasks: int, batch: int, concurrency: int) -> None:
         projector = ProjectionRunner(nc, settings.database_url)
         live = asyncio.create_task(projector.run())
         t0 = time.perf_counter()
-        paths = await drive(handler, settings.tenant, tasks, concurrency)
+        paths: Counter[str] = Counter()
+        for done in range(0, tasks, ROUND):  # rounds keep the in-flight load of the generator bounded
+            paths += await drive(handler, settings.tenant, min(ROUND, tasks - done), concurrency)
+            print(f"driven {done + ROUND} tasks in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         drive_s = time.perf_counter() - t0
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
         assert pool is not None

@@ -20,7 +20,8 @@ class TaskStatus(enum.StrEnum):
     # In: pause of a scheduled/queued/retrying task. Out: resume (back to where it was), cancel.
     PAUSED = "paused"
     # In: attempt_started. Out: succeeded, attempt_failed/attempt_timed_out (-> retrying or failed),
-    # cancel (-> cancelling), ack-deadline redelivery after a lost lease (a new attempt).
+    # cancel (-> cancelling), ack-deadline redelivery after a lost lease (a new attempt), and a
+    # worker shutting down (attempt_released -> queued, budget kept).
     RUNNING = "running"
     # In: a retryable failure with attempts left (retry_scheduled). Out: the backoff timer (-> queued),
     # pause, cancel.

@@ -26,6 +26,10 @@ from infra import subjects as sj
 from infra import telemetry
 
 WRONG_LAST_SEQUENCE = 10071
+# A retried atomic batch whose first try did land (its reply was lost): its Nats-Msg-Ids are known.
+# Reported as a conflict, so the command handler reloads the task and decides against what landed.
+BATCH_DUPLICATE_MSG_ID = 10201
+_CONFLICTS = (WRONG_LAST_SEQUENCE, BATCH_DUPLICATE_MSG_ID)
 _BATCH_LIMIT = 1000
 MAX_ATOMIC_BATCH = _BATCH_LIMIT
 _LOAD_PAGE = 1000
@@ -156,7 +160,7 @@ class EventStore:
                 first = last - len(msgs) + 1
                 return [first + i for i in range(len(events))]
             except APIError as exc:
-                if exc.err_code == WRONG_LAST_SEQUENCE:
+                if exc.err_code in _CONFLICTS:
                     raise ConcurrencyError(str(exc.description)) from exc
                 raise EventStoreUnavailable(str(exc)) from exc
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
@@ -203,7 +207,7 @@ class EventStore:
                 first = last - len(msgs) + 1
                 return [[first + i for i in slot] for slot in slots]
             except APIError as exc:
-                if exc.err_code == WRONG_LAST_SEQUENCE:
+                if exc.err_code in _CONFLICTS:
                     raise ConcurrencyError(str(exc.description)) from exc
                 raise EventStoreUnavailable(str(exc)) from exc
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
@@ -317,7 +321,7 @@ class EventStore:
                 last = await self._publish_batch(out)
                 return [last - len(out) + 1 + i for i in range(len(out))]
             except APIError as exc:
-                if exc.err_code == WRONG_LAST_SEQUENCE:
+                if exc.err_code in _CONFLICTS:
                     raise ConcurrencyError(str(exc.description)) from exc
                 raise EventStoreUnavailable(str(exc)) from exc
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:

@@ -28,8 +28,10 @@ from tests.helpers import eventually
 from workers.scheduler import Scheduler
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """A fresh nats-server per test (about 0.1 s): no test sees another's tickets, timers or
+    consumers, however it ended."""
     server = EmbeddedNats(NatsServerConfig(data_dir=tmp_path_factory.mktemp("nats")))
     server.start()
     yield server
