@@ -91,6 +91,7 @@ async def main(tasks: int, batch: int, concurrency: int) -> None:
                 "rebuild_events_per_s": int(m.group(3)),
                 "command_wall_s": round(wall, 2),
                 "tables_equal": before == after,
+                "tables_differing": sorted(t for t in after if before.get(t) != after[t]),
                 "rows": {t: n for t, (n, _) in after.items()},
             }
         )

@@ -133,7 +133,9 @@ def _observe(
 ) -> None:
     seconds = max(0.0, seconds)
     buckets[(*key, _bucket(seconds))] += 1
-    counters[(key[0], key[1], key[2], key[3] + "_sum")] += seconds
+    # Sums are stored in whole microseconds: integer-valued doubles add exactly, so the total does
+    # not depend on how events were grouped into batches (live vs rebuild); snapshot() gives seconds.
+    counters[(key[0], key[1], key[2], key[3] + "_sum")] += round(seconds * 1_000_000)
 
 
 async def snapshot(conn: asyncpg.Connection | asyncpg.Pool, tenant: str | None) -> dict[str, Any]:
@@ -145,4 +147,8 @@ async def snapshot(conn: asyncpg.Connection | asyncpg.Pool, tenant: str | None) 
     hist = await conn.fetch(
         f"SELECT tenant, queue, type, metric, bucket, count FROM metric_histograms {where}", *args
     )
-    return {"counters": [dict(r) for r in counters], "histograms": [dict(r) for r in hist]}
+    rows = [dict(r) for r in counters]
+    for row in rows:
+        if row["metric"].endswith("_sum"):
+            row["value"] = row["value"] / 1_000_000  # stored in microseconds
+    return {"counters": rows, "histograms": [dict(r) for r in hist]}

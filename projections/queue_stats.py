@@ -113,6 +113,15 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
             [k[2] for k, _ in changed],
             [n for _, n in changed],
         )
+        # No zero rows: whether a (queue, status) passed through zero must not depend on how the
+        # events were cut into batches, or a rebuild would differ from the live table.
+        await conn.execute(
+            "DELETE FROM queue_depth WHERE n = 0 AND (tenant, queue, status) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))",
+            [k[0] for k, _ in changed],
+            [k[1] for k, _ in changed],
+            [k[2] for k, _ in changed],
+        )
 
 
 # ---- queries -------------------------------------------------------------------------------------

@@ -91,6 +91,8 @@ class Rebuilder:
         self._applied = 0
         self._shadow_last = 0
         self._reader: LogReader | None = None
+        self._batches = 0
+        self._tables: tuple[str, ...] = ()
 
     async def run(self) -> RebuildReport:
         started = time.perf_counter()
@@ -102,7 +104,7 @@ class Rebuilder:
             live = str(await conn.fetchval("SELECT current_schema()"))
             async with conn.transaction():
                 await ensure_checkpoints(conn, self._projections)
-            tables = await self._prepare_shadow(conn)
+            tables = self._tables = await self._prepare_shadow(conn)
             await self._restart_reader()
             try:
                 await self._catch_up(conn, live)
@@ -166,6 +168,12 @@ class Rebuilder:
         await apply_batch(conn, self._projections, batch)
         self._applied += len(batch)
         self._shadow_last = batch[-1][1].seq
+        self._batches += 1
+        if self._batches & (self._batches - 1) == 0:
+            # Fresh tables have no statistics: without them the planner keeps choosing the plans of
+            # an empty table (sequential scans per batch) and a long rebuild turns quadratic.
+            for table in self._tables:
+                await conn.execute(f"ANALYZE {SHADOW_SCHEMA}.{table}")
         return True
 
     async def _restart_reader(self) -> None:
