@@ -150,24 +150,7 @@ class EventStore:
             msgs.append((subject, encode_ticket(ticket), self._ticket_headers()))
         if len(msgs) > _BATCH_LIMIT:
             raise EventStoreError(f"{len(msgs)} messages exceed one atomic batch")
-        for attempt in range(3):
-            try:
-                if len(msgs) == 1:
-                    subject, data, headers = msgs[0]
-                    ack = await self._js.publish(subject, data, headers=headers)
-                    return [ack.seq]
-                last = await self._publish_batch(msgs)
-                first = last - len(msgs) + 1
-                return [first + i for i in range(len(events))]
-            except APIError as exc:
-                if exc.err_code in _CONFLICTS:
-                    raise ConcurrencyError(str(exc.description)) from exc
-                raise EventStoreUnavailable(str(exc)) from exc
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-                if attempt == 2:
-                    raise EventStoreUnavailable("no reply from JetStream") from exc
-                await asyncio.sleep(0.1 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return (await self._publish_all(msgs))[: len(events)]
 
     async def append_many(self, tenant: str, items: list[AppendItem]) -> list[list[int]]:
         """Append several tasks' events in ONE atomic batch: all are stored or none.
@@ -201,18 +184,31 @@ class EventStore:
             return [[] for _ in items]
         if len(msgs) > _BATCH_LIMIT:
             raise EventStoreError(f"{len(msgs)} messages exceed one atomic batch")
+        seqs = await self._publish_all(msgs, always_batch=True)
+        return [[seqs[i] for i in slot] for slot in slots]
+
+    async def _publish_all(
+        self, msgs: list[tuple[str, bytes, dict[str, str]]], always_batch: bool = False
+    ) -> list[int]:
+        """Publish one message, or several as one atomic batch; the stream sequence of each.
+
+        A lost reply is retried with the same Nats-Msg-Ids, so what did land is never stored
+        twice: a retried batch that landed is reported as a conflict, and the caller reloads.
+        """
         for attempt in range(3):
             try:
+                if len(msgs) == 1 and not always_batch:
+                    subject, data, headers = msgs[0]
+                    ack = await self._js.publish(subject, data, headers=headers)
+                    return [ack.seq]
                 last = await self._publish_batch(msgs)
                 first = last - len(msgs) + 1
-                return [[first + i for i in slot] for slot in slots]
+                return [first + i for i in range(len(msgs))]
             except APIError as exc:
                 if exc.err_code in _CONFLICTS:
                     raise ConcurrencyError(str(exc.description)) from exc
                 raise EventStoreUnavailable(str(exc)) from exc
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-                # A lost commit reply: the retry re-sends every message with its Nats-Msg-Id, so a
-                # batch that did land is reported as a conflict (expected seq 0), never stored twice.
                 if attempt == 2:
                     raise EventStoreUnavailable("no reply from JetStream") from exc
                 await asyncio.sleep(0.1 * (attempt + 1))
@@ -313,22 +309,7 @@ class EventStore:
                 hdrs[sj.EXPECTED_LAST_SUBJECT_SEQ] = str(expected_seq)
                 hdrs[sj.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = expected_filter
             out.append((subject, data, hdrs))
-        for attempt in range(3):
-            try:
-                if len(out) == 1:
-                    ack = await self._js.publish(out[0][0], out[0][1], headers=out[0][2])
-                    return [ack.seq]
-                last = await self._publish_batch(out)
-                return [last - len(out) + 1 + i for i in range(len(out))]
-            except APIError as exc:
-                if exc.err_code in _CONFLICTS:
-                    raise ConcurrencyError(str(exc.description)) from exc
-                raise EventStoreUnavailable(str(exc)) from exc
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-                if attempt == 2:
-                    raise EventStoreUnavailable("no reply from JetStream") from exc
-                await asyncio.sleep(0.1 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return await self._publish_all(out)
 
     async def load_raw(self, subject_filter: str) -> tuple[list[RawStored], int]:
         """Every message matching `subject_filter` undecoded (any family), and the last sequence."""
