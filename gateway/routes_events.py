@@ -85,6 +85,9 @@ async def _stream(
     checked = time.monotonic()
     SSE_CLIENTS.inc(by=1)
     try:
+        # The stream's starting point, as an event and as the reconnection id: a client that opened
+        # "from now" and saw no event before a disconnect still resumes exactly where it began.
+        yield {"id": str(after), "event": "position", "data": str(after)}
         while not await request.is_disconnected():
             if flt.types == ():
                 await svc.notifier.wait_beyond(svc.notifier.last_seq, timeout=5.0)

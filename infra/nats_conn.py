@@ -10,6 +10,8 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import (
+    ConsumerConfig,
+    ConsumerInfo,
     DiscardPolicy,
     RetentionPolicy,
     StorageType,
@@ -113,6 +115,20 @@ async def wait_for_jetstream(nc: NATS, timeout: float = 60.0) -> None:
             await asyncio.sleep(0.25)
 
 
+# JetStream API errors that mean "not now" rather than "no": a cluster still electing or still
+# learning its peers (10005 no suitable peers, 10008 cluster not available), a busy meta leader.
+_TRANSIENT_ERR_CODES = frozenset({10005, 10008, 10058})
+
+
+def is_transient(exc: Exception) -> bool:
+    """Whether a JetStream API failure is worth retrying (a race or a busy or forming cluster)."""
+    if isinstance(exc, (nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+        return True
+    if isinstance(exc, APIError):
+        return exc.code in (None, 500, 503) or exc.err_code in _TRANSIENT_ERR_CODES
+    return False
+
+
 async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig, timeout: float = 60.0) -> StreamInfo:
     """Create or update one stream; several processes starting together on a new cluster race to
     create it and an R3 create can time out while the cluster is busy, so retry until `timeout`."""
@@ -126,12 +142,41 @@ async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig, timeout: fl
             except NotFoundError:
                 return await js.add_stream(wanted)
             return await js.update_stream(wanted)
-        except (nats.errors.TimeoutError, APIError) as exc:
-            if isinstance(exc, APIError) and exc.code not in (None, 500, 503) and exc.err_code != 10058:
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, APIError) as exc:
+            if not is_transient(exc):
                 raise  # a real refusal (bad config), not a race or a busy cluster
             if loop.time() > deadline:
                 raise ProvisioningError(f"stream {wanted.name}: {exc}") from exc
             log.info("stream %s not ready yet (%s); retrying", wanted.name, exc)
+            await asyncio.sleep(0.5)
+
+
+async def ensure_consumer(
+    js: JetStreamContext, stream: str, config: ConsumerConfig, timeout: float = 60.0
+) -> ConsumerInfo:
+    """Create (or update in place) a durable consumer, retrying while the cluster is not ready.
+
+    A durable that exists with a config the server will not update is kept as it is, with a
+    warning; any other refusal is raised, so a caller never binds to a consumer that is not there.
+    """
+    name = config.durable_name or config.name
+    assert name is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await js.add_consumer(stream, config=config)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, APIError) as exc:
+            if not is_transient(exc):
+                try:
+                    info: ConsumerInfo = await js.consumer_info(stream, name)
+                except NotFoundError:
+                    raise exc from None
+                log.warning("consumer %s kept its existing config: %s", name, exc)
+                return info
+            if loop.time() > deadline:
+                raise ProvisioningError(f"consumer {stream}/{name}: {exc}") from exc
+            log.info("consumer %s not ready yet (%s); retrying", name, exc)
             await asyncio.sleep(0.5)
 
 

@@ -99,7 +99,7 @@ class Supervisor:
             return
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         for spec in self.specs:
-            if kill_stale(self._pidfile(spec.name)):
+            if await asyncio.to_thread(kill_stale, self._pidfile(spec.name)):
                 self.logger.warning("killed stale %s from a previous run", spec.name)
         self._tasks = [
             asyncio.create_task(self._supervise(spec), name=f"supervise-{spec.name}") for spec in self.specs

@@ -257,6 +257,12 @@ def _proc_info(pid: int) -> str:
     return f"pid {pid}: stat={stat!r} cmdline={cmdline!r}"
 
 
+def _task_state(task: asyncio.Task[None]) -> str:
+    if not task.done():
+        return "running"
+    return "cancelled" if task.cancelled() else f"ended: {task.exception()!r}"
+
+
 def test_supervisor_restarts_and_shuts_down(tmp_path: Path) -> None:
     starts = tmp_path / "starts.txt"
     pid_dir = tmp_path / "pids"
@@ -274,7 +280,7 @@ def test_supervisor_restarts_and_shuts_down(tmp_path: Path) -> None:
         await _async_wait(
             lambda: stale.poll() is not None,
             15,
-            lambda: f"stale child killed ({_proc_info(stale.pid)})",
+            lambda: f"stale child killed ({_proc_info(stale.pid)}; supervisor {_task_state(runner)})",
         )
 
         def flaky_settled() -> bool:

@@ -105,7 +105,11 @@ async def test_page_resumes_after_gateway_restart_without_duplicates(browser: An
             async def global_resumed() -> bool:
                 return bool(await page.evaluate(f"window.ordo.seqs.includes({other_seqs[-1]})"))
 
-            await eventually(global_resumed, timeout=30, what="global stream resumed")
+            try:
+                await eventually(global_resumed, timeout=60, what=f"global stream resumed to {other_seqs}")
+            except AssertionError as exc:
+                seen = await page.evaluate("[window.ordo.lastSeq, window.ordo.seqs.slice(-5)]")
+                raise AssertionError(f"{exc}; the page's last sequence and last five: {seen}") from None
             seqs = await page.evaluate("window.ordo.seqs")
             assert seqs == sorted(set(seqs)), "the global stream delivered a sequence twice or out of order"
             assert set(other_seqs) <= set(seqs), "an event from the outage is missing"

@@ -120,27 +120,25 @@ async def test_demo_fail_three_attempts_with_backoff_then_dead_letter_and_replay
 ) -> None:
     """Point 4: 3 attempts with backoff gaps, failed + dead_lettered, replay, no message held."""
     settings = settings.with_(backoff_base_s=1.0, backoff_max_s=4.0)
-    failing = await submit(handler, settings, queue, "demo.fail", max_attempts=3)
     worker = Worker(nc, handler, demo_registry, settings, queues=(queue,))
     js = nc.jetstream()
     held: list[int] = []
     async with running(worker, Scheduler(nc, handler)):
         others = [await submit(handler, settings, queue, "demo.echo", i) for i in range(10)]
+        for t in others:
+            await until(handler, settings, t, "succeeded")
+        failing = await submit(handler, settings, queue, "demo.fail", max_attempts=3)
         # While the task waits in backoff, no work message is held for it: sample the work
-        # consumer through each backoff wait (once the other tasks' work is done).
-        for _ in range(2):
+        # consumer through every backoff wait until the task is dead-lettered.
 
-            async def retrying() -> bool:
-                s, _, _ = await handler.load(settings.tenant, failing)
-                return s.status is TaskStatus.RETRYING
-
-            await eventually(retrying, timeout=30, what="in backoff")
-            for t in others:
-                await until(handler, settings, t, "succeeded")
-            while await retrying():
+        async def sampled_until_dead() -> bool:
+            s, _, _ = await handler.load(settings.tenant, failing)
+            if s.status is TaskStatus.RETRYING:
                 info = await js.consumer_info(sj.EVENTS_STREAM, sj.work_consumer(queue, 1))
                 held.append(info.num_ack_pending)
-                await asyncio.sleep(0.1)  # a sampling interval, not a synchronisation
+            return s.status is TaskStatus.FAILED
+
+        await eventually(sampled_until_dead, timeout=30, interval=0.1, what="failed after backoff")
         history = await until(handler, settings, failing, "dead_lettered", within=30)
         for t in others:
             assert names(await until(handler, settings, t, "succeeded"))[-1] == "succeeded"

@@ -19,6 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from infra import subjects as sj
+from infra.nats_conn import ensure_consumer
 from infra.settings import Settings
 
 MAX_ACK_PENDING = 10_000
@@ -48,22 +49,13 @@ async def open_work_consumer(nc: NATS, queue: str, band: int, settings: Settings
     The server's create call updates an existing durable when the change is allowed; a consumer
     that exists with a config that cannot be updated is used as it is, with a warning.
     """
-    js = nc.jetstream()
-    config = work_consumer_config(queue, band, settings)
-    try:
-        await js.add_consumer(sj.EVENTS_STREAM, config=config)
-    except nats.js.errors.BadRequestError as exc:
-        log.warning("work consumer %s kept its existing config: %s", config.name, exc.description)
-    return await js.pull_subscribe_bind(config.name, stream=sj.EVENTS_STREAM)
+    return await open_consumer(nc, work_consumer_config(queue, band, settings))
 
 
 async def open_consumer(nc: NATS, config: ConsumerConfig) -> PullSubscription:
     """Create or update a durable pull consumer on the event-log stream and bind to it."""
     js = nc.jetstream()
-    try:
-        await js.add_consumer(sj.EVENTS_STREAM, config=config)
-    except nats.js.errors.BadRequestError as exc:
-        log.warning("consumer %s kept its existing config: %s", config.name, exc.description)
+    await ensure_consumer(js, sj.EVENTS_STREAM, config)
     assert config.name is not None
     return await js.pull_subscribe_bind(config.name, stream=sj.EVENTS_STREAM)
 

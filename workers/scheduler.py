@@ -38,6 +38,7 @@ from domain.schedule_commands import Tick
 from infra import subjects as sj
 from infra.command_handler import CommandHandler
 from infra.event_store import EventStoreError
+from infra.nats_conn import ensure_consumer
 from infra.schedule_handler import ScheduleHandler
 from infra.schedule_timers import ScheduleTimers, decode_tick
 from infra.timers import decode_due
@@ -96,7 +97,7 @@ class Scheduler:
             ack_wait=self._config.ack_wait_s,
             max_ack_pending=self._config.max_held,
         )
-        await js.add_consumer(sj.TIMERS_STREAM, cfg)
+        await ensure_consumer(js, sj.TIMERS_STREAM, cfg)
         sub = await js.pull_subscribe_bind(sj.SCHEDULER_CONSUMER, sj.TIMERS_STREAM)
         try:
             while not self._stop.is_set():

@@ -39,6 +39,11 @@ export class LiveStream {
         this.onState("reconnecting");
       }
     };
+    es.addEventListener("position", (msg) => {
+      // Where the server started this stream: the resume point when nothing was delivered yet.
+      const seq = Number(msg.data);
+      if (this.lastSeq === null && Number.isFinite(seq)) this.lastSeq = seq;
+    });
     es.addEventListener("task_event", (msg) => {
       const seq = Number(msg.lastEventId);
       if (this.lastSeq !== null && seq <= this.lastSeq) { this.duplicates += 1; return; }
