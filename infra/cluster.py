@@ -36,7 +36,9 @@ def _load_ports(data_dir: Path, size: int) -> list[NodePorts]:
 class EmbeddedCluster:
     """`size` nats-servers forming one JetStream cluster; node i is named `n<i+1>`."""
 
-    def __init__(self, data_dir: Path, size: int = 3, sync_always: bool = False) -> None:
+    def __init__(
+        self, data_dir: Path, size: int = 3, sync_always: bool = False, authorization: str = ""
+    ) -> None:
         if size < 1:
             raise ValueError("cluster size must be >= 1")
         self.data_dir = data_dir
@@ -53,6 +55,7 @@ class EmbeddedCluster:
                     cluster_port=p.cluster,
                     routes=tuple(r for j, r in enumerate(routes) if j != i),
                     server_name=f"n{i + 1}",
+                    authorization=authorization,
                 )
             )
             for i, p in enumerate(ports)

@@ -42,6 +42,8 @@ class NatsServerConfig:
     cluster_port: int = 0
     routes: tuple[str, ...] = ()
     server_name: str | None = None
+    # An `authorization { ... }` block (infra.nats_auth.render_authorization); empty: no users.
+    authorization: str = ""
 
 
 def find_nats_server() -> Path:
@@ -150,6 +152,8 @@ class EmbeddedNats:
             if cfg.routes:
                 lines.append(f"  routes: [{', '.join(_q(r) for r in cfg.routes)}]")
             lines.append("}")
+        if cfg.authorization:
+            lines.append(cfg.authorization.rstrip("\n"))
         return "\n".join(lines) + "\n"
 
     def start(self) -> None:

@@ -41,6 +41,8 @@ async def connect(settings: Settings, name: str) -> NATS:
         reconnect_time_wait=0.5,
         connect_timeout=5,
         allow_reconnect=True,
+        user=settings.nats_user or None,
+        password=settings.nats_password or None,
     )
     version = nc.connected_server_version
     if (version.major, version.minor) < MIN_SERVER:

@@ -20,6 +20,9 @@ class Settings:
     """Every timer and limit of Ordo. Defaults suit production; tests shrink the timers."""
 
     nats_url: str = ""
+    # This process's NATS user (infra.nats_auth: one per service); empty: connect without a user.
+    nats_user: str = ""
+    nats_password: str = ""
     database_url: str = ""
     data_dir: Path = Path(".ordo")
     tenant: str = "default"

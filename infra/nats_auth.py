@@ -1,0 +1,226 @@
+"""NATS users with least-privilege permissions, one per Ordo service, plus tenant-scoped app users.
+
+The permissions are data: `ordo up` renders them into the embedded servers' configuration with
+passwords it generates, and `deploy/nats-auth.conf` (compose) is the same rendering with passwords
+taken from the environment; a test keeps the two in step.
+
+- `admin`: everything (the `ordo up` supervisor, `ordo rebuild`): creates and updates the streams.
+- `gateway`, `scheduler`, `projector`: what each service touches, on every tenant (they serve all).
+- `worker`: fetch and ack dispatch tickets, read task histories, append the attempt events and the
+  tickets and retry timers they imply, heartbeat, answer its control subject. Nothing else: a worker
+  cannot submit, cancel, forge another kind of event or change a stream.
+- `app-<tenant>`: another service of one tenant: the NATS command API of its tenant, its tenant's
+  lifecycle events (core subscriptions and consumers filtered to the tenant, delivered to
+  `ordo.deliver.<tenant>.>`), replies on its own inbox prefix `_INBOX.<tenant>`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra import subjects as sj
+
+_API = "$JS.API"
+_EVENTS = sj.EVENTS_STREAM
+_TIMERS = sj.TIMERS_STREAM
+_WORKERS = sj.WORKERS_STREAM
+
+# The events a worker's commands append (domain.decide: start, lease, progress, outcome, release).
+WORKER_EVENTS = (
+    "attempt_started",
+    "lease_extended",
+    "progressed",
+    "attempt_failed",
+    "attempt_timed_out",
+    "retry_scheduled",
+    "succeeded",
+    "failed",
+    "dead_lettered",
+    "cancelled",
+    "attempt_released",
+    "zombie_rejected",
+)
+SERVICES = ("admin", "gateway", "scheduler", "projector", "worker")
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """Allowed publish and subscribe subjects; `responses` lets a service answer requests."""
+
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+    responses: bool = False
+    unrestricted: bool = False
+
+
+@dataclass(frozen=True)
+class NatsUser:
+    name: str
+    password: str
+    permissions: Permissions = field(default_factory=Permissions)
+
+
+def _stream_reads(*streams: str) -> tuple[str, ...]:
+    out = [f"{_API}.INFO"]
+    for s in streams:
+        out += [f"{_API}.STREAM.INFO.{s}", f"{_API}.DIRECT.GET.{s}", f"{_API}.DIRECT.GET.{s}.>"]
+    return tuple(out)
+
+
+def service_permissions(service: str) -> Permissions:
+    """The permissions of one Ordo service (see the module docstring)."""
+    inbox = ("_INBOX.>",)
+    if service == "admin":
+        return Permissions(unrestricted=True)
+    if service == "gateway":
+        # The HTTP and NATS APIs act on every tenant: commands, queue control (consumer pause),
+        # provisioning at start, worker control, the command subjects it serves.
+        return Permissions(
+            publish=("ordo.>", f"{_API}.>", "$JS.ACK.>", "$JS.FC.>"),
+            subscribe=("ordo.>", *inbox),
+            responses=True,
+        )
+    if service == "scheduler":
+        return Permissions(
+            publish=(
+                f"{sj.EVT_PREFIX}.>",
+                f"{sj.WORK_PREFIX}.>",
+                f"{sj.SCHED_PREFIX}.>",
+                f"{sj.TIMER_PREFIX}.>",
+                *_stream_reads(_EVENTS, _TIMERS, _WORKERS),
+                f"{_API}.STREAM.CREATE.*",
+                f"{_API}.STREAM.UPDATE.*",
+                f"{_API}.STREAM.PURGE.{_TIMERS}",
+                f"{_API}.CONSUMER.*.{_TIMERS}.>",
+                f"{_API}.CONSUMER.DURABLE.CREATE.{_TIMERS}.{sj.SCHEDULER_CONSUMER}",
+                f"$JS.ACK.{_TIMERS}.>",
+            ),
+            subscribe=inbox,
+        )
+    if service == "projector":
+        return Permissions(
+            publish=(
+                *_stream_reads(_EVENTS, _TIMERS, _WORKERS),
+                f"{_API}.STREAM.CREATE.*",
+                f"{_API}.STREAM.UPDATE.*",
+                f"{_API}.CONSUMER.CREATE.{_EVENTS}",
+                f"{_API}.CONSUMER.CREATE.{_EVENTS}.>",
+                f"{_API}.CONSUMER.DELETE.{_EVENTS}.>",
+                f"{_API}.CONSUMER.INFO.{_EVENTS}.>",
+                "$JS.FC.>",
+            ),
+            subscribe=inbox,
+        )
+    if service == "worker":
+        return Permissions(
+            publish=(
+                *_stream_reads(_EVENTS, _TIMERS, _WORKERS),
+                f"{_API}.CONSUMER.CREATE.{_EVENTS}.*.{sj.WORK_PREFIX}.>",
+                f"{_API}.CONSUMER.INFO.{_EVENTS}.*",
+                f"{_API}.CONSUMER.MSG.NEXT.{_EVENTS}.*",
+                f"$JS.ACK.{_EVENTS}.>",
+                *(f"{sj.EVT_PREFIX}.*.*.*.{e}" for e in WORKER_EVENTS),
+                f"{sj.WORK_PREFIX}.>",
+                f"{sj.TIMER_PREFIX}.task.>",
+                f"{sj.WORKER_PREFIX}.hb.>",
+            ),
+            subscribe=(f"{sj.EVT_PREFIX}.*.*.*.cancel_requested", f"{sj.WORKER_PREFIX}.ctl.>", *inbox),
+            responses=True,
+        )
+    raise ValueError(f"unknown service {service!r}")
+
+
+def app_permissions(tenant: str) -> Permissions:
+    """Another service of `tenant`: its command API, its events, nothing of another tenant."""
+    return Permissions(
+        publish=(
+            f"{sj.CMD_PREFIX}.{tenant}.>",
+            f"{_API}.INFO",
+            f"{_API}.STREAM.INFO.{_EVENTS}",
+            # The filtered form of consumer creation: the server checks that the subject's filter is
+            # the consumer's, so a consumer can only ever see this tenant's events.
+            f"{_API}.CONSUMER.CREATE.{_EVENTS}.*.{sj.EVT_PREFIX}.{tenant}.>",
+            f"{_API}.CONSUMER.INFO.{_EVENTS}.*",
+            f"{_API}.CONSUMER.DELETE.{_EVENTS}.*",
+            f"$JS.ACK.{_EVENTS}.>",
+            "$JS.FC.>",
+        ),
+        subscribe=(f"{sj.EVT_PREFIX}.{tenant}.>", f"ordo.deliver.{tenant}.>", f"_INBOX.{tenant}.>"),
+    )
+
+
+def app_user_name(tenant: str) -> str:
+    return f"app-{tenant}"
+
+
+def app_inbox_prefix(tenant: str) -> str:
+    """The inbox prefix an app user of `tenant` must connect with (nats-py `inbox_prefix`)."""
+    return f"_INBOX.{tenant}"
+
+
+def _render_permissions(p: Permissions, indent: str) -> list[str]:
+    if p.unrestricted:
+        return []
+    lines = [f"{indent}permissions: {{"]
+    lines.append(f"{indent}  publish: {{ allow: {json.dumps(list(p.publish))} }}")
+    lines.append(f"{indent}  subscribe: {{ allow: {json.dumps(list(p.subscribe))} }}")
+    if p.responses:
+        lines.append(f"{indent}  allow_responses: true")
+    lines.append(f"{indent}}}")
+    return lines
+
+
+def render_authorization(users: Sequence[NatsUser]) -> str:
+    """An `authorization { users: [...] }` block for nats-server's configuration.
+
+    A password that starts with `$` is written bare, as a reference to an environment variable
+    (compose); any other is quoted.
+    """
+    lines = ["authorization {", "  users: ["]
+    for u in users:
+        password = u.password if u.password.startswith("$") else json.dumps(u.password)
+        lines.append("    {")
+        lines.append(f"      user: {json.dumps(u.name)}")
+        lines.append(f"      password: {password}")
+        lines += _render_permissions(u.permissions, "      ")
+        lines.append("    }")
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def users_for(passwords: Mapping[str, str], tenant: str) -> list[NatsUser]:
+    """The service users and the app user of `tenant`, with the given passwords (by user name)."""
+    out = [NatsUser(s, passwords[s], service_permissions(s)) for s in SERVICES]
+    app = app_user_name(tenant)
+    out.append(NatsUser(app, passwords[app], app_permissions(tenant)))
+    return out
+
+
+def load_or_create_passwords(path: Path, tenant: str) -> dict[str, str]:
+    """Passwords of every user, generated once and kept in `path` (mode 0600)."""
+    wanted = [*SERVICES, app_user_name(tenant)]
+    current: dict[str, str] = {}
+    if path.exists():
+        current = {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
+    if all(name in current for name in wanted):
+        return current
+    for name in wanted:
+        current.setdefault(name, secrets.token_urlsafe(24))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.touch(mode=0o600)
+    os.chmod(tmp, 0o600)
+    tmp.write_text(json.dumps(current, indent=2) + "\n")
+    os.replace(tmp, path)
+    return current
+
+
+def compose_users(tenant: str) -> list[NatsUser]:
+    """The users of compose.yaml: passwords from the NATS servers' environment."""
+    env = {s: f"$ORDO_NATS_{s.upper()}_PASSWORD" for s in SERVICES}
+    env[app_user_name(tenant)] = "$ORDO_NATS_APP_PASSWORD"
+    return users_for(env, tenant)
