@@ -3,6 +3,7 @@ and per-process CPU/RSS accounting. Everything stays on loopback and stops by it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -10,8 +11,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,13 +84,25 @@ class Components:
     env: dict[str, str]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, *args: str) -> None:
+    def start(self, name: str, *args: str, module: str = "infra.cli") -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDO_")}
         env.update(self.env)
         env.setdefault("ORDO_LOG_LEVEL", "WARNING")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", *args], env=env, cwd=ROOT
-        )
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", module, *args], env=env, cwd=ROOT)
+
+    def start_gateway(self, name: str = "gateway") -> int:
+        """Start a gateway on a free loopback port (auth off) and wait until it is ready."""
+        from infra.processes import free_port
+
+        port = free_port("127.0.0.1")
+        self.env = {**self.env, "ORDO_AUTH": "false"}
+        self.start(name, "gateway", "--host", "127.0.0.1", "--port", str(port))
+        wait_ready(f"http://127.0.0.1:{port}/readyz", self.procs[name])
+        return port
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.procs.items()}
 
     def usage(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -108,8 +123,176 @@ class Components:
                 proc.kill()
 
 
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Poll `url` until it answers 200 (the gateway's /readyz also needs a running projector)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+                if resp.status == 200:
+                    return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s")
+
+
+def _read_stat(pid: int) -> tuple[int, float, int] | None:
+    """(ppid, CPU seconds incl. reaped children, RSS bytes) from /proc, or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    ticks = int(parts[11]) + int(parts[12]) + int(parts[13]) + int(parts[14])
+    return int(parts[1]), ticks / _CLK, int(parts[21]) * _PAGE
+
+
+class ProcSampler:
+    """Samples CPU seconds and RSS of named process trees (a process and all its descendants, e.g.
+    the postmaster and its backends) from /proc every `every` seconds in a thread.
+
+    `cpu_s` is the CPU used between `start()` and `stop()`; `peak_rss_mb` the largest sampled sum of
+    the tree's RSS (for PostgreSQL this counts shared buffers once per backend that touched them, so
+    it overstates); `hwm_mb` the root process's own peak (VmHWM, exact)."""
+
+    def __init__(self, roots: dict[str, int], every: float = 0.5) -> None:
+        self.roots = dict(roots)
+        self.every = every
+        self._cpu0: dict[str, float] = {}
+        self._cpu: dict[str, float] = {}
+        self._rss: dict[str, int] = {}
+        self._hwm: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> dict[str, tuple[float, int]]:
+        stats: dict[int, tuple[int, float, int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (st := _read_stat(int(entry))) is not None:
+                stats[int(entry)] = st
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        out: dict[str, tuple[float, int]] = {}
+        for name, root in self.roots.items():
+            if root not in stats:
+                continue
+            cpu, rss, todo = 0.0, 0, [root]
+            while todo:
+                pid = todo.pop()
+                _, c, r = stats[pid]
+                cpu, rss = cpu + c, rss + r
+                todo.extend(children.get(pid, ()))
+            out[name] = (cpu, rss)
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                self._hwm[name] = max(self._hwm.get(name, 0), proc_usage(root)[1])
+        return out
+
+    def _record(self, sample: dict[str, tuple[float, int]]) -> None:
+        for name, (cpu, rss) in sample.items():
+            self._cpu[name] = max(self._cpu.get(name, 0.0), cpu)
+            self._rss[name] = max(self._rss.get(name, 0), rss)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._record(self._sample())
+
+    def start(self) -> ProcSampler:
+        first = self._sample()
+        self._cpu0 = {name: cpu for name, (cpu, _) in first.items()}
+        self._record(first)
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        self._stop.set()
+        self._thread.join()
+        self._record(self._sample())
+        return {
+            name: {
+                "cpu_s": round(self._cpu[name] - self._cpu0.get(name, 0.0), 2),
+                "peak_rss_mb": round(self._rss[name] / 2**20, 1),
+                "hwm_mb": round(self._hwm.get(name, 0) / 2**20, 1),
+            }
+            for name in self.roots
+            if name in self._cpu
+        }
+
+
+def server_pids(srv: Servers) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if srv.nats.pid is not None:
+        out["nats-server"] = srv.nats.pid
+    if srv.postgres.pid is not None:
+        out["postgres"] = srv.postgres.pid
+    return out
+
+
+class CommitClock:
+    """When each projector commit became visible: LISTENs on the projector's NOTIFY channel (the
+    payload is the last log sequence committed) and stamps each notification with time.time()."""
+
+    def __init__(self) -> None:
+        self.commits: list[tuple[int, float]] = []
+        self._conn: Any = None
+
+    async def start(self, dsn: str) -> None:
+        import asyncpg
+
+        from projections.runner import NOTIFY_CHANNEL
+
+        self._conn = await asyncpg.connect(dsn)
+
+        def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            self.commits.append((int(payload), time.time()))
+
+        await self._conn.add_listener(NOTIFY_CHANNEL, on_notify)
+
+    async def stop(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    def visible_at(self) -> Callable[[int], float | None]:
+        """A function seq -> time of the first commit that covered it (None if none did)."""
+        import bisect
+
+        seqs: list[int] = []
+        times: list[float] = []
+        for seq, at in self.commits:
+            if not seqs or seq > seqs[-1]:
+                seqs.append(seq)
+                times.append(at)
+
+        def lookup(seq: int) -> float | None:
+            i = bisect.bisect_left(seqs, seq)
+            return times[i] if i < len(seqs) else None
+
+        return lookup
+
+
+def summary(values: list[float], *ps: float) -> dict[str, float]:
+    """{"p50": ..., "p99": ..., "max": ...} in the values' unit, rounded to 0.01."""
+    out = {f"p{p:g}": round(percentile(values, p), 2) for p in ps}
+    out["max"] = round(max(values), 2) if values else float("nan")
+    out["n"] = len(values)
+    return out
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+async def sleep_until(deadline: float) -> None:
+    """Sleep until time.perf_counter() reaches `deadline`."""
+    delay = deadline - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
 def emit(result: dict[str, Any]) -> None:
     """Print the one JSON line a benchmark reports."""
-    result.setdefault("date", time.strftime("%Y-%m-%d"))
+    result.setdefault("date", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    result.setdefault("loadavg_end", load_average())
     result.setdefault("python", sys.version.split()[0])
     print(json.dumps(result), flush=True)

@@ -1,0 +1,205 @@
+"""W2 latency: submit at a fixed rate (default 200 tasks/s for 20 s), one task per request, first
+through the NATS command API (`ordo.cmd.<tenant>.submit`, request/reply) and then through HTTP
+(`POST /v1/tasks`). A no-op handler (`bench.noop`, bench/noop_worker.py) records the wall-clock time
+it started. Reports, per path, submit->start p50/p95/p99, submit->reply, submit->visible in the read
+model (the projector's commit NOTIFY covering the task's `submitted` sequence) and submit->visible on
+an SSE stream (`GET /v1/events/stream`, one global client) p50/p99.
+
+Processes: nats-server, postgres, projector, one worker, one gateway (auth off), and this client.
+
+    .venv/bin/python -m bench.w2_latency [--rate 200] [--duration 20] [--via nats,http] [--sync-always]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import nats
+
+from bench import sse
+from bench.common import (
+    CommitClock,
+    Components,
+    ProcSampler,
+    emit,
+    load_average,
+    server_pids,
+    servers,
+    sleep_until,
+    summary,
+)
+from bench.noop_worker import TASK_TYPE
+from infra import subjects as sj
+
+TENANT = "default"  # the gateway's tenant with auth off
+BODY = json.dumps({"type": TASK_TYPE, "payload": None}).encode()
+
+
+@dataclass
+class Sent:
+    t_send: float
+    t_reply: float = 0.0
+    task_id: str = ""
+    seq: int = 0
+    error: str = ""
+
+
+async def _submit_nats(nc: nats.NATS, rec: Sent) -> None:
+    rec.t_send = time.time()
+    try:
+        msg = await nc.request(sj.cmd_subject(TENANT, "submit"), BODY, timeout=10)
+    except Exception as exc:  # noqa: BLE001 - counted and reported
+        rec.error = repr(exc)
+        return
+    rec.t_reply = time.time()
+    status = (msg.headers or {}).get(sj.REPLY_STATUS, "")
+    if status != "202":
+        rec.error = f"status {status}: {msg.data[:200]!r}"
+        return
+    body = json.loads(msg.data)
+    rec.task_id, rec.seq = body["id"], int(body["seq"])
+
+
+async def _submit_http(client: httpx.AsyncClient, rec: Sent) -> None:
+    rec.t_send = time.time()
+    try:
+        resp = await client.post("/v1/tasks", content=BODY, headers={"content-type": "application/json"})
+    except Exception as exc:  # noqa: BLE001 - counted and reported
+        rec.error = repr(exc)
+        return
+    rec.t_reply = time.time()
+    if resp.status_code != 202:
+        rec.error = f"status {resp.status_code}: {resp.text[:200]}"
+        return
+    body = resp.json()
+    rec.task_id, rec.seq = body["id"], int(body["seq"])
+
+
+async def _wait_succeeded(pool: asyncpg.Pool, ids: list[str], timeout: float) -> dict[str, float]:
+    """Wait until every task succeeded in the read model; {task id: handler start time}."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = await pool.fetch(
+            "SELECT id, result FROM tasks WHERE tenant=$1 AND id = ANY($2::text[]) AND status='succeeded'",
+            TENANT,
+            ids,
+        )
+        if len(rows) >= len(ids) or time.monotonic() > deadline:
+            return {r["id"]: float(json.loads(r["result"])["started"]) for r in rows}
+        await asyncio.sleep(0.25)
+
+
+async def _phase(
+    via: str,
+    rate: float,
+    duration: float,
+    nc: nats.NATS,
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    clock: CommitClock,
+    sse_seen: dict[str, float],
+) -> dict[str, Any]:
+    n = int(rate * duration)
+    sent = [Sent(0.0) for _ in range(n)]
+    inflight: list[asyncio.Task[None]] = []
+    t0 = time.perf_counter()
+    for i, rec in enumerate(sent):
+        await sleep_until(t0 + i / rate)
+        coro = _submit_nats(nc, rec) if via == "nats" else _submit_http(client, rec)
+        inflight.append(asyncio.create_task(coro))
+    send_span = time.perf_counter() - t0
+    await asyncio.gather(*inflight)
+    ok = [r for r in sent if not r.error]
+    started = await _wait_succeeded(pool, [r.task_id for r in ok], timeout=60 + duration)
+    await asyncio.sleep(1.0)  # let the SSE client and the NOTIFY listener catch the tail
+    visible = clock.visible_at()
+    ms = 1000.0
+    to_start = [(started[r.task_id] - r.t_send) * ms for r in ok if r.task_id in started]
+    to_reply = [(r.t_reply - r.t_send) * ms for r in ok]
+    to_rm = [(v - r.t_send) * ms for r in ok if (v := visible(r.seq)) is not None]
+    to_sse = [(sse_seen[r.task_id] - r.t_send) * ms for r in ok if r.task_id in sse_seen]
+    errors = [r.error for r in sent if r.error]
+    return {
+        "submitted": n,
+        "achieved_rate": round(n / send_span, 1) if send_span else None,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "not_succeeded": len(ok) - len(started),
+        "submit_to_start_ms": summary(to_start, 50, 95, 99),
+        "submit_to_reply_ms": summary(to_reply, 50, 95, 99),
+        "submit_to_read_model_ms": summary(to_rm, 50, 99),
+        "submit_to_sse_ms": summary(to_sse, 50, 99),
+    }
+
+
+async def run(
+    nats_url: str, dsn: str, port: int, rate: float, duration: float, vias: list[str]
+) -> dict[str, Any]:
+    nc = await nats.connect(nats_url, name="bench-w2")
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    clock = CommitClock()
+    await clock.start(dsn)
+    sse_seen: dict[str, float] = {}
+
+    def on_event(_i: int, entry: sse.Entry, now: float) -> None:
+        if entry.type == "submitted":
+            sse_seen.setdefault(entry.task_id, now)
+
+    streams = await sse.open_streams(port, ["/v1/events/stream"], on_event)
+    out: dict[str, Any] = {}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        # Warm-up: connections, JIT-less caches, the worker's first fetch (not measured).
+        await _submit_nats(nc, Sent(0.0))
+        await client.post("/v1/tasks", content=BODY, headers={"content-type": "application/json"})
+        await asyncio.sleep(1.0)
+        for via in vias:
+            out[via] = await _phase(via, rate, duration, nc, client, pool, clock, sse_seen)
+    await sse.close_streams(streams)
+    await clock.stop()
+    await pool.close()
+    await nc.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=200.0, help="submits per second")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per path")
+    parser.add_argument("--via", default="nats,http", help="comma-separated: nats, http")
+    parser.add_argument("--sync-always", action="store_true", help="nats-server sync_interval: always")
+    args = parser.parse_args()
+    vias = [v for v in args.via.split(",") if v]
+    load_start = load_average()
+    with servers(sync_always=args.sync_always) as srv:
+        comps = Components(srv.env)
+        comps.start("projector", "projector")
+        comps.start("worker", module="bench.noop_worker")
+        try:
+            port = comps.start_gateway()
+            sampler = ProcSampler({**server_pids(srv), **comps.pids}).start()
+            result = asyncio.run(run(srv.nats.url, srv.postgres.url, port, args.rate, args.duration, vias))
+            usage = sampler.stop()
+        finally:
+            comps.stop()
+    emit(
+        {
+            "bench": "w2_latency",
+            "rate": args.rate,
+            "duration_s": args.duration,
+            "sync_always": args.sync_always,
+            **result,
+            "processes": usage,
+            "loadavg_start": load_start,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
