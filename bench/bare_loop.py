@@ -29,9 +29,10 @@ async def _setup(url: str) -> None:
     await nc.close()
 
 
-async def _publisher(url: str, n: int) -> None:
+async def _publisher(url: str, n: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
     nc = await nats.connect(url)
     js = nc.jetstream()
+    out.put(("start", time.perf_counter()))  # CLOCK_MONOTONIC: comparable across processes
     for start in range(0, n, 500):
         futures = [await js.publish_async("bare.work", b"task") for _ in range(start, min(n, start + 500))]
         await asyncio.gather(*futures)
@@ -70,13 +71,14 @@ async def _observer(url: str, n: int, out: mp.Queue) -> None:  # type: ignore[ty
             continue
         first = first or time.perf_counter()
         seen += len(msgs)
-    out.put(time.perf_counter())
+    out.put(("end", time.perf_counter()))
     await nc.close()
 
 
 def _run(target: str, url: str, n: int, out: mp.Queue | None = None) -> None:  # type: ignore[type-arg]
     if target == "pub":
-        asyncio.run(_publisher(url, n))
+        assert out is not None
+        asyncio.run(_publisher(url, n, out))
     elif target == "work":
         asyncio.run(_worker(url, n))
     else:
@@ -93,14 +95,15 @@ def bare_loop(url: str, n: int) -> float:
     worker = ctx.Process(target=_run, args=("work", url, n))
     observer.start()
     worker.start()
-    time.sleep(0.5)  # let both bind before the clock starts (setup, not synchronisation)
-    t0 = time.perf_counter()
-    publisher = ctx.Process(target=_run, args=("pub", url, n))
+    time.sleep(0.5)  # let both bind before the publisher starts (setup, not synchronisation)
+    publisher = ctx.Process(target=_run, args=("pub", url, n, out))
     publisher.start()
-    end = out.get(timeout=300)
+    # The clock starts when the publisher is connected (not at process spawn: Python's start-up
+    # would dominate small runs) and stops when the observer has seen the n-th completion.
+    marks = dict(out.get(timeout=300) for _ in range(2))
     for p in (publisher, worker, observer):
         p.join(timeout=30)
-    return n / (end - t0)
+    return n / (marks["end"] - marks["start"])
 
 
 def main() -> None:

@@ -150,15 +150,23 @@ def _read_stat(pid: int) -> tuple[int, float, int] | None:
 
 class ProcSampler:
     """Samples CPU seconds and RSS of named process trees (a process and all its descendants, e.g.
-    the postmaster and its backends) from /proc every `every` seconds in a thread.
+    the postmaster and its backends) from /proc every `every` seconds in a thread. The full /proc
+    scan that finds descendants runs only every `rescan` seconds; names in `own_only` (e.g. the
+    benchmark's own process, the parent of the servers) count the process alone.
 
-    `cpu_s` is the CPU used between `start()` and `stop()`; `peak_rss_mb` the largest sampled sum of
-    the tree's RSS (for PostgreSQL this counts shared buffers once per backend that touched them, so
-    it overstates); `hwm_mb` the root process's own peak (VmHWM, exact)."""
+    `cpu_s` is the CPU used between `start()` and `stop()` (including reaped children); `peak_rss_mb`
+    the largest sampled sum of the tree's RSS (for PostgreSQL this counts shared buffers once per
+    backend that touched them, so it overstates); `hwm_mb` the root process's own peak (VmHWM)."""
 
-    def __init__(self, roots: dict[str, int], every: float = 0.5) -> None:
+    def __init__(
+        self, roots: dict[str, int], every: float = 1.0, rescan: float = 5.0, own_only: tuple[str, ...] = ()
+    ) -> None:
         self.roots = dict(roots)
         self.every = every
+        self.rescan = rescan
+        self.own_only = set(own_only)
+        self._members: dict[str, list[int]] = {name: [pid] for name, pid in self.roots.items()}
+        self._scanned = 0.0
         self._cpu0: dict[str, float] = {}
         self._cpu: dict[str, float] = {}
         self._rss: dict[str, int] = {}
@@ -166,27 +174,32 @@ class ProcSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _sample(self) -> dict[str, tuple[float, int]]:
-        stats: dict[int, tuple[int, float, int]] = {}
+    def _discover(self) -> None:
+        children: dict[int, list[int]] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit() and (st := _read_stat(int(entry))) is not None:
-                stats[int(entry)] = st
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in stats.items():
-            children.setdefault(ppid, []).append(pid)
-        out: dict[str, tuple[float, int]] = {}
+                children.setdefault(st[0], []).append(int(entry))
         for name, root in self.roots.items():
-            if root not in stats:
-                continue
-            cpu, rss, todo = 0.0, 0, [root]
+            members, todo = [], [root]
             while todo:
                 pid = todo.pop()
-                _, c, r = stats[pid]
-                cpu, rss = cpu + c, rss + r
-                todo.extend(children.get(pid, ()))
-            out[name] = (cpu, rss)
+                members.append(pid)
+                if name not in self.own_only:
+                    todo.extend(children.get(pid, ()))
+            self._members[name] = members
+        self._scanned = time.monotonic()
+
+    def _sample(self) -> dict[str, tuple[float, int]]:
+        if time.monotonic() - self._scanned > self.rescan:
+            self._discover()
+        out: dict[str, tuple[float, int]] = {}
+        for name, members in self._members.items():
+            stats = [st for pid in members if (st := _read_stat(pid)) is not None]
+            if not stats:
+                continue
+            out[name] = (sum(st[1] for st in stats), sum(st[2] for st in stats))
             with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                self._hwm[name] = max(self._hwm.get(name, 0), proc_usage(root)[1])
+                self._hwm[name] = max(self._hwm.get(name, 0), proc_usage(self.roots[name])[1])
         return out
 
     def _record(self, sample: dict[str, tuple[float, int]]) -> None:
@@ -199,6 +212,7 @@ class ProcSampler:
             self._record(self._sample())
 
     def start(self) -> ProcSampler:
+        self._discover()
         first = self._sample()
         self._cpu0 = {name: cpu for name, (cpu, _) in first.items()}
         self._record(first)
@@ -208,6 +222,7 @@ class ProcSampler:
     def stop(self) -> dict[str, dict[str, float]]:
         self._stop.set()
         self._thread.join()
+        self._discover()
         self._record(self._sample())
         return {
             name: {

@@ -25,8 +25,10 @@ class Entry(msgspec.Struct):
         return datetime.fromisoformat(self.at).timestamp()
 
 
-_decode = msgspec.json.Decoder(Entry).decode
-OnEvent = Callable[[Entry, float], None]
+decode = msgspec.json.Decoder(Entry).decode
+# (log sequence from `id:`, the raw `data:` bytes, arrival time): decode lazily, e.g. once per
+# sequence when many streams carry the same events.
+OnEvent = Callable[[int, bytes, float], None]
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
@@ -75,15 +77,18 @@ async def stream(
             for block in blocks:
                 kind = b""
                 payload = b""
+                seq = 0
                 for field in block.split(b"\n"):
                     if field.startswith(b"event:"):
                         kind = field[6:].strip()
                     elif field.startswith(b"data:"):
                         payload = field[5:].strip()
+                    elif field.startswith(b"id:"):
+                        seq = int(field[3:])
                 if kind == b"position" and opened is not None:
                     opened.set()
                 elif kind == b"task_event":
-                    on_event(_decode(payload), now)
+                    on_event(seq, payload, now)
     finally:
         writer.close()
         with contextlib.suppress(Exception):
@@ -91,29 +96,37 @@ async def stream(
 
 
 async def open_streams(
-    port: int, paths: list[str], on_event: Callable[[int, Entry, float], None], timeout: float = 60
+    port: int,
+    paths: list[str],
+    on_event: Callable[[int, int, bytes, float], None],
+    timeout: float = 120,
+    parallel: int = 50,
 ) -> list[asyncio.Task[None]]:
     """Open one stream per path (callback gets the stream's index) and wait until each has sent its
-    opening `position` event, i.e. is subscribed."""
+    opening `position` event, i.e. is subscribed; at most `parallel` are opening at once."""
     tasks: list[asyncio.Task[None]] = []
-    events: list[asyncio.Event] = []
-    for i, path in enumerate(paths):
-        ev = asyncio.Event()
-        events.append(ev)
+    deadline = asyncio.get_running_loop().time() + timeout
+    for start in range(0, len(paths), parallel):
+        events: list[asyncio.Event] = []
+        for i in range(start, min(len(paths), start + parallel)):
+            ev = asyncio.Event()
+            events.append(ev)
 
-        def cb(entry: Entry, now: float, i: int = i) -> None:
-            on_event(i, entry, now)
+            def cb(seq: int, payload: bytes, now: float, i: int = i) -> None:
+                on_event(i, seq, payload, now)
 
-        tasks.append(asyncio.create_task(stream(port, path, cb, ev)))
-    waiters = [asyncio.create_task(ev.wait()) for ev in events]
-    done, pending = await asyncio.wait(waiters, timeout=timeout)
-    for w in pending:
-        w.cancel()
-    failed = [t for t in tasks if t.done() and t.exception() is not None]
-    if failed:
-        raise RuntimeError(f"{len(failed)} SSE streams failed: {failed[0].exception()!r}")
-    if pending:
-        raise TimeoutError(f"only {len(done)}/{len(paths)} SSE streams opened in {timeout:.0f}s")
+            tasks.append(asyncio.create_task(stream(port, paths[i], cb, ev)))
+        waiters = [asyncio.create_task(ev.wait()) for ev in events]
+        left = max(0.1, deadline - asyncio.get_running_loop().time())
+        _, pending = await asyncio.wait(waiters, timeout=left)
+        for w in pending:
+            w.cancel()
+        failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+        if failed or pending:
+            await close_streams(tasks)
+            if failed:
+                raise RuntimeError(f"{len(failed)} SSE streams failed: {failed[0].exception()!r}")
+            raise TimeoutError(f"SSE streams not all open after {timeout:.0f}s ({len(tasks)} tried)")
     return tasks
 
 

@@ -2,6 +2,12 @@
 running; time from the first submit to the last task `succeeded` in the read model. Also runs the
 bare JetStream loop on the same machine and reports the ratio.
 
+Also reports the projection lag during the run (per task event: the projector's commit NOTIFY that
+covered its sequence minus the event's stored time in the log; max and p99) and the CPU seconds and
+peak RSS of every process (nats-server, postgres with its backends, projector, workers, and this
+submitting client), sampled from /proc. `--profile DIR` runs py-spy on the worker, the projector
+and the submitter for the whole run and writes collapsed stacks plus a text summary to DIR.
+
     .venv/bin/python -m bench.w1_throughput [--n 20000] [--workers 1] [--concurrency 256] [--sync-always]
 """
 
@@ -9,15 +15,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
 
 from bench.bare_loop import bare_loop
-from bench.common import Components, emit, servers
+from bench.common import (
+    CommitClock,
+    Components,
+    ProcSampler,
+    emit,
+    load_average,
+    server_pids,
+    servers,
+    summary,
+)
 from domain.commands import SubmitTask
 from infra.command_handler import CommandHandler
 from infra.event_store import EventStore
@@ -63,9 +84,25 @@ async def _counts(dsn: str, tenant: str) -> tuple[int, int]:
         await conn.close()
 
 
-async def run(nats_url: str, dsn: str, n: int, chunk: int) -> dict[str, float]:
+async def _projection_lag_ms(dsn: str, tenant: str, clock: CommitClock) -> dict[str, float]:
+    """Per task event: when the projector's commit covering it was announced minus its stored time."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT seq, extract(epoch FROM at)::float8 AS at FROM task_events WHERE tenant=$1", tenant
+        )
+    finally:
+        await conn.close()
+    visible = clock.visible_at()
+    lags = [(v - r["at"]) * 1000.0 for r in rows if (v := visible(r["seq"])) is not None]
+    return summary(lags, 50, 99)
+
+
+async def run(nats_url: str, dsn: str, n: int, chunk: int) -> dict[str, Any]:
     tenant = "w1" + uuid.uuid4().hex[:6]
     settings = Settings(nats_url=nats_url, database_url=dsn, tenant=tenant)
+    clock = CommitClock()
+    await clock.start(dsn)
     nc = await connect(settings, "bench-w1")
     await provision(nc, settings)
     handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
@@ -87,14 +124,42 @@ async def run(nats_url: str, dsn: str, n: int, chunk: int) -> dict[str, float]:
     t_submitted = time.perf_counter()
     t_done, _ = await _wait_projected(dsn, tenant, n, timeout=600)
     dup, total = await _counts(dsn, tenant)
+    await asyncio.sleep(0.5)  # the last NOTIFY
+    await clock.stop()
+    lag = await _projection_lag_ms(dsn, tenant, clock)
     await nc.close()
     return {
-        "tasks_per_s": n / (t_done - t0),
-        "submit_per_s": n / (t_submitted - t0),
-        "wall_s": t_done - t0,
+        "tasks_per_s": round(n / (t_done - t0), 2),
+        "submit_per_s": round(n / (t_submitted - t0), 2),
+        "wall_s": round(t_done - t0, 2),
         "lost": n - total,
         "duplicate_succeeded": dup,
+        "projection_lag_ms": lag,
     }
+
+
+def _start_profilers(out: Path, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """py-spy record (collapsed stacks, 200 Hz) on each pid until it is stopped."""
+    out.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).parent / "py-spy"
+    procs = []
+    for name, pid in pids.items():
+        argv = [str(py_spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "200"]
+        argv += ["--nonblocking", "-o", str(out / f"{name}.txt")]
+        log = open(out / f"{name}.py-spy.log", "wb")  # noqa: SIM115 - lives as long as the child
+        procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+    time.sleep(1.0)  # attach before the clock starts
+    return procs
+
+
+def _stop_profilers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    for proc in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def main() -> None:
@@ -103,19 +168,34 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=1000)
-    parser.add_argument("--sync-always", action="store_true")
+    parser.add_argument("--sync-always", action="store_true", help="nats-server sync_interval: always")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy output folder")
     args = parser.parse_args()
+    load_start = load_average()
     with servers(sync_always=args.sync_always) as srv:
         ceiling = bare_loop(srv.nats.url, args.n)
         comps = Components({**srv.env, "ORDO_WORKER_CONCURRENCY": str(args.concurrency)})
         comps.start("projector", "projector")
         for i in range(args.workers):
             comps.start(f"worker-{i + 1}", "worker")
+        profilers: list[subprocess.Popen[bytes]] = []
         try:
+            time.sleep(2.0)  # let the components connect and provision (not timed either way)
+            pids = {**server_pids(srv), **comps.pids, "submitter": os.getpid()}
+            if args.profile is not None:
+                py_pids = {k: v for k, v in pids.items() if k not in ("nats-server", "postgres")}
+                profilers = _start_profilers(args.profile, py_pids)
+            sampler = ProcSampler(pids, own_only=("submitter",)).start()
             result = asyncio.run(run(srv.nats.url, srv.postgres.url, args.n, args.chunk))
-            usage = comps.usage()
+            usage = sampler.stop()
         finally:
+            _stop_profilers(profilers)
             comps.stop()
+    if args.profile is not None:
+        from bench.profile_summary import summarise
+
+        for name in sorted(args.profile.glob("*.txt")):
+            (args.profile / f"{name.stem}.summary").write_text(summarise(name))
     emit(
         {
             "bench": "w1_throughput",
@@ -123,14 +203,14 @@ def main() -> None:
             "workers": args.workers,
             "concurrency": args.concurrency,
             "sync_always": args.sync_always,
-            **{k: round(v, 2) for k, v in result.items()},
+            **result,
             "bare_loop_tasks_per_s": round(ceiling),
             "ratio_to_bare_loop": round(result["tasks_per_s"] / ceiling, 3),
             "processes": usage,
+            "loadavg_start": load_start,
         }
     )
 
 
 if __name__ == "__main__":
     main()
-

@@ -148,7 +148,8 @@ async def run(
     await clock.start(dsn)
     sse_seen: dict[str, float] = {}
 
-    def on_event(_i: int, entry: sse.Entry, now: float) -> None:
+    def on_event(_i: int, _seq: int, payload: bytes, now: float) -> None:
+        entry = sse.decode(payload)
         if entry.type == "submitted":
             sse_seen.setdefault(entry.task_id, now)
 
