@@ -1,0 +1,179 @@
+"""nats-server with 1M tasks in the log: RSS, and the time a restart takes until JetStream answers.
+
+Starts an embedded nats-server on a temp dir (deleted afterwards), provisions the product's streams
+(`infra.nats_conn.provision`), and publishes N `submitted` events, one per task, on the product's
+subject layout `ordo.evt.<tenant>.<queue>.<task_id>.submitted` (so N distinct subjects) with the
+headers the event store writes (Nats-Msg-Id, Ordo-Event-Id, Ordo-Schema-Version), using batched
+async publishes. `--tickets` adds one dispatch ticket (`ordo.work.<tenant>.<queue>.<band>`) per
+task. Then: RSS, stop (SIGTERM), start on the same data dir and port, and time until (a) the port
+accepts, (b) JetStream answers `account_info`, (c) `stream_info(ORDO_EVENTS)` shows all messages.
+
+    .venv/bin/python -m bench.nats_1m [--events 1000000] [--tickets] [--sync-always]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+
+from bench.common import emit, load_average, proc_usage
+from domain.events import SCHEMA_VERSION, Submitted, encode_event
+from infra import subjects as sj
+from infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from infra.nats_conn import provision
+from infra.settings import Settings
+
+TENANT = "bench"
+QUEUE = "default"
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def _dir_mb(path: Path) -> float:
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return round(total / 2**20, 1)
+
+
+async def _publish(url: str, n: int, tickets: bool, window: int) -> dict[str, Any]:
+    nc = await nats.connect(url, name="bench-nats-1m")
+    await provision(nc, Settings(nats_url=url, tenant=TENANT))
+    js = nc.jetstream(publish_async_max_pending=window * 2)
+    body = encode_event(
+        Submitted(task_type="demo.echo", queue=QUEUE, tenant=TENANT, payload=msgspec.Raw(b'{"x":1}'))
+    )
+    ticket_subject = sj.work_subject(TENANT, QUEUE, 5)
+    t0 = time.perf_counter()
+    for start in range(0, n, window):
+        futures = []
+        for _ in range(start, min(n, start + window)):
+            task_id = uuid.uuid4().hex
+            msg_id = uuid.uuid4().hex
+            headers = {sj.MSG_ID: msg_id, sj.EVENT_ID: msg_id, sj.SCHEMA_VERSION: str(SCHEMA_VERSION)}
+            subject = sj.event_subject(TENANT, QUEUE, task_id, "submitted")
+            futures.append(await js.publish_async(subject, body, headers=headers))
+            if tickets:
+                futures.append(await js.publish_async(ticket_subject, task_id.encode()))
+        await asyncio.gather(*futures)
+    elapsed = time.perf_counter() - t0
+    info = await js.stream_info(sj.EVENTS_STREAM)
+    await nc.close()
+    return {
+        "publish_s": round(elapsed, 1),
+        "publish_msgs_per_s": round(info.state.messages / elapsed),
+        "messages": info.state.messages,
+        "stream_mb": round(info.state.bytes / 2**20, 1),
+    }
+
+
+async def _until_ready(url: str, expected: int, t0: float, timeout: float = 300) -> dict[str, float]:
+    """Seconds from t0 until JetStream answers and until the stream info shows every message."""
+    out: dict[str, float] = {}
+    deadline = time.perf_counter() + timeout
+    nc = None
+    while nc is None:
+        try:
+            nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0)
+        except Exception:  # noqa: BLE001 - not accepting yet
+            if time.perf_counter() > deadline:
+                raise
+            await asyncio.sleep(0.01)
+    js = nc.jetstream(timeout=2)
+    while "jetstream_s" not in out:
+        try:
+            await js.account_info()
+            out["jetstream_s"] = round(time.perf_counter() - t0, 3)
+        except Exception:  # noqa: BLE001 - JetStream still recovering
+            if time.perf_counter() > deadline:
+                raise
+            await asyncio.sleep(0.01)
+    while "stream_info_s" not in out:
+        try:
+            info = await js.stream_info(sj.EVENTS_STREAM)
+            if info.state.messages >= expected:
+                out["stream_info_s"] = round(time.perf_counter() - t0, 3)
+                break
+        except Exception:  # noqa: BLE001 - stream not recovered yet
+            if time.perf_counter() > deadline:
+                raise
+        await asyncio.sleep(0.01)
+    await nc.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=1_000_000, help="tasks (one submitted event each)")
+    parser.add_argument("--tickets", action="store_true", help="also one dispatch ticket per task")
+    parser.add_argument("--window", type=int, default=2000, help="async publishes in flight")
+    parser.add_argument("--sync-always", action="store_true")
+    args = parser.parse_args()
+    load_start = load_average()
+    tmp = Path(tempfile.mkdtemp(prefix="ordo-nats1m-"))
+    try:
+        os.chmod(tmp, 0o755)
+        config = NatsServerConfig(data_dir=tmp / "nats", sync_always=args.sync_always)
+        server = EmbeddedNats(config)
+        server.start()
+        try:
+            published = asyncio.run(_publish(server.url, args.events, args.tickets, args.window))
+            assert server.pid is not None
+            rss_loaded = _rss_mb(server.pid)
+            hwm_loaded = round(proc_usage(server.pid)[1] / 2**20, 1)
+            t_stop = time.perf_counter()
+        finally:
+            server.stop(timeout=120)
+        stop_s = round(time.perf_counter() - t_stop, 2)
+        disk_mb = _dir_mb(tmp / "nats")
+        # Same data dir, same port: a restart as an operator would do it.
+        restarted = EmbeddedNats(
+            NatsServerConfig(data_dir=tmp / "nats", port=server.port, sync_always=args.sync_always)
+        )
+        t0 = time.perf_counter()
+        restarted.start()
+        try:
+            port_s = round(time.perf_counter() - t0, 3)
+            ready = asyncio.run(_until_ready(restarted.url, published["messages"], t0))
+            assert restarted.pid is not None
+            rss_restarted = _rss_mb(restarted.pid)
+        finally:
+            restarted.stop(timeout=120)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    emit(
+        {
+            "bench": "nats_1m",
+            "tasks": args.events,
+            "tickets": args.tickets,
+            "sync_always": args.sync_always,
+            **published,
+            "disk_mb": disk_mb,
+            "rss_loaded_mb": rss_loaded,
+            "peak_rss_mb": hwm_loaded,
+            "stop_s": stop_s,
+            "restart_port_s": port_s,
+            "restart_jetstream_s": ready["jetstream_s"],
+            "restart_stream_info_s": ready["stream_info_s"],
+            "rss_after_restart_mb": rss_restarted,
+            "loadavg_start": load_start,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
