@@ -17,6 +17,7 @@ from pathlib import Path
 from infra.cluster import EmbeddedCluster
 from infra.embedded_nats import EmbeddedNats, NatsServerConfig
 from infra.embedded_postgres import EmbeddedPostgres, PostgresConfig
+from infra.nats_auth import app_user_name, load_or_create_passwords, render_authorization, users_for
 from infra.nats_conn import connect
 from infra.processes import kill_stale, remove_pidfile, write_pidfile
 from infra.settings import Settings
@@ -60,13 +61,24 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
     postgres: EmbeddedPostgres | None = None
     try:
         nats_url = settings.nats_url
+        # With auth on, the embedded servers get one NATS user per service (infra.nats_auth), with
+        # passwords generated once and kept in the data folder (0600).
+        passwords: dict[str, str] = {}
+        authorization = ""
+        if not nats_url and settings.auth:
+            passwords = load_or_create_passwords(data_dir / "nats-users.json", settings.tenant)
+            authorization = render_authorization(users_for(passwords, settings.tenant))
         if not nats_url and cluster > 1:
             # N nats-servers forming one JetStream cluster on loopback; streams at R3 (or R5).
-            nats_server = EmbeddedCluster(data_dir / "nats-cluster", cluster, settings.sync_always)
+            nats_server = EmbeddedCluster(
+                data_dir / "nats-cluster", cluster, settings.sync_always, authorization=authorization
+            )
             settings = settings.with_(replicas=3 if cluster < 5 else 5)
         elif not nats_url:
             nats_server = EmbeddedNats(
-                NatsServerConfig(data_dir=data_dir / "nats", sync_always=settings.sync_always)
+                NatsServerConfig(
+                    data_dir=data_dir / "nats", sync_always=settings.sync_always, authorization=authorization
+                )
             )
         if nats_server is not None:
             nats_server.start()  # on this thread: pdeathsig follows the thread that forked
@@ -80,18 +92,26 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
             log.info("embedded PostgreSQL at %s", database_url)
         if settings.auth:
             admin_key, link = await _local_admin(settings, database_url, data_dir)
-        env = settings.with_(
-            nats_url=nats_url, database_url=database_url, http_port=port, admin_key=""
-        ).to_env()
+        base = settings.with_(nats_url=nats_url, database_url=database_url, http_port=port, admin_key="")
+
+        def env(service: str) -> dict[str, str]:
+            if not passwords:
+                return base.to_env()
+            return base.with_(nats_user=service, nats_password=passwords[service]).to_env()
+
         specs = [
-            _child("projector", "projector", env=env),
-            _child("scheduler", "scheduler", env=env),
-            _child("gateway", "gateway", "--port", str(port), env=env),
+            _child("projector", "projector", env=env("projector")),
+            _child("scheduler", "scheduler", env=env("scheduler")),
+            _child("gateway", "gateway", "--port", str(port), env=env("gateway")),
         ]
         supervisor = Supervisor(specs, log, pid_dir=data_dir / "pids")
         # Workers run in a pool that the gateway can scale and kill from (POST /v1/workers:scale).
-        pool = WorkerPool(lambda n: _child(f"worker-{n}", "worker", env=env), log, pid_dir=data_dir / "pids")
-        nc = await connect(settings.with_(nats_url=nats_url), name="ordo-up")
+        worker_env = env("worker")
+        pool = WorkerPool(
+            lambda n: _child(f"worker-{n}", "worker", env=worker_env), log, pid_dir=data_dir / "pids"
+        )
+        admin = {"nats_user": "admin", "nats_password": passwords["admin"]} if passwords else {}
+        nc = await connect(settings.with_(nats_url=nats_url, **admin), name="ordo-up")
 
         async def stop() -> None:
             await pool.shutdown()
@@ -104,6 +124,12 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
         if settings.auth:
             print(f"Admin API key (tenant {settings.tenant}): {admin_key}", flush=True)
             print(f"One-time UI sign-in link (10 min): http://{settings.http_host}:{port}{link}", flush=True)
+            if passwords:
+                print(
+                    f"NATS users (one per service; {app_user_name(settings.tenant)} for your services): "
+                    f"passwords in {data_dir / 'nats-users.json'}",
+                    flush=True,
+                )
         else:
             print("Auth is OFF (--no-auth): anyone who can reach this port is admin.", flush=True)
         try:

@@ -98,6 +98,7 @@ def service_permissions(service: str) -> Permissions:
                 f"{_API}.STREAM.PURGE.{_TIMERS}",
                 f"{_API}.CONSUMER.*.{_TIMERS}.>",
                 f"{_API}.CONSUMER.DURABLE.CREATE.{_TIMERS}.{sj.SCHEDULER_CONSUMER}",
+                f"{_API}.CONSUMER.MSG.NEXT.{_TIMERS}.{sj.SCHEDULER_CONSUMER}",
                 f"$JS.ACK.{_TIMERS}.>",
             ),
             subscribe=inbox,

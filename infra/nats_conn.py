@@ -182,8 +182,27 @@ async def ensure_consumer(
             await asyncio.sleep(0.5)
 
 
-async def provision(nc: NATS, settings: Settings) -> None:
-    """Create or update both streams (idempotent) and verify the server applied every flag."""
+async def _existing_stream(js: JetStreamContext, name: str, timeout: float = 60.0) -> StreamInfo:
+    """Wait for a stream that another process provisions (a worker may not create streams)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await js.stream_info(name)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, APIError) as exc:
+            if not isinstance(exc, NotFoundError) and not is_transient(exc):
+                raise
+            if loop.time() > deadline:
+                raise ProvisioningError(f"stream {name} was not provisioned within {timeout:g}s") from exc
+            log.info("waiting for stream %s to be provisioned (%s)", name, exc)
+            await asyncio.sleep(0.5)
+
+
+async def provision(nc: NATS, settings: Settings, manage: bool = True) -> None:
+    """Create or update the streams (idempotent) and verify the server applied every flag.
+
+    With `manage=False` (a worker, whose NATS user may not change streams) only wait for them to
+    exist and verify them."""
     await wait_for_jetstream(nc)
     js = nc.jetstream()
     for wanted in (
@@ -191,7 +210,8 @@ async def provision(nc: NATS, settings: Settings) -> None:
         timers_stream_config(settings),
         workers_stream_config(settings),
     ):
-        info = await _ensure_stream(js, wanted)
+        assert wanted.name is not None
+        info = await _ensure_stream(js, wanted) if manage else await _existing_stream(js, wanted.name)
         for flag in _CHECKED:
             asked = getattr(wanted, flag)
             if asked and getattr(info.config, flag) != asked:

@@ -25,6 +25,23 @@ def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _anonymous_refused(url: str) -> bool:
+    import asyncio
+
+    import nats
+    import nats.errors
+
+    async def attempt() -> bool:
+        try:
+            nc = await nats.connect(url, allow_reconnect=False, connect_timeout=3)
+        except (nats.errors.Error, OSError):
+            return True
+        await nc.close()
+        return False
+
+    return asyncio.run(attempt())
+
+
 def test_up_prints_an_admin_key_and_a_one_time_link(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -59,6 +76,25 @@ def test_up_prints_an_admin_key_and_a_one_time_link(tmp_path: Path) -> None:
             r = browser.get(link, timeout=5, follow_redirects=True)  # to the UI, cookie set
             assert r.status_code == 200 and "ordo_session" in browser.cookies
             assert browser.get(base + "/v1/whoami", timeout=5).json()["role"] == "admin"
+        # Every service runs on its own NATS user (infra.nats_auth): a task still runs end to end,
+        # nothing is refused, and a connection without a user is turned away.
+        r = httpx.post(base + "/v1/tasks", json={"type": "demo.echo", "payload": 1}, headers=auth, timeout=10)
+        assert r.status_code == 202, r.text
+        task_url = f"{base}/v1/tasks/{r.json()['id']}"
+        _wait_for(
+            lambda: httpx.get(task_url, headers=auth, timeout=5).json()["status"] == "succeeded",
+            60,
+            "succeeded",
+        )
+        assert "passwords in" in out.read_text()
+        users = tmp_path / "d" / "nats-users.json"
+        assert users.stat().st_mode & 0o777 == 0o600
+        nats_log = (tmp_path / "d" / "nats" / "nats-server.log").read_text()
+        assert "Violation" not in nats_log, [x for x in nats_log.splitlines() if "Violation" in x]
+        conf = (tmp_path / "d" / "nats" / "nats-server.conf").read_text()
+        listen = re.search(r'^listen: "([^"]+)"', conf, re.M)
+        assert listen is not None and "authorization {" in conf
+        assert _anonymous_refused(f"nats://{listen.group(1)}")
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)

@@ -50,7 +50,8 @@ async def run_worker(
         settings = settings.with_(worker_concurrency=concurrency)
     nc = await connect(settings, name="ordo-worker")
     try:
-        await provision(nc, settings)
+        # A worker's own NATS user may not change streams: it waits for them and checks them.
+        await provision(nc, settings, manage=not settings.nats_user)
         handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
         worker = Worker(nc, handler, registry, settings, queues=tuple(queues), logger=log, **options)
         loop = asyncio.get_running_loop()

@@ -1,0 +1,302 @@
+"""NATS users with least privilege: every service runs on its own user and nothing is refused; a
+worker cannot submit, forge other events or change a stream; an app user sees only its tenant."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import nats
+import nats.errors
+import pytest
+import uvicorn
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+from domain.commands import SubmitTask
+from infra import subjects as sj
+from infra.command_handler import CommandHandler
+from infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from infra.event_store import EventStore
+from infra.ids import new_task_id
+from infra.nats_auth import SERVICES, app_inbox_prefix, app_user_name, render_authorization, users_for
+from infra.nats_conn import connect, provision
+from infra.processes import free_port
+from infra.settings import Settings
+from infra.timers import Timers
+from projections.runner import ProjectionRunner
+from tests.helpers import eventually
+from workers.scheduler import Scheduler
+
+TENANT = "perm"
+OTHER = "other"
+PASSWORDS = {name: f"pw-{name}-{uuid.uuid4().hex[:6]}" for name in (*SERVICES, app_user_name(TENANT))}
+
+
+@pytest.fixture
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """This module's server has the users of `ordo up` (the conftest one has none)."""
+    auth = render_authorization(users_for(PASSWORDS, TENANT))
+    server = EmbeddedNats(NatsServerConfig(data_dir=tmp_path_factory.mktemp("nats"), authorization=auth))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(nats_server: EmbeddedNats, database_url: str) -> Settings:
+    return Settings(
+        nats_url=nats_server.url,
+        database_url=database_url,
+        tenant=TENANT,
+        nats_user="admin",
+        nats_password=PASSWORDS["admin"],
+        ack_wait_s=2.0,
+        lease_extend_every_s=0.5,
+        backoff_base_s=0.2,
+        backoff_max_s=1.0,
+        timer_lead_s=0.5,
+        cancel_grace_s=1.0,
+        shutdown_grace_s=2.0,
+    )
+
+
+def _as(settings: Settings, user: str) -> Settings:
+    return settings.with_(nats_user=user, nats_password=PASSWORDS[user])
+
+
+def _violations(server: EmbeddedNats) -> list[str]:
+    return [line for line in server.logfile.read_text().splitlines() if "Violation" in line]
+
+
+class Errors:
+    """The asynchronous errors a connection received (permission violations arrive this way)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def record(self, exc: Exception) -> None:
+        self.seen.append(str(exc))
+
+    def violated(self, subject: str) -> bool:
+        return any("permissions violation" in e.lower() and subject in e for e in self.seen)
+
+
+async def _raw(url: str, user: str, errors: Errors, **kw: Any) -> NATS:
+    return await nats.connect(
+        url, user=user, password=PASSWORDS[user], error_cb=errors.record, allow_reconnect=False, **kw
+    )
+
+
+@contextlib.asynccontextmanager
+async def _services(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """Gateway, scheduler, projector and a worker, each connected as its own NATS user."""
+    from gateway.app import create_app
+    from workers.demo import registry
+    from workers.runtime import Worker
+
+    conns: list[NATS] = []
+
+    async def conn(user: str) -> NATS:
+        c = await connect(_as(settings, user), name=f"perm-{user}")
+        conns.append(c)
+        return c
+
+    def handler_on(c: NATS) -> CommandHandler:
+        return CommandHandler(EventStore(c), Timers(c, settings.timer_lead_s))
+
+    worker_nc, sched_nc, proj_nc = await conn("worker"), await conn("scheduler"), await conn("projector")
+    await provision(worker_nc, _as(settings, "worker"), manage=False)
+    worker = Worker(worker_nc, handler_on(worker_nc), registry, _as(settings, "worker"))
+    scheduler = Scheduler(sched_nc, handler_on(sched_nc))
+    projector = ProjectionRunner(proj_nc, settings.database_url)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(_as(settings, "gateway")), host="127.0.0.1", port=port, log_level="warning")
+    )
+    tasks = [asyncio.create_task(x) for x in (worker.run(), scheduler.run(), projector.run(), server.serve())]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+
+            async def ready() -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    return (await http.get("/readyz")).status_code == 200
+                return False
+
+            await eventually(ready, timeout=60, what="gateway ready")
+            yield http
+    finally:
+        server.should_exit = True
+        await projector.shutdown()
+        await scheduler.shutdown()
+        await worker.shutdown()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        for c in conns:
+            await c.close()
+
+
+async def _status(http: httpx.AsyncClient, task_id: str) -> str:
+    r = await http.get(f"/v1/tasks/{task_id}")
+    return str(r.json().get("status")) if r.status_code == 200 else ""
+
+
+async def test_every_service_runs_on_its_own_user_and_nothing_is_refused(
+    settings: Settings, nats_server: EmbeddedNats
+) -> None:
+    admin = await connect(settings, name="perm-admin")
+    await provision(admin, settings)
+    await admin.close()
+    async with _services(settings) as http:
+        want = {}
+        for body, final in (
+            ({"type": "demo.echo", "payload": 1}, "succeeded"),
+            ({"type": "demo.flaky", "payload": {"fail_times": 1}}, "succeeded"),  # retry timer
+            ({"type": "demo.echo", "delay": 1}, "succeeded"),  # durable timer, scheduler enqueues
+            ({"type": "demo.sleep", "payload": {"seconds": 30}}, "cancelled"),
+        ):
+            r = await http.post("/v1/tasks", json=body)
+            assert r.status_code == 202, r.text
+            want[r.json()["id"]] = final
+        # Another service of the tenant submits over the NATS API, on its own user and inbox prefix.
+        errors = Errors()
+        app = await _raw(
+            settings.nats_url, app_user_name(TENANT), errors, inbox_prefix=app_inbox_prefix(TENANT)
+        )
+        reply = await app.request(sj.cmd_subject(TENANT, "submit"), b'{"type": "demo.echo"}', timeout=10)
+        assert reply.headers and reply.headers[sj.REPLY_STATUS] == "202", reply.data
+        want[json.loads(reply.data)["id"]] = "succeeded"
+        await app.close()
+        assert errors.seen == []
+        sleeper = next(t for t, f in want.items() if f == "cancelled")
+        await eventually(
+            lambda: _is(http, sleeper, "running"), timeout=30, what="sleep task running on the worker"
+        )
+        assert (await http.post(f"/v1/tasks/{sleeper}:cancel")).status_code in (200, 202)
+
+        async def all_final() -> bool:
+            return all([await _status(http, t) == f for t, f in want.items()])
+
+        await eventually(all_final, timeout=60, what=f"every task final in the read model: {want}")
+        workers = (await http.get("/v1/workers")).json()
+        assert workers["items"], "the worker's heartbeat reached the registry"
+    assert _violations(nats_server) == []
+
+
+async def _is(http: httpx.AsyncClient, task_id: str, status: str) -> bool:
+    return await _status(http, task_id) == status
+
+
+async def test_a_worker_cannot_submit_forge_events_or_change_streams(
+    settings: Settings, nats_server: EmbeddedNats
+) -> None:
+    admin = await connect(settings, name="perm-admin")
+    await provision(admin, settings)
+    await admin.close()
+    errors = Errors()
+    wk = await _raw(settings.nats_url, "worker", errors)
+    try:
+        js = wk.jetstream(timeout=1.0)
+        for subject in (
+            sj.event_subject(TENANT, "default", "forged", "submitted"),
+            sj.event_subject(TENANT, "default", "forged", "cancel_requested"),
+            sj.schedule_event_subject(TENANT, "s1", "created"),
+            sj.cmd_subject(TENANT, "submit"),
+        ):
+            with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+                await js.publish(subject, b"{}")
+            await eventually(
+                lambda s=subject: _true(errors.violated(s)), timeout=5, what=f"refused {subject}"
+            )
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.add_stream(StreamConfig(name="EVIL", subjects=["evil.>"]))
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.purge_stream(sj.EVENTS_STREAM)
+        await wk.subscribe(sj.all_events_filter())
+        await eventually(
+            lambda: _true(errors.violated(sj.all_events_filter())), timeout=5, what="sub refused"
+        )
+    finally:
+        await wk.close()
+
+
+async def _submit(handler: CommandHandler, tenant: str) -> str:
+    task_id = new_task_id()
+    cmd = SubmitTask(
+        task_id=task_id,
+        tenant=tenant,
+        queue="default",
+        task_type="demo.echo",
+        now=datetime.now(UTC),
+        payload=msgspec.Raw(b"1"),
+    )
+    await handler.execute(tenant, cmd)
+    return task_id
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_an_app_user_sees_only_its_own_tenant(settings: Settings, nats_server: EmbeddedNats) -> None:
+    admin = await connect(settings, name="perm-admin")
+    await provision(admin, settings)
+    errors = Errors()
+    app = await _raw(settings.nats_url, app_user_name(TENANT), errors, inbox_prefix=app_inbox_prefix(TENANT))
+    try:
+        mine = await app.subscribe(sj.tenant_events_filter(TENANT))
+        await app.subscribe(sj.tenant_events_filter(OTHER))
+        await eventually(
+            lambda: _true(errors.violated(sj.tenant_events_filter(OTHER))), timeout=5, what="other tenant"
+        )
+        js = app.jetstream(timeout=2.0)
+        # A durable (push) consumer of its own tenant's events, created in the filtered form and
+        # delivered to the tenant's own `ordo.deliver.<tenant>.>` space.
+        deliver = f"ordo.deliver.{TENANT}.app_own"
+        own = await app.subscribe(deliver)
+        await js.add_consumer(
+            sj.EVENTS_STREAM,
+            ConsumerConfig(
+                name="app_own",
+                durable_name="app_own",
+                filter_subject=sj.tenant_events_filter(TENANT),
+                deliver_subject=deliver,
+                ack_policy=AckPolicy.EXPLICIT,
+            ),
+        )
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.add_consumer(
+                sj.EVENTS_STREAM,
+                ConsumerConfig(name="app_spy", durable_name="app_spy", filter_subject=sj.all_events_filter()),
+            )
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.publish(sj.event_subject(TENANT, "default", "forged", "succeeded"), b"{}")
+        # Its own tenant's events arrive (an admin stands in for the gateway appending them).
+        handler = CommandHandler(EventStore(admin), Timers(admin, settings.timer_lead_s))
+        await _submit(handler, OTHER)
+        task_id = await _submit(handler, TENANT)
+        msg = await mine.next_msg(timeout=5)
+        assert msg.subject.startswith(f"ordo.evt.{TENANT}.") and task_id in msg.subject
+        delivered = await own.next_msg(timeout=5)
+        assert task_id in delivered.subject
+        await delivered.ack()
+    finally:
+        await app.close()
+        await admin.close()
+
+
+def test_ordo_up_writes_the_passwords_owner_only(tmp_path: Path) -> None:
+    from infra.nats_auth import load_or_create_passwords
+
+    path = tmp_path / "nats-users.json"
+    first = load_or_create_passwords(path, TENANT)
+    assert set(first) == {*SERVICES, app_user_name(TENANT)}
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create_passwords(path, TENANT) == first  # kept across restarts
