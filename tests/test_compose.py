@@ -67,9 +67,33 @@ def test_compose_shape(compose: dict[str, Any]) -> None:
     assert "container_name" not in services["worker"], "worker must scale with --scale"
 
 
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: str) -> str:
+    """Compose's `${VAR:-default}` with an empty environment: the defaults."""
+    return _VAR.sub(lambda m: m.group(2) or "", value)
+
+
+def test_the_nats_users_file_is_generated_from_the_code() -> None:
+    from infra.nats_auth import compose_users, render_authorization
+
+    conf = (ROOT / "deploy/nats-auth.conf").read_text()
+    body = "".join(line + "\n" for line in conf.splitlines() if not line.startswith("#"))
+    assert body == render_authorization(compose_users("default")), "regenerate deploy/nats-auth.conf"
+    for i in (1, 2, 3):
+        assert "include ./auth.conf" in (ROOT / f"deploy/nats-{i}.conf").read_text()
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    c = EmbeddedCluster(tmp_path / "cluster", 3)
+def cluster(
+    tmp_path: Path, compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[EmbeddedCluster]:
+    """Three nodes with compose's own users file, its passwords from the nats containers' environment."""
+    for key, value in compose["services"]["nats-1"]["environment"].items():
+        monkeypatch.setenv(key, _interpolate(str(value)))
+    auth = (ROOT / "deploy/nats-auth.conf").read_text()
+    c = EmbeddedCluster(tmp_path / "cluster", 3, authorization=auth)
     c.start()
     yield c
     c.stop()
@@ -94,7 +118,7 @@ def test_each_compose_service_runs_its_command_against_a_local_cluster(
         for name in ORDO_SERVICES:
             svc = services[name]
             env = {k: v for k, v in os.environ.items() if not k.startswith("ORDO_")}
-            env.update({k: str(v) for k, v in svc["environment"].items()})
+            env.update({k: _interpolate(str(v)) for k, v in svc["environment"].items()})
             env["ORDO_NATS_URL"] = cluster.url
             env["ORDO_DATABASE_URL"] = database_url
             env["ORDO_AUTH"] = "false"  # API keys have their own tests (tests/test_auth*.py)
@@ -107,6 +131,13 @@ def test_each_compose_service_runs_its_command_against_a_local_cluster(
         _wait(lambda: _status(bases[1], task_id) == "succeeded", 60, "task succeeded via gateway-2")
         for name, proc in procs.items():
             assert proc.poll() is None, f"{name} exited early with {proc.returncode}"
+        violations = [
+            line
+            for node in cluster.nodes
+            for line in node.logfile.read_text().splitlines()
+            if "Violation" in line
+        ]
+        assert violations == [], violations
     finally:
         for proc in procs.values():
             if proc.poll() is None:
