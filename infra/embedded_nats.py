@@ -31,7 +31,11 @@ _START_TIMEOUT = 20.0
 
 @dataclass(frozen=True)
 class NatsServerConfig:
-    """Settings of an embedded nats-server; ``port=0`` / ``cluster_port=0`` pick a free port."""
+    """Settings of an embedded nats-server; ``port=0`` / ``cluster_port=0`` pick a free port.
+
+    ``netns`` runs the server inside that network namespace (``ip netns exec``; root only), listening
+    on ``host`` there: the partition test cuts such a node off with its veth link.
+    """
 
     data_dir: Path
     host: str = "127.0.0.1"
@@ -42,6 +46,7 @@ class NatsServerConfig:
     cluster_port: int = 0
     routes: tuple[str, ...] = ()
     server_name: str | None = None
+    netns: str | None = None
     # An `authorization { ... }` block (infra.nats_auth.render_authorization); empty: no users.
     authorization: str = ""
 
@@ -163,12 +168,16 @@ class EmbeddedNats:
         binary = find_nats_server()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         kill_stale(self.pidfile)
+        # Inside a fresh network namespace every port is free; its address is not bindable here.
+        probe_host = "127.0.0.1" if self.config.netns else self.config.host
         if self.config.port == 0:
-            self._port = free_port(self.config.host)
+            self._port = free_port(probe_host)
         if self.config.cluster_name and self.config.cluster_port == 0:
-            self._cluster_port = free_port(self.config.host)
+            self._cluster_port = free_port(probe_host)
         self.conffile.write_text(self.render_config())
         argv = [str(binary), "-c", str(self.conffile)]
+        if self.config.netns:
+            argv = ["ip", "netns", "exec", self.config.netns, *argv]  # ip execs the server: same pid
         with open(self.logfile, "ab") as log:
             proc = subprocess.Popen(
                 argv,

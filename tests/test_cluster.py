@@ -1,5 +1,9 @@
 """A 3-node JetStream cluster under steady submissions: kill the stream leader, restart it, then kill a
-non-leader. No acknowledged submission is lost, no task completes twice, processing continues."""
+non-leader. No acknowledged submission is lost, no task completes twice, processing continues.
+
+Under `make chaos` (ORDO_CHAOS_SEED, tests/chaos.py) the load rate, when each node is killed, how
+long the old leader stays down, which follower dies and the ack deadline are drawn from safe ranges.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from infra.ids import new_task_id
 from infra.nats_conn import connect, provision
 from infra.settings import Settings
 from infra.timers import Timers
+from tests.chaos import Chaos
 from tests.conftest import run_system
 from tests.helpers import eventually
 
@@ -82,6 +87,7 @@ async def _leader(nc: NATS) -> str:
 async def test_cluster_survives_losing_the_leader_and_a_follower(
     cluster: EmbeddedCluster, database_url: str
 ) -> None:
+    chaos = Chaos("cluster")
     settings = Settings(
         nats_url=cluster.url,
         database_url=database_url,
@@ -91,19 +97,23 @@ async def test_cluster_survives_losing_the_leader_and_a_follower(
         lease_extend_every_s=1.0,
         timer_lead_s=0.5,
     )
+    settings = chaos.timers(settings, (2.0, 5.0))
+    rate = chaos.uniform("rate_per_s", 25.0, 10.0, 40.0)
+    warmup = chaos.randint("acks_before_leader_kill", 20, 5, 80)
+    down_for = chaos.randint("acks_while_leader_down", 25, 10, 80)
     nc = await connect(settings, name="cluster-test")
     await provision(nc, settings)
     handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
     async with run_system(settings, nc, handler) as system:
         load = Load(handler, settings.tenant)
-        runner = asyncio.create_task(load.run(rate=25))
-        await eventually(lambda: _n(load, 20), what="steady load")
+        runner = asyncio.create_task(load.run(rate=rate))
+        await eventually(lambda: _n(load, warmup), timeout=60, what="steady load")
 
         leader = await _leader(nc)
         t_kill = time.monotonic()
         cluster.node(leader).process.kill()  # type: ignore[union-attr]
         before = len(load.acked)
-        await eventually(lambda: _n(load, before + 25), timeout=60, what="submissions resume")
+        await eventually(lambda: _n(load, before + down_for), timeout=60, what="submissions resume")
         pause_leader = load.longest_pause(t_kill - 0.5)
         new_leader = await eventually(lambda: _new_leader(nc, leader), timeout=30, what="new leader")
 
@@ -111,9 +121,8 @@ async def test_cluster_survives_losing_the_leader_and_a_follower(
         before = len(load.acked)
         await eventually(lambda: _n(load, before + 25), timeout=60, what="load after rejoin")
 
-        follower = next(
-            n.config.server_name for n in cluster.nodes if n.config.server_name not in (new_leader,)
-        )
+        followers = [str(n.config.server_name) for n in cluster.nodes if n.config.server_name != new_leader]
+        follower = chaos.choice("follower_killed", followers[0], followers)
         t_kill2 = time.monotonic()
         cluster.node(str(follower)).process.kill()  # type: ignore[union-attr]
         before = len(load.acked)
@@ -136,7 +145,8 @@ async def test_cluster_survives_losing_the_leader_and_a_follower(
         print(
             f"\ncluster: acknowledged={len(load.acked)} lost=0 duplicate_succeeded={dup} "
             f"submit_errors_during_faults={load.errors} "
-            f"pause_after_leader_kill_s={pause_leader:.2f} pause_after_follower_kill_s={pause_follower:.2f}"
+            f"pause_after_leader_kill_s={pause_leader:.2f} pause_after_follower_kill_s={pause_follower:.2f} "
+            f"ack_deadline={settings.ack_wait_s}s {chaos.describe()}"
         )
         assert dup == 0
     await nc.close()

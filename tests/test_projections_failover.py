@@ -5,6 +5,11 @@ The runner acknowledges nothing to NATS (an ordered consumer; PostgreSQL holds t
 "acknowledgement" a crash can interrupt is everything after COMMIT: the `after_commit` fault hook
 raises there. An audit projection records every sequence each runner applies; a sequence applied
 twice, or one never applied, fails the test.
+
+The kill -9 test runs tasks through a worker while the active projector process dies: a reader polls
+tasks in the read model all along and no status it sees may go backwards in the task's lifecycle, and
+at the end the read model equals a rebuild from the log. Timing (kill point, batch size, task length,
+crash points) is fixed, or drawn from ORDO_CHAOS_SEED under `make chaos` (tests/chaos.py).
 """
 
 from __future__ import annotations
@@ -14,23 +19,33 @@ import contextlib
 import os
 import signal
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
 from domain.commands import SubmitTask
+from domain.state import fold
+from domain.status import TaskStatus
 from infra import subjects as sj
 from infra.command_handler import CommandHandler
+from infra.event_store import StoredEvent
 from infra.settings import Settings
 from projections.reader import PoisonEvent
+from projections.rebuild import rebuild
 from projections.registry import PROJECTIONS, Projection
 from projections.runner import LEADER_LOCK, ProjectionRunner, RunnerConfig, checkpoint, lag, leader_present
+from tests.chaos import Chaos
 from tests.helpers import eventually
+from tests.test_rebuild import all_tables, table_hashes
+from tests.worker_procs import WorkerProc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,19 +67,26 @@ def audit(runner: str) -> Projection:
     return Projection("audit", "", apply)
 
 
-async def submit(handler: CommandHandler, tenant: str, n: int) -> None:
+def submissions(
+    tenant: str, n: int, task_type: str = "demo.echo", payload: bytes | None = None
+) -> list[SubmitTask]:
     now = datetime.now(UTC)
-    commands = [
+    return [
         SubmitTask(
             task_id=f"fo{uuid.uuid4().hex[:12]}",
             tenant=tenant,
             queue="default",
-            task_type="demo.echo",
+            task_type=task_type,
             now=now,
+            **({"payload": msgspec.Raw(payload)} if payload is not None else {}),
         )
         for _ in range(n)
     ]
-    for i in range(0, n, 50):  # many small appends: many small batches for the projector
+
+
+async def submit(handler: CommandHandler, tenant: str, n: int | list[SubmitTask]) -> None:
+    commands = submissions(tenant, n) if isinstance(n, int) else n
+    for i in range(0, len(commands), 50):  # many small appends: many small batches for the projector
         await handler.submit_many(tenant, commands[i : i + 50])
 
 
@@ -103,7 +125,10 @@ async def test_a_crash_after_commit_applies_nothing_twice_and_a_standby_takes_ov
     dsn = settings.database_url
     conn = await asyncpg.connect(dsn)
     await conn.execute("CREATE TABLE IF NOT EXISTS apply_audit (seq bigint NOT NULL, runner text NOT NULL)")
-    config = RunnerConfig(batch_size=40, standby_poll_s=0.05)
+    chaos = Chaos("projector-crash-after-commit")
+    config = RunnerConfig(batch_size=chaos.randint("batch_size", 40, 10, 120), standby_poll_s=0.05)
+    crash_a = chaos.randint("crash_a_at_commit", 3, 1, 8)
+    crash_b = chaos.randint("crash_b_at_commit", 4, 1, 8)
     commits: dict[str, int] = {}
 
     def runner(name: str, crash_at_commit: int | None) -> ProjectionRunner:
@@ -114,7 +139,7 @@ async def test_a_crash_after_commit_applies_nothing_twice_and_a_standby_takes_ov
 
         return ProjectionRunner(nc, dsn, config, (*PROJECTIONS, audit(name)), after_commit=after_commit)
 
-    a, b, c = runner("a", 3), runner("b", 4), runner("c", None)
+    a, b, c = runner("a", crash_a), runner("b", crash_b), runner("c", None)
     task_a = asyncio.create_task(a.run())
     await eventually(lambda: _true(a.active), what="a active")
     task_b = asyncio.create_task(b.run())  # the only standby
@@ -135,7 +160,8 @@ async def test_a_crash_after_commit_applies_nothing_twice_and_a_standby_takes_ov
     await c.shutdown()
     await asyncio.wait_for(task_c, 30)
 
-    assert commits["a"] == 3 and commits["b"] == 4 and commits["c"] > 0
+    assert commits["a"] == crash_a and commits["b"] == crash_b and commits["c"] > 0
+    print(f"\nprojector failover: crash after commit, {chaos.describe()}")
     assert all(x <= y for x, y in zip(samples, samples[1:], strict=False)), "the checkpoint moved backwards"
     dupes = await conn.fetch(
         "SELECT seq, array_agg(runner) AS r FROM apply_audit GROUP BY seq HAVING count(*) > 1"
@@ -153,10 +179,92 @@ async def _true(value: bool) -> bool:
     return value
 
 
+# The task lifecycle in order. A task that is never sent back (no retry, no hand-back, no replay) only
+# moves up; the reader checks that against the log, so a retried task (running -> retrying -> queued,
+# a real step down) is judged by its log, not by this order alone.
+RANK = {
+    TaskStatus.SCHEDULED: 0,
+    TaskStatus.PAUSED: 0,
+    TaskStatus.QUEUED: 1,
+    TaskStatus.RETRYING: 1,
+    TaskStatus.RUNNING: 2,
+    TaskStatus.CANCELLING: 3,
+    TaskStatus.SUCCEEDED: 4,
+    TaskStatus.FAILED: 4,
+    TaskStatus.CANCELLED: 4,
+}
+
+
+@dataclass
+class Seen:
+    """What a reader saw of one task: (monotonic time, status, last_seq), one entry per change."""
+
+    rows: list[tuple[float, str, int]] = field(default_factory=list)
+
+
+@dataclass
+class Reader:
+    seen: dict[str, Seen]
+    polls: int = 0
+
+
+@contextlib.asynccontextmanager
+async def poll_tasks(dsn: str, tenant: str, ids: list[str]) -> AsyncIterator[Reader]:
+    """A reader polling the tasks read model (what GET /v1/tasks/{id} reads) until the block ends."""
+    reader = Reader({task_id: Seen() for task_id in ids})
+    stop = asyncio.Event()
+    conn = await asyncpg.connect(dsn)
+
+    async def read() -> None:
+        while not stop.is_set():
+            rows = await conn.fetch(
+                "SELECT id, status, last_seq FROM tasks WHERE tenant=$1 AND id = ANY($2::text[])", tenant, ids
+            )
+            now = time.monotonic()
+            reader.polls += 1
+            for r in rows:
+                mine = reader.seen[r["id"]].rows
+                if not mine or mine[-1][1:] != (r["status"], r["last_seq"]):
+                    mine.append((now, r["status"], r["last_seq"]))
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(read())
+    try:
+        yield reader
+    finally:
+        stop.set()
+        await task
+        await conn.close()
+
+
+def never_backwards(task_id: str, seen: Seen, history: list[StoredEvent]) -> list[str]:
+    """Faults in what the reader saw: a sequence or a lifecycle step going back, or a status the task
+    never had at that sequence."""
+    faults: list[str] = []
+    log_statuses = []
+    for i in range(len(history)):
+        log_statuses.append(fold(task_id, [h.event for h in history[: i + 1]]).status)
+    log_monotone = all(RANK[a] <= RANK[b] for a, b in zip(log_statuses, log_statuses[1:], strict=False))
+    for (_, s1, q1), (_, s2, q2) in zip(seen.rows, seen.rows[1:], strict=False):
+        if q2 < q1:
+            faults.append(f"{task_id}: last_seq went back {q1} -> {q2}")
+        if log_monotone and RANK[TaskStatus(s2)] < RANK[TaskStatus(s1)]:
+            faults.append(f"{task_id}: status went back {s1} -> {s2}")
+    for _, status, seq in seen.rows:
+        upto = [h.event for h in history if h.seq <= seq]
+        if fold(task_id, upto).status != status:
+            faults.append(f"{task_id}: read {status} at seq {seq}, the log says {fold(task_id, upto).status}")
+    return faults
+
+
 async def test_kill_9_of_the_active_projector_process_and_the_standby_takes_over(
-    settings: Settings, nc: NATS, handler: CommandHandler
+    settings: Settings, nc: NATS, handler: CommandHandler, tmp_path: Path
 ) -> None:
-    env = {**os.environ, **settings.to_env(), "ORDO_PROJECTION_BATCH": "50", "PYTHONPATH": str(ROOT)}
+    chaos = Chaos("projector-kill-9")
+    batch = chaos.randint("projection_batch", 50, 10, 200)
+    kill_after = chaos.randint("kill_after_events", 200, 30, 700)
+    task_s = chaos.uniform("task_seconds", 0.2, 0.05, 0.6)
+    env = {**os.environ, **settings.to_env(), "ORDO_PROJECTION_BATCH": str(batch), "PYTHONPATH": str(ROOT)}
 
     async def projector() -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
@@ -166,9 +274,11 @@ async def test_kill_9_of_the_active_projector_process_and_the_standby_takes_over
 
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
     assert pool is not None
+    worker = WorkerProc(settings, "default", "fo-worker", tmp_path, concurrency=32)
     active = await projector()
     standby = None
     try:
+        await worker.ready(nc)
         await eventually(lambda: leader_present(pool), timeout=60, what="first projector active")
         holder = await pool.fetchval(
             "SELECT pid FROM pg_locks WHERE locktype='advisory' AND objid=$1 AND granted", LEADER_LOCK
@@ -176,13 +286,28 @@ async def test_kill_9_of_the_active_projector_process_and_the_standby_takes_over
         standby = await projector()
         await submit(handler, settings.tenant, 200)
         await eventually(lambda: _lag_zero(pool, nc), timeout=60, what="first projector caught up")
-        async with watch_checkpoint(settings.database_url) as samples:
-            writes = asyncio.create_task(submit(handler, settings.tenant, 1000))
+        load = submissions(settings.tenant, 1000, "demo.sleep", f'{{"seconds": {task_s}}}'.encode())
+        watched = [c.task_id for c in load[::25]]  # 40 tasks spread over the load
+        async with (
+            watch_checkpoint(settings.database_url) as samples,
+            poll_tasks(settings.database_url, settings.tenant, watched) as reader,
+        ):
+            writes = asyncio.create_task(submit(handler, settings.tenant, load))
             base = await checkpoint(pool)
-            await eventually(lambda: _beyond(pool, base + 200), timeout=60, what="projector applying")
+            await eventually(lambda: _beyond(pool, base + kill_after), timeout=60, what="projector applying")
+            t_kill = time.monotonic()
             active.send_signal(signal.SIGKILL)
             assert await active.wait() == -signal.SIGKILL
+            killed_at_seq = await checkpoint(pool)  # the dead projector's last commit
+            await eventually(
+                lambda: _beyond(pool, killed_at_seq + 1), timeout=60, what="the standby applied past the kill"
+            )
+            takeover_s = time.monotonic() - t_kill
             await writes
+            await eventually(
+                lambda: _count(pool, settings.tenant, "succeeded", 1200), timeout=180, interval=0.2,
+                what="every task succeeded in the read model",
+            )  # fmt: skip
             await eventually(lambda: _lag_zero(pool, nc), timeout=120, what="the standby caught up")
         new_holder = await pool.fetchval(
             "SELECT pid FROM pg_locks WHERE locktype='advisory' AND objid=$1 AND granted", LEADER_LOCK
@@ -198,12 +323,47 @@ async def test_kill_9_of_the_active_projector_process_and_the_standby_takes_over
         assert await pool.fetchval(
             "SELECT sum(submitted) FROM stats_minutely WHERE tenant=$1", settings.tenant
         ) == 1200  # fmt: skip
+
+        # The reader: no status went backwards, and it really watched tasks change across the kill.
+        seen = reader.seen
+        faults: list[str] = []
+        for task_id in watched:
+            _, history, _ = await handler.load(settings.tenant, task_id)
+            faults += never_backwards(task_id, seen[task_id], history)
+        assert faults == [], faults[:20]
+        changes = sum(len(s.rows) - 1 for s in seen.values())
+        after_kill = sum(1 for s in seen.values() for t, _, _ in s.rows[1:] if t > t_kill)
+        assert all(s.rows and s.rows[-1][1] == "succeeded" for s in seen.values())
+        assert after_kill > 0, "the reader saw no change after the kill: it proved nothing"
+
+        # The read model ends equal to a rebuild from the log (quiet system: stop the worker first).
+        worker.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(worker.proc.wait, 30) == 0
+        tables = all_tables()
+        live = await table_hashes(settings.database_url, tables)
+        report = await asyncio.wait_for(rebuild(nc, settings.database_url), 240)
+        rebuilt = await table_hashes(settings.database_url, tables)
+        differ = sorted(t for t in tables if live[t] != rebuilt[t])
+        assert differ == [], f"the read model differs from a rebuild in {differ}"
+        print(
+            f"\nprojector failover: {chaos.describe()} killed at checkpoint {killed_at_seq}; the standby "
+            f"applied again after {takeover_s:.2f}s; reader polls={reader.polls} watched={len(watched)} "
+            f"changes seen={changes} (after the kill: {after_kill}) backwards=0; rebuild of "
+            f"{report.events} events equal on {len(tables)} tables"
+        )
     finally:
+        worker.stop()
         for proc in (active, standby):
             if proc is not None and proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(proc.wait(), 30)
         await pool.close()
+
+
+async def _count(pool: asyncpg.Pool, tenant: str, status: str, n: int) -> bool:
+    return (
+        await pool.fetchval("SELECT count(*) FROM tasks WHERE tenant=$1 AND status=$2", tenant, status) == n
+    )
 
 
 async def _lag_zero(pool: asyncpg.Pool, nc: NATS) -> bool:

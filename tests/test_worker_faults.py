@@ -2,13 +2,14 @@
 
 Acceptance points 1, 2 and 10 of the worker runtime issue, plus graceful shutdown across processes.
 Workers are `python -m infra.cli worker` subprocesses; the test loop submits and observes through
-the command handler (the event log is the record). Ack deadline 2 s (conftest settings).
+the command handler (the event log is the record). Ack deadline 2 s (conftest settings); under
+`make chaos` (ORDO_CHAOS_SEED) the ack deadline, the lease extension period and the kill timing are
+drawn from safe ranges instead (tests/chaos.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import signal
 import time
 import uuid
@@ -29,8 +30,20 @@ from infra.event_store import StoredEvent
 from infra.ids import new_task_id
 from infra.settings import Settings
 from projections.workers import list_workers
+from tests.chaos import Chaos
 from tests.helpers import eventually
 from tests.worker_procs import WorkerProc
+
+
+@pytest.fixture
+def chaos(request: pytest.FixtureRequest) -> Chaos:
+    return Chaos(f"worker-faults/{request.node.name}")
+
+
+@pytest.fixture
+def settings(settings: Settings, chaos: Chaos) -> Settings:
+    """conftest's settings (ack deadline 2 s); under chaos an ack deadline of 1.5-4 s."""
+    return chaos.timers(settings, (1.5, 4.0))
 
 
 @pytest.fixture
@@ -86,7 +99,13 @@ def names(history: list[StoredEvent]) -> list[str]:
 
 @pytest.mark.timeout(120)
 async def test_sigkill_mid_twenty_tasks_every_task_completes_once(
-    nc: NATS, handler: CommandHandler, settings: Settings, queue: str, procs: list[WorkerProc], tmp_path: Path
+    nc: NATS,
+    handler: CommandHandler,
+    settings: Settings,
+    queue: str,
+    procs: list[WorkerProc],
+    tmp_path: Path,
+    chaos: Chaos,
 ) -> None:
     """Point 1: kill -9 a worker running 20 demo.sleep tasks; all complete once on another worker."""
     a = spawn(procs, settings, queue, "victim", tmp_path)
@@ -103,6 +122,7 @@ async def test_sigkill_mid_twenty_tasks_every_task_completes_once(
     await eventually(all_running_on_a, timeout=30, what="20 tasks running on the victim")
     b = spawn(procs, settings, queue, "rescuer", tmp_path)
     await b.ready(nc)
+    await asyncio.sleep(chaos.uniform("kill_delay_s", 0.0, 0.0, 0.5))  # fault timing, not a wait
     killed_at = datetime.now(UTC)
     a.signal(signal.SIGKILL)
 
@@ -125,7 +145,7 @@ async def test_sigkill_mid_twenty_tasks_every_task_completes_once(
     redelivered.sort()
     print(
         f"\nkill->redelivery (ack deadline {settings.ack_wait_s}s, lease extended every "
-        f"{settings.lease_extend_every_s}s): min {redelivered[0]:.2f}s, "
+        f"{settings.lease_extend_every_s}s; {chaos.describe()}): min {redelivered[0]:.2f}s, "
         f"median {redelivered[len(redelivered) // 2]:.2f}s, max {redelivered[-1]:.2f}s"
     )
     assert redelivered[-1] <= settings.ack_wait_s + 3.0
@@ -223,11 +243,19 @@ async def test_sigterm_hands_running_tasks_back_to_another_process_at_once(
 
 @pytest.mark.timeout(300)
 async def test_checker_2000_tasks_with_workers_killed_and_restarted(
-    nc: NATS, handler: CommandHandler, settings: Settings, queue: str, procs: list[WorkerProc], tmp_path: Path
+    nc: NATS,
+    handler: CommandHandler,
+    settings: Settings,
+    queue: str,
+    procs: list[WorkerProc],
+    tmp_path: Path,
+    chaos: Chaos,
 ) -> None:
     """Point 10: lost = 0 and duplicate succeeded = 0 under random SIGKILLs; duplicates counted."""
     total, fleet = 2000, 3
-    rng = random.Random(7)
+    rng = chaos.rng(7)
+    kill_lo = chaos.uniform("kill_every_min_s", 1.0, 0.5, 1.5)
+    kill_hi = kill_lo + chaos.uniform("kill_every_spread_s", 1.5, 0.5, 1.5)
     serial = 0
 
     def start_one() -> WorkerProc:
@@ -266,9 +294,10 @@ async def test_checker_2000_tasks_with_workers_killed_and_restarted(
             await asyncio.sleep(0.05)
 
     submitting = asyncio.create_task(submitter())
-    # Chaos: for ~20 s, every 1-2.5 s SIGKILL a random worker and start a new one.
+    # Chaos: for ~20 s, every 1-2.5 s (under `make chaos`: a random range) SIGKILL a random worker
+    # and start a new one.
     while time.monotonic() - t0 < 20:
-        await asyncio.sleep(rng.uniform(1.0, 2.5))
+        await asyncio.sleep(rng.uniform(kill_lo, kill_hi))
         victim = live.pop(rng.randrange(len(live)))
         victim.signal(signal.SIGKILL)
         kills += 1
@@ -294,7 +323,7 @@ async def test_checker_2000_tasks_with_workers_killed_and_restarted(
         f"\nchecker: submitted={len(submitted)} lost={len(lost)} duplicate_succeeded="
         f"{len(duplicate_succeeded)} duplicate_executions={duplicate_executions} "
         f"(tasks run more than once: {tasks_run_twice}) unexpected={len(unexpected)} "
-        f"kills={kills} elapsed={elapsed:.1f}s"
+        f"kills={kills} elapsed={elapsed:.1f}s ack_deadline={settings.ack_wait_s}s {chaos.describe()}"
     )
     assert len(submitted) == total
     assert lost == [] and duplicate_succeeded == [] and not unexpected
