@@ -51,24 +51,42 @@ class CommandHandler:
             state = evolve(state, stored.event)
         return state, history, last_seq
 
-    async def execute(self, tenant: str, command: TaskCommand, meta: Metadata | None = None) -> Outcome:
-        """Run one command; on a concurrent append, reload and decide again (bounded)."""
+    async def execute(
+        self,
+        tenant: str,
+        command: TaskCommand,
+        meta: Metadata | None = None,
+        known: tuple[TaskState, int] | None = None,
+    ) -> Outcome:
+        """Run one command; on a concurrent append, reload and decide again (bounded).
+
+        `known` is the caller's latest (state, last sequence) of the task, e.g. a worker's own last
+        outcome: the first try decides on it without a load. Stale, it costs nothing but a conflict
+        (the append expects its sequence) and a reload; a no-op decided on it is decided again on
+        the log, so a stale state never answers for the task.
+        """
         for _ in range(self._max_retries):
-            if isinstance(command, SubmitTask):
+            guessed = known is not None
+            if known is not None:
+                (state, last_seq), known = known, None
+            elif isinstance(command, SubmitTask):
                 # The first try assumes a new task: no round trip for the common case.
                 state, last_seq = initial(command.task_id), 0
             else:
                 state, _, last_seq = await self.load(tenant, command.task_id)
             try:
-                return await self._apply(tenant, command, state, last_seq, meta)
+                out = await self._apply(tenant, command, state, last_seq, meta)
             except ConcurrencyError:
-                if isinstance(command, SubmitTask):
+                if isinstance(command, SubmitTask) and not guessed:
                     state, _, last_seq = await self.load(tenant, command.task_id)
                     try:
                         return await self._apply(tenant, command, state, last_seq, meta)
                     except ConcurrencyError:
                         continue
                 continue
+            if guessed and not out.events:
+                continue  # decide again on the log
+            return out
         raise ConcurrencyError(f"task {command.task_id}: too many concurrent changes")
 
     async def submit_many(

@@ -61,6 +61,7 @@ def utc_now() -> datetime:
 class _Started:
     state: TaskState
     event: AttemptStarted
+    last_seq: int
 
 
 class Executor:
@@ -154,6 +155,7 @@ class Executor:
             settings=self._settings,
             clock=self._clock,
             logger=log,
+            known=(started.state, started.last_seq),
         )
         self._running[key] = attempt
         try:
@@ -195,7 +197,7 @@ class Executor:
         if event is None:
             await consumer.ack(msg)  # stale ticket, or the task is already over
             return None
-        return _Started(out.state, event)
+        return _Started(out.state, event, out.last_seq)
 
     async def _forwarded(self, msg: Msg, ticket: Ticket) -> bool:
         """Move the ticket of a limited type to its lane (see workers.limits); True if handled."""

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from domain.commands import ExtendLease, ReleaseAttempt, ReportProgress, TaskCommand
 from domain.errors import DomainError
 from domain.events import ZombieRejected
+from domain.state import TaskState
 from domain.status import TaskStatus
 from infra.command_handler import CommandHandler, Outcome
 from infra.event_store import EventStoreError
@@ -41,8 +42,12 @@ class Attempt:
         settings: Settings,
         clock: Callable[[], datetime],
         logger: logging.LoggerAdapter[logging.Logger],
+        known: tuple[TaskState, int] | None = None,
     ) -> None:
         self.msg = msg
+        # The task's state and last sequence after this attempt's own last write: the next report
+        # decides on it without loading the history again (a conflict reloads).
+        self.known = known
         self.tenant = tenant
         self.task_id = task_id
         self.number = number
@@ -95,15 +100,18 @@ class Attempt:
         A DomainError is logged and swallowed, except for the `final` report, where it propagates.
         """
         try:
-            out = await self._handler.execute(self.tenant, command)
+            out = await self._handler.execute(self.tenant, command, known=self.known)
         except DomainError as exc:
+            self.known = None
             if final:
                 raise
             self.log.error("%s rejected: %s", type(command).__name__, exc)
             return None
         except EventStoreError as exc:
+            self.known = None
             self.log.warning("%s not stored: %s", type(command).__name__, exc)
             return None
+        self.known = (out.state, out.last_seq)
         if any(isinstance(e, ZombieRejected) for e in out.events):
             self.fence(f"{type(command).__name__} rejected as a zombie")
         elif out.state.status is TaskStatus.CANCELLING and out.state.attempt == self.number:
