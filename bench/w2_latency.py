@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import httpx
 import nats
 
 from bench import sse
@@ -35,6 +34,7 @@ from bench.common import (
     sleep_until,
     summary,
 )
+from bench.httpclient import HttpPool
 from bench.noop_worker import TASK_TYPE
 from infra import subjects as sj
 
@@ -67,18 +67,18 @@ async def _submit_nats(nc: nats.NATS, rec: Sent) -> None:
     rec.task_id, rec.seq = body["id"], int(body["seq"])
 
 
-async def _submit_http(client: httpx.AsyncClient, rec: Sent) -> None:
-    rec.t_send = time.time()
+async def _submit_http(client: HttpPool, rec: Sent) -> None:
+    rec.t_send = time.time()  # before waiting for a free connection: queueing counts
     try:
-        resp = await client.post("/v1/tasks", content=BODY, headers={"content-type": "application/json"})
+        status, data = await client.post("/v1/tasks", BODY)
     except Exception as exc:  # noqa: BLE001 - counted and reported
         rec.error = repr(exc)
         return
     rec.t_reply = time.time()
-    if resp.status_code != 202:
-        rec.error = f"status {resp.status_code}: {resp.text[:200]}"
+    if status != 202:
+        rec.error = f"status {status}: {data[:200]!r}"
         return
-    body = resp.json()
+    body = json.loads(data)
     rec.task_id, rec.seq = body["id"], int(body["seq"])
 
 
@@ -101,7 +101,7 @@ async def _phase(
     rate: float,
     duration: float,
     nc: nats.NATS,
-    client: httpx.AsyncClient,
+    client: HttpPool,
     pool: asyncpg.Pool,
     clock: CommitClock,
     sse_seen: dict[str, float],
@@ -115,7 +115,14 @@ async def _phase(
         coro = _submit_nats(nc, rec) if via == "nats" else _submit_http(client, rec)
         inflight.append(asyncio.create_task(coro))
     send_span = time.perf_counter() - t0
-    await asyncio.gather(*inflight)
+    # Bounded: whatever has not been answered 30 s after the last send counts as an error.
+    _, late = await asyncio.wait(inflight, timeout=30)
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*inflight, return_exceptions=True)
+    for rec in sent:
+        if not rec.error and not rec.task_id:
+            rec.error = "no reply within 30 s of the last send"
     ok = [r for r in sent if not r.error]
     started = await _wait_succeeded(pool, [r.task_id for r in ok], timeout=60 + duration)
     await asyncio.sleep(1.0)  # let the SSE client and the NOTIFY listener catch the tail
@@ -155,13 +162,15 @@ async def run(
 
     streams = await sse.open_streams(port, ["/v1/events/stream"], on_event)
     out: dict[str, Any] = {}
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        # Warm-up: connections, JIT-less caches, the worker's first fetch (not measured).
-        await _submit_nats(nc, Sent(0.0))
-        await client.post("/v1/tasks", content=BODY, headers={"content-type": "application/json"})
-        await asyncio.sleep(1.0)
-        for via in vias:
-            out[via] = await _phase(via, rate, duration, nc, client, pool, clock, sse_seen)
+    client = HttpPool("127.0.0.1", port, size=32)
+    # Warm-up: connections, caches, the worker's first fetch (not measured).
+    await _submit_nats(nc, Sent(0.0))
+    await client.post("/v1/tasks", BODY)
+    await asyncio.sleep(1.0)
+    for via in vias:
+        out[via] = await _phase(via, rate, duration, nc, client, pool, clock, sse_seen)
+        await asyncio.sleep(2.0)  # let the system settle between the two paths
+    await client.close()
     await sse.close_streams(streams)
     await clock.stop()
     await pool.close()
