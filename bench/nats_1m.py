@@ -7,6 +7,9 @@ headers the event store writes (Nats-Msg-Id, Ordo-Event-Id, Ordo-Schema-Version)
 async publishes. `--tickets` adds one dispatch ticket (`ordo.work.<tenant>.<queue>.<band>`) per
 task. Then: RSS, stop (SIGTERM), start on the same data dir and port, and time until (a) the port
 accepts, (b) JetStream answers `account_info`, (c) `stream_info(ORDO_EVENTS)` shows all messages.
+Also times the product's per-task load (`EventStore.load`: a batched direct get with the task's
+wildcard filter `ordo.evt.<tenant>.*.<task_id>.*`) for sampled tasks on the loaded stream, one at a
+time, as every command on a task does it.
 
     .venv/bin/python -m bench.nats_1m [--events 1000000] [--tickets] [--sync-always]
 """
@@ -26,10 +29,11 @@ from typing import Any
 import msgspec
 import nats
 
-from bench.common import emit, load_average, proc_usage
+from bench.common import emit, load_average, percentile, proc_usage
 from domain.events import SCHEMA_VERSION, Submitted, encode_event
 from infra import subjects as sj
 from infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from infra.event_store import EventStore
 from infra.nats_conn import provision
 from infra.settings import Settings
 
@@ -50,7 +54,21 @@ def _dir_mb(path: Path) -> float:
     return round(total / 2**20, 1)
 
 
-async def _publish(url: str, n: int, tickets: bool, window: int) -> dict[str, Any]:
+async def _time_loads(url: str, task_ids: list[str]) -> dict[str, float]:
+    """Latency of the product's task load (ms) for each sampled task, one after another."""
+    nc = await nats.connect(url, name="bench-nats-1m-load")
+    store = EventStore(nc, timeout=30)
+    times: list[float] = []
+    for task_id in task_ids:
+        t0 = time.perf_counter()
+        events, _ = await store.load(TENANT, task_id)
+        times.append((time.perf_counter() - t0) * 1000)
+        assert len(events) == 1, f"{task_id}: {len(events)} events"
+    await nc.close()
+    return {"p50": round(percentile(times, 50), 2), "p99": round(percentile(times, 99), 2), "n": len(times)}
+
+
+async def _publish(url: str, n: int, tickets: bool, window: int, sample: list[str]) -> dict[str, Any]:
     nc = await nats.connect(url, name="bench-nats-1m")
     await provision(nc, Settings(nats_url=url, tenant=TENANT))
     js = nc.jetstream(publish_async_max_pending=window * 2)
@@ -58,11 +76,14 @@ async def _publish(url: str, n: int, tickets: bool, window: int) -> dict[str, An
         Submitted(task_type="demo.echo", queue=QUEUE, tenant=TENANT, payload=msgspec.Raw(b'{"x":1}'))
     )
     ticket_subject = sj.work_subject(TENANT, QUEUE, 5)
+    every = max(1, n // 50)  # 50 tasks spread over the log for the load timing
     t0 = time.perf_counter()
     for start in range(0, n, window):
         futures = []
-        for _ in range(start, min(n, start + window)):
+        for i in range(start, min(n, start + window)):
             task_id = uuid.uuid4().hex
+            if i % every == 0:
+                sample.append(task_id)
             msg_id = uuid.uuid4().hex
             headers = {sj.MSG_ID: msg_id, sj.EVENT_ID: msg_id, sj.SCHEMA_VERSION: str(SCHEMA_VERSION)}
             subject = sj.event_subject(TENANT, QUEUE, task_id, "submitted")
@@ -131,7 +152,9 @@ def main() -> None:
         server = EmbeddedNats(config)
         server.start()
         try:
-            published = asyncio.run(_publish(server.url, args.events, args.tickets, args.window))
+            sample: list[str] = []
+            published = asyncio.run(_publish(server.url, args.events, args.tickets, args.window, sample))
+            load_ms = asyncio.run(_time_loads(server.url, sample))
             assert server.pid is not None
             rss_loaded = _rss_mb(server.pid)
             hwm_loaded = round(proc_usage(server.pid)[1] / 2**20, 1)
@@ -170,6 +193,7 @@ def main() -> None:
             "restart_jetstream_s": ready["jetstream_s"],
             "restart_stream_info_s": ready["stream_info_s"],
             "rss_after_restart_mb": rss_restarted,
+            "task_load_ms": load_ms,
             "loadavg_start": load_start,
         }
     )
