@@ -10,6 +10,10 @@ import asyncio
 import contextlib
 
 
+class _IdleClosed(ConnectionError):
+    """The server closed the connection without answering a byte."""
+
+
 class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -31,16 +35,24 @@ class HttpPool:
 
     async def post(self, path: str, body: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
         """POST a JSON body; (status, response body)."""
+        request = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
         conn = await self._idle.get()
         try:
             if conn is None:
                 conn = await self._connect()
-            request = (
-                f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            ).encode() + body
             conn.writer.write(request)
-            status, data = await asyncio.wait_for(self._response(conn), timeout)
+            try:
+                status, data = await asyncio.wait_for(self._response(conn), timeout)
+            except _IdleClosed:
+                # The server closed this idle keep-alive connection before reading the request
+                # (no response byte came back): send it once more on a new connection.
+                conn.writer.close()
+                conn = await self._connect()
+                conn.writer.write(request)
+                status, data = await asyncio.wait_for(self._response(conn), timeout)
         except BaseException:
             if conn is not None:
                 conn.writer.close()
@@ -53,7 +65,7 @@ class HttpPool:
     async def _response(conn: _Conn) -> tuple[int, bytes]:
         status_line = await conn.reader.readline()
         if not status_line:
-            raise ConnectionError("connection closed by the server")
+            raise _IdleClosed("connection closed by the server")
         status = int(status_line.split(b" ", 2)[1])
         length = 0
         chunked = False
