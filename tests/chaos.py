@@ -229,7 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  seed {r.seed}: {why}; log {r.log}")
         for test_id in r.failed or list(args.files):
             print(f"    replay: {SEED_ENV}={r.seed} {shlex.quote(sys.executable)} -m pytest {test_id}")
-        print(f"    replay all: {shlex.quote(sys.executable)} -m tests.chaos --replay {r.seed}")
+        again = [
+            *(["-k", args.keyword] if args.keyword else []),
+            *(f for f in args.files if f not in FAULT_TESTS),
+        ]
+        replay_all = f"{shlex.quote(sys.executable)} -m tests.chaos --replay {r.seed} {shlex.join(again)}"
+        print(f"    replay all: {replay_all.rstrip()}")
     if not bad:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if bad or not runs else 0

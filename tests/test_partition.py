@@ -44,6 +44,7 @@ from infra.settings import Settings
 from infra.timers import Timers
 from tests.chaos import Chaos
 from tests.helpers import eventually
+from workers.runtime import Worker
 from workers.scheduler import Scheduler
 
 
@@ -169,16 +170,15 @@ class Load:
 
 
 @contextlib.asynccontextmanager
-async def workers(settings: Settings, nc: NATS, handler: CommandHandler) -> AsyncIterator[None]:
+async def workers(settings: Settings, nc: NATS, handler: CommandHandler) -> AsyncIterator[Worker]:
     """A worker (demo handlers) and the timer scheduler in this event loop, on the test's connection."""
     from workers.demo import registry
-    from workers.runtime import Worker
 
     scheduler = Scheduler(nc, handler)
     worker = Worker(nc, handler, registry, settings)
     tasks = [asyncio.create_task(scheduler.run()), asyncio.create_task(worker.run())]
     try:
-        yield
+        yield worker
     finally:
         await scheduler.shutdown()
         await worker.shutdown()
@@ -295,7 +295,7 @@ async def test_partition_of_one_node_loses_nothing_and_it_catches_up(
         handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
         reads = Reads(EventStore(nc))
         load = Load(handler, settings.tenant)
-        async with workers(settings, nc, handler):
+        async with workers(settings, nc, handler) as worker:
             runner = asyncio.create_task(load.run(rate=rate))
             await eventually(lambda: _acks(load, warmup), timeout=60, what="steady load")
             leader_before = await _leader(nc)
@@ -346,14 +346,28 @@ async def test_partition_of_one_node_loses_nothing_and_it_catches_up(
             load.stop()
             await runner
 
+            stuck: dict[str, list[str]] = {}
+
             async def all_done() -> dict[str, list[StoredEvent]] | None:
                 h = await reads.histories(settings.tenant)
-                done = h is not None and all("succeeded" in _names(h.get(t, [])) for t in load.ids())
-                return h if done else None
+                if h is None:
+                    return None
+                stuck.clear()
+                stuck.update(
+                    {t: _names(h.get(t, [])) for t in load.ids() if "succeeded" not in _names(h.get(t, []))}
+                )
+                return None if stuck else h
 
-            final = await eventually(
-                all_done, timeout=120, interval=0.5, what="every acknowledged task succeeded"
-            )
+            try:
+                final = await eventually(
+                    all_done, timeout=120, interval=0.5, what="every acknowledged task succeeded"
+                )
+            except AssertionError as exc:
+                sample = dict(list(stuck.items())[:5])
+                raise AssertionError(
+                    f"{len(stuck)} acknowledged tasks never succeeded, e.g. {sample}; tickets the worker "
+                    f"terminated as poison (e.g. 'ticket of unknown task'): {worker.stats.poison}"
+                ) from exc
             assert final is not None
             info = await _info(nc)
             assert info is not None
@@ -379,7 +393,7 @@ async def test_partition_of_one_node_loses_nothing_and_it_catches_up(
             f"submit_errors_during_cut={errors_during} cut_seen_after_s={detected_s:.2f} "
             f"submit_pause_s={submit_pause:.2f} longest_gap_between_completions_s={completion_gap:.2f} "
             f"partition_s={t_heal - t_cut:.2f} catch_up_after_heal_s={catch_up_s:.2f} last_seq={last} "
-            f"test_log_reads_timed_out={reads.unavailable} "
+            f"test_log_reads_timed_out={reads.unavailable} poison_tickets={worker.stats.poison} "
             f"{chaos.describe()}"
         )
         assert lost == [] and unfinished == [] and dup == 0
