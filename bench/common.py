@@ -286,10 +286,12 @@ class CommitClock:
         return lookup
 
 
-def summary(values: list[float], *ps: float) -> dict[str, float]:
+def summary(values: list[float], *ps: float) -> dict[str, float | None]:
     """{"p50": ..., "p99": ..., "max": ...} in the values' unit, rounded to 0.01."""
-    out = {f"p{p:g}": round(percentile(values, p), 2) for p in ps}
-    out["max"] = round(max(values), 2) if values else float("nan")
+    if not values:  # JSON has no NaN: say "no value" instead
+        return {**{f"p{p:g}": None for p in ps}, "max": None, "n": 0}
+    out: dict[str, float | None] = {f"p{p:g}": round(percentile(values, p), 2) for p in ps}
+    out["max"] = round(max(values), 2)
     out["n"] = len(values)
     return out
 

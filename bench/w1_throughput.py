@@ -81,7 +81,7 @@ async def _counts(dsn: str, tenant: str) -> tuple[int, int]:
         await conn.close()
 
 
-async def _projection_lag_ms(dsn: str, tenant: str, clock: CommitClock) -> dict[str, float]:
+async def _projection_lag_ms(dsn: str, tenant: str, clock: CommitClock) -> dict[str, float | None]:
     """Per task event: when the projector's commit covering it was announced minus its stored time."""
     conn = await asyncpg.connect(dsn)
     try:
