@@ -31,22 +31,31 @@ log = logging.getLogger("ordo.gateway")
 
 
 class Notifier:
-    """Wakes SSE streams when the projector commits (PostgreSQL LISTEN/NOTIFY)."""
+    """Wakes SSE streams when the projector commits (PostgreSQL LISTEN/NOTIFY).
+
+    No lock: each announcement sets the current event and replaces it, so a waiter that times out
+    or is cancelled leaves nothing behind (a Condition's lock must be re-acquired on cancel, and a
+    thousand streams cancelled at once could wait on it for good)."""
 
     def __init__(self) -> None:
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
         self.last_seq = 0
 
     async def notify(self, seq: int) -> None:
-        async with self._changed:
-            self.last_seq = max(self.last_seq, seq)
-            self._changed.notify_all()
+        self.last_seq = max(self.last_seq, seq)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def wait_beyond(self, seq: int, timeout: float) -> None:
         """Return when a commit past `seq` was announced, or after `timeout`."""
-        async with self._changed:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.last_seq <= seq:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.last_seq > seq), timeout)
+                await asyncio.wait_for(self._changed.wait(), remaining)
 
 
 @dataclass

@@ -113,15 +113,13 @@ def _tables_in(ddl: str) -> list[str]:
     return re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", ddl)
 
 
-@pytest.mark.skip(
-    reason="quarantined: failed in the last full-suite run (passes alone); see the closing notes of its issue"
-)
+@pytest.mark.timeout(600)
 async def test_rebuild_is_row_for_row_equal_while_the_gateway_serves(
     gateway_only: System, tmp_path: Path
 ) -> None:
     system = gateway_only
     tables = all_tables()
-    paths = await drive(system.handler, system.settings.tenant, 2000)
+    paths = await drive(system.handler, system.settings.tenant, 1000)
     assert {
         "succeeded",
         "retried-succeeded",
@@ -132,8 +130,8 @@ async def test_rebuild_is_row_for_row_equal_while_the_gateway_serves(
     await caught_up(system)
     before = await table_hashes(system.settings.database_url, tables)
     oids = await table_oids(system.settings.database_url, tables)
-    assert before["tasks"][0] == 2000 and before["dead_letters"][0] == 400
-    assert before["task_events"][0] > 10_000
+    assert before["tasks"][0] == 1000 and before["dead_letters"][0] == 200
+    assert before["task_events"][0] > 5_000
 
     stop = asyncio.Event()
     reads = asyncio.create_task(keep_reading(system.http, stop))
@@ -150,14 +148,14 @@ async def test_rebuild_is_row_for_row_equal_while_the_gateway_serves(
 
     # While tasks keep changing: the rebuild catches up and swaps under the live projector, and the
     # result equals a quiet rebuild from scratch afterwards.
-    writes = asyncio.create_task(drive(system.handler, system.settings.tenant, 1000, concurrency=16))
+    writes = asyncio.create_task(drive(system.handler, system.settings.tenant, 500, concurrency=16))
     await eventually(lambda: _some_events(system), what="writes under way")
     out = await rebuild_in_child(system, tmp_path, "tasks", "dead_letters", "stats_minutely")
     assert not writes.done(), "the writes finished before the rebuild: the test proves nothing"
     await writes
     await caught_up(system)
     live = await table_hashes(system.settings.database_url, tables)
-    assert live["tasks"][0] == 3000
+    assert live["tasks"][0] == 1500
     # Other batch boundaries than the live projector's: the rows must not depend on them.
     await rebuild_in_child(system, tmp_path, batch=37)
     assert await table_hashes(system.settings.database_url, tables) == live

@@ -16,8 +16,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from domain import schedule_commands as sc
 from domain import schedule_events as se
 from domain.schedule_cron import normalize
@@ -69,9 +67,6 @@ def _runs(events: list[se.ScheduleEvent]) -> list[tuple[datetime, str]]:
     return [(e.tick_at, e.task_id) for e in events if isinstance(e, (se.ScheduleFired, se.ScheduleCaughtUp))]
 
 
-@pytest.mark.skip(
-    reason="quarantined: failed in the last full-suite run (passes alone); see the closing notes of its issue"
-)
 async def test_two_schedulers_fire_once_and_catch_up_exactly_after_a_full_stop(tmp_path: Path) -> None:
     port = free_port()
     server = EmbeddedNats(NatsServerConfig(data_dir=tmp_path / "nats", port=port))

@@ -9,8 +9,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 import httpx
-import pytest
 from nats.aio.client import Client as NATS
 from sse_starlette.sse import AppStatus
 
@@ -18,7 +18,7 @@ from infra import subjects as sj
 from infra.command_handler import CommandHandler
 from infra.event_store import StoredEvent
 from infra.settings import Settings
-from projections.runner import ProjectionRunner
+from projections.runner import ProjectionRunner, checkpoint
 from tests.helpers import eventually
 from tests.sse import read_events
 from tests.test_auth_support import gateway_server
@@ -87,9 +87,6 @@ async def _submit(http: httpx.AsyncClient, n: int, offset: int) -> list[str]:
     return ids
 
 
-@pytest.mark.skip(
-    reason="quarantined: failed in the last full-suite run (passes alone); see the closing notes of its issue"
-)
 async def test_100_clients_resume_exactly_across_gateways_while_the_projection_lags(
     settings: Settings, nc: NATS, handler: CommandHandler
 ) -> None:
@@ -100,6 +97,7 @@ async def test_100_clients_resume_exactly_across_gateways_while_the_projection_l
     stack = contextlib.AsyncExitStack()
     clients: list[Client] = []
     tasks: list[asyncio.Task[None]] = []
+    sockets: list[socket.socket] = []
     try:
         a = await stack.enter_async_context(gateway_server(settings))
         b = await stack.enter_async_context(gateway_server(settings))
@@ -116,6 +114,7 @@ async def test_100_clients_resume_exactly_across_gateways_while_the_projection_l
         tasks = [asyncio.create_task(c.run()) for c in clients]
         # A stalled client on gateway B: a tiny receive window, and it never reads.
         stalled = socket.socket()
+        sockets.append(stalled)
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
         stalled.connect(("127.0.0.1", int(b.base_url.rsplit(":", 1)[1])))
         stalled.sendall(
@@ -152,6 +151,7 @@ async def test_100_clients_resume_exactly_across_gateways_while_the_projection_l
         # A stalled client on gateway B (tiny receive window, never reads) following a queue of big
         # tasks, and ten healthy clients following another queue on the same gateway.
         stalled = socket.socket()
+        sockets.append(stalled)
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
         stalled.connect(("127.0.0.1", int(b.base_url.rsplit(":", 1)[1])))
         request = f"GET /v1/events/stream?queue=big&after={last} HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -170,8 +170,21 @@ async def test_100_clients_resume_exactly_across_gateways_while_the_projection_l
         async def healthy_got_everything() -> bool:
             return all(c.seqs[1:] == small_seqs for c in healthy)
 
-        await eventually(healthy_got_everything, 60, what="healthy clients unaffected")
         limits = b.app.state.services.limits
+        try:
+            await eventually(healthy_got_everything, 60, what="healthy clients unaffected")
+        except AssertionError as exc:
+            got = [(c.connections, len(c.seqs), c.seqs[:2], c.seqs[-2:]) for c in healthy[:3]]
+            pg = await asyncpg.connect(settings.database_url)
+            try:
+                rows = await pg.fetch("SELECT queue, count(*), max(seq) FROM task_events GROUP BY queue")
+                cp = await checkpoint(pg)
+            finally:
+                await pg.close()
+            raise AssertionError(
+                f"{exc}: wanted {small_seqs[:2]}..{small_seqs[-2:]}, got {got}; checkpoint {cp}, "
+                f"read model {[tuple(r) for r in rows]}, open streams {limits.open_streams}"
+            ) from None
 
         async def only_healthy_left() -> bool:
             return bool(limits.open_streams == len(healthy))
@@ -180,6 +193,8 @@ async def test_100_clients_resume_exactly_across_gateways_while_the_projection_l
         await eventually(only_healthy_left, 90, what="stalled client dropped")
         stalled.close()
     finally:
+        for sock in sockets:  # a gateway does not finish shutting down while a stalled stream is open
+            sock.close()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

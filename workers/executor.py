@@ -49,6 +49,9 @@ from workers.supervise import Verdict, supervise
 # A nak for a held lease lands this long after the lease ends, so the next start finds it expired.
 _LEASE_SLACK_S = 0.05
 _REPORT_TRIES = 3
+# A ticket whose task has no history yet is retried this often, this far apart, before it is poison.
+_UNKNOWN_TASK_TRIES = 20
+_UNKNOWN_TASK_DELAY_S = 1.0
 
 _result_encoder = msgspec.json.Encoder()
 
@@ -181,6 +184,13 @@ class Executor:
             await consumer.nak(msg, delay=delay)
             return None
         except TaskNotFound:
+            # The ticket was stored in one atomic batch with the task's first event, so the task
+            # exists: an empty history is a read served by a replica that is behind (direct gets may
+            # go to any replica). Come back later; only a ticket that never finds its task is poison.
+            if _deliveries(msg) < _UNKNOWN_TASK_TRIES:
+                self._log.warning("no history yet for %s (a replica behind?); ticket back", ticket.task_id)
+                await consumer.nak(msg, delay=_UNKNOWN_TASK_DELAY_S)
+                return None
             self.stats.poison += 1
             self._log.error("ticket of unknown task %s/%s: term", ticket.tenant, ticket.task_id)
             await consumer.term(msg, f"ordo: ticket of unknown task {ticket.task_id}")
@@ -341,6 +351,13 @@ class Executor:
             self.stats.failed += 1
         elif isinstance(command, ConfirmCancelled):
             self.stats.cancelled += 1
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:  # noqa: BLE001 - not a JetStream message: count it as its first delivery
+        return 1
 
 
 def _stream_seq(msg: Msg) -> int | None:
