@@ -100,10 +100,10 @@ def bare_loop(url: str, n: int) -> float:
     publisher.start()
     # The clock starts when the publisher is connected (not at process spawn: Python's start-up
     # would dominate small runs) and stops when the observer has seen the n-th completion.
-    marks = dict(out.get(timeout=300) for _ in range(2))
+    marks: dict[str, float] = dict(out.get(timeout=300) for _ in range(2))
     for p in (publisher, worker, observer):
         p.join(timeout=30)
-    return n / (marks["end"] - marks["start"])
+    return float(n / (marks["end"] - marks["start"]))
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 import nats
+from nats.aio.client import Client as NATS
 
 from bench import sse
 from bench.common import (
@@ -45,7 +46,7 @@ PARKED_QUEUE = "parked"
 BODY = json.dumps({"type": TASK_TYPE, "payload": None}).encode()
 
 
-async def _request(nc: nats.NATS, verb: str, body: bytes) -> dict[str, Any]:
+async def _request(nc: NATS, verb: str, body: bytes) -> dict[str, Any]:
     msg = await nc.request(sj.cmd_subject(TENANT, verb), body, timeout=30)
     status = (msg.headers or {}).get(sj.REPLY_STATUS, "")
     if status not in ("200", "202"):
@@ -54,7 +55,7 @@ async def _request(nc: nats.NATS, verb: str, body: bytes) -> dict[str, Any]:
     return result
 
 
-async def _park(nc: nats.NATS, k: int) -> list[str]:
+async def _park(nc: NATS, k: int) -> list[str]:
     ids: list[str] = []
     for start in range(0, k, 1000):
         items = [{"type": TASK_TYPE, "queue": PARKED_QUEUE} for _ in range(start, min(k, start + 1000))]

@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 import nats
+from nats.aio.client import Client as NATS
 
 from bench import sse
 from bench.common import (
@@ -51,7 +52,7 @@ class Sent:
     error: str = ""
 
 
-async def _submit_nats(nc: nats.NATS, rec: Sent) -> None:
+async def _submit_nats(nc: NATS, rec: Sent) -> None:
     rec.t_send = time.time()
     try:
         msg = await nc.request(sj.cmd_subject(TENANT, "submit"), BODY, timeout=10)
@@ -100,7 +101,7 @@ async def _phase(
     via: str,
     rate: float,
     duration: float,
-    nc: nats.NATS,
+    nc: NATS,
     client: HttpPool,
     pool: asyncpg.Pool,
     clock: CommitClock,
