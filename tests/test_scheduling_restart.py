@@ -158,7 +158,8 @@ async def test_two_schedulers_fire_once_and_catch_up_exactly_after_a_full_stop(t
             else:
                 assert caught == [] and not any(isinstance(e, se.ScheduleCaughtUp) for e in events)
             assert missed[0].first_at < restarted_at - timedelta(seconds=4)
-            assert missed[0].count >= 4  # >= 5 s down, minus the on-time tick
+            # >= 5 s down, minus the tick on time at the first decision and the one run once
+            assert missed[0].count >= 3
             runs = _runs(events)
             assert len({t for t, _ in runs}) == len(runs)
         submitted, _ = await store.load_raw(f"{sj.EVT_PREFIX}.{tenant}.*.*.submitted")
