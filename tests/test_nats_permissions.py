@@ -52,21 +52,16 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.fixture
-def settings(nats_server: EmbeddedNats, database_url: str) -> Settings:
-    return Settings(
-        nats_url=nats_server.url,
-        database_url=database_url,
-        tenant=TENANT,
-        nats_user="admin",
-        nats_password=PASSWORDS["admin"],
-        ack_wait_s=2.0,
-        lease_extend_every_s=0.5,
-        backoff_base_s=0.2,
-        backoff_max_s=1.0,
-        timer_lead_s=0.5,
-        cancel_grace_s=1.0,
-        shutdown_grace_s=2.0,
-    )
+def settings(settings: Settings) -> Settings:
+    """The conftest settings on this module's server: its tenant, connecting as `admin`."""
+    return settings.with_(tenant=TENANT, nats_user="admin", nats_password=PASSWORDS["admin"])
+
+
+@pytest.fixture
+async def provisioned(settings: Settings) -> None:
+    admin = await connect(settings, name="perm-admin")
+    await provision(admin, settings)
+    await admin.close()
 
 
 def _as(settings: Settings, user: str) -> Settings:
@@ -149,11 +144,8 @@ async def _status(http: httpx.AsyncClient, task_id: str) -> str:
 
 
 async def test_every_service_runs_on_its_own_user_and_nothing_is_refused(
-    settings: Settings, nats_server: EmbeddedNats
+    settings: Settings, nats_server: EmbeddedNats, provisioned: None
 ) -> None:
-    admin = await connect(settings, name="perm-admin")
-    await provision(admin, settings)
-    await admin.close()
     async with _services(settings) as http:
         want = {}
         for body, final in (
@@ -195,11 +187,8 @@ async def _is(http: httpx.AsyncClient, task_id: str, status: str) -> bool:
 
 
 async def test_a_worker_cannot_submit_forge_events_or_change_streams(
-    settings: Settings, nats_server: EmbeddedNats
+    settings: Settings, nats_server: EmbeddedNats, provisioned: None
 ) -> None:
-    admin = await connect(settings, name="perm-admin")
-    await provision(admin, settings)
-    await admin.close()
     errors = Errors()
     wk = await _raw(settings.nats_url, "worker", errors)
     try:
