@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from domain.commands import SubmitTask, TaskCommand
 from domain.decide import decide
-from domain.errors import TaskAlreadyExists
+from domain.errors import DomainError, TaskAlreadyExists
 from domain.events import Event
 from domain.state import TaskState, evolve, initial
 from domain.status import TaskStatus
@@ -62,8 +62,8 @@ class CommandHandler:
 
         `known` is the caller's latest (state, last sequence) of the task, e.g. a worker's own last
         outcome: the first try decides on it without a load. Stale, it costs nothing but a conflict
-        (the append expects its sequence) and a reload; a no-op decided on it is decided again on
-        the log, so a stale state never answers for the task.
+        (the append expects its sequence) and a reload; a no-op or a refusal decided on it is decided
+        again on the log, so a stale state never answers for the task.
         """
         for _ in range(self._max_retries):
             guessed = known is not None
@@ -84,6 +84,10 @@ class CommandHandler:
                     except ConcurrencyError:
                         continue
                 continue
+            except DomainError:
+                if guessed:
+                    continue  # refused on a possibly stale state: decide again on the log
+                raise
             if guessed and not out.events:
                 continue  # decide again on the log
             return out
