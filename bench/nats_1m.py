@@ -30,12 +30,12 @@ import msgspec
 import nats
 
 from bench.common import emit, load_average, percentile, proc_usage
-from domain.events import SCHEMA_VERSION, Submitted, encode_event
-from infra import subjects as sj
-from infra.embedded_nats import EmbeddedNats, NatsServerConfig
-from infra.event_store import EventStore
-from infra.nats_conn import provision
-from infra.settings import Settings
+from ordo.domain.events import SCHEMA_VERSION, Submitted, encode_event
+from ordo.infra import subjects as sj
+from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from ordo.infra.event_store import EventStore
+from ordo.infra.nats_conn import provision
+from ordo.infra.settings import Settings
 
 TENANT = "bench"
 QUEUE = "default"

@@ -13,11 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infra.logs import setup_logging  # noqa: E402
-from infra.settings import Settings  # noqa: E402
-from workers.context import TaskContext  # noqa: E402
-from workers.demo import registry  # noqa: E402
-from workers.service import run_worker  # noqa: E402
+from ordo.infra.logs import setup_logging  # noqa: E402
+from ordo.infra.settings import Settings  # noqa: E402
+from ordo.workers.context import TaskContext  # noqa: E402
+from ordo.workers.demo import registry  # noqa: E402
+from ordo.workers.service import run_worker  # noqa: E402
 
 TASK_TYPE = "bench.noop"
 

@@ -39,7 +39,7 @@ from bench.common import (
     summary,
 )
 from bench.noop_worker import TASK_TYPE
-from infra import subjects as sj
+from ordo.infra import subjects as sj
 
 TENANT = "default"
 PARKED_QUEUE = "parked"

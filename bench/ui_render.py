@@ -29,13 +29,13 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.app import create_app  # noqa: E402
-from infra.embedded_nats import EmbeddedNats, NatsServerConfig  # noqa: E402
-from infra.embedded_postgres import EmbeddedPostgres, PostgresConfig  # noqa: E402
-from infra.nats_conn import connect, provision  # noqa: E402
-from infra.processes import free_port  # noqa: E402
-from infra.settings import Settings  # noqa: E402
-from projections.runner import ProjectionRunner  # noqa: E402
+from ordo.gateway.app import create_app  # noqa: E402
+from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig  # noqa: E402
+from ordo.infra.embedded_postgres import EmbeddedPostgres, PostgresConfig  # noqa: E402
+from ordo.infra.nats_conn import connect, provision  # noqa: E402
+from ordo.infra.processes import free_port  # noqa: E402
+from ordo.infra.settings import Settings  # noqa: E402
+from ordo.projections.runner import ProjectionRunner  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [

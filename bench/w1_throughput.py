@@ -39,13 +39,13 @@ from bench.common import (
     servers,
     summary,
 )
-from domain.commands import SubmitTask
-from infra.command_handler import CommandHandler
-from infra.event_store import EventStore
-from infra.ids import new_task_id
-from infra.nats_conn import connect, provision
-from infra.settings import Settings
-from infra.timers import Timers
+from ordo.domain.commands import SubmitTask
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import EventStore
+from ordo.infra.ids import new_task_id
+from ordo.infra.nats_conn import connect, provision
+from ordo.infra.settings import Settings
+from ordo.infra.timers import Timers
 
 
 async def _wait_projected(dsn: str, tenant: str, n: int, timeout: float) -> tuple[float, int]:

@@ -37,7 +37,7 @@ from bench.common import (
 )
 from bench.httpclient import HttpPool
 from bench.noop_worker import TASK_TYPE
-from infra import subjects as sj
+from ordo.infra import subjects as sj
 
 TENANT = "default"  # the gateway's tenant with auth off
 BODY = json.dumps({"type": TASK_TYPE, "payload": None}).encode()

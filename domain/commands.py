@@ -6,7 +6,7 @@ from datetime import datetime
 
 import msgspec
 
-from domain.events import ErrorInfo
+from ordo.domain.events import ErrorInfo
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,17 +11,17 @@ from typing import Any
 
 import msgspec
 
-from domain import commands as cmd
-from domain import events as ev
-from domain.errors import (
+from ordo.domain import commands as cmd
+from ordo.domain import events as ev
+from ordo.domain.errors import (
     IdempotencyConflict,
     InvalidTransition,
     LeaseHeld,
     TaskAlreadyExists,
     TaskNotFound,
 )
-from domain.state import TaskState
-from domain.status import TERMINAL, WAITING, TaskStatus
+from ordo.domain.state import TaskState
+from ordo.domain.status import TERMINAL, WAITING, TaskStatus
 
 Events = list[ev.Event]
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import msgspec
 
-from domain.schedule_events import ScheduleSpec
+from ordo.domain.schedule_events import ScheduleSpec
 
 
 class ScheduleCommand(msgspec.Struct, frozen=True, kw_only=True):

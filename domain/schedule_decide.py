@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from domain import schedule_commands as sc
-from domain import schedule_events as se
-from domain.errors import DomainError
-from domain.schedule_cron import InvalidCron, next_after, normalize, ticks_between, zone
-from domain.schedule_state import ScheduleState
+from ordo.domain import schedule_commands as sc
+from ordo.domain import schedule_events as se
+from ordo.domain.errors import DomainError
+from ordo.domain.schedule_cron import InvalidCron, next_after, normalize, ticks_between, zone
+from ordo.domain.schedule_state import ScheduleState
 
 _NAMESPACE = uuid.UUID("6f72646f-0000-4000-8000-00000000005c")
 # Bounds on one tick's work after a long downtime: ticks counted, and tasks run by run_all.

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import msgspec
 
-from domain import schedule_events as se
+from ordo.domain import schedule_events as se
 
 
 class ScheduleState(msgspec.Struct, frozen=True, kw_only=True):

@@ -6,8 +6,8 @@ from datetime import datetime
 
 import msgspec
 
-from domain import events as ev
-from domain.status import TaskStatus
+from ordo.domain import events as ev
+from ordo.domain.status import TaskStatus
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True):

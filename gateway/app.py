@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from gateway import (
+from ordo.gateway import (
     metrics,
     openapi,
     problems,
@@ -23,8 +23,8 @@ from gateway import (
     routes_tasks,
     routes_workers,
 )
-from gateway.services import Services
-from infra.settings import Settings
+from ordo.gateway.services import Services
+from ordo.infra.settings import Settings
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
-from gateway import keys, sessions
-from gateway.problems import Problem
+from ordo.gateway import keys, sessions
+from ordo.gateway.problems import Problem
 
 if TYPE_CHECKING:
-    from gateway.services import Services
+    from ordo.gateway.services import Services
 
 
 class Role(enum.IntEnum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from gateway.problems import Problem
+from ordo.gateway.problems import Problem
 
 
 async def read_limited(request: Request, limit: int) -> bytes:

@@ -15,10 +15,10 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Query
 
-from gateway.problems import Problem
-from gateway.services import Services
-from infra import subjects as sj
-from projections.runner import checkpoint
+from ordo.gateway.problems import Problem
+from ordo.gateway.services import Services
+from ordo.infra import subjects as sj
+from ordo.projections.runner import checkpoint
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from typing import Any
 
 import msgspec
 
-from domain import events as ev
-from domain.state import evolve, initial
-from infra import subjects as sj
-from infra.event_store import EventStore
+from ordo.domain import events as ev
+from ordo.domain.state import evolve, initial
+from ordo.infra import subjects as sj
+from ordo.infra.event_store import EventStore
 
 
 def _raw(value: msgspec.Raw | None) -> Any:

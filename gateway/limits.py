@@ -10,7 +10,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from gateway.problems import Problem
+from ordo.gateway.problems import Problem
 
 
 @dataclass

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.routing import Match
 
-from gateway.auth import Principal, Role, require
-from infra.metrics import Registry
-from projections import counters
+from ordo.gateway.auth import Principal, Role, require
+from ordo.infra.metrics import Registry
+from ordo.projections import counters
 
 router = APIRouter(tags=["metrics"])
 http_registry = Registry()

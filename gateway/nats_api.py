@@ -18,11 +18,11 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from gateway import task_service
-from gateway.auth import Principal, Role, authenticate
-from gateway.problems import Problem, classify, problem_body
-from gateway.services import Services
-from infra import subjects as sj
+from ordo.gateway import task_service
+from ordo.gateway.auth import Principal, Role, authenticate
+from ordo.gateway.problems import Problem, classify, problem_body
+from ordo.gateway.services import Services
+from ordo.infra import subjects as sj
 
 log = logging.getLogger("ordo.nats_api")
 _json = msgspec.json.Encoder()

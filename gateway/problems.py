@@ -10,9 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from domain import errors as de
-from infra.event_store import ConcurrencyError, EventStoreUnavailable
-from infra.pg import ReadModelUnavailable
+from ordo.domain import errors as de
+from ordo.infra.event_store import ConcurrencyError, EventStoreUnavailable
+from ordo.infra.pg import ReadModelUnavailable
 
 log = logging.getLogger("ordo.gateway")
 TYPE_BASE = "https://ordo.dev/problems/"

@@ -16,12 +16,12 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway import keys, sessions
-from gateway.auth import Principal, Role, require
-from gateway.body import read_limited
-from gateway.problems import Problem
-from gateway.resources import problems
-from gateway.services import Services, services
+from ordo.gateway import keys, sessions
+from ordo.gateway.auth import Principal, Role, require
+from ordo.gateway.body import read_limited
+from ordo.gateway.problems import Problem
+from ordo.gateway.resources import problems
+from ordo.gateway.services import Services, services
 
 router = APIRouter(tags=["auth"])
 Svc = Annotated[Services, Depends(services)]

@@ -12,16 +12,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from domain.commands import ReplayTask
-from domain.errors import DomainError, TaskNotFound
-from domain.status import TaskStatus
-from gateway.auth import Principal, Role, require
-from gateway.body import read_limited
-from gateway.problems import Problem
-from gateway.resources import Accepted, problems
-from gateway.services import Services, services
-from projections import dead_letters
-from projections.dead_letters import DeadLetterFilter
+from ordo.domain.commands import ReplayTask
+from ordo.domain.errors import DomainError, TaskNotFound
+from ordo.domain.status import TaskStatus
+from ordo.gateway.auth import Principal, Role, require
+from ordo.gateway.body import read_limited
+from ordo.gateway.problems import Problem
+from ordo.gateway.resources import Accepted, problems
+from ordo.gateway.services import Services, services
+from ordo.projections import dead_letters
+from ordo.projections.dead_letters import DeadLetterFilter
 
 router = APIRouter(prefix="/v1", tags=["dead letters"], responses=problems(401, 403, 429))
 Svc = Annotated[Services, Depends(services)]

@@ -15,16 +15,16 @@ import msgspec
 from fastapi import APIRouter, Depends, Header, Query, Request
 from sse_starlette import EventSourceResponse
 
-from domain.errors import TaskNotFound
-from gateway import keys
-from gateway.auth import Principal, Role, require
-from gateway.metrics import SSE_CLIENTS
-from gateway.resources import problems
-from gateway.services import Services, services
-from gateway.task_service import check_id
-from infra import subjects as sj
-from projections import task_events
-from projections.runner import checkpoint
+from ordo.domain.errors import TaskNotFound
+from ordo.gateway import keys
+from ordo.gateway.auth import Principal, Role, require
+from ordo.gateway.metrics import SSE_CLIENTS
+from ordo.gateway.resources import problems
+from ordo.gateway.services import Services, services
+from ordo.gateway.task_service import check_id
+from ordo.infra import subjects as sj
+from ordo.projections import task_events
+from ordo.projections.runner import checkpoint
 
 router = APIRouter(prefix="/v1", tags=["events"])
 Svc = Annotated[Services, Depends(services)]

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from gateway.services import Services, services
-from projections.runner import checkpoint, leader_present
+from ordo.gateway.services import Services, services
+from ordo.projections.runner import checkpoint, leader_present
 
 router = APIRouter(tags=["health"])
 Svc = Annotated[Services, Depends(services)]

@@ -6,14 +6,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from domain.queue_control import PauseQueue, ResumeQueue
-from gateway.auth import Principal, Role, require
-from gateway.problems import Problem
-from gateway.services import Services, services
-from infra.event_store import EventStore
-from infra.queue_control import QueueController, QueueOutcome
-from infra.settings import NAME_RE
-from projections import queues_state
+from ordo.domain.queue_control import PauseQueue, ResumeQueue
+from ordo.gateway.auth import Principal, Role, require
+from ordo.gateway.problems import Problem
+from ordo.gateway.services import Services, services
+from ordo.infra.event_store import EventStore
+from ordo.infra.queue_control import QueueController, QueueOutcome
+from ordo.infra.settings import NAME_RE
+from ordo.projections import queues_state
 
 router = APIRouter(prefix="/v1", tags=["queues"])
 Svc = Annotated[Services, Depends(services)]

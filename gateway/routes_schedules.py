@@ -14,24 +14,24 @@ import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from domain import schedule_commands as sc
-from domain.schedule_decide import (
+from ordo.domain import schedule_commands as sc
+from ordo.domain.schedule_decide import (
     InvalidSchedule,
     ScheduleExists,
     ScheduleNotFound,
     upcoming,
     validate_spec,
 )
-from domain.schedule_events import ScheduleSpec
-from gateway.auth import Principal, Role, require
-from gateway.body import read_limited
-from gateway.problems import Problem
-from gateway.schedule_schemas import CreateScheduleBody, InvalidBody, UpdateScheduleBody, decode_body
-from gateway.services import Services, services
-from infra.ids import new_task_id
-from infra.schedule_handler import ScheduleHandler, ScheduleOutcome, TaskDefaults
-from infra.schedule_timers import ScheduleTimers
-from projections import schedules
+from ordo.domain.schedule_events import ScheduleSpec
+from ordo.gateway.auth import Principal, Role, require
+from ordo.gateway.body import read_limited
+from ordo.gateway.problems import Problem
+from ordo.gateway.schedule_schemas import CreateScheduleBody, InvalidBody, UpdateScheduleBody, decode_body
+from ordo.gateway.services import Services, services
+from ordo.infra.ids import new_task_id
+from ordo.infra.schedule_handler import ScheduleHandler, ScheduleOutcome, TaskDefaults
+from ordo.infra.schedule_timers import ScheduleTimers
+from ordo.projections import schedules
 
 router = APIRouter(prefix="/v1", tags=["schedules"])
 Svc = Annotated[Services, Depends(services)]

@@ -13,12 +13,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict
 
-from gateway.auth import Principal, Role, require
-from gateway.problems import Problem
-from gateway.resources import problems
-from gateway.services import Services, services
-from projections import queue_stats, stats_minutely
-from projections.runner import lag
+from ordo.gateway.auth import Principal, Role, require
+from ordo.gateway.problems import Problem
+from ordo.gateway.resources import problems
+from ordo.gateway.services import Services, services
+from ordo.projections import queue_stats, stats_minutely
+from ordo.projections.runner import lag
 
 router = APIRouter(prefix="/v1", tags=["stats"], responses=problems(401, 403, 429))
 Svc = Annotated[Services, Depends(services)]

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from domain.errors import TaskNotFound
-from gateway import task_service
-from gateway.auth import Principal, Role, require
-from gateway.body import read_limited
-from gateway.consistency import ReadConsistency
-from gateway.problems import Problem
-from gateway.resources import (
+from ordo.domain.errors import TaskNotFound
+from ordo.gateway import task_service
+from ordo.gateway.auth import Principal, Role, require
+from ordo.gateway.body import read_limited
+from ordo.gateway.consistency import ReadConsistency
+from ordo.gateway.problems import Problem
+from ordo.gateway.resources import (
     Accepted,
     BatchAccepted,
     TaskList,
@@ -22,10 +22,10 @@ from gateway.resources import (
     Timeline,
     problems,
 )
-from gateway.schemas import batch_schema, submit_schema, update_schema
-from gateway.services import Services, services
-from infra.settings import Settings
-from projections import task_events, tasks
+from ordo.gateway.schemas import batch_schema, submit_schema, update_schema
+from ordo.gateway.services import Services, services
+from ordo.infra.settings import Settings
+from ordo.projections import task_events, tasks
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=problems(401, 403, 429))
 Svc = Annotated[Services, Depends(services)]

@@ -14,12 +14,12 @@ from typing import Annotated, Any
 import nats.errors
 from fastapi import APIRouter, Depends, Request
 
-from gateway.auth import Principal, Role, require
-from gateway.body import read_limited
-from gateway.problems import Problem
-from gateway.services import Services, services
-from infra import subjects as sj
-from projections import workers
+from ordo.gateway.auth import Principal, Role, require
+from ordo.gateway.body import read_limited
+from ordo.gateway.problems import Problem
+from ordo.gateway.services import Services, services
+from ordo.infra import subjects as sj
+from ordo.projections import workers
 
 router = APIRouter(prefix="/v1", tags=["workers"])
 Svc = Annotated[Services, Depends(services)]

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from domain.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from ordo.domain.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,64}$")]
 TaskType = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]

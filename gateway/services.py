@@ -12,20 +12,20 @@ import asyncpg
 from fastapi import Request
 from nats.aio.client import Client as NATS
 
-from gateway import keys
-from gateway.limits import Limits
-from infra.command_handler import CommandHandler
-from infra.event_store import EventStore
-from infra.nats_conn import connect, provision
-from infra.pg import connect as pg_connect
-from infra.pg import create_pool
-from infra.settings import Settings
-from infra.timers import Timers
-from projections.runner import NOTIFY_CHANNEL
-from projections.schema import migrate
+from ordo.gateway import keys
+from ordo.gateway.limits import Limits
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import EventStore
+from ordo.infra.nats_conn import connect, provision
+from ordo.infra.pg import connect as pg_connect
+from ordo.infra.pg import create_pool
+from ordo.infra.settings import Settings
+from ordo.infra.timers import Timers
+from ordo.projections.runner import NOTIFY_CHANNEL
+from ordo.projections.schema import migrate
 
 if TYPE_CHECKING:
-    from gateway.nats_api import NatsApi
+    from ordo.gateway.nats_api import NatsApi
 
 log = logging.getLogger("ordo.gateway")
 
@@ -89,7 +89,7 @@ class Services:
         limits = Limits(settings.rate_limit_per_s, settings.rate_limit_burst, settings.sse_max_per_key)
         services = cls(settings, nc, handler, pool, Notifier(), limits, secret)
         await services._listen()
-        from gateway.nats_api import NatsApi  # it routes into the task service, which needs Services
+        from ordo.gateway.nats_api import NatsApi  # it routes into the task service, which needs Services
 
         services._nats_api = NatsApi(services)
         await services._nats_api.start()

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 from opentelemetry.trace import SpanKind
 
-from domain.commands import (
+from ordo.domain.commands import (
     ArchiveTask,
     CancelTask,
     PauseTask,
@@ -22,22 +22,22 @@ from domain.commands import (
     SubmitTask,
     UpdateTask,
 )
-from domain.errors import TaskNotFound
-from gateway.auth import Principal
-from gateway.history import task_as_of
-from gateway.problems import Problem
-from gateway.schemas import (
+from ordo.domain.errors import TaskNotFound
+from ordo.gateway.auth import Principal
+from ordo.gateway.history import task_as_of
+from ordo.gateway.problems import Problem
+from ordo.gateway.schemas import (
     InvalidBody,
     SubmitTaskRequest,
     decode_batch_items,
     decode_submit,
     decode_update,
 )
-from gateway.services import Services
-from infra import telemetry
-from infra.command_handler import Outcome
-from infra.ids import new_task_id, task_id_for_key
-from projections import tasks
+from ordo.gateway.services import Services
+from ordo.infra import telemetry
+from ordo.infra.command_handler import Outcome
+from ordo.infra.ids import new_task_id, task_id_for_key
+from ordo.projections import tasks
 
 ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 

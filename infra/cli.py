@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from infra.settings import Settings, SettingsError
+from ordo.infra.settings import Settings, SettingsError
 
 log = logging.getLogger("ordo")
 
@@ -24,8 +24,8 @@ def _install_signals(stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 async def _run_projector(settings: Settings) -> None:
-    from infra.nats_conn import connect, provision
-    from projections.runner import ProjectionRunner, RunnerConfig
+    from ordo.infra.nats_conn import connect, provision
+    from ordo.projections.runner import ProjectionRunner, RunnerConfig
 
     nc = await connect(settings, name="ordo-projector")
     await provision(nc, settings)
@@ -38,8 +38,8 @@ async def _run_projector(settings: Settings) -> None:
 
 
 async def _run_rebuild(settings: Settings, names: list[str]) -> int:
-    from infra.nats_conn import connect, provision
-    from projections.rebuild import RebuildError, rebuild
+    from ordo.infra.nats_conn import connect, provision
+    from ordo.projections.rebuild import RebuildError, rebuild
 
     nc = await connect(settings, name="ordo-rebuild")
     try:
@@ -58,17 +58,17 @@ async def _run_rebuild(settings: Settings, names: list[str]) -> int:
 
 
 async def _run_scheduler(settings: Settings) -> None:
-    from infra.command_handler import CommandHandler
-    from infra.event_store import EventStore
-    from infra.nats_conn import connect, provision
-    from infra.timers import Timers
-    from workers.scheduler import Scheduler
+    from ordo.infra.command_handler import CommandHandler
+    from ordo.infra.event_store import EventStore
+    from ordo.infra.nats_conn import connect, provision
+    from ordo.infra.timers import Timers
+    from ordo.workers.scheduler import Scheduler
 
     nc = await connect(settings, name="ordo-scheduler")
     await provision(nc, settings)
     handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
-    from infra.schedule_handler import ScheduleHandler, TaskDefaults
-    from infra.schedule_timers import ScheduleTimers
+    from ordo.infra.schedule_handler import ScheduleHandler, TaskDefaults
+    from ordo.infra.schedule_timers import ScheduleTimers
 
     schedules = ScheduleHandler(
         handler,
@@ -86,13 +86,13 @@ async def _run_scheduler(settings: Settings) -> None:
 def _run_gateway(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
-    from gateway.app import create_app
+    from ordo.gateway.app import create_app
 
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
 
 
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.local import run_local
+    from ordo.infra.local import run_local
 
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     rb.add_argument("projection", nargs="*", help="projections to rebuild (default: all)")
     sub.add_parser("scheduler", help="run the timer scheduler")
     args = parser.parse_args(argv)
-    from infra.logs import setup_logging
-    from infra.telemetry import setup_tracing
+    from ordo.infra.logs import setup_logging
+    from ordo.infra.telemetry import setup_tracing
 
     setup_logging()
     setup_tracing(f"ordo-{args.command}")
@@ -158,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gateway":
         _run_gateway(settings, args.host or settings.http_host, args.port or settings.http_port)
     elif args.command == "worker":
-        from workers.service import run_worker
+        from ordo.workers.service import run_worker
 
         queues = tuple(q for q in args.queues.split(",") if q)
-        from workers.limits import parse_type_limits
+        from ordo.workers.limits import parse_type_limits
 
         limits = parse_type_limits(",".join(args.type_limit))
         asyncio.run(run_worker(settings, queues, args.concurrency or settings.worker_concurrency, limits))

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from domain.commands import SubmitTask, TaskCommand
-from domain.decide import decide
-from domain.errors import DomainError, TaskAlreadyExists
-from domain.events import Event
-from domain.state import TaskState, evolve, initial
-from domain.status import TaskStatus
-from infra.event_store import (
+from ordo.domain.commands import SubmitTask, TaskCommand
+from ordo.domain.decide import decide
+from ordo.domain.errors import DomainError, TaskAlreadyExists
+from ordo.domain.events import Event
+from ordo.domain.state import TaskState, evolve, initial
+from ordo.domain.status import TaskStatus
+from ordo.infra.event_store import (
     MAX_ATOMIC_BATCH,
     AppendItem,
     ConcurrencyError,
@@ -25,7 +25,7 @@ from infra.event_store import (
     StoredEvent,
     Ticket,
 )
-from infra.timers import Timers
+from ordo.infra.timers import Timers
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
 
-from domain.events import SCHEMA_VERSION, Event, TaskEvent, decode_event, encode_event, event_name
-from domain.priority import band_for
-from infra import subjects as sj
-from infra import telemetry
+from ordo.domain.events import SCHEMA_VERSION, Event, TaskEvent, decode_event, encode_event, event_name
+from ordo.domain.priority import band_for
+from ordo.infra import subjects as sj
+from ordo.infra import telemetry
 
 WRONG_LAST_SEQUENCE = 10071
 # A retried atomic batch whose first try did land (its reply was lost): its Nats-Msg-Ids are known.

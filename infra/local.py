@@ -14,28 +14,28 @@ import signal
 import sys
 from pathlib import Path
 
-from infra.cluster import EmbeddedCluster
-from infra.embedded_nats import EmbeddedNats, NatsServerConfig
-from infra.embedded_postgres import EmbeddedPostgres, PostgresConfig
-from infra.nats_auth import app_user_name, load_or_create_passwords, render_authorization, users_for
-from infra.nats_conn import connect
-from infra.processes import kill_stale, remove_pidfile, write_pidfile
-from infra.settings import Settings
-from infra.supervisor import ChildSpec, Supervisor
-from workers.pool import WorkerPool
+from ordo.infra.cluster import EmbeddedCluster
+from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from ordo.infra.embedded_postgres import EmbeddedPostgres, PostgresConfig
+from ordo.infra.nats_auth import app_user_name, load_or_create_passwords, render_authorization, users_for
+from ordo.infra.nats_conn import connect
+from ordo.infra.processes import kill_stale, remove_pidfile, write_pidfile
+from ordo.infra.settings import Settings
+from ordo.infra.supervisor import ChildSpec, Supervisor
+from ordo.workers.pool import WorkerPool
 
 log = logging.getLogger("ordo.up")
 
 
 def _child(name: str, *args: str, env: dict[str, str]) -> ChildSpec:
-    return ChildSpec(name=name, argv=[sys.executable, "-m", "infra.cli", *args], env=env)
+    return ChildSpec(name=name, argv=[sys.executable, "-m", "ordo.infra.cli", *args], env=env)
 
 
 async def _local_admin(settings: Settings, database_url: str, data_dir: Path) -> tuple[str, str]:
     """The local admin key (ORDO_ADMIN_KEY, or one generated once and kept in the data folder, 0600)
     and a fresh one-time sign-in link for the UI."""
-    from gateway import keys
-    from infra.pg import connect
+    from ordo.gateway import keys
+    from ordo.infra.pg import connect
 
     key_file = data_dir / "admin.key"
     secret = settings.admin_key or (key_file.read_text().strip() if key_file.exists() else "")

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra import subjects as sj
+from ordo.infra import subjects as sj
 
 _API = "$JS.API"
 _EVENTS = sj.EVENTS_STREAM

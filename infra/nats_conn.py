@@ -21,8 +21,8 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from infra import subjects as sj
-from infra.settings import Settings
+from ordo.infra import subjects as sj
+from ordo.infra.settings import Settings
 
 MIN_SERVER = (2, 14)
 log = logging.getLogger("ordo.nats")

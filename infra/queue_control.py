@@ -20,8 +20,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from domain.priority import BANDS
-from domain.queue_control import (
+from ordo.domain.priority import BANDS
+from ordo.domain.queue_control import (
     PauseQueue,
     QueueState,
     ResumeQueue,
@@ -31,9 +31,9 @@ from domain.queue_control import (
     evolve,
     queue_event_name,
 )
-from infra import subjects as sj
-from infra.event_store import ConcurrencyError, EventStore, EventStoreUnavailable
-from infra.settings import Settings
+from ordo.infra import subjects as sj
+from ordo.infra.event_store import ConcurrencyError, EventStore, EventStoreUnavailable
+from ordo.infra.settings import Settings
 
 PAUSE_UNTIL = "2999-01-01T00:00:00Z"  # "until resumed"
 
@@ -113,7 +113,7 @@ class QueueController:
         return names
 
     async def _create_missing_bands(self, queue: str, existing: set[str]) -> set[str]:
-        from workers.consumer import work_consumer_config  # the workers' own consumer definition
+        from ordo.workers.consumer import work_consumer_config  # the workers' own consumer definition
 
         created: set[str] = set()
         for band in range(len(BANDS)):

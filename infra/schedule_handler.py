@@ -16,16 +16,16 @@ from datetime import UTC, datetime
 
 import nats.errors
 
-from domain import schedule_commands as sc
-from domain import schedule_events as se
-from domain.commands import CancelTask, SubmitTask
-from domain.errors import DomainError
-from domain.schedule_decide import decide
-from domain.schedule_state import ScheduleState, evolve, initial
-from infra import subjects as sj
-from infra.command_handler import CommandHandler
-from infra.event_store import ConcurrencyError, EventStoreUnavailable, RawStored
-from infra.schedule_timers import ScheduleTimers
+from ordo.domain import schedule_commands as sc
+from ordo.domain import schedule_events as se
+from ordo.domain.commands import CancelTask, SubmitTask
+from ordo.domain.errors import DomainError
+from ordo.domain.schedule_decide import decide
+from ordo.domain.schedule_state import ScheduleState, evolve, initial
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import ConcurrencyError, EventStoreUnavailable, RawStored
+from ordo.infra.schedule_timers import ScheduleTimers
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
 
-from infra import subjects as sj
-from infra.timers import schedule_header
+from ordo.infra import subjects as sj
+from ordo.infra.timers import schedule_header
 
 
 class SchedTick(msgspec.Struct, frozen=True):

@@ -13,7 +13,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
 
-from infra import subjects as sj
+from ordo.infra import subjects as sj
 
 
 class Due(msgspec.Struct, frozen=True):

@@ -14,8 +14,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from domain import events as ev
-from infra.event_store import StoredEvent
+from ordo.domain import events as ev
+from ordo.infra.event_store import StoredEvent
 
 NAME = "attempts"
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import asyncpg
 
-from domain import events as ev
-from infra.event_store import StoredEvent
-from infra.metrics import DEFAULT_BUCKETS
+from ordo.domain import events as ev
+from ordo.infra.event_store import StoredEvent
+from ordo.infra.metrics import DEFAULT_BUCKETS
 
 NAME = "counters"
 DDL = """

@@ -14,9 +14,9 @@ from datetime import datetime
 
 import asyncpg
 
-from domain.state import TaskState, evolve, initial
-from domain.status import TaskStatus
-from infra.event_store import StoredEvent
+from ordo.domain.state import TaskState, evolve, initial
+from ordo.domain.status import TaskStatus
+from ordo.infra.event_store import StoredEvent
 
 NAME = "queue_stats"
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import asyncpg
 
-from domain.queue_control import AnyQueueEvent, QueuePaused, decode_queue_event
-from infra import subjects as sj
+from ordo.domain.queue_control import AnyQueueEvent, QueuePaused, decode_queue_event
+from ordo.infra import subjects as sj
 
 NAME = "queue_controls"
 

@@ -19,8 +19,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from infra import subjects as sj
-from projections.registry import Family
+from ordo.infra import subjects as sj
+from ordo.projections.registry import Family
 
 # (family name, decoded record with at least `.seq`)
 Record = tuple[str, Any]

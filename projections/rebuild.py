@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from infra.pg import connect
-from projections.reader import LogReader
-from projections.registry import FAMILIES, PROJECTIONS, Family, Projection
-from projections.runner import apply_batch, ensure_checkpoints, last_log_seq
-from projections.schema import DDL as CHECKPOINT_DDL
-from projections.schema import migrate
+from ordo.infra.pg import connect
+from ordo.projections.reader import LogReader
+from ordo.projections.registry import FAMILIES, PROJECTIONS, Family, Projection
+from ordo.projections.runner import apply_batch, ensure_checkpoints, last_log_seq
+from ordo.projections.schema import DDL as CHECKPOINT_DDL
+from ordo.projections.schema import migrate
 
 SHADOW_SCHEMA = "ordo_rebuild"
 RETIRED_SCHEMA = "ordo_retired"

@@ -17,9 +17,9 @@ from typing import Any
 
 import asyncpg
 
-from infra import subjects as sj
-from infra.event_store import to_stored
-from projections import (
+from ordo.infra import subjects as sj
+from ordo.infra.event_store import to_stored
+from ordo.projections import (
     attempts,
     counters,
     dead_letters,

@@ -19,14 +19,14 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from infra import subjects as sj
-from infra import telemetry
-from infra.event_store import EventStoreUnavailable
-from infra.pg import connect
-from projections import tasks
-from projections.reader import LogReader, PoisonEvent, Record
-from projections.registry import FAMILIES, PROJECTIONS, Family, Projection
-from projections.schema import migrate
+from ordo.infra import subjects as sj
+from ordo.infra import telemetry
+from ordo.infra.event_store import EventStoreUnavailable
+from ordo.infra.pg import connect
+from ordo.projections import tasks
+from ordo.projections.reader import LogReader, PoisonEvent, Record
+from ordo.projections.registry import FAMILIES, PROJECTIONS, Family, Projection
+from ordo.projections.schema import migrate
 
 __all__ = ["PoisonEvent", "ProjectionRunner", "RunnerConfig", "apply_batch", "checkpoint", "lag"]
 

@@ -16,9 +16,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from domain import schedule_events as se
-from domain.schedule_state import ScheduleState, evolve, initial
-from infra import subjects as sj
+from ordo.domain import schedule_events as se
+from ordo.domain.schedule_state import ScheduleState, evolve, initial
+from ordo.infra import subjects as sj
 
 NAME = "schedules"
 

@@ -16,7 +16,7 @@ _LOCK = 7_404_001  # serialises concurrent migrations
 
 async def migrate(conn: asyncpg.Connection) -> None:
     """Create every projection's tables (idempotent; concurrent callers are serialised)."""
-    from projections.registry import PROJECTIONS
+    from ordo.projections.registry import PROJECTIONS
 
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)

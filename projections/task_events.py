@@ -7,8 +7,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from domain.events import encode_event
-from infra.event_store import StoredEvent
+from ordo.domain.events import encode_event
+from ordo.infra.event_store import StoredEvent
 
 DDL = """
 CREATE TABLE IF NOT EXISTS task_events (

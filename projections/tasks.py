@@ -9,9 +9,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from domain import events as ev
-from domain.state import TaskState, evolve, initial
-from infra.event_store import StoredEvent
+from ordo.domain import events as ev
+from ordo.domain.state import TaskState, evolve, initial
+from ordo.infra.event_store import StoredEvent
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tasks (

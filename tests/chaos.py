@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from infra.settings import Settings
+    from ordo.infra.settings import Settings
 
 SEED_ENV = "ORDO_CHAOS_SEED"
 RUNS_ENV = "ORDO_CHAOS_RUNS"

@@ -15,17 +15,17 @@ import pytest
 import uvicorn
 from nats.aio.client import Client as NATS
 
-from infra.command_handler import CommandHandler
-from infra.embedded_nats import EmbeddedNats, NatsServerConfig
-from infra.embedded_postgres import EmbeddedPostgres, PostgresConfig
-from infra.event_store import EventStore
-from infra.nats_conn import connect, provision
-from infra.processes import free_port
-from infra.settings import Settings
-from infra.timers import Timers
-from projections.runner import ProjectionRunner
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from ordo.infra.embedded_postgres import EmbeddedPostgres, PostgresConfig
+from ordo.infra.event_store import EventStore
+from ordo.infra.nats_conn import connect, provision
+from ordo.infra.processes import free_port
+from ordo.infra.settings import Settings
+from ordo.infra.timers import Timers
+from ordo.projections.runner import ProjectionRunner
+from ordo.workers.scheduler import Scheduler
 from tests.helpers import eventually
-from workers.scheduler import Scheduler
 
 
 @pytest.fixture
@@ -103,15 +103,15 @@ class System:
 async def run_system(
     settings: Settings, nc: NATS, handler: CommandHandler, worker: bool = True
 ) -> AsyncIterator[System]:
-    from gateway.app import create_app
+    from ordo.gateway.app import create_app
 
     tasks: list[asyncio.Task[None]] = []
     projector = ProjectionRunner(nc, settings.database_url)
     scheduler = Scheduler(nc, handler)
     wk = None
     if worker:
-        from workers.demo import registry
-        from workers.runtime import Worker
+        from ordo.workers.demo import registry
+        from ordo.workers.runtime import Worker
 
         wk = Worker(nc, handler, registry, settings)
     tasks.append(asyncio.create_task(projector.run()))

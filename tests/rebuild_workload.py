@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from domain import commands as cmd
-from domain.events import ErrorInfo
-from infra.command_handler import CommandHandler
+from ordo.domain import commands as cmd
+from ordo.domain.events import ErrorInfo
+from ordo.infra.command_handler import CommandHandler
 
 WORKER = "bench-worker"
 

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from nats.aio.client import Client as NATS
 
-from infra import subjects as sj
-from infra.command_handler import CommandHandler
-from infra.settings import Settings
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.settings import Settings
 from tests.test_auth_support import Tenants, auth_system
 
 

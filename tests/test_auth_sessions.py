@@ -7,8 +7,8 @@ import asyncio
 import httpx
 from nats.aio.client import Client as NATS
 
-from infra.command_handler import CommandHandler
-from infra.settings import Settings
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.settings import Settings
 from tests.test_auth_support import auth_system, gateway_server
 
 

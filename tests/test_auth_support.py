@@ -14,10 +14,10 @@ import httpx
 import uvicorn
 from nats.aio.client import Client as NATS
 
-from gateway import keys
-from infra.command_handler import CommandHandler
-from infra.processes import free_port
-from infra.settings import Settings
+from ordo.gateway import keys
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.processes import free_port
+from ordo.infra.settings import Settings
 from tests.conftest import System, run_system
 from tests.helpers import eventually
 
@@ -65,7 +65,7 @@ class Gateway:
 @contextlib.asynccontextmanager
 async def gateway_server(settings: Settings) -> AsyncIterator[Gateway]:
     """One more gateway process-equivalent (its own app, pool and NATS connection) on a free port."""
-    from gateway.app import create_app
+    from ordo.gateway.app import create_app
 
     port = free_port()
     app = create_app(settings)

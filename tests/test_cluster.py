@@ -18,15 +18,15 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from domain.commands import SubmitTask
-from infra import subjects as sj
-from infra.cluster import EmbeddedCluster
-from infra.command_handler import CommandHandler
-from infra.event_store import EventStore, EventStoreError
-from infra.ids import new_task_id
-from infra.nats_conn import connect, provision
-from infra.settings import Settings
-from infra.timers import Timers
+from ordo.domain.commands import SubmitTask
+from ordo.infra import subjects as sj
+from ordo.infra.cluster import EmbeddedCluster
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import EventStore, EventStoreError
+from ordo.infra.ids import new_task_id
+from ordo.infra.nats_conn import connect, provision
+from ordo.infra.settings import Settings
+from ordo.infra.timers import Timers
 from tests.chaos import Chaos
 from tests.conftest import run_system
 from tests.helpers import eventually

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from domain import commands as c
-from domain import events as ev
-from domain.decide import decide
-from domain.errors import DomainError, IdempotencyConflict
-from domain.state import TaskState, evolve, fold
-from domain.status import TaskStatus
+from ordo.domain import commands as c
+from ordo.domain import events as ev
+from ordo.domain.decide import decide
+from ordo.domain.errors import DomainError, IdempotencyConflict
+from ordo.domain.state import TaskState, evolve, fold
+from ordo.domain.status import TaskStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SUB = ev.Submitted(task_type="x", queue="default", tenant="t")
@@ -313,7 +313,7 @@ def test_lost_lease_with_no_attempts_left_dead_letters_on_redelivery() -> None:
 
 
 def test_a_ticket_returning_while_the_lease_is_held_is_refused() -> None:
-    from domain.errors import LeaseHeld
+    from ordo.domain.errors import LeaseHeld
 
     state = fold("a", [SUB, START])
     cmd = c.StartAttempt(task_id="a", dispatch=1, worker_id="w2", now=T0, lease_until=T0)

@@ -9,13 +9,13 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from domain import events as ev
-from domain.commands import SubmitTask
-from infra.command_handler import CommandHandler
-from infra.event_store import ConcurrencyError, EventStore
-from infra.ids import new_task_id
-from infra.settings import Settings
-from projections.runner import ProjectionRunner
+from ordo.domain import events as ev
+from ordo.domain.commands import SubmitTask
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import ConcurrencyError, EventStore
+from ordo.infra.ids import new_task_id
+from ordo.infra.settings import Settings
+from ordo.projections.runner import ProjectionRunner
 from tests.helpers import eventually
 
 

@@ -7,7 +7,7 @@ import logging
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from infra.logs import JsonFormatter
+from ordo.infra.logs import JsonFormatter
 
 
 def test_json_log_lines_carry_task_fields_and_trace_id() -> None:

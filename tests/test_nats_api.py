@@ -9,7 +9,7 @@ from typing import Any
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from infra import subjects as sj
+from ordo.infra import subjects as sj
 from tests.conftest import System
 
 

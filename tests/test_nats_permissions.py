@@ -21,20 +21,20 @@ import uvicorn
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from domain.commands import SubmitTask
-from infra import subjects as sj
-from infra.command_handler import CommandHandler
-from infra.embedded_nats import EmbeddedNats, NatsServerConfig
-from infra.event_store import EventStore
-from infra.ids import new_task_id
-from infra.nats_auth import SERVICES, app_inbox_prefix, app_user_name, render_authorization, users_for
-from infra.nats_conn import connect, provision
-from infra.processes import free_port
-from infra.settings import Settings
-from infra.timers import Timers
-from projections.runner import ProjectionRunner
+from ordo.domain.commands import SubmitTask
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from ordo.infra.event_store import EventStore
+from ordo.infra.ids import new_task_id
+from ordo.infra.nats_auth import SERVICES, app_inbox_prefix, app_user_name, render_authorization, users_for
+from ordo.infra.nats_conn import connect, provision
+from ordo.infra.processes import free_port
+from ordo.infra.settings import Settings
+from ordo.infra.timers import Timers
+from ordo.projections.runner import ProjectionRunner
+from ordo.workers.scheduler import Scheduler
 from tests.helpers import eventually
-from workers.scheduler import Scheduler
 
 TENANT = "perm"
 OTHER = "other"
@@ -94,9 +94,9 @@ async def _raw(url: str, user: str, errors: Errors, **kw: Any) -> NATS:
 @contextlib.asynccontextmanager
 async def _services(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """Gateway, scheduler, projector and a worker, each connected as its own NATS user."""
-    from gateway.app import create_app
-    from workers.demo import registry
-    from workers.runtime import Worker
+    from ordo.gateway.app import create_app
+    from ordo.workers.demo import registry
+    from ordo.workers.runtime import Worker
 
     conns: list[NATS] = []
 
@@ -282,7 +282,7 @@ async def test_an_app_user_sees_only_its_own_tenant(settings: Settings, nats_ser
 
 
 def test_ordo_up_writes_the_passwords_owner_only(tmp_path: Path) -> None:
-    from infra.nats_auth import load_or_create_passwords
+    from ordo.infra.nats_auth import load_or_create_passwords
 
     path = tmp_path / "nats-users.json"
     first = load_or_create_passwords(path, TENANT)

@@ -33,19 +33,19 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from domain.commands import SubmitTask
-from infra import subjects as sj
-from infra.cluster import EmbeddedCluster
-from infra.command_handler import CommandHandler
-from infra.event_store import EventStore, EventStoreError, StoredEvent
-from infra.ids import new_task_id
-from infra.nats_conn import provision
-from infra.settings import Settings
-from infra.timers import Timers
+from ordo.domain.commands import SubmitTask
+from ordo.infra import subjects as sj
+from ordo.infra.cluster import EmbeddedCluster
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import EventStore, EventStoreError, StoredEvent
+from ordo.infra.ids import new_task_id
+from ordo.infra.nats_conn import provision
+from ordo.infra.settings import Settings
+from ordo.infra.timers import Timers
+from ordo.workers.runtime import Worker
+from ordo.workers.scheduler import Scheduler
 from tests.chaos import Chaos
 from tests.helpers import eventually
-from workers.runtime import Worker
-from workers.scheduler import Scheduler
 
 
 def _ip(*args: str, netns: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -172,7 +172,7 @@ class Load:
 @contextlib.asynccontextmanager
 async def workers(settings: Settings, nc: NATS, handler: CommandHandler) -> AsyncIterator[Worker]:
     """A worker (demo handlers) and the timer scheduler in this event loop, on the test's connection."""
-    from workers.demo import registry
+    from ordo.workers.demo import registry
 
     scheduler = Scheduler(nc, handler)
     worker = Worker(nc, handler, registry, settings)

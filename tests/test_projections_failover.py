@@ -31,17 +31,24 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from domain.commands import SubmitTask
-from domain.state import fold
-from domain.status import TaskStatus
-from infra import subjects as sj
-from infra.command_handler import CommandHandler
-from infra.event_store import StoredEvent
-from infra.settings import Settings
-from projections.reader import PoisonEvent
-from projections.rebuild import rebuild
-from projections.registry import PROJECTIONS, Projection
-from projections.runner import LEADER_LOCK, ProjectionRunner, RunnerConfig, checkpoint, lag, leader_present
+from ordo.domain.commands import SubmitTask
+from ordo.domain.state import fold
+from ordo.domain.status import TaskStatus
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import StoredEvent
+from ordo.infra.settings import Settings
+from ordo.projections.reader import PoisonEvent
+from ordo.projections.rebuild import rebuild
+from ordo.projections.registry import PROJECTIONS, Projection
+from ordo.projections.runner import (
+    LEADER_LOCK,
+    ProjectionRunner,
+    RunnerConfig,
+    checkpoint,
+    lag,
+    leader_present,
+)
 from tests.chaos import Chaos
 from tests.helpers import eventually
 from tests.test_rebuild import all_tables, table_hashes
@@ -268,7 +275,7 @@ async def test_kill_9_of_the_active_projector_process_and_the_standby_takes_over
 
     async def projector() -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "infra.cli", "projector", env=env, cwd=ROOT,
+            sys.executable, "-m", "ordo.infra.cli", "projector", env=env, cwd=ROOT,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
 

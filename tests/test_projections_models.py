@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.pg import connect as pg_connect
-from projections import attempts
+from ordo.infra.pg import connect as pg_connect
+from ordo.projections import attempts
 from tests.conftest import System
 from tests.helpers import eventually
 

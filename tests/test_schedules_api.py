@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from domain.schedule_commands import DeleteSchedule
-from infra import subjects as sj
-from infra.command_handler import CommandHandler
-from infra.event_store import EventStore
-from infra.schedule_handler import ScheduleHandler
-from infra.schedule_timers import ScheduleTimers
-from infra.settings import Settings
+from ordo.domain.schedule_commands import DeleteSchedule
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import EventStore
+from ordo.infra.schedule_handler import ScheduleHandler
+from ordo.infra.schedule_timers import ScheduleTimers
+from ordo.infra.settings import Settings
 from tests.conftest import System
 from tests.helpers import eventually
 

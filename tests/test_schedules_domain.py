@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from domain import schedule_commands as sc
-from domain import schedule_events as se
-from domain.schedule_cron import InvalidCron, next_after, normalize, zone
-from domain.schedule_decide import InvalidSchedule, decide, tick_task_id, upcoming
-from domain.schedule_state import ScheduleState, evolve, initial
+from ordo.domain import schedule_commands as sc
+from ordo.domain import schedule_events as se
+from ordo.domain.schedule_cron import InvalidCron, next_after, normalize, zone
+from ordo.domain.schedule_decide import InvalidSchedule, decide, tick_task_id, upcoming
+from ordo.domain.schedule_state import ScheduleState, evolve, initial
 
 T = se.TaskTemplate(type="demo.echo")
 

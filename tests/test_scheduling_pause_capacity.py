@@ -8,21 +8,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from domain.commands import SubmitTask
-from domain.status import TaskStatus
-from infra import subjects as sj
-from infra.command_handler import CommandHandler
-from infra.embedded_nats import EmbeddedNats, NatsServerConfig
-from infra.event_store import EventStore
-from infra.ids import new_task_id
-from infra.nats_conn import connect, provision
-from infra.settings import Settings
-from infra.timers import Timers
+from ordo.domain.commands import SubmitTask
+from ordo.domain.status import TaskStatus
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from ordo.infra.event_store import EventStore
+from ordo.infra.ids import new_task_id
+from ordo.infra.nats_conn import connect, provision
+from ordo.infra.settings import Settings
+from ordo.infra.timers import Timers
+from ordo.workers.demo import registry
+from ordo.workers.runtime import Worker
+from ordo.workers.scheduler import Scheduler
 from tests.conftest import System
 from tests.helpers import eventually
-from workers.demo import registry
-from workers.runtime import Worker
-from workers.scheduler import Scheduler
 
 
 async def _status(system: System, task_id: str) -> str:

@@ -14,11 +14,11 @@ import httpx
 from nats.aio.client import Client as NATS
 from sse_starlette.sse import AppStatus
 
-from infra import subjects as sj
-from infra.command_handler import CommandHandler
-from infra.event_store import StoredEvent
-from infra.settings import Settings
-from projections.runner import ProjectionRunner, checkpoint
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import StoredEvent
+from ordo.infra.settings import Settings
+from ordo.projections.runner import ProjectionRunner, checkpoint
 from tests.helpers import eventually
 from tests.sse import read_events
 from tests.test_auth_support import gateway_server
@@ -33,7 +33,7 @@ FILTERS: list[dict[str, str]] = [
 
 
 def _matcher(flt: dict[str, str]) -> Callable[[StoredEvent], bool]:
-    from gateway.routes_events import STATUS_EVENTS
+    from ordo.gateway.routes_events import STATUS_EVENTS
 
     types: set[str] | None = set(flt["type"].split(",")) if "type" in flt else None
     if "status" in flt:

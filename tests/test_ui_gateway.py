@@ -12,10 +12,10 @@ from typing import Any
 import asyncpg
 import uvicorn
 
-from gateway import keys
-from gateway.app import create_app
-from infra.processes import free_port
-from infra.settings import Settings
+from ordo.gateway import keys
+from ordo.gateway.app import create_app
+from ordo.infra.processes import free_port
+from ordo.infra.settings import Settings
 from tests.conftest import System
 from tests.helpers import eventually
 from tests.test_ui import UI_TIMEOUT_MS, Page, browser, status_is, submit

@@ -1,7 +1,7 @@
 """Worker faults with real processes: SIGKILL, SIGSTOP/SIGCONT, SIGTERM, and a kill-restart checker.
 
 Acceptance points 1, 2 and 10 of the worker runtime issue, plus graceful shutdown across processes.
-Workers are `python -m infra.cli worker` subprocesses; the test loop submits and observes through
+Workers are `python -m ordo.infra.cli worker` subprocesses; the test loop submits and observes through
 the command handler (the event log is the record). Ack deadline 2 s (conftest settings); under
 `make chaos` (ORDO_CHAOS_SEED) the ack deadline, the lease extension period and the kill timing are
 drawn from safe ranges instead (tests/chaos.py).
@@ -23,13 +23,13 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from domain.commands import SubmitTask
-from domain.events import AttemptStarted, AttemptTimedOut, ZombieRejected
-from infra.command_handler import CommandHandler
-from infra.event_store import StoredEvent
-from infra.ids import new_task_id
-from infra.settings import Settings
-from projections.workers import list_workers
+from ordo.domain.commands import SubmitTask
+from ordo.domain.events import AttemptStarted, AttemptTimedOut, ZombieRejected
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import StoredEvent
+from ordo.infra.ids import new_task_id
+from ordo.infra.settings import Settings
+from ordo.projections.workers import list_workers
 from tests.chaos import Chaos
 from tests.helpers import eventually
 from tests.worker_procs import WorkerProc

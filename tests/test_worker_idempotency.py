@@ -13,15 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra import subjects as sj
-from infra.command_handler import CommandHandler
-from infra.embedded_nats import EmbeddedNats, NatsServerConfig
-from infra.event_store import EventStore
-from infra.ids import task_id_for_key
-from infra.nats_conn import connect
-from infra.processes import free_port
-from infra.settings import Settings
-from infra.timers import Timers
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from ordo.infra.event_store import EventStore
+from ordo.infra.ids import task_id_for_key
+from ordo.infra.nats_conn import connect
+from ordo.infra.processes import free_port
+from ordo.infra.settings import Settings
+from ordo.infra.timers import Timers
 from tests.helpers import eventually
 
 
@@ -37,7 +37,7 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 def _gateway(port: int, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
     with open(log_dir / f"gw{port}.log", "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "gateway", "--port", str(port)],
+            [sys.executable, "-m", "ordo.infra.cli", "gateway", "--port", str(port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from domain.commands import (
+from ordo.domain.commands import (
     CancelTask,
     CompleteAttempt,
     ConfirmCancelled,
@@ -25,20 +25,20 @@ from domain.commands import (
     StartAttempt,
     SubmitTask,
 )
-from domain.errors import DomainError
-from domain.events import AttemptFailed, AttemptStarted, AttemptTimedOut, RetryScheduled
-from domain.status import TaskStatus
-from infra import subjects as sj
-from infra.command_handler import CommandHandler
-from infra.event_store import StoredEvent
-from infra.ids import new_task_id
-from infra.settings import Settings
+from ordo.domain.errors import DomainError
+from ordo.domain.events import AttemptFailed, AttemptStarted, AttemptTimedOut, RetryScheduled
+from ordo.domain.status import TaskStatus
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import StoredEvent
+from ordo.infra.ids import new_task_id
+from ordo.infra.settings import Settings
+from ordo.workers import Worker
+from ordo.workers.demo import registry as demo_registry
+from ordo.workers.scheduler import Scheduler
 from tests.conftest import System
 from tests.helpers import eventually
 from tests.worker_procs import WorkerProc
-from workers import Worker
-from workers.demo import registry as demo_registry
-from workers.scheduler import Scheduler
 
 
 @pytest.fixture
@@ -298,7 +298,7 @@ async def test_per_type_limit_holds_across_workers(
 
 
 def _lane(task_type: str) -> str:
-    from workers.limits import lane_for
+    from ordo.workers.limits import lane_for
 
     return lane_for(task_type)
 

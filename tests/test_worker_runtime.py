@@ -16,21 +16,21 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from domain.commands import CancelTask, StartAttempt, SubmitTask
-from domain.events import AttemptStarted, ZombieRejected
-from domain.state import TaskState
-from domain.status import TaskStatus
-from infra import subjects as sj
-from infra.command_handler import CommandHandler
-from infra.embedded_nats import EmbeddedNats
-from infra.event_store import StoredEvent
-from infra.ids import new_task_id
-from infra.settings import Settings
+from ordo.domain.commands import CancelTask, StartAttempt, SubmitTask
+from ordo.domain.events import AttemptStarted, ZombieRejected
+from ordo.domain.state import TaskState
+from ordo.domain.status import TaskStatus
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.embedded_nats import EmbeddedNats
+from ordo.infra.event_store import StoredEvent
+from ordo.infra.ids import new_task_id
+from ordo.infra.settings import Settings
+from ordo.workers import Fail, Registry, TaskContext, Worker
+from ordo.workers.demo import registry as demo_registry
+from ordo.workers.runtime import WeightedPicker
+from ordo.workers.scheduler import Scheduler
 from tests.helpers import eventually
-from workers import Fail, Registry, TaskContext, Worker
-from workers.demo import registry as demo_registry
-from workers.runtime import WeightedPicker
-from workers.scheduler import Scheduler
 
 
 @pytest.fixture
@@ -331,6 +331,6 @@ def test_weighted_picker_spreads_bands_six_three_one() -> None:
 
 
 async def test_cancel_subject_matches_event_subjects() -> None:
-    from workers.runtime import cancel_requested_filter
+    from ordo.workers.runtime import cancel_requested_filter
 
     assert cancel_requested_filter() == sj.event_subject("*", "*", "*", "cancel_requested")

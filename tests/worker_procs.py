@@ -1,4 +1,4 @@
-"""Worker processes for fault tests: `python -m infra.cli worker` with ORDO_* settings."""
+"""Worker processes for fault tests: `python -m ordo.infra.cli worker` with ORDO_* settings."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
-from infra.settings import Settings
-from projections.workers import read_heartbeats
+from ordo.infra.settings import Settings
+from ordo.projections.workers import read_heartbeats
 from tests.helpers import eventually
 
 
@@ -38,7 +38,7 @@ class WorkerProc:
             [
                 sys.executable,
                 "-m",
-                "infra.cli",
+                "ordo.infra.cli",
                 "worker",
                 "--queues",
                 queue,

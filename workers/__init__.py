@@ -6,8 +6,8 @@ attempt's lease and fencing; `consumer` is the adapter over the JetStream work c
 is the fetch loop with limits and shutdown; `demo` holds the demo handlers; `service` wires it up.
 """
 
-from workers.context import TaskContext
-from workers.handlers import Fail, HandlerFn, Registry, Retry
-from workers.runtime import Worker
+from ordo.workers.context import TaskContext
+from ordo.workers.handlers import Fail, HandlerFn, Registry, Retry
+from ordo.workers.runtime import Worker
 
 __all__ = ["Fail", "HandlerFn", "Registry", "Retry", "TaskContext", "Worker"]

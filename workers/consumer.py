@@ -18,9 +18,9 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from infra import subjects as sj
-from infra.nats_conn import ensure_consumer
-from infra.settings import Settings
+from ordo.infra import subjects as sj
+from ordo.infra.nats_conn import ensure_consumer
+from ordo.infra.settings import Settings
 
 MAX_ACK_PENDING = 10_000
 PullSubscription = JetStreamContext.PullSubscription

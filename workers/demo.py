@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from workers.context import TaskContext
-from workers.handlers import Registry
+from ordo.workers.context import TaskContext
+from ordo.workers.handlers import Registry
 
 registry = Registry()
 

@@ -23,28 +23,28 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
-from domain.backoff import backoff_seconds
-from domain.commands import (
+from ordo.domain.backoff import backoff_seconds
+from ordo.domain.commands import (
     CompleteAttempt,
     ConfirmCancelled,
     FailAttempt,
     StartAttempt,
     TaskCommand,
 )
-from domain.errors import DomainError, LeaseHeld, TaskNotFound
-from domain.events import AttemptStarted, ErrorInfo
-from domain.state import TaskState
-from infra import telemetry
-from infra.command_handler import CommandHandler
-from infra.event_store import EventStoreError, Ticket, decode_ticket
-from infra.settings import Settings
-from workers import consumer
-from workers.context import TaskContext
-from workers.handlers import Fail, HandlerFn, Registry, Retry
-from workers.lease import Attempt
-from workers.limits import TypeLimits, is_lane_message
-from workers.stats import WorkerStats
-from workers.supervise import Verdict, supervise
+from ordo.domain.errors import DomainError, LeaseHeld, TaskNotFound
+from ordo.domain.events import AttemptStarted, ErrorInfo
+from ordo.domain.state import TaskState
+from ordo.infra import telemetry
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import EventStoreError, Ticket, decode_ticket
+from ordo.infra.settings import Settings
+from ordo.workers import consumer
+from ordo.workers.context import TaskContext
+from ordo.workers.handlers import Fail, HandlerFn, Registry, Retry
+from ordo.workers.lease import Attempt
+from ordo.workers.limits import TypeLimits, is_lane_message
+from ordo.workers.stats import WorkerStats
+from ordo.workers.supervise import Verdict, supervise
 
 # A nak for a held lease lands this long after the lease ends, so the next start finds it expired.
 _LEASE_SLACK_S = 0.05

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from workers.context import TaskContext
+    from ordo.workers.context import TaskContext
 
 HandlerFn = Callable[["TaskContext"], Awaitable[Any]]
 F = TypeVar("F", bound=HandlerFn)

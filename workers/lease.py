@@ -16,15 +16,15 @@ from datetime import datetime, timedelta
 
 from nats.aio.msg import Msg
 
-from domain.commands import ExtendLease, ReleaseAttempt, ReportProgress, TaskCommand
-from domain.errors import DomainError
-from domain.events import ZombieRejected
-from domain.state import TaskState
-from domain.status import TaskStatus
-from infra.command_handler import CommandHandler, Outcome
-from infra.event_store import EventStoreError
-from infra.settings import Settings
-from workers import consumer
+from ordo.domain.commands import ExtendLease, ReleaseAttempt, ReportProgress, TaskCommand
+from ordo.domain.errors import DomainError
+from ordo.domain.events import ZombieRejected
+from ordo.domain.state import TaskState
+from ordo.domain.status import TaskStatus
+from ordo.infra.command_handler import CommandHandler, Outcome
+from ordo.infra.event_store import EventStoreError
+from ordo.infra.settings import Settings
+from ordo.workers import consumer
 
 
 class Attempt:

@@ -25,9 +25,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from infra import subjects as sj
-from infra.event_store import Ticket
-from infra.settings import Settings
+from ordo.infra import subjects as sj
+from ordo.infra.event_store import Ticket
+from ordo.infra.settings import Settings
 
 log = logging.getLogger("ordo.worker.limits")
 

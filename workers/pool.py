@@ -25,8 +25,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from infra import subjects as sj
-from infra.supervisor import ChildSpec, Supervisor
+from ordo.infra import subjects as sj
+from ordo.infra.supervisor import ChildSpec, Supervisor
 
 MAX_WORKERS = 32
 

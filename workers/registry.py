@@ -31,8 +31,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from infra import subjects as sj
-from workers.stats import ProcessSampler, WorkerStats
+from ordo.infra import subjects as sj
+from ordo.workers.stats import ProcessSampler, WorkerStats
 
 log = logging.getLogger("ordo.worker.registry")
 

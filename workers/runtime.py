@@ -23,16 +23,16 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from domain.priority import BAND_WEIGHTS
-from infra import subjects as sj
-from infra.command_handler import CommandHandler
-from infra.settings import NAME_RE, Settings
-from workers import consumer
-from workers.executor import Executor, utc_now
-from workers.handlers import Registry
-from workers.limits import TypeLimits, lane_consumer_config
-from workers.registry import DEFAULT_HEARTBEAT_S, Announcer
-from workers.stats import WorkerStats
+from ordo.domain.priority import BAND_WEIGHTS
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.settings import NAME_RE, Settings
+from ordo.workers import consumer
+from ordo.workers.executor import Executor, utc_now
+from ordo.workers.handlers import Registry
+from ordo.workers.limits import TypeLimits, lane_consumer_config
+from ordo.workers.registry import DEFAULT_HEARTBEAT_S, Announcer
+from ordo.workers.stats import WorkerStats
 
 # How long one fetch waits on an empty band before the loop moves to the next band.
 DEFAULT_FETCH_WAIT_S = 0.1

@@ -32,17 +32,17 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import FetchTimeoutError
 
-from domain.commands import EnqueueDue
-from domain.errors import DomainError
-from domain.schedule_commands import Tick
-from domain.state import TaskState
-from infra import subjects as sj
-from infra.command_handler import CommandHandler
-from infra.event_store import EventStoreError
-from infra.nats_conn import ensure_consumer
-from infra.schedule_handler import ScheduleHandler
-from infra.schedule_timers import ScheduleTimers, decode_tick
-from infra.timers import decode_due
+from ordo.domain.commands import EnqueueDue
+from ordo.domain.errors import DomainError
+from ordo.domain.schedule_commands import Tick
+from ordo.domain.state import TaskState
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import EventStoreError
+from ordo.infra.nats_conn import ensure_consumer
+from ordo.infra.schedule_handler import ScheduleHandler
+from ordo.infra.schedule_timers import ScheduleTimers, decode_tick
+from ordo.infra.timers import decode_due
 
 # A timer held at least this long is read ahead of its due time (see Scheduler._preload).
 _PRELOAD_MIN_S = 0.05

@@ -10,14 +10,14 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from infra.command_handler import CommandHandler
-from infra.event_store import EventStore
-from infra.nats_conn import connect, provision
-from infra.settings import Settings
-from infra.timers import Timers
-from workers.demo import registry
-from workers.limits import parse_type_limits
-from workers.runtime import Worker
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import EventStore
+from ordo.infra.nats_conn import connect, provision
+from ordo.infra.settings import Settings
+from ordo.infra.timers import Timers
+from ordo.workers.demo import registry
+from ordo.workers.limits import parse_type_limits
+from ordo.workers.runtime import Worker
 
 log = logging.getLogger("ordo.worker")
 

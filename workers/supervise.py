@@ -11,8 +11,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from infra.settings import Settings
-from workers.lease import Attempt
+from ordo.infra.settings import Settings
+from ordo.workers.lease import Attempt
 
 VerdictKind = Literal["returned", "cancelled", "timed_out", "abandoned", "fenced"]
 
