@@ -22,8 +22,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig  # noqa: E402
-from ordo.infra.embedded_postgres import EmbeddedPostgres, PostgresConfig  # noqa: E402
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig  # noqa: E402
+from ordo.embedded.postgres import EmbeddedPostgres, PostgresConfig  # noqa: E402
 
 _CLK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -79,12 +79,12 @@ def servers(sync_always: bool = False) -> Iterator[Servers]:
 
 @dataclass
 class Components:
-    """Ordo components (`python -m ordo.infra.cli ...`) started as separate processes."""
+    """Ordo components (`python -m ordo.cli ...`) started as separate processes."""
 
     env: dict[str, str]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, *args: str, module: str = "ordo.infra.cli") -> None:
+    def start(self, name: str, *args: str, module: str = "ordo.cli") -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDO_")}
         env.update(self.env)
         env.setdefault("ORDO_LOG_LEVEL", "WARNING")
@@ -92,7 +92,7 @@ class Components:
 
     def start_gateway(self, name: str = "gateway") -> int:
         """Start a gateway on a free loopback port (auth off) and wait until it is ready."""
-        from ordo.infra.processes import free_port
+        from ordo.embedded.processes import free_port
 
         port = free_port("127.0.0.1")
         self.env = {**self.env, "ORDO_AUTH": "false"}

@@ -17,7 +17,7 @@ from ordo.infra.logs import setup_logging  # noqa: E402
 from ordo.infra.settings import Settings  # noqa: E402
 from ordo.workers.context import TaskContext  # noqa: E402
 from ordo.workers.demo import registry  # noqa: E402
-from ordo.workers.service import run_worker  # noqa: E402
+from ordo.worker_process import run_worker  # noqa: E402
 
 TASK_TYPE = "bench.noop"
 

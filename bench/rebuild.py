@@ -4,7 +4,7 @@
 
 Embedded NATS and PostgreSQL (fsync on) in a temp folder. The tasks are driven through their
 lifecycles (tests/rebuild_workload.py) with a live projector running; once it has caught up, the
-rebuild runs as `python -m ordo.infra.cli rebuild` (all projections, shadow tables, swap) while the live
+rebuild runs as `python -m ordo.cli rebuild` (all projections, shadow tables, swap) while the live
 projector stays up. Prints events/s of the rebuild and checks the swapped tables hash equal to the
 live ones. The rebuild process runs with its clock a day ahead (libfaketime).
 """
@@ -69,7 +69,7 @@ async def main(tasks: int, batch: int, concurrency: int) -> None:
         # The rebuild runs with its clock a day ahead (libfaketime): projections must not read it.
         _, preload = libfaketime.get_reload_information()
         env = {**os.environ, **settings.to_env(), **preload, "FAKETIME": "+1d", "PYTHONPATH": str(ROOT)}
-        cmd = [sys.executable, "-m", "ordo.infra.cli", "rebuild"]
+        cmd = [sys.executable, "-m", "ordo.cli", "rebuild"]
         t1 = time.perf_counter()
         out = await asyncio.to_thread(
             subprocess.run, cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True

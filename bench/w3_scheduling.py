@@ -4,7 +4,7 @@ Default: 2,000 tasks with `run_at` 5 s ahead, spread evenly over 1 s. `--delay-o
 1, also `bench/delay_500.py`): 500 tasks each with `delay` 3 s from its own submit time.
 
 Starts its own embedded nats-server on a temp dir (loopback only), one scheduler and one worker as
-`python -m ordo.infra.cli` child processes; no projector. Lateness is measured from the event log: the
+`python -m ordo.cli` child processes; no projector. Lateness is measured from the event log: the
 server's stored time of each task's `queued` (the scheduler's EnqueueDue) and `attempt_started`
 (the worker's start) minus its `run_at`. "early" counts starts before `run_at` (must be 0).
 """
@@ -26,7 +26,7 @@ from ordo.domain import events as ev
 from ordo.domain.commands import SubmitTask
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.infra.event_store import EventStore
 from ordo.infra.ids import new_task_id
 from ordo.infra.nats_conn import connect, provision
@@ -51,7 +51,7 @@ def _spawn(env: dict[str, str], tmp: Path) -> list[subprocess.Popen[bytes]]:
         log = open(tmp / f"{cmd}.log", "ab")  # noqa: SIM115 - lives as long as the child
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "ordo.infra.cli", cmd], cwd=REPO, env=env, stdout=log, stderr=log
+                [sys.executable, "-m", "ordo.cli", cmd], cwd=REPO, env=env, stdout=log, stderr=log
             )
         )
     return procs

@@ -16,11 +16,11 @@ import uvicorn
 from nats.aio.client import Client as NATS
 
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
-from ordo.infra.embedded_postgres import EmbeddedPostgres, PostgresConfig
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
+from ordo.embedded.postgres import EmbeddedPostgres, PostgresConfig
 from ordo.infra.event_store import EventStore
 from ordo.infra.nats_conn import connect, provision
-from ordo.infra.processes import free_port
+from ordo.embedded.processes import free_port
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 from ordo.projections.runner import ProjectionRunner

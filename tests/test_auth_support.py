@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 
 from ordo.gateway import keys
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.processes import free_port
+from ordo.embedded.processes import free_port
 from ordo.infra.settings import Settings
 from tests.conftest import System, run_system
 from tests.helpers import eventually

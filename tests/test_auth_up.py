@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from ordo.infra.processes import free_port
+from ordo.embedded.processes import free_port
 
 
 def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -50,7 +50,7 @@ def test_up_prints_an_admin_key_and_a_one_time_link(tmp_path: Path) -> None:
     env.update(ORDO_ADMIN_KEY="local-admin-key-for-test")
     with out.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ordo.infra.cli", "up", "--data-dir", str(tmp_path / "d"), "--port", str(port)],
+            [sys.executable, "-m", "ordo.cli", "up", "--data-dir", str(tmp_path / "d"), "--port", str(port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import yaml
 
-from ordo.infra.cluster import EmbeddedCluster
-from ordo.infra.processes import free_port
+from ordo.embedded.cluster import EmbeddedCluster
+from ordo.embedded.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDO_SERVICES = ("gateway-1", "gateway-2", "projector", "scheduler", "worker")
@@ -76,7 +76,7 @@ def _interpolate(value: str) -> str:
 
 
 def test_the_nats_users_file_is_generated_from_the_code() -> None:
-    from ordo.infra.nats_auth import compose_users, render_authorization
+    from ordo.embedded.nats_auth import compose_users, render_authorization
 
     conf = (ROOT / "deploy/nats-auth.conf").read_text()
     body = "".join(line + "\n" for line in conf.splitlines() if not line.startswith("#"))
@@ -105,7 +105,7 @@ def _argv(command: list[str], ports: dict[str, int], name: str) -> list[str]:
         args[args.index("--port") + 1] = str(ports[name])
     if "--host" in args:
         args[args.index("--host") + 1] = "127.0.0.1"  # loopback only on this machine
-    return [sys.executable, "-m", "ordo.infra.cli", *args]
+    return [sys.executable, "-m", "ordo.cli", *args]
 
 
 def test_each_compose_service_runs_its_command_against_a_local_cluster(

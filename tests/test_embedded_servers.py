@@ -18,11 +18,11 @@ import asyncpg
 import nats
 import pytest
 
-from ordo.infra import supervisor as supervisor_mod
-from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
-from ordo.infra.embedded_postgres import EmbeddedPostgres, PostgresConfig
-from ordo.infra.processes import process_alive, wait_pid_gone, write_pidfile
-from ordo.infra.supervisor import ChildSpec, Supervisor
+from ordo import supervisor as supervisor_mod
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
+from ordo.embedded.postgres import EmbeddedPostgres, PostgresConfig
+from ordo.embedded.processes import process_alive, wait_pid_gone, write_pidfile
+from ordo.supervisor import ChildSpec, Supervisor
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -162,7 +162,7 @@ def test_postgres_long_path_uses_temp_socket_dir(tmp_path: Path) -> None:
 _ORPHAN_SCRIPT = """
 import json, sys, time
 from pathlib import Path
-import ordo.infra.embedded_nats as en, ordo.infra.embedded_postgres as ep
+import ordo.embedded.nats as en, ordo.embedded.postgres as ep
 kind, data, pdeathsig = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
 if not pdeathsig:  # simulate a server that survives its parent
     en.child_preexec = ep.child_preexec = lambda sig: (lambda: None)

@@ -24,12 +24,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from ordo.domain.commands import SubmitTask
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.infra.event_store import EventStore
 from ordo.infra.ids import new_task_id
-from ordo.infra.nats_auth import SERVICES, app_inbox_prefix, app_user_name, render_authorization, users_for
+from ordo.embedded.nats_auth import SERVICES, app_inbox_prefix, app_user_name, render_authorization, users_for
 from ordo.infra.nats_conn import connect, provision
-from ordo.infra.processes import free_port
+from ordo.embedded.processes import free_port
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 from ordo.projections.runner import ProjectionRunner
@@ -282,7 +282,7 @@ async def test_an_app_user_sees_only_its_own_tenant(settings: Settings, nats_ser
 
 
 def test_ordo_up_writes_the_passwords_owner_only(tmp_path: Path) -> None:
-    from ordo.infra.nats_auth import load_or_create_passwords
+    from ordo.embedded.nats_auth import load_or_create_passwords
 
     path = tmp_path / "nats-users.json"
     first = load_or_create_passwords(path, TENANT)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ordo.infra.processes import free_port
+from ordo.embedded.processes import free_port
 
 READY_TIMEOUT = 90.0
 
@@ -59,7 +59,7 @@ class Up:
             [
                 sys.executable,
                 "-m",
-                "ordo.infra.cli",
+                "ordo.cli",
                 "up",
                 "--data-dir",
                 str(data_dir),

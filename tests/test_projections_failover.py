@@ -275,7 +275,7 @@ async def test_kill_9_of_the_active_projector_process_and_the_standby_takes_over
 
     async def projector() -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ordo.infra.cli", "projector", env=env, cwd=ROOT,
+            sys.executable, "-m", "ordo.cli", "projector", env=env, cwd=ROOT,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
 

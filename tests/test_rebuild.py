@@ -1,6 +1,6 @@
 """`ordo rebuild`: replaying the log into shadow tables gives the live tables row for row.
 
-The rebuild runs as `python -m ordo.infra.cli rebuild` in a child process whose wall clock reads a day
+The rebuild runs as `python -m ordo.cli rebuild` in a child process whose wall clock reads a day
 ahead (libfaketime, LD_PRELOAD, `FAKETIME=+1d`), while the gateway keeps answering and, in the
 second half, while tasks keep changing. A grep also proves the projection code never reads the clock
 (PostgreSQL's own now() is not shifted by faking the child's clock).
@@ -86,7 +86,7 @@ async def rebuild_in_child(system: System, tmp_path: Path, *names: str, batch: i
     child_now = float(shifted.split()[-1])
     assert child_now - time.time() > 86_000, "the child's clock is not a day ahead"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ordo.infra.cli", "rebuild", *names,
+        sys.executable, "-m", "ordo.cli", "rebuild", *names,
         env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 240)

@@ -12,7 +12,7 @@ from ordo.domain.commands import SubmitTask
 from ordo.domain.status import TaskStatus
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.infra.event_store import EventStore
 from ordo.infra.ids import new_task_id
 from ordo.infra.nats_conn import connect, provision

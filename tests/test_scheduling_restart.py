@@ -1,7 +1,7 @@
 """Acceptance: a 1 s schedule with TWO scheduler processes, then the whole system down for 5 s.
 
 Own nats-server on a tmp data dir (the session one is not stopped); the schedulers are
-`python -m ordo.infra.cli scheduler` subprocesses. The log is the only state the schedulers use.
+`python -m ordo.cli scheduler` subprocesses. The log is the only state the schedulers use.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from ordo.domain import schedule_events as se
 from ordo.domain.schedule_cron import normalize
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.infra.event_store import EventStore
 from ordo.infra.nats_conn import connect, provision
-from ordo.infra.processes import free_port
+from ordo.embedded.processes import free_port
 from ordo.infra.schedule_handler import ScheduleHandler
 from ordo.infra.schedule_timers import ScheduleTimers
 from ordo.infra.settings import Settings
@@ -41,7 +41,7 @@ def _spawn(settings: Settings, n: int, log_dir: Path) -> list[subprocess.Popen[b
         out = open(log_dir / f"scheduler-{i}.log", "ab")  # noqa: SIM115 - closed with the process
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "ordo.infra.cli", "scheduler"], cwd=REPO, env=env, stdout=out, stderr=out
+                [sys.executable, "-m", "ordo.cli", "scheduler"], cwd=REPO, env=env, stdout=out, stderr=out
             )
         )
     return procs

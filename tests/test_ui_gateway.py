@@ -14,7 +14,7 @@ import uvicorn
 
 from ordo.gateway import keys
 from ordo.gateway.app import create_app
-from ordo.infra.processes import free_port
+from ordo.embedded.processes import free_port
 from ordo.infra.settings import Settings
 from tests.conftest import System
 from tests.helpers import eventually

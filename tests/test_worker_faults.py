@@ -1,7 +1,7 @@
 """Worker faults with real processes: SIGKILL, SIGSTOP/SIGCONT, SIGTERM, and a kill-restart checker.
 
 Acceptance points 1, 2 and 10 of the worker runtime issue, plus graceful shutdown across processes.
-Workers are `python -m ordo.infra.cli worker` subprocesses; the test loop submits and observes through
+Workers are `python -m ordo.cli worker` subprocesses; the test loop submits and observes through
 the command handler (the event log is the record). Ack deadline 2 s (conftest settings); under
 `make chaos` (ORDO_CHAOS_SEED) the ack deadline, the lease extension period and the kill timing are
 drawn from safe ranges instead (tests/chaos.py).

@@ -15,11 +15,11 @@ import pytest
 
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.infra.event_store import EventStore
 from ordo.infra.ids import task_id_for_key
 from ordo.infra.nats_conn import connect
-from ordo.infra.processes import free_port
+from ordo.embedded.processes import free_port
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 from tests.helpers import eventually
@@ -37,7 +37,7 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 def _gateway(port: int, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
     with open(log_dir / f"gw{port}.log", "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "ordo.infra.cli", "gateway", "--port", str(port)],
+            [sys.executable, "-m", "ordo.cli", "gateway", "--port", str(port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

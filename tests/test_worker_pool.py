@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from ordo.infra.supervisor import ChildSpec
-from ordo.workers.pool import WorkerPool
+from ordo.supervisor import ChildSpec
+from ordo.pool import WorkerPool
 from tests.conftest import System
 from tests.helpers import eventually
 
@@ -23,7 +23,7 @@ async def test_scale_kill_and_scale_down_through_the_gateway(gateway_only: Syste
     env.update(settings.to_env(), ORDO_WORKER_HEARTBEAT_S="0.5", ORDO_LOG_LEVEL="WARNING")
 
     def spec(n: int) -> ChildSpec:
-        return ChildSpec(f"worker-{n}", [sys.executable, "-m", "ordo.infra.cli", "worker"], env)
+        return ChildSpec(f"worker-{n}", [sys.executable, "-m", "ordo.cli", "worker"], env)
 
     pool = WorkerPool(spec, logging.getLogger("test.pool"), pid_dir=tmp_path / "pids")
     await pool.serve(gateway_only.nc)

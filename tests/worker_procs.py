@@ -1,4 +1,4 @@
-"""Worker processes for fault tests: `python -m ordo.infra.cli worker` with ORDO_* settings."""
+"""Worker processes for fault tests: `python -m ordo.cli worker` with ORDO_* settings."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class WorkerProc:
             [
                 sys.executable,
                 "-m",
-                "ordo.infra.cli",
+                "ordo.cli",
                 "worker",
                 "--queues",
                 queue,

@@ -14,21 +14,21 @@ import signal
 import sys
 from pathlib import Path
 
-from ordo.infra.cluster import EmbeddedCluster
-from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
-from ordo.infra.embedded_postgres import EmbeddedPostgres, PostgresConfig
-from ordo.infra.nats_auth import app_user_name, load_or_create_passwords, render_authorization, users_for
+from ordo.embedded.cluster import EmbeddedCluster
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
+from ordo.embedded.nats_auth import app_user_name, load_or_create_passwords, render_authorization, users_for
+from ordo.embedded.postgres import EmbeddedPostgres, PostgresConfig
+from ordo.embedded.processes import kill_stale, remove_pidfile, write_pidfile
 from ordo.infra.nats_conn import connect
-from ordo.infra.processes import kill_stale, remove_pidfile, write_pidfile
 from ordo.infra.settings import Settings
-from ordo.infra.supervisor import ChildSpec, Supervisor
-from ordo.workers.pool import WorkerPool
+from ordo.pool import WorkerPool
+from ordo.supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger("ordo.up")
 
 
 def _child(name: str, *args: str, env: dict[str, str]) -> ChildSpec:
-    return ChildSpec(name=name, argv=[sys.executable, "-m", "ordo.infra.cli", *args], env=env)
+    return ChildSpec(name=name, argv=[sys.executable, "-m", "ordo.cli", *args], env=env)
 
 
 async def _local_admin(settings: Settings, database_url: str, data_dir: Path) -> tuple[str, str]:

@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ordo.infra import subjects as sj
-from ordo.infra.supervisor import ChildSpec, Supervisor
+from ordo.supervisor import ChildSpec, Supervisor
 
 MAX_WORKERS = 32
 

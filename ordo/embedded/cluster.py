@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ordo.infra.embedded_nats import EmbeddedNats, NatsServerConfig
-from ordo.infra.processes import free_port
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
+from ordo.embedded.processes import free_port
 
 CLUSTER_NAME = "ordo"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from ordo.infra.processes import (
+from ordo.embedded.processes import (
     child_preexec,
     free_port,
     kill_stale,

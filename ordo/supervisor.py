@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ordo.infra.processes import child_preexec, kill_stale, remove_pidfile, write_pidfile
+from ordo.embedded.processes import child_preexec, kill_stale, remove_pidfile, write_pidfile
 
 __all__ = ["ChildSpec", "Supervisor"]
 

@@ -92,7 +92,7 @@ def _run_gateway(settings: Settings, host: str, port: int) -> None:
 
 
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from ordo.infra.local import run_local
+    from ordo.up import run_local
 
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gateway":
         _run_gateway(settings, args.host or settings.http_host, args.port or settings.http_port)
     elif args.command == "worker":
-        from ordo.workers.service import run_worker
+        from ordo.worker_process import run_worker
 
         queues = tuple(q for q in args.queues.split(",") if q)
         from ordo.workers.limits import parse_type_limits

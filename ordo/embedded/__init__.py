@@ -1,0 +1,1 @@
+"""The servers `ordo up` embeds (nats-server, PostgreSQL, a local cluster), their processes and NATS users."""
