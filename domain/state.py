@@ -7,7 +7,7 @@ from datetime import datetime
 import msgspec
 
 from ordo.domain import events as ev
-from ordo.domain.status import TaskStatus
+from ordo.domain.status import WAITING, TaskStatus
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,9 +60,55 @@ def _queued(state: TaskState, **changes: object) -> TaskState:
     )
 
 
+_LIVE = (TaskStatus.RUNNING, TaskStatus.CANCELLING)
+_CANCELLABLE = (*WAITING, TaskStatus.PAUSED, TaskStatus.CANCELLING)
+
+
+def accepts(state: TaskState, event: ev.Event) -> bool:  # noqa: PLR0911 - one rule per event kind
+    """Whether `decide` could have appended `event` to a task in `state`.
+
+    Workers append their attempt events with optimistic concurrency, but NATS cannot make the
+    expected-sequence header mandatory, so a credential that may publish those subjects can write
+    any of them raw (docs/decisions.md 26). Such an event names an attempt that is not the running
+    one, or follows a terminal event; `evolve` folds it as nothing, so no fold (the command
+    handler's, the read models', a rebuild's) completes a task that never ran that attempt. Every
+    rule mirrors the decider; the decider has always kept them, so every stored stream folds as it
+    did. Events only the gateway and scheduler append are not checked here.
+    """
+    if isinstance(event, ev.Submitted):
+        return not state.exists
+    if not state.exists:
+        return False
+    status, current = state.status, state.attempt
+    match event:
+        case ev.AttemptStarted():
+            # From queued, or from running once the previous attempt timed out (its lease lapsed).
+            restart = status is TaskStatus.RUNNING and state.lease_until is None
+            return event.attempt == current + 1 and (status is TaskStatus.QUEUED or restart)
+        case (
+            ev.LeaseExtended()
+            | ev.Progressed()
+            | ev.AttemptFailed()
+            | ev.AttemptTimedOut()
+            | ev.Succeeded()
+            | ev.AttemptReleased()
+        ):
+            return status in _LIVE and event.attempt == current
+        case ev.RetryScheduled() | ev.Failed():
+            # Only right after the running attempt's own failure report (which clears the lease).
+            reported = status is TaskStatus.RUNNING and state.lease_until is None
+            return reported and event.attempt == current
+        case ev.Cancelled():
+            return status in _CANCELLABLE and event.attempt == current
+    return True
+
+
 def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901 - one flat match is clearest
-    """Apply one event. Unknown combinations leave the status alone (old streams always replay)."""
+    """Apply one event. Unknown combinations leave the status alone (old streams always replay);
+    an event `decide` could not have appended in this state changes nothing (`accepts`)."""
     s = msgspec.structs.replace(state, version=state.version + 1)
+    if not accepts(state, event):
+        return s
     r = msgspec.structs.replace
     match event:
         case ev.Submitted():

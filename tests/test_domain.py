@@ -11,7 +11,7 @@ from ordo.domain import commands as c
 from ordo.domain import events as ev
 from ordo.domain.decide import decide
 from ordo.domain.errors import DomainError, IdempotencyConflict
-from ordo.domain.state import TaskState, evolve, fold
+from ordo.domain.state import TaskState, accepts, evolve, fold
 from ordo.domain.status import TaskStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -257,6 +257,94 @@ def test_decided_events_evolve_without_error(status: str, command: str) -> None:
     for event in events:
         state = evolve(state, event)
     assert state.version == len(GIVEN[status]) + len(events)
+
+
+@pytest.mark.parametrize(("status", "command"), CASES)
+def test_every_decided_event_is_accepted_by_evolve(status: str, command: str) -> None:
+    state = fold("a", GIVEN[status])
+    try:
+        events = decide(commands_for(state)[command], state)
+    except DomainError:
+        return
+    for event in events:
+        assert accepts(state, event), (event, state.status)
+        state = evolve(state, event)
+
+
+LEASE = T0 + timedelta(seconds=30)
+# Events written raw (no decider, no optimistic concurrency) by a credential that may publish
+# attempt events: given a status, each folds as nothing (the task's state is unchanged).
+IGNORED: dict[str, list[ev.Event]] = {
+    "scheduled": [
+        ev.Succeeded(attempt=7, result=msgspec.Raw(b'{"forged":1}')),
+        ev.Succeeded(attempt=0),
+        ev.Failed(attempt=0),
+        ev.AttemptFailed(attempt=0, error=ev.ErrorInfo(kind="E")),
+        ev.RetryScheduled(attempt=0, retry_at=T0),
+        ev.AttemptStarted(attempt=1, worker_id="x", lease_until=LEASE),
+        ev.AttemptReleased(attempt=0),
+        ev.Cancelled(attempt=3),
+    ],
+    "queued": [
+        ev.Succeeded(attempt=0),
+        ev.Succeeded(attempt=1),
+        ev.AttemptStarted(attempt=5, worker_id="x", lease_until=LEASE),
+        ev.LeaseExtended(attempt=1, lease_until=LEASE),
+        ev.Progressed(attempt=1, pct=50),
+        ev.Submitted(task_type="y", queue="other", tenant="t"),
+    ],
+    "paused": [ev.Succeeded(attempt=0), ev.AttemptStarted(attempt=1, worker_id="x", lease_until=LEASE)],
+    "running": [
+        ev.Succeeded(attempt=2),
+        ev.Succeeded(attempt=0),
+        ev.AttemptStarted(attempt=2, worker_id="x", lease_until=LEASE),  # its lease is held
+        ev.AttemptStarted(attempt=1, worker_id="x", lease_until=LEASE),
+        ev.Failed(attempt=1),  # no failure report of the attempt came first
+        ev.RetryScheduled(attempt=1, retry_at=T0),
+        ev.AttemptReleased(attempt=2),
+        ev.Cancelled(attempt=1),  # a running task is cancelled through cancel_requested
+    ],
+    "retrying": [
+        ev.Succeeded(attempt=1),
+        ev.Failed(attempt=1),
+        ev.AttemptStarted(attempt=2, worker_id="x", lease_until=LEASE),
+    ],
+    "cancelling": [ev.Succeeded(attempt=2), ev.Failed(attempt=1), ev.Cancelled(attempt=0)],
+    "succeeded": [
+        ev.Succeeded(attempt=1, result=msgspec.Raw(b'{"forged":1}')),
+        ev.Failed(attempt=1),
+        ev.Cancelled(attempt=1),
+        ev.AttemptStarted(attempt=2, worker_id="x", lease_until=LEASE),
+        ev.AttemptFailed(attempt=1, error=ev.ErrorInfo(kind="E")),
+    ],
+    "failed": [ev.Succeeded(attempt=1), ev.Cancelled(attempt=1), ev.Failed(attempt=1)],
+    "cancelled": [ev.Succeeded(attempt=0), ev.Cancelled(), ev.Failed(attempt=0)],
+}
+IGNORED_CASES = [(status, i) for status, forged in IGNORED.items() for i in range(len(forged))]
+
+
+def test_the_ignored_table_covers_every_status() -> None:
+    assert set(IGNORED) == {s.value for s in TaskStatus}
+
+
+@pytest.mark.parametrize(("status", "index"), IGNORED_CASES)
+def test_an_event_the_decider_could_not_have_appended_folds_as_nothing(status: str, index: int) -> None:
+    given = fold("a", GIVEN[status])
+    forged = IGNORED[status][index]
+    assert not accepts(given, forged)
+    after = evolve(given, forged)
+    assert after == msgspec.structs.replace(given, version=given.version + 1)
+
+
+def test_two_raw_succeeded_on_a_scheduled_task_leave_it_scheduled() -> None:
+    forged = ev.Succeeded(attempt=7, result=msgspec.Raw(b'{"forged":1}'))
+    state = fold("a", [*GIVEN["scheduled"], forged, forged])
+    assert (state.status, state.attempt, state.result) == (TaskStatus.SCHEDULED, 0, None)
+
+
+def test_events_before_submitted_fold_as_nothing() -> None:
+    state = fold("a", [ev.Cancelled(), ev.Succeeded(attempt=0)])
+    assert not state.exists and state.status is TaskStatus.QUEUED
 
 
 def test_commands_on_a_missing_task_are_not_found() -> None:
