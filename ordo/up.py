@@ -89,7 +89,7 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
             postgres = EmbeddedPostgres(PostgresConfig(data_dir=data_dir / "postgres"))
             postgres.start()
             database_url = postgres.url
-            log.info("embedded PostgreSQL at %s", database_url)
+            log.info("embedded PostgreSQL at %s (password in %s)", postgres.address, postgres.password_file)
         if settings.auth:
             admin_key, link = await _local_admin(settings, database_url, data_dir)
         base = settings.with_(nats_url=nats_url, database_url=database_url, http_port=port, admin_key="")

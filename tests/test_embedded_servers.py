@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -149,6 +150,44 @@ def test_postgres_restarts_after_postmaster_sigkill(tmp_path: Path) -> None:
     finally:
         fresh.stop()
         crashed.stop()
+
+
+def _refused(**connect: Any) -> bool:
+    """True when PostgreSQL refuses the connection for want of the right password."""
+
+    async def attempt() -> bool:
+        try:
+            conn = await asyncpg.connect(user="postgres", database="postgres", timeout=10, **connect)
+        except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
+            return True
+        await conn.close()
+        return False
+
+    return run_async(attempt())
+
+
+def test_postgres_refuses_every_connection_without_its_password(tmp_path: Path) -> None:
+    """F10: no local account gets in as the superuser without the password (TCP or unix socket)."""
+    with EmbeddedPostgres(PostgresConfig(data_dir=tmp_path / "pg", fsync=False)) as pg:
+        assert _pg_exec(pg.url, "SELECT 1") == [1]
+        assert stat.S_IMODE(pg.password_file.stat().st_mode) == 0o600
+        assert _refused(host="127.0.0.1", port=pg.port)
+        assert _refused(host="127.0.0.1", port=pg.port, password="wrong")
+        assert _refused(host=str(pg.data_dir), port=pg.port)  # the unix socket
+        assert "trust" not in (pg.data_dir / "pg_hba.conf").read_text().split("scram-sha-256")[-1]
+
+
+def test_postgres_made_with_trust_requires_a_password_from_its_next_start(tmp_path: Path) -> None:
+    """A data folder from before F10 (trust, no password file) is secured on start, data kept."""
+    data = tmp_path / "pg"
+    with EmbeddedPostgres(PostgresConfig(data_dir=data, fsync=False)) as pg:
+        _pg_exec(pg.url, "CREATE TABLE kept (v int)", "INSERT INTO kept VALUES (7)")
+    (data / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+    (tmp_path / "pg.password").unlink()
+    with EmbeddedPostgres(PostgresConfig(data_dir=data, fsync=False)) as pg:
+        assert _refused(host="127.0.0.1", port=pg.port)
+        assert _refused(host=str(pg.data_dir), port=pg.port)
+        assert _pg_exec(pg.url, "SELECT v FROM kept") == [7]
 
 
 def test_postgres_long_path_uses_temp_socket_dir(tmp_path: Path) -> None:

@@ -1,5 +1,8 @@
 """Run a private PostgreSQL server (``postgres -D``) as a child process.
 
+Every connection needs the superuser's password (``postgres_auth``: generated on first start, kept
+in ``<data_dir>.password`` with mode 0600); ``url`` carries it.
+
 PostgreSQL refuses to run as root.  When we are root, ``initdb`` and
 ``postgres`` run as the system user ``ordo-postgres`` (created on first use),
 and only the data directory is chown'ed to it.
@@ -17,11 +20,13 @@ import stat
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypedDict
 
+from ordo.embedded.postgres_auth import ensure_password
 from ordo.embedded.processes import (
     child_preexec,
     free_port,
@@ -148,6 +153,8 @@ class EmbeddedPostgres:
         self.data_dir = config.data_dir.absolute()
         self.pidfile = self.data_dir.with_name(self.data_dir.name + ".pid")
         self.logfile = self.data_dir.with_name(self.data_dir.name + ".log")
+        self.password_file = self.data_dir.with_name(self.data_dir.name + ".password")
+        self._password = ""
         self._proc: subprocess.Popen[bytes] | None = None
         self._port = config.port
         self._socket_tmp: Path | None = None
@@ -160,8 +167,14 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
-        """Connection URL for the ``postgres`` superuser (trust auth)."""
-        return f"postgresql://postgres@{self.config.host}:{self._port}/postgres"
+        """Connection URL for the ``postgres`` superuser, password included (a secret: never log it)."""
+        password = urllib.parse.quote(self._password, safe="")
+        return f"postgresql://postgres:{password}@{self.config.host}:{self._port}/postgres"
+
+    @property
+    def address(self) -> str:
+        """``host:port``, for log lines (the URL holds the password)."""
+        return f"{self.config.host}:{self._port}"
 
     @property
     def process(self) -> subprocess.Popen[bytes] | None:
@@ -225,7 +238,7 @@ class EmbeddedPostgres:
                 str(self._bin / "initdb"),
                 "-U",
                 "postgres",
-                "--auth=trust",
+                "--auth=trust",  # never served: ensure_password replaces it before the first start
                 "-E",
                 "UTF8",
                 "--no-locale",
@@ -244,7 +257,9 @@ class EmbeddedPostgres:
                 out = (res.stdout + res.stderr).decode(errors="replace")
                 raise RuntimeError(f"initdb failed ({res.returncode}):\n{out}")
         sock_dir = self.data_dir
-        if len(f"{sock_dir}/.s.PGSQL.{self._port}".encode()) >= _SOCKET_PATH_MAX:
+        if self._socket_tmp is not None:
+            sock_dir = self._socket_tmp  # a restart: same socket directory
+        elif len(f"{sock_dir}/.s.PGSQL.{self._port}".encode()) >= _SOCKET_PATH_MAX:
             sock_dir = self._socket_tmp = Path(tempfile.mkdtemp(prefix="ordo-pg-"))
             if owner is not None:
                 os.chown(sock_dir, *owner)
@@ -257,9 +272,17 @@ class EmbeddedPostgres:
         self._bin = find_pg_bin_dir()
         owner = self._run_as()
         self._kill_stale()
-        if self.config.port == 0:
+        # A port is picked once: a restarted server listens where its clients expect it.
+        if self._port == 0:
             self._port = free_port(self.config.host)
         sock_dir = self._prepare_dirs(owner)
+        self._password = ensure_password(
+            self._bin / "postgres",
+            self.data_dir,
+            self.password_file,
+            owner,
+            dict(self._cred_kwargs(owner)),
+        )
         settings = {
             "listen_addresses": self.config.host,
             "port": str(self._port),
