@@ -88,7 +88,11 @@ def _run_gateway(settings: Settings, host: str, port: int) -> None:
 
     from ordo.gateway.app import create_app
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level="info", access_log=False,
+        # Trusted proxies' X-Forwarded-Proto makes the session cookie Secure behind TLS.
+        proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
+    )  # fmt: skip
 
 
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
@@ -107,6 +111,27 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+_APP_HELP = (
+    "your handlers as 'package.module:registry' (an ordo.Registry; default: $ORDO_APP, else the demos)"
+)
+
+
+def _check_app(args: argparse.Namespace) -> str | None:
+    """The --app path (or ORDO_APP), checked to import here so a typo fails now with a clear message."""
+    from ordo.apps import AppError, load_registry
+
+    app = (getattr(args, "app", None) or os.environ.get("ORDO_APP", "")).strip()
+    if not app:
+        return None
+    try:
+        load_registry(app)
+    except AppError as exc:
+        print(f"ordo: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    os.environ["ORDO_APP"] = app  # children (ordo up's workers) inherit it
+    return app
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ordo", description="Ordo task scheduler")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--data-dir", default=os.environ.get("ORDO_DATA_DIR", ".ordo"))
     up.add_argument("--workers", type=int, default=1)
+    up.add_argument("--app", default=None, help=_APP_HELP)
     up.add_argument("--no-auth", action="store_true", help="switch API keys off (local use only)")
     up.add_argument(
         "--cluster", type=int, default=1, choices=(1, 3, 5), help="embedded JetStream cluster size"
@@ -122,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     gw.add_argument("--host", default=None)
     gw.add_argument("--port", type=int, default=None)
     wk = sub.add_parser("worker", help="run a worker")
+    wk.add_argument("--app", default=None, help=_APP_HELP)
     wk.add_argument("--queues", default="default", help="comma-separated queue names")
     wk.add_argument("--concurrency", type=int, default=None)
     wk.add_argument(
@@ -148,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if "ORDO_AUTH" not in os.environ:
         settings = settings.with_(auth=True)  # entry points are secure unless told otherwise
+    if args.command in ("up", "worker"):
+        _check_app(args)
     if args.command == "up":
         if args.no_auth:
             settings = settings.with_(auth=False)

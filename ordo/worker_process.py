@@ -15,7 +15,7 @@ from ordo.infra.event_store import EventStore
 from ordo.infra.nats_conn import connect, provision
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
-from ordo.workers.demo import registry
+from ordo.workers.handlers import Registry
 from ordo.workers.limits import parse_type_limits
 from ordo.workers.runtime import Worker
 
@@ -41,8 +41,16 @@ async def run_worker(
     queues: Sequence[str] = ("default",),
     concurrency: int | None = None,
     type_limits: Mapping[str, int] | None = None,
+    registry: Registry | None = None,
 ) -> None:
-    """Run a worker with the demo handlers until SIGTERM/SIGINT, then shut down gracefully."""
+    """Run a worker with `registry`'s handlers until SIGTERM/SIGINT, then shut down gracefully.
+
+    Without a registry: the one named by ORDO_APP (`module:registry`), else the demo handlers."""
+    from ordo.apps import demo_registry, load_registry
+
+    if registry is None:
+        app = os.environ.get("ORDO_APP", "").strip()
+        registry = load_registry(app) if app else demo_registry()
     options = worker_options(os.environ)
     if type_limits:
         options["type_limits"] = {**options["type_limits"], **type_limits}

@@ -1,0 +1,5 @@
+"""The user's own `domain` package (not Ordo's)."""
+
+
+def greeting(name: str) -> str:
+    return f"Hello, {name}!"

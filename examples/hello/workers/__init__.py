@@ -1,0 +1,3 @@
+"""The user's own `workers` package (not Ordo's)."""
+
+ORIGIN = "user-project"

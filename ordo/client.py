@@ -1,0 +1,316 @@
+"""A Python client for Ordo's HTTP API: submit tasks, wait for their results, follow their events.
+
+    async with AsyncClient("http://127.0.0.1:8000", api_key=key) as ordo:
+        sub = await ordo.submit("reports.render", {"month": "2026-11"})
+        task = await ordo.wait(sub.id, timeout=60)
+        print(task.status, task.result)
+
+`Client` is the same API without `await`. Reads after a write are read-your-writes: the client
+sends the highest log sequence it has written (`Ordo-Min-Seq`), so a task it just submitted is
+never "not found". Errors are typed (ordo.client_types: NotFound, Conflict, InvalidRequest,
+Unavailable with `retry_after`, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from ordo.client_types import (
+    OrdoError,
+    Submitted,
+    Task,
+    TaskEvent,
+    Unavailable,
+    WaitTimeout,
+    error_from_response,
+)
+
+T = TypeVar("T")
+_STREAM_RETRY_S = 0.5
+
+
+def _task_body(type_: str, payload: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    allowed = {"queue", "priority", "run_at", "delay", "max_attempts", "timeout", "idempotency_key", "tags"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise TypeError(f"unknown submit option(s): {', '.join(sorted(unknown))}")
+    body: dict[str, Any] = {"type": type_, "payload": payload}
+    for name, value in options.items():
+        if value is None:
+            continue
+        body[name] = value.isoformat() if isinstance(value, datetime) else value
+    return body
+
+
+class AsyncClient:
+    """Ordo's HTTP API for asyncio code. One client holds one connection pool: reuse it."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
+        self._written = 0  # highest log sequence this client wrote: reads wait for it
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------------------------ writes
+    async def submit(self, type: str, payload: Any = None, **options: Any) -> Submitted:  # noqa: A002
+        """Submit one task. Options: queue, priority, run_at (aware datetime), delay (seconds),
+        max_attempts, timeout (seconds), idempotency_key, tags."""
+        response = await self._request("POST", "/v1/tasks", json=_task_body(type, payload, options))
+        doc = msgspec.json.decode(response.content)
+        sub = Submitted(
+            id=doc["id"], status=doc["status"], seq=doc["seq"], created=response.status_code == 202
+        )
+        self._written = max(self._written, sub.seq)
+        return sub
+
+    async def submit_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[Submitted]:
+        """Submit many tasks in one request: each item is a dict with `type`, `payload` and options.
+        All are validated first; an invalid item rejects the whole request (InvalidRequest)."""
+        items = [
+            _task_body(
+                t["type"], t.get("payload"), {k: v for k, v in t.items() if k not in ("type", "payload")}
+            )
+            for t in tasks
+        ]
+        response = await self._request("POST", "/v1/tasks:batch", json={"tasks": items})
+        doc = msgspec.json.decode(response.content)
+        self._written = max(self._written, int(doc.get("seq", 0)))
+        return [
+            Submitted(id=i["id"], status=i["status"], seq=i["seq"], created=i["created"])
+            for i in doc["items"]
+        ]
+
+    async def cancel(self, task_id: str) -> Submitted:
+        """Ask to cancel a task (a running one is told through its context and stops soon)."""
+        response = await self._request("POST", f"/v1/tasks/{task_id}:cancel")
+        doc = msgspec.json.decode(response.content)
+        self._written = max(self._written, int(doc["seq"]))
+        return Submitted(id=doc["id"], status=doc["status"], seq=doc["seq"], created=False)
+
+    # ------------------------------------------------------------------------------------- reads
+    async def get(self, task_id: str) -> Task:
+        """The task as the read model shows it, at least as new as this client's last write."""
+        response = await self._request("GET", f"/v1/tasks/{task_id}", headers=self._min_seq())
+        return msgspec.json.decode(response.content, type=Task)
+
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        """The task's whole history, oldest first."""
+        response = await self._request("GET", f"/v1/tasks/{task_id}/events", headers=self._min_seq())
+        return msgspec.json.decode(response.content, type=_Timeline).events
+
+    async def wait(self, task_id: str, timeout: float = 60.0) -> Task:
+        """Wait until the task is succeeded, failed or cancelled and return it (WaitTimeout if not).
+
+        Follows the task's live event stream, so the answer comes as soon as the projector stored the
+        final event; a dropped stream is resumed where it stopped."""
+        last: Task | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                last = await self.get(task_id)
+                if last.done:
+                    return last
+                async for event in self.stream(task_id=task_id, last_event_id=last.last_seq):
+                    if event.type in ("succeeded", "failed", "cancelled"):
+                        self._written = max(self._written, event.seq)
+                        last = await self.get(task_id)
+                        if last.done:
+                            return last
+        except TimeoutError:
+            pass
+        raise WaitTimeout(task_id, timeout, last)
+
+    async def stream(
+        self,
+        *,
+        task_id: str | None = None,
+        queue: str | None = None,
+        types: Sequence[str] | None = None,
+        last_event_id: int | None = None,
+    ) -> AsyncGenerator[TaskEvent, None]:
+        """Live task events of the caller's tenant (one task's from its first event when `task_id`
+        is given, otherwise from now, or after `last_event_id`). The iterator never ends by itself:
+        a dropped connection is reopened with Last-Event-ID, so no event is missed or repeated."""
+        params: dict[str, str] = {}
+        if task_id is not None:
+            params["task_id"] = task_id
+        if queue is not None:
+            params["queue"] = queue
+        if types:
+            params["type"] = ",".join(types)
+        resume = last_event_id
+        while True:
+            headers = {"Last-Event-ID": str(resume)} if resume is not None else {}
+            try:
+                async with self._http.stream(
+                    "GET", "/v1/events/stream", params=params, headers=headers, timeout=httpx.Timeout(None)
+                ) as response:
+                    if response.status_code >= 400:
+                        body = await response.aread()
+                        raise error_from_response(
+                            response.status_code, body, response.headers.get("retry-after")
+                        )
+                    async for event_id, name, data in _sse_frames(response.aiter_lines()):
+                        if event_id is not None:
+                            resume = int(event_id)
+                        if name == "task_event":
+                            yield msgspec.json.decode(data, type=TaskEvent)
+            except (httpx.TransportError, Unavailable):
+                pass  # reconnect below, from the last id seen
+            await asyncio.sleep(_STREAM_RETRY_S)
+
+    # --------------------------------------------------------------------------------- plumbing
+    def _min_seq(self) -> dict[str, str]:
+        return {"Ordo-Min-Seq": str(self._written)} if self._written else {}
+
+    async def _request(
+        self, method: str, path: str, *, json: Any = None, headers: Mapping[str, str] | None = None
+    ) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, json=json, headers=headers)
+        except httpx.TransportError as exc:
+            raise Unavailable(0, "connection-failed", "gateway unreachable", str(exc), None) from exc
+        if response.status_code >= 400:
+            raise error_from_response(
+                response.status_code, response.content, response.headers.get("retry-after")
+            )
+        return response
+
+
+class _Timeline(msgspec.Struct, frozen=True):
+    events: list[TaskEvent]
+
+
+async def _sse_frames(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str | None, str, str]]:
+    """(id, event, data) for each server-sent event of a line stream."""
+    event_id: str | None = None
+    name = "message"
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data or event_id is not None:
+                yield event_id, name, "\n".join(data)
+            event_id, name, data = None, "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "id":
+            event_id = value
+        elif field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
+
+
+class Client:
+    """The same API as AsyncClient for code without an event loop (scripts, Django, Flask).
+
+    It runs an AsyncClient on a private event loop in a background thread; close it (or use it as a
+    context manager) to stop that thread."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 10.0) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ordo-client", daemon=True)
+        self._thread.start()
+        self._async = self._call(self._make(base_url, api_key, timeout))
+
+    @staticmethod
+    async def _make(base_url: str, api_key: str | None, timeout: float) -> AsyncClient:
+        return AsyncClient(base_url, api_key, timeout=timeout)
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._call(self._async.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def submit(self, type: str, payload: Any = None, **options: Any) -> Submitted:  # noqa: A002
+        """See AsyncClient.submit."""
+        return self._call(self._async.submit(type, payload, **options))
+
+    def submit_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[Submitted]:
+        """See AsyncClient.submit_many."""
+        return self._call(self._async.submit_many(list(tasks)))
+
+    def cancel(self, task_id: str) -> Submitted:
+        return self._call(self._async.cancel(task_id))
+
+    def get(self, task_id: str) -> Task:
+        return self._call(self._async.get(task_id))
+
+    def events(self, task_id: str) -> list[TaskEvent]:
+        return self._call(self._async.events(task_id))
+
+    def wait(self, task_id: str, timeout: float = 60.0) -> Task:
+        """See AsyncClient.wait."""
+        return self._call(self._async.wait(task_id, timeout))
+
+    def stream(
+        self,
+        *,
+        task_id: str | None = None,
+        queue: str | None = None,
+        types: Sequence[str] | None = None,
+        last_event_id: int | None = None,
+    ) -> Iterator[TaskEvent]:
+        """See AsyncClient.stream; closing the iterator (or leaving the for loop) ends the stream."""
+        events: AsyncGenerator[TaskEvent, None] = self._async.stream(
+            task_id=task_id, queue=queue, types=types, last_event_id=last_event_id
+        )
+        try:
+            while True:
+                yield self._call(_next(events))
+        except StopAsyncIteration:
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                self._call(events.aclose())
+
+
+async def _next(events: AsyncIterator[TaskEvent]) -> TaskEvent:
+    return await events.__anext__()
+
+
+__all__ = ["AsyncClient", "Client", "OrdoError"]
