@@ -103,6 +103,23 @@ def work_consumer(queue: str, band: int) -> str:
     return f"work_{queue}_{band}"
 
 
+# Durable consumers a tenant's own services may create on ORDO_EVENTS (the app-<tenant> NATS user):
+# a fixed set of names, because NATS permissions match whole subject tokens only and a consumer
+# name is one token (`app_<tenant>_*` cannot be granted; docs/decisions.md).
+APP_CONSUMER_SLOTS = 8
+
+
+def app_consumer(tenant: str, slot: int) -> str:
+    """The name of one of a tenant's own consumers, slot 1..APP_CONSUMER_SLOTS."""
+    if not 1 <= slot <= APP_CONSUMER_SLOTS:
+        raise ValueError(f"app consumer slot must be 1..{APP_CONSUMER_SLOTS}")
+    return f"app_{tenant}_{slot}"
+
+
+def app_consumers(tenant: str) -> tuple[str, ...]:
+    return tuple(app_consumer(tenant, slot) for slot in range(1, APP_CONSUMER_SLOTS + 1))
+
+
 def timer_subject(tenant: str, task_id: str) -> str:
     return f"{TIMER_PREFIX}.task.{tenant}.{task_id}"
 

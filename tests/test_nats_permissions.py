@@ -22,14 +22,14 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from ordo.domain.commands import SubmitTask
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
+from ordo.embedded.nats_auth import SERVICES, app_inbox_prefix, app_user_name, render_authorization, users_for
+from ordo.embedded.processes import free_port
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
-from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.infra.event_store import EventStore
 from ordo.infra.ids import new_task_id
-from ordo.embedded.nats_auth import SERVICES, app_inbox_prefix, app_user_name, render_authorization, users_for
 from ordo.infra.nats_conn import connect, provision
-from ordo.embedded.processes import free_port
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 from ordo.projections.runner import ProjectionRunner
@@ -246,15 +246,15 @@ async def test_an_app_user_sees_only_its_own_tenant(settings: Settings, nats_ser
             lambda: _true(errors.violated(sj.tenant_events_filter(OTHER))), timeout=5, what="other tenant"
         )
         js = app.jetstream(timeout=2.0)
-        # A durable (push) consumer of its own tenant's events, created in the filtered form and
-        # delivered to the tenant's own `ordo.deliver.<tenant>.>` space.
-        deliver = f"ordo.deliver.{TENANT}.app_own"
+        # A durable (push) consumer of its own tenant's events, in its own name space, created in
+        # the filtered form and delivered to the tenant's own `ordo.deliver.<tenant>.>` space.
+        deliver = f"ordo.deliver.{TENANT}.own"
         own = await app.subscribe(deliver)
         await js.add_consumer(
             sj.EVENTS_STREAM,
             ConsumerConfig(
-                name="app_own",
-                durable_name="app_own",
+                name=sj.app_consumer(TENANT, 1),
+                durable_name=sj.app_consumer(TENANT, 1),
                 filter_subject=sj.tenant_events_filter(TENANT),
                 deliver_subject=deliver,
                 ack_policy=AckPolicy.EXPLICIT,
@@ -263,7 +263,11 @@ async def test_an_app_user_sees_only_its_own_tenant(settings: Settings, nats_ser
         with pytest.raises(nats.errors.TimeoutError):
             await js.add_consumer(
                 sj.EVENTS_STREAM,
-                ConsumerConfig(name="app_spy", durable_name="app_spy", filter_subject=sj.all_events_filter()),
+                ConsumerConfig(
+                    name=sj.app_consumer(TENANT, 2),
+                    durable_name=sj.app_consumer(TENANT, 2),
+                    filter_subject=sj.all_events_filter(),
+                ),
             )
         with pytest.raises(nats.errors.TimeoutError):
             await js.publish(sj.event_subject(TENANT, "default", "forged", "succeeded"), b"{}")
@@ -276,6 +280,58 @@ async def test_an_app_user_sees_only_its_own_tenant(settings: Settings, nats_ser
         delivered = await own.next_msg(timeout=5)
         assert task_id in delivered.subject
         await delivered.ack()
+    finally:
+        await app.close()
+        await admin.close()
+
+
+async def test_an_app_user_cannot_see_delete_or_take_over_the_work_consumers(
+    settings: Settings, nats_server: EmbeddedNats, provisioned: None
+) -> None:
+    """F4: the app user of one tenant stopped dispatch for every tenant by deleting `work_*`."""
+    from ordo.infra.nats_conn import ensure_consumer
+    from ordo.workers.consumer import work_consumer_config
+
+    admin = await connect(settings, name="perm-admin")
+    errors = Errors()
+    app = await _raw(settings.nats_url, app_user_name(TENANT), errors, inbox_prefix=app_inbox_prefix(TENANT))
+    try:
+        work = work_consumer_config("default", 1, settings)
+        assert work.name is not None
+        await ensure_consumer(admin.jetstream(), sj.EVENTS_STREAM, work)
+        js = app.jetstream(timeout=1.0)
+        refused = (nats.errors.TimeoutError, nats.errors.NoRespondersError)
+        mine = sj.tenant_events_filter(TENANT)
+        for name in (work.name, sj.PROJECTION_CONSUMER, sj.app_consumer(OTHER, 1)):
+            with pytest.raises(refused):
+                await js.delete_consumer(sj.EVENTS_STREAM, name)
+            with pytest.raises(refused):
+                await js.consumer_info(sj.EVENTS_STREAM, name)
+            # Re-created (or updated in place) by name with the app's own filter.
+            with pytest.raises(refused):
+                await js.add_consumer(
+                    sj.EVENTS_STREAM, ConsumerConfig(name=name, durable_name=name, filter_subject=mine)
+                )
+        with pytest.raises(refused):  # a name outside its own name space
+            await js.add_consumer(
+                sj.EVENTS_STREAM, ConsumerConfig(name="mine", durable_name="mine", filter_subject=mine)
+            )
+        info = await admin.jetstream().consumer_info(sj.EVENTS_STREAM, work.name)
+        assert info.config.filter_subject == work.filter_subject, "the work consumer is untouched"
+        # Its own names: create, read, pull and ack, delete.
+        own = sj.app_consumer(TENANT, 3)
+        await js.add_consumer(
+            sj.EVENTS_STREAM,
+            ConsumerConfig(name=own, durable_name=own, filter_subject=mine, ack_policy=AckPolicy.EXPLICIT),
+        )
+        handler = CommandHandler(EventStore(admin), Timers(admin, settings.timer_lead_s))
+        task_id = await _submit(handler, TENANT)
+        pull = await js.pull_subscribe_bind(own, stream=sj.EVENTS_STREAM)
+        [msg] = await pull.fetch(1, timeout=5)
+        assert task_id in msg.subject
+        await msg.ack_sync(timeout=5)
+        assert (await js.consumer_info(sj.EVENTS_STREAM, own)).num_ack_pending == 0
+        await js.delete_consumer(sj.EVENTS_STREAM, own)
     finally:
         await app.close()
         await admin.close()

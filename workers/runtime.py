@@ -185,7 +185,7 @@ class Worker:
             await self._done.wait()
 
     async def _serve(self) -> None:
-        subs: dict[Key, consumer.PullSubscription] = {}
+        subs: dict[Key, consumer.Pull] = {}
         cancel_sub: Subscription | None = None
         announced = False
         try:
@@ -212,7 +212,7 @@ class Worker:
                 await consumer.close(sub)
             self._log.info("worker %s stopped", self.worker_id)
 
-    async def _fetch_loop(self, subs: dict[Key, consumer.PullSubscription]) -> None:
+    async def _fetch_loop(self, subs: dict[Key, consumer.Pull]) -> None:
         picker = WeightedPicker({key: _weight(key) for key in subs})
         batch = self._settings.fetch_batch
         while not self._stopping.is_set():

@@ -10,8 +10,9 @@ taken from the environment; a test keeps the two in step.
   tickets and retry timers they imply, heartbeat, answer its control subject. Nothing else: a worker
   cannot submit, cancel, forge another kind of event or change a stream.
 - `app-<tenant>`: another service of one tenant: the NATS command API of its tenant, its tenant's
-  lifecycle events (core subscriptions and consumers filtered to the tenant, delivered to
-  `ordo.deliver.<tenant>.>`), replies on its own inbox prefix `_INBOX.<tenant>`.
+  lifecycle events (core subscriptions, and durable consumers named `app_<tenant>_1` ..
+  `app_<tenant>_8`, filtered to the tenant, pulled or delivered to `ordo.deliver.<tenant>.>`),
+  replies on its own inbox prefix `_INBOX.<tenant>`. It cannot see or touch any other consumer.
 """
 
 from __future__ import annotations
@@ -137,18 +138,29 @@ def service_permissions(service: str) -> Permissions:
 
 
 def app_permissions(tenant: str) -> Permissions:
-    """Another service of `tenant`: its command API, its events, nothing of another tenant."""
+    """Another service of `tenant`: its command API, its events, nothing of another tenant.
+
+    Consumer management is limited to the tenant's own consumer names (`subjects.app_consumers`):
+    the shared work consumers, the projector's and any other tenant's are out of reach, for
+    create (an update could re-filter them), delete and info alike, and so are their acks.
+    """
+    own: list[str] = []
+    for name in sj.app_consumers(tenant):
+        own += [
+            # The filtered form of creation: the server checks that the subject's filter is the
+            # consumer's, so the consumer can only ever see this tenant's events.
+            f"{_API}.CONSUMER.CREATE.{_EVENTS}.{name}.{sj.EVT_PREFIX}.{tenant}.>",
+            f"{_API}.CONSUMER.INFO.{_EVENTS}.{name}",
+            f"{_API}.CONSUMER.DELETE.{_EVENTS}.{name}",
+            f"{_API}.CONSUMER.MSG.NEXT.{_EVENTS}.{name}",
+            f"$JS.ACK.{_EVENTS}.{name}.>",
+        ]
     return Permissions(
         publish=(
             f"{sj.CMD_PREFIX}.{tenant}.>",
             f"{_API}.INFO",
             f"{_API}.STREAM.INFO.{_EVENTS}",
-            # The filtered form of consumer creation: the server checks that the subject's filter is
-            # the consumer's, so a consumer can only ever see this tenant's events.
-            f"{_API}.CONSUMER.CREATE.{_EVENTS}.*.{sj.EVT_PREFIX}.{tenant}.>",
-            f"{_API}.CONSUMER.INFO.{_EVENTS}.*",
-            f"{_API}.CONSUMER.DELETE.{_EVENTS}.*",
-            f"$JS.ACK.{_EVENTS}.>",
+            *own,
             "$JS.FC.>",
         ),
         subscribe=(f"{sj.EVT_PREFIX}.{tenant}.>", f"ordo.deliver.{tenant}.>", f"_INBOX.{tenant}.>"),
