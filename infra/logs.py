@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from opentelemetry import trace
@@ -38,6 +40,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class OncePerOutage(logging.Filter):
+    """One line per outage for a library's own retry loop.
+
+    asyncpg's pool logs "Failed to restore the pool connection floor; retrying" with a traceback at
+    every retry while PostgreSQL is away (1 s, 2 s, 4 s ... apart, 60 s at most). The first record of
+    an outage passes as one line, its exception in a few words instead of a traceback; the same
+    message again within `quiet_s` of the previous one is the same outage and is dropped.
+    """
+
+    def __init__(self, quiet_s: float = 90.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._quiet_s = quiet_s
+        self._clock = clock
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = self._clock()
+        last, self._last[key] = self._last.get(key), now
+        if last is not None and now - last < self._quiet_s:
+            return False
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+# Library loggers whose retry loops log each attempt.
+_RETRY_LOGGERS = ("asyncpg.pool",)
+
+
 def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
     level = level or os.environ.get("ORDO_LOG_LEVEL", "INFO")
     fmt = fmt or os.environ.get("ORDO_LOG_FORMAT", "text")
@@ -49,3 +85,7 @@ def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in _RETRY_LOGGERS:
+        retrying = logging.getLogger(name)
+        if not any(isinstance(f, OncePerOutage) for f in retrying.filters):
+            retrying.addFilter(OncePerOutage())

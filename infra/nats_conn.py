@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import timedelta
 
 import nats
@@ -32,8 +33,64 @@ class ProvisioningError(RuntimeError):
     """The NATS server is too old or did not apply a stream setting Ordo relies on."""
 
 
+# Errors that mean "the connection is gone" (nats-py reports them before it starts reconnecting).
+_CONNECTION_LOST = (OSError, nats.errors.UnexpectedEOF, nats.errors.StaleConnectionError)
+
+
+class ConnectionLog:
+    """nats-py's connection callbacks, logged once per outage.
+
+    nats-py's default error callback logs a traceback for every failed reconnect attempt (one each
+    `reconnect_time_wait`, for as long as the server is away). Here an outage is one warning when
+    the connection is lost and one when it is back, with how long it took; the errors in between
+    go to debug. An error outside an outage (a permission refused, a slow consumer) is one line.
+    """
+
+    def __init__(self, name: str, logger: logging.Logger = log) -> None:
+        self._name = name
+        self._log = logger
+        self._down_since: float | None = None
+        self._client: NATS | None = None
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def _lost(self, reason: str) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._log.warning("%s: NATS connection lost (%s); reconnecting", self._name, reason)
+
+    async def error(self, exc: Exception) -> None:
+        if self._down_since is not None:
+            self._log.debug("%s: NATS still unreachable: %r", self._name, exc)
+        elif isinstance(exc, _CONNECTION_LOST):
+            self._lost(repr(exc))
+        else:
+            self._log.warning("%s: NATS error: %r", self._name, exc)
+
+    def attach(self, client: NATS) -> None:
+        self._client = client
+
+    async def disconnected(self) -> None:
+        if self._client is not None and self._client.is_closed:
+            return  # closed on purpose (close/drain), not an outage
+        self._lost("disconnected")
+
+    async def reconnected(self) -> None:
+        since, self._down_since = self._down_since, None
+        took = f" after {time.monotonic() - since:.1f}s" if since is not None else ""
+        self._log.warning("%s: NATS connection back%s", self._name, took)
+
+
 async def connect(settings: Settings, name: str) -> NATS:
-    """Connect with unbounded reconnects; raises if the first connection fails."""
+    """Connect with unbounded reconnects; raises if the first connection fails.
+
+    The client never gives up reconnecting (`max_reconnect_attempts=-1`): a restarted server, or
+    another node of the cluster, is found again however long it was away. Publishes made during
+    an outage wait in the client's buffer and fail on their own timeouts.
+    """
+    outages = ConnectionLog(name)
     nc = await nats.connect(
         servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()],
         name=name,
@@ -43,7 +100,11 @@ async def connect(settings: Settings, name: str) -> NATS:
         allow_reconnect=True,
         user=settings.nats_user or None,
         password=settings.nats_password or None,
+        error_cb=outages.error,
+        disconnected_cb=outages.disconnected,
+        reconnected_cb=outages.reconnected,
     )
+    outages.attach(nc)
     version = nc.connected_server_version
     if (version.major, version.minor) < MIN_SERVER:
         await nc.close()

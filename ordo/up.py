@@ -1,8 +1,10 @@
 """`ordo up`: the whole system on one machine, no Docker.
 
 Embedded nats-server and PostgreSQL (unless ORDO_NATS_URL / ORDO_DATABASE_URL point elsewhere), then
-the gateway, projector, scheduler and N workers as supervised child processes. Ctrl-C or SIGTERM
-stops every child and both servers; a restart on the same data folder finds every task.
+the gateway, projector, scheduler and N workers as supervised child processes. Everything is
+supervised: a server that dies is started again on its data folder and port (the processes reconnect
+by themselves), a child that exits is started again. Ctrl-C or SIGTERM stops every child and both
+servers; a restart on the same data folder finds every task.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.embedded.nats_auth import app_user_name, load_or_create_passwords, render_authorization, users_for
 from ordo.embedded.postgres import EmbeddedPostgres, PostgresConfig
 from ordo.embedded.processes import kill_stale, remove_pidfile, write_pidfile
+from ordo.embedded.watch import Server, ServerWatch
 from ordo.infra.nats_conn import connect
 from ordo.infra.settings import Settings
 from ordo.pool import WorkerPool
@@ -59,6 +62,8 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
     write_pidfile(own_pid, os.getpid(), sys.argv[0])
     nats_server: EmbeddedNats | EmbeddedCluster | None = None
     postgres: EmbeddedPostgres | None = None
+    servers: dict[str, Server] = {}
+    watch: ServerWatch | None = None
     try:
         nats_url = settings.nats_url
         # With auth on, the embedded servers get one NATS user per service (infra.nats_auth), with
@@ -80,14 +85,22 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
                     data_dir=data_dir / "nats", sync_always=settings.sync_always, authorization=authorization
                 )
             )
-        if nats_server is not None:
-            nats_server.start()  # on this thread: pdeathsig follows the thread that forked
-            nats_url = nats_server.url
-            log.info("embedded nats-server at %s (data in %s)", nats_url, data_dir / "nats")
+        if isinstance(nats_server, EmbeddedCluster):
+            servers.update({f"nats-server {n.config.server_name}": n for n in nats_server.nodes})
+        elif nats_server is not None:
+            servers["nats-server"] = nats_server
         database_url = settings.database_url
         if not database_url:
             postgres = EmbeddedPostgres(PostgresConfig(data_dir=data_dir / "postgres"))
-            postgres.start()
+            servers["PostgreSQL"] = postgres
+        # Started, and restarted when one dies, on a thread of the watch's own: the servers'
+        # parent-death signal follows the thread that forked them.
+        watch = ServerWatch(servers, log)
+        await watch.start()
+        if nats_server is not None:
+            nats_url = nats_server.url
+            log.info("embedded nats-server at %s (data in %s)", nats_url, data_dir / "nats")
+        if postgres is not None:
             database_url = postgres.url
             log.info("embedded PostgreSQL at %s (password in %s)", postgres.address, postgres.password_file)
         if settings.auth:
@@ -132,6 +145,7 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
                 )
         else:
             print("Auth is OFF (--no-auth): anyone who can reach this port is admin.", flush=True)
+        watching = asyncio.create_task(watch.run(), name="watch-servers")
         try:
             await pool.serve(nc)
             await pool.scale(workers)
@@ -139,10 +153,10 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
         finally:
             await pool.shutdown()
             await nc.close()
+            await watch.shutdown()
+            await watching
         return 0
     finally:
-        if postgres is not None:
-            await asyncio.to_thread(postgres.stop)
-        if nats_server is not None:
-            await asyncio.to_thread(nats_server.stop)
+        if watch is not None:
+            await watch.shutdown()  # idempotent: stops whichever servers were started
         remove_pidfile(own_pid)

@@ -170,9 +170,10 @@ class EmbeddedNats:
         kill_stale(self.pidfile)
         # Inside a fresh network namespace every port is free; its address is not bindable here.
         probe_host = "127.0.0.1" if self.config.netns else self.config.host
-        if self.config.port == 0:
+        # A port is picked once: a restarted server listens where its clients expect it.
+        if self._port == 0:
             self._port = free_port(probe_host)
-        if self.config.cluster_name and self.config.cluster_port == 0:
+        if self.config.cluster_name and self._cluster_port == 0:
             self._cluster_port = free_port(probe_host)
         self.conffile.write_text(self.render_config())
         argv = [str(binary), "-c", str(self.conffile)]

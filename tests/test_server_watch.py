@@ -1,0 +1,124 @@
+"""`ordo up`'s server watch: a SIGKILLed nats-server or postmaster comes back on its data folder and
+port, clients reconnect by themselves, and an outage is one log line down and one back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import nats.errors
+import pytest
+
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
+from ordo.embedded.postgres import EmbeddedPostgres, PostgresConfig
+from ordo.embedded.processes import wait_pid_gone
+from ordo.embedded.watch import ServerWatch, WatchConfig
+from ordo.infra.logs import OncePerOutage
+from ordo.infra.nats_conn import connect
+from ordo.infra.pg import create_pool
+from ordo.infra.settings import Settings
+from tests.helpers import eventually
+
+FAST = WatchConfig(check_every_s=0.1, backoff_initial_s=0.1, backoff_max_s=1.0)
+
+
+def _settings(url: str) -> Settings:
+    return Settings(nats_url=url, database_url="postgresql://unused/none", tenant="watch")
+
+
+async def test_a_sigkilled_nats_server_is_back_on_its_port_with_its_messages(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = EmbeddedNats(NatsServerConfig(data_dir=tmp_path / "nats", sync_always=True))
+    watch = ServerWatch({"nats-server": server}, logging.getLogger("test.watch"), FAST)
+    await watch.start()
+    watching = asyncio.create_task(watch.run())
+    url, first = server.url, server.pid
+    assert first is not None
+    caplog.set_level(logging.DEBUG, logger="ordo.nats")
+    nc = await connect(_settings(url), name="watched")
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="KEPT", subjects=["kept.>"])
+        await js.publish("kept.one", b"before")
+
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: _true(watch.restarts["nats-server"] == 1), 30, what="server restarted")
+        second = server.pid
+        assert server.url == url and second not in (None, first)
+
+        async def published() -> bool:
+            try:
+                await js.publish("kept.two", b"after", timeout=1)
+                return True
+            except (nats.errors.Error, TimeoutError):
+                return False
+
+        await eventually(published, 30, what="the client reconnected by itself")
+        assert (await js.stream_info("KEPT")).state.messages == 2
+    finally:
+        await nc.close()
+        await watch.shutdown()
+        await watching
+    assert second is not None and wait_pid_gone(second, 5)
+
+    lines = [r for r in caplog.records if r.name == "ordo.nats" and r.levelno >= logging.WARNING]
+    assert [r.getMessage().split(" (")[0].split(" after")[0] for r in lines] == [
+        "watched: NATS connection lost",
+        "watched: NATS connection back",
+    ], [r.getMessage() for r in lines]
+    assert not any(r.exc_info for r in caplog.records if r.name == "ordo.nats")
+
+
+async def test_a_sigkilled_postmaster_is_back_and_the_pool_recovers(tmp_path: Path) -> None:
+    pg = EmbeddedPostgres(PostgresConfig(data_dir=tmp_path / "pg", fsync=False))
+    watch = ServerWatch({"PostgreSQL": pg}, logging.getLogger("test.watch"), FAST)
+    await watch.start()
+    watching = asyncio.create_task(watch.run())
+    url, first = pg.url, pg.pid
+    assert first is not None
+    pool = await create_pool(url, min_size=1, max_size=2)
+    try:
+        await pool.execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (5)")
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: _true(watch.restarts["PostgreSQL"] == 1), 60, what="postmaster restarted")
+        assert pg.url == url and pg.pid != first
+
+        async def answers() -> bool:
+            try:
+                return bool(await pool.fetchval("SELECT v FROM kept") == 5)
+            except Exception:  # noqa: BLE001 - asyncpg's or ReadModelUnavailable: not back yet
+                return False
+
+        await eventually(answers, 60, what="the pool answers again")
+    finally:
+        await pool.close()
+        await watch.shutdown()
+        await watching
+
+
+def test_once_per_outage_keeps_one_line_without_traceback() -> None:
+    now = [0.0]
+    keep = OncePerOutage(quiet_s=90.0, clock=lambda: now[0])
+
+    def record(at: float) -> logging.LogRecord:
+        now[0] = at
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError:
+            info = sys.exc_info()
+            return logging.LogRecord("asyncpg.pool", logging.WARNING, "p", 1, "floor; retrying", (), info)
+
+    first = record(0.0)
+    assert keep.filter(first) and first.exc_info is None
+    assert "ConnectionRefusedError" in first.getMessage()
+    assert [keep.filter(record(t)) for t in (1.0, 3.0, 7.0, 67.0)] == [False] * 4  # one outage
+    assert keep.filter(record(67.0 + 91.0))  # a later outage gets its own line
+
+
+async def _true(value: bool) -> bool:
+    return value
