@@ -1,0 +1,124 @@
+"""The public face: `ordo`'s exported names, the client against a running system, ordo.testing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import ordo
+from ordo import (
+    AsyncClient,
+    Client,
+    Fail,
+    InvalidRequest,
+    NotFound,
+    Registry,
+    Retry,
+    TaskContext,
+    WaitTimeout,
+)
+from ordo.testing import run_handler
+from tests.conftest import System
+
+DOCUMENTED = {
+    "AsyncClient", "Client", "Conflict", "Fail", "InvalidRequest", "NotFound", "OrdoError", "RateLimited",
+    "Registry", "Retry", "Submitted", "Task", "TaskContext", "TaskEvent", "Unauthorized", "Unavailable",
+    "WaitTimeout",
+}
+
+
+def test_the_exported_names_are_exactly_the_documented_ones() -> None:
+    assert set(ordo.__all__) == DOCUMENTED
+    for name in ordo.__all__:
+        assert getattr(ordo, name) is not None
+    with pytest.raises(AttributeError):
+        _ = ordo.Nope  # type: ignore[attr-defined]
+
+
+async def test_run_handler_runs_a_handler_without_servers() -> None:
+    registry = Registry()
+
+    @registry.task("t.add")
+    async def add(ctx: TaskContext) -> int:
+        await ctx.progress(50, "half")
+        await ctx.heartbeat()
+        return int(ctx.payload["a"]) + int(ctx.payload["b"])
+
+    @registry.task("t.flaky")
+    async def flaky(ctx: TaskContext) -> None:
+        if ctx.attempt < 2:
+            raise Retry(after=1)
+        raise Fail("gave up")
+
+    run = await run_handler(registry, "t.add", {"a": 2, "b": 3})
+    assert run.result == 5 and run.progress == [(50, "half")] and run.heartbeats == 1
+    with pytest.raises(Retry):
+        await run_handler(registry, "t.flaky")
+    with pytest.raises(Fail):
+        await run_handler(flaky, payload=None, attempt=2)
+    with pytest.raises(LookupError):
+        await run_handler(registry, "t.unknown")
+
+
+async def test_async_client_submits_waits_and_reads(system: System) -> None:
+    async with AsyncClient(system.base_url) as client:
+        sub = await client.submit("demo.echo", {"hello": "world"}, tags=["api"], priority=2)
+        assert sub.created and sub.status == "queued"
+        task = await client.wait(sub.id, timeout=30)
+        assert task.status == "succeeded" and task.result == {"hello": "world"} and task.done
+        assert (await client.get(sub.id)).tags == ["api"]
+        assert [e.type for e in await client.events(sub.id)] == ["submitted", "attempt_started", "succeeded"]
+        again = await client.submit("demo.echo", {"hello": "world"}, idempotency_key="k1")
+        same = await client.submit("demo.echo", {"hello": "world"}, idempotency_key="k1")
+        assert same.id == again.id and again.created and not same.created
+        many = await client.submit_many([{"type": "demo.echo", "payload": i} for i in range(5)])
+        assert len({s.id for s in many}) == 5
+        results = [await client.wait(s.id, timeout=30) for s in many]
+        assert [t.result for t in results] == list(range(5))
+
+
+async def test_async_client_errors_are_typed(system: System) -> None:
+    async with AsyncClient(system.base_url) as client:
+        with pytest.raises(NotFound):
+            await client.get("0" * 32)
+        with pytest.raises(InvalidRequest) as bad:
+            await client.submit("demo.echo", None, priority=99)
+        assert bad.value.status == 422
+        with pytest.raises(TypeError):
+            await client.submit("demo.echo", None, colour="red")
+        later = await client.submit("demo.echo", None, delay=3600)
+        with pytest.raises(WaitTimeout) as waited:
+            await client.wait(later.id, timeout=0.5)
+        assert waited.value.last is not None and waited.value.last.status == "scheduled"
+        await client.cancel(later.id)
+        assert (await client.wait(later.id, timeout=30)).status == "cancelled"
+
+
+async def test_stream_follows_a_task_and_resumes_from_an_id(system: System) -> None:
+    async with AsyncClient(system.base_url) as client:
+        sub = await client.submit("demo.echo", 1)
+        seen: list[Any] = []
+        async with asyncio.timeout(30):
+            async for event in client.stream(task_id=sub.id):
+                seen.append(event)
+                if event.type == "succeeded":
+                    break
+        assert [e.type for e in seen] == ["submitted", "attempt_started", "succeeded"]
+        resumed = []
+        async with asyncio.timeout(30):
+            async for event in client.stream(task_id=sub.id, last_event_id=seen[0].seq):
+                resumed.append(event)
+                if event.type == "succeeded":
+                    break
+        assert [e.seq for e in resumed] == [e.seq for e in seen[1:]]
+
+
+async def test_sync_client_does_the_same_without_await(system: System) -> None:
+    def use() -> tuple[str, Any]:
+        with Client(system.base_url) as client:
+            task = client.wait(client.submit("demo.echo", {"sync": True}).id, timeout=30)
+            return task.status, task.result
+
+    assert await asyncio.to_thread(use) == ("succeeded", {"sync": True})

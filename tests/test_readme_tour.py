@@ -1,0 +1,78 @@
+"""The README's two-minute tour works when pasted: its shell block runs against a real `ordo up`.
+
+The block is taken from README.md as written; only the address (`localhost:8000`) and the data folder
+(`.ordo/`) are pointed at this test's `ordo up`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ordo.embedded.processes import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tour_block() -> str:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## A two-minute tour", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert len(blocks) == 1, "the tour has exactly one shell block"
+    return blocks[0]
+
+
+def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the tour uses curl")
+def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDO_")}
+    log_path = tmp_path / "up.log"
+    with log_path.open("wb") as log:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "ordo.cli", "up", "--data-dir", str(data), "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+    try:
+        _wait_for(lambda: "Admin API key" in log_path.read_text(), 120, "the admin key")
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait_for(ready, 120, "ready")
+        script = tour_block().replace("localhost:8000", f"127.0.0.1:{port}").replace(".ordo/", f"{data}/")
+        done = subprocess.run(
+            ["bash", "-u", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        out = done.stdout
+        assert done.returncode == 0, done.stderr + out
+        assert '"status":"queued"' in out, out
+        assert '"type":"submitted"' in out, out
+        assert "event: task_event" in out and '"type":"succeeded"' in out, out
+        assert "unauthorized" not in out and "internal error" not in out, out
+        assert not (tmp_path / "task.json").exists()
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(timeout=60)
