@@ -216,6 +216,37 @@ async def test_a_worker_cannot_submit_forge_events_or_change_streams(
         await wk.close()
 
 
+async def test_raw_succeeded_events_from_the_worker_user_do_not_complete_a_task(
+    settings: Settings, nats_server: EmbeddedNats, provisioned: None
+) -> None:
+    """F8: the worker user may publish attempt events, without the decider or OCC. Two raw
+    `succeeded` on a scheduled task are stored, but fold as nothing: the task stays scheduled in
+    the read model and in the log's own fold (domain.state.accepts)."""
+    async with _services(settings) as http:
+        r = await http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600})
+        assert r.status_code == 202, r.text
+        task_id = r.json()["id"]
+        errors = Errors()
+        wk = await _raw(settings.nats_url, "worker", errors)
+        try:
+            js = wk.jetstream(timeout=5.0)
+            forged = b'{"event":"succeeded","attempt":7,"result":{"forged":1}}'
+            subject = sj.event_subject(TENANT, "default", task_id, "succeeded")
+            await js.publish(subject, forged)
+            last = (await js.publish(subject, forged)).seq
+        finally:
+            await wk.close()
+        assert errors.seen == []
+        r = await http.get(f"/v1/tasks/{task_id}", params={"min_seq": last, "consistency": "wait"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["status"], body["attempts"], body.get("result")) == ("scheduled", 0, None)
+        folded = (await http.get(f"/v1/tasks/{task_id}", params={"as_of_seq": last})).json()
+        assert folded["status"] == "scheduled"
+        # Cancelling it still works: the forged events did not make it terminal.
+        assert (await http.post(f"/v1/tasks/{task_id}:cancel")).status_code in (200, 202)
+
+
 async def _submit(handler: CommandHandler, tenant: str) -> str:
     task_id = new_task_id()
     cmd = SubmitTask(
