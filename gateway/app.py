@@ -43,9 +43,12 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         description="Event-sourced task scheduler on NATS JetStream",
         lifespan=lifespan,
+        openapi_url=None,  # openapi.install serves the document and pages (behind a key by default)
+        docs_url=None,
+        redoc_url=None,
     )
     problems.install(app)
-    openapi.install(app)
+    openapi.install(app, settings)
     app.include_router(routes_tasks.router)
     app.include_router(routes_auth.router)
     app.include_router(routes_schedules.router)

@@ -10,6 +10,7 @@ import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from fastapi import Request
 
@@ -51,7 +52,7 @@ async def authenticate(svc: Services, authorization: str | None) -> Principal:
     scheme, _, secret = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise _unauthorised("use Authorization: Bearer <key>")
-    key = await keys.verify(svc.pool, secret.strip())
+    key = await svc.keys.verify(secret.strip())
     if key is None:
         raise _unauthorised("unknown or revoked API key")
     return _principal_of(svc, key)
@@ -61,6 +62,44 @@ def _principal_of(svc: Services, key: keys.ApiKey) -> Principal:
     who = Principal(tenant=key.tenant, role=Role[key.role.upper()], key_id=key.id)
     svc.limits.take(key.id)
     return who
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(scheme: str, host: str | None, port: int | None) -> tuple[str, str, int | None]:
+    scheme = scheme.lower()
+    return scheme, (host or "").lower(), port if port is not None else _DEFAULT_PORTS.get(scheme)
+
+
+def same_origin(request: Request, origin: str) -> bool:
+    """Whether an `Origin` value is this gateway's own origin: scheme, host and port all equal.
+
+    The gateway's scheme is the one the client used: uvicorn takes it from X-Forwarded-Proto when
+    the peer is a trusted proxy (ORDO_FORWARDED_ALLOW_IPS)."""
+    try:
+        theirs = urlsplit(origin)
+        their_port = theirs.port
+    except ValueError:
+        return False
+    if not theirs.scheme or not theirs.hostname or theirs.path or theirs.query:
+        return False
+    ours = _origin(request.url.scheme, request.url.hostname, request.url.port)
+    return _origin(theirs.scheme, theirs.hostname, their_port) == ours
+
+
+def check_same_site(request: Request) -> None:
+    """403 for a request a browser made on behalf of another site (login or cookie CSRF).
+
+    `Origin` (sent by browsers on every POST) must be this gateway's origin; `Sec-Fetch-Site`,
+    when sent, must say same-origin or a user-typed navigation. Clients that send neither
+    (curl, SDKs) are not browsers and carry no ambient credentials, so they pass."""
+    origin = request.headers.get("origin")
+    if origin is not None and not same_origin(request, origin):
+        raise Problem(403, "forbidden", "cross-origin request")
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise Problem(403, "forbidden", "cross-site request")
 
 
 async def principal(request: Request) -> Principal:
@@ -73,15 +112,18 @@ async def principal(request: Request) -> Principal:
     cookie = request.cookies.get(sessions.COOKIE)
     if authorization is not None or cookie is None:
         return await authenticate(svc, authorization)
-    key_id = sessions.verify(svc.session_secret, cookie)
-    key = await keys.by_id(svc.pool, key_id) if key_id is not None else None
+    session = sessions.verify(svc.session_secret, cookie)
+    key = None
+    if session is not None and not svc.keys.session_ended(session.id):
+        key = await svc.keys.by_id(session.key_id)
     if key is None:
-        raise _unauthorised("the session expired or its key was revoked; sign in again")
+        raise _unauthorised("the session expired, ended or its key was revoked; sign in again")
     if request.method not in _SAFE_METHODS:
         # SameSite=Lax already keeps the cookie off cross-site posts; check the origin as well.
-        origin = request.headers.get("origin")
-        if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
-            raise Problem(403, "forbidden", "cross-origin request with a session cookie")
+        try:
+            check_same_site(request)
+        except Problem as exc:
+            raise Problem(403, "forbidden", "cross-origin request with a session cookie") from exc
     return _principal_of(svc, key)
 
 

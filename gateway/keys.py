@@ -2,8 +2,10 @@
 
 A key is `ordo_<id>_<secret>`; only its SHA-256 is stored (the secret is 256 random bits, so a fast
 hash is enough; a key chosen by an operator through ORDO_ADMIN_KEY is hashed the same way). A key
-carries one tenant and one role. Revocation is a timestamp: a revoked key answers 401 at once on
-every gateway, because every request looks its key up (an indexed point query).
+carries one tenant and one role. Revocation is a timestamp, never undone (a revoked bootstrap key is
+replaced by a new one, not revived). Gateways do not read this table on every request: they keep it
+in memory (gateway.key_cache) and reload it every ORDO_KEY_CACHE_TTL_S. A logout is recorded in
+`auth_sessions_ended` until the session would have expired anyway.
 """
 
 from __future__ import annotations
@@ -35,9 +37,17 @@ CREATE TABLE IF NOT EXISTS auth_secrets (
     name text PRIMARY KEY,
     secret bytea NOT NULL
 );
+CREATE TABLE IF NOT EXISTS auth_sessions_ended (
+    id text PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+);
 """
 _LOCK = 7_404_010
 ROLES = ("viewer", "submitter", "operator", "admin")
+
+
+class KeyRevoked(Exception):
+    """The key with a fixed secret (ORDO_ADMIN_KEY, admin.key) exists and was revoked: it stays so."""
 
 
 @dataclass(frozen=True)
@@ -67,30 +77,71 @@ def _key(rec: asyncpg.Record) -> ApiKey:
 async def create_key(
     conn: asyncpg.Connection | asyncpg.Pool, tenant: str, role: str, name: str = "", secret: str | None = None
 ) -> tuple[ApiKey, str]:
-    """A new key and its secret (shown once). `secret` fixes it (ORDO_ADMIN_KEY); idempotent then."""
+    """A new key and its secret (shown once). `secret` fixes it (ORDO_ADMIN_KEY); idempotent then,
+    except that a revoked key is never revived: `KeyRevoked`."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
     key_id = "k" + secrets.token_hex(8)
     plain = secret or f"ordo_{key_id}_{secrets.token_urlsafe(32)}"
     rec = await conn.fetchrow(
         "INSERT INTO api_keys (id, tenant, role, name, hash) VALUES ($1,$2,$3,$4,$5)"
-        " ON CONFLICT (hash) DO UPDATE SET revoked_at = NULL, tenant = EXCLUDED.tenant,"
-        " role = EXCLUDED.role RETURNING *",
+        " ON CONFLICT (hash) DO UPDATE SET tenant = EXCLUDED.tenant, role = EXCLUDED.role"
+        " WHERE api_keys.revoked_at IS NULL RETURNING *",
         key_id,
         tenant,
         role,
         name,
         digest(plain),
     )
+    if rec is None:
+        raise KeyRevoked("this key was revoked")
     return _key(rec), plain
+
+
+async def bootstrap_admin(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, name: str, secret: str | None
+) -> tuple[ApiKey, str, bool]:
+    """The bootstrap admin key with `secret` (a new one when None), and whether a new key had to be
+    minted because the stored one was revoked (the caller says so and keeps the new secret)."""
+    try:
+        key, plain = await create_key(conn, tenant, "admin", name, secret=secret)
+    except KeyRevoked:
+        key, plain = await create_key(conn, tenant, "admin", name)
+        return key, plain, True
+    return key, plain, False
 
 
 async def verify(conn: asyncpg.Connection | asyncpg.Pool, secret: str) -> ApiKey | None:
     """The live key with this secret; None for an unknown or revoked one."""
     if not secret or len(secret) > 512:
         return None
-    rec = await conn.fetchrow("SELECT * FROM api_keys WHERE hash=$1 AND revoked_at IS NULL", digest(secret))
+    return await by_digest(conn, digest(secret))
+
+
+async def by_digest(conn: asyncpg.Connection | asyncpg.Pool, key_hash: bytes) -> ApiKey | None:
+    rec = await conn.fetchrow("SELECT * FROM api_keys WHERE hash=$1 AND revoked_at IS NULL", key_hash)
     return None if rec is None else _key(rec)
+
+
+async def live_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[tuple[bytes, ApiKey]]:
+    """Every key not revoked, with its hash (the gateway's in-memory table)."""
+    recs = await conn.fetch("SELECT * FROM api_keys WHERE revoked_at IS NULL")
+    return [(bytes(r["hash"]), _key(r)) for r in recs]
+
+
+async def end_session(conn: asyncpg.Connection | asyncpg.Pool, session_id: str, expires_at: datetime) -> None:
+    """Record a logout: the session stays refused until it would have expired anyway."""
+    await conn.execute(
+        "INSERT INTO auth_sessions_ended (id, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        session_id,
+        expires_at,
+    )
+
+
+async def ended_sessions(conn: asyncpg.Connection | asyncpg.Pool) -> set[str]:
+    """The ids of sessions logged out before their expiry (expired entries are deleted)."""
+    await conn.execute("DELETE FROM auth_sessions_ended WHERE expires_at < now()")
+    return {r["id"] for r in await conn.fetch("SELECT id FROM auth_sessions_ended")}
 
 
 async def by_id(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> ApiKey | None:

@@ -4,14 +4,22 @@ Every error is application/problem+json (gateway.problems), so each operation do
 answers with that media type and the problem schema; every /v1 operation can answer 400 (a bad
 header or cursor), 401, 403, 422, 429 and 503, and one with a path parameter 404. Declaring this
 once keeps the spec honest for every router (schemathesis checks answers against it).
+
+`/openapi.json`, `/docs` and `/redoc` need a key or a session (any role), like the API they
+describe, unless ORDO_PUBLIC_DOCS is on (docs/decisions.md).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from ordo.gateway.auth import Role, require
+from ordo.infra.settings import Settings
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/ProblemModel"}
 _COMMON = ("400", "401", "403", "422", "429", "503")
@@ -66,7 +74,10 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, settings: Settings) -> None:
+    """The completed document and its pages; `app` must be built with openapi_url, docs_url and
+    redoc_url set to None (these routes replace FastAPI's public ones)."""
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = complete(
@@ -77,3 +88,16 @@ def install(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    guard = [] if settings.public_docs else [Depends(require(Role.VIEWER))]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guard)
+    async def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guard)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} API")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=guard)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} API")

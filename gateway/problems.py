@@ -50,6 +50,9 @@ _DOMAIN_STATUS: dict[type[de.DomainError], int] = {
 }
 
 
+_RETRY = {"Retry-After": "1"}
+
+
 def classify(exc: Exception) -> Problem | None:
     """The problem an expected error stands for; None for an unexpected one (a 500, logged).
 
@@ -59,14 +62,21 @@ def classify(exc: Exception) -> Problem | None:
         return exc
     if isinstance(exc, de.DomainError):
         return Problem(_DOMAIN_STATUS.get(type(exc), 409), exc.code, str(exc))
+    # The causes below name NATS or PostgreSQL internals (subjects, headers, sequences): logged, not
+    # answered.
     if isinstance(exc, ConcurrencyError):
-        return Problem(409, "concurrent-modification", str(exc))
+        log.info("concurrent modification: %s", exc)
+        return Problem(409, "concurrent-modification", "the task changed at the same time; retry")
     if isinstance(exc, EventStoreUnavailable):
         log.warning("event store unavailable: %s", exc)
-        return Problem(503, "event-log-unavailable", str(exc), headers={"Retry-After": "1"})
+        return Problem(
+            503, "event-log-unavailable", "the event log is unavailable; retry shortly", headers=_RETRY
+        )
     if isinstance(exc, ReadModelUnavailable):
         log.warning("read model unavailable: %s", exc)
-        return Problem(503, "read-model-unavailable", str(exc), headers={"Retry-After": "1"})
+        return Problem(
+            503, "read-model-unavailable", "the read model is unavailable; retry shortly", headers=_RETRY
+        )
     return None
 
 

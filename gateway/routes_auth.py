@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ordo.gateway import keys, sessions
-from ordo.gateway.auth import Principal, Role, require
+from ordo.gateway.auth import Principal, Role, check_same_site, require
 from ordo.gateway.body import read_limited
 from ordo.gateway.problems import Problem
 from ordo.gateway.resources import problems
@@ -94,11 +95,23 @@ def _set_cookie(response: Response, request: Request, svc: Services, key_id: str
     )
 
 
-async def _key_from_body(request: Request, svc: Services) -> str:
-    body = await read_limited(request, 4096)
-    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+async def _key_from_body(request: Request) -> str:
+    """The key of a sign-in: JSON `{"key": ...}`, or a form field from this very origin.
+
+    A browser sends a form or a text/plain body across sites without asking (a "simple" request);
+    accepting one would let another site sign the victim's browser in to the attacker's tenant
+    (login CSRF). A form must therefore carry this gateway's own Origin, and other types are refused.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/x-www-form-urlencoded":
+        if request.headers.get("origin") is None:
+            raise Problem(403, "forbidden", "a form sign-in must come from this origin")
+        body = await read_limited(request, 4096)
         values = parse_qs(body.decode(errors="replace")).get("key", [])
         return values[0] if values else ""
+    if content_type not in ("", "application/json"):
+        raise Problem(415, "unsupported-media-type", 'send application/json: {"key": "<API key>"}')
+    body = await read_limited(request, 4096)
     try:
         data = msgspec.json.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -113,7 +126,7 @@ async def _key_from_body(request: Request, svc: Services) -> str:
     "/auth/session",
     status_code=204,
     response_class=Response,
-    responses=problems(401, 422),
+    responses=problems(401, 403, 415, 422),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -130,8 +143,10 @@ async def _key_from_body(request: Request, svc: Services) -> str:
     },
 )
 async def sign_in(request: Request, svc: Svc) -> Response:
-    """Exchange an API key for an HttpOnly session cookie (the browser never stores the key)."""
-    key = await keys.verify(svc.pool, await _key_from_body(request, svc))
+    """Exchange an API key for an HttpOnly session cookie (the browser never stores the key).
+    Refused (403) when a browser sends it from another origin (login CSRF)."""
+    check_same_site(request)
+    key = await svc.keys.verify(await _key_from_body(request))
     if key is None:
         raise Problem(401, "unauthorized", "unknown or revoked API key")
     response = Response(status_code=204)
@@ -152,10 +167,18 @@ async def token_link(
     return response
 
 
-@router.post("/auth/logout", status_code=204, response_class=Response)
-async def sign_out() -> Response:
+@router.post("/auth/logout", status_code=204, response_class=Response, responses=problems(403, 503))
+async def sign_out(request: Request, svc: Svc) -> Response:
+    """End this browser's session on the server (a copy of the cookie stops working too) and
+    delete the cookie."""
+    cookie = request.cookies.get(sessions.COOKIE)
+    session = sessions.verify(svc.session_secret, cookie) if cookie else None
+    if session is not None:
+        check_same_site(request)  # another site must not sign the user out either
+        svc.keys.end_session(session.id)
+        await keys.end_session(svc.pool, session.id, datetime.fromtimestamp(session.expires, UTC))
     response = Response(status_code=204)
-    response.delete_cookie(sessions.COOKIE, path="/")
+    response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="lax")
     return response
 
 
@@ -194,7 +217,9 @@ async def create_key(body: NewKey, svc: Svc, who: Admin) -> JSONResponse:
     "/v1/keys/{key_id}", status_code=204, response_class=Response, responses=problems(401, 403, 404)
 )
 async def revoke_key(key_id: str, svc: Svc, who: Admin) -> Response:
-    """Revoke a key of the caller's tenant: it answers 401 from now on, its sessions end."""
+    """Revoke a key of the caller's tenant: it answers 401 and its sessions end, at once on this
+    gateway and within ORDO_KEY_CACHE_TTL_S (default 30 s) on the others."""
     if len(key_id) > 64 or not await keys.revoke(svc.pool, who.tenant, key_id):
         raise Problem(404, "not-found", f"no key {key_id[:64]!r}")
+    svc.keys.forget(key_id)  # at once here; other gateways within ORDO_KEY_CACHE_TTL_S
     return Response(status_code=204)

@@ -1,7 +1,9 @@
 """Worker routes: the registry, drain, and (under `ordo up`) scaling and killing local workers.
 
 Workers serve every tenant, so listing them is open to any viewer, but a worker's in-flight task
-ids are shown to their own tenant only. Drain, scale and kill change infrastructure: admin only.
+ids are shown to their own tenant only, and what describes the machine or counts every tenant's
+work (host, pid, memory, processed/succeeded/... counters) to admins only (docs/decisions.md).
+Drain, scale and kill change infrastructure: admin only.
 Scale and kill are answered by `ordo up`'s worker pool over NATS (`ordo.local.ctl`); without it
 (a deployment that runs workers itself) they answer 409 `not-local-mode`.
 """
@@ -30,15 +32,29 @@ MAX_LOCAL_WORKERS = 32
 _CONTROL_TIMEOUT_S = 5.0
 
 
+_ADMIN_ONLY = (
+    "host", "pid", "rss_bytes", "processed", "succeeded", "failed", "cancelled", "released", "poison",
+)  # fmt: skip
+
+
+def _shown(worker: dict[str, Any], who: Principal) -> dict[str, Any]:
+    """A worker as `who` may see it: below admin, the fields naming the machine or counting other
+    tenants' work are null."""
+    if who.role >= Role.ADMIN:
+        return worker
+    return {**worker, **dict.fromkeys(_ADMIN_ONLY)}
+
+
 @router.get("/workers")
 async def list_workers(svc: Svc, who: Viewer) -> dict[str, Any]:
-    """Every known worker: status (online/draining/offline/lost), load, counters, CPU, memory."""
-    return {"items": await workers.list_workers(svc.nc, who.tenant)}
+    """Every known worker: status (online/draining/offline/lost), load, CPU; for admins also host,
+    pid, memory and counters."""
+    return {"items": [_shown(w, who) for w in await workers.list_workers(svc.nc, who.tenant)]}
 
 
 @router.get("/workers/{worker_id}")
 async def get_worker(worker_id: str, svc: Svc, who: Viewer) -> dict[str, Any]:
-    return await _known(svc, who, worker_id)
+    return _shown(await _known(svc, who, worker_id), who)
 
 
 @router.post("/workers/{worker_id}:drain", status_code=202)
@@ -90,9 +106,7 @@ async def _request(svc: Services, subject: str, body: dict[str, Any], absent: st
         }[absent]
         raise Problem(409, absent, detail) from exc
     except nats.errors.TimeoutError as exc:
-        raise Problem(
-            504, "control-timeout", f"no answer on {subject} within {_CONTROL_TIMEOUT_S:g}s"
-        ) from exc
+        raise Problem(504, "control-timeout", f"no answer within {_CONTROL_TIMEOUT_S:g}s") from exc
     reply: dict[str, Any] = json.loads(msg.data)
     if not reply.get("ok"):
         raise Problem(409, "control-refused", str(reply.get("error", "refused")))

@@ -13,12 +13,13 @@ from fastapi import Request
 from nats.aio.client import Client as NATS
 
 from ordo.gateway import keys
+from ordo.gateway.key_cache import KeyCache
 from ordo.gateway.limits import Limits
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import EventStore
 from ordo.infra.nats_conn import connect, provision
+from ordo.infra.pg import Pool, ReadModelUnavailable, create_pool
 from ordo.infra.pg import connect as pg_connect
-from ordo.infra.pg import create_pool
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 from ordo.projections.runner import NOTIFY_CHANNEL
@@ -63,12 +64,16 @@ class Services:
     settings: Settings
     nc: NATS
     handler: CommandHandler
-    pool: asyncpg.Pool
+    pool: Pool
     notifier: Notifier
     limits: Limits
+    keys: KeyCache
     session_secret: bytes = b""
     _listener: asyncpg.Connection | None = field(default=None)
     _nats_api: NatsApi | None = field(default=None)
+    _key_reloader: asyncio.Task[None] | None = field(default=None)
+    _relisten: asyncio.Task[None] | None = field(default=None)
+    _closing: bool = field(default=False)
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -81,13 +86,19 @@ class Services:
             secret = await keys.session_secret(conn)
             if settings.auth and settings.admin_key:
                 # Deployments (compose) bootstrap their first admin key from ORDO_ADMIN_KEY.
-                await keys.create_key(
-                    conn, settings.tenant, "admin", "ORDO_ADMIN_KEY", secret=settings.admin_key
-                )
+                try:
+                    await keys.create_key(
+                        conn, settings.tenant, "admin", "ORDO_ADMIN_KEY", secret=settings.admin_key
+                    )
+                except keys.KeyRevoked:
+                    log.warning("ORDO_ADMIN_KEY was revoked and stays revoked; set a new one")
         store = EventStore(nc)
         handler = CommandHandler(store, Timers(nc, settings.timer_lead_s))
         limits = Limits(settings.rate_limit_per_s, settings.rate_limit_burst, settings.sse_max_per_key)
-        services = cls(settings, nc, handler, pool, Notifier(), limits, secret)
+        key_cache = KeyCache(pool, settings.key_cache_ttl_s, settings.key_cache_max_stale_s)
+        await key_cache.load()
+        services = cls(settings, nc, handler, pool, Notifier(), limits, key_cache, secret)
+        services._key_reloader = asyncio.create_task(key_cache.run(), name="key-cache")
         await services._listen()
         from ordo.gateway.nats_api import NatsApi  # it routes into the task service, which needs Services
 
@@ -102,9 +113,35 @@ class Services:
             asyncio.get_running_loop().create_task(self.notifier.notify(int(payload)))
 
         await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+        conn.add_termination_listener(self._listener_lost)
         self._listener = conn
 
+    def _listener_lost(self, _conn: object) -> None:
+        # PostgreSQL restarted or killed the backend: listen again once it is back (until then SSE
+        # streams and waiting reads poll on their timeouts, as they do for a missed notification).
+        if not self._closing:
+            self._relisten = asyncio.get_running_loop().create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        delay = 0.2
+        while not self._closing:
+            try:
+                await self._listen()
+            except ReadModelUnavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                log.info("listening for projector commits again")
+                return
+
     async def close(self) -> None:
+        self._closing = True
+        if self._relisten is not None:
+            self._relisten.cancel()
+            await asyncio.gather(self._relisten, return_exceptions=True)
+        await self.keys.shutdown()
+        if self._key_reloader is not None:
+            await self._key_reloader
         if self._nats_api is not None:
             await self._nats_api.stop()
         if self._listener is not None:

@@ -57,6 +57,18 @@ class Settings:
     # The local admin key `ordo up` creates (ORDO_ADMIN_KEY); generated and printed when empty.
     admin_key: str = ""
     session_ttl_s: float = 12 * 3600.0
+    # API keys and ended sessions are kept in each gateway's memory, so the submit path needs the
+    # event log only: the table is reloaded every ORDO_KEY_CACHE_TTL_S (a revocation made on another
+    # gateway counts within that time; on the revoking gateway at once). While PostgreSQL is
+    # unreachable the last loaded table keeps serving for up to ORDO_KEY_CACHE_MAX_STALE_S; past
+    # that, requests answer 503 until it can be reloaded.
+    key_cache_ttl_s: float = 30.0
+    key_cache_max_stale_s: float = 900.0
+    # /openapi.json and /docs need a key (any role) unless this is on.
+    public_docs: bool = False
+    # Proxies whose X-Forwarded-Proto/-For the gateway trusts (uvicorn's forwarded_allow_ips: a
+    # comma-separated list of addresses or "*"), so the session cookie is Secure behind TLS.
+    forwarded_allow_ips: str = "127.0.0.1"
     # Per-API-key limits: a token bucket of requests, concurrent SSE streams; request sizes.
     rate_limit_per_s: float = 200.0
     rate_limit_burst: int = 400
@@ -95,6 +107,8 @@ class Settings:
             )
         if not 1 <= self.max_batch <= 100_000 or not 1 <= self.max_page <= 10_000:
             raise SettingsError("need 1 <= ORDO_MAX_BATCH <= 100000 and 1 <= ORDO_MAX_PAGE <= 10000")
+        if not 0 < self.key_cache_ttl_s <= self.key_cache_max_stale_s:
+            raise SettingsError("need 0 < ORDO_KEY_CACHE_TTL_S <= ORDO_KEY_CACHE_MAX_STALE_S")
         if self.sse_ping_s <= 0 or self.sse_send_timeout_s <= 0 or self.consistency_wait_s < 0:
             raise SettingsError("ORDO_SSE_PING_S, ORDO_SSE_SEND_TIMEOUT_S > 0; ORDO_CONSISTENCY_WAIT_S >= 0")
 

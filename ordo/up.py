@@ -45,10 +45,13 @@ async def _local_admin(settings: Settings, database_url: str, data_dir: Path) ->
     conn = await connect(database_url)
     try:
         await keys.migrate(conn)
-        key, secret = await keys.create_key(conn, settings.tenant, "admin", "ordo up", secret=secret or None)
+        # A revoked key stays revoked (it may have leaked): a new one is minted and printed instead.
+        key, secret, minted = await keys.bootstrap_admin(conn, settings.tenant, "ordo up", secret or None)
         token = await keys.create_login_token(conn, key.id, 600)
     finally:
         await conn.close()
+    if minted:
+        print("The stored admin key was revoked; a new admin key was minted (below).", flush=True)
     if not settings.admin_key:
         key_file.touch(mode=0o600)
         key_file.write_text(secret + "\n")
