@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 
 from ordo.infra import subjects as sj
 from ordo.infra.event_store import EventStoreUnavailable, parse_stored_at
-from ordo.workers.registry import LOST_AFTER_PERIODS, Heartbeat, decode_heartbeat
+from ordo.infra.heartbeats import LOST_AFTER_PERIODS, Heartbeat, decode_heartbeat
 
 _PAGE = 1000
 

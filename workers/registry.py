@@ -25,55 +25,16 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ordo.infra import subjects as sj
+from ordo.infra.heartbeats import DEFAULT_HEARTBEAT_S, Heartbeat, encode_heartbeat
 from ordo.workers.stats import ProcessSampler, WorkerStats
 
 log = logging.getLogger("ordo.worker.registry")
-
-DEFAULT_HEARTBEAT_S = 5.0
-LOST_AFTER_PERIODS = 3
-
-
-class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
-    """One worker's announcement and figures; the wire format of the registry."""
-
-    worker_id: str
-    host: str
-    pid: int
-    queues: tuple[str, ...]
-    handlers: tuple[str, ...]
-    concurrency: int
-    type_limits: dict[str, int] = {}
-    state: str = "online"  # online | draining | stopping | offline
-    in_flight: int = 0
-    # (tenant, task id, attempt) of each running attempt; the gateway shows a tenant its own only.
-    tasks: tuple[tuple[str, str, int], ...] = ()
-    processed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    released: int = 0
-    poison: int = 0
-    cpu_pct: float = 0.0
-    rss_bytes: int = 0
-    started_at: datetime
-    sent_at: datetime
-    every_s: float = DEFAULT_HEARTBEAT_S
-
-
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Heartbeat)
-
-
-def decode_heartbeat(data: bytes) -> Heartbeat:
-    return _decoder.decode(data)
-
 
 class Reporting(Protocol):
     """What the announcer reads from the worker, and the one thing it can ask of it."""
@@ -170,7 +131,7 @@ class Announcer:
 
     async def beat(self, state: str | None = None) -> bool:
         """Publish one heartbeat; a failure is logged (the next one may get through)."""
-        data = _encoder.encode(self.heartbeat(state))
+        data = encode_heartbeat(self.heartbeat(state))
         subject = sj.worker_heartbeat_subject(self._worker.worker_id)
         try:
             await self._nc.jetstream().publish(subject, data, timeout=2.0)

@@ -26,12 +26,13 @@ from nats.aio.subscription import Subscription
 from ordo.domain.priority import BAND_WEIGHTS
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
+from ordo.infra.heartbeats import DEFAULT_HEARTBEAT_S
 from ordo.infra.settings import NAME_RE, Settings
 from ordo.workers import consumer
 from ordo.workers.executor import Executor, utc_now
 from ordo.workers.handlers import Registry
 from ordo.workers.limits import TypeLimits, lane_consumer_config
-from ordo.workers.registry import DEFAULT_HEARTBEAT_S, Announcer
+from ordo.workers.registry import Announcer
 from ordo.workers.stats import WorkerStats
 
 # How long one fetch waits on an empty band before the loop moves to the next band.
