@@ -16,7 +16,7 @@ from starlette.routing import Match
 
 from ordo.gateway.auth import Principal, Role, require
 from ordo.infra.metrics import Registry
-from ordo.projections import counters
+from ordo.projections import counters, poison
 
 router = APIRouter(tags=["metrics"])
 http_registry = Registry()
@@ -103,6 +103,7 @@ async def _gauges(request: Request, tenant: str) -> str:
             tenant,
         )
         checkpoints = await conn.fetch("SELECT name, last_seq FROM projection_checkpoints")
+        skipped = await poison.counts(conn)
     depth = registry.gauge("ordo_queue_depth", "Tasks by queue and status", ("tenant", "queue", "status"))
     depth.replace(((r["tenant"], r["queue"], r["status"]), float(r["n"])) for r in rows)
     inflight = registry.gauge("ordo_tasks_in_flight", "Running tasks by queue", ("tenant", "queue"))
@@ -115,6 +116,12 @@ async def _gauges(request: Request, tenant: str) -> str:
         "ordo_projection_lag_events", "Log sequences not yet applied by a projection", ("projection",)
     )
     lag.replace(((r["name"],), max(0.0, last - r["last_seq"])) for r in checkpoints)
+    errors = registry.gauge(
+        "ordo_projection_errors",
+        "Events a projection could not apply and skipped (rows of projection_errors)",
+        ("projection",),
+    )
+    errors.replace(((r["name"],), float(skipped.get(r["name"], 0))) for r in checkpoints)
     return registry.render()
 
 

@@ -27,6 +27,17 @@ class ProblemModel(BaseModel):
     detail: str
 
 
+class SkippedEvent(_Model):
+    """An event of this task a read model could not apply and skipped (DESIGN Revision 2): the
+    log holds it, `?as_of_seq=` folds it, but the fields below may not reflect it."""
+
+    projection: str
+    seq: int
+    event: str
+    error: str
+    recorded_at: datetime
+
+
 class TaskResource(_Model):
     id: str
     type: str
@@ -50,6 +61,7 @@ class TaskResource(_Model):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     last_seq: int
+    projection_errors: list[SkippedEvent] = []
 
 
 class TaskList(_Model):

@@ -1,4 +1,9 @@
-"""Liveness and readiness. Ready = NATS, PostgreSQL and an active projector; workers are reported."""
+"""Liveness and readiness. Ready = NATS, PostgreSQL and an active projector; workers are reported.
+
+Events a read model skipped (DESIGN Revision 2) leave the system ready but `degraded`: readiness
+stays 200, so one bad event never takes the gateway out of a load balancer for everyone, and the
+count says how many entries `projection_errors` holds.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from ordo.gateway.services import Services, services
+from ordo.projections import poison
 from ordo.projections.runner import checkpoint, leader_present
 
 router = APIRouter(tags=["health"])
@@ -27,9 +33,11 @@ async def readyz(svc: Svc) -> JSONResponse:
             checks["postgres"] = True
             checks["projections"] = await leader_present(conn)
             checks["projection_seq"] = await checkpoint(conn)
+            checks["projection_errors"] = sum((await poison.counts(conn)).values())
     except Exception as exc:  # noqa: BLE001 - any failure means not ready; report it
         checks["postgres"] = False
         checks["projections"] = False
         checks["error"] = str(exc)
     ready = bool(checks["nats"] and checks["postgres"] and checks["projections"])
-    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+    degraded = bool(checks.get("projection_errors"))
+    return JSONResponse({"ready": ready, "degraded": degraded, **checks}, status_code=200 if ready else 503)

@@ -1,4 +1,8 @@
-"""Schedule request bodies, validated by msgspec (unknown fields, wrong types, naive times: rejected)."""
+"""Schedule request bodies, validated by msgspec (unknown fields, wrong types, naive times: rejected).
+
+As for tasks (gateway/json_bounds.py): the template's payload must decode and nest at most 64 deep
+(a `\u0000` escape in it is kept); no other string (description, cron, tags...) may hold NUL.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import msgspec
 
 from ordo.domain.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from ordo.domain.schedule_events import CatchupPolicy, OverlapPolicy, ScheduleSpec, TaskTemplate
+from ordo.gateway.json_bounds import MAX_DEPTH, UnsafeJson, check_text, decoded
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,64}$")]
 TaskType = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -102,8 +107,17 @@ T = TypeVar("T")
 
 def decode_body(body: bytes, kind: type[T]) -> T:
     try:
-        return msgspec.json.decode(body, type=kind)
+        value = msgspec.json.decode(body, type=kind)
+        check_text(value)
+        task = getattr(value, "task", None)
+        if isinstance(task, TaskTemplateBody):
+            decoded(task.payload, "task.payload")
     except msgspec.ValidationError as exc:
         raise InvalidBody(str(exc)) from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidBody(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidBody(f"JSON nests deeper than {MAX_DEPTH} levels") from exc
+    except UnsafeJson as exc:
+        raise InvalidBody(str(exc)) from exc
+    return value

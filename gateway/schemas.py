@@ -1,4 +1,8 @@
-"""Request bodies, validated by msgspec: unknown fields, wrong types and bad values are rejected whole."""
+"""Request bodies, validated by msgspec: unknown fields, wrong types and bad values are rejected whole.
+
+Beyond the schema (gateway/json_bounds.py): a payload must decode and nest at most 64 levels deep,
+and no other string may hold NUL. A payload may hold a `\u0000` escape: it is stored and read back.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Annotated, Any
 import msgspec
 
 from ordo.domain.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from ordo.gateway.json_bounds import MAX_DEPTH, UnsafeJson, check_text, decoded
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,64}$")]
 TaskType = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -30,8 +35,14 @@ class SubmitTaskRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True)
     tags: Annotated[list[Tag], msgspec.Meta(max_length=20)] = []
 
     def body_hash(self) -> str:
-        """A hash of what the task will be, for idempotency-key conflict checks."""
-        return hashlib.sha256(msgspec.json.encode(self)).hexdigest()
+        """A hash of what the task will be, for idempotency-key conflict checks.
+
+        The payload is hashed in a canonical form (keys sorted, no whitespace), so the same JSON
+        sent again with other spacing or key order is the same task; a payload already in that form
+        hashes as it did before the canonical form was introduced."""
+        canonical = msgspec.Raw(msgspec.json.encode(decoded(self.payload), order="sorted"))
+        same = msgspec.structs.replace(self, payload=canonical)
+        return hashlib.sha256(msgspec.json.encode(same)).hexdigest()
 
 
 _decoder = msgspec.json.Decoder(SubmitTaskRequest)
@@ -41,15 +52,34 @@ class InvalidBody(ValueError):
     """The body is not valid JSON or does not match the schema."""
 
 
-def decode_submit(body: bytes) -> SubmitTaskRequest:
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """One body through a decoder, every failure an InvalidBody (never a 500 or a reset)."""
     try:
-        req = _decoder.decode(body)
+        value = decoder.decode(body)
+        check_text(value)
     except msgspec.ValidationError as exc:
         raise InvalidBody(str(exc)) from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidBody(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidBody(f"JSON nests deeper than {MAX_DEPTH} levels") from exc
+    except UnsafeJson as exc:
+        raise InvalidBody(str(exc)) from exc
+    return value
+
+
+def _payload(raw: msgspec.Raw) -> None:
+    try:
+        decoded(raw)
+    except UnsafeJson as exc:
+        raise InvalidBody(str(exc)) from exc
+
+
+def decode_submit(body: bytes) -> SubmitTaskRequest:
+    req: SubmitTaskRequest = _decode(_decoder, body)
     if req.run_at is not None and req.delay is not None:
         raise InvalidBody("give run_at or delay, not both")
+    _payload(req.payload)
     return req
 
 
@@ -88,25 +118,18 @@ _batch_decoder = msgspec.json.Decoder(_BatchEnvelope)
 
 
 def decode_update(body: bytes) -> UpdateTaskRequest:
-    try:
-        req = _update_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidBody(str(exc)) from exc
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise InvalidBody(f"malformed JSON: {exc}") from exc
+    req: UpdateTaskRequest = _decode(_update_decoder, body)
     if req.payload is msgspec.UNSET and req.priority is None and req.run_at is None:
         raise InvalidBody("give at least one of payload, priority, run_at")
+    if not isinstance(req.payload, msgspec.UnsetType):
+        _payload(req.payload)
     return req
 
 
 def decode_batch_items(body: bytes) -> list[msgspec.Raw]:
     """The raw items of `{"tasks": [...]}`; each is decoded on its own to report errors by index."""
-    try:
-        return _batch_decoder.decode(body).tasks
-    except msgspec.ValidationError as exc:
-        raise InvalidBody(str(exc)) from exc
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise InvalidBody(f"malformed JSON: {exc}") from exc
+    envelope: _BatchEnvelope = _decode(_batch_decoder, body)
+    return envelope.tasks
 
 
 def batch_schema(max_items: int) -> dict[str, Any]:

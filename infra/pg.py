@@ -47,8 +47,9 @@ def _decode_json(value: str) -> Any:
 
 
 async def _init(conn: asyncpg.Connection) -> None:
-    # jsonb in: a JSON text we already hold (no re-encoding); jsonb out: decoded with msgspec.
+    # json(b) in: a JSON text we already hold (no re-encoding); out: decoded with msgspec.
     await conn.set_type_codec("jsonb", encoder=str, decoder=_decode_json, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=str, decoder=_decode_json, schema="pg_catalog")
 
 
 class _Acquire:

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     lease_until timestamptz,
     finished_at timestamptz,
     outcome text NOT NULL DEFAULT 'running',
-    error jsonb,
+    error json,
     lease_extensions int NOT NULL DEFAULT 0,
     progress double precision,
     last_seq bigint NOT NULL,
@@ -44,7 +44,7 @@ _UPSERT = """
 INSERT INTO attempts AS a (tenant, task_id, attempt, queue, worker_id, started_at, lease_until,
     finished_at, outcome, error, lease_extensions, progress, last_seq)
 SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[],
-    $7::timestamptz[], $8::timestamptz[], $9::text[], $10::jsonb[], $11::int[],
+    $7::timestamptz[], $8::timestamptz[], $9::text[], $10::json[], $11::int[],
     $12::double precision[], $13::bigint[])
 ON CONFLICT (tenant, task_id, attempt) DO UPDATE SET
     worker_id=EXCLUDED.worker_id, lease_until=EXCLUDED.lease_until, finished_at=EXCLUDED.finished_at,

@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS dead_letter_tasks (
     queue text NOT NULL,
     type text NOT NULL,
     attempts int NOT NULL DEFAULT 0,
-    error jsonb,
+    error json,
     last_seq bigint NOT NULL,
     PRIMARY KEY (tenant, task_id)
 );
@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     type text NOT NULL,
     attempts int NOT NULL,
     error_kind text NOT NULL DEFAULT '',
-    error jsonb,
+    error json,
     reason text NOT NULL DEFAULT '',
     dead_at timestamptz NOT NULL,
     seq bigint NOT NULL,
@@ -125,7 +125,7 @@ async def _write(conn: asyncpg.Connection, tasks: dict[tuple[str, str], _Task]) 
     await conn.execute(
         """
         INSERT INTO dead_letter_tasks AS d (tenant, task_id, queue, type, attempts, error, last_seq)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::jsonb[],
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::json[],
                              $7::bigint[])
         ON CONFLICT (tenant, task_id) DO UPDATE SET attempts=EXCLUDED.attempts, error=EXCLUDED.error,
             last_seq=EXCLUDED.last_seq
@@ -154,7 +154,7 @@ async def _write(conn: asyncpg.Connection, tasks: dict[tuple[str, str], _Task]) 
             INSERT INTO dead_letters (tenant, task_id, queue, type, attempts, error_kind, error, reason,
                                       dead_at, seq)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
-                                 $7::jsonb[], $8::text[], $9::timestamptz[], $10::bigint[])
+                                 $7::json[], $8::text[], $9::timestamptz[], $10::bigint[])
             ON CONFLICT (tenant, task_id) DO UPDATE SET attempts=EXCLUDED.attempts,
                 error_kind=EXCLUDED.error_kind, error=EXCLUDED.error, reason=EXCLUDED.reason,
                 dead_at=EXCLUDED.dead_at, seq=EXCLUDED.seq

@@ -3,8 +3,9 @@
 An ordered consumer (ephemeral, flow-controlled, no acks) on every family's filter, starting at a
 given sequence: PostgreSQL holds the cursor, so a reader is thrown away and recreated from the
 checkpoint after any failure. The in-memory buffer is bounded, so a rebuild of a long log applies
-back-pressure to the server instead of holding the whole log in memory. An event that no family can
-decode raises `PoisonEvent`: it is never skipped.
+back-pressure to the server instead of holding the whole log in memory. An event its family cannot
+decode is handed out as an `Undecodable` record, in its place: the runner records it as an event the
+family's projections could not apply (DESIGN Revision 2) and carries on.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ordo.infra import subjects as sj
+from ordo.projections.poison import Undecodable
 from ordo.projections.registry import Family
 
 # (family name, decoded record with at least `.seq`)
@@ -27,7 +29,7 @@ Record = tuple[str, Any]
 
 
 class PoisonEvent(RuntimeError):
-    """An event in the log that no projection can read: projection stops rather than skip it."""
+    """An event in the log that no projection can read (kept for callers that still raise it)."""
 
 
 class LogReader:
@@ -46,7 +48,6 @@ class LogReader:
         self._start = max(1, start_seq)
         self._queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=buffer)
         self._held: Record | None = None
-        self._poison: PoisonEvent | None = None
         self._sub: Subscription | None = None
         self._log = logger or logging.getLogger("ordo.projector")
 
@@ -101,11 +102,7 @@ class LogReader:
             msg = await self._next(linger_s)
             if msg is None:
                 break
-            try:
-                record = self._decode(msg)
-            except PoisonEvent as exc:
-                self._poison = exc  # apply what came before it first; raise on the next call
-                break
+            record = self._decode(msg)
         return out
 
     async def _next(self, linger_s: float) -> Msg | None:
@@ -124,8 +121,6 @@ class LogReader:
         return self._held is not None and self._held[1].seq > seq
 
     async def _first(self, wait: asyncio.Event | None) -> Record | None:
-        if self._poison is not None:
-            raise self._poison
         if self._held is not None:
             held, self._held = self._held, None
             return held
@@ -142,12 +137,12 @@ class LogReader:
 
     def _decode(self, msg: Msg) -> Record:
         meta = msg.metadata
+        seq = meta.sequence.stream
+        family = next((f for f in self._families if f.matches(msg.subject)), self._families[0])
         try:
-            family = next(f for f in self._families if f.matches(msg.subject))
-            record = family.decode(
-                msg.subject, msg.data, dict(msg.headers or {}), meta.sequence.stream, meta.timestamp
+            return family.name, family.decode(
+                msg.subject, msg.data, dict(msg.headers or {}), seq, meta.timestamp
             )
-            return family.name, record
-        except Exception as exc:
-            self._log.critical("poison event at seq %s on %s: %s", meta.sequence.stream, msg.subject, exc)
-            raise PoisonEvent(f"cannot decode event seq {meta.sequence.stream}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - whatever the bytes are, the record says so
+            self._log.error("undecodable event at seq %s on %s: %s", seq, msg.subject, exc)
+            return family.name, Undecodable(seq, msg.subject, f"cannot decode: {type(exc).__name__}: {exc}")

@@ -11,7 +11,8 @@ checkpoint, one transaction:
      waits on them, so it pauses applying without being told;
   2. applies the last few events into the shadow, up to exactly that checkpoint;
   3. moves the live tables out and the shadow tables in (ALTER TABLE ... SET SCHEMA; their indexes
-     and constraints go with them) and moves the checkpoints (never backwards);
+     and constraints go with them), moves the checkpoints (never backwards) and replaces the rebuilt
+     projections' rows of `projection_errors` (events skipped, DESIGN Revision 2) with the shadow's;
   4. commits. Gateway reads wait at most for this transaction and then read the new tables; the live
      projector resumes from the same checkpoint into the new tables.
 """
@@ -134,8 +135,8 @@ class Rebuilder:
             await ensure_checkpoints(conn, self._projections)
         # SET inside a committed transaction persists for the session: applies go to the shadow.
         recs = await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname=$1 AND tablename <> 'projection_checkpoints'"
-            " ORDER BY tablename",
+            "SELECT tablename FROM pg_tables WHERE schemaname=$1"
+            " AND tablename NOT IN ('projection_checkpoints', 'projection_errors') ORDER BY tablename",
             SHADOW_SCHEMA,
         )
         return tuple(r["tablename"] for r in recs)
@@ -215,6 +216,7 @@ class Rebuilder:
                         " WHERE l.name = s.name AND l.name = ANY($1::text[]) AND s.last_seq > l.last_seq",
                         self._names,
                     )
+                    await self._swap_errors(conn, live)
                     await conn.execute(f"DROP SCHEMA {RETIRED_SCHEMA} CASCADE")
                     await conn.execute(f"DROP SCHEMA {SHADOW_SCHEMA} CASCADE")
                     await conn.execute(f"SET search_path TO {live}")
@@ -225,6 +227,18 @@ class Rebuilder:
                 )
                 await self._rewind(conn)
         raise RebuildError(f"could not swap after {self._swap_attempts} attempts: tables stayed busy")
+
+    async def _swap_errors(self, conn: asyncpg.Connection, live: str) -> None:
+        """The rebuilt projections' skipped events are the ones the rebuild skipped (same code, same
+        events: normally the same rows); other projections' entries stay."""
+        await conn.execute(
+            f"DELETE FROM {live}.projection_errors WHERE projection = ANY($1::text[])", self._names
+        )
+        await conn.execute(
+            f"INSERT INTO {live}.projection_errors SELECT * FROM {SHADOW_SCHEMA}.projection_errors"
+            " WHERE projection = ANY($1::text[]) ON CONFLICT DO NOTHING",
+            self._names,
+        )
 
     async def _rewind(self, conn: asyncpg.Connection) -> None:
         """After a rolled-back swap: the shadow is where its committed checkpoints say; read from there."""

@@ -3,8 +3,11 @@
 Exactly one runner is active (a PostgreSQL advisory lock elects it; others stand by). It reads with
 an ordered consumer from the lowest checkpoint + 1 (PostgreSQL holds the cursor, so there is nothing to
 ack), applies a batch to every projection in one transaction together with each projection's
-checkpoint, skips any sequence already applied, and NOTIFYs listeners (SSE) on commit. An event that
-cannot be decoded halts the runner loudly: it is never skipped.
+checkpoint, skips any sequence already applied, and NOTIFYs listeners (SSE) on commit.
+
+A projection is total (DESIGN Revision 2): an event it cannot apply because of the event's data, or
+that cannot be decoded at all, is recorded in `projection_errors` and skipped by that projection
+alone; an outage (PostgreSQL gone) still stops the runner, which then resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import nats.errors
@@ -23,7 +27,8 @@ from ordo.infra import subjects as sj
 from ordo.infra import telemetry
 from ordo.infra.event_store import EventStoreUnavailable
 from ordo.infra.pg import connect
-from ordo.projections import tasks
+from ordo.projections import poison, tasks
+from ordo.projections.poison import Undecodable
 from ordo.projections.reader import LogReader, PoisonEvent, Record
 from ordo.projections.registry import FAMILIES, PROJECTIONS, Family, Projection
 from ordo.projections.schema import migrate
@@ -34,6 +39,7 @@ NOTIFY_CHANNEL = "ordo_events"
 LEADER_LOCK = 7_404_002
 
 DEFAULT_PROJECTIONS: tuple[Projection, ...] = PROJECTIONS
+_log = logging.getLogger("ordo.projector")
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,26 @@ async def apply_batch(
     Records at or below a projection's checkpoint are skipped (a redelivery). Tables and checkpoints
     are named without a schema, so the connection's search_path decides where they live: the live
     tables, or a rebuild's shadow schema. Returns (records applied, records skipped as duplicates).
+
+    The whole batch is tried at once under a savepoint. When an event's data makes a projection
+    fail, the batch is applied again projection by projection, halving the failing projection's
+    records until the events it cannot apply are found; those are recorded and skipped. Applying a
+    batch in pieces, in order, equals applying it whole (projections are idempotent by sequence), so
+    the live projector and a rebuild end with the same tables whatever the batch boundaries were.
     """
+    if not any(isinstance(r, Undecodable) for _, r in batch):
+        try:
+            async with conn.transaction():  # a savepoint in the caller's transaction
+                return await _apply_batch(conn, projections, batch, isolate=False)
+        except poison.DATA_ERRORS as exc:
+            if not poison.caused_by_data(exc, conn):
+                raise
+    return await _apply_batch(conn, projections, batch, isolate=True)
+
+
+async def _apply_batch(
+    conn: asyncpg.Connection, projections: Sequence[Projection], batch: list[Record], isolate: bool
+) -> tuple[int, int]:
     last = batch[-1][1].seq
     checkpoints = await locked_checkpoints(conn, [p.name for p in projections])
     applied = skipped = 0
@@ -87,7 +112,9 @@ async def apply_batch(
         fresh = [r for r in mine if r.seq > done]
         skipped += len(mine) - len(fresh)
         applied += len(fresh)
-        if fresh:
+        if fresh and isolate:
+            await _apply_total(conn, projection, fresh)
+        elif fresh:
             await projection.apply(conn, fresh)
         await conn.execute(
             "UPDATE projection_checkpoints SET last_seq=$2 WHERE name=$1 AND last_seq < $2",
@@ -95,6 +122,37 @@ async def apply_batch(
             last,
         )
     return applied, skipped
+
+
+async def _apply_total(conn: asyncpg.Connection, projection: Projection, records: list[Any]) -> None:
+    """Apply `records`, recording and skipping each one `projection` cannot apply."""
+    good = []
+    for rec in records:
+        if isinstance(rec, Undecodable):
+            await poison.record(conn, projection.name, projection.family, rec, rec.error)
+            _log.error("projection %s skips seq %d: %s", projection.name, rec.seq, rec.error)
+        else:
+            good.append(rec)
+    await _isolate(conn, projection, good)
+
+
+async def _isolate(conn: asyncpg.Connection, projection: Projection, records: list[Any]) -> None:
+    if not records:
+        return
+    try:
+        async with conn.transaction():
+            await projection.apply(conn, records)
+        return
+    except poison.DATA_ERRORS as exc:
+        if not poison.caused_by_data(exc, conn):
+            raise
+        if len(records) == 1:
+            await poison.record(conn, projection.name, projection.family, records[0], exc)
+            _log.error("projection %s skips seq %d: %s", projection.name, records[0].seq, exc)
+            return
+    half = len(records) // 2
+    await _isolate(conn, projection, records[:half])
+    await _isolate(conn, projection, records[half:])
 
 
 class ProjectionRunner:

@@ -19,6 +19,7 @@ import msgspec
 from ordo.domain import schedule_events as se
 from ordo.domain.schedule_state import ScheduleState, evolve, initial
 from ordo.infra import subjects as sj
+from ordo.projections.json_text import json_text
 
 NAME = "schedules"
 
@@ -29,7 +30,7 @@ CREATE TABLE IF NOT EXISTS schedules (
     status text NOT NULL,
     cron text NOT NULL,
     timezone text NOT NULL,
-    spec jsonb NOT NULL,
+    spec json NOT NULL,
     next_fire_at timestamptz,
     last_tick_at timestamptz,
     last_task_id text,
@@ -49,7 +50,7 @@ CREATE TABLE IF NOT EXISTS schedule_events (
     schedule_id text NOT NULL,
     type text NOT NULL,
     at timestamptz NOT NULL,
-    data jsonb NOT NULL
+    data json NOT NULL
 );
 CREATE INDEX IF NOT EXISTS schedule_events_by_schedule ON schedule_events (tenant, schedule_id, seq);
 """
@@ -90,7 +91,7 @@ ON CONFLICT (tenant, id) DO UPDATE SET
 """
 _INSERT_EVENTS = """
 INSERT INTO schedule_events (seq, tenant, schedule_id, type, at, data)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::jsonb[])
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::json[])
 ON CONFLICT (seq) DO NOTHING
 """
 
@@ -110,7 +111,7 @@ async def apply(conn: asyncpg.Connection, records: list[ScheduleRecord]) -> None
         [r.schedule_id for r in records],
         [r.name for r in records],
         [r.stored_at for r in records],
-        [r.data.decode() for r in records],
+        [json_text(r.data) for r in records],
     )
     keys = sorted({(r.tenant, r.schedule_id) for r in records})
     existing = await conn.fetch(
@@ -135,7 +136,7 @@ async def apply(conn: asyncpg.Connection, records: list[ScheduleRecord]) -> None
         args.append(
             (
                 tenant, sid, _status(state), state.spec.cron, state.spec.timezone,
-                msgspec.json.encode(state.spec).decode(), state.next_at, state.last_tick_at,
+                json_text(msgspec.json.encode(state.spec)), state.next_at, state.last_tick_at,
                 state.last_task_id, state.fired, state.skipped, state.missed, created_at,
                 updated_at, last_seq, _state_enc.encode(state),
             )

@@ -1,4 +1,9 @@
-"""The read-model tables. Every row carries its tenant; nothing here depends on the wall clock."""
+"""The read-model tables. Every row carries its tenant; nothing here depends on the wall clock.
+
+Two tables belong to the runner rather than to one projection: `projection_checkpoints` (how far
+each projection has applied the log) and `projection_errors` (the events a projection could not
+apply and skipped: DESIGN Revision 2, docs/decisions.md "A poison event is recorded and skipped").
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,39 @@ CREATE TABLE IF NOT EXISTS projection_checkpoints (
     name text PRIMARY KEY,
     last_seq bigint NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS projection_errors (
+    projection text NOT NULL,
+    seq bigint NOT NULL,
+    family text NOT NULL,
+    subject text NOT NULL,
+    tenant text NOT NULL,
+    aggregate_id text NOT NULL,
+    event text NOT NULL,
+    error text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projection, seq)
+);
+CREATE INDEX IF NOT EXISTS projection_errors_aggregate
+    ON projection_errors (tenant, family, aggregate_id);
+"""
+
+# Read models keep JSON as `json` (the text as given), never `jsonb`: jsonb cannot hold a `\u0000`
+# escape, which is valid JSON that a payload or a handler's result may carry. Tables created as jsonb
+# by an older release are converted once (in whichever schema the search_path names first).
+_JSON_TABLES = ("tasks", "task_events", "attempts", "dead_letter_tasks", "dead_letters", "schedules",
+                "schedule_events")  # fmt: skip
+JSON_NOT_JSONB = f"""
+DO $$
+DECLARE c record;
+BEGIN
+    FOR c IN SELECT table_name, column_name FROM information_schema.columns
+             WHERE table_schema = current_schema() AND data_type = 'jsonb'
+               AND table_name IN ({", ".join(f"'{t}'" for t in _JSON_TABLES)})
+    LOOP
+        EXECUTE format('ALTER TABLE %I ALTER COLUMN %I TYPE json USING %I::json',
+                       c.table_name, c.column_name, c.column_name);
+    END LOOP;
+END $$;
 """
 
 _LOCK = 7_404_001  # serialises concurrent migrations
@@ -23,3 +61,4 @@ async def migrate(conn: asyncpg.Connection) -> None:
         await conn.execute(DDL)
         for projection in PROJECTIONS:
             await conn.execute(projection.ddl)
+        await conn.execute(JSON_NOT_JSONB)

@@ -9,6 +9,7 @@ import msgspec
 
 from ordo.domain.events import encode_event
 from ordo.infra.event_store import StoredEvent
+from ordo.projections.json_text import json_text
 
 DDL = """
 CREATE TABLE IF NOT EXISTS task_events (
@@ -19,8 +20,8 @@ CREATE TABLE IF NOT EXISTS task_events (
     type text NOT NULL,
     attempt int,
     at timestamptz NOT NULL,
-    data jsonb NOT NULL,
-    meta jsonb NOT NULL DEFAULT '{}'
+    data json NOT NULL,
+    meta json NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS task_events_task ON task_events (tenant, task_id, seq);
 """
@@ -30,7 +31,7 @@ NAME = "task_events"
 _INSERT = """
 INSERT INTO task_events (seq, tenant, task_id, queue, type, attempt, at, data, meta)
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
-                     $7::timestamptz[], $8::jsonb[], $9::jsonb[])
+                     $7::timestamptz[], $8::json[], $9::json[])
 ON CONFLICT (seq) DO NOTHING
 """
 _json = msgspec.json.Encoder()
@@ -48,7 +49,7 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
         [e.name for e in events],
         [getattr(e.event, "attempt", None) for e in events],
         [e.stored_at for e in events],
-        [encode_event(e.event).decode() for e in events],
+        [json_text(encode_event(e.event)) for e in events],
         [_json.encode(e.headers).decode() for e in events],
     )
 

@@ -12,6 +12,8 @@ import msgspec
 from ordo.domain import events as ev
 from ordo.domain.state import TaskState, evolve, initial
 from ordo.infra.event_store import StoredEvent
+from ordo.projections import poison
+from ordo.projections.json_text import json_text
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -24,9 +26,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempts int NOT NULL DEFAULT 0,
     max_attempts int NOT NULL,
     timeout_s double precision NOT NULL,
-    payload jsonb,
-    result jsonb,
-    error jsonb,
+    payload json,
+    result json,
+    error json,
     tags text[] NOT NULL DEFAULT '{}',
     run_at timestamptz,
     worker_id text,
@@ -120,7 +122,7 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
 
 
 def _raw(value: msgspec.Raw | None) -> str | None:
-    return None if value is None else bytes(value).decode()
+    return None if value is None else json_text(value)
 
 
 def _params(tenant: str, row: _Row) -> tuple[Any, ...]:
@@ -148,6 +150,7 @@ def to_resource(rec: asyncpg.Record) -> dict[str, Any]:
     out = dict(rec)
     out["timeout"] = out.pop("timeout_s")
     out["tags"] = list(out["tags"])
+    out.setdefault("projection_errors", [])
     return out
 
 
@@ -155,7 +158,29 @@ async def get_task(
     conn: asyncpg.Connection | asyncpg.Pool, tenant: str, task_id: str
 ) -> dict[str, Any] | None:
     rec = await conn.fetchrow(f"SELECT {_COLUMNS} FROM tasks WHERE tenant=$1 AND id=$2", tenant, task_id)
-    return None if rec is None else to_resource(rec)
+    if rec is None:
+        return None
+    out = to_resource(rec)
+    out["projection_errors"] = await poison.for_aggregate(conn, tenant, task_id)
+    return out
+
+
+async def _mark_skipped(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, items: list[dict[str, Any]]
+) -> None:
+    """Attach to each task of a page the events a read model skipped for it (usually none)."""
+    if not items:
+        return
+    recs = await conn.fetch(
+        "SELECT aggregate_id, projection, seq, event, error, recorded_at FROM projection_errors"
+        " WHERE tenant=$1 AND family='task' AND aggregate_id = ANY($2::text[]) ORDER BY seq, projection",
+        tenant,
+        [item["id"] for item in items],
+    )
+    by_id = {item["id"]: item for item in items}
+    for r in recs:
+        entry = {k: r[k] for k in ("projection", "seq", "event", "error", "recorded_at")}
+        by_id[r["aggregate_id"]]["projection_errors"].append(entry)
 
 
 SORTS: dict[str, tuple[str, str]] = {
@@ -247,6 +272,7 @@ async def list_tasks(
         *args,
     )
     items = [to_resource(r) for r in recs[:limit]]
+    await _mark_skipped(conn, tenant, items)
     next_cursor = None
     if len(recs) > limit:
         last = recs[limit - 1]

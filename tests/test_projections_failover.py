@@ -1,5 +1,5 @@
 """Projector failover: a crash between commit and acknowledgement applies nothing twice, a standby takes
-over, the checkpoint never moves backwards; a poison event halts the projector instead of being skipped.
+over, the checkpoint never moves backwards; an undecodable event is recorded and skipped (Revision 2).
 
 The runner acknowledges nothing to NATS (an ordered consumer; PostgreSQL holds the cursor), so the
 "acknowledgement" a crash can interrupt is everything after COMMIT: the `after_commit` fault hook
@@ -38,7 +38,6 @@ from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import StoredEvent
 from ordo.infra.settings import Settings
-from ordo.projections.reader import PoisonEvent
 from ordo.projections.rebuild import rebuild
 from ordo.projections.registry import PROJECTIONS, Projection
 from ordo.projections.runner import (
@@ -381,23 +380,30 @@ async def _beyond(pool: asyncpg.Pool, seq: int) -> bool:
     return await checkpoint(pool) >= seq
 
 
-async def test_a_poison_event_halts_the_projector_and_is_never_skipped(
+async def test_an_undecodable_event_is_recorded_and_skipped_and_the_projector_carries_on(
     settings: Settings, nc: NATS, handler: CommandHandler
 ) -> None:
+    """DESIGN Revision 2 (it replaced "a poison event halts its projection"): see tests/test_poison.py."""
     await submit(handler, settings.tenant, 3)
     js = nc.jetstream()
-    before = (await js.get_last_msg(sj.EVENTS_STREAM, sj.all_events_filter())).seq
     subject = sj.event_subject(settings.tenant, "default", "poison1", "submitted")
     poison = (await js.publish(subject, b"\x00 not an event", stream=sj.EVENTS_STREAM)).seq
-    await submit(handler, settings.tenant, 3)  # good events after it must wait too
+    await submit(handler, settings.tenant, 3)  # good events after it are applied
+    last = (await js.get_last_msg(sj.EVENTS_STREAM, sj.all_events_filter())).seq
 
-    for _ in range(2):  # a restarted projector halts at the same event again
-        runner = ProjectionRunner(nc, settings.database_url, RunnerConfig(batch_size=100))
-        with pytest.raises(PoisonEvent, match=f"seq {poison}"):
-            await asyncio.wait_for(runner.run(), 60)
-        conn = await asyncpg.connect(settings.database_url)
-        try:
-            assert await checkpoint(conn) == before  # everything before it, nothing after it
-            assert await conn.fetchval("SELECT count(*) FROM tasks WHERE tenant=$1", settings.tenant) == 3
-        finally:
-            await conn.close()
+    runner = ProjectionRunner(nc, settings.database_url, RunnerConfig(batch_size=100))
+    running = asyncio.create_task(runner.run())
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await eventually(lambda: leader_present(conn), timeout=60, what="projector active")
+        await eventually(lambda: _beyond(conn, last), timeout=60, what="checkpoint past the poison")
+        assert await conn.fetchval("SELECT count(*) FROM tasks WHERE tenant=$1", settings.tenant) == 6
+        skipped = await conn.fetch(
+            "SELECT projection, aggregate_id FROM projection_errors WHERE seq=$1", poison
+        )
+        assert {r["projection"] for r in skipped} == {p.name for p in PROJECTIONS if p.family == "task"}
+        assert {r["aggregate_id"] for r in skipped} == {"poison1"}
+    finally:
+        await runner.shutdown()
+        await running
+        await conn.close()

@@ -38,7 +38,10 @@ async def sleep(ctx: TaskContext) -> dict[str, float]:
 
 @registry.task("demo.fail")
 async def fail(ctx: TaskContext) -> None:
-    """Always fails (retryably), to show retries and the dead letter."""
+    """Always fails (retryably), to show retries and the dead letter; `{"message": m}` is the
+    error's message (any text: it is stored and shown as given)."""
+    if isinstance(ctx.payload, dict) and isinstance(ctx.payload.get("message"), str):
+        raise RuntimeError(ctx.payload["message"])
     raise RuntimeError(f"demo.fail always fails (attempt {ctx.attempt})")
 
 

@@ -1,0 +1,70 @@
+"""What a JSON request may hold beyond its schema: a nesting bound, text PostgreSQL can store.
+
+msgspec checks the schema but passes a `Raw` member (a payload) through undecoded, so its bytes are
+checked here, once, at the door: it must decode (valid UTF-8, no lone surrogate escape) and nest at
+most MAX_DEPTH containers deep. A `\\u0000` escape inside a payload is allowed: the read models keep
+JSON as `json` text, so it round-trips. Every other string of a request (tags, idempotency keys,
+descriptions, cron expressions...) lands in a `text` column, which cannot hold NUL: refused.
+Deeper-than-msgspec nesting (about 1000 levels) surfaces as RecursionError; the decoders map it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+MAX_DEPTH = 64
+
+
+class UnsafeJson(ValueError):
+    """The JSON is well formed but cannot be accepted (too deep, undecodable text, NUL)."""
+
+
+def decoded(raw: msgspec.Raw | bytes, where: str = "payload") -> Any:
+    """The value `raw` holds, once it is known to be storable; raises UnsafeJson."""
+    data = bytes(raw)
+    try:
+        value = msgspec.json.decode(data)
+    except RecursionError as exc:
+        raise UnsafeJson(f"{where} nests deeper than {MAX_DEPTH} levels") from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise UnsafeJson(f"{where} is not storable JSON: {exc}") from exc
+    # A value cannot nest deeper than it has opening brackets (brackets in strings only overcount).
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise UnsafeJson(f"{where} nests deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How many containers deep `value` nests (iterative: no recursion limit of its own)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DEPTH:
+                return deepest
+        stack.extend((child, depth) for child in item if isinstance(child, (dict, list)))
+    return deepest
+
+
+def check_text(value: Any, where: str = "body") -> None:
+    """Raise UnsafeJson if a string in a decoded request (a Struct, list or str) holds NUL.
+
+    `Raw` members are skipped: they are checked by `decoded`."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise UnsafeJson(f"{where} must not contain NUL (\\u0000)")
+    elif isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            check_text(getattr(value, name), f"{where}.{name}" if where != "body" else name)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_text(item, f"{where}[{index}]")
