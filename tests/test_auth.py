@@ -69,6 +69,12 @@ async def test_missing_invalid_or_revoked_keys_are_401_everywhere(tenants: Tenan
             assert r.headers["www-authenticate"].startswith("Bearer")
             checked += 1
     assert checked > 100
+    # The API's description needs a key as well (ORDO_PUBLIC_DOCS opens it).
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        for headers in bad_headers:
+            r = await http.get(path, headers=headers)
+            assert r.status_code == 401, (path, headers, r.text)
+        assert (await http.get(path, headers=tenants.auth("b:viewer"))).status_code == 200
     # NATS: the same keys are refused the same way.
     for key in (None, "nope", revoked):
         status, error, _ = await _nats(tenants.system.nc, tenants.a, "submit", {"type": "x"}, key)

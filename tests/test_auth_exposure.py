@@ -1,0 +1,158 @@
+"""What the gateway tells whom (F18), revocation across gateways within the key table's TTL, and
+bootstrap admin keys that stay revoked (F9)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from nats.aio.client import Client as NATS
+
+from ordo.domain.errors import TaskNotFound
+from ordo.gateway import keys
+from ordo.gateway.problems import classify
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import ConcurrencyError, EventStoreUnavailable
+from ordo.infra.pg import ReadModelUnavailable
+from ordo.infra.settings import Settings
+from tests.conftest import run_system
+from tests.helpers import eventually
+from tests.test_auth_support import auth_system, gateway_server
+
+
+@pytest.mark.parametrize(
+    "exc, status, leak",
+    [
+        (ConcurrencyError("wrong last sequence: 41"), 409, "sequence"),
+        (
+            EventStoreUnavailable("direct get failed: {'Nats-Expected-Last-Subject-Sequence': '7'}"),
+            503,
+            "Nats",
+        ),
+        (EventStoreUnavailable("no reply from JetStream"), 503, "JetStream"),
+        (
+            ReadModelUnavailable("PostgreSQL is unavailable: ConnectionRefusedError: 127.0.0.1:5432"),
+            503,
+            "5432",
+        ),
+    ],
+)
+def test_409_and_503_details_name_no_internals(exc: Exception, status: int, leak: str) -> None:
+    """F18: the cause (NATS descriptions, headers, addresses) is logged, the answer is generic."""
+    problem = classify(exc)
+    assert problem is not None and problem.status == status
+    assert leak not in problem.detail and str(exc) not in problem.detail
+    if status == 503:
+        assert problem.headers == {"Retry-After": "1"}
+    # Domain errors are ours and stay precise.
+    mine = classify(TaskNotFound("abc"))
+    assert mine is not None and "abc" in mine.detail
+
+
+async def test_public_docs_is_an_explicit_setting(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    async with auth_system(settings, nc, handler, public_docs=True) as t:
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            assert (await t.system.http.get(path)).status_code == 200, path
+        assert (await t.system.http.get("/v1/tasks")).status_code == 401
+
+
+async def test_workers_show_host_pid_and_counters_to_admins_only(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """F18: workers serve every tenant; their machine and all-tenant counters are for admins."""
+    settings = settings.with_(auth=True)
+    async with run_system(settings, nc, handler, worker=True) as system:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            _, admin = await keys.create_key(conn, "tother", "admin", "other admin")
+            _, viewer = await keys.create_key(conn, "tother", "viewer", "other viewer")
+        finally:
+            await conn.close()
+
+        async def listed(key: str) -> list[dict[str, object]]:
+            r = await system.http.get("/v1/workers", headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
+            items: list[dict[str, object]] = r.json()["items"]
+            return items
+
+        await eventually(lambda: listed(viewer), timeout=30, what="a worker heartbeat")
+        seen = (await listed(viewer))[0]
+        for name in ("host", "pid", "rss_bytes", "processed", "succeeded", "failed"):
+            assert seen[name] is None, (name, seen)
+        assert seen["status"] == "online" and seen["id"]
+        one = await system.http.get(
+            f"/v1/workers/{seen['id']}", headers={"Authorization": f"Bearer {viewer}"}
+        )
+        assert one.json()["pid"] is None
+        full = (await listed(admin))[0]
+        assert isinstance(full["host"], str) and isinstance(full["pid"], int)
+        assert isinstance(full["processed"], int)
+
+
+async def test_a_key_revoked_on_one_gateway_is_refused_by_another_within_the_ttl(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """Keys are cached per gateway: the revoking gateway refuses at once, another one after its
+    next reload (ORDO_KEY_CACHE_TTL_S); a key created on one works on the other at once."""
+    async with auth_system(settings, nc, handler, key_cache_ttl_s=0.5) as t:
+        async with gateway_server(t.system.settings) as other:
+            async with httpx.AsyncClient(base_url=other.base_url) as far:
+                victim = t.auth("a:operator")
+                assert (await far.get("/v1/whoami", headers=victim)).status_code == 200
+                made = await t.system.http.post(
+                    "/v1/keys", json={"role": "viewer"}, headers=t.auth("a:admin")
+                )
+                fresh = {"Authorization": f"Bearer {made.json()['key']}"}
+                assert (await far.get("/v1/whoami", headers=fresh)).status_code == 200
+                r = await t.system.http.delete(
+                    f"/v1/keys/{t.key_id['a:operator']}", headers=t.auth("a:admin")
+                )
+                assert r.status_code == 204
+                assert (await t.system.http.get("/v1/whoami", headers=victim)).status_code == 401
+
+                async def refused() -> bool:
+                    return (await far.get("/v1/whoami", headers=victim)).status_code == 401
+
+                await eventually(refused, timeout=10, what="revocation seen by the other gateway")
+
+
+async def test_a_revoked_bootstrap_admin_key_stays_revoked_across_restarts(
+    settings: Settings, nc: NATS, handler: CommandHandler, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """F9: `ordo up` and a gateway with ORDO_ADMIN_KEY re-create their admin key at every start,
+    but never revive a revoked one: `ordo up` mints, stores and prints a new key instead."""
+    from ordo.up import _local_admin
+
+    local = settings.with_(auth=True)
+    first, _ = await _local_admin(local, local.database_url, tmp_path)
+    assert (await _local_admin(local, local.database_url, tmp_path))[0] == first  # kept while live
+    conn = await asyncpg.connect(local.database_url)
+    try:
+        key = await keys.verify(conn, first)
+        assert key is not None and await keys.revoke(conn, local.tenant, key.id)
+        capsys.readouterr()
+        second, _ = await _local_admin(local, local.database_url, tmp_path)
+        assert second != first
+        assert await keys.verify(conn, first) is None
+        minted = await keys.verify(conn, second)
+        assert minted is not None and minted.role == "admin" and minted.tenant == local.tenant
+        assert (tmp_path / "admin.key").read_text().strip() == second
+        assert "revoked" in capsys.readouterr().out
+    finally:
+        await conn.close()
+
+    # ORDO_ADMIN_KEY (compose): revoked through the API, a gateway (re)start leaves it revoked.
+    fixed = {"Authorization": "Bearer compose-admin-key-for-the-test"}
+    async with auth_system(settings, nc, handler, admin_key="compose-admin-key-for-the-test") as t:
+        me = await t.system.http.get("/v1/whoami", headers=fixed)
+        assert me.status_code == 200 and me.json()["role"] == "admin"
+        assert (
+            await t.system.http.delete(f"/v1/keys/{me.json()['key_id']}", headers=fixed)
+        ).status_code == 204
+        async with gateway_server(t.system.settings) as restarted:
+            async with httpx.AsyncClient(base_url=restarted.base_url) as http:
+                assert (await http.get("/v1/whoami", headers=fixed)).status_code == 401
