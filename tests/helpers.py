@@ -11,7 +11,7 @@ T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+    probe: Callable[[], Awaitable[T | None]], timeout: float = 30.0, interval: float = 0.05, what: str = ""
 ) -> T:
     """Call `probe` until it returns a truthy value; fail with the last value after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -19,7 +19,7 @@ async def eventually(
     while True:
         last = await probe()
         if last:
-            return last
+            return last  # truthy, so not None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: {last!r}")
         await asyncio.sleep(interval)
