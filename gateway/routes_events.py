@@ -19,12 +19,13 @@ from ordo.domain.errors import TaskNotFound
 from ordo.gateway import keys
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.metrics import SSE_CLIENTS
+from ordo.gateway.problems import Problem
 from ordo.gateway.resources import problems
 from ordo.gateway.services import Services, services
 from ordo.gateway.task_service import check_id
 from ordo.infra import subjects as sj
 from ordo.projections import task_events
-from ordo.projections.runner import checkpoint
+from ordo.projections.runner import checkpoint, last_log_seq
 
 router = APIRouter(prefix="/v1", tags=["events"])
 Svc = Annotated[Services, Depends(services)]
@@ -33,17 +34,33 @@ _PAGE = 500
 _json = msgspec.json.Encoder()
 
 
+_MAX_SEQ = 2**63 - 1
+
+
 def _resume_point(last_event_id: str | None, after: int | None) -> int | None:
-    for value in (last_event_id, after):
-        if value is None:
-            continue
-        try:
-            seq = int(value)
-        except ValueError:
-            continue
-        if seq >= 0:
-            return seq
-    return None
+    """The sequence to resume after: the header wins over `after` (it is what a reconnecting
+    EventSource sends). A header that is not a log sequence is the client's error, never "from now"
+    (that would hide a gap)."""
+    if last_event_id is not None and last_event_id.strip():
+        text = last_event_id.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= _MAX_SEQ):
+            raise Problem(
+                400, "invalid-last-event-id", "Last-Event-ID must be a log sequence (an integer, 0 to 2^63-1)"
+            )
+        return int(text)
+    return after
+
+
+async def _check_within_log(svc: Services, start: int | None) -> None:
+    """A resume point beyond the newest event in the log is refused (422, as `min_seq` beyond the
+    log is): a client parked there would wait silently for sequences that may never be its own."""
+    if start is None or start == 0:
+        return
+    newest = max((await last_log_seq(svc.nc)).values(), default=0)
+    if start > newest:
+        raise Problem(
+            422, "invalid-resume-point", f"resume point {start} is beyond the end of the event log ({newest})"
+        )
 
 
 # `status=X` selects the events that move a task INTO status X (see docs/nats-api.md, "SSE filters").
@@ -136,7 +153,7 @@ async def _known_task(svc: Services, who: Principal, task_id: str) -> str:
 
 _SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "SSE"},
-    **problems(401, 403, 404, 422, 429),
+    **problems(400, 401, 403, 404, 422, 429),
 }
 
 
@@ -157,6 +174,7 @@ async def events_stream(
     if task_id is not None:
         await _known_task(svc, who, task_id)
     start = _resume_point(last_event_id, after)
+    await _check_within_log(svc, start)
     if start is None:
         start = 0 if task_id is not None else await checkpoint(svc.pool)
     flt = StreamFilter(task_id=task_id, queue=queue, types=_types(type, status))
@@ -174,4 +192,5 @@ async def task_stream(
     """One task's events as SSE, from its first event unless resumed."""
     await _known_task(svc, who, task_id)
     start = _resume_point(last_event_id, None) or 0
+    await _check_within_log(svc, start)
     return _response(request, svc, who, start, StreamFilter(task_id=task_id))
