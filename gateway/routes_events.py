@@ -16,7 +16,6 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from sse_starlette import EventSourceResponse
 
 from ordo.domain.errors import TaskNotFound
-from ordo.gateway import keys
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.metrics import SSE_CLIENTS
 from ordo.gateway.problems import Problem
@@ -124,7 +123,7 @@ async def _stream(
                 await svc.notifier.wait_beyond(max(after, svc.notifier.last_seq), timeout=5.0)
             if who.key_id is not None and time.monotonic() - checked > _KEY_RECHECK_S:
                 checked = time.monotonic()
-                if await keys.by_id(svc.pool, who.key_id) is None:
+                if await svc.keys.by_id(who.key_id) is None:  # the gateway's key table
                     return  # the key was revoked: end its streams
     finally:
         SSE_CLIENTS.inc(by=-1)

@@ -3,6 +3,7 @@ bootstrap admin keys that stay revoked (F9)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import asyncpg
@@ -156,3 +157,24 @@ async def test_a_revoked_bootstrap_admin_key_stays_revoked_across_restarts(
         async with gateway_server(t.system.settings) as restarted:
             async with httpx.AsyncClient(base_url=restarted.base_url) as http:
                 assert (await http.get("/v1/whoami", headers=fixed)).status_code == 401
+
+
+async def test_an_event_stream_ends_when_its_key_is_revoked(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """SSE streams re-check their key in the gateway's key table (no query per check)."""
+    async with auth_system(settings, nc, handler) as t:
+        http = t.system.http
+
+        async def read_until_closed() -> int:
+            lines = 0
+            async with http.stream("GET", "/v1/events/stream", headers=t.auth("a:viewer")) as s:
+                assert s.status_code == 200
+                async for _ in s.aiter_lines():
+                    lines += 1
+                    if lines == 1:
+                        r = await http.delete(f"/v1/keys/{t.key_id['a:viewer']}", headers=t.auth("a:admin"))
+                        assert r.status_code == 204
+            return lines
+
+        assert await asyncio.wait_for(read_until_closed(), 30) >= 1
