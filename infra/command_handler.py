@@ -2,7 +2,10 @@
 
 The gateway, the NATS command API, the workers and the scheduler all change tasks through it; nothing
 else appends task events. A dispatch ticket is written in the same atomic batch as the event that made
-the task runnable; a durable timer is armed before the event that needs it (a stale timer is harmless).
+the task runnable; a durable timer is armed before the event that needs it. Timers are per due time
+(infra/timers.py), so a timer armed for a decision that was then not stored (a duplicate, a conflict,
+a failed append) is only a stale timer, which the decider ignores: it never replaces the timer of the
+due time the log holds.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ordo.domain.commands import SubmitTask, TaskCommand
+from ordo.domain.commands import EnqueueDue, SubmitTask, TaskCommand
 from ordo.domain.decide import decide
 from ordo.domain.errors import DomainError, TaskAlreadyExists
 from ordo.domain.events import Event
@@ -78,11 +81,16 @@ class CommandHandler:
                 out = await self._apply(tenant, command, state, last_seq, meta)
             except ConcurrencyError:
                 if isinstance(command, SubmitTask) and not guessed:
-                    state, _, last_seq = await self.load(tenant, command.task_id)
+                    state, history, last_seq = await self.load(tenant, command.task_id)
                     try:
                         return await self._apply(tenant, command, state, last_seq, meta)
                     except ConcurrencyError:
                         continue
+                    except TaskAlreadyExists:
+                        own = _own_submit(command, state, history, last_seq)
+                        if own is None:
+                            raise
+                        return own
                 continue
             except DomainError:
                 if guessed:
@@ -136,18 +144,8 @@ class CommandHandler:
         try:
             seqs = await self.store.append_many(tenant, [item for *_, item in chunk])
         except ConcurrencyError:
-            return [await self._submit_one(tenant, command, meta) for command, *_ in chunk]
+            return [await self.execute(tenant, command, meta) for command, *_ in chunk]
         return [Outcome(new, events, s, s[-1]) for (_, new, events, _), s in zip(chunk, seqs, strict=True)]
-
-    async def _submit_one(self, tenant: str, command: SubmitTask, meta: Metadata | None) -> Outcome:
-        try:
-            return await self.execute(tenant, command, meta)
-        except TaskAlreadyExists:
-            if command.idempotency_key is not None:
-                raise
-            # A fresh random id that exists is our own earlier write whose reply was lost.
-            state, _, last_seq = await self.load(tenant, command.task_id)
-            return Outcome(state, [], [], last_seq)
 
     @staticmethod
     def _ticket(state: TaskState, new: TaskState) -> Ticket | None:
@@ -193,6 +191,27 @@ class CommandHandler:
         seqs = await self.store.append(
             tenant, new.queue, new.task_id, events, last_seq, ticket=ticket, meta=meta
         )
-        if state.due_at is not None and new.due_at is None:
-            await self.timers.disarm(tenant, new.task_id)
+        # The old due time's timer is cleaned up once the log no longer needs it (best effort: a
+        # stale timer is ignored). A timer that enqueued the task has fired already.
+        if state.due_at is not None and new.due_at != state.due_at and not isinstance(command, EnqueueDue):
+            await self.timers.disarm(tenant, new.task_id, state.due_at)
         return Outcome(new, events, seqs, seqs[-1])
+
+
+def _own_submit(
+    command: SubmitTask, state: TaskState, history: list[StoredEvent], last_seq: int
+) -> Outcome | None:
+    """The outcome of `command` if the task it names is the one it created itself.
+
+    A submit whose reply was lost is retried with the same message ids; when the first try did land,
+    the retry conflicts and the reload finds the task. A fresh random id (no idempotency key) that
+    exists with this command's content can only be our own write: answer with it as created, never
+    as "already exists" (a client that took a 409 for "not created" would submit it again).
+    """
+    if command.idempotency_key is not None or not state.exists:
+        return None
+    if (state.task_type, state.queue, state.payload) != (command.task_type, command.queue, command.payload):
+        return None
+    count = len(decide(command, initial(command.task_id)))
+    mine = history[:count]
+    return Outcome(state, [e.event for e in mine], [e.seq for e in mine], last_seq)

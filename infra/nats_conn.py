@@ -130,6 +130,9 @@ def events_stream_config(settings: Settings) -> StreamConfig:
 
 
 def timers_stream_config(settings: Settings) -> StreamConfig:
+    """No max age: a pending timer (the schedule message) must outlive any delay, a `@yearly` tick
+    included. Fired timers expire by their per-message TTL (`Nats-Schedule-TTL`, infra/timers.py).
+    Provisioning updates a stream of an older version (max_age 30 days) in place."""
     return StreamConfig(
         name=sj.TIMERS_STREAM,
         description="Ordo durable timers (message schedules) and their fired messages",
@@ -139,9 +142,10 @@ def timers_stream_config(settings: Settings) -> StreamConfig:
         num_replicas=settings.replicas,
         duplicate_window=settings.duplicate_window_s,
         allow_msg_schedules=True,
+        allow_msg_ttl=True,
         allow_rollup_hdrs=True,
         allow_direct=True,
-        max_age=timedelta(days=30).total_seconds(),
+        max_age=0,
     )
 
 
@@ -160,7 +164,14 @@ def workers_stream_config(settings: Settings) -> StreamConfig:
     )
 
 
-_CHECKED = ("allow_atomic", "allow_direct", "deny_delete", "deny_purge", "allow_msg_schedules")
+_CHECKED = (
+    "allow_atomic",
+    "allow_direct",
+    "deny_delete",
+    "deny_purge",
+    "allow_msg_schedules",
+    "allow_msg_ttl",
+)
 
 
 async def wait_for_jetstream(nc: NATS, timeout: float = 60.0) -> None:

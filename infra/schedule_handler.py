@@ -134,7 +134,7 @@ class ScheduleHandler:
         seqs = await self.store.append_raw(msgs, last_seq, sj.schedule_events_filter(tenant, sid))
         if new.next_at is None and old.next_at is not None:
             try:
-                await self.timers.disarm(tenant, sid)
+                await self.timers.disarm(tenant, sid, old.next_at)
             except nats.errors.Error:
                 pass  # best effort: a stale tick is ignored
         return ScheduleOutcome(new, events, seqs, seqs[-1])

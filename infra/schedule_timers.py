@@ -1,9 +1,11 @@
-"""A schedule's one durable timer: an `@at` message schedule for its next tick.
+"""A schedule's durable timer: an `@at` message schedule for its next tick.
 
-Armed on `ordo.timer.sched.<tenant>.<schedule_id>` (re-arming replaces the pending schedule), it
-fires `lead` seconds early into `ordo.due.sched.<tenant>.<schedule_id>`, where the scheduler holds it
-until the nominal tick time. A stale or duplicate tick is harmless: the decider ignores a tick that
-is not the schedule's armed `next_at`.
+Armed on `ordo.timer.sched.<tenant>.<schedule_id>.<tick>` (one subject per tick time, so arming the
+next tick never replaces the timer of the tick the log still holds), it fires `lead` seconds early
+into `ordo.due.sched.<tenant>.<schedule_id>`, where the scheduler holds it until the nominal tick
+time. A stale or duplicate tick is harmless: the decider ignores a tick that is not the schedule's
+armed `next_at`. The schedule message never ages out (a `@yearly` tick waits a year); its fired copy
+expires after `fired_ttl_s`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
 
 from ordo.infra import subjects as sj
-from ordo.infra.timers import schedule_header
+from ordo.infra.timers import DEFAULT_FIRED_TTL_S, schedule_header, time_token, ttl_header
 
 
 class SchedTick(msgspec.Struct, frozen=True):
@@ -35,23 +37,28 @@ def decode_tick(data: bytes) -> SchedTick:
 
 
 class ScheduleTimers:
-    def __init__(self, nc: NATS, lead_s: float, timeout: float = 5.0) -> None:
+    def __init__(
+        self, nc: NATS, lead_s: float, timeout: float = 5.0, fired_ttl_s: float = DEFAULT_FIRED_TTL_S
+    ) -> None:
         self._js = nc.jetstream(timeout=timeout)
         self._lead = timedelta(seconds=lead_s)
+        self._fired_ttl = ttl_header(fired_ttl_s)
 
     async def arm(self, tenant: str, schedule_id: str, tick_at: datetime) -> None:
-        """Replace the schedule's pending timer with one for `tick_at`."""
+        """Arm the schedule's timer for `tick_at`; timers for other ticks stay as they are."""
         headers = {
             sj.SCHEDULE: schedule_header(tick_at - self._lead),
             sj.SCHEDULE_TARGET: sj.schedule_due_subject(tenant, schedule_id),
+            sj.SCHEDULE_TTL: self._fired_ttl,
         }
         data = _enc.encode(SchedTick(tenant=tenant, schedule_id=schedule_id, tick_at=tick_at))
-        await self._js.publish(sj.schedule_timer_subject(tenant, schedule_id), data, headers=headers)
+        subject = sj.schedule_timer_subject(tenant, schedule_id, time_token(tick_at))
+        await self._js.publish(subject, data, headers=headers)
 
-    async def disarm(self, tenant: str, schedule_id: str) -> None:
+    async def disarm(self, tenant: str, schedule_id: str, tick_at: datetime) -> None:
+        """Cancel the timer for `tick_at` only."""
+        subject = sj.schedule_timer_subject(tenant, schedule_id, time_token(tick_at))
         try:
-            await self._js.purge_stream(
-                sj.TIMERS_STREAM, subject=sj.schedule_timer_subject(tenant, schedule_id)
-            )
+            await self._js.purge_stream(sj.TIMERS_STREAM, subject=subject)
         except APIError:
             pass  # best effort: a stale tick is ignored by the decider

@@ -44,6 +44,9 @@ class Settings:
     fetch_batch: int = 100
     # Durable timers fire this long before the due time; the scheduler holds the rest locally.
     timer_lead_s: float = 2.0
+    # A fired timer message is kept this long in ORDO_TIMERS (per-message TTL); pending timers never
+    # age out. All schedulers down longer than this loses the timers that fired meanwhile.
+    timer_fired_ttl_s: float = 30 * 24 * 3600.0
     # Payload limit for one task (bytes) and the HTTP body limit.
     max_payload_bytes: int = 256 * 1024
     max_body_bytes: int = 4 * 1024 * 1024
@@ -93,6 +96,8 @@ class Settings:
             )
         if not 0 < self.backoff_base_s <= self.backoff_max_s:
             raise SettingsError("need 0 < ORDO_BACKOFF_BASE_S <= ORDO_BACKOFF_MAX_S")
+        if self.timer_fired_ttl_s < 1 or self.timer_fired_ttl_s <= self.timer_lead_s:
+            raise SettingsError("ORDO_TIMER_FIRED_TTL_S must be >= 1 and > ORDO_TIMER_LEAD_S")
         if self.replicas not in (1, 3, 5):
             raise SettingsError("ORDO_REPLICAS must be 1, 3 or 5")
         if self.worker_concurrency < 1 or self.fetch_batch < 1:

@@ -7,9 +7,9 @@ Event log stream ORDO_EVENTS (limits retention, no delete, no purge):
   ordo.sched.<tenant>.<schedule_id>.<event>      schedule events (created, fired, skipped, missed, ...)
   ordo.queue.<tenant>.<queue>.<event>            queue control events (paused, resumed)
 Timer stream ORDO_TIMERS (purge allowed, message schedules on):
-  ordo.timer.task.<tenant>.<task_id>             one pending `@at` schedule per task
+  ordo.timer.task.<tenant>.<task_id>.<due>       one pending `@at` schedule per task and due time
   ordo.due.<tenant>.<task_id>                    where a fired timer lands, read by the scheduler
-  ordo.timer.sched.<tenant>.<schedule_id>        one pending `@at` schedule per cron schedule (next tick)
+  ordo.timer.sched.<tenant>.<schedule_id>.<tick> one pending `@at` schedule per schedule and tick time
   ordo.due.sched.<tenant>.<schedule_id>          where a schedule's tick lands (5 tokens: never a task's)
 Commands over NATS request/reply: ordo.cmd.<tenant>.<verb>.
 """
@@ -42,6 +42,7 @@ BATCH_SEQ = "Nats-Batch-Sequence"
 BATCH_COMMIT = "Nats-Batch-Commit"
 SCHEDULE = "Nats-Schedule"
 SCHEDULE_TARGET = "Nats-Schedule-Target"
+SCHEDULE_TTL = "Nats-Schedule-TTL"
 EVENT_ID = "Ordo-Event-Id"
 CORRELATION_ID = "Ordo-Correlation-Id"
 CAUSATION_ID = "Ordo-Causation-Id"
@@ -120,8 +121,9 @@ def app_consumers(tenant: str) -> tuple[str, ...]:
     return tuple(app_consumer(tenant, slot) for slot in range(1, APP_CONSUMER_SLOTS + 1))
 
 
-def timer_subject(tenant: str, task_id: str) -> str:
-    return f"{TIMER_PREFIX}.task.{tenant}.{task_id}"
+def timer_subject(tenant: str, task_id: str, due_token: str) -> str:
+    """The timer of one task for one due time (`due_token`: infra.timers.time_token)."""
+    return f"{TIMER_PREFIX}.task.{tenant}.{task_id}.{due_token}"
 
 
 def due_subject(tenant: str, task_id: str) -> str:
@@ -157,8 +159,8 @@ def parse_schedule_subject(subject: str) -> tuple[str, str, str]:
     return tenant, schedule_id, event
 
 
-def schedule_timer_subject(tenant: str, schedule_id: str) -> str:
-    return f"{TIMER_PREFIX}.sched.{tenant}.{schedule_id}"
+def schedule_timer_subject(tenant: str, schedule_id: str, tick_token: str) -> str:
+    return f"{TIMER_PREFIX}.sched.{tenant}.{schedule_id}.{tick_token}"
 
 
 def schedule_due_subject(tenant: str, schedule_id: str) -> str:

@@ -1,0 +1,105 @@
+"""Command paths under faults (audit F6): a submit whose JetStream reply was lost.
+
+The event store under test is the real one on a real nats-server; only the reply is lost: the
+atomic batch is committed, then the commit's reply is dropped as if it had timed out, so the store
+retries with the same Nats-Msg-Ids exactly as it would after a real lost reply.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from ordo.domain.commands import SubmitTask
+from ordo.domain.events import Scheduled, Submitted
+from ordo.domain.status import TaskStatus
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import EventStore
+from ordo.infra.settings import Settings
+from ordo.infra.timers import Timers
+
+
+class _LostReplies(EventStore):
+    """Commits every atomic batch for real; the first `lose` commit replies are lost."""
+
+    def __init__(self, nc: NATS, lose: int) -> None:
+        super().__init__(nc)
+        self.lose = lose
+
+    async def _publish_batch(self, msgs: list[tuple[str, bytes, dict[str, str]]]) -> int:
+        seq = await super()._publish_batch(msgs)
+        if self.lose > 0:
+            self.lose -= 1
+            raise nats.errors.TimeoutError
+        return seq
+
+
+def _submit(tenant: str, **changes: object) -> SubmitTask:
+    fields: dict[str, object] = {
+        "task_id": uuid.uuid4().hex,
+        "tenant": tenant,
+        "queue": "default",
+        "task_type": "demo.echo",
+        "now": datetime.now(UTC),
+        **changes,
+    }
+    return SubmitTask(**fields)  # type: ignore[arg-type]
+
+
+async def _submitted(store: EventStore, tenant: str, task_id: str) -> list[str]:
+    history, _ = await store.load(tenant, task_id)
+    return [e.name for e in history]
+
+
+async def test_a_submit_whose_reply_was_lost_answers_created(nc: NATS, settings: Settings) -> None:
+    tenant = settings.tenant
+    store = _LostReplies(nc, lose=1)
+    handler = CommandHandler(store, Timers(nc, settings.timer_lead_s))
+    command = _submit(tenant)
+    out = await handler.execute(tenant, command)
+    assert store.lose == 0, "the reply was lost once"
+    assert [type(e) for e in out.events] == [Submitted], "answered as created (202), not 409"
+    assert out.state.status is TaskStatus.QUEUED and out.seqs and out.last_seq >= out.seqs[-1]
+    assert await _submitted(store, tenant, command.task_id) == ["submitted"], "stored once"
+
+
+async def test_a_delayed_submit_whose_reply_was_lost_answers_created(nc: NATS, settings: Settings) -> None:
+    tenant = settings.tenant
+    store = _LostReplies(nc, lose=1)
+    handler = CommandHandler(store, Timers(nc, settings.timer_lead_s))
+    command = _submit(tenant, run_at=datetime.now(UTC) + timedelta(hours=1))
+    out = await handler.execute(tenant, command)
+    assert [type(e) for e in out.events] == [Submitted, Scheduled]
+    assert out.state.status is TaskStatus.SCHEDULED
+    assert await _submitted(store, tenant, command.task_id) == ["submitted", "scheduled"]
+
+
+async def test_a_batch_whose_reply_was_lost_reports_every_task_created(nc: NATS, settings: Settings) -> None:
+    tenant = settings.tenant
+    store = _LostReplies(nc, lose=1)
+    handler = CommandHandler(store, Timers(nc, settings.timer_lead_s))
+    commands = [_submit(tenant) for _ in range(3)]
+    outcomes = await handler.submit_many(tenant, commands)
+    assert store.lose == 0
+    assert [bool(o.events) for o in outcomes] == [True] * 3
+    for command in commands:
+        assert await _submitted(store, tenant, command.task_id) == ["submitted"]
+
+
+async def test_another_task_with_the_same_id_is_still_a_conflict(nc: NATS, settings: Settings) -> None:
+    """Only the command's own write counts as created: other content under the id stays a 409."""
+    from ordo.domain.errors import TaskAlreadyExists
+
+    tenant = settings.tenant
+    handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
+    first = _submit(tenant)
+    await handler.execute(tenant, first)
+    other = _submit(tenant, task_id=first.task_id, task_type="demo.other")
+    try:
+        await handler.execute(tenant, other)
+    except TaskAlreadyExists:
+        return
+    raise AssertionError("a different task under an existing id must be refused")

@@ -1,0 +1,255 @@
+"""Durable timers are never lost (audit F2, F3).
+
+F2: a command that arms a timer and then stores nothing (an idempotent re-submit, a retried batch, an
+edit whose append fails, a duplicate submit after an edit) must not take the timer of the due time the
+log holds. F3: a pending timer outlives any retention limit of the timer stream (a 400-day delay, a
+`@yearly` schedule), shown here with the fired-message retention shrunk to one second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+
+from ordo.domain import schedule_commands as sc
+from ordo.domain import schedule_events as se
+from ordo.domain.commands import SubmitTask, UpdateTask
+from ordo.domain.decide import decide
+from ordo.domain.events import AttemptStarted, Event, Queued
+from ordo.domain.schedule_cron import normalize
+from ordo.domain.state import evolve, initial
+from ordo.embedded.nats import EmbeddedNats
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import EventStore, EventStoreUnavailable, Metadata, Ticket
+from ordo.infra.nats_conn import connect, events_stream_config, provision, timers_stream_config
+from ordo.infra.schedule_handler import ScheduleHandler
+from ordo.infra.schedule_timers import ScheduleTimers
+from ordo.infra.settings import Settings
+from ordo.infra.timers import Due, Timers, schedule_header
+from ordo.workers.scheduler import Scheduler
+from tests.conftest import System
+from tests.helpers import eventually
+
+
+async def _started_at(handler: CommandHandler, tenant: str, task_id: str) -> tuple[datetime, datetime] | None:
+    """(the stored due time, when the first attempt started) once the task has started."""
+    state, history, _ = await handler.load(tenant, task_id)
+    started = [e.stored_at for e in history if isinstance(e.event, AttemptStarted)]
+    if not started or state.run_at is None:
+        return None
+    return state.run_at, started[0]
+
+
+async def _runs_on_time(handler: CommandHandler, tenant: str, task_id: str) -> None:
+    async def started() -> tuple[datetime, datetime] | None:
+        return await _started_at(handler, tenant, task_id)
+
+    due, at = await eventually(started, timeout=30, what=f"task {task_id} started")
+    assert due <= at < due + timedelta(seconds=5), (due, at)
+
+
+# -- F2: no command takes the timer of the stored due time -----------------------------------------
+
+
+async def test_idempotent_resubmit_of_a_delayed_task_still_runs_at_its_first_due_time(system: System) -> None:
+    """Live probe E1 of the audit, with small delays: the repeat answers 200 and the task runs."""
+    body = {"type": "demo.echo", "payload": {"probe": "strand"}, "delay": 2, "idempotency_key": "strand-1"}
+    first = await system.http.post("/v1/tasks", json=body)
+    assert first.status_code == 202, first.text
+    task_id = first.json()["id"]
+    again = await system.http.post("/v1/tasks", json=body)
+    assert again.status_code == 200 and again.json()["id"] == task_id, again.text
+    await _runs_on_time(system.handler, system.settings.tenant, task_id)
+
+
+async def test_a_retried_batch_of_delayed_tasks_runs_every_task(system: System) -> None:
+    tasks = [
+        {"type": "demo.echo", "payload": {"n": n}, "delay": 2, "idempotency_key": f"batch-{n}"}
+        for n in range(3)
+    ]
+    first = await system.http.post("/v1/tasks:batch", json={"tasks": tasks})
+    assert first.status_code == 202, first.text
+    again = await system.http.post("/v1/tasks:batch", json={"tasks": tasks})
+    assert again.status_code in (200, 202), again.text
+    assert [i["created"] for i in again.json()["items"]] == [False] * 3
+    for item in first.json()["items"]:
+        await _runs_on_time(system.handler, system.settings.tenant, item["id"])
+
+
+async def test_a_duplicate_submit_after_an_edit_keeps_the_edited_due_time(system: System) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    body = {"type": "demo.echo", "payload": {}, "run_at": later, "idempotency_key": "edited"}
+    first = await system.http.post("/v1/tasks", json=body)
+    assert first.status_code == 202, first.text
+    task_id = first.json()["id"]
+    soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    edited = await system.http.patch(f"/v1/tasks/{task_id}", json={"run_at": soon})
+    assert edited.status_code == 202, edited.text
+    again = await system.http.post("/v1/tasks", json=body)
+    assert again.status_code == 200, again.text
+    await _runs_on_time(system.handler, system.settings.tenant, task_id)
+
+
+class _FailingAppends(EventStore):
+    """A real event store whose appends are refused as if JetStream did not answer."""
+
+    async def append(
+        self,
+        tenant: str,
+        queue: str,
+        task_id: str,
+        events: list[Event],
+        expected_seq: int,
+        ticket: Ticket | None = None,
+        meta: Metadata | None = None,
+    ) -> list[int]:
+        raise EventStoreUnavailable("no reply from JetStream (injected)")
+
+
+async def test_an_edit_whose_append_fails_leaves_the_stored_due_time_armed(system: System) -> None:
+    tenant = system.settings.tenant
+    due = datetime.now(UTC) + timedelta(seconds=2)
+    submit = SubmitTask(
+        task_id=uuid.uuid4().hex, tenant=tenant, queue="default", task_type="demo.echo",
+        now=datetime.now(UTC), run_at=due, max_attempts=3, timeout_s=30.0,
+    )  # fmt: skip
+    await system.handler.execute(tenant, submit)
+    broken = CommandHandler(_FailingAppends(system.nc), system.handler.timers)
+    edit = UpdateTask(task_id=submit.task_id, now=datetime.now(UTC), run_at=due + timedelta(hours=1))
+    with pytest.raises(EventStoreUnavailable):
+        await broken.execute(tenant, edit)
+    await _runs_on_time(system.handler, tenant, submit.task_id)
+
+
+# -- F3: a pending timer never ages out --------------------------------------------------------------
+
+
+async def _queued_at(store: EventStore, tenant: str, task_id: str) -> tuple[datetime, datetime] | None:
+    """(the stored due time, when the task was enqueued) once a timer enqueued it."""
+    history, _ = await store.load(tenant, task_id)
+    state = initial(task_id)
+    queued = None
+    due = None
+    for stored in history:
+        if isinstance(stored.event, Queued) and queued is None:
+            due, queued = state.due_at, stored.stored_at
+        state = evolve(state, stored.event)
+    return (due, queued) if due is not None and queued is not None else None
+
+
+async def _fired_subjects(nc: NATS, subject: str) -> dict[str, int]:
+    info = await nc.jetstream().stream_info(sj.TIMERS_STREAM, subjects_filter=subject)
+    return dict(info.state.subjects or {})
+
+
+async def test_a_timer_pending_longer_than_the_retention_fires_and_an_old_stream_migrates(
+    nats_server: EmbeddedNats, settings: Settings
+) -> None:
+    settings = settings.with_(timer_fired_ttl_s=1.0)
+    tenant = settings.tenant
+    nc = await connect(settings, name="test-timers")
+    scheduler: Scheduler | None = None
+    running: asyncio.Task[None] | None = None
+    try:
+        js = nc.jetstream()
+        # ORDO_TIMERS as an older Ordo created it: a max age (30 days there, 4 s here), no TTLs; and
+        # one task waiting on a timer armed the old way (one subject per task, no TTL).
+        await js.add_stream(events_stream_config(settings))
+        await js.add_stream(
+            dataclasses.replace(
+                timers_stream_config(settings), max_age=4.0, allow_msg_ttl=None, duplicate_window=1.0
+            )
+        )
+        store = EventStore(nc)
+        old_due = datetime.now(UTC) + timedelta(seconds=6)
+        old = SubmitTask(
+            task_id=uuid.uuid4().hex, tenant=tenant, queue="default", task_type="demo.echo",
+            now=datetime.now(UTC), run_at=old_due,
+        )  # fmt: skip
+        await js.publish(
+            f"{sj.TIMER_PREFIX}.task.{tenant}.{old.task_id}",
+            msgspec.json.encode(Due(tenant=tenant, task_id=old.task_id, due_at=old_due)),
+            headers={
+                sj.SCHEDULE: schedule_header(old_due - timedelta(seconds=settings.timer_lead_s)),
+                sj.SCHEDULE_TARGET: sj.due_subject(tenant, old.task_id),
+            },
+        )
+        await store.append(tenant, "default", old.task_id, decide(old, initial(old.task_id)), 0)
+
+        await provision(nc, settings)  # the upgrade: the stream loses its max age, gains TTLs
+        info = await js.stream_info(sj.TIMERS_STREAM)
+        assert not info.config.max_age and info.config.allow_msg_ttl
+
+        handler = CommandHandler(
+            store, Timers(nc, settings.timer_lead_s, fired_ttl_s=settings.timer_fired_ttl_s)
+        )
+        new = SubmitTask(
+            task_id=uuid.uuid4().hex, tenant=tenant, queue="default", task_type="demo.echo",
+            now=datetime.now(UTC), run_at=datetime.now(UTC) + timedelta(seconds=4),
+        )  # fmt: skip
+        await handler.execute(tenant, new)
+        scheduler = Scheduler(nc, handler)
+        running = asyncio.create_task(scheduler.run())
+
+        for task_id in (old.task_id, new.task_id):
+
+            async def enqueued(task_id: str = task_id) -> tuple[datetime, datetime] | None:
+                return await _queued_at(store, tenant, task_id)
+
+            due, at = await eventually(enqueued, timeout=30, what=f"task {task_id} enqueued by its timer")
+            assert due <= at < due + timedelta(seconds=5), (due, at)
+
+        # The fired copy of the new timer expires after its TTL (the old one has none).
+        async def fired_expired() -> bool:
+            return not await _fired_subjects(nc, sj.due_subject(tenant, new.task_id))
+
+        await eventually(fired_expired, timeout=15, what="the fired timer expired")
+        assert await _fired_subjects(nc, sj.due_subject(tenant, old.task_id))
+    finally:
+        if scheduler is not None and running is not None:
+            await scheduler.shutdown()
+            await asyncio.wait_for(running, 15)
+        await nc.close()
+
+
+async def test_a_schedule_tick_further_apart_than_the_retention_fires(nc: NATS, settings: Settings) -> None:
+    """A `@yearly` schedule in miniature: ticks 3 s apart, fired timers kept 1 s."""
+    tenant = settings.tenant
+    store = EventStore(nc)
+    timers = Timers(nc, settings.timer_lead_s, fired_ttl_s=1.0)
+    handler = CommandHandler(store, timers)
+    schedules = ScheduleHandler(handler, ScheduleTimers(nc, settings.timer_lead_s, fired_ttl_s=1.0))
+    spec = se.ScheduleSpec(
+        cron=normalize("*/3 * * * * *"), timezone="UTC", task=se.TaskTemplate(type="demo.echo"),
+        overlap=se.OverlapPolicy.ALLOW,
+    )  # fmt: skip
+    await schedules.execute(
+        tenant, sc.CreateSchedule(schedule_id="far", tenant=tenant, spec=spec, now=datetime.now(UTC))
+    )
+    scheduler = Scheduler(nc, handler, schedules=schedules)
+    running = asyncio.create_task(scheduler.run())
+    try:
+
+        async def fired_twice() -> list[Any]:
+            raw, _ = await store.load_raw(sj.schedule_events_filter(tenant, "far"))
+            fired = [
+                e
+                for e in map(se.decode_schedule_event, (r.data for r in raw))
+                if isinstance(e, se.ScheduleFired)
+            ]
+            return fired if len(fired) >= 2 else []
+
+        fired = await eventually(fired_twice, timeout=30, what="two ticks 3 s apart")
+        assert fired[1].tick_at - fired[0].tick_at == timedelta(seconds=3)
+    finally:
+        await schedules.execute(tenant, sc.DeleteSchedule(schedule_id="far"))
+        await scheduler.shutdown()
+        await asyncio.wait_for(running, 15)
