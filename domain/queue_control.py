@@ -1,7 +1,8 @@
 """Queue control: pausing and resuming dispatch from a queue, as events (pure decider).
 
-Stored on `ordo.queue.<tenant>.<queue>.<event>`. A paused queue dispatches nothing (its work
-consumers are paused); tasks keep being accepted and running tasks finish.
+Stored on `ordo.queue.<tenant>.<queue>.<event>`. The state is per tenant: a tenant's paused queue
+starts none of that tenant's tasks (workers hold its tickets until it is resumed) and leaves other
+tenants' tasks on the same queue name alone; tasks keep being accepted and running tasks finish.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ def _result(queue: str, outcome: QueueOutcome) -> dict[str, Any]:
 
 @router.post("/queues/{queue}:pause", status_code=202)
 async def pause_queue(queue: str, ctl: Controller, who: Operator) -> dict[str, Any]:
-    """Stop dispatch from the queue: nothing new starts; running tasks finish; submits still accepted."""
+    """Stop dispatch of the caller tenant's tasks from the queue: none of them starts until it is
+    resumed; running tasks finish; submits are still accepted; other tenants are not affected."""
     outcome = await ctl.execute(who.tenant, PauseQueue(queue=_check(queue)))
     return _result(queue, outcome)
 

@@ -1,15 +1,13 @@
-"""Pausing and resuming a queue: an event in the log (the record) and JetStream consumer pause (the effect).
+"""Pausing and resuming a queue for one tenant: an event in the log, which the workers act on.
 
 `PauseQueue` appends `paused` on `ordo.queue.<tenant>.<queue>.paused` with the same optimistic
-concurrency as tasks, then pauses every work consumer of that queue (the priority bands and any
-type-limit lanes: every consumer whose filter is `ordo.work.*.<queue>.…`). A paused consumer
-delivers nothing, so workers start nothing from the queue; tickets already delivered run to the end.
-Band consumers that do not exist yet are created paused, so a worker starting later stays idle
-(a create-or-update without `pause_until` keeps a consumer's pause). The effect is re-applied on
-every call, even when the event is already there, so repeating a request repairs a half-done one.
+concurrency as tasks; `ResumeQueue` appends `resumed`. That is all: the workers of the queue follow
+these events and hold the tickets of a paused (tenant, queue) instead of running them, then put
+them back on resume (workers/queue_pause.py). Work consumers are shared by tenants and are never
+paused, so one tenant's pause does not touch another's dispatch (docs/decisions.md 27).
 
-Limitation: work consumers are per queue name, shared by tenants (infra/subjects.work_consumer), so
-with several tenants a queue pause stops that queue name for all of them (docs/decisions.md).
+Versions before that paused the queue's work consumers themselves; a resume still resumes any work
+consumer left paused that way (listed in the outcome), so an upgrade never strands a queue.
 """
 
 from __future__ import annotations
@@ -18,9 +16,8 @@ from dataclasses import dataclass
 
 import nats.errors
 from nats.aio.client import Client as NATS
-from nats.js.errors import NotFoundError
+from nats.js.api import ConsumerConfig
 
-from ordo.domain.priority import BANDS
 from ordo.domain.queue_control import (
     PauseQueue,
     QueueState,
@@ -34,8 +31,6 @@ from ordo.domain.queue_control import (
 from ordo.infra import subjects as sj
 from ordo.infra.event_store import ConcurrencyError, EventStore, EventStoreUnavailable
 from ordo.infra.settings import Settings
-
-PAUSE_UNTIL = "2999-01-01T00:00:00Z"  # "until resumed"
 
 
 @dataclass(frozen=True)
@@ -87,52 +82,20 @@ class QueueController:
         raise ConcurrencyError(f"queue {command.queue}: too many concurrent changes")
 
     async def _apply(self, queue: str, paused: bool) -> list[str]:
-        """Pause or resume every work consumer of `queue`; returns their names."""
+        """On resume, resume the queue's work consumers an older version paused; their names."""
+        if paused:
+            return []
         try:
-            names = await self._work_consumers(queue)
-            if paused:
-                names |= await self._create_missing_bands(queue, names)
-            for name in sorted(names):
-                if paused:
-                    await self._js.pause_consumer(sj.EVENTS_STREAM, name, PAUSE_UNTIL)
-                else:
-                    await self._js.resume_consumer(sj.EVENTS_STREAM, name)
+            names = []
+            for info in await self._js.consumers_info(sj.EVENTS_STREAM):
+                if info.paused and _is_work_consumer_of(info.config, queue):
+                    await self._js.resume_consumer(sj.EVENTS_STREAM, info.name)
+                    names.append(info.name)
         except nats.errors.Error as exc:
-            raise EventStoreUnavailable(f"consumer pause failed: {exc}") from exc
+            raise EventStoreUnavailable(f"consumer resume failed: {exc}") from exc
         return sorted(names)
 
-    async def _work_consumers(self, queue: str) -> set[str]:
-        names: set[str] = set()
-        for info in await self._js.consumers_info(sj.EVENTS_STREAM):
-            cfg = info.config
-            filters = [cfg.filter_subject] if cfg.filter_subject else list(cfg.filter_subjects or [])
-            for f in filters:
-                tokens = f.split(".")
-                if f.startswith(sj.WORK_PREFIX + ".") and len(tokens) > 3 and tokens[3] == queue:
-                    names.add(info.name)
-        return names
 
-    async def _create_missing_bands(self, queue: str, existing: set[str]) -> set[str]:
-        from ordo.workers.consumer import work_consumer_config  # the workers' own consumer definition
-
-        created: set[str] = set()
-        for band in range(len(BANDS)):
-            name = sj.work_consumer(queue, band)
-            if name in existing:
-                continue
-            config = work_consumer_config(queue, band, self._settings)
-            config.pause_until = PAUSE_UNTIL
-            try:
-                await self._js.add_consumer(sj.EVENTS_STREAM, config=config)
-            except NotFoundError:
-                continue
-            created.add(name)
-        return created
-
-    async def paused_consumers(self, queue: str) -> dict[str, bool]:
-        """Each work consumer of `queue` and whether the server has it paused (for the API)."""
-        out: dict[str, bool] = {}
-        for name in sorted(await self._work_consumers(queue)):
-            info = await self._js.consumer_info(sj.EVENTS_STREAM, name)
-            out[name] = bool(info.paused)
-        return out
+def _is_work_consumer_of(config: ConsumerConfig, queue: str) -> bool:
+    filters = [config.filter_subject] if config.filter_subject else list(config.filter_subjects or [])
+    return any(f.startswith(sj.WORK_PREFIX + ".") and f.split(".")[3:4] == [queue] for f in filters)

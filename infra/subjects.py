@@ -16,6 +16,8 @@ Commands over NATS request/reply: ordo.cmd.<tenant>.<verb>.
 
 from __future__ import annotations
 
+import hashlib
+
 EVENTS_STREAM = "ORDO_EVENTS"
 TIMERS_STREAM = "ORDO_TIMERS"
 
@@ -119,6 +121,29 @@ def app_consumer(tenant: str, slot: int) -> str:
 
 def app_consumers(tenant: str) -> tuple[str, ...]:
     return tuple(app_consumer(tenant, slot) for slot in range(1, APP_CONSUMER_SLOTS + 1))
+
+
+# A tenant's paused queue: its tickets wait here, one token beside the bands (never matched by a band
+# or lane filter), each with the subject it came from, until the queue is resumed (workers.queue_pause).
+#   ordo.work.<tenant>.<queue>.held
+HELD_FROM = "Ordo-Held-From"
+
+
+def held_work_subject(tenant: str, queue: str) -> str:
+    return f"{WORK_PREFIX}.{tenant}.{queue}.held"
+
+
+def held_work_consumer(tenant: str, queue: str) -> str:
+    """One durable per (tenant, queue); hashed because both names may contain `_`."""
+    return "held_" + hashlib.sha256(f"{tenant}.{queue}".encode()).hexdigest()[:16]
+
+
+def parse_work_subject(subject: str) -> tuple[str, str] | None:
+    """(tenant, queue) of a band, lane or held ticket subject; None for anything else."""
+    parts = subject.split(".")
+    if len(parts) < 5 or f"{parts[0]}.{parts[1]}" != WORK_PREFIX:
+        return None
+    return parts[2], parts[3]
 
 
 def timer_subject(tenant: str, task_id: str, due_token: str) -> str:

@@ -3,7 +3,8 @@
 One pull subscription per (queue, band). Bands are fetched in smooth weighted round-robin (6:3:1 by
 default), so a busy high band never starves a low one. A fetch never asks for more tickets than
 there are free concurrency slots, so every fetched ticket starts at once and no ticket waits out its
-ack deadline in a local buffer. Cancel requests arrive on core NATS (at most once; the lease loop
+ack deadline in a local buffer. A ticket of a tenant that paused its queue is held, not run
+(workers/queue_pause.py). Cancel requests arrive on core NATS (at most once; the lease loop
 also notices a `cancelling` task on its next extension).
 """
 
@@ -32,6 +33,7 @@ from ordo.workers import consumer
 from ordo.workers.executor import Executor, utc_now
 from ordo.workers.handlers import Registry
 from ordo.workers.limits import TypeLimits, lane_consumer_config
+from ordo.workers.queue_pause import DEFAULT_REFRESH_S, QueuePauses
 from ordo.workers.registry import Announcer
 from ordo.workers.stats import WorkerStats
 
@@ -99,6 +101,7 @@ class Worker:
         fetch_wait_s: float = DEFAULT_FETCH_WAIT_S,
         type_limits: Mapping[str, int] | None = None,
         heartbeat_every_s: float = DEFAULT_HEARTBEAT_S,
+        pause_refresh_s: float = DEFAULT_REFRESH_S,
     ) -> None:
         if not queues:
             raise ValueError("a worker needs at least one queue")
@@ -131,6 +134,9 @@ class Worker:
             limits=self._limits,
             nc=nc,
         )
+        self._pauses = QueuePauses(
+            nc, handler.store, self.queues, settings, refresh_s=pause_refresh_s, logger=self._log
+        )
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -148,6 +154,10 @@ class Worker:
         if self._stopping.is_set():
             return "stopping"
         return "draining" if self._draining.is_set() else "online"
+
+    def queue_paused(self, tenant: str, queue: str) -> bool:
+        """Whether this worker holds the tickets of `tenant` on `queue` (its queue is paused)."""
+        return self._pauses.paused(tenant, queue)
 
     def drain(self) -> None:
         """Stop taking work; running attempts finish normally. The worker stays up (idempotent)."""
@@ -190,6 +200,7 @@ class Worker:
         cancel_sub: Subscription | None = None
         announced = False
         try:
+            await self._pauses.start()
             for queue in self.queues:
                 for band in range(len(BAND_WEIGHTS)):
                     subs[(queue, band)] = await consumer.open_work_consumer(
@@ -205,6 +216,7 @@ class Worker:
             await self._fetch_loop(subs)
         finally:
             await self._drain()
+            await self._pauses.stop()
             if announced:
                 await self._announcer.stop()
             if cancel_sub is not None:
@@ -236,6 +248,13 @@ class Worker:
                     self._slots.release()
                 continue
             for msg in msgs:
+                pair = sj.parse_work_subject(msg.subject)
+                if pair is not None and self._pauses.paused(*pair):
+                    try:
+                        await self._pauses.hold(msg, *pair)  # the tenant paused this queue
+                    finally:
+                        self._slots.release()
+                    continue
                 self._spawn(msg)
 
     async def _take_slots(self, most: int) -> int:

@@ -7,7 +7,8 @@ taken from the environment; a test keeps the two in step.
 - `admin`: everything (the `ordo up` supervisor, `ordo rebuild`): creates and updates the streams.
 - `gateway`, `scheduler`, `projector`: what each service touches, on every tenant (they serve all).
 - `worker`: fetch and ack dispatch tickets, read task histories, append the attempt events and the
-  tickets and retry timers they imply, heartbeat, answer its control subject. Nothing else: a worker
+  tickets and retry timers they imply, hold a paused tenant's tickets, follow queue pauses,
+  heartbeat, answer its control subject. Nothing else: a worker
   cannot submit, cancel, forge another kind of event or change a stream.
 - `app-<tenant>`: another service of one tenant: the NATS command API of its tenant, its tenant's
   lifecycle events (core subscriptions, and durable consumers named `app_<tenant>_1` ..
@@ -131,7 +132,12 @@ def service_permissions(service: str) -> Permissions:
                 f"{sj.TIMER_PREFIX}.task.>",
                 f"{sj.WORKER_PREFIX}.hb.>",
             ),
-            subscribe=(f"{sj.EVT_PREFIX}.*.*.*.cancel_requested", f"{sj.WORKER_PREFIX}.ctl.>", *inbox),
+            subscribe=(
+                f"{sj.EVT_PREFIX}.*.*.*.cancel_requested",
+                f"{sj.QUEUE_PREFIX}.>",  # queue pause and resume (workers/queue_pause.py)
+                f"{sj.WORKER_PREFIX}.ctl.>",
+                *inbox,
+            ),
             responses=True,
         )
     raise ValueError(f"unknown service {service!r}")

@@ -1,0 +1,212 @@
+"""Queue pause per tenant, on the worker side: hold a paused tenant's tickets, put them back on resume.
+
+Work consumers are per (queue, band) and shared by every tenant, so pausing a consumer would stop
+the queue for all of them (docs/decisions.md 27). Instead each worker knows which (tenant, queue)
+pairs of its queues are paused: the queue events (`ordo.queue.<tenant>.<queue>.<event>`), folded
+from the log at start and every `refresh_s`, and followed live on core NATS in between.
+
+- A ticket of a paused pair is not run: it is copied unchanged to `ordo.work.<tenant>.<queue>.held`
+  (header `Ordo-Held-From`: the band or lane subject it came from) and then acked. The copy's
+  Nats-Msg-Id is the original's stream sequence, so a ticket delivered twice is held once.
+- A pair that is not paused has its held tickets moved back to where they came from, by any worker
+  of the queue (one durable per pair, shared): publish first, then ack the held copy. A crash in
+  between leaves a duplicate ticket, which the decider treats as stale; nothing is ever dropped.
+  Pairs are released when a worker sees them resumed, and all of them every `sweep_s` (a ticket
+  held by a worker that died before it saw the resume).
+
+A worker that missed the live pause event holds at most what it fetched before the next refresh;
+tickets it had already started run to the end, exactly like running tasks of a paused queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from ordo.domain.queue_control import QueueState, decode_queue_event, evolve
+from ordo.infra import subjects as sj
+from ordo.infra.event_store import EventStore, EventStoreError
+from ordo.infra.settings import Settings
+from ordo.workers import consumer
+
+DEFAULT_REFRESH_S = 1.0
+DEFAULT_SWEEP_S = 30.0
+RELEASE_BATCH = 100
+MAX_HELD_PENDING = 1000
+
+Pair = tuple[str, str]  # (tenant, queue)
+
+log = logging.getLogger("ordo.worker.queue_pause")
+
+
+def held_consumer_config(tenant: str, queue: str, settings: Settings) -> ConsumerConfig:
+    name = sj.held_work_consumer(tenant, queue)
+    return ConsumerConfig(
+        name=name,
+        durable_name=name,
+        description=f"Ordo tickets of tenant {tenant} held while its queue {queue} is paused",
+        filter_subject=sj.held_work_subject(tenant, queue),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=-1,
+        max_ack_pending=MAX_HELD_PENDING,
+    )
+
+
+def _carried(msg: Msg) -> dict[str, str]:
+    """The ticket's own headers (trace context), without the server's and the dedup id."""
+    return {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-") and k != sj.HELD_FROM}
+
+
+class QueuePauses:
+    """The pause state of the (tenant, queue) pairs of `queues`; `start()`/`stop()` idempotent."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        store: EventStore,
+        queues: Sequence[str],
+        settings: Settings,
+        *,
+        refresh_s: float = DEFAULT_REFRESH_S,
+        sweep_s: float = DEFAULT_SWEEP_S,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if refresh_s <= 0 or sweep_s <= 0:
+            raise ValueError("refresh_s and sweep_s must be > 0")
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._store = store
+        self._queues = tuple(queues)
+        self._settings = settings
+        self._refresh_s = refresh_s
+        self._sweep_s = sweep_s
+        self._log = logger or log
+        self._states: dict[Pair, bool] = {}
+        self._to_release: set[Pair] = set()
+        self._held: dict[Pair, consumer.Pull] = {}
+        self._subs: list[Subscription] = []
+        self._loop_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def paused(self, tenant: str, queue: str) -> bool:
+        return self._states.get((tenant, queue), False)
+
+    async def start(self) -> None:
+        """Fold the pause state from the log, follow it live, and run the release loop."""
+        if self._loop_task is not None:
+            return
+        for queue in self._queues:
+            self._subs.append(await self._nc.subscribe(sj.queue_events_filter("*", queue), cb=self._on_event))
+        await self.refresh()
+        self._to_release |= {pair for pair, paused in self._states.items() if not paused}
+        self._loop_task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for sub in self._subs:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        self._subs.clear()
+        for pull in self._held.values():
+            await consumer.close(pull)
+        self._held.clear()
+
+    async def refresh(self) -> None:
+        """The pause state of every pair of our queues, folded from the log (the authority)."""
+        for queue in self._queues:
+            history, _ = await self._store.load_raw(sj.queue_events_filter("*", queue))
+            states: dict[str, QueueState] = {}
+            for raw in history:
+                tenant, _, _ = sj.parse_queue_subject(raw.subject)
+                state = states.get(tenant) or QueueState(queue=queue)
+                states[tenant] = evolve(state, decode_queue_event(raw.data))
+            for tenant, state in states.items():
+                self._set((tenant, queue), state.paused)
+
+    def _set(self, pair: Pair, paused: bool) -> None:
+        if self._states.get(pair) and not paused:
+            self._to_release.add(pair)
+            self._wake.set()
+        self._states[pair] = paused
+
+    async def _on_event(self, msg: Msg) -> None:
+        try:
+            tenant, queue, _ = sj.parse_queue_subject(msg.subject)
+            event = decode_queue_event(msg.data)
+        except Exception:  # noqa: BLE001 - a foreign message: the next refresh reads the log anyway
+            return
+        self._set((tenant, queue), evolve(QueueState(queue=queue), event).paused)
+
+    async def hold(self, msg: Msg, tenant: str, queue: str) -> None:
+        """Park a ticket of a paused pair; on a failed publish it comes back after a short delay."""
+        headers = {**_carried(msg), sj.HELD_FROM: msg.subject}
+        with contextlib.suppress(Exception):
+            headers[sj.MSG_ID] = f"held-{msg.metadata.sequence.stream}"
+        try:
+            await self._js.publish(sj.held_work_subject(tenant, queue), msg.data, headers=headers)
+        except nats.errors.Error as exc:
+            self._log.warning("ticket on %s not held: %s", msg.subject, exc)
+            await consumer.nak(msg, delay=self._refresh_s)
+            return
+        await consumer.ack(msg)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + self._sweep_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._refresh_s)
+            self._wake.clear()
+            try:
+                await self.refresh()
+            except (EventStoreError, nats.errors.Error) as exc:
+                self._log.warning("queue pause state not refreshed: %s", exc)
+            if loop.time() >= next_sweep:
+                next_sweep = loop.time() + self._sweep_s
+                self._to_release |= {pair for pair, paused in self._states.items() if not paused}
+            for pair in sorted(self._to_release):
+                try:
+                    if await self._release(pair):
+                        self._to_release.discard(pair)
+                except (EventStoreError, nats.errors.Error) as exc:
+                    self._log.warning("held tickets of %s not released yet: %s", pair, exc)
+
+    async def _release(self, pair: Pair) -> bool:
+        """Move the pair's held tickets back; True once none is left (or it was paused again)."""
+        pull = self._held.get(pair)
+        if pull is None:
+            pull = await consumer.open_consumer(self._nc, held_consumer_config(*pair, self._settings))
+            self._held[pair] = pull
+        while True:
+            if self.paused(*pair):
+                return True
+            msgs = await consumer.fetch(pull, RELEASE_BATCH, 0.05)
+            if not msgs:
+                return True
+            for msg in msgs:
+                if self.paused(*pair):
+                    await consumer.nak(msg)  # paused again meanwhile: it stays held
+                    continue
+                origin = (msg.headers or {}).get(sj.HELD_FROM)
+                if origin is None or sj.parse_work_subject(origin) != pair:
+                    self._log.warning("dropping a held message without a ticket origin: %s", origin)
+                    await consumer.term(msg, "no Ordo-Held-From of this tenant and queue")
+                    continue
+                headers = {**_carried(msg), sj.MSG_ID: f"unheld-{msg.metadata.sequence.stream}"}
+                await self._js.publish(origin, msg.data, headers=headers)
+                await consumer.ack(msg)
+            self._log.info("released %d held tickets of %s/%s", len(msgs), *pair)
