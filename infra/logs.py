@@ -70,6 +70,38 @@ class OncePerOutage(logging.Filter):
         return True
 
 
+class Outage:
+    """A reconnect loop's log: one warning when a dependency is lost, one when it is back.
+
+    However many attempts fail in between, and whatever they raise, the outage is two lines; the
+    attempts themselves go to debug.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, what: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._log = logger
+        self._what = what
+        self._clock = clock
+        self._since: float | None = None
+
+    @property
+    def down(self) -> bool:
+        return self._since is not None
+
+    def lost(self, reason: object) -> None:
+        if self._since is None:
+            self._since = self._clock()
+            self._log.warning("%s unavailable (%s); retrying until it is back", self._what, reason)
+        else:
+            self._log.debug("%s still unavailable: %s", self._what, reason)
+
+    def back(self) -> None:
+        if self._since is not None:
+            took, self._since = self._clock() - self._since, None
+            self._log.warning("%s back after %.1fs", self._what, took)
+
+
 # Library loggers whose retry loops log each attempt.
 _RETRY_LOGGERS = ("asyncpg.pool",)
 

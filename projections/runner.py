@@ -7,7 +7,8 @@ checkpoint, skips any sequence already applied, and NOTIFYs listeners (SSE) on c
 
 A projection is total (DESIGN Revision 2): an event it cannot apply because of the event's data, or
 that cannot be decoded at all, is recorded in `projection_errors` and skipped by that projection
-alone; an outage (PostgreSQL gone) still stops the runner, which then resumes from its checkpoint.
+alone; an outage (PostgreSQL gone) pauses the runner until PostgreSQL is back, then it resumes from
+its checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from nats.js.errors import NotFoundError
 from ordo.infra import subjects as sj
 from ordo.infra import telemetry
 from ordo.infra.event_store import EventStoreUnavailable
-from ordo.infra.pg import connect
+from ordo.infra.logs import Outage
+from ordo.infra.pg import connect, translate
 from ordo.projections import poison, tasks
 from ordo.projections.poison import Undecodable
 from ordo.projections.reader import LogReader, PoisonEvent, Record
@@ -39,6 +41,9 @@ NOTIFY_CHANNEL = "ordo_events"
 LEADER_LOCK = 7_404_002
 
 DEFAULT_PROJECTIONS: tuple[Projection, ...] = PROJECTIONS
+# The pause between attempts to reach PostgreSQL again, doubling up to the maximum.
+_RECONNECT_MIN_S = 0.25
+_RECONNECT_MAX_S = 5.0
 _log = logging.getLogger("ordo.projector")
 
 
@@ -183,7 +188,31 @@ class ProjectionRunner:
         self._stop.set()
 
     async def run(self) -> None:
+        """Project until `shutdown()`.
+
+        PostgreSQL going away (a restart, a crash) is not fatal: the runner waits for it (one line
+        when it is lost, one when it is back), connects again, is elected again and resumes from
+        the checkpoints, which were committed together with the tables."""
+        outage = Outage(self._log, "PostgreSQL")
+        pause = _RECONNECT_MIN_S
+        while not self._stop.is_set():
+            try:
+                await self._run_connected(outage)
+                return
+            except Exception as exc:
+                lost = translate(exc)
+                if lost is None:
+                    raise
+                outage.lost(lost)
+            try:
+                await asyncio.wait_for(self._stop.wait(), pause)
+            except TimeoutError:
+                pass
+            pause = min(2 * pause, _RECONNECT_MAX_S)
+
+    async def _run_connected(self, outage: Outage) -> None:
         conn = await connect(self._dsn)
+        outage.back()
         try:
             await migrate(conn)
             if not await self._elect(conn):
@@ -194,7 +223,7 @@ class ProjectionRunner:
             await self._consume(conn)
         finally:
             self.active = False
-            await conn.close()
+            await _close(conn)
 
     async def _elect(self, conn: asyncpg.Connection) -> bool:
         while not self._stop.is_set():
@@ -231,6 +260,16 @@ class ProjectionRunner:
         self.last_seq = last
         if self._after_commit is not None:
             await self._after_commit(self.last_seq)
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    """Close politely; a connection PostgreSQL has already dropped is only let go."""
+    try:
+        await conn.close(timeout=5)
+    except Exception as exc:
+        if translate(exc) is None:
+            raise
+        conn.terminate()
 
 
 def _trace_projection(batch: list[Record]) -> None:

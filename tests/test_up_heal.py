@@ -1,0 +1,206 @@
+"""T09 and T13 under `ordo up`: SIGKILL the embedded nats-server, or the PostgreSQL postmaster, while
+tasks are being submitted. `ordo up` starts the server again by itself (same data folder, same
+port), every process reconnects by itself, and every task acknowledged with 202 succeeds exactly
+once. A real `ordo up` subprocess with short timers; the servers' pids come from the data folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ordo.embedded.processes import free_port, process_alive
+
+READY_TIMEOUT = 90.0
+BACK_WITHIN = 60.0
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll `predicate` until true; return the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+class Up:
+    """`ordo up --no-auth` in a subprocess, its output kept in a file for the log checks."""
+
+    def __init__(self, root: Path) -> None:
+        self.data_dir = root / "data"
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = root / "ordo-up.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORDO_")}
+        env.update(ORDO_ACK_WAIT_S="3", ORDO_LEASE_EXTEND_EVERY_S="1")
+        argv = [sys.executable, "-m", "ordo.cli", "up", "--data-dir", str(self.data_dir)]
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [*argv, "--port", str(self.port), "--no-auth", "--workers", "2"],
+                env=env,
+                cwd=Path(__file__).resolve().parent.parent,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"ordo up exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        try:
+            return httpx.get(self.base + "/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def nats_pid(self) -> int | None:
+        return _json_pid(self.data_dir / "nats" / "nats-server.pid")
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _json_pid(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    running = Up(tmp_path)
+    try:
+        _wait(running.ready, READY_TIMEOUT, "ordo up ready")
+        yield running
+    finally:
+        running.stop()
+
+
+class Submitter:
+    """Submits demo.echo tasks back to back on a thread; keeps the ids answered 202."""
+
+    def __init__(self, base: str) -> None:
+        self._base = base
+        self.accepted: list[str] = []
+        self.answers: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Submitter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self._base, timeout=10) as http:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                try:
+                    r = http.post("/v1/tasks", json={"type": "demo.echo", "payload": {"n": n}})
+                except httpx.HTTPError as exc:
+                    self.answers[type(exc).__name__] += 1
+                    continue
+                self.answers[str(r.status_code)] += 1
+                if r.status_code == 202:
+                    self.accepted.append(r.json()["id"])
+
+    def accepted_more_than(self, n: int) -> Callable[[], bool]:
+        return lambda: len(self.accepted) > n
+
+
+def _every_task_succeeded_once(base: str, ids: list[str]) -> None:
+    """Each accepted task ends `succeeded`, with exactly one `succeeded` event in its history."""
+    pending = set(ids)
+    with httpx.Client(base_url=base, timeout=10) as http:
+
+        def settled() -> bool:
+            for task_id in sorted(pending):
+                r = http.get(f"/v1/tasks/{task_id}")
+                if r.status_code != 200 or r.json()["status"] != "succeeded":
+                    return False
+                pending.discard(task_id)
+            return True
+
+        _wait(settled, 120, f"{len(ids)} accepted tasks succeeded (still pending: {len(pending)})")
+        for task_id in ids:
+            events = http.get(f"/v1/tasks/{task_id}/events").json()["events"]
+            kinds = Counter(e["type"] for e in events)
+            assert kinds["submitted"] == 1 and kinds["succeeded"] == 1, (task_id, events)
+
+
+def test_t09_sigkill_of_the_nats_server_while_submitting_loses_no_accepted_task(up: Up) -> None:
+    first = up.nats_pid()
+    assert first is not None and process_alive(first)
+    with Submitter(up.base) as submitter:
+        _wait(submitter.accepted_more_than(30), 60, "30 tasks accepted before the kill")
+        os.kill(first, signal.SIGKILL)
+        killed_at = len(submitter.accepted)
+        took = _wait(
+            lambda: (pid := up.nats_pid()) not in (None, first) and process_alive(pid) and up.ready(),
+            BACK_WITHIN,
+            "a new nats-server and /readyz 200",
+        )
+        _wait(submitter.accepted_more_than(killed_at + 30), 60, "30 tasks accepted after the restart")
+    print(f"\nT09 nats-server SIGKILL: back in {took:.1f}s; answers {dict(submitter.answers)}")
+    _every_task_succeeded_once(up.base, submitter.accepted)
+    log = up.log()
+    assert "embedded nats-server (pid" in log and "embedded nats-server back" in log
+    # Reconnect loops: one line per process when the connection is lost and one when it is back.
+    for name in ("ordo-gateway", "ordo-projector", "ordo-scheduler", "ordo-worker", "ordo-up"):
+        assert 1 <= log.count(f"{name}: NATS connection lost") <= log.count(f"{name}: NATS connection back")
+    assert "nats: encountered error" not in log
+
+
+def test_t13_sigkill_of_the_postmaster_while_submitting_heals_the_read_side(up: Up) -> None:
+    first = up.postmaster_pid()
+    assert first is not None and process_alive(first)
+    with Submitter(up.base) as submitter:
+        _wait(submitter.accepted_more_than(30), 60, "30 tasks accepted before the kill")
+        os.kill(first, signal.SIGKILL)
+        killed_at = len(submitter.accepted)
+        took = _wait(
+            lambda: (pid := up.postmaster_pid()) not in (None, first) and process_alive(pid) and up.ready(),
+            BACK_WITHIN,
+            "a new postmaster and /readyz 200",
+        )
+        _wait(submitter.accepted_more_than(killed_at + 30), 60, "30 tasks accepted after the restart")
+    print(f"\nT13 postmaster SIGKILL: back in {took:.1f}s; answers {dict(submitter.answers)}")
+    _every_task_succeeded_once(up.base, submitter.accepted)
+    log = up.log()
+    assert "embedded PostgreSQL (pid" in log and "embedded PostgreSQL back" in log
+    # The projector waits for PostgreSQL instead of crashing: one line lost, one back.
+    assert "child projector exited" not in log
+    assert log.count("ordo.projector: PostgreSQL unavailable") == 1, log[-5000:]
+    assert log.count("ordo.projector: PostgreSQL back") == 1
+    assert log.count("Failed to restore the pool connection floor") <= log.count("started gateway")
