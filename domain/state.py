@@ -69,7 +69,7 @@ def accepts(state: TaskState, event: ev.Event) -> bool:  # noqa: PLR0911 - one r
 
     Workers append their attempt events with optimistic concurrency, but NATS cannot make the
     expected-sequence header mandatory, so a credential that may publish those subjects can write
-    any of them raw (docs/decisions.md 26). Such an event names an attempt that is not the running
+    any of them raw (docs/decisions.md 19). Such an event names an attempt that is not the running
     one, or follows a terminal event; `evolve` folds it as nothing, so no fold (the command
     handler's, the read models', a rebuild's) completes a task that never ran that attempt. Every
     rule mirrors the decider; the decider has always kept them, so every stored stream folds as it

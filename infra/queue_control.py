@@ -4,7 +4,7 @@
 concurrency as tasks; `ResumeQueue` appends `resumed`. That is all: the workers of the queue follow
 these events and hold the tickets of a paused (tenant, queue) instead of running them, then put
 them back on resume (workers/queue_pause.py). Work consumers are shared by tenants and are never
-paused, so one tenant's pause does not touch another's dispatch (docs/decisions.md 27).
+paused, so one tenant's pause does not touch another's dispatch (docs/decisions.md 20).
 
 Versions before that paused the queue's work consumers themselves; a resume still resumes any work
 consumer left paused that way (listed in the outcome), so an upgrade never strands a queue.

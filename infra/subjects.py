@@ -108,7 +108,7 @@ def work_consumer(queue: str, band: int) -> str:
 
 # Durable consumers a tenant's own services may create on ORDO_EVENTS (the app-<tenant> NATS user):
 # a fixed set of names, because NATS permissions match whole subject tokens only and a consumer
-# name is one token (`app_<tenant>_*` cannot be granted; docs/decisions.md).
+# name is one token (`app_<tenant>_*` cannot be granted; docs/decisions.md 19).
 APP_CONSUMER_SLOTS = 8
 
 

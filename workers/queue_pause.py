@@ -1,7 +1,7 @@
 """Queue pause per tenant, on the worker side: hold a paused tenant's tickets, put them back on resume.
 
 Work consumers are per (queue, band) and shared by every tenant, so pausing a consumer would stop
-the queue for all of them (docs/decisions.md 27). Instead each worker knows which (tenant, queue)
+the queue for all of them (docs/decisions.md 20). Instead each worker knows which (tenant, queue)
 pairs of its queues are paused: the queue events (`ordo.queue.<tenant>.<queue>.<event>`), folded
 from the log at start and every `refresh_s`, and followed live on core NATS in between.
 
