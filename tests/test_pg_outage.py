@@ -223,7 +223,7 @@ async def test_a_key_not_in_the_table_is_503_not_401_while_postgres_is_down(
     ones keep working for ORDO_KEY_CACHE_MAX_STALE_S after the last load, then answer 503 too
     until the table can be reloaded; everything is back once PostgreSQL is."""
     async with outage_system(
-        own_pg, nats_server, tmp_path, key_cache_ttl_s=0.2, key_cache_max_stale_s=3.0
+        own_pg, nats_server, tmp_path, key_cache_ttl_s=0.2, key_cache_max_stale_s=6.0
     ) as o:
         http = o.system.http
         conn = await asyncpg.connect(o.system.settings.database_url)
