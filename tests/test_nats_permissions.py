@@ -16,6 +16,7 @@ import httpx
 import msgspec
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 import uvicorn
 from nats.aio.client import Client as NATS
@@ -245,6 +246,34 @@ async def test_raw_succeeded_events_from_the_worker_user_do_not_complete_a_task(
         assert folded["status"] == "scheduled"
         # Cancelling it still works: the forged events did not make it terminal.
         assert (await http.post(f"/v1/tasks/{task_id}:cancel")).status_code in (200, 202)
+
+
+async def test_a_paused_queue_holds_and_releases_tickets_on_the_worker_user(
+    settings: Settings, nats_server: EmbeddedNats, provisioned: None
+) -> None:
+    """The worker follows queue pauses, holds and puts back tickets with its own permissions."""
+    admin = await connect(settings, name="perm-admin")
+    try:
+        async with _services(settings) as http:
+            assert (await http.post("/v1/queues/default:pause")).status_code == 202
+            task_id = (await http.post("/v1/tasks", json={"type": "demo.echo"})).json()["id"]
+
+            async def held() -> bool:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    subject = sj.held_work_subject(TENANT, "default")
+                    return (
+                        task_id.encode()
+                        in (await admin.jetstream().get_last_msg(sj.EVENTS_STREAM, subject)).data
+                    )
+                return False
+
+            await eventually(held, timeout=60, what="the ticket held")
+            assert await _status(http, task_id) in ("queued", "")
+            assert (await http.post("/v1/queues/default:resume")).status_code == 202
+            await eventually(lambda: _is(http, task_id, "succeeded"), timeout=60, what="released and run")
+    finally:
+        await admin.close()
+    assert _violations(nats_server) == []
 
 
 async def _submit(handler: CommandHandler, tenant: str) -> str:
