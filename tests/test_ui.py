@@ -183,6 +183,7 @@ async def test_cancel_a_running_task_from_the_ui(ui: Page, system: System) -> No
     await ui.open(f"/tasks/{task_id}")
     await page.locator('#task-status .badge[data-status="running"]').wait_for()
     await page.click('#task-actions button[data-action="cancel"]')
+    await page.click('dialog#confirm button[data-confirm="yes"]')
     await page.locator('#task-status .badge[data-status="cancelled"]').wait_for()
     assert (await task(system, task_id))["status"] == "cancelled"
 
@@ -224,6 +225,7 @@ async def test_bulk_retry_from_the_task_list(ui: Page, system: System) -> None:
     for task_id in ids:
         await page.check(f'#tasks-table tr[data-id="{task_id}"] input[type=checkbox]')
     await page.click('button[data-bulk="retry"]')
+    await page.click('dialog#confirm button[data-confirm="yes"]')
 
     async def replayed() -> bool:
         for task_id in ids:

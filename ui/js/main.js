@@ -91,6 +91,7 @@ let pendingG = false;
 function onKey(ev) {
   const t = ev.target;
   if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  if (document.querySelector("dialog[open]")) return; // a confirmation or the sign-in form has the keyboard
   if (t instanceof HTMLElement && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) {
     if (ev.key === "Escape") t.blur();
     return;

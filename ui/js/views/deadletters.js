@@ -1,44 +1,65 @@
 // Dead letters: tasks that exhausted their attempts, with error summaries; replay one, or every one
 // matching a filter. Without the dead-letter routes, failed tasks are listed and retried instead.
-import { h, put, clear, absTime, ago, notice, shortId, toast } from "../dom.js";
+// The URL is the applied filter: the form is refilled from it on every change (Back included), and
+// "Replay all matching" acts on it only while the form shows exactly that filter.
+import { h, put, absTime, ago, notice, shortId, toast } from "../dom.js";
 import { get, post, qs, enc } from "../api.js";
 import { has } from "../caps.js";
 import { coalesce } from "../live.js";
 import { go } from "../router.js";
+import { confirmAction, describeFilter } from "../confirm.js";
+
+const MAX_BULK = 1000; // the gateway's bulk replay limit
 
 export function mount(root, { params }) {
   let state = { ...params };
   const native = has("GET", "/v1/dead-letters");
   const box = h("div", { id: "dead-letters" });
-  const fQueue = h("input", { name: "queue", placeholder: "queue", size: 10, value: state.queue || "" });
-  const fType = h("input", { name: "type", placeholder: "type", size: 14, value: state.type || "" });
-  const fKind = h("input", { name: "error_kind", placeholder: "error kind", size: 14, value: state.error_kind || "", disabled: !native });
-  const bulkBtn = h("button", { class: "primary", "data-action": "replay-all", onclick: replayAll }, "Replay all matching");
-  const form = h("form", { class: "filters", onsubmit: (ev) => { ev.preventDefault(); go(["dead-letters"], { queue: fQueue.value.trim(), type: fType.value.trim(), error_kind: fKind.value.trim() }); } },
-    h("label", {}, "Queue", fQueue), h("label", {}, "Type", fType), h("label", {}, "Error kind", fKind), h("button", { type: "submit" }, "Filter"), bulkBtn);
+  const fQueue = h("input", { name: "queue", placeholder: "queue", size: 10 });
+  const fType = h("input", { name: "type", placeholder: "type", size: 14 });
+  const fKind = h("input", { name: "error_kind", placeholder: "error kind", size: 14, disabled: !native });
+  const bulkBtn = h("button", { type: "button", class: "danger", "data-action": "replay-all", onclick: replayAll }, "Replay all matching…");
+  const dirtyNote = h("span", { class: "small muted", id: "dl-dirty", hidden: true }, "Apply the filter first: the list shows the applied one.");
+  const form = h("form", { class: "filters", role: "search", "aria-label": "dead-letter filter",
+    onsubmit: (ev) => { ev.preventDefault(); go(["dead-letters"], formFilter()); } },
+    h("label", {}, "Queue", fQueue), h("label", {}, "Type", fType), h("label", {}, "Error kind", fKind),
+    h("button", { type: "submit", class: "primary" }, "Filter"), h("span", { class: "spacer" }), dirtyNote, bulkBtn);
+  form.addEventListener("input", syncDirty);
   root.append(h("div", { class: "panel" }, h("h1", {}, "Dead letters"),
     native ? null : notice("The dead-letter routes are not available on this gateway: showing failed tasks; replay uses the task's retry."),
     form, box));
   let cursor = null;
+  let shown = 0;
 
-  const filter = () => ({ queue: state.queue, type: state.type, error_kind: native ? state.error_kind : undefined });
+  const applied = () => ({ queue: state.queue || "", type: state.type || "", error_kind: native ? state.error_kind || "" : "" });
+  const formFilter = () => ({ queue: fQueue.value.trim(), type: fType.value.trim(), error_kind: native ? fKind.value.trim() : "" });
+  const isDirty = () => JSON.stringify(formFilter()) !== JSON.stringify(applied());
+  function fillForm() { const a = applied(); fQueue.value = a.queue; fType.value = a.type; fKind.value = a.error_kind; syncDirty(); }
+  function syncDirty() {
+    const dirty = isDirty();
+    dirtyNote.hidden = !dirty;
+    bulkBtn.disabled = dirty || shown === 0;
+  }
+  const apiFilter = () => Object.fromEntries(Object.entries(applied()).filter(([, v]) => v));
+
   async function load() {
     let items, next;
     try {
-      if (native) ({ items, next_cursor: next } = await get(`/v1/dead-letters${qs({ ...filter(), limit: 100, cursor })}`));
+      if (native) ({ items, next_cursor: next } = await get(`/v1/dead-letters${qs({ ...apiFilter(), limit: 100, cursor })}`));
       else ({ items, next_cursor: next } = await get(`/v1/tasks${qs({ status: "failed", queue: state.queue, type: state.type, limit: 100, cursor })}`));
     } catch (e) { put(box, notice(e.message, "error")); return; }
     const rows = items.map((d) => native ? d : { task_id: d.id, type: d.type, queue: d.queue, attempts: d.attempts,
       error_kind: d.error?.kind ?? "", error: d.error, dead_at: d.finished_at ?? d.updated_at });
-    bulkBtn.disabled = !rows.length;
-    put(box, rows.length ? [h("div", { class: "table-wrap" }, h("table", { id: "dl-table" },
-      h("thead", {}, h("tr", {}, ["task", "type", "queue", "attempts", "error", "dead since", ""].map((c) => h("th", {}, c)))),
+    shown = rows.length;
+    syncDirty();
+    put(box, rows.length ? [h("div", { class: "table-wrap" }, h("table", { id: "dl-table", class: "cards", "aria-label": "dead letters" },
+      h("thead", {}, h("tr", {}, ["task", "type", "queue", "attempts", "error", "dead since", "action"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, rows.map((d) => h("tr", { "data-id": d.task_id },
-        h("td", { class: "mono" }, h("a", { href: `#/tasks/${enc(d.task_id)}`, title: d.task_id }, shortId(d.task_id))),
-        h("td", {}, d.type), h("td", {}, d.queue), h("td", { class: "num" }, d.attempts),
-        h("td", { class: "wrap small" }, h("b", {}, d.error_kind || d.error?.kind || ""), " ", d.error?.message ?? d.reason ?? ""),
-        h("td", { title: absTime(d.dead_at) }, ago(d.dead_at)),
-        h("td", {}, h("button", { "data-action": "replay", onclick: () => replay(d.task_id) }, "Replay"))))))),
+        h("td", { class: "mono", "data-label": "task" }, h("a", { href: `#/tasks/${enc(d.task_id)}`, title: d.task_id }, shortId(d.task_id))),
+        h("td", { "data-label": "type" }, d.type), h("td", { "data-label": "queue" }, d.queue), h("td", { class: "num", "data-label": "attempts" }, d.attempts),
+        h("td", { class: "wrap small", "data-label": "error" }, h("b", {}, d.error_kind || d.error?.kind || ""), " ", d.error?.message ?? d.reason ?? ""),
+        h("td", { title: absTime(d.dead_at), "data-label": "dead since" }, ago(d.dead_at)),
+        h("td", { "data-label": "" }, h("button", { "data-action": "replay", "aria-label": `replay ${d.task_id}`, onclick: () => replay(d.task_id) }, "Replay"))))))),
       next ? h("div", { class: "pager" }, h("button", { onclick: () => { cursor = next; load(); } }, "Older →")) : null]
       : notice("No dead letters match."));
   }
@@ -49,21 +70,46 @@ export function mount(root, { params }) {
     } catch (e) { toast(e.message, "error"); }
     refresh();
   }
+  /** How many dead letters the applied filter matches (counted up to MAX_BULK + 1). */
+  async function countMatching() {
+    if (!native) return box.querySelectorAll("tr[data-id]").length;
+    let n = 0;
+    let c = null;
+    do {
+      const page = await get(`/v1/dead-letters${qs({ ...apiFilter(), limit: 500, cursor: c })}`);
+      n += page.items.length;
+      c = page.next_cursor;
+    } while (c && n <= MAX_BULK);
+    return n;
+  }
   async function replayAll() {
-    if (!confirm("Replay every dead letter matching this filter?")) return;
+    if (isDirty()) { syncDirty(); return; }
+    const filter = apiFilter();
+    const n = await countMatching();
+    if (!n) { toast("No dead letters match this filter."); refresh(); return; }
+    const take = Math.min(n, MAX_BULK);
+    const scope = describeFilter(filter, "no filter: every dead letter");
+    const ok = await confirmAction({
+      title: `Replay ${n > MAX_BULK ? `the ${MAX_BULK.toLocaleString()} oldest of over ${MAX_BULK.toLocaleString()}` : take.toLocaleString()} dead letter${take === 1 ? "" : "s"}?`,
+      lines: [`Filter: ${scope}.`, "Each runs again from attempt 1 with the same id."],
+      action: `Replay ${take.toLocaleString()}`,
+    });
+    if (!ok) return;
     if (native && has("POST", "/v1/dead-letters:replay")) {
-      try { const r = await post("/v1/dead-letters:replay", Object.fromEntries(Object.entries(filter()).filter(([, v]) => v)));
-        toast(`replayed ${(r.replayed || []).length} dead letters${r.skipped?.length ? `, ${r.skipped.length} skipped` : ""}`); }
-      catch (e) { toast(e.message, "error"); }
+      try {
+        const r = await post("/v1/dead-letters:replay", { ...filter, limit: take });
+        toast(`replayed ${(r.replayed || []).length} dead letters (${scope})${r.skipped?.length ? `, ${r.skipped.length} skipped` : ""}`);
+      } catch (e) { toast(e.message, "error"); }
     } else {
       for (const tr of box.querySelectorAll("tr[data-id]")) await replay(tr.dataset.id);
     }
     refresh();
   }
   const refresh = coalesce(load, 500);
+  fillForm();
   load();
   return {
-    update(p) { state = { ...p }; cursor = null; load(); },
+    update(p) { state = { ...p }; cursor = null; fillForm(); load(); },
     onEvent(e) { if (["dead_lettered", "failed", "replayed"].includes(e.type)) refresh(); },
   };
 }

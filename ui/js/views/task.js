@@ -6,6 +6,7 @@ import { hasParam } from "../caps.js";
 import { LiveStream, coalesce } from "../live.js";
 import { replaceParams } from "../router.js";
 import { drawGantt, layout, LEGEND } from "./gantt.js";
+import { confirmAction } from "../confirm.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const ROW_H = 30;
@@ -76,6 +77,15 @@ export function mount(root, { id, params }) {
   }
 
   async function command(action) {
+    if (action === "cancel") {
+      const ok = await confirmAction({
+        title: `Cancel this ${task?.status ?? ""} task?`,
+        lines: [`1 task: ${id} (${task?.type ?? "?"}, queue ${task?.queue ?? "?"}).`,
+          task?.status === "running" ? "Its worker is asked to stop the running attempt." : "It will not run."],
+        action: "Cancel task",
+      });
+      if (!ok) return;
+    }
     try {
       await post(`/v1/tasks/${enc(id)}:${action}`);
       toast(`${action} accepted`);
@@ -217,7 +227,7 @@ export function mount(root, { id, params }) {
       if (ev.key === "[" || ev.key === "k") scrubTo(events[Math.max(0, idx - 1)]?.seq ?? null);
       else if (ev.key === "]" || ev.key === "j") scrubTo(idx + 1 >= events.length ? null : events[idx + 1].seq);
       else if (["1", "2", "3"].includes(ev.key)) { view = ["full", "compact", "raw"][Number(ev.key) - 1]; renderTabs(); renderList(); }
-      else if (ev.key === "c") command("cancel");
+      else if (ev.key === "c" && task && !TERMINAL.has(task.status)) command("cancel");
       else if (ev.key === "r") command("retry");
       else if (ev.key === "p" && task) command(task.status === "paused" ? "resume" : "pause");
     },

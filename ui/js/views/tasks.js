@@ -6,6 +6,7 @@ import { get, post, qs, enc, HttpError } from "../api.js";
 import { hasParam, has } from "../caps.js";
 import { coalesce } from "../live.js";
 import { go } from "../router.js";
+import { confirmAction, describeFilter } from "../confirm.js";
 
 export const STATUSES = ["scheduled", "queued", "paused", "running", "retrying", "cancelling", "succeeded", "failed", "cancelled"];
 const PAGE = 50;
@@ -24,8 +25,8 @@ export function mount(root, { params }) {
   const info = h("span", { class: "muted small", id: "tasks-info" });
   const newBanner = h("button", { class: "link", hidden: true, onclick: () => setState({ ...state, cursor: "" }) });
   const bulkCount = h("span", { class: "muted small" });
-  const btnCancel = h("button", { class: "danger", disabled: true, "data-bulk": "cancel", onclick: () => bulk("cancel") }, "Cancel selected");
-  const btnRetry = h("button", { disabled: true, "data-bulk": "retry", onclick: () => bulk("retry") }, "Retry selected");
+  const btnCancel = h("button", { class: "danger", disabled: true, "data-bulk": "cancel", onclick: () => bulk("cancel") }, "Cancel selected…");
+  const btnRetry = h("button", { disabled: true, "data-bulk": "retry", onclick: () => bulk("retry") }, "Retry selected…");
   const checkAll = h("input", { type: "checkbox", "aria-label": "select all on page", onchange: () => {
     for (const t of items) checkAll.checked ? selected.add(t.id) : selected.delete(t.id);
     renderRows();
@@ -135,8 +136,23 @@ export function mount(root, { params }) {
     checkAll.checked = items.length > 0 && items.every((t) => selected.has(t.id));
   }
 
+  /** The applied filter in words, as the confirmation names it. */
+  function scopeText() {
+    return describeFilter({ status: state.status, type: state.type, queue: state.queue, tag: state.tag, search: state.q,
+      "created from": state.created_after, "created to": state.created_before }, "no filter (all tasks)");
+  }
+
   async function bulk(action) {
     const ids = [...selected];
+    if (!ids.length) return;
+    const verb = action === "cancel" ? "Cancel" : "Retry";
+    const confirmed = await confirmAction({
+      title: `${verb} ${ids.length.toLocaleString()} selected task${ids.length === 1 ? "" : "s"}?`,
+      lines: [`Selected from the list filtered by: ${scopeText()}.`,
+        action === "cancel" ? "Running tasks are asked to stop; queued and scheduled ones never run." : "Failed and cancelled tasks run again from attempt 1."],
+      action: `${verb} ${ids.length.toLocaleString()}`, danger: action === "cancel",
+    });
+    if (!confirmed) return;
     let ok = 0;
     const failures = [];
     await Promise.all(ids.map(async (id) => {

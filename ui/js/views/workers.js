@@ -3,6 +3,7 @@ import { h, put, clear, statusBadge, ago, absTime, notice, shortId, toast } from
 import { get, post, enc } from "../api.js";
 import { has } from "../caps.js";
 import { coalesce } from "../live.js";
+import { confirmAction } from "../confirm.js";
 
 export function mount(root) {
   const box = h("div", { id: "workers" });
@@ -27,8 +28,11 @@ export function mount(root) {
         h("td", { class: "num" }, w.cpu_pct !== undefined && w.cpu_pct !== null ? `${Number(w.cpu_pct).toFixed(0)}%` : ""),
         h("td", { class: "num" }, w.rss_bytes ? `${(w.rss_bytes / 1048576).toFixed(0)} MiB` : ""),
         h("td", {}, canDrain && w.status === "online" ? h("button", { "data-action": "drain", onclick: async () => {
+          const ok = await confirmAction({ title: `Drain worker ${w.id}?`,
+            lines: [`1 worker, ${w.in_flight ?? 0} task(s) in flight: it finishes them, takes no new work, then stops.`], action: "Drain" });
+          if (!ok) return;
           try { await post(`/v1/workers/${enc(w.id)}:drain`); toast(`draining ${w.id}`); refresh(); } catch (e) { toast(e.message, "error"); }
-        } }, "Drain") : null)))))));
+        } }, "Drain…") : null)))))));
   }
   const refresh = coalesce(load, 2000);
   load();
