@@ -154,11 +154,20 @@ async def sign_in(request: Request, svc: Svc) -> Response:
     return response
 
 
-@router.get("/auth/token", response_class=RedirectResponse, status_code=303, responses=problems(401, 422))
+@router.get(
+    "/auth/token", response_class=RedirectResponse, status_code=303, responses=problems(401, 403, 422)
+)
 async def token_link(
     request: Request, svc: Svc, t: Annotated[str, Query(min_length=1, max_length=200)]
 ) -> RedirectResponse:
-    """Use a one-time sign-in link: set the session cookie and go to the UI."""
+    """Use a one-time sign-in link: set the session cookie and go to the UI. A link followed from
+    another site is refused (it could be someone else's link: login CSRF); paste it instead."""
+    if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        raise Problem(
+            403,
+            "forbidden",
+            "a sign-in link followed from another site is refused; paste it into the address bar",
+        )
     key = await keys.use_login_token(svc.pool, t)
     if key is None:
         raise Problem(401, "unauthorized", "this sign-in link is unknown, used or expired")

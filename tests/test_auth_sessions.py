@@ -252,3 +252,18 @@ async def _one_key(settings: Settings) -> str:
     finally:
         await conn.close()
     return secret
+
+
+async def test_a_sign_in_link_followed_from_another_site_is_refused_and_not_spent(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """Login CSRF through a link: an attacker's own one-time link must not sign the victim in."""
+    async with auth_system(settings, nc, handler) as t:
+        url = (await t.system.http.post("/v1/auth/tokens", headers=t.auth("b:viewer"))).json()["url"]
+        async with httpx.AsyncClient(base_url=t.system.base_url) as browser:
+            for site in ("cross-site", "same-site"):
+                r = await browser.get(url, headers={"Sec-Fetch-Site": site})
+                assert r.status_code == 403 and "ordo_session" not in browser.cookies, r.text
+            # Pasted into the address bar (or opened by the UI itself): signed in.
+            r = await browser.get(url, headers={"Sec-Fetch-Site": "none"})
+            assert r.status_code == 303 and "ordo_session" in browser.cookies
