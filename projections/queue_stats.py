@@ -2,8 +2,9 @@
 
 Counting rows of `tasks` at read time grows with the table; these counters cost one upsert per
 (queue, status) touched by a batch. A task's status comes from the domain's own `evolve`, folded
-over the few fields that decide it (status, paused_from, archived), which this projection keeps per
-task in `queue_task_status` — it reads only its own tables, so it can be rebuilt alone. Archived
+over the few fields that decide it (status, paused_from, archived, and the attempt and lease that
+`evolve` checks before it accepts a worker's event), which this projection keeps per task in
+`queue_task_status` — it reads only its own tables, so it can be rebuilt alone. Archived
 tasks leave the counts (they are hidden from lists too). Rates are read from `stats_minutely`.
 """
 
@@ -31,6 +32,8 @@ CREATE TABLE IF NOT EXISTS queue_task_status (
     last_seq bigint NOT NULL,
     PRIMARY KEY (tenant, task_id)
 );
+ALTER TABLE queue_task_status ADD COLUMN IF NOT EXISTS attempt int NOT NULL DEFAULT 0;
+ALTER TABLE queue_task_status ADD COLUMN IF NOT EXISTS lease_until timestamptz;
 CREATE TABLE IF NOT EXISTS queue_depth (
     tenant text NOT NULL,
     queue text NOT NULL,
@@ -64,6 +67,8 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
             status=TaskStatus(rec["status"]),
             paused_from=None if paused is None else TaskStatus(paused),
             archived=rec["archived"],
+            attempt=rec["attempt"],
+            lease_until=rec["lease_until"],
         )
         states[(rec["tenant"], rec["task_id"])] = (rec["queue"], state, rec["last_seq"])
     delta: Counter[tuple[str, str, str]] = Counter()
@@ -85,11 +90,12 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
         await conn.execute(
             """
             INSERT INTO queue_task_status AS t
-                (tenant, task_id, queue, status, paused_from, archived, last_seq)
+                (tenant, task_id, queue, status, paused_from, archived, last_seq, attempt, lease_until)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
-                                 $7::bigint[])
+                                 $7::bigint[], $8::int[], $9::timestamptz[])
             ON CONFLICT (tenant, task_id) DO UPDATE SET status=EXCLUDED.status,
-                paused_from=EXCLUDED.paused_from, archived=EXCLUDED.archived, last_seq=EXCLUDED.last_seq
+                paused_from=EXCLUDED.paused_from, archived=EXCLUDED.archived, last_seq=EXCLUDED.last_seq,
+                attempt=EXCLUDED.attempt, lease_until=EXCLUDED.lease_until
             WHERE t.last_seq < EXCLUDED.last_seq
             """,
             [k[0] for k, _, _, _ in rows],
@@ -99,6 +105,8 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
             [None if s.paused_from is None else str(s.paused_from) for _, _, s, _ in rows],
             [s.archived for _, _, s, _ in rows],
             [seq for _, _, _, seq in rows],
+            [s.attempt for _, _, s, _ in rows],
+            [s.lease_until for _, _, s, _ in rows],
         )
     changed = sorted((k, n) for k, n in delta.items() if n != 0)
     if changed:
