@@ -92,6 +92,8 @@ class QueuePauses:
         self._sweep_s = sweep_s
         self._log = logger or log
         self._states: dict[Pair, bool] = {}
+        # Live events seen per pair: a refresh that read the log before one of them must not undo it.
+        self._live: dict[Pair, int] = {}
         self._to_release: set[Pair] = set()
         self._held: dict[Pair, consumer.Pull] = {}
         self._subs: list[Subscription] = []
@@ -107,9 +109,23 @@ class QueuePauses:
             return
         for queue in self._queues:
             self._subs.append(await self._nc.subscribe(sj.queue_events_filter("*", queue), cb=self._on_event))
-        await self.refresh()
+        await self._first_refresh()
         self._to_release |= {pair for pair, paused in self._states.items() if not paused}
         self._loop_task = asyncio.create_task(self._loop())
+
+    async def _first_refresh(self, timeout: float = 60.0) -> None:
+        """No ticket is fetched before the pause state is known: retry while NATS is not ready."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                await self.refresh()
+                return
+            except (EventStoreError, nats.errors.Error) as exc:
+                if loop.time() > deadline:
+                    raise
+                self._log.info("queue pause state not readable yet (%s); retrying", exc)
+                await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
         task, self._loop_task = self._loop_task, None
@@ -128,6 +144,7 @@ class QueuePauses:
     async def refresh(self) -> None:
         """The pause state of every pair of our queues, folded from the log (the authority)."""
         for queue in self._queues:
+            live = dict(self._live)
             history, _ = await self._store.load_raw(sj.queue_events_filter("*", queue))
             states: dict[str, QueueState] = {}
             for raw in history:
@@ -135,7 +152,9 @@ class QueuePauses:
                 state = states.get(tenant) or QueueState(queue=queue)
                 states[tenant] = evolve(state, decode_queue_event(raw.data))
             for tenant, state in states.items():
-                self._set((tenant, queue), state.paused)
+                pair = (tenant, queue)
+                if self._live.get(pair, 0) == live.get(pair, 0):  # else: the next refresh decides
+                    self._set(pair, state.paused)
 
     def _set(self, pair: Pair, paused: bool) -> None:
         if self._states.get(pair) and not paused:
@@ -149,6 +168,7 @@ class QueuePauses:
             event = decode_queue_event(msg.data)
         except Exception:  # noqa: BLE001 - a foreign message: the next refresh reads the log anyway
             return
+        self._live[(tenant, queue)] = self._live.get((tenant, queue), 0) + 1
         self._set((tenant, queue), evolve(QueueState(queue=queue), event).paused)
 
     async def hold(self, msg: Msg, tenant: str, queue: str) -> None:
@@ -173,7 +193,7 @@ class QueuePauses:
             self._wake.clear()
             try:
                 await self.refresh()
-            except (EventStoreError, nats.errors.Error) as exc:
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
                 self._log.warning("queue pause state not refreshed: %s", exc)
             if loop.time() >= next_sweep:
                 next_sweep = loop.time() + self._sweep_s
@@ -182,7 +202,7 @@ class QueuePauses:
                 try:
                     if await self._release(pair):
                         self._to_release.discard(pair)
-                except (EventStoreError, nats.errors.Error) as exc:
+                except Exception as exc:  # noqa: BLE001 - retried on the next round
                     self._log.warning("held tickets of %s not released yet: %s", pair, exc)
 
     async def _release(self, pair: Pair) -> bool:
