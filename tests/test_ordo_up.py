@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -101,11 +103,42 @@ def _run_echo(base: str) -> str:
     return task_id
 
 
+def _postgres_refuses_local_users_without_the_password(data_dir: Path) -> None:
+    """F10: the embedded PostgreSQL that `ordo up` started (and that its processes use) needs the
+    password kept in the data folder; without it, TCP and the unix socket are refused."""
+    port = int((data_dir / "postgres" / "postmaster.pid").read_text().splitlines()[3])
+    password_file = data_dir / "postgres.password"
+    assert password_file.stat().st_mode & 0o777 == 0o600
+
+    async def attempt(**kw: object) -> bool:
+        try:
+            conn = await asyncpg.connect(user="postgres", database="postgres", port=port, timeout=10, **kw)
+        except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
+            return False
+        await conn.close()
+        return True
+
+    async def checks() -> list[bool]:
+        password = password_file.read_text().strip()
+        return [
+            await attempt(host="127.0.0.1"),
+            await attempt(host=str(data_dir / "postgres")),
+            await attempt(host="127.0.0.1", password=password),
+        ]
+
+    loop = asyncio.new_event_loop()  # not asyncio.run: it would unset pytest-asyncio's loop
+    try:
+        assert loop.run_until_complete(checks()) == [False, False, True]
+    finally:
+        loop.close()
+
+
 def test_up_serves_runs_a_task_and_stops_leaving_nothing(data_dir: Path) -> None:
     up = Up(data_dir, free_port())
     try:
         _wait(up.ready, READY_TIMEOUT, "ordo up ready")
         _run_echo(up.base)
+        _postgres_refuses_local_users_without_the_password(data_dir)
         pids = _recorded_pids(data_dir)
         assert any("nats" in k for k in pids) and "postmaster" in pids, pids
         assert all(_alive(p) for p in pids.values()), pids
