@@ -1,6 +1,6 @@
 """Load a user's handlers by import path: `ordo worker --app myapp.tasks:registry` (or ORDO_APP).
 
-The path is `module:attribute`, where the attribute is a `Registry` (or a function returning one);
+The path is `module:attribute`, where the attribute is a `Registry`;
 `module` alone means its attribute `registry`. The current directory is importable, as with uvicorn
 and celery, so `--app` works from a project folder without installing it.
 """
@@ -35,8 +35,6 @@ def load_registry(path: str) -> Registry:
         if not hasattr(target, name):
             raise AppError(f"--app {path!r}: module {module_name!r} has no attribute {attribute!r}")
         target = getattr(target, name)
-    if callable(target) and not isinstance(target, Registry):
-        target = target()
     if not isinstance(target, Registry):
         raise AppError(f"--app {path!r}: {attribute!r} is a {type(target).__name__}, not an ordo.Registry")
     if not len(target):
