@@ -100,6 +100,8 @@ def accepts(state: TaskState, event: ev.Event) -> bool:  # noqa: PLR0911 - one r
             return reported and event.attempt == current
         case ev.Cancelled():
             return status in _CANCELLABLE and event.attempt == current
+        case ev.DeadLettered():
+            return status is TaskStatus.FAILED  # always right after `failed`
     return True
 
 

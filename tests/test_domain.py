@@ -303,6 +303,7 @@ IGNORED: dict[str, list[ev.Event]] = {
         ev.RetryScheduled(attempt=1, retry_at=T0),
         ev.AttemptReleased(attempt=2),
         ev.Cancelled(attempt=1),  # a running task is cancelled through cancel_requested
+        ev.DeadLettered(reason="forged"),
     ],
     "retrying": [
         ev.Succeeded(attempt=1),
@@ -316,6 +317,7 @@ IGNORED: dict[str, list[ev.Event]] = {
         ev.Cancelled(attempt=1),
         ev.AttemptStarted(attempt=2, worker_id="x", lease_until=LEASE),
         ev.AttemptFailed(attempt=1, error=ev.ErrorInfo(kind="E")),
+        ev.DeadLettered(),
     ],
     "failed": [ev.Succeeded(attempt=1), ev.Cancelled(attempt=1), ev.Failed(attempt=1)],
     "cancelled": [ev.Succeeded(attempt=0), ev.Cancelled(), ev.Failed(attempt=0)],
