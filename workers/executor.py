@@ -48,7 +48,9 @@ from ordo.workers.supervise import Verdict, supervise
 
 # A nak for a held lease lands this long after the lease ends, so the next start finds it expired.
 _LEASE_SLACK_S = 0.05
-_REPORT_TRIES = 3
+# The last word is retried this often, backing off up to a third of the ack wait, the ticket kept in
+# progress meanwhile (with the defaults about a minute before the ticket is left to come back).
+_REPORT_TRIES = 10
 # A ticket whose task has no history yet is retried this often, this far apart, before it is poison.
 _UNKNOWN_TASK_TRIES = 20
 _UNKNOWN_TASK_DELAY_S = 1.0
@@ -326,22 +328,47 @@ class Executor:
         )
 
     async def _finish(self, attempt: Attempt, command: TaskCommand) -> None:
-        """Store the attempt's last word, then ack. Not stored: no ack, the ticket comes back."""
-        for n in range(_REPORT_TRIES):
-            try:
-                out = await attempt.send(command, final=True)
-            except DomainError as exc:
-                attempt.log.error("%s rejected, ticket acked: %s", type(command).__name__, exc)
-                await consumer.ack(attempt.msg)
-                return
-            if attempt.is_fenced():
-                return
-            if out is not None:
-                self._count(command)
-                await consumer.ack(attempt.msg)
-                return
-            await asyncio.sleep(self._settings.backoff_base_s * (n + 1))
-        attempt.log.error("%s never stored: the ticket will come back", type(command).__name__)
+        """Store the attempt's last word, then ack. Not stored: no ack, the ticket comes back.
+
+        While the report is retried the ticket is kept in progress, so a store outage shorter than
+        the retries does not re-run work that is done (audit F17). A task that is not found is a
+        read served by a replica that is behind (the attempt started, so the task exists): retried
+        the same way, never acked away (audit F11).
+        """
+        keep: asyncio.Task[None] | None = None
+        name = type(command).__name__
+        try:
+            for n in range(_REPORT_TRIES):
+                try:
+                    out = await attempt.send(command, final=True)
+                except TaskNotFound:
+                    attempt.log.warning("%s: no history yet (a replica behind?); retrying", name)
+                    out = None
+                except DomainError as exc:
+                    attempt.log.error("%s rejected, ticket acked: %s", name, exc)
+                    await consumer.ack(attempt.msg)
+                    return
+                if attempt.is_fenced():
+                    return
+                if out is not None:
+                    self._count(command)
+                    await consumer.ack(attempt.msg)
+                    return
+                if keep is None:
+                    keep = asyncio.create_task(self._keep_in_progress(attempt))
+                s = self._settings
+                await asyncio.sleep(min(s.backoff_base_s * 2**n, s.ack_wait_s / 3))
+            attempt.log.error("%s never stored: the ticket will come back", name)
+        finally:
+            if keep is not None:
+                keep.cancel()
+                await asyncio.gather(keep, return_exceptions=True)
+
+    async def _keep_in_progress(self, attempt: Attempt) -> None:
+        """+WPI every third of the ack wait while the last word is retried (stops once fenced)."""
+        while not attempt.is_fenced():
+            await consumer.in_progress(attempt.msg)
+            await asyncio.sleep(self._settings.ack_wait_s / 3)
 
     def _count(self, command: TaskCommand) -> None:
         self.stats.processed += 1

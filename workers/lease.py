@@ -1,7 +1,9 @@
 """One running attempt: its lease, heartbeats, progress, and fencing.
 
 The ack deadline is the lease. While the handler runs, the lease is extended every
-`lease_extend_every_s`: a `lease_extended` event is appended and then `+WPI` is sent. If any report
+`lease_extend_every_s`: `+WPI` is sent, then a `lease_extended` event is appended (the ticket's
+deadline never waits on the event store: a slow append cannot let NATS redeliver a ticket whose
+handler is still running). If any report
 comes back as `zombie_rejected`, the attempt is fenced: from then on it sends no ack, nak, progress
 or extension for its message, ever. An extension that finds the task `cancelling` raises the
 attempt's cancel signal (a backstop for the at-most-once cancel subscription).
@@ -134,13 +136,12 @@ class Attempt:
                 worker_id=self.worker_id,
                 lease_until=lease_until,
             )
-            await self.send(command)
-            if self.is_fenced():
-                return
-            # Even when the store is briefly unavailable the ticket stays ours: the result of the
-            # current attempt is still accepted later.
+            # +WPI first (audit F17). Even when the store is slow or briefly unavailable the ticket
+            # stays ours: the result of the current attempt is still accepted later. An attempt
+            # learns it is a zombie only from this append's answer, so it may send this one +WPI.
             await consumer.in_progress(self.msg)
             self._last_extended = now
+            await self.send(command)
 
     async def run_lease_loop(self) -> None:
         period = self._settings.lease_extend_every_s

@@ -33,7 +33,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import FetchTimeoutError
 
 from ordo.domain.commands import EnqueueDue
-from ordo.domain.errors import DomainError
+from ordo.domain.errors import DomainError, TaskNotFound
 from ordo.domain.schedule_commands import Tick
 from ordo.domain.state import TaskState
 from ordo.infra import subjects as sj
@@ -42,7 +42,7 @@ from ordo.infra.event_store import EventStoreError
 from ordo.infra.nats_conn import ensure_consumer
 from ordo.infra.schedule_handler import ScheduleHandler
 from ordo.infra.schedule_timers import ScheduleTimers, decode_tick
-from ordo.infra.timers import decode_due
+from ordo.infra.timers import DEFAULT_FIRED_TTL_S, decode_due
 
 # A timer held at least this long is read ahead of its due time (see Scheduler._preload).
 _PRELOAD_MIN_S = 0.05
@@ -60,10 +60,17 @@ class SchedulerConfig:
     # Commands run at once (the rest wait their turn): a burst of due timers must not flood
     # JetStream with thousands of concurrent loads and time them all out.
     max_inflight: int = 32
+    # A timer whose task (or schedule) has no history yet is a read served by a replica that is
+    # behind: the timer proves the aggregate exists (armed before its first event is stored, or for
+    # an event already stored). It comes back this often, this far apart, before it is dropped.
+    unknown_tries: int = 20
+    unknown_delay_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.ack_wait_s <= 0 or self.fetch_batch < 1 or self.max_held < self.fetch_batch:
             raise ValueError("invalid scheduler config")
+        if self.unknown_tries < 1 or self.unknown_delay_s <= 0:
+            raise ValueError("invalid scheduler config: unknown_tries >= 1, unknown_delay_s > 0")
 
 
 class Scheduler:
@@ -80,7 +87,8 @@ class Scheduler:
         if schedules is None:
             lead = getattr(handler.timers, "_lead", None)
             lead_s = lead.total_seconds() if lead is not None else 2.0
-            schedules = ScheduleHandler(handler, ScheduleTimers(nc, lead_s))
+            ttl_s = getattr(handler.timers, "fired_ttl_s", DEFAULT_FIRED_TTL_S)
+            schedules = ScheduleHandler(handler, ScheduleTimers(nc, lead_s, fired_ttl_s=ttl_s))
         self._schedules = schedules
         self._config = config or SchedulerConfig()
         self._log = logger or logging.getLogger("ordo.scheduler")
@@ -188,6 +196,9 @@ class Scheduler:
             async with self._slot(msg):
                 command = EnqueueDue(task_id=due.task_id, due_at=due.due_at)
                 await self._handler.execute(due.tenant, command, known=known)
+        except TaskNotFound:
+            if await self._back_later(msg, f"timer for task {due.tenant}/{due.task_id}"):
+                return
         except DomainError as exc:
             self._log.info("timer for %s ignored: %s", due.task_id, exc)
         except EventStoreError as exc:
@@ -195,6 +206,18 @@ class Scheduler:
             await msg.nak(delay=1.0)
             return
         await msg.ack()
+
+    async def _back_later(self, msg: Msg, what: str) -> bool:
+        """NAK a timer whose aggregate has no history yet (a lagging replica); True if NAKed.
+
+        Bounded: a timer armed for a submit whose append then failed never finds its task, and
+        is dropped (acked) after `unknown_tries` deliveries."""
+        if _deliveries(msg) < self._config.unknown_tries:
+            self._log.warning("%s: no history yet (a replica behind?); back later", what)
+            await msg.nak(delay=self._config.unknown_delay_s)
+            return True
+        self._log.error("%s: still no history after %d deliveries; dropped", what, _deliveries(msg))
+        return False
 
     async def _preload(self, tenant: str, task_id: str, due_at: datetime) -> tuple[TaskState, int] | None:
         if (due_at - datetime.now(UTC)).total_seconds() < _PRELOAD_MIN_S:
@@ -226,7 +249,17 @@ class Scheduler:
             await msg.nak(delay=1.0)
             return
         else:
+            unknown = not outcome.state.exists and not outcome.state.deleted
+            if unknown and await self._back_later(msg, f"tick of schedule {tick.tenant}/{tick.schedule_id}"):
+                return
             if outcome.state.buffered_at == tick.tick_at:
                 await msg.nak(delay=self._config.buffer_recheck_s)  # waits for the running task
                 return
         await msg.ack()
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:  # noqa: BLE001 - not a JetStream message: count it as its first delivery
+        return 1
