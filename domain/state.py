@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 import msgspec
@@ -216,7 +217,7 @@ def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901 - one 
     return s
 
 
-def fold(task_id: str, history: list[ev.Event]) -> TaskState:
+def fold(task_id: str, history: Iterable[ev.Event]) -> TaskState:
     state = initial(task_id)
     for event in history:
         state = evolve(state, event)

@@ -84,7 +84,7 @@ def submissions(
             queue="default",
             task_type=task_type,
             now=now,
-            **({"payload": msgspec.Raw(payload)} if payload is not None else {}),
+            payload=msgspec.Raw(payload) if payload is not None else msgspec.Raw(b"null"),
         )
         for _ in range(n)
     ]
@@ -367,7 +367,7 @@ async def test_kill_9_of_the_active_projector_process_and_the_standby_takes_over
 
 
 async def _count(pool: asyncpg.Pool, tenant: str, status: str, n: int) -> bool:
-    return (
+    return bool(
         await pool.fetchval("SELECT count(*) FROM tasks WHERE tenant=$1 AND status=$2", tenant, status) == n
     )
 
@@ -390,6 +390,7 @@ async def test_an_undecodable_event_is_recorded_and_skipped_and_the_projector_ca
     poison = (await js.publish(subject, b"\x00 not an event", stream=sj.EVENTS_STREAM)).seq
     await submit(handler, settings.tenant, 3)  # good events after it are applied
     last = (await js.get_last_msg(sj.EVENTS_STREAM, sj.all_events_filter())).seq
+    assert last is not None
 
     runner = ProjectionRunner(nc, settings.database_url, RunnerConfig(batch_size=100))
     running = asyncio.create_task(runner.run())

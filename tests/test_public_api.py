@@ -34,7 +34,7 @@ def test_the_exported_names_are_exactly_the_documented_ones() -> None:
     for name in ordo.__all__:
         assert getattr(ordo, name) is not None
     with pytest.raises(AttributeError):
-        _ = ordo.Nope  # type: ignore[attr-defined]
+        _ = ordo.Nope
 
 
 async def test_run_handler_runs_a_handler_without_servers() -> None:

@@ -28,7 +28,7 @@ def tour_block() -> str:
     section = readme.split("## A two-minute tour", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
     assert len(blocks) == 1, "the tour has exactly one shell block"
-    return blocks[0]
+    return str(blocks[0])
 
 
 def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]

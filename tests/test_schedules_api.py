@@ -162,7 +162,7 @@ async def test_pause_and_resume_a_schedule(system: System) -> None:
     paused_at = datetime.now(UTC)
 
     async def row_paused() -> bool:
-        return (await system.http.get(f"/v1/schedules/{sid}")).json().get("status") == "paused"
+        return bool((await system.http.get(f"/v1/schedules/{sid}")).json().get("status") == "paused")
 
     await eventually(row_paused, timeout=WAIT, what="paused in the read model")
     assert (await system.http.get(f"/v1/schedules/{sid}")).json()["next_fire_times"] == []

@@ -16,7 +16,7 @@ T = se.TaskTemplate(type="demo.echo")
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc,arg-type]
 
 
 def fires(expr: str, tz: str, after: datetime, n: int) -> list[datetime]:
@@ -185,9 +185,11 @@ def test_catch_up_after_downtime(policy: se.CatchupPolicy, types: list[type]) ->
     assert events[-1].tick_at == t0 + timedelta(seconds=5)  # type: ignore[attr-defined]
     assert all(e.next_at == t0 + timedelta(seconds=6) for e in events)  # type: ignore[attr-defined]
     if policy is se.CatchupPolicy.SKIP:
-        assert events[0] == se.ScheduleMissed(
-            count=5, first_at=t0, last_at=t0 + timedelta(seconds=4), next_at=events[0].next_at
-        )  # type: ignore[attr-defined]
+        first = events[0]
+        assert isinstance(first, se.ScheduleMissed)
+        assert first == se.ScheduleMissed(
+            count=5, first_at=t0, last_at=t0 + timedelta(seconds=4), next_at=first.next_at
+        )
     if policy is se.CatchupPolicy.RUN_ONCE:
         assert events[0].count == 4 and events[1].tick_at == t0 + timedelta(seconds=4)  # type: ignore[attr-defined]
 

@@ -394,7 +394,7 @@ async def test_registry_lists_workers_and_drain_stops_taking_work(
 
         async def in_flight() -> bool:
             w = (await http.get("/v1/workers/drainme")).json()
-            return w["in_flight"] == 1 and w["tasks"] == [{"task_id": first, "attempt": 1}]
+            return bool(w["in_flight"] == 1 and w["tasks"] == [{"task_id": first, "attempt": 1}])
 
         await eventually(in_flight, timeout=10, what="in-flight shown")
         r = await http.post("/v1/workers/drainme:drain")
