@@ -222,7 +222,7 @@ class QueuePauses:
                     await consumer.nak(msg)  # paused again meanwhile: it stays held
                     continue
                 origin = (msg.headers or {}).get(sj.HELD_FROM)
-                if origin is None or sj.parse_work_subject(origin) != pair:
+                if origin is None or sj.parse_work_subject(origin) != pair or origin == msg.subject:
                     self._log.warning("dropping a held message without a ticket origin: %s", origin)
                     await consumer.term(msg, "no Ordo-Held-From of this tenant and queue")
                     continue
