@@ -101,6 +101,40 @@ async def test_a_sigkilled_postmaster_is_back_and_the_pool_recovers(tmp_path: Pa
         await watching
 
 
+async def test_a_server_that_will_not_start_again_is_retried_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "broken-nats-server"
+    broken.write_text("#!/bin/sh\necho 'cannot start'\nexit 1\n")
+    broken.chmod(0o755)
+    server = EmbeddedNats(NatsServerConfig(data_dir=tmp_path / "nats"))
+    logger = logging.getLogger("test.watch.broken")
+    caplog.set_level(logging.DEBUG, logger=logger.name)
+    watch = ServerWatch({"nats-server": server}, logger, FAST)
+    await watch.start()
+    watching = asyncio.create_task(watch.run())
+    try:
+        first = server.pid
+        assert first is not None
+        monkeypatch.setenv("ORDO_NATS_SERVER", str(broken))  # every restart fails until it is gone
+        os.kill(first, signal.SIGKILL)
+
+        def failures() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "did not start" in r.getMessage()]
+
+        await eventually(lambda: _true(len(failures()) >= 4), 30, what="four failed restarts")
+        monkeypatch.delenv("ORDO_NATS_SERVER")
+        await eventually(lambda: _true(watch.restarts["nats-server"] == 1), 30, what="server restarted")
+    finally:
+        await watch.shutdown()
+        await watching
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 3, warnings  # down, the first failed start, back
+    assert "exited with code -9" in warnings[0] and "did not start" in warnings[1]
+    assert "\n" not in warnings[1] and "back" in warnings[2]
+    assert all(r.levelno == logging.DEBUG for r in failures()[1:])
+
+
 def test_once_per_outage_keeps_one_line_without_traceback() -> None:
     now = [0.0]
     keep = OncePerOutage(quiet_s=90.0, clock=lambda: now[0])

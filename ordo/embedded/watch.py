@@ -42,7 +42,7 @@ class WatchConfig:
 
     check_every_s: float = 0.5
     backoff_initial_s: float = 0.5
-    backoff_max_s: float = 10.0
+    backoff_max_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.check_every_s <= 0 or self.backoff_initial_s <= 0:
@@ -109,7 +109,8 @@ class ServerWatch:
             except Exception as exc:  # noqa: BLE001 - a failed start is retried, never fatal
                 # One line for the outage: later failures only at debug level.
                 log = self._log.warning if attempts == 1 else self._log.debug
-                log("embedded %s did not start (%s); retrying until it does", name, exc)
+                first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+                log("embedded %s did not start (%s); retrying until it does", name, first_line)
                 try:
                     await asyncio.wait_for(self._stopping.wait(), backoff)
                 except TimeoutError:
