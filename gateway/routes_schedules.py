@@ -49,7 +49,7 @@ def schedule_handler(request: Request) -> ScheduleHandler:
         settings = svc.settings
         handler = ScheduleHandler(
             svc.handler,
-            ScheduleTimers(svc.nc, settings.timer_lead_s),
+            ScheduleTimers(svc.nc, settings.timer_lead_s, fired_ttl_s=settings.timer_fired_ttl_s),
             TaskDefaults(settings.default_max_attempts, settings.default_timeout_s),
         )
         app_state.schedule_handler = handler

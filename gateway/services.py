@@ -93,7 +93,9 @@ class Services:
                 except keys.KeyRevoked:
                     log.warning("ORDO_ADMIN_KEY was revoked and stays revoked; set a new one")
         store = EventStore(nc)
-        handler = CommandHandler(store, Timers(nc, settings.timer_lead_s))
+        handler = CommandHandler(
+            store, Timers(nc, settings.timer_lead_s, fired_ttl_s=settings.timer_fired_ttl_s)
+        )
         limits = Limits(settings.rate_limit_per_s, settings.rate_limit_burst, settings.sse_max_per_key)
         key_cache = KeyCache(pool, settings.key_cache_ttl_s, settings.key_cache_max_stale_s)
         await key_cache.load()

@@ -66,13 +66,15 @@ async def _run_scheduler(settings: Settings) -> None:
 
     nc = await connect(settings, name="ordo-scheduler")
     await provision(nc, settings)
-    handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
+    handler = CommandHandler(
+        EventStore(nc), Timers(nc, settings.timer_lead_s, fired_ttl_s=settings.timer_fired_ttl_s)
+    )
     from ordo.infra.schedule_handler import ScheduleHandler, TaskDefaults
     from ordo.infra.schedule_timers import ScheduleTimers
 
     schedules = ScheduleHandler(
         handler,
-        ScheduleTimers(nc, settings.timer_lead_s),
+        ScheduleTimers(nc, settings.timer_lead_s, fired_ttl_s=settings.timer_fired_ttl_s),
         TaskDefaults(settings.default_max_attempts, settings.default_timeout_s),
     )
     scheduler = Scheduler(nc, handler, schedules=schedules)

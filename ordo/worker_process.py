@@ -60,7 +60,9 @@ async def run_worker(
     try:
         # A worker's own NATS user may not change streams: it waits for them and checks them.
         await provision(nc, settings, manage=not settings.nats_user)
-        handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
+        handler = CommandHandler(
+            EventStore(nc), Timers(nc, settings.timer_lead_s, fired_ttl_s=settings.timer_fired_ttl_s)
+        )
         worker = Worker(nc, handler, registry, settings, queues=tuple(queues), logger=log, **options)
         loop = asyncio.get_running_loop()
         stops: list[asyncio.Task[None]] = []
