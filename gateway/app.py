@@ -21,6 +21,7 @@ from ordo.gateway import (
     routes_schedules,
     routes_stats,
     routes_tasks,
+    routes_ui_session,
     routes_workers,
 )
 from ordo.gateway.services import Services
@@ -51,6 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
     openapi.install(app, settings)
     app.include_router(routes_tasks.router)
     app.include_router(routes_auth.router)
+    app.include_router(routes_ui_session.router)
     app.include_router(routes_schedules.router)
     app.include_router(routes_queues.router)
     app.include_router(routes_events.router)

@@ -1,9 +1,10 @@
 // Boot: theme, navigation, the one global live stream, keyboard shortcuts, sign-in.
 import { h, clear, toast } from "./dom.js";
 import { loadCaps } from "./caps.js";
+import { HttpError } from "./api.js";
 import { LiveStream } from "./live.js";
 import { parseHash, go } from "./router.js";
-import { showSignIn, exchangeTokenFromUrl, renderAccount } from "./views/signin.js";
+import { showSignIn, exchangeTokenFromUrl, renderAccount, signedIn, renderSignedOut } from "./views/signin.js";
 import * as overview from "./views/overview.js";
 import * as tasks from "./views/tasks.js";
 import * as task from "./views/task.js";
@@ -114,23 +115,47 @@ function onKey(ev) {
   current?.onKey?.(ev);
 }
 
+// ---- signed in / out ------------------------------------------------------------------------
+let authed = false;
+function setConn(state, text) { conn.textContent = text; conn.dataset.state = state; }
+
+async function onSignedIn() {
+  authed = true;
+  await loadCaps(); // the route table is behind the key: read it again as the signed-in user
+  current = null;
+  setConn("connecting", "connecting…");
+  route();
+  renderAccount();
+  startLive();
+}
+
+function onSignedOut() {
+  authed = false;
+  live?.close();
+  live = null;
+  current?.unmount?.();
+  current = null;
+  setConn("signed-out", "signed out");
+  document.title = "Sign in · Ordo";
+  renderSignedOut(root, onSignedIn);
+  showSignIn(onSignedIn);
+}
+
 // ---- boot -------------------------------------------------------------------------------------
 async function boot() {
   applyTheme(initialTheme());
   document.getElementById("theme").addEventListener("click", toggleTheme);
   renderNav();
   document.addEventListener("keydown", onKey);
-  window.addEventListener("ordo:unauthorized", () => showSignIn(() => { startLive(); current = null; route(); renderAccount(); }));
-  await exchangeTokenFromUrl();
-  window.addEventListener("hashchange", route);
-  // Signed in (or auth off)? The live stream starts only then; otherwise the sign-in form opens.
-  const [, signedIn] = await Promise.all([loadCaps(),
-    fetch("/v1/whoami", { credentials: "same-origin" }).then((r) => r.status !== 401, () => true)]);
-  renderAccount();
-  route();
-  if (signedIn) startLive();
-  else window.dispatchEvent(new CustomEvent("ordo:unauthorized"));
+  window.addEventListener("ordo:unauthorized", () => { if (authed) onSignedOut(); });
+  // A call refused with 401 has already sent the page to the sign-in form: not an error to report.
+  window.addEventListener("unhandledrejection", (e) => { if (e.reason instanceof HttpError && e.reason.status === 401) e.preventDefault(); });
   window.addEventListener("ordo:toast", (e) => toast(e.detail.text, e.detail.kind));
+  await exchangeTokenFromUrl();
+  window.addEventListener("hashchange", () => { if (authed) route(); });
+  // Signed in (or auth off)? Views and the live stream start only then; otherwise the sign-in form.
+  if (await signedIn()) await onSignedIn();
+  else onSignedOut();
 }
 
 boot();

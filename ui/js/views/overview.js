@@ -40,7 +40,7 @@ export function mount(root) {
   const totalBox = h("span", { class: "n", id: "total" }, "–");
   const rateBox = h("span", { class: "n", id: "failure-rate" }, "–");
   const feed = h("ol", { class: "feed", id: "feed" });
-  root.append(
+  root.append(h("h1", { class: "page-title" }, "Overview"),
     h("div", { class: "grid cols-4" },
       h("div", { class: "panel stat" }, totalBox, h("span", { class: "l" }, "tasks (all statuses)")),
       h("div", { class: "panel stat" }, rateBox, h("span", { class: "l" }, "failure rate, last hour")),
@@ -96,7 +96,7 @@ export function mount(root) {
     }
   }
   const refresh = coalesce(load, 1000);
-  load();
+  refresh();
   return {
     onEvent(e) {
       feed.prepend(h("li", {}, h("span", { class: "seq" }, `#${e.seq}`), h("span", { class: "ev-type" }, e.type),

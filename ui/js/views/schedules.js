@@ -52,7 +52,7 @@ function detail(root, id) {
   const head = h("div");
   const chart = h("div", { class: "gantt-wrap" });
   const table = h("div");
-  root.append(h("div", { class: "panel" }, head), h("div", { class: "panel", style: "margin-top:1rem" }, h("h2", {}, "Decisions"), chart, table));
+  root.append(h("h1", { class: "page-title" }, "Schedule ", h("span", { class: "mono" }, id)), h("div", { class: "panel" }, head), h("div", { class: "panel", style: "margin-top:1rem" }, h("h2", {}, "Decisions"), chart, table));
   async function load() {
     let sc, decisions;
     try {

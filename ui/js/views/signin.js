@@ -39,9 +39,32 @@ export async function renderAccount() {
   }
 }
 
+/**
+ * Whether this browser is signed in, asked without a 401 (`GET /auth/state` always answers 200), so
+ * a signed-out page logs no error. A gateway without that route is asked `GET /v1/whoami` instead.
+ */
+export async function signedIn() {
+  try {
+    const r = await fetch("/auth/state", { credentials: "same-origin", headers: { accept: "application/json" } });
+    if (r.ok) return Boolean((await r.json()).signed_in);
+  } catch { return true; } // the gateway is unreachable: the live stream will say so
+  return fetch(WHOAMI, { credentials: "same-origin" }).then((r) => r.status !== 401, () => true);
+}
+
+/** The page behind the form while signed out: a way back to the form after Escape, never a dead end. */
+export function renderSignedOut(root, onSignedIn) {
+  clear(root);
+  const reason = new URL(location.href).searchParams.get("signin");
+  root.append(h("div", { class: "panel signed-out", id: "signed-out" },
+    h("h1", {}, "Signed out"),
+    h("p", {}, reason === "link" ? "That sign-in link was already used or has expired. Paste an API key instead."
+      : "Sign in with an API key to see tasks, schedules and workers."),
+    h("button", { class: "primary", id: "open-signin", onclick: () => showSignIn(onSignedIn) }, "Sign in")));
+}
+
 let open = false;
 
-/** The API-key form, shown when any call answers 401. */
+/** The API-key form, shown when any call answers 401. Escape closes it; the page offers it again. */
 export function showSignIn(onSignedIn) {
   if (open) return;
   open = true;
@@ -50,23 +73,24 @@ export function showSignIn(onSignedIn) {
   const input = h("input", { type: "password", name: "api_key", autocomplete: "off", required: true, placeholder: "ordo_…" });
   const msg = h("p", { class: "error-text", role: "alert" });
   const form = h("form", { method: "dialog", class: "signin" },
-    h("h2", {}, "Sign in to Ordo"),
+    h("h2", { id: "signin-title" }, "Sign in to Ordo"),
     h("p", {}, "Paste an API key (ordo up prints the local admin key and a one-time sign-in link). It is exchanged for an HttpOnly session cookie; the page never keeps the key."),
     h("label", {}, "API key", input),
     msg,
     h("button", { type: "submit", class: "primary" }, "Sign in"));
+  dialog.setAttribute("aria-labelledby", "signin-title");
+  dialog.onclose = () => { open = false; };
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     msg.textContent = "";
-    try {
-      await api("POST", SESSION, { key: input.value.trim() });
-      input.value = "";
-      dialog.close();
-      open = false;
-      onSignedIn();
-    } catch (e) {
-      msg.textContent = e instanceof HttpError && e.status === 401 ? "That key was not accepted." : e.message;
-    }
+    const r = await fetch(SESSION, { method: "POST", credentials: "same-origin",
+      headers: { "content-type": "application/json", accept: "application/json" }, body: JSON.stringify({ key: input.value.trim() }) })
+      .catch((e) => e);
+    if (r instanceof Error) { msg.textContent = r.message; return; }
+    if (!r.ok) { msg.textContent = r.status === 401 ? "That key was not accepted." : `Sign-in failed (HTTP ${r.status}).`; return; }
+    input.value = "";
+    dialog.close();
+    onSignedIn();
   });
   dialog.append(form);
   dialog.showModal();

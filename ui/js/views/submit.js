@@ -61,6 +61,7 @@ export function mount(root, { params }) {
       const t = await get(`/v1/tasks/${enc(id)}${first ? `?min_seq=${seq}` : ""}`);
       first = false;
       put(tr.querySelector(".status"), statusBadge(t.status));
+      tr.dataset.read = "1";
     });
     watched.set(id, refresh);
     while (watched.size > 20) { const [old] = watched.keys(); watched.delete(old); watchList.querySelector(`tr[data-id="${old}"]`)?.remove(); }
@@ -84,7 +85,8 @@ export function mount(root, { params }) {
       } else {
         const ids = await submitMany(b, copies, (n) => { put(result, h("p", {}, `submitted ${n} of ${copies}…`)); });
         put(result, h("p", {}, `Submitted ${ids.length} tasks. `, h("a", { href: `#/tasks?type=${enc(b.type)}` }, "see them in the task list")));
-        for (const id of ids.slice(-5)) watch(id);
+        // The first read of each waits for its submit in the read model (min_seq): no 404 right after a batch.
+        for (const { id, seq } of ids.slice(-5)) watch(id, seq);
       }
     } catch (e) {
       const items = e instanceof HttpError ? e.problem.errors ?? e.problem.items : null;
@@ -100,7 +102,7 @@ export function mount(root, { params }) {
       for (let done = 0; done < copies; done += CHUNK) {
         const n = Math.min(CHUNK, copies - done);
         const r = await post("/v1/tasks:batch", { tasks: Array.from({ length: n }, () => b) });
-        for (const item of r.items ?? r.tasks ?? []) ids.push(item.id);
+        for (const item of r.items ?? r.tasks ?? []) ids.push({ id: item.id, seq: item.seq ?? r.seq });
         progress(done + n);
       }
       return ids;
@@ -108,7 +110,7 @@ export function mount(root, { params }) {
     // Without batch submit: one request per task, 8 in flight.
     let next = 0;
     await Promise.all(Array.from({ length: Math.min(8, copies) }, async () => {
-      while (next < copies) { next += 1; ids.push((await post("/v1/tasks", b)).id); if (ids.length % 50 === 0) progress(ids.length); }
+      while (next < copies) { next += 1; const r = await post("/v1/tasks", b); ids.push({ id: r.id, seq: r.seq }); if (ids.length % 50 === 0) progress(ids.length); }
     }));
     return ids;
   }

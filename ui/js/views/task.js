@@ -32,7 +32,7 @@ export function mount(root, { id, params }) {
   const ioBox = h("div", { class: "grid cols-2", id: "io" });
   const errorBox = h("div");
 
-  root.append(errorBox,
+  root.append(h("h1", { class: "page-title" }, "Task ", h("span", { class: "id mono", id: "task-id" }, id)), errorBox,
     h("div", { class: "panel" }, head, actions),
     h("div", { class: "grid cols-main-side", style: "margin-top:1rem" },
       h("div", { class: "panel" }, h("h2", {}, "Attempts"), ganttBox,
@@ -50,7 +50,6 @@ export function mount(root, { id, params }) {
   function renderHead() {
     if (!task) return;
     put(head, 
-      h("span", { class: "id", id: "task-id" }, task.id),
       h("span", { id: "task-status" }, statusBadge(task.status)),
       h("span", {}, h("b", {}, task.type)),
       h("span", { class: "muted" }, `queue ${task.queue} · priority ${task.priority} · attempt ${task.attempts}/${task.max_attempts}`));
