@@ -2,11 +2,12 @@
 
 asyncpg raises a zoo of errors when the server is down, restarting or has killed a backend (refused
 connections, `CannotConnectNowError` while it starts, `ConnectionDoesNotExistError` mid-query,
-`AdminShutdownError`, timeouts). They all mean the same to a caller: the read model is unavailable
-for now, retry. `Pool` wraps asyncpg's pool so that every such error, whether raised while acquiring
-a connection or inside the `async with pool.acquire()` block, leaves this module as
-`ReadModelUnavailable` (chained with `from`); the gateway answers it 503 with Retry-After. Errors
-that are the query's own fault (a bad value, a constraint) pass through unchanged.
+`AdminShutdownError`, a protocol caught mid-error on a connection whose backend was killed,
+timeouts). They all mean the same to a caller: the read model is unavailable for now, retry. `Pool`
+wraps asyncpg's pool so that every such error, whether raised while acquiring a connection or inside
+the `async with pool.acquire()` block, leaves this module as `ReadModelUnavailable` (chained with
+`from`); the gateway answers it 503 with Retry-After. Errors that are the query's own fault (a bad
+value, a constraint) pass through unchanged.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,  # class 08 and "connection was closed in the middle of operation"
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, crash, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
+    # A backend terminated while its connection sat idle in the pool: the next query on it finds
+    # the protocol mid-error ("cannot switch to state ..."); the pool then drops the connection.
+    asyncpg.InternalClientError,
 )
 
 

@@ -260,3 +260,56 @@ async def test_a_key_not_in_the_table_is_503_not_401_while_postgres_is_down(
         await eventually(back, timeout=30, what="submits after PostgreSQL is back")
         r = await http.post("/v1/tasks", json=task, headers={"Authorization": "Bearer ordo_knew_never"})
         assert r.status_code == 401, r.text
+
+
+async def test_killed_postgres_backends_answer_503_never_500(
+    own_pg: EmbeddedPostgres, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """The audit's symptom: terminating the gateway's PostgreSQL backends mid-request gave HTTP 500
+    (`Exception in ASGI application`). Now such a read is 503 + Retry-After, or served by a fresh
+    connection; submits are untouched."""
+    async with outage_system(own_pg, nats_server, tmp_path) as o:
+        http = o.system.http
+        task_id = (await http.post("/v1/tasks", json={"type": "demo.echo"}, headers=o.auth("seen"))).json()[
+            "id"
+        ]
+        seen = await http.get(f"/v1/tasks/{task_id}?consistency=wait", headers=o.auth("viewer"))
+        assert seen.status_code == 200, seen.text
+        dsn = o.system.settings.database_url
+        statuses: dict[int, int] = {}
+        stop = asyncio.Event()
+
+        async def read() -> None:
+            while not stop.is_set():
+                for path in ("/v1/tasks", f"/v1/tasks/{task_id}", "/v1/queues"):
+                    r = await http.get(path, headers=o.auth("viewer"))
+                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                    assert r.status_code in (200, 503), (path, r.status_code, r.text)
+                    if r.status_code == 503:
+                        assert _is_unavailable(r), r.text
+
+        async def kill() -> int:
+            killed = 0
+            conn = await asyncpg.connect(own_pg.url)
+            try:
+                while killed < 40 and not stop.is_set():
+                    killed += await conn.fetchval(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                        dsn.rsplit("/", 1)[1],
+                    )
+            finally:
+                await conn.close()
+            return killed
+
+        readers = [asyncio.create_task(read()) for _ in range(4)]
+        try:
+            killed = await asyncio.wait_for(kill(), 60)
+        finally:
+            stop.set()
+            await asyncio.gather(*readers)
+        assert killed >= 40
+        assert statuses.get(200, 0) > 0, statuses
+        r = await http.post("/v1/tasks", json={"type": "demo.echo"}, headers=o.auth("seen"))
+        assert r.status_code == 202, r.text
+        print("statuses while backends were killed:", statuses)
