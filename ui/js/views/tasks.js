@@ -94,41 +94,66 @@ export function mount(root, { params }) {
   }
   const refresh = coalesce(load, 250);
 
+  /** Attempts in words: after a replay the count passes max_attempts (each run has a fresh budget). */
+  function attemptsText(t) {
+    return t.attempts > t.max_attempts ? `${t.attempts} (${t.max_attempts}/run)` : `${t.attempts}/${t.max_attempts}`;
+  }
+  function setText(el, text) { if (el.textContent !== text) el.textContent = text; }
+
+  /** One row with its cells, built once per task id; live refreshes patch what changed in place. */
+  function makeRow(t) {
+    const tr = h("tr", { "data-id": t.id });
+    const box = h("input", { type: "checkbox", "aria-label": `select ${t.id}`, onchange: (ev) => {
+      ev.target.checked ? selected.add(t.id) : selected.delete(t.id); updateBulk(); tr.classList.toggle("selected", ev.target.checked);
+    } });
+    const c = {
+      box, type: h("td", { "data-label": "type" }), queue: h("td", { class: "hide-narrow", "data-label": "queue" }),
+      status: h("td", { class: "status", "data-label": "status" }), attempts: h("td", { class: "num", "data-label": "attempts" }),
+      prio: h("td", { class: "num hide-narrow", "data-label": "prio" }), created: h("td", { class: "hide-narrow ago", "data-label": "created" }),
+      updated: h("td", { class: "ago", "data-label": "updated" }),
+    };
+    tr.append(h("td", { class: "check" }, box),
+      h("td", { class: "mono", "data-label": "id" }, h("a", { href: `#/tasks/${enc(t.id)}`, title: t.id }, shortId(t.id))),
+      c.type, c.queue, c.status, c.attempts, c.prio, c.created, c.updated);
+    tr.cells_ = c;
+    return tr;
+  }
+  function patchRow(tr, t) {
+    const c = tr.cells_;
+    setText(c.type, t.type); setText(c.queue, t.queue); setText(c.prio, String(t.priority));
+    setText(c.attempts, attemptsText(t));
+    c.attempts.title = t.attempts > t.max_attempts ? `${t.attempts} attempts in all; a replay starts a fresh budget of ${t.max_attempts}` : "";
+    if (c.status.dataset.status !== t.status) { put(c.status, statusBadge(t.status)); c.status.dataset.status = t.status; }
+    c.created.dataset.at = t.created_at ?? ""; c.created.title = absTime(t.created_at); setText(c.created, ago(t.created_at));
+    c.updated.dataset.at = t.updated_at ?? ""; c.updated.title = absTime(t.updated_at); setText(c.updated, ago(t.updated_at));
+    if (c.box.checked !== selected.has(t.id)) c.box.checked = selected.has(t.id);
+  }
+
   function renderRows() {
     const seen = new Set();
     items.forEach((t, i) => {
       seen.add(t.id);
       let tr = rowsById.get(t.id);
       const prevStatus = tr?.dataset.status;
-      if (!tr) { tr = h("tr", { "data-id": t.id }); rowsById.set(t.id, tr); }
-      const box = h("input", { type: "checkbox", "aria-label": `select ${t.id}`, onchange: (ev) => {
-        ev.target.checked ? selected.add(t.id) : selected.delete(t.id); updateBulk(); tr.classList.toggle("selected", ev.target.checked);
-      } });
-      box.checked = selected.has(t.id);
-      put(tr, 
-        h("td", {}, box),
-        h("td", { class: "mono" }, h("a", { href: `#/tasks/${enc(t.id)}`, title: t.id }, shortId(t.id))),
-        h("td", {}, t.type),
-        h("td", { class: "hide-narrow" }, t.queue),
-        h("td", { class: "status" }, statusBadge(t.status)),
-        h("td", { class: "num" }, `${t.attempts}/${t.max_attempts}`),
-        h("td", { class: "num hide-narrow" }, t.priority),
-        h("td", { class: "hide-narrow", title: absTime(t.created_at) }, ago(t.created_at)),
-        h("td", { class: "hide-narrow", title: absTime(t.updated_at) }, ago(t.updated_at)));
-      tr.dataset.status = t.status;
+      if (!tr) { tr = makeRow(t); rowsById.set(t.id, tr); }
+      patchRow(tr, t);
+      if (tr.dataset.status !== t.status) tr.dataset.status = t.status;
       tr.classList.toggle("selected", selected.has(t.id));
       tr.classList.toggle("cursor", i === cursorRow);
       if (prevStatus && prevStatus !== t.status) { tr.classList.remove("flash"); void tr.offsetWidth; tr.classList.add("flash"); }
       if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
     });
     for (const [id, tr] of rowsById) if (!seen.has(id)) { tr.remove(); rowsById.delete(id); }
-    if (!items.length) tbody.append(h("tr", { class: "empty" }, h("td", { colspan: 9, class: "muted" }, "No tasks match.")));
-    else tbody.querySelector("tr.empty")?.remove();
-    info.textContent = `${items.length} task${items.length === 1 ? "" : "s"} on this page`;
+    const empty = tbody.querySelector("tr.empty");
+    if (!items.length) { if (!empty) tbody.append(h("tr", { class: "empty" }, h("td", { colspan: 9, class: "muted" }, "No tasks match."))); }
+    else empty?.remove();
+    setText(info, `${items.length} task${items.length === 1 ? "" : "s"} on this page`);
     btnPrev.disabled = !state.cursor;
     btnNext.disabled = !nextCursor;
     updateBulk();
   }
+  // Relative times tick (text only) between refreshes.
+  const ticker = setInterval(() => { for (const td of tbody.querySelectorAll("td.ago[data-at]")) setText(td, ago(td.dataset.at)); }, 5000);
 
   function updateBulk() {
     bulkCount.textContent = selected.size ? `${selected.size} selected` : "";
@@ -173,13 +198,14 @@ export function mount(root, { params }) {
     h("div", { class: "table-wrap" }, h("table", { id: "tasks-table" },
       h("thead", {}, h("tr", {}, h("th", {}, checkAll), h("th", {}, "id"), h("th", {}, "type"), h("th", { class: "hide-narrow" }, "queue"),
         h("th", {}, "status"), h("th", { class: "num" }, "attempts"), h("th", { class: "num hide-narrow" }, "prio"),
-        h("th", { class: "hide-narrow" }, "created"), h("th", { class: "hide-narrow" }, "updated"))),
+        h("th", { class: "hide-narrow" }, "created"), h("th", {}, "updated"))),
       tbody)),
     h("div", { class: "pager" }, btnPrev, btnNext)));
   fillForm();
   load();
 
   return {
+    unmount() { clearInterval(ticker); },
     update(p) { state = { ...p }; fillForm(); newSince = 0; newBanner.hidden = true; cursorRow = -1; load(); },
     onEvent(e) {
       if (rowsById.has(e.task_id)) { refresh(); return; }

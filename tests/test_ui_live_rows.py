@@ -1,0 +1,41 @@
+"""The task list is patched in place by live refreshes: a listed row keeps its DOM element, its
+checkbox keeps the keyboard focus and its tick, while its status changes and new rows arrive."""
+
+from __future__ import annotations
+
+from tests.conftest import System
+from tests.helpers import eventually
+from tests.test_ui import Page, browser, status_is, submit, ui
+
+__all__ = ["browser", "ui"]
+
+
+async def test_a_listed_row_survives_live_refreshes(ui: Page, system: System) -> None:
+    sleeper = await submit(system, {"type": "demo.sleep", "payload": {"seconds": 3}})
+    await eventually(status_is(system, sleeper, "running"), timeout=60, what="sleep running")
+    page = ui.page
+    await ui.open("/tasks")
+    row = f'#tasks-table tr[data-id="{sleeper}"]'
+    await page.locator(f'{row} .badge[data-status="running"]').wait_for()
+    await page.focus(f"{row} input[type=checkbox]")
+    await page.keyboard.press("Space")  # ticked from the keyboard; focus stays on the box
+    await page.evaluate(
+        """sel => { window.__row = document.querySelector(sel);
+                    window.__box = window.__row.querySelector('input[type=checkbox]');
+                    window.__cells = [...window.__row.children]; }""",
+        row,
+    )
+    # two kinds of live refresh: the row's own status change, and new tasks on the first page
+    await page.locator(f'{row} .badge[data-status="succeeded"]').wait_for()
+    newer = [await submit(system, {"type": "demo.echo", "payload": i}) for i in range(3)]
+    for task_id in newer:
+        await page.locator(f'#tasks-table tr[data-id="{task_id}"] .badge[data-status="succeeded"]').wait_for()
+    kept = await page.evaluate(
+        """sel => ({ same: document.querySelector(sel) === window.__row,
+                     attached: window.__row.isConnected,
+                     cells: window.__cells.every((c, i) => window.__row.children[i] === c),
+                     focus: document.activeElement === window.__box,
+                     checked: window.__box.checked })""",
+        row,
+    )
+    assert kept == {"same": True, "attached": True, "cells": True, "focus": True, "checked": True}, kept
