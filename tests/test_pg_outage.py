@@ -150,6 +150,9 @@ async def test_t05_postgres_outage_under_load_submits_continue_and_reads_recover
             first = accepted["before"][0]
             ok = await http.get(f"/v1/tasks/{first}?consistency=wait", headers=o.auth("viewer"))
             assert ok.status_code == 200, ok.text
+            browser = httpx.AsyncClient(base_url=o.system.base_url, timeout=30)
+            signed = await browser.post("/auth/session", json={"key": o.keys["unseen"]})
+            assert signed.status_code == 204, signed.text
 
             await o.stop_pg()
             phase = "outage"
@@ -168,6 +171,12 @@ async def test_t05_postgres_outage_under_load_submits_continue_and_reads_recover
                 else:
                     assert _is_unavailable(r), (path, r.status_code, r.text)
                     assert "asyncpg" not in r.text and "Error" not in r.json()["detail"]
+            # A browser session needs no PostgreSQL either (secret and key table in memory).
+            r = await browser.post("/v1/tasks", json={"type": "demo.echo", "payload": {"at": "outage"}})
+            assert r.status_code == 202, r.text
+            accepted["outage"].append(r.json()["id"])
+            assert (await browser.get("/v1/whoami")).json()["role"] == "submitter"
+            await browser.aclose()
             await eventually(lambda: count("outage", 40), timeout=60, what="submits during the outage")
             # Reloads of the key table have failed meanwhile; the last one keeps serving.
             assert not unexpected, unexpected[:3]
