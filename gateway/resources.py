@@ -35,7 +35,7 @@ class SkippedEvent(_Model):
     seq: int
     event: str
     error: str
-    recorded_at: datetime
+    at: datetime | None = None  # when the event was appended
 
 
 class TaskResource(_Model):

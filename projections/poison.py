@@ -11,6 +11,7 @@ after a restart, exactly as before.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -26,6 +27,7 @@ class Undecodable:
     seq: int
     subject: str
     error: str
+    stored_at: datetime | None = None
 
 
 # Raised because of what an event holds, so applying the same event again fails the same way.
@@ -79,10 +81,11 @@ async def record(
     subject, tenant, aggregate, name = describe(family, rec)
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     await conn.execute(
-        "INSERT INTO projection_errors (projection, seq, family, subject, tenant, aggregate_id, event, error)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        "INSERT INTO projection_errors"
+        " (projection, seq, family, subject, tenant, aggregate_id, event, error, at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
         projection, rec.seq, family, _clean(subject), _clean(tenant), _clean(aggregate), _clean(name),
-        _clean(text, _MAX_ERROR_CHARS),
+        _clean(text, _MAX_ERROR_CHARS), getattr(rec, "stored_at", None),
     )  # fmt: skip
 
 
@@ -92,9 +95,10 @@ async def record(
 async def for_aggregate(
     conn: asyncpg.Connection | asyncpg.Pool, tenant: str, aggregate_id: str, family: str = "task"
 ) -> list[dict[str, Any]]:
-    """What the read models skipped of one task (or schedule): [{projection, seq, event, error, at}]."""
+    """What the read models skipped of one task (or schedule): [{projection, seq, event, error, at}]
+    (`at`: when the event was appended)."""
     recs = await conn.fetch(
-        "SELECT projection, seq, event, error, recorded_at FROM projection_errors"
+        "SELECT projection, seq, event, error, at FROM projection_errors"
         " WHERE tenant=$1 AND family=$2 AND aggregate_id=$3 ORDER BY seq, projection",
         tenant,
         family,
@@ -102,7 +106,7 @@ async def for_aggregate(
     )
     return [
         {"projection": r["projection"], "seq": r["seq"], "event": r["event"], "error": r["error"],
-         "recorded_at": r["recorded_at"]}
+         "at": r["at"]}
         for r in recs
     ]  # fmt: skip
 

@@ -145,4 +145,5 @@ class LogReader:
             )
         except Exception as exc:  # noqa: BLE001 - whatever the bytes are, the record says so
             self._log.error("undecodable event at seq %s on %s: %s", seq, msg.subject, exc)
-            return family.name, Undecodable(seq, msg.subject, f"cannot decode: {type(exc).__name__}: {exc}")
+            error = f"cannot decode: {type(exc).__name__}: {exc}"
+            return family.name, Undecodable(seq, msg.subject, error, meta.timestamp)

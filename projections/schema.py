@@ -23,9 +23,10 @@ CREATE TABLE IF NOT EXISTS projection_errors (
     aggregate_id text NOT NULL,
     event text NOT NULL,
     error text NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT now(),
+    at timestamptz,  -- when the event was appended (the log's time: a rebuild records the same)
     PRIMARY KEY (projection, seq)
 );
+ALTER TABLE projection_errors ADD COLUMN IF NOT EXISTS at timestamptz;  -- first drafts lacked it
 CREATE INDEX IF NOT EXISTS projection_errors_aggregate
     ON projection_errors (tenant, family, aggregate_id);
 """

@@ -172,14 +172,14 @@ async def _mark_skipped(
     if not items:
         return
     recs = await conn.fetch(
-        "SELECT aggregate_id, projection, seq, event, error, recorded_at FROM projection_errors"
+        "SELECT aggregate_id, projection, seq, event, error, at FROM projection_errors"
         " WHERE tenant=$1 AND family='task' AND aggregate_id = ANY($2::text[]) ORDER BY seq, projection",
         tenant,
         [item["id"] for item in items],
     )
     by_id = {item["id"]: item for item in items}
     for r in recs:
-        entry = {k: r[k] for k in ("projection", "seq", "event", "error", "recorded_at")}
+        entry = {k: r[k] for k in ("projection", "seq", "event", "error", "at")}
         by_id[r["aggregate_id"]]["projection_errors"].append(entry)
 
 
