@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ordo.embedded.nats import find_nats_server
 from ordo.embedded.processes import free_port, process_alive
 
 READY_TIMEOUT = 90.0
@@ -195,6 +196,50 @@ def test_t09_sigkill_of_the_nats_server_while_submitting_loses_no_accepted_task(
         lost, back = log.count(f"{name}: NATS connection lost"), log.count(f"{name}: NATS connection back")
         assert lost == back == KILLS, (name, lost, back)
     assert "nats: encountered error" not in log
+
+
+# Longer than nats-py's default reconnect budget (60 attempts, 0.5 s apart): a client that gave up
+# after it would never come back.
+LONG_OUTAGE_S = 35.0
+
+
+def test_a_nats_outage_longer_than_the_default_reconnect_budget_heals_too(tmp_path: Path) -> None:
+    """The restarted server cannot start for 35 s (its binary refuses while a file exists): every
+    process keeps reconnecting, logs one line for the outage, and every 202 task succeeds once."""
+    blocked = tmp_path / "blocked"
+    wrapper = tmp_path / "bin" / "nats-server"  # same name: pid files match the running server
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ -e "{blocked}" ]; then echo "blocked by the test"; exit 1; fi\n'
+        f'exec "{find_nats_server()}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    up = Up(tmp_path, ORDO_NATS_SERVER=str(wrapper))
+    try:
+        _wait(up.ready, READY_TIMEOUT, "ordo up ready")
+        first = up.nats_pid()
+        assert first is not None
+        with Submitter(up.base) as submitter:
+            _wait(submitter.accepted_more_than(30), 60, "30 tasks accepted before the kill")
+            blocked.touch()
+            os.kill(first, signal.SIGKILL)
+            down_at = time.monotonic()
+            _wait(lambda: time.monotonic() - down_at > LONG_OUTAGE_S, LONG_OUTAGE_S + 5, "the long outage")
+            during = len(submitter.accepted)
+            blocked.unlink()
+            took = _wait(_replaced(up, up.nats_pid, first), BACK_WITHIN, "new nats-server, readyz 200")
+            _wait(submitter.accepted_more_than(len(submitter.accepted) + 30), 60, "30 tasks accepted after")
+        print(f"\nlong NATS outage: back {took:.1f}s after unblocking; answers {dict(submitter.answers)}")
+        assert during < len(submitter.accepted)
+        _every_task_succeeded_once(up.base, submitter.accepted)
+        log = up.log()
+        assert log.count("embedded nats-server did not start") == 1 and "embedded nats-server back" in log
+        for name in ("ordo-gateway", "ordo-projector", "ordo-scheduler", "ordo-up"):
+            lost = log.count(f"{name}: NATS connection lost")
+            assert lost == log.count(f"{name}: NATS connection back") == 1, (name, lost)
+        assert "nats: encountered error" not in log
+    finally:
+        up.stop()
 
 
 def test_t13_sigkill_of_the_postmaster_while_submitting_heals_the_read_side(up: Up) -> None:

@@ -109,7 +109,8 @@ class ServerWatch:
             except Exception as exc:  # noqa: BLE001 - a failed start is retried, never fatal
                 # One line for the outage: later failures only at debug level.
                 log = self._log.warning if attempts == 1 else self._log.debug
-                first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+                # The first line only: the server's log tail stays in its own log file.
+                first_line = (str(exc).splitlines() or [type(exc).__name__])[0].removesuffix("; log tail:")
                 log("embedded %s did not start (%s); retrying until it does", name, first_line)
                 try:
                     await asyncio.wait_for(self._stopping.wait(), backoff)
