@@ -32,6 +32,11 @@ from tests.conftest import System, run_system
 from tests.helpers import eventually
 from tests.test_projections_failover import submissions
 from tests.test_rebuild import table_hashes
+from tests.test_ui import (
+    UI_TIMEOUT_MS,
+    browser,  # noqa: F401 - the session's Chromium fixture
+)
+from tests.test_ui import Page as UiPage
 
 JSON = {"content-type": "application/json"}
 
@@ -261,3 +266,32 @@ async def test_apply_batch_in_a_rebuild_transaction_skips_the_same_event(
     finally:
         await reader.close()
         await conn.close()
+
+
+async def test_the_task_page_says_which_events_the_read_model_skipped(
+    browser: Any,  # noqa: F811 - the fixture imported above
+    settings: Settings,
+    nc: NATS,
+    handler: CommandHandler,
+) -> None:
+    async with run_system(settings, nc, handler, worker=False) as system:
+        r = await system.http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600})
+        victim = r.json()["id"]
+        bad_seq = await _forge(nc, settings.tenant, victim, ev.Updated(priority=2**40))
+
+        async def marked() -> bool:
+            return bool((await system.http.get(f"/v1/tasks/{victim}")).json().get("projection_errors"))
+
+        await eventually(marked, timeout=30, what="the skipped event on the task")
+        context = await browser.new_context(viewport={"width": 1280, "height": 860})
+        context.set_default_timeout(UI_TIMEOUT_MS)
+        page = UiPage(await context.new_page(), system.base_url)
+        try:
+            await page.open(f"/tasks/{victim}")
+            notice = page.page.locator("#task-skipped .notice")
+            await notice.wait_for()
+            text = await notice.inner_text()
+            assert f"seq {bad_seq} updated in tasks" in text and "skipped 1 event" in text
+            assert page.unexpected_errors() == []
+        finally:
+            await context.close()

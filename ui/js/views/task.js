@@ -2,7 +2,7 @@
 // time-travel scrubber and the actions, live over the task's own event stream (resumed by sequence).
 import { h, put, clear, statusBadge, absTime, dur, jsonView, notice, copyText, toast } from "../dom.js";
 import { get, post, enc, HttpError } from "../api.js";
-import { hasParam } from "../caps.js";
+import { has, hasParam } from "../caps.js";
 import { LiveStream, coalesce } from "../live.js";
 import { replaceParams } from "../router.js";
 import { drawGantt, layout, LEGEND } from "./gantt.js";
@@ -21,6 +21,7 @@ export function mount(root, { id, params }) {
   let gone = false;
 
   const head = h("div", { class: "task-head" });
+  const clock = h("div", { class: "clock", id: "task-clock", role: "timer", "aria-live": "off" });
   const actions = h("div", { class: "row", id: "task-actions" });
   const details = h("dl", { class: "kv" });
   const ganttBox = h("div", { class: "gantt-wrap", id: "gantt" });
@@ -31,9 +32,10 @@ export function mount(root, { id, params }) {
   const listBox = h("div", { id: "events-view" });
   const ioBox = h("div", { class: "grid cols-2", id: "io" });
   const errorBox = h("div");
+  const skippedBox = h("div", { id: "task-skipped" });
 
-  root.append(h("h1", { class: "page-title" }, "Task ", h("span", { class: "id mono", id: "task-id" }, id)), errorBox,
-    h("div", { class: "panel" }, head, actions),
+  root.append(h("h1", { class: "page-title" }, "Task ", h("span", { class: "id mono", id: "task-id" }, id)), errorBox, skippedBox,
+    h("div", { class: "panel" }, head, clock, actions),
     h("div", { class: "grid cols-main-side", style: "margin-top:1rem" },
       h("div", { class: "panel" }, h("h2", {}, "Attempts"), ganttBox,
         h("div", { class: "legend" }, LEGEND.map(([c, l, line]) => h("span", {}, h("i", { style: `background:${c};${line ? "height:2px" : ""}` }), l)))),
@@ -52,7 +54,7 @@ export function mount(root, { id, params }) {
     put(head, 
       h("span", { id: "task-status" }, statusBadge(task.status)),
       h("span", {}, h("b", {}, task.type)),
-      h("span", { class: "muted" }, `queue ${task.queue} · priority ${task.priority} · attempt ${task.attempts}/${task.max_attempts}`));
+      h("span", { class: "muted" }, `queue ${task.queue} · priority ${task.priority} · ${task.attempts > task.max_attempts ? `${task.attempts} attempts in all (a replay gives ${task.max_attempts} more)` : `attempt ${task.attempts}/${task.max_attempts}`}`));
     const st = task.status;
     const act = (label, action, enabled, key, cls) => h("button", { class: cls, "data-action": action, disabled: !enabled, title: key ? `${label} (${key})` : label,
       onclick: () => command(action) }, label);
@@ -66,14 +68,65 @@ export function mount(root, { id, params }) {
       ["run at", absTime(task.run_at)], ["worker", task.worker_id], ["lease until", absTime(task.lease_until)],
       ["timeout", task.timeout ? `${task.timeout}s` : ""], ["tags", (task.tags || []).join(", ")], ["progress", task.progress ?? ""],
       ["last seq", task.last_seq]];
+    // Events a read model could not apply (recorded and skipped, DESIGN Revision 2): say so plainly.
+    const skipped = task.projection_errors || [];
+    put(skippedBox, skipped.length ? notice(`The read model skipped ${skipped.length} event(s) of this task, so what this page shows may be incomplete (time travel folds the whole log): `
+      + skipped.map((s) => `seq ${s.seq} ${s.event} in ${s.projection}: ${s.error}`).join("; "), "error") : null);
     put(details, kv.filter(([, v]) => v !== "" && v !== null && v !== undefined).map(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
-    put(ioBox, 
+    put(ioBox,
       h("div", { class: "panel" }, h("h3", {}, "Payload"), jsonView(task.payload)),
-      h("div", { class: "panel", id: "result" }, h("h3", {}, task.error ? "Error" : "Result"),
-        task.error ? [h("p", {}, h("b", {}, task.error.kind || "error"), ": ", task.error.message || ""),
-          task.error.traceback ? h("pre", { class: "traceback" }, task.error.traceback) : null, jsonView(task.error)]
-          : jsonView(task.result)));
+      h("div", { class: "panel", id: "result" }, ...resultPanel()));
   }
+
+  /** The result, the final error, or — while another attempt is pending — the last attempt's error, labelled so. */
+  function resultPanel() {
+    const err = task.error;
+    if (!err) return [h("h3", {}, "Result"), TERMINAL.has(task.status) ? jsonView(task.result) : h("p", { class: "muted" }, `No result yet: the task is ${task.status}.`)];
+    const { traceback, ...rest } = err;
+    const final = task.status === "failed";
+    const title = final ? "Error" : `Last attempt's error (attempt ${task.status === "running" ? task.attempts - 1 : task.attempts}; the task is ${task.status} now)`;
+    return [h("h3", {}, title), h("p", {}, h("b", {}, err.kind || "error"), ": ", err.message || ""),
+      traceback ? h("pre", { class: "traceback" }, traceback) : null, jsonView(rest)];
+  }
+
+  // ---- the clock: a running attempt's elapsed time and lease countdown tick between events ----
+  let lostAt = null;
+  let lostWorker = null;
+  function renderClock() {
+    if (!task) return;
+    const now = Date.now();
+    const run = layout(events).attempts.find((a) => !a.endAt);
+    let text = "";
+    if (task.status === "running" && run) {
+      const until = run.leases[run.leases.length - 1].until;
+      text = `attempt ${run.n} running for ${dur(now - run.startedAt)} on ${run.worker ?? "?"} · `
+        + (until >= now ? `ack deadline in ${dur(until - now)}` : `ack deadline passed ${dur(now - until)} ago`);
+      if (lostAt !== null && lostWorker === run.worker) text += ` · worker lost (no heartbeat for ${dur(now - lostAt)}): redelivery at the deadline`;
+    } else if (["scheduled", "retrying"].includes(task.status) && task.run_at) {
+      const at = new Date(task.run_at).getTime();
+      text = at >= now ? `runs in ${dur(at - now)} (at ${absTime(task.run_at)})` : `due since ${dur(now - at)}`;
+    } else if (!TERMINAL.has(task.status)) {
+      text = `${task.status} for ${dur(now - new Date(task.updated_at ?? task.created_at).getTime())}`;
+    }
+    clock.textContent = text;
+    clock.hidden = !text;
+  }
+  let lastWorkerCheck = 0;
+  async function checkWorker() {
+    const run = layout(events).attempts.find((a) => !a.endAt);
+    if (!run || !task || task.status !== "running" || !has("GET", "/v1/workers") || Date.now() - lastWorkerCheck < 5000) return;
+    lastWorkerCheck = Date.now();
+    try {
+      const w = ((await get("/v1/workers")).items || []).find((x) => x.id === run.worker);
+      if (w && w.status === "lost") { lostWorker = w.id; lostAt = new Date(w.last_heartbeat).getTime(); } else { lostWorker = null; lostAt = null; }
+    } catch { /* the registry is optional for this page */ }
+  }
+  const ticker = setInterval(() => {
+    if (!task || TERMINAL.has(task.status) || gone) return;
+    renderClock();
+    renderGantt();
+    checkWorker();
+  }, 1000);
 
   async function command(action) {
     if (action === "cancel") {
@@ -99,7 +152,7 @@ export function mount(root, { id, params }) {
     if (!events.length) return;
     const ce = cursorEvent();
     put(ganttBox, drawGantt(events, { live: task && !TERMINAL.has(task.status), cursorAt: ce ? new Date(ce.at).getTime() : null,
-      width: Math.max(640, ganttBox.clientWidth || 1000) }));
+      width: Math.max(300, ganttBox.clientWidth || 1000), lostAt: lostWorker ? lostAt : null }));
   }
 
   // ---- scrubber: the server folds the state (GET ?as_of_seq=N); this page only displays it --
@@ -191,8 +244,8 @@ export function mount(root, { id, params }) {
   }
 
   // ---- data and live ----------------------------------------------------------------------
-  const reloadTask = coalesce(async () => { task = await get(`/v1/tasks/${enc(id)}`); renderHead(); renderGantt(); }, 100);
-  function renderAll() { renderHead(); renderTabs(); renderGantt(); renderScrubber(); renderList(); }
+  const reloadTask = coalesce(async () => { task = await get(`/v1/tasks/${enc(id)}`); renderHead(); renderClock(); renderGantt(); }, 100);
+  function renderAll() { renderClock(); renderHead(); renderTabs(); renderGantt(); renderScrubber(); renderList(); }
 
   async function load() {
     try {
@@ -218,7 +271,7 @@ export function mount(root, { id, params }) {
   load();
 
   return {
-    unmount() { gone = true; stream?.close(); asOfAbort?.abort(); },
+    unmount() { gone = true; clearInterval(ticker); stream?.close(); asOfAbort?.abort(); },
     update(p) { params = p; if ((p.seq ? Number(p.seq) : null) !== cursor) scrubTo(p.seq ? Number(p.seq) : null); },
     onTheme() { renderGantt(); },
     onKey(ev) {
