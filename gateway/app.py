@@ -24,6 +24,7 @@ from ordo.gateway import (
     routes_ui_session,
     routes_workers,
 )
+from ordo.gateway.nats_api import NatsApi
 from ordo.gateway.services import Services
 from ordo.infra.settings import Settings
 
@@ -33,11 +34,17 @@ UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.services = await Services.start(settings)
+        # The gateway's own composition root: its services once, then the NATS command API (a
+        # second front door into the same task service).
+        svc = await Services.start(settings)
+        nats_api = NatsApi(svc)
         try:
+            await nats_api.start()
+            app.state.services = svc
             yield
         finally:
-            await app.state.services.close()
+            await nats_api.stop()
+            await svc.close()
 
     app = FastAPI(
         title="Ordo",

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import asyncpg
 from fastapi import Request
@@ -24,9 +23,6 @@ from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 from ordo.projections.runner import NOTIFY_CHANNEL
 from ordo.projections.schema import migrate
-
-if TYPE_CHECKING:
-    from ordo.gateway.nats_api import NatsApi
 
 log = logging.getLogger("ordo.gateway")
 
@@ -70,7 +66,6 @@ class Services:
     keys: KeyCache
     session_secret: bytes = b""
     _listener: asyncpg.Connection | None = field(default=None)
-    _nats_api: NatsApi | None = field(default=None)
     _key_reloader: asyncio.Task[None] | None = field(default=None)
     _relisten: asyncio.Task[None] | None = field(default=None)
     _closing: bool = field(default=False)
@@ -102,10 +97,6 @@ class Services:
         services = cls(settings, nc, handler, pool, Notifier(), limits, key_cache, secret)
         services._key_reloader = asyncio.create_task(key_cache.run(), name="key-cache")
         await services._listen()
-        from ordo.gateway.nats_api import NatsApi  # it routes into the task service, which needs Services
-
-        services._nats_api = NatsApi(services)
-        await services._nats_api.start()
         return services
 
     async def _listen(self) -> None:
@@ -144,8 +135,6 @@ class Services:
         await self.keys.shutdown()
         if self._key_reloader is not None:
             await self._key_reloader
-        if self._nats_api is not None:
-            await self._nats_api.stop()
         if self._listener is not None:
             await self._listener.close()
         await self.pool.close()
