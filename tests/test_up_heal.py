@@ -174,20 +174,27 @@ KILLS = 2
 
 
 @pytest.mark.parametrize(
-    "up", [{}, {"ORDO_SYNC_ALWAYS": "true"}], ids=["default-sync", "sync-always"], indirect=True
+    ("up", "sig"),
+    [
+        pytest.param({}, signal.SIGKILL, id="sigkill"),
+        pytest.param({"ORDO_SYNC_ALWAYS": "true"}, signal.SIGKILL, id="sigkill-sync-always"),
+        pytest.param({}, signal.SIGTERM, id="sigterm"),
+    ],
+    indirect=["up"],
 )
-def test_t09_sigkill_of_the_nats_server_while_submitting_loses_no_accepted_task(up: Up) -> None:
+def test_t09_killing_the_nats_server_while_submitting_loses_no_accepted_task(up: Up, sig: int) -> None:
     took: list[float] = []
     with Submitter(up.base) as submitter:
         for _ in range(KILLS):
             first = up.nats_pid()
             assert first is not None and process_alive(first)
             _wait(submitter.accepted_more_than(len(submitter.accepted) + 30), 60, "30 tasks accepted")
-            os.kill(first, signal.SIGKILL)
+            os.kill(first, sig)
             took.append(_wait(_replaced(up, up.nats_pid, first), BACK_WITHIN, "new nats-server, readyz 200"))
         _wait(submitter.accepted_more_than(len(submitter.accepted) + 30), 60, "30 tasks accepted after")
     backs = [round(t, 1) for t in took]
-    print(f"\nT09 nats-server SIGKILL x{KILLS}: back in {backs} s; answers {dict(submitter.answers)}")
+    signame = signal.Signals(sig).name
+    print(f"\nT09 nats-server {signame} x{KILLS}: back in {backs} s; answers {dict(submitter.answers)}")
     _every_task_succeeded_once(up.base, submitter.accepted)
     log = up.log()
     assert log.count("embedded nats-server back") == KILLS
