@@ -50,8 +50,14 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The dependencies come from this environment, on the path after the venv's own packages.
     (Path(site) / "ordo_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     wheels = tmp_path_factory.mktemp("wheels")
+    # Built from a copy: setuptools writes build/ and *.egg-info next to the sources it builds.
+    source = tmp_path_factory.mktemp("source") / "ordo"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".ordo", "build", "dist", "*.egg-info", "__pycache__", "node_modules",
+        "test-artifacts",
+    ))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
         check=True,
     )
     wheel = next(wheels.glob("ordo-*.whl"))
