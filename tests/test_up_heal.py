@@ -40,7 +40,7 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
 class Up:
     """`ordo up --no-auth` in a subprocess, its output kept in a file for the log checks."""
 
-    def __init__(self, root: Path, **env_vars: str) -> None:
+    def __init__(self, root: Path, args: tuple[str, ...] = (), **env_vars: str) -> None:
         self.data_dir = root / "data"
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -50,7 +50,7 @@ class Up:
         argv = [sys.executable, "-m", "ordo.cli", "up", "--data-dir", str(self.data_dir)]
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
-                [*argv, "--port", str(self.port), "--no-auth", "--workers", "2"],
+                [*argv, "--port", str(self.port), "--no-auth", "--workers", "2", *args],
                 env=env,
                 cwd=Path(__file__).resolve().parent.parent,
                 stdout=out,
@@ -68,8 +68,9 @@ class Up:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def nats_pid(self) -> int | None:
-        return _json_pid(self.data_dir / "nats" / "nats-server.pid")
+    def nats_pid(self, node: str = "") -> int | None:
+        folder = self.data_dir / "nats-cluster" / node if node else self.data_dir / "nats"
+        return _json_pid(folder / "nats-server.pid")
 
     def postmaster_pid(self) -> int | None:
         try:
@@ -267,3 +268,21 @@ def test_t13_sigkill_of_the_postmaster_while_submitting_heals_the_read_side(up: 
     assert log.count("ordo.projector: PostgreSQL unavailable") == 1, log[-5000:]
     assert log.count("ordo.projector: PostgreSQL back") == 1
     assert log.count("Failed to restore the pool connection floor") <= log.count("started gateway")
+
+
+def test_a_killed_node_of_the_local_cluster_is_restarted_by_ordo_up(tmp_path: Path) -> None:
+    """`ordo up --cluster 3`: each node is watched; a SIGKILLed node comes back on its ports."""
+    up = Up(tmp_path, ("--cluster", "3"))
+    try:
+        _wait(up.ready, READY_TIMEOUT, "ordo up --cluster 3 ready")
+        first = up.nats_pid("n2")
+        assert first is not None and process_alive(first)
+        with Submitter(up.base) as submitter:
+            _wait(submitter.accepted_more_than(20), 60, "20 tasks accepted before the kill")
+            os.kill(first, signal.SIGKILL)
+            _wait(_replaced(up, lambda: up.nats_pid("n2"), first), BACK_WITHIN, "node n2 restarted")
+            _wait(submitter.accepted_more_than(len(submitter.accepted) + 20), 60, "20 tasks accepted after")
+        _every_task_succeeded_once(up.base, submitter.accepted)
+        assert up.log().count("embedded nats-server n2 back") == 1
+    finally:
+        up.stop()
