@@ -270,6 +270,25 @@ async def _existing_stream(js: JetStreamContext, name: str, timeout: float = 60.
             await asyncio.sleep(0.5)
 
 
+def _unapplied(wanted: StreamConfig, info: StreamInfo) -> list[str]:
+    return [f for f in _CHECKED if getattr(wanted, f) and getattr(info.config, f) != getattr(wanted, f)]
+
+
+async def _upgraded(
+    js: JetStreamContext, wanted: StreamConfig, info: StreamInfo, timeout: float = 60.0
+) -> StreamInfo:
+    """A stream that a process of an older version provisioned is updated by the first managing
+    process of this one (e.g. ORDO_TIMERS gains message TTLs): a worker waits for that."""
+    assert wanted.name is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while _unapplied(wanted, info) and loop.time() < deadline:
+        log.info("waiting for stream %s to be updated (%s)", wanted.name, ", ".join(_unapplied(wanted, info)))
+        await asyncio.sleep(0.5)
+        info = await _existing_stream(js, wanted.name)
+    return info
+
+
 async def provision(nc: NATS, settings: Settings, manage: bool = True) -> None:
     """Create or update the streams (idempotent) and verify the server applied every flag.
 
@@ -284,6 +303,8 @@ async def provision(nc: NATS, settings: Settings, manage: bool = True) -> None:
     ):
         assert wanted.name is not None
         info = await _ensure_stream(js, wanted) if manage else await _existing_stream(js, wanted.name)
+        if not manage:
+            info = await _upgraded(js, wanted, info)
         for flag in _CHECKED:
             asked = getattr(wanted, flag)
             if asked and getattr(info.config, flag) != asked:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -263,3 +264,31 @@ def test_the_fired_timer_retention_is_validated() -> None:
     for bad in (0.5, 2.0):  # under a second; not longer than the lead (2 s)
         with pytest.raises(SettingsError, match="ORDO_TIMER_FIRED_TTL_S"):
             Settings(timer_fired_ttl_s=bad)
+
+
+async def test_a_worker_waits_for_an_older_timer_stream_to_be_upgraded(
+    nats_server: EmbeddedNats, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker (whose NATS user may not change streams) starting beside the first upgraded
+    process waits for it to update ORDO_TIMERS instead of failing on the missing TTL flag."""
+    nc = await connect(settings, name="test-upgrade")
+    try:
+        js = nc.jetstream()
+        await js.add_stream(events_stream_config(settings))
+        await js.add_stream(
+            dataclasses.replace(timers_stream_config(settings), max_age=30 * 86400.0, allow_msg_ttl=None)
+        )
+        caplog.set_level(logging.INFO, logger="ordo.nats")
+        worker = asyncio.create_task(provision(nc, settings, manage=False))
+
+        async def waiting() -> bool:
+            if worker.done():
+                raise AssertionError(f"the worker did not wait: {worker.exception()!r}")
+            return "waiting for stream ORDO_TIMERS to be updated" in caplog.text
+
+        await eventually(waiting, timeout=30, what="the worker waiting for the upgrade")
+        await provision(nc, settings)  # the gateway or scheduler of the new version
+        await asyncio.wait_for(worker, 30)
+        assert (await js.stream_info(sj.TIMERS_STREAM)).config.allow_msg_ttl
+    finally:
+        await nc.close()
