@@ -31,6 +31,13 @@ BAD_BODIES: list[tuple[str, bytes, int]] = [
     ),
     ("negative delay", b'{"type": "demo.echo", "delay": -1}', 422),
     ("zero max_attempts", b'{"type": "demo.echo", "max_attempts": 0}', 422),
+    # Issue 12 part A (audit F1, F5): what PostgreSQL could not store never reaches the log.
+    ("invalid utf-8 in payload", b'{"type": "demo.echo", "payload": "\xff\xfe"}', 422),
+    ("lone surrogate in payload", b'{"type": "demo.echo", "payload": "\\ud800"}', 422),
+    ("NUL in a tag", b'{"type": "demo.echo", "tags": ["a\\u0000"]}', 422),
+    ("NUL in idempotency_key", b'{"type": "demo.echo", "idempotency_key": "a\\u0000"}', 422),
+    ("payload 65 deep", b'{"type": "demo.echo", "payload": ' + b"[" * 65 + b"]" * 65 + b"}", 422),
+    ("payload 1000 deep", b'{"type": "demo.echo", "payload": ' + b"[" * 1000 + b"]" * 1000 + b"}", 422),
 ]
 
 
