@@ -1,7 +1,8 @@
 // Overview: counts by status, the last hour's throughput and failure rate, queue depths, workers
 // online, projection lag. Re-read when events arrive (coalesced), never on a timer.
-import { h, put, clear, notice, statusBadge, shortId } from "../dom.js";
-import { getOptional, enc } from "../api.js";
+import { h, put, clear, notice, statusBadge, shortId, absTime, dur, toast } from "../dom.js";
+import { getOptional, post, enc } from "../api.js";
+import { confirmAction } from "../confirm.js";
 import { has } from "../caps.js";
 import { coalesce } from "../live.js";
 import { throughputChart } from "../chart.js";
@@ -40,12 +41,14 @@ export function mount(root) {
   const totalBox = h("span", { class: "n", id: "total" }, "–");
   const rateBox = h("span", { class: "n", id: "failure-rate" }, "–");
   const feed = h("ol", { class: "feed", id: "feed" });
+  const latencyBox = h("span", { class: "n", id: "latency" }, "–");
   root.append(h("h1", { class: "page-title" }, "Overview"),
-    h("div", { class: "grid cols-4" },
+    h("div", { class: "grid cols-stats" },
       h("div", { class: "panel stat" }, totalBox, h("span", { class: "l" }, "tasks (all statuses)")),
       h("div", { class: "panel stat" }, rateBox, h("span", { class: "l" }, "failure rate, last hour")),
       h("div", { class: "panel stat" }, workersBox, h("span", { class: "l" }, "workers online")),
-      h("div", { class: "panel stat" }, lagBox, h("span", { class: "l" }, "projection lag (events)"))),
+      h("div", { class: "panel stat" }, lagBox, h("span", { class: "l" }, "projection lag (events)")),
+      h("div", { class: "panel stat" }, latencyBox, h("span", { class: "l" }, "run time p50 / p95 / p99, last hour"))),
     h("div", { class: "panel", style: "margin-top:1rem" }, h("h2", {}, "By status"), countsBox),
     h("div", { class: "grid cols-main-side", style: "margin-top:1rem" },
       h("div", { class: "panel" }, h("h2", {}, "Throughput, last hour"), chartBox,
@@ -77,33 +80,53 @@ export function mount(root) {
       const done = pts.reduce((a, p) => a + p.succeeded + p.failed, 0);
       const failed = pts.reduce((a, p) => a + p.failed, 0);
       rateBox.textContent = done ? `${((100 * failed) / done).toFixed(1)}%` : "–";
-      put(chartBox, throughputChart(pts));
+      const tot = st.totals || {};
+      latencyBox.textContent = tot.p50_ms !== undefined && tot.p50_ms !== null
+        ? [tot.p50_ms, tot.p95_ms, tot.p99_ms].map((v) => (v === null || v === undefined ? "–" : dur(v))).join(" / ") : "–";
+      drawChart();
       const lag = lagOf(st);
       lagBox.textContent = lag === null ? "n/a" : lag.toLocaleString();
     }
-    if (workers) {
-      const items = workers.items ?? workers;
-      workersBox.textContent = String(items.filter((w) => (w.status ?? "online") === "online").length);
-    } else workersBox.textContent = "n/a";
-    if (!queues) put(queuesBox, notice("Queue depths are not available on this gateway (GET /v1/queues)."));
-    else {
-      const items = queues.items ?? queues;
-      put(queuesBox, h("table", { id: "queues-table" }, h("thead", {}, h("tr", {}, h("th", {}, "queue"), h("th", { class: "num" }, "depth"),
-        h("th", { class: "num" }, "running"), h("th", {}, "state"))),
-      h("tbody", {}, items.map((q) => h("tr", {}, h("td", {}, h("a", { href: `#/tasks?queue=${enc(q.name ?? q.queue)}` }, q.name ?? q.queue)),
-        h("td", { class: "num" }, q.queued ?? q.depth ?? ""), h("td", { class: "num" }, q.running ?? ""),
-        h("td", {}, statusBadge(q.paused ? "paused" : "active")))))));
-    }
+    const workerItems = workers ? workers.items ?? workers : null;
+    if (workerItems) workersBox.textContent = String(workerItems.filter((w) => (w.status ?? "online") === "online").length);
+    else workersBox.textContent = "n/a";
+    if (!queues) { put(queuesBox, notice("Queue depths are not available on this gateway (GET /v1/queues).")); return; }
+    const items = queues.items ?? queues;
+    // A queue with waiting tasks that no online worker consumes: say so, it will not drain by itself.
+    const served = new Set((workerItems || []).filter((w) => ["online", "draining"].includes(w.status ?? "online")).flatMap((w) => w.queues || []));
+    const canPause = has("POST", "/v1/queues/{queue}:pause");
+    put(queuesBox, h("table", { id: "queues-table", class: "cards", "aria-label": "queues" }, h("thead", {}, h("tr", {},
+      ["queue", "depth", "running", "state", "actions"].map((c, i) => h("th", { scope: "col", class: i === 1 || i === 2 ? "num" : "" }, c)))),
+    h("tbody", {}, items.map((q) => {
+      const name = q.name ?? q.queue;
+      const depth = Number(q.queued ?? q.depth ?? 0);
+      const orphan = workerItems && depth > 0 && !served.has(name);
+      return h("tr", { "data-queue": name },
+        h("td", { "data-label": "queue" }, h("a", { href: `#/tasks?queue=${enc(name)}` }, name),
+          orphan ? h("div", { class: "warn-text small", "data-warning": "unserved" }, "⚠ no online worker serves this queue") : null),
+        h("td", { class: "num", "data-label": "depth" }, depth), h("td", { class: "num", "data-label": "running" }, q.running ?? ""),
+        h("td", { "data-label": "state", title: q.paused_reason ? `paused: ${q.paused_reason}` : "" }, statusBadge(q.paused ? "paused" : "active")),
+        h("td", { "data-label": "", class: "actions" }, canPause ? h("button", { "data-action": q.paused ? "resume" : "pause",
+          onclick: () => pauseQueue(name, !q.paused, depth) }, q.paused ? "Resume" : "Pause…") : null));
+    }))));
   }
+  async function pauseQueue(name, pause, depth) {
+    if (pause && !(await confirmAction({ title: `Pause queue ${name}?`,
+      lines: [`${depth.toLocaleString()} queued task(s) wait until it is resumed; running tasks finish.`], action: "Pause queue" }))) return;
+    try { await post(`/v1/queues/${enc(name)}:${pause ? "pause" : "resume"}`); toast(`queue ${name} ${pause ? "paused" : "resumed"}`); }
+    catch (e) { toast(e.message, "error"); }
+    refresh();
+  }
+  function drawChart() { if (stats) put(chartBox, throughputChart(series(stats), { width: Math.max(300, Math.round(chartBox.clientWidth || 720)) })); }
   const refresh = coalesce(load, 1000);
   refresh();
   return {
     onEvent(e) {
-      feed.prepend(h("li", {}, h("span", { class: "seq" }, `#${e.seq}`), h("span", { class: "ev-type" }, e.type),
+      feed.prepend(h("li", {}, h("span", { class: "seq" }, `#${e.seq}`), h("time", { class: "small muted", datetime: e.at }, absTime(e.at).slice(11, 19)), h("span", { class: "ev-type" }, e.type),
         h("a", { class: "mono", href: `#/tasks/${enc(e.task_id)}` }, shortId(e.task_id))));
       while (feed.children.length > 50) feed.lastChild.remove();
       refresh();
     },
-    onTheme() { if (stats) put(chartBox, throughputChart(series(stats))); },
+    onTheme() { drawChart(); },
   };
 }

@@ -1,24 +1,100 @@
-// Schedules: the list with next fire times; a schedule's page shows its decisions (fired / skipped /
-// missed ...) as a timeline linking to the tasks it created; pause / resume / trigger.
-import { h, put, s, clear, statusBadge, absTime, ago, notice, shortId, toast } from "../dom.js";
-import { get, post, enc } from "../api.js";
+// Schedules: the list with next fire times (in the schedule's own zone, local time beside) and its
+// policies; a schedule's page shows its decisions (fired / skipped / missed ...) as a timeline linking
+// to the tasks it created; create, edit, delete, pause / resume / trigger.
+import { h, put, s, clear, statusBadge, absTime, ago, dur, notice, shortId, toast } from "../dom.js";
+import { get, post, api, enc } from "../api.js";
 import { has } from "../caps.js";
 import { coalesce } from "../live.js";
+import { go } from "../router.js";
+import { confirmAction } from "../confirm.js";
 
 const nextOf = (sc) => sc.next_at ?? sc.next_fire_at ?? sc.next_run_at ?? null;
 const stateOf = (sc) => sc.status ?? (sc.paused ? "paused" : sc.deleted ? "deleted" : "active");
+const field = (sc, k) => sc[k] ?? sc.spec?.[k];
+const zoneOf = (sc) => field(sc, "timezone") ?? "UTC";
+
+/** "2026-12-04 02:30:00 EST · 08:30 local": the schedule's wall clock first, the reader's beside it. */
+export function zoned(at, tz) {
+  if (!at) return "—";
+  const d = new Date(at);
+  let there;
+  try {
+    const p = Object.fromEntries(new Intl.DateTimeFormat("en-GB", { timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit",
+      hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false, timeZoneName: "short" }).formatToParts(d).map((x) => [x.type, x.value]));
+    there = `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second} ${p.timeZoneName}`;
+  } catch { there = `${absTime(at)} (${tz})`; }
+  const local = absTime(at).slice(11, 16);
+  return `${there} · ${local} local`;
+}
+
+/** Overlap, catch-up, window, grace, start/end in one line. */
+function policies(sc) {
+  const win = field(sc, "catchup_window_s"), grace = field(sc, "misfire_grace_s");
+  const parts = [`overlap ${field(sc, "overlap") ?? "skip"}`, `catch-up ${field(sc, "catchup") ?? "skip"}${win ? ` (window ${dur(win * 1000)})` : ""}`];
+  if (grace) parts.push(`misfire grace ${dur(grace * 1000)}`);
+  if (field(sc, "start_at")) parts.push(`from ${absTime(field(sc, "start_at"))}`);
+  if (field(sc, "end_at")) parts.push(`until ${absTime(field(sc, "end_at"))}`);
+  return parts.join(" · ");
+}
 
 async function act(id, action, after) {
   try { await post(`/v1/schedules/${enc(id)}:${action}`); toast(`${action} accepted`); } catch (e) { toast(e.message, "error"); }
   after();
 }
 
-function actions(sc, after) {
+async function remove(sc, after) {
+  const ok = await confirmAction({ title: `Delete schedule ${sc.name ?? sc.id}?`,
+    lines: [`1 schedule (${field(sc, "cron")} ${zoneOf(sc)}): it stops firing. Tasks it already created are kept.`], action: "Delete schedule" });
+  if (!ok) return;
+  try { await api("DELETE", `/v1/schedules/${enc(sc.id)}`); toast("schedule deleted"); } catch (e) { toast(e.message, "error"); }
+  after();
+}
+
+function actions(sc, after, onDelete = after) {
   const st = stateOf(sc);
   return h("span", { class: "row" },
     has("POST", "/v1/schedules/{id}:pause") && st !== "paused" ? h("button", { "data-action": "pause", onclick: () => act(sc.id, "pause", after) }, "Pause") : null,
     has("POST", "/v1/schedules/{id}:resume") && st === "paused" ? h("button", { "data-action": "resume", onclick: () => act(sc.id, "resume", after) }, "Resume") : null,
-    has("POST", "/v1/schedules/{id}:trigger") ? h("button", { "data-action": "trigger", onclick: () => act(sc.id, "trigger", after) }, "Trigger now") : null);
+    has("POST", "/v1/schedules/{id}:trigger") ? h("button", { "data-action": "trigger", onclick: () => act(sc.id, "trigger", after) }, "Trigger now") : null,
+    has("DELETE", "/v1/schedules/{id}") && st !== "deleted" ? h("button", { class: "danger", "data-action": "delete", onclick: () => remove(sc, onDelete) }, "Delete…") : null);
+}
+
+/** The create / edit form: cron, zone, task template and policies. `sc` given = edit (PATCH). */
+function scheduleForm(sc, done) {
+  const tpl = sc ? field(sc, "task") ?? {} : {};
+  const f = {
+    cron: h("input", { name: "cron", required: true, value: sc ? field(sc, "cron") : "*/5 * * * *", placeholder: "*/5 * * * *" }),
+    timezone: h("input", { name: "timezone", value: sc ? zoneOf(sc) : Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC" }),
+    type: h("input", { name: "task_type", required: true, value: tpl.type ?? "demo.echo" }),
+    queue: h("input", { name: "queue", value: tpl.queue ?? "default" }),
+    payload: h("textarea", { name: "payload", rows: 2 }),
+    overlap: h("select", { name: "overlap" }, ["skip", "allow", "buffer_one", "cancel_previous"].map((v) => h("option", { value: v }, v))),
+    catchup: h("select", { name: "catchup" }, ["skip", "run_once", "run_all"].map((v) => h("option", { value: v }, v))),
+    description: h("input", { name: "description", value: sc ? field(sc, "description") ?? "" : "" }),
+  };
+  f.payload.value = JSON.stringify(tpl.payload ?? {});
+  f.overlap.value = sc ? field(sc, "overlap") ?? "skip" : "skip";
+  f.catchup.value = sc ? field(sc, "catchup") ?? "skip" : "skip";
+  const msg = h("div", { class: "error-text", role: "alert" });
+  const form = h("form", { class: "submit schedule-form", id: sc ? "schedule-edit" : "schedule-new", onsubmit: async (ev) => {
+    ev.preventDefault();
+    msg.textContent = "";
+    let payload;
+    try { payload = JSON.parse(f.payload.value || "null"); } catch (e) { msg.textContent = `payload is not valid JSON: ${e.message}`; return; }
+    const body = { cron: f.cron.value.trim(), timezone: f.timezone.value.trim() || "UTC", overlap: f.overlap.value, catchup: f.catchup.value,
+      description: f.description.value, task: { ...(sc ? tpl : {}), type: f.type.value.trim(), queue: f.queue.value.trim() || "default", payload } };
+    try {
+      const r = sc ? await api("PATCH", `/v1/schedules/${enc(sc.id)}`, body) : await post("/v1/schedules", body);
+      toast(sc ? "schedule saved" : "schedule created");
+      done(r?.id ?? sc?.id);
+    } catch (e) { msg.textContent = e.message; }
+  } },
+  h("label", {}, "Cron (5 or 6 fields, or @hourly)", f.cron), h("label", {}, "Time zone (IANA)", f.timezone),
+  h("label", {}, "Task type", f.type), h("label", {}, "Queue", f.queue),
+  h("label", {}, "Overlap", f.overlap), h("label", {}, "Catch-up", f.catchup),
+  h("label", { class: "wide" }, "Payload (JSON)", f.payload), h("label", { class: "wide" }, "Description", f.description),
+  h("div", { class: "wide row" }, h("button", { type: "submit", class: "primary" }, sc ? "Save" : "Create schedule"), msg));
+  return form;
 }
 
 export function mount(root, { id }) {
@@ -27,27 +103,29 @@ export function mount(root, { id }) {
 
 function list(root) {
   const box = h("div", { id: "schedules" });
-  root.append(h("div", { class: "panel" }, h("h1", {}, "Schedules"), box));
+  const canCreate = has("POST", "/v1/schedules");
+  const create = canCreate ? h("details", { class: "create" }, h("summary", {}, "New schedule"), scheduleForm(null, (newId) => go(["schedules", newId]))) : null;
+  root.append(h("div", { class: "panel" }, h("h1", {}, "Schedules"), create, box));
   if (!has("GET", "/v1/schedules")) { box.append(notice("Schedules are not available on this gateway (GET /v1/schedules).")); return {}; }
   async function load() {
     let items;
     try { items = (await get("/v1/schedules?limit=500")).items; } catch (e) { put(box, notice(e.message, "error")); return; }
-    if (!items.length) { put(box, notice("No schedules yet (POST /v1/schedules).")); return; }
-    put(box, h("div", { class: "table-wrap" }, h("table", { id: "schedules-table" },
-      h("thead", {}, h("tr", {}, ["schedule", "cron", "time zone", "task type", "state", "next fire", "last fired", ""].map((c) => h("th", {}, c)))),
+    if (!items.length) { put(box, notice("No schedules yet.")); return; }
+    put(box, h("div", { class: "table-wrap" }, h("table", { id: "schedules-table", class: "cards", "aria-label": "schedules" },
+      h("thead", {}, h("tr", {}, ["schedule", "cron", "task type", "state", "next fire", "policies", "last fired", "actions"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, items.map((sc) => h("tr", { "data-id": sc.id },
-        h("td", {}, h("a", { href: `#/schedules/${enc(sc.id)}` }, sc.name ?? sc.id), sc.spec?.description ? h("div", { class: "small muted" }, sc.spec.description) : null),
-        h("td", { class: "mono" }, sc.cron ?? sc.spec?.cron), h("td", {}, sc.timezone ?? sc.spec?.timezone ?? ""),
-        h("td", {}, sc.task?.type ?? sc.spec?.task?.type ?? ""), h("td", {}, statusBadge(stateOf(sc))),
-        h("td", { title: absTime(nextOf(sc)) }, nextOf(sc) ? `${absTime(nextOf(sc))} (${ago(nextOf(sc))})` : "—"),
-        h("td", {}, sc.last_tick_at ? ago(sc.last_tick_at) : "", sc.last_task_id ? [" → ", h("a", { class: "mono", href: `#/tasks/${enc(sc.last_task_id)}` }, shortId(sc.last_task_id))] : ""),
-        h("td", {}, actions(sc, refresh))))))));
+        h("td", { "data-label": "schedule" }, h("a", { href: `#/schedules/${enc(sc.id)}` }, sc.name ?? sc.id), field(sc, "description") ? h("div", { class: "small muted" }, field(sc, "description")) : null),
+        h("td", { class: "mono", "data-label": "cron" }, field(sc, "cron"), h("div", { class: "small muted" }, zoneOf(sc))),
+        h("td", { "data-label": "task type" }, sc.task?.type ?? sc.spec?.task?.type ?? ""), h("td", { "data-label": "state" }, statusBadge(stateOf(sc))),
+        h("td", { class: "wrap small", "data-label": "next fire", title: absTime(nextOf(sc)) }, nextOf(sc) ? [zoned(nextOf(sc), zoneOf(sc)), h("div", { class: "muted" }, ago(nextOf(sc)))] : "—"),
+        h("td", { class: "wrap small", "data-label": "policies" }, policies(sc)),
+        h("td", { "data-label": "last fired" }, sc.last_tick_at ? ago(sc.last_tick_at) : "", sc.last_task_id ? [" → ", h("a", { class: "mono", href: `#/tasks/${enc(sc.last_task_id)}` }, shortId(sc.last_task_id))] : ""),
+        h("td", { "data-label": "", class: "actions" }, actions(sc, refresh))))))));
   }
   const refresh = coalesce(load, 1000);
-  load();
+  refresh();
   return { onEvent(e) { if (e.type === "submitted") refresh(); } };
 }
-
 function detail(root, id) {
   const head = h("div");
   const chart = h("div", { class: "gantt-wrap" });
@@ -60,22 +138,25 @@ function detail(root, id) {
       decisions = sc.decisions ?? sc.history ?? null;
       if (!decisions && has("GET", "/v1/schedules/{id}/events")) decisions = (await get(`/v1/schedules/${enc(id)}/events`)).events;
     } catch (e) { put(head, notice(e.message, "error")); return; }
-    put(head, h("div", { class: "row" }, h("h1", {}, sc.name ?? sc.id), statusBadge(stateOf(sc)), h("span", { class: "spacer" }), actions(sc, load)),
-      h("dl", { class: "kv" }, h("dt", {}, "cron"), h("dd", { class: "mono" }, `${sc.cron ?? sc.spec?.cron} (${sc.timezone ?? sc.spec?.timezone ?? "UTC"})`),
-        h("dt", {}, "next fire"), h("dd", {}, nextOf(sc) ? `${absTime(nextOf(sc))} (${ago(nextOf(sc))})` : "—"),
-        h("dt", {}, "upcoming"), h("dd", {}, (sc.next_fire_times || []).map(absTime).join(" · ") || "—"),
-        h("dt", {}, "decisions"), h("dd", {}, `${sc.fired ?? 0} fired · ${sc.skipped ?? 0} skipped · ${sc.missed ?? 0} missed`),
-        h("dt", {}, "task"), h("dd", { class: "mono small" }, JSON.stringify(sc.task ?? sc.spec?.task ?? {}))));
+    put(head, h("div", { class: "row" }, h("h2", {}, sc.name ?? sc.id), statusBadge(stateOf(sc)), h("span", { class: "spacer" }),
+      actions(sc, load, () => go(["schedules"]))),
+    h("dl", { class: "kv" }, h("dt", {}, "cron"), h("dd", { class: "mono" }, `${field(sc, "cron")} (${zoneOf(sc)})`),
+      h("dt", {}, "next fire"), h("dd", { id: "next-fire" }, nextOf(sc) ? `${zoned(nextOf(sc), zoneOf(sc))} (${ago(nextOf(sc))})` : "—"),
+      h("dt", {}, "upcoming"), h("dd", {}, (sc.next_fire_times || []).map((t) => h("div", {}, zoned(t, zoneOf(sc))))),
+      h("dt", {}, "policies"), h("dd", { id: "policies" }, policies(sc)),
+      h("dt", {}, "decisions"), h("dd", {}, `${sc.fired ?? 0} fired · ${sc.skipped ?? 0} skipped · ${sc.missed ?? 0} missed`),
+      h("dt", {}, "task"), h("dd", { class: "mono small" }, JSON.stringify(sc.task ?? sc.spec?.task ?? {}))),
+    has("PATCH", "/v1/schedules/{id}") ? h("details", { class: "create" }, h("summary", {}, "Edit"), scheduleForm(sc, () => load())) : null);
     if (!decisions) { put(chart, notice("This gateway does not list a schedule's decisions.")); clear(table); return; }
     const rows = decisions.map((e) => {
       const d = e.data ?? e;
       return { kind: e.type ?? d.event ?? d.decision, at: d.tick_at ?? d.first_at ?? e.at, task_id: d.task_id ?? d.running_task_id, d };
     });
     put(chart, decisionChart(rows));
-    put(table, h("table", { id: "decisions" }, h("thead", {}, h("tr", {}, ["tick", "decision", "task", "detail"].map((c) => h("th", {}, c)))),
-      h("tbody", {}, rows.slice().reverse().map((r) => h("tr", {}, h("td", {}, absTime(r.at)), h("td", {}, statusBadge(r.kind)),
-        h("td", {}, r.task_id ? h("a", { class: "mono", href: `#/tasks/${enc(r.task_id)}` }, shortId(r.task_id)) : ""),
-        h("td", { class: "small muted" }, r.d.reason ?? (r.d.count ? `${r.d.count} ticks` : "")))))));
+    put(table, h("table", { id: "decisions", class: "cards", "aria-label": "decisions" }, h("thead", {}, h("tr", {}, ["time", "decision", "task", "detail"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, rows.slice().reverse().map((r) => h("tr", {}, h("td", { "data-label": "time" }, absTime(r.at)), h("td", { "data-label": "decision" }, statusBadge(r.kind)),
+        h("td", { "data-label": "task" }, r.task_id ? h("a", { class: "mono", href: `#/tasks/${enc(r.task_id)}` }, shortId(r.task_id)) : ""),
+        h("td", { class: "small muted", "data-label": "detail" }, r.d.reason ?? (r.d.count ? `${r.d.count} ticks` : "")))))));
   }
   const refresh = coalesce(load, 1000);
   load();

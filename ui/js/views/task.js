@@ -198,14 +198,15 @@ export function mount(root, { id, params }) {
       onclick: () => { view = v; replaceParams({ ...params, view, seq: cursor ?? "" }); renderTabs(); renderList(); } }, v)));
   }
   let scroller = null;
+  const narrow = () => matchMedia("(max-width: 640px)").matches; // phones: seq, type, +Δ, attempt only
   function renderList() {
     if (view === "raw") { scroller = null; put(listBox, jsonView(events)); return; }
     if (view === "compact") { scroller = null; put(listBox, compactTable()); return; }
     if (!scroller) {
       const tbody = h("tbody");
       const box = h("div", { class: "events-list" }, h("table", {},
-        h("colgroup", {}, [70, 150, 190, 80, 80, 150, null].map((w) => h("col", { style: w ? `width:${w}px` : "" }))),
-        h("thead", {}, h("tr", {}, ["seq", "type", "time", "+Δ", "attempt", "worker", "data"].map((c) => h("th", {}, c)))), tbody));
+        h("colgroup", {}, (narrow() ? [52, null, 70, 36] : [70, 150, 190, 80, 80, 150, null]).map((w) => h("col", { style: w ? `width:${w}px` : "" }))),
+        h("thead", {}, h("tr", {}, (narrow() ? ["seq", "type", "+Δ", "att."] : ["seq", "type", "time", "+Δ", "attempt", "worker", "data"]).map((c) => h("th", { scope: "col" }, c)))), tbody));
       box.addEventListener("scroll", () => drawRows());
       scroller = { box, tbody };
       put(listBox, box);
@@ -215,6 +216,7 @@ export function mount(root, { id, params }) {
   function drawRows() {
     // Windowed: only the rows in view (plus a margin) exist, so a 10,000-event task stays fast.
     const { box, tbody } = scroller;
+    const small = narrow();
     const t0 = events.length ? new Date(events[0].at).getTime() : 0;
     const workers = new Map(layout(events).attempts.map((a) => [a.n, a.worker]));
     const first = Math.max(0, Math.floor(box.scrollTop / ROW_H) - 10);
@@ -223,23 +225,23 @@ export function mount(root, { id, params }) {
     for (let i = first; i < last; i += 1) {
       const e = events[i];
       const { attempt, worker_id: w, ...rest } = e.data || {};
-      tbody.append(h("tr", { class: `ev${e.seq === cursor ? " at-cursor" : ""}`, "data-seq": e.seq, onclick: () => scrubTo(e.seq) },
-        h("td", { class: "mono" }, e.seq), h("td", { class: "ev-type" }, e.type), h("td", { class: "small" }, absTime(e.at)),
-        h("td", { class: "num small" }, `+${dur(new Date(e.at).getTime() - t0)}`), h("td", { class: "num" }, e.attempt ?? attempt ?? ""),
-        h("td", { class: "small" }, w ?? workers.get(e.attempt ?? attempt) ?? ""),
-        h("td", { class: "mono small", title: JSON.stringify(rest) }, JSON.stringify(rest))));
+      const cells = [h("td", { class: "mono" }, e.seq), h("td", { class: "ev-type" }, e.type), small ? null : h("td", { class: "small" }, absTime(e.at)),
+        h("td", { class: "num small" }, `+${dur(new Date(e.at).getTime() - t0)}`), h("td", { class: "num" }, e.attempt ?? attempt ?? "")];
+      if (!small) cells.push(h("td", { class: "small" }, w ?? workers.get(e.attempt ?? attempt) ?? ""), h("td", { class: "mono small", title: JSON.stringify(rest) }, JSON.stringify(rest)));
+      tbody.append(h("tr", { class: `ev${e.seq === cursor ? " at-cursor" : ""}`, "data-seq": e.seq, title: small ? `${absTime(e.at)} ${JSON.stringify(rest)}` : null,
+        onclick: () => scrubTo(e.seq) }, cells));
     }
     tbody.append(h("tr", { style: `height:${(events.length - last) * ROW_H}px` }));
   }
   function compactTable() {
     const { attempts, gaps } = layout(events);
-    return h("table", { class: "compact" }, h("thead", {}, h("tr", {}, ["attempt", "worker", "waited", "ran", "outcome", "lease ext.", "backoff after", "error"].map((c) => h("th", {}, c)))),
+    const labels = ["attempt", "worker", "waited", "ran", "outcome", "lease ext.", "backoff after", "error"];
+    return h("table", { class: "compact cards", "aria-label": "attempts" }, h("thead", {}, h("tr", {}, labels.map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, attempts.map((a) => {
         const gap = gaps.find((g) => g.attempt === a.n);
-        return h("tr", { "data-attempt": a.n }, h("td", { class: "num" }, a.n), h("td", {}, a.worker), h("td", { class: "num" }, dur(a.startedAt - a.readyAt)),
-          h("td", { class: "num" }, a.endAt ? dur(a.endAt - a.startedAt) : "running"), h("td", {}, statusBadge(a.outcome ?? "running")),
-          h("td", { class: "num" }, a.leases.length - 1), h("td", { class: "num" }, gap ? dur(gap.to - gap.from) : ""),
-          h("td", { class: "wrap small" }, a.error ? `${a.error.kind}: ${a.error.message}` : ""));
+        const cells = [a.n, a.worker, dur(a.startedAt - a.readyAt), a.endAt ? dur(a.endAt - a.startedAt) : "running", statusBadge(a.outcome ?? "running"),
+          a.leases.length - 1, gap ? dur(gap.to - gap.from) : "", a.error ? `${a.error.kind}: ${a.error.message}` : ""];
+        return h("tr", { "data-attempt": a.n }, cells.map((c, k) => h("td", { "data-label": labels[k], class: k === 7 ? "wrap small" : [0, 2, 3, 5, 6].includes(k) ? "num" : "" }, c)));
       })));
   }
 

@@ -195,7 +195,7 @@ export function mount(root, { params }) {
     form,
     h("div", { class: "bulkbar" }, btnCancel, btnRetry, bulkCount, h("span", { class: "spacer" }), info),
     errorBox,
-    h("div", { class: "table-wrap" }, h("table", { id: "tasks-table" },
+    h("div", { class: "table-wrap" }, h("table", { id: "tasks-table", class: "cards", "aria-label": "tasks" },
       h("thead", {}, h("tr", {}, h("th", {}, checkAll), h("th", {}, "id"), h("th", {}, "type"), h("th", { class: "hide-narrow" }, "queue"),
         h("th", {}, "status"), h("th", { class: "num" }, "attempts"), h("th", { class: "num hide-narrow" }, "prio"),
         h("th", { class: "hide-narrow" }, "created"), h("th", {}, "updated"))),

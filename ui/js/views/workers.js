@@ -1,41 +1,74 @@
-// Workers: online / draining / lost, heartbeats, in-flight tasks, processed and failed counts; drain.
-import { h, put, clear, statusBadge, ago, absTime, notice, shortId, toast } from "../dom.js";
+// Workers: online / draining / lost, heartbeats, in-flight tasks, processed and failed counts; drain,
+// and (under `ordo up`, local mode) scale the pool and kill a worker process — the resilience demo.
+// Heartbeats are not task events, so the list is re-read every 5 s as well as on task events.
+import { h, put, statusBadge, ago, absTime, notice, shortId, toast } from "../dom.js";
 import { get, post, enc } from "../api.js";
 import { has } from "../caps.js";
 import { coalesce } from "../live.js";
 import { confirmAction } from "../confirm.js";
 
+const cell = (label, attrs, ...children) => h("td", { "data-label": label, ...attrs }, ...children);
+
 export function mount(root) {
   const box = h("div", { id: "workers" });
-  root.append(h("div", { class: "panel" }, h("h1", {}, "Workers"), box));
+  const tools = h("div", { class: "row", id: "worker-tools" });
+  root.append(h("div", { class: "panel" }, h("div", { class: "row" }, h("h1", {}, "Workers"), h("span", { class: "spacer" }), tools), box));
   if (!has("GET", "/v1/workers")) { box.append(notice("Workers are not available on this gateway (GET /v1/workers).")); return {}; }
   const canDrain = has("POST", "/v1/workers/{worker_id}:drain");
+  const canKill = has("POST", "/v1/workers/{worker_id}:kill");
+  const canScale = has("POST", "/v1/workers:scale");
+  let online = 0;
+  if (canScale) {
+    const count = h("input", { type: "number", min: 0, max: 64, name: "count", id: "scale-count", "aria-label": "worker processes", style: "width:5rem" });
+    tools.append(h("form", { class: "row", onsubmit: async (ev) => {
+      ev.preventDefault();
+      const n = Number(count.value);
+      if (!Number.isInteger(n) || n < 0) return;
+      const ok = await confirmAction({ title: `Scale to ${n} worker process${n === 1 ? "" : "es"}?`,
+        lines: [`${online} online now. ${n < online ? "Extra workers finish their tasks and stop." : "New workers start and take work."}`], action: `Scale to ${n}`, danger: n < online });
+      if (!ok) return;
+      try { await post("/v1/workers:scale", { count: n }); toast(`scaling to ${n}`); } catch (e) { toast(e.message, "error"); }
+      refresh();
+    } }, h("label", { class: "inline" }, "Processes", count), h("button", { type: "submit" }, "Scale…")));
+  }
+  async function act(w, action) {
+    const kill = action === "kill";
+    const ok = await confirmAction({ title: `${kill ? "Kill" : "Drain"} worker ${w.id}?`,
+      lines: [kill ? `1 worker process (pid ${w.pid ?? "?"}) is killed at once; its ${w.in_flight ?? 0} task(s) in flight are redelivered at their ack deadline.`
+        : `1 worker, ${w.in_flight ?? 0} task(s) in flight: it finishes them, takes no new work, then stops.`],
+      action: kill ? "Kill" : "Drain" });
+    if (!ok) return;
+    try { await post(`/v1/workers/${enc(w.id)}:${action}`); toast(`${kill ? "killed" : "draining"} ${w.id}`); refresh(); } catch (e) { toast(e.message, "error"); }
+  }
   async function load() {
     let items;
     try { items = (await get("/v1/workers")).items; } catch (e) { put(box, notice(e.message, "error")); return; }
+    online = items.filter((w) => w.status === "online").length;
+    const count = document.getElementById("scale-count");
+    if (count && document.activeElement !== count && !count.value) count.value = String(online);
     if (!items.length) { put(box, notice("No worker has reported a heartbeat yet.")); return; }
-    put(box, h("div", { class: "table-wrap" }, h("table", { id: "workers-table" },
-      h("thead", {}, h("tr", {}, ["worker", "status", "heartbeat", "queues", "in flight", "processed", "succeeded", "failed", "cpu", "memory", ""]
-        .map((c, i) => h("th", { class: i >= 4 && i <= 9 ? "num" : "" }, c)))),
+    put(box, h("div", { class: "table-wrap" }, h("table", { id: "workers-table", class: "cards", "aria-label": "workers" },
+      h("thead", {}, h("tr", {}, ["worker", "status", "heartbeat", "queues", "in flight", "processed", "succeeded", "failed", "cpu", "memory", "actions"]
+        .map((c, i) => h("th", { scope: "col", class: i >= 4 && i <= 9 ? "num" : "" }, c)))),
       h("tbody", {}, items.map((w) => h("tr", { "data-id": w.id },
-        h("td", { class: "mono", title: `${w.host ?? ""} pid ${w.pid ?? ""}` }, w.id),
-        h("td", {}, statusBadge(w.status)),
-        h("td", { title: absTime(w.last_heartbeat) }, ago(w.last_heartbeat)),
-        h("td", { class: "wrap" }, (w.queues || []).join(", ")),
-        h("td", { class: "num wrap" }, `${w.in_flight ?? 0}/${w.concurrency ?? "?"}`,
+        cell("worker", { class: "mono", title: `${w.host ?? ""} pid ${w.pid ?? ""}` }, w.id),
+        cell("status", {}, statusBadge(w.status)),
+        cell("heartbeat", { title: absTime(w.last_heartbeat) }, ago(w.last_heartbeat)),
+        cell("queues", { class: "wrap" }, (w.queues || []).join(", ")),
+        cell("in flight", { class: "num wrap" }, `${w.in_flight ?? 0}/${w.concurrency ?? "?"}`,
           (w.tasks || []).slice(0, 5).map((t) => [" ", h("a", { class: "mono small", href: `#/tasks/${enc(t.task_id)}` }, shortId(t.task_id))])),
-        h("td", { class: "num" }, w.processed ?? ""), h("td", { class: "num" }, w.succeeded ?? ""), h("td", { class: "num" }, w.failed ?? ""),
-        h("td", { class: "num" }, w.cpu_pct !== undefined && w.cpu_pct !== null ? `${Number(w.cpu_pct).toFixed(0)}%` : ""),
-        h("td", { class: "num" }, w.rss_bytes ? `${(w.rss_bytes / 1048576).toFixed(0)} MiB` : ""),
-        h("td", {}, canDrain && w.status === "online" ? h("button", { "data-action": "drain", onclick: async () => {
-          const ok = await confirmAction({ title: `Drain worker ${w.id}?`,
-            lines: [`1 worker, ${w.in_flight ?? 0} task(s) in flight: it finishes them, takes no new work, then stops.`], action: "Drain" });
-          if (!ok) return;
-          try { await post(`/v1/workers/${enc(w.id)}:drain`); toast(`draining ${w.id}`); refresh(); } catch (e) { toast(e.message, "error"); }
-        } }, "Drain…") : null)))))));
+        cell("processed", { class: "num" }, w.processed ?? ""), cell("succeeded", { class: "num" }, w.succeeded ?? ""), cell("failed", { class: "num" }, w.failed ?? ""),
+        cell("cpu", { class: "num" }, w.cpu_pct !== undefined && w.cpu_pct !== null ? `${Number(w.cpu_pct).toFixed(0)}%` : ""),
+        cell("memory", { class: "num" }, w.rss_bytes ? `${(w.rss_bytes / 1048576).toFixed(0)} MiB` : ""),
+        cell("", { class: "actions" }, h("span", { class: "row" },
+          canDrain && w.status === "online" ? h("button", { "data-action": "drain", onclick: () => act(w, "drain") }, "Drain…") : null,
+          canKill && w.pid && ["online", "draining"].includes(w.status) ? h("button", { class: "danger", "data-action": "kill", onclick: () => act(w, "kill") }, "Kill…") : null))))))));
   }
-  const refresh = coalesce(load, 2000);
-  load();
-  // Worker heartbeats are not task events: a task event (a worker took or finished work) re-reads the list.
-  return { onEvent(e) { if (e.type.startsWith("attempt_") || e.type === "succeeded") refresh(); } };
+  const refresh = coalesce(load, 1000);
+  refresh();
+  const poll = setInterval(refresh, 5000);
+  return {
+    unmount() { clearInterval(poll); },
+    onEvent(e) { if (e.type.startsWith("attempt_") || e.type === "succeeded") refresh(); },
+  };
 }
