@@ -135,6 +135,33 @@ async def test_a_server_that_will_not_start_again_is_retried_and_logged_once(
     assert all(r.levelno == logging.DEBUG for r in failures()[1:])
 
 
+async def test_a_server_that_will_not_start_does_not_hold_back_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "broken-nats-server"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    nats_server = EmbeddedNats(NatsServerConfig(data_dir=tmp_path / "nats"))
+    pg = EmbeddedPostgres(PostgresConfig(data_dir=tmp_path / "pg", fsync=False))
+    watch = ServerWatch({"nats-server": nats_server, "PostgreSQL": pg}, logging.getLogger("test.watch"), FAST)
+    await watch.start()
+    watching = asyncio.create_task(watch.run())
+    try:
+        nats_pid, pg_pid = nats_server.pid, pg.pid
+        assert nats_pid is not None and pg_pid is not None
+        monkeypatch.setenv("ORDO_NATS_SERVER", str(broken))
+        os.kill(nats_pid, signal.SIGKILL)
+        os.kill(pg_pid, signal.SIGKILL)
+        await eventually(lambda: _true(watch.restarts["PostgreSQL"] == 1), 60, what="PostgreSQL restarted")
+        assert watch.restarts["nats-server"] == 0  # still failing, retried on its own
+        monkeypatch.delenv("ORDO_NATS_SERVER")
+        await eventually(lambda: _true(watch.restarts["nats-server"] == 1), 30, what="nats-server restarted")
+    finally:
+        await asyncio.gather(watch.shutdown(), watch.shutdown())  # idempotent, concurrent
+        await watching
+    assert nats_server.process is None and pg.process is None
+
+
 def test_once_per_outage_keeps_one_line_without_traceback() -> None:
     now = [0.0]
     keep = OncePerOutage(quiet_s=90.0, clock=lambda: now[0])

@@ -55,7 +55,8 @@ class ServerWatch:
     """Start a set of servers, restart any that dies, stop them all (in reverse order) at the end.
 
     `start()`, `run()` and `shutdown()` are meant to be called in that order; `shutdown()` is
-    idempotent and ends `run()`.
+    idempotent and ends `run()`. Each server is watched on its own, so one that will not start
+    again does not keep another from being restarted.
     """
 
     def __init__(
@@ -66,8 +67,8 @@ class ServerWatch:
         self._config = config or WatchConfig()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ordo-servers")
         self._stopping = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self._closed = False
+        self._watchers: list[asyncio.Task[None]] = []
+        self._shutdown: asyncio.Task[None] | None = None
         self.restarts = dict.fromkeys(self._servers, 0)
 
     async def _on_thread(self, fn: Callable[[], T]) -> T:
@@ -75,21 +76,26 @@ class ServerWatch:
 
     async def start(self) -> None:
         """Start every server, in order; raise if one cannot start (nothing is running yet to heal)."""
-        async with self._lock:
-            for server in self._servers.values():
-                await self._on_thread(server.start)
+        for server in self._servers.values():
+            await self._on_thread(server.start)
 
     async def run(self) -> None:
-        """Check every server each `check_every_s` and restart the dead ones, until `shutdown()`."""
+        """Watch every server until `shutdown()`."""
+        if self._stopping.is_set():
+            return
+        self._watchers = [
+            asyncio.create_task(self._watch(name, server), name=f"watch-{name}")
+            for name, server in self._servers.items()
+        ]
+        await asyncio.gather(*self._watchers)
+
+    async def _watch(self, name: str, server: Server) -> None:
+        """Check the server's process each `check_every_s`; restart it when it is gone."""
         while not self._stopping.is_set():
-            for name, server in self._servers.items():
-                proc = server.process
-                if proc is not None and proc.poll() is None:
-                    continue
-                async with self._lock:
-                    if self._stopping.is_set():
-                        return
-                    await self._restart(name, server, proc)
+            proc = server.process
+            if proc is None or proc.poll() is not None:
+                await self._restart(name, server, proc)
+                continue
             try:
                 await asyncio.wait_for(self._stopping.wait(), self._config.check_every_s)
             except TimeoutError:
@@ -129,15 +135,18 @@ class ServerWatch:
             return
 
     async def shutdown(self) -> None:
-        """Stop watching, then stop every server in reverse order and end the server thread."""
+        """Stop watching (a restart under way finishes first), then stop every server in reverse
+        order and end the server thread. Idempotent, also when called concurrently."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.create_task(self._do_shutdown())
+        await asyncio.shield(self._shutdown)
+
+    async def _do_shutdown(self) -> None:
         self._stopping.set()
-        async with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for name, server in reversed(self._servers.items()):
-                try:
-                    await self._on_thread(server.stop)
-                except Exception:  # noqa: BLE001 - stop the others anyway
-                    self._log.exception("stopping embedded %s failed", name)
-            await asyncio.to_thread(self._thread.shutdown)
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        for name, server in reversed(self._servers.items()):
+            try:
+                await self._on_thread(server.stop)
+            except Exception:  # noqa: BLE001 - stop the others anyway
+                self._log.exception("stopping embedded %s failed", name)
+        await asyncio.to_thread(self._thread.shutdown)
