@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
 from ordo.domain import schedule_commands as sc
 from ordo.domain import schedule_events as se
@@ -292,3 +293,37 @@ async def test_a_worker_waits_for_an_older_timer_stream_to_be_upgraded(
         assert (await js.stream_info(sj.TIMERS_STREAM)).config.allow_msg_ttl
     finally:
         await nc.close()
+
+
+async def test_a_starting_scheduler_purges_the_fired_timers_it_has_acked(
+    nc: NATS, settings: Settings, handler: CommandHandler
+) -> None:
+    """Fired timers stored before per-message TTLs (an older version) would stay for good."""
+    tenant = settings.tenant
+    command = SubmitTask(task_id=uuid.uuid4().hex, tenant=tenant, queue="default", task_type="demo.echo",
+                         now=datetime.now(UTC))  # fmt: skip
+    await handler.execute(tenant, command)  # queued: a timer for it is acked and ignored
+    js = nc.jetstream()
+    fired = Due(tenant=tenant, task_id=command.task_id, due_at=datetime.now(UTC))
+    ack = await js.publish(sj.due_subject(tenant, command.task_id), msgspec.json.encode(fired))  # no TTL
+
+    async def acked() -> bool:
+        try:
+            info = await js.consumer_info(sj.TIMERS_STREAM, sj.SCHEDULER_CONSUMER)
+        except NotFoundError:
+            return False  # the scheduler has not created its consumer yet
+        return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= ack.seq
+
+    async def gone() -> bool:
+        return not await _fired_subjects(nc, sj.due_subject(tenant, command.task_id))
+
+    for probe in (acked, gone):  # the first run acks it; the next start purges it
+        scheduler = Scheduler(nc, handler)
+        running = asyncio.create_task(scheduler.run())
+        try:
+            await eventually(probe, timeout=30, what=probe.__name__)
+        finally:
+            await scheduler.shutdown()
+            await asyncio.wait_for(running, 15)
+        if probe is acked:
+            assert await _fired_subjects(nc, sj.due_subject(tenant, command.task_id)), "kept by limits"

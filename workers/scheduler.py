@@ -30,7 +30,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError
+from nats.js.client import JetStreamContext
+from nats.js.errors import APIError, FetchTimeoutError
 
 from ordo.domain.commands import EnqueueDue
 from ordo.domain.errors import DomainError, TaskNotFound
@@ -110,6 +111,7 @@ class Scheduler:
             max_ack_pending=self._config.max_held,
         )
         await ensure_consumer(js, sj.TIMERS_STREAM, cfg)
+        await self._purge_done(js)
         sub = await js.pull_subscribe_bind(sj.SCHEDULER_CONSUMER, sj.TIMERS_STREAM)
         try:
             while not self._stop.is_set():
@@ -134,6 +136,18 @@ class Scheduler:
                 task.cancel()
             await asyncio.gather(*self._held, return_exceptions=True)
             await sub.unsubscribe()
+
+    async def _purge_done(self, js: JetStreamContext) -> None:
+        """Purge the fired timers below the consumer's ack floor: they are done. Those fired since
+        per-message TTLs expire by themselves; those stored by an older version (when the stream
+        had a max age) would otherwise stay for good. Best effort, once per start."""
+        try:
+            info = await js.consumer_info(sj.TIMERS_STREAM, sj.SCHEDULER_CONSUMER)
+            floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
+            if floor:
+                await js.purge_stream(sj.TIMERS_STREAM, seq=floor + 1, subject=sj.due_filter())
+        except (nats.errors.Error, APIError) as exc:
+            self._log.info("fired timers not purged (next start will): %s", exc)
 
     @contextlib.asynccontextmanager
     async def _slot(self, msg: Msg) -> AsyncIterator[None]:
