@@ -37,7 +37,7 @@ from ordo.gateway.services import Services
 from ordo.infra import telemetry
 from ordo.infra.command_handler import Outcome
 from ordo.infra.ids import new_task_id, task_id_for_key
-from ordo.projections import tasks
+from ordo.projections import poison, tasks
 
 ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
@@ -172,6 +172,11 @@ async def get(svc: Services, who: Principal, task_id: str, as_of_seq: int | None
         task = await task_as_of(svc.handler.store, who.tenant, task_id, as_of_seq)
     else:
         task = await tasks.get_task(svc.pool, who.tenant, task_id)
+        if task is None and (skipped := await poison.for_aggregate(svc.pool, who.tenant, task_id)):
+            # The read model skipped this task's first event (decisions 23): fold it from the log.
+            task = await task_as_of(svc.handler.store, who.tenant, task_id, 2**62)
+            if task is not None:
+                task["projection_errors"] = skipped
     if task is None:
         raise TaskNotFound(task_id)
     return task

@@ -137,6 +137,13 @@ async def test_an_event_a_projection_cannot_apply_is_recorded_skipped_and_shown(
                 sj.event_subject(settings.tenant, "default", victim, "updated"), b"\x00 not JSON"
             )
         ).seq
+        # A first event the tasks projection cannot store: no row, yet the task is shown (from the log).
+        forged = await _forge(
+            nc,
+            settings.tenant,
+            "forged1",
+            ev.Submitted("demo.echo", "default", settings.tenant, priority=2**40),
+        )
         r = await http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600})
         after = r.json()
         await _task(system, after["id"], "scheduled")  # the projector carried on past both
@@ -152,6 +159,9 @@ async def test_an_event_a_projection_cannot_apply_is_recorded_skipped_and_shown(
         assert [bool(t["projection_errors"]) for t in listed if t["id"] in (victim, after["id"])] == [
             t["id"] == victim for t in listed if t["id"] in (victim, after["id"])
         ]
+        shown = (await http.get("/v1/tasks/forged1")).json()
+        assert shown["priority"] == 2**40 and shown["status"] == "queued"
+        assert [(e["projection"], e["seq"]) for e in shown["projection_errors"]] == [("tasks", forged)]
         # The timeline (another projection) did apply the event the tasks projection skipped.
         timeline = (await http.get(f"/v1/tasks/{victim}/events")).json()["events"]
         assert bad_seq in [e["seq"] for e in timeline]
@@ -161,7 +171,7 @@ async def test_an_event_a_projection_cannot_apply_is_recorded_skipped_and_shown(
         assert ready.status_code == 200 and body["ready"] and body["degraded"], body
         assert body["projection_errors"] >= 1 + len([p for p in PROJECTIONS if p.family == "task"])
         metrics = (await http.get("/metrics")).text
-        assert 'ordo_projection_errors{projection="tasks"} 2' in metrics, metrics[-2000:]
+        assert 'ordo_projection_errors{projection="tasks"} 3' in metrics, metrics[-2000:]
 
         # A rebuild runs the same code over the same events: same tables, same skipped events.
         skipped = await _skipped(settings.database_url)
