@@ -33,7 +33,9 @@ window.ordo = { seqs: [], get duplicates() { return live?.duplicates ?? 0; }, ge
 // ---- theme ------------------------------------------------------------------------------------
 function applyTheme(theme) {
   document.documentElement.dataset.theme = theme;
-  document.getElementById("theme").textContent = theme === "dark" ? "☀" : "☾";
+  const button = document.getElementById("theme");
+  button.textContent = theme === "dark" ? "☀" : "☾";
+  button.setAttribute("aria-pressed", String(theme === "dark"));
 }
 function initialTheme() {
   const saved = localStorage.getItem("ordo.theme");
@@ -60,7 +62,10 @@ function route() {
   const { parts, params } = parseHash();
   const name = VIEWS[parts[0]] ? parts[0] : "overview";
   const v = VIEWS[name];
-  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.view === name);
+  for (const a of document.querySelectorAll("#nav a")) {
+    a.classList.toggle("active", a.dataset.view === name);
+    if (a.dataset.view === name) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  }
   const mod = parts[1] && v.detail ? v.detail : v.mod;
   const key = `${name}/${parts[1] ?? ""}`;
   if (current && current.key === key && current.update) {
@@ -87,6 +92,15 @@ function startLive() {
   });
 }
 
+// ---- help and skip link -----------------------------------------------------------------------
+function toggleHelp(show) {
+  const help = document.getElementById("help");
+  const open = show ?? !help.hasAttribute("open");
+  help.toggleAttribute("open", open);
+  document.getElementById("help-button").setAttribute("aria-expanded", String(open));
+  if (open) help.focus();
+}
+
 // ---- keyboard ---------------------------------------------------------------------------------
 let pendingG = false;
 function onKey(ev) {
@@ -104,8 +118,8 @@ function onKey(ev) {
     return;
   }
   if (ev.key === "g") { pendingG = true; return; }
-  if (ev.key === "?") { ev.preventDefault(); document.getElementById("help").toggleAttribute("open"); return; }
-  if (ev.key === "Escape") { document.getElementById("help").removeAttribute("open"); return; }
+  if (ev.key === "?") { ev.preventDefault(); toggleHelp(); return; }
+  if (ev.key === "Escape") { toggleHelp(false); return; }
   if (ev.key === "T") { toggleTheme(); return; }
   if (ev.key === "/") {
     const search = root.querySelector("[data-search]");
@@ -147,6 +161,8 @@ async function boot() {
   document.getElementById("theme").addEventListener("click", toggleTheme);
   renderNav();
   document.addEventListener("keydown", onKey);
+  document.getElementById("help-button").addEventListener("click", () => toggleHelp());
+  document.getElementById("skip").addEventListener("click", (ev) => { ev.preventDefault(); root.focus(); });
   window.addEventListener("ordo:unauthorized", () => { if (authed) onSignedOut(); });
   // A call refused with 401 has already sent the page to the sign-in form: not an error to report.
   window.addEventListener("unhandledrejection", (e) => { if (e.reason instanceof HttpError && e.reason.status === 401) e.preventDefault(); });

@@ -51,7 +51,7 @@ export function mount(root, { params }) {
 
   // Submitted tasks, kept live: a row re-reads its task when one of its events arrives.
   const watched = new Map();
-  const watchList = h("table", { id: "submitted" }, h("tbody"));
+  const watchList = h("table", { id: "submitted", "aria-label": "submitted tasks" }, h("tbody"));
   function watch(id, seq) {
     const tr = h("tr", { "data-id": id }, h("td", { class: "mono" }, h("a", { href: `#/tasks/${enc(id)}` }, id)), h("td", { class: "status" }, statusBadge("queued")));
     watchList.tBodies[0].prepend(tr);

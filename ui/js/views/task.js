@@ -204,7 +204,7 @@ export function mount(root, { id, params }) {
     if (view === "compact") { scroller = null; put(listBox, compactTable()); return; }
     if (!scroller) {
       const tbody = h("tbody");
-      const box = h("div", { class: "events-list" }, h("table", {},
+      const box = h("div", { class: "events-list" }, h("table", { "aria-label": "events" },
         h("colgroup", {}, (narrow() ? [52, null, 70, 36] : [70, 150, 190, 80, 80, 150, null]).map((w) => h("col", { style: w ? `width:${w}px` : "" }))),
         h("thead", {}, h("tr", {}, (narrow() ? ["seq", "type", "+Δ", "att."] : ["seq", "type", "time", "+Δ", "attempt", "worker", "data"]).map((c) => h("th", { scope: "col" }, c)))), tbody));
       box.addEventListener("scroll", () => drawRows());
