@@ -78,9 +78,20 @@ async def _run_scheduler(settings: Settings) -> None:
         TaskDefaults(settings.default_max_attempts, settings.default_timeout_s),
     )
     scheduler = Scheduler(nc, handler, schedules=schedules)
-    _install_signals(scheduler.shutdown)
+    # The timer sweep (a backstop for scheduled tasks left without a timer) needs the read model.
+    from ordo.infra.pg import create_pool
+    from ordo.workers.timer_sweep import TimerSweep
+
+    sweep = TimerSweep(lambda: create_pool(settings.database_url, max_size=2), handler)
+    components: list[Scheduler | TimerSweep] = [scheduler, sweep] if settings.database_url else [scheduler]
+
+    async def stop() -> None:
+        for component in components:
+            await component.shutdown()
+
+    _install_signals(stop)
     try:
-        await scheduler.run()
+        await asyncio.gather(*(component.run() for component in components))
     finally:
         await nc.drain()
 

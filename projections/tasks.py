@@ -165,6 +165,19 @@ async def get_task(
     return out
 
 
+async def scheduled_before(
+    conn: asyncpg.Connection | asyncpg.Pool, before: datetime, limit: int
+) -> list[tuple[str, str]]:
+    """(tenant, id) of scheduled tasks whose run_at is before `before`, oldest first: the timer
+    sweep's candidates (workers/timer_sweep.py), checked against the log before anything is done."""
+    rows = await conn.fetch(
+        "SELECT tenant, id FROM tasks WHERE status = 'scheduled' AND run_at < $1 ORDER BY run_at LIMIT $2",
+        before,
+        limit,
+    )
+    return [(r["tenant"], r["id"]) for r in rows]
+
+
 async def _mark_skipped(
     conn: asyncpg.Connection | asyncpg.Pool, tenant: str, items: list[dict[str, Any]]
 ) -> None:

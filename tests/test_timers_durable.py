@@ -15,6 +15,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
@@ -27,16 +28,21 @@ from ordo.domain.decide import decide
 from ordo.domain.events import AttemptStarted, Event, Queued
 from ordo.domain.schedule_cron import normalize
 from ordo.domain.state import evolve, initial
+from ordo.domain.status import TaskStatus
 from ordo.embedded.nats import EmbeddedNats
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import EventStore, EventStoreUnavailable, Metadata, Ticket
 from ordo.infra.nats_conn import connect, events_stream_config, provision, timers_stream_config
+from ordo.infra.pg import create_pool
 from ordo.infra.schedule_handler import ScheduleHandler
 from ordo.infra.schedule_timers import ScheduleTimers
 from ordo.infra.settings import Settings, SettingsError
 from ordo.infra.timers import Due, Timers, schedule_header
+from ordo.projections import tasks
+from ordo.projections.runner import ProjectionRunner
 from ordo.workers.scheduler import Scheduler
+from ordo.workers.timer_sweep import SweepConfig, TimerSweep
 from tests.conftest import System
 from tests.helpers import eventually
 
@@ -327,3 +333,46 @@ async def test_a_starting_scheduler_purges_the_fired_timers_it_has_acked(
             await asyncio.wait_for(running, 15)
         if probe is acked:
             assert await _fired_subjects(nc, sj.due_subject(tenant, command.task_id)), "kept by limits"
+
+
+async def test_the_sweep_rearms_a_scheduled_task_left_without_a_timer(
+    nc: NATS, settings: Settings, handler: CommandHandler
+) -> None:
+    """A task stranded by an older version (its due time passed, no timer) runs after a sweep."""
+    tenant = settings.tenant
+    now = datetime.now(UTC)
+    stranded = SubmitTask(task_id=uuid.uuid4().hex, tenant=tenant, queue="default", task_type="demo.echo",
+                          now=now - timedelta(seconds=10), run_at=now - timedelta(seconds=5))  # fmt: skip
+    waiting = SubmitTask(task_id=uuid.uuid4().hex, tenant=tenant, queue="default", task_type="demo.echo",
+                         now=now, run_at=now + timedelta(hours=1))  # fmt: skip
+    for command in (stranded, waiting):  # stored without arming anything
+        await handler.store.append(
+            tenant, "default", command.task_id, decide(command, initial(command.task_id)), 0
+        )
+    projector = ProjectionRunner(nc, settings.database_url)
+    scheduler = Scheduler(nc, handler)
+    running = [asyncio.create_task(projector.run()), asyncio.create_task(scheduler.run())]
+    pool = await create_pool(settings.database_url)
+    try:
+
+        async def projected() -> bool:
+            try:
+                return await tasks.get_task(pool, tenant, waiting.task_id) is not None
+            except asyncpg.UndefinedTableError:
+                return False  # the projector has not created its tables yet
+
+        await eventually(projected, timeout=60, what="the read model caught up")
+        sweep = TimerSweep(lambda: create_pool(settings.database_url), handler, SweepConfig(grace_s=1.0))
+        assert await sweep.sweep_once() == 1
+
+        async def enqueued() -> tuple[datetime, datetime] | None:
+            return await _queued_at(handler.store, tenant, stranded.task_id)
+
+        await eventually(enqueued, timeout=30, what="the stranded task enqueued")
+        state, _, _ = await handler.load(tenant, waiting.task_id)
+        assert state.status is TaskStatus.SCHEDULED
+    finally:
+        await projector.shutdown()
+        await scheduler.shutdown()
+        await asyncio.wait_for(asyncio.gather(*running), 30)
+        await pool.close()

@@ -1,0 +1,102 @@
+"""The timer sweep: a backstop that re-arms the timer of a scheduled task long past its due time.
+
+Timers are armed before the event that needs them, one per due time (infra/timers.py), so a waiting
+task has its timer; the sweep covers what lies outside that rule: a task stranded by an older
+version (audit F2), fired timers that expired while every scheduler was down for longer than their
+TTL, a timer dropped after the scheduler's `unknown_tries`. Candidates come from the read model
+(scheduled, `run_at` older than `grace_s`); the decision comes from the log: a task that is still
+scheduled with that old due time gets a timer for exactly that due time, which fires at once. A task
+that moved on meanwhile gets at worst a stale timer, which the decider ignores. Retrying tasks are
+left out: their due time is not in the read model, and no known path strands them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from ordo.domain.status import TaskStatus
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.pg import Pool, ReadModelUnavailable
+from ordo.projections import tasks
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    every_s: float = 60.0
+    # Far beyond a timer's normal lateness (the lead, the server's 250 ms tick, the scheduler's hold).
+    grace_s: float = 60.0
+    batch: int = 500
+
+    def __post_init__(self) -> None:
+        if self.every_s <= 0 or self.grace_s <= 0 or self.batch < 1:
+            raise ValueError("invalid sweep config: every_s > 0, grace_s > 0, batch >= 1")
+
+
+class TimerSweep:
+    def __init__(
+        self,
+        pool: Callable[[], Awaitable[Pool]],
+        handler: CommandHandler,
+        config: SweepConfig | None = None,
+        logger: logging.Logger | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        """`pool` opens the read model's pool on first use (PostgreSQL may be down at start)."""
+        self._open_pool = pool
+        self._pool: Pool | None = None
+        self._handler = handler
+        self._config = config or SweepConfig()
+        self._log = logger or logging.getLogger("ordo.timer_sweep")
+        self._clock = clock
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.sweep_once()
+            except ReadModelUnavailable as exc:
+                self._log.warning("timer sweep skipped: %s", exc)
+            except Exception:  # noqa: BLE001 - e.g. no read model yet on a fresh install: next round
+                self._log.exception("timer sweep failed; next round in %gs", self._config.every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._config.every_s)
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+
+    async def sweep_once(self) -> int:
+        """Re-arm every overdue scheduled task found in one batch; how many were re-armed."""
+        if self._pool is None:
+            self._pool = await self._open_pool()
+        cutoff = self._clock() - timedelta(seconds=self._config.grace_s)
+        rearmed = 0
+        for tenant, task_id in await tasks.scheduled_before(self._pool, cutoff, self._config.batch):
+            try:
+                state, _, _ = await self._handler.load(tenant, task_id)
+                due = state.due_at
+                if state.status is not TaskStatus.SCHEDULED or due is None or due >= cutoff:
+                    continue  # the read model was behind: the task moved on
+                await self._handler.timers.arm(tenant, task_id, due)
+            except Exception as exc:  # noqa: BLE001 - a backstop must not stop on one task
+                self._log.warning("timer of %s/%s not re-armed (next sweep): %s", tenant, task_id, exc)
+                continue
+            self._log.warning("task %s/%s was due at %s without a timer: re-armed", tenant, task_id, due)
+            rearmed += 1
+        return rearmed
