@@ -7,6 +7,7 @@ count says how many entries `projection_errors` holds.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -16,6 +17,7 @@ from ordo.gateway.services import Services, services
 from ordo.projections import poison
 from ordo.projections.runner import checkpoint, leader_present
 
+log = logging.getLogger("ordo.gateway")
 router = APIRouter(tags=["health"])
 Svc = Annotated[Services, Depends(services)]
 
@@ -34,10 +36,11 @@ async def readyz(svc: Svc) -> JSONResponse:
             checks["projections"] = await leader_present(conn)
             checks["projection_seq"] = await checkpoint(conn)
             checks["projection_errors"] = sum((await poison.counts(conn)).values())
-    except Exception as exc:  # noqa: BLE001 - any failure means not ready; report it
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready; log it, say only that
+        log.warning("readiness: PostgreSQL check failed: %s", exc)
         checks["postgres"] = False
         checks["projections"] = False
-        checks["error"] = str(exc)
+        checks["error"] = "the read model (PostgreSQL) is unavailable"  # no internals (audit F18)
     ready = bool(checks["nats"] and checks["postgres"] and checks["projections"])
     degraded = bool(checks.get("projection_errors"))
     return JSONResponse({"ready": ready, "degraded": degraded, **checks}, status_code=200 if ready else 503)
