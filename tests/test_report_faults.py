@@ -17,12 +17,14 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from nats.js.errors import NotFoundError
 
 from ordo.domain.commands import StartAttempt, SubmitTask
 from ordo.domain.decide import decide
 from ordo.domain.events import AttemptStarted, Event, LeaseExtended
 from ordo.domain.state import initial
 from ordo.domain.status import TaskStatus
+from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import (
     ConcurrencyError,
@@ -113,7 +115,10 @@ async def test_a_timer_whose_task_is_not_visible_yet_comes_back_until_it_is(
         js = nc.jetstream()
 
         async def redelivered() -> bool:
-            info = await js.consumer_info("ORDO_TIMERS", "scheduler")
+            try:
+                info = await js.consumer_info(sj.TIMERS_STREAM, sj.SCHEDULER_CONSUMER)
+            except NotFoundError:
+                return False  # the scheduler has not created its consumer yet
             return (info.num_redelivered or 0) >= 1
 
         await eventually(redelivered, timeout=30, what="the timer handed back, not acked away")
