@@ -3,7 +3,7 @@
 F2: a command that arms a timer and then stores nothing (an idempotent re-submit, a retried batch, an
 edit whose append fails, a duplicate submit after an edit) must not take the timer of the due time the
 log holds. F3: a pending timer outlives any retention limit of the timer stream (a 400-day delay, a
-`@yearly` schedule), shown here with the fired-message retention shrunk to one second.
+`@yearly` schedule), shown here with the fired-message retention shrunk to two seconds.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ async def _fired_subjects(nc: NATS, subject: str) -> dict[str, int]:
 async def test_a_timer_pending_longer_than_the_retention_fires_and_an_old_stream_migrates(
     nats_server: EmbeddedNats, settings: Settings
 ) -> None:
-    settings = settings.with_(timer_fired_ttl_s=1.0)
+    settings = settings.with_(timer_fired_ttl_s=2.0)
     tenant = settings.tenant
     nc = await connect(settings, name="test-timers")
     scheduler: Scheduler | None = None
@@ -204,7 +204,7 @@ async def test_a_timer_pending_longer_than_the_retention_fires_and_an_old_stream
         )
         new = SubmitTask(
             task_id=uuid.uuid4().hex, tenant=tenant, queue="default", task_type="demo.echo",
-            now=datetime.now(UTC), run_at=datetime.now(UTC) + timedelta(seconds=4),
+            now=datetime.now(UTC), run_at=datetime.now(UTC) + timedelta(seconds=5),
         )  # fmt: skip
         await handler.execute(tenant, new)
         scheduler = Scheduler(nc, handler)
@@ -232,14 +232,14 @@ async def test_a_timer_pending_longer_than_the_retention_fires_and_an_old_stream
 
 
 async def test_a_schedule_tick_further_apart_than_the_retention_fires(nc: NATS, settings: Settings) -> None:
-    """A `@yearly` schedule in miniature: ticks 3 s apart, fired timers kept 1 s."""
+    """A `@yearly` schedule in miniature: ticks 4 s apart, fired timers kept 2 s."""
     tenant = settings.tenant
     store = EventStore(nc)
-    timers = Timers(nc, settings.timer_lead_s, fired_ttl_s=1.0)
+    timers = Timers(nc, settings.timer_lead_s, fired_ttl_s=2.0)
     handler = CommandHandler(store, timers)
-    schedules = ScheduleHandler(handler, ScheduleTimers(nc, settings.timer_lead_s, fired_ttl_s=1.0))
+    schedules = ScheduleHandler(handler, ScheduleTimers(nc, settings.timer_lead_s, fired_ttl_s=2.0))
     spec = se.ScheduleSpec(
-        cron=normalize("*/3 * * * * *"), timezone="UTC", task=se.TaskTemplate(type="demo.echo"),
+        cron=normalize("*/4 * * * * *"), timezone="UTC", task=se.TaskTemplate(type="demo.echo"),
         overlap=se.OverlapPolicy.ALLOW,
     )  # fmt: skip
     await schedules.execute(
@@ -258,8 +258,8 @@ async def test_a_schedule_tick_further_apart_than_the_retention_fires(nc: NATS, 
             ]
             return fired if len(fired) >= 2 else []
 
-        fired = await eventually(fired_twice, timeout=30, what="two ticks 3 s apart")
-        assert fired[1].tick_at - fired[0].tick_at == timedelta(seconds=3)
+        fired = await eventually(fired_twice, timeout=30, what="two ticks 4 s apart")
+        assert fired[1].tick_at - fired[0].tick_at == timedelta(seconds=4)
     finally:
         await schedules.execute(tenant, sc.DeleteSchedule(schedule_id="far"))
         await scheduler.shutdown()
