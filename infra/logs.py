@@ -49,13 +49,21 @@ class OncePerOutage(logging.Filter):
     message again within `quiet_s` of the previous one is the same outage and is dropped.
     """
 
-    def __init__(self, quiet_s: float = 90.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        quiet_s: float = 90.0,
+        clock: Callable[[], float] = time.monotonic,
+        messages: frozenset[str] | None = None,
+    ) -> None:
         super().__init__()
         self._quiet_s = quiet_s
         self._clock = clock
+        self._messages = messages  # None: every message of the logger; else only these templates
         self._last: dict[tuple[str, object], float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self._messages is not None and record.msg not in self._messages:
+            return True
         key = (record.name, record.msg)
         now = self._clock()
         last, self._last[key] = self._last.get(key), now
@@ -104,6 +112,15 @@ class Outage:
 
 # Library loggers whose retry loops log each attempt.
 _RETRY_LOGGERS = ("asyncpg.pool",)
+# Ordo's own periodic warnings that repeat for as long as NATS or PostgreSQL is away: one line per
+# outage (a different message, or the same one after a quiet spell, still passes).
+_PERIODIC_WARNINGS: dict[str, frozenset[str]] = {
+    "ordo.worker.registry": frozenset({"heartbeat not stored: %s"}),
+    "ordo.worker.queue_pause": frozenset(
+        {"queue pause state not refreshed: %s", "held tickets of %s not released yet: %s"}
+    ),
+    "ordo.gateway": frozenset({"event store unavailable: %s", "read model unavailable: %s"}),
+}
 
 
 def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
@@ -121,3 +138,7 @@ def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
         retrying = logging.getLogger(name)
         if not any(isinstance(f, OncePerOutage) for f in retrying.filters):
             retrying.addFilter(OncePerOutage())
+    for name, messages in _PERIODIC_WARNINGS.items():
+        periodic = logging.getLogger(name)
+        if not any(isinstance(f, OncePerOutage) for f in periodic.filters):
+            periodic.addFilter(OncePerOutage(messages=messages))

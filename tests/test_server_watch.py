@@ -183,3 +183,17 @@ def test_once_per_outage_keeps_one_line_without_traceback() -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def test_periodic_ordo_warnings_are_one_line_per_outage_and_other_messages_pass() -> None:
+    now = [0.0]
+    keep = OncePerOutage(quiet_s=90.0, clock=lambda: now[0], messages=frozenset({"event store unavailable: %s"}))
+
+    def record(msg: str, at: float) -> logging.LogRecord:
+        now[0] = at
+        return logging.LogRecord("ordo.gateway", logging.WARNING, "p", 1, msg, ("x",), None)
+
+    assert keep.filter(record("event store unavailable: %s", 0.0))
+    assert not keep.filter(record("event store unavailable: %s", 6.0))  # the same outage
+    assert all(keep.filter(record("unexpected error on %s", t)) for t in (7.0, 8.0))  # never deduplicated
+    assert keep.filter(record("event store unavailable: %s", 6.0 + 91.0))  # a later outage
