@@ -187,7 +187,8 @@ async def _true(value: bool) -> bool:
 
 def test_periodic_ordo_warnings_are_one_line_per_outage_and_other_messages_pass() -> None:
     now = [0.0]
-    keep = OncePerOutage(quiet_s=90.0, clock=lambda: now[0], messages=frozenset({"event store unavailable: %s"}))
+    only = frozenset({"event store unavailable: %s"})
+    keep = OncePerOutage(quiet_s=90.0, clock=lambda: now[0], messages=only)
 
     def record(msg: str, at: float) -> logging.LogRecord:
         now[0] = at
