@@ -8,9 +8,10 @@ message headers and the stream, never in these types.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import msgspec
+
+from ordo.domain.codec import Codec
 
 SCHEMA_VERSION = 1
 
@@ -175,19 +176,18 @@ TaskEvent = (
 EVENT_TYPES: tuple[type[Event], ...] = TaskEvent.__args__
 EVENT_NAMES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in EVENT_TYPES)
 
-_encoder = msgspec.json.Encoder()
-_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(TaskEvent)
+_codec: Codec[TaskEvent] = Codec(TaskEvent)
 
 
 def event_name(event: Event) -> str:
     """The snake_case name of an event (its tag, also its subject token)."""
-    return str(type(event).__struct_config__.tag)
+    return _codec.name(event)
 
 
 def encode_event(event: Event) -> bytes:
-    return _encoder.encode(event)
+    return _codec.encode(event)
 
 
 def decode_event(data: bytes) -> TaskEvent:
     """Decode one stored event; raises msgspec.DecodeError/ValidationError for a foreign payload."""
-    return _decoder.decode(data)  # type: ignore[no-any-return]
+    return _codec.decode(data)

@@ -7,9 +7,9 @@ tenants' tasks on the same queue name alone; tasks keep being accepted and runni
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
+
+from ordo.domain.codec import Codec
 
 
 class QueueEvent(msgspec.Struct, frozen=True, tag_field="event"):
@@ -54,17 +54,16 @@ def decide(command: PauseQueue | ResumeQueue, state: QueueState) -> list[QueueEv
     return [QueueResumed()] if state.paused else []
 
 
+_codec: Codec[AnyQueueEvent] = Codec(AnyQueueEvent)
+
+
 def queue_event_name(event: QueueEvent) -> str:
-    return str(type(event).__struct_config__.tag)
-
-
-_encoder = msgspec.json.Encoder()
-_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyQueueEvent)
+    return _codec.name(event)
 
 
 def encode_queue_event(event: QueueEvent) -> bytes:
-    return _encoder.encode(event)
+    return _codec.encode(event)
 
 
 def decode_queue_event(data: bytes) -> AnyQueueEvent:
-    return _decoder.decode(data)  # type: ignore[no-any-return]
+    return _codec.decode(data)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
 
 import msgspec
+
+from ordo.domain.codec import Codec
 
 
 class OverlapPolicy(enum.StrEnum):
@@ -144,17 +145,16 @@ AnyScheduleEvent = (
 # Events that end a tick's processing and move `next_at`.
 TICK_EVENTS = (ScheduleFired, ScheduleSkipped, ScheduleBuffered, ScheduleMissed, ScheduleCaughtUp)
 
-_encoder = msgspec.json.Encoder()
-_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyScheduleEvent)
+_codec: Codec[AnyScheduleEvent] = Codec(AnyScheduleEvent)
 
 
 def schedule_event_name(event: ScheduleEvent) -> str:
-    return str(type(event).__struct_config__.tag)
+    return _codec.name(event)
 
 
 def encode_schedule_event(event: ScheduleEvent) -> bytes:
-    return _encoder.encode(event)
+    return _codec.encode(event)
 
 
 def decode_schedule_event(data: bytes) -> AnyScheduleEvent:
-    return _decoder.decode(data)  # type: ignore[no-any-return]
+    return _codec.decode(data)
