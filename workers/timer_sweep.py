@@ -73,8 +73,13 @@ class TimerSweep:
                 await self.sweep_once()
             except ReadModelUnavailable as exc:
                 self._log.warning("timer sweep skipped: %s", exc)
-            except Exception:  # noqa: BLE001 - e.g. no read model yet on a fresh install: next round
-                self._log.exception("timer sweep failed; next round in %gs", self._config.every_s)
+            except Exception as exc:  # noqa: BLE001 - e.g. no read model yet on a fresh install: next round
+                self._log.warning(
+                    "timer sweep failed (%s: %s); next round in %gs",
+                    type(exc).__name__,
+                    exc,
+                    self._config.every_s,
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self._config.every_s)
 
