@@ -16,6 +16,7 @@ import msgspec
 
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
+from ordo.projections.memory import Memory, first_events
 
 NAME = "attempts"
 
@@ -115,6 +116,19 @@ _ATTEMPT_EVENTS = (
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
     """Open a row on `attempt_started`; fold the attempt's later events into it."""
+    await _apply(conn, events, None)
+
+
+async def remembering(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory) -> None:
+    """`apply`, with the rows of earlier batches remembered."""
+    await _apply(conn, events, memory)
+
+
+def _key(stored: StoredEvent) -> tuple[str, str, int]:
+    return stored.tenant, stored.task_id, stored.event.attempt  # type: ignore[union-attr]
+
+
+async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> None:
     relevant = [
         e
         for e in events
@@ -124,17 +138,24 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
     if not relevant:
         return
     rows: dict[tuple[str, str, int], _Attempt] = {}
-    wanted = sorted({(e.tenant, e.task_id, e.event.attempt) for e in relevant})  # type: ignore[union-attr]
-    for rec in await conn.fetch(
-        "SELECT * FROM attempts WHERE (tenant, task_id, attempt) IN"
-        " (SELECT * FROM unnest($1::text[], $2::text[], $3::int[]))",
-        [k[0] for k in wanted],
-        [k[1] for k in wanted],
-        [k[2] for k in wanted],
-    ):
-        rows[(rec["tenant"], rec["task_id"], rec["attempt"])] = _from_record(rec)
+    unknown = []
+    for key, first in first_events(relevant, _key).items():
+        row = None if memory is None else memory.get(key)
+        if row is not None:
+            rows[key] = row
+        elif not isinstance(first.event, ev.AttemptStarted):  # which opens the row afresh: no read
+            unknown.append(key)
+    if unknown:
+        for rec in await conn.fetch(
+            "SELECT * FROM attempts WHERE (tenant, task_id, attempt) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[], $3::int[]))",
+            [k[0] for k in unknown],
+            [k[1] for k in unknown],
+            [k[2] for k in unknown],
+        ):
+            rows[(rec["tenant"], rec["task_id"], rec["attempt"])] = _from_record(rec)
     for stored in relevant:
-        key = (stored.tenant, stored.task_id, stored.event.attempt)  # type: ignore[union-attr]
+        key = _key(stored)
         row = rows.get(key)
         if row is not None and stored.seq <= row.last_seq:
             continue
@@ -150,6 +171,9 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
             _fold(row, stored)
     if rows:
         await _upsert(conn, rows)
+        if memory is not None:
+            for key, row in rows.items():
+                memory.put(key, row)
 
 
 def _from_record(rec: asyncpg.Record) -> _Attempt:

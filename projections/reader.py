@@ -116,6 +116,10 @@ class LogReader:
         except TimeoutError:
             return None
 
+    def buffered(self) -> int:
+        """Messages received and not yet handed out (how far behind the reader's consumer is)."""
+        return self._queue.qsize()
+
     def past(self, seq: int) -> bool:
         """True when the reader holds a record beyond `seq` (everything up to `seq` was handed out)."""
         return self._held is not None and self._held[1].seq > seq

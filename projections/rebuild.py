@@ -29,6 +29,7 @@ import asyncpg
 from nats.aio.client import Client as NATS
 
 from ordo.infra.pg import connect
+from ordo.projections.memory import Memories
 from ordo.projections.reader import LogReader
 from ordo.projections.registry import FAMILIES, PROJECTIONS, Family, Projection
 from ordo.projections.runner import apply_batch, ensure_checkpoints, last_log_seq
@@ -94,6 +95,9 @@ class Rebuilder:
         self._reader: LogReader | None = None
         self._batches = 0
         self._tables: tuple[str, ...] = ()
+        # The shadow tables have one writer, this rebuild: per-task states stay in memory between
+        # its batches (committed with each batch's transaction, cleared on a rolled-back swap).
+        self._memories = Memories()
 
     async def run(self) -> RebuildReport:
         started = time.perf_counter()
@@ -166,7 +170,7 @@ class Rebuilder:
             # Nothing arrived for a while: is there anything newer in the log at all?
             newest = max((await last_log_seq(self._nc, self._families)).values(), default=0)
             return newest > self._shadow_last
-        await apply_batch(conn, self._projections, batch)
+        await apply_batch(conn, self._projections, batch, self._memories)
         self._applied += len(batch)
         self._shadow_last = batch[-1][1].seq
         self._batches += 1
@@ -189,9 +193,15 @@ class Rebuilder:
             target = await self._live_target(conn, live, lock=False)
             if target - self._shadow_last <= self._batch:
                 return
-            async with conn.transaction():
-                if not await self._apply_upto(conn, target):
-                    return
+            try:
+                async with conn.transaction():
+                    more = await self._apply_upto(conn, target)
+            except BaseException:
+                self._memories.rollback()
+                raise
+            self._memories.commit()
+            if not more:
+                return
 
     async def _swap(self, conn: asyncpg.Connection, live: str, tables: tuple[str, ...]) -> int:
         for attempt in range(1, self._swap_attempts + 1):
@@ -214,6 +224,11 @@ class Rebuilder:
                         f"UPDATE {live}.projection_checkpoints l SET last_seq = s.last_seq"
                         f" FROM {SHADOW_SCHEMA}.projection_checkpoints s"
                         " WHERE l.name = s.name AND l.name = ANY($1::text[]) AND s.last_seq > l.last_seq",
+                        self._names,
+                    )
+                    await conn.execute(  # the live runner forgets what it remembered of the old tables
+                        f"UPDATE {live}.projection_checkpoints SET epoch = epoch + 1"
+                        " WHERE name = ANY($1::text[])",
                         self._names,
                     )
                     await self._swap_errors(conn, live)
@@ -242,6 +257,7 @@ class Rebuilder:
 
     async def _rewind(self, conn: asyncpg.Connection) -> None:
         """After a rolled-back swap: the shadow is where its committed checkpoints say; read from there."""
+        self._memories.clear()
         self._shadow_last = int(
             await conn.fetchval(
                 "SELECT min(last_seq) FROM projection_checkpoints WHERE name = ANY($1::text[])", self._names

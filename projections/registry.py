@@ -30,10 +30,13 @@ from ordo.projections import (
     task_events,
     tasks,
 )
+from ordo.projections.memory import Memory
 
 # (subject, data, headers, stream sequence, stored_at) -> a record with at least `.seq`.
 Decoder = Callable[[str, bytes, dict[str, str], int, datetime], Any]
 ApplyFn = Callable[[asyncpg.Connection, list[Any]], Awaitable[None]]
+# The same with the per-key memory the elected runner keeps between batches (projections/memory.py).
+RememberingApplyFn = Callable[[asyncpg.Connection, list[Any], Memory], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -48,12 +51,16 @@ class Family:
 
 @dataclass(frozen=True)
 class Projection:
-    """A read model: its name (also its checkpoint's), its tables' DDL, the family it reads."""
+    """A read model: its name (also its checkpoint's), its tables' DDL, the family it reads.
+
+    `remembering`, when given, applies like `apply` but takes its per-key states from a `Memory` and
+    leaves them there; `apply` alone reads them from the tables (a rebuild's bisection, tests)."""
 
     name: str
     ddl: str
     apply: ApplyFn
     family: str = "task"
+    remembering: RememberingApplyFn | None = None
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -63,9 +70,9 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 PROJECTIONS: tuple[Projection, ...] = (
-    Projection(tasks.NAME, tasks.DDL, tasks.apply),
+    Projection(tasks.NAME, tasks.DDL, tasks.apply, remembering=tasks.remembering),
     Projection(task_events.NAME, task_events.DDL, task_events.apply),
-    Projection(attempts.NAME, attempts.DDL, attempts.apply),
+    Projection(attempts.NAME, attempts.DDL, attempts.apply, remembering=attempts.remembering),
     Projection(dead_letters.NAME, dead_letters.DDL, dead_letters.apply),
     Projection(queue_stats.NAME, queue_stats.DDL, queue_stats.apply),
     Projection(stats_minutely.NAME, stats_minutely.DDL, stats_minutely.apply),

@@ -30,6 +30,7 @@ from ordo.infra.event_store import EventStoreUnavailable
 from ordo.infra.logs import Outage
 from ordo.infra.pg import connect, translate
 from ordo.projections import poison, tasks
+from ordo.projections.memory import Memories, NotNew
 from ordo.projections.poison import Undecodable
 from ordo.projections.reader import LogReader, PoisonEvent, Record
 from ordo.projections.registry import FAMILIES, PROJECTIONS, Family, Projection
@@ -49,12 +50,23 @@ _log = logging.getLogger("ordo.projector")
 
 @dataclass(frozen=True)
 class RunnerConfig:
+    """`batch_size` bounds a batch while the runner keeps up; once a full batch more is waiting
+    (a burst, a restart) batches grow to `max_batch_size` (default 5 x batch_size): fewer commits
+    and checkpoint moves per event while it catches up."""
+
     batch_size: int = 1000
     standby_poll_s: float = 1.0
+    max_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.standby_poll_s <= 0:
             raise ValueError("batch_size >= 1 and standby_poll_s > 0 required")
+        if self.max_batch_size is not None and self.max_batch_size < self.batch_size:
+            raise ValueError("max_batch_size >= batch_size required")
+
+    @property
+    def catch_up_batch_size(self) -> int:
+        return self.max_batch_size or 5 * self.batch_size
 
 
 # A fault hook called after COMMIT with the batch's last sequence (tests crash here).
@@ -78,13 +90,22 @@ async def locked_checkpoints(conn: asyncpg.Connection, names: Sequence[str]) -> 
 
 
 async def apply_batch(
-    conn: asyncpg.Connection, projections: Sequence[Projection], batch: list[Record]
+    conn: asyncpg.Connection,
+    projections: Sequence[Projection],
+    batch: list[Record],
+    memories: Memories | None = None,
+    notify: str | None = None,
 ) -> tuple[int, int]:
     """Apply `batch` to every projection and move each checkpoint, in the caller's transaction.
 
     Records at or below a projection's checkpoint are skipped (a redelivery). Tables and checkpoints
     are named without a schema, so the connection's search_path decides where they live: the live
     tables, or a rebuild's shadow schema. Returns (records applied, records skipped as duplicates).
+
+    With `memories`, projections that can take their per-key states from memory do (the caller
+    commits or rolls the memories back with its transaction); with `notify`, the checkpoint statement
+    also NOTIFYs that channel with the batch's last sequence. The checkpoints are locked by one
+    statement and moved by one, whatever the number of projections.
 
     The whole batch is tried at once under a savepoint. When an event's data makes a projection
     fail, the batch is applied again projection by projection, halving the failing projection's
@@ -95,21 +116,45 @@ async def apply_batch(
     if not any(isinstance(r, Undecodable) for _, r in batch):
         try:
             async with conn.transaction():  # a savepoint in the caller's transaction
-                return await _apply_batch(conn, projections, batch, isolate=False)
+                return await _apply_batch(conn, projections, batch, memories, notify, isolate=False)
+        except NotNew:
+            pass  # a key presumed new was not: again, reading every key
         except poison.DATA_ERRORS as exc:
             if not poison.caused_by_data(exc, conn):
                 raise
-    return await _apply_batch(conn, projections, batch, isolate=True)
+        if memories is not None:
+            memories.clear()  # the slow path reads every key and leaves nothing in memory
+    return await _apply_batch(conn, projections, batch, None, notify, isolate=True)
+
+
+_LOCK_CHECKPOINTS = (
+    "SELECT name, last_seq, epoch FROM projection_checkpoints WHERE name = ANY($1::text[]) FOR UPDATE"
+)
+_MOVE_CHECKPOINTS = (
+    "UPDATE projection_checkpoints SET last_seq=$2 WHERE name = ANY($1::text[]) AND last_seq < $2"
+)
+_MOVE_CHECKPOINTS_AND_NOTIFY = f"WITH moved AS ({_MOVE_CHECKPOINTS}) SELECT pg_notify($3, $2::text)"
 
 
 async def _apply_batch(
-    conn: asyncpg.Connection, projections: Sequence[Projection], batch: list[Record], isolate: bool
+    conn: asyncpg.Connection,
+    projections: Sequence[Projection],
+    batch: list[Record],
+    memories: Memories | None,
+    notify: str | None,
+    isolate: bool,
 ) -> tuple[int, int]:
     last = batch[-1][1].seq
-    checkpoints = await locked_checkpoints(conn, [p.name for p in projections])
+    names = [p.name for p in projections]
+    checkpoints = {r["name"]: (r["last_seq"], r["epoch"]) for r in await conn.fetch(_LOCK_CHECKPOINTS, names)}
     applied = skipped = 0
     for projection in projections:
-        done = checkpoints.get(projection.name, 0)
+        done, epoch = checkpoints.get(projection.name, (0, 0))
+        memory = None
+        if memories is not None and projection.remembering is not None:
+            memory = memories.of(projection.name)
+            memory.align((done, epoch))
+            memory.moved((max(done, last), epoch))
         if last <= done:
             skipped += len(batch)
             continue
@@ -119,13 +164,14 @@ async def _apply_batch(
         applied += len(fresh)
         if fresh and isolate:
             await _apply_total(conn, projection, fresh)
+        elif fresh and memory is not None and projection.remembering is not None:
+            await projection.remembering(conn, fresh, memory)
         elif fresh:
             await projection.apply(conn, fresh)
-        await conn.execute(
-            "UPDATE projection_checkpoints SET last_seq=$2 WHERE name=$1 AND last_seq < $2",
-            projection.name,
-            last,
-        )
+    if notify is None:
+        await conn.execute(_MOVE_CHECKPOINTS, names, last)
+    else:
+        await conn.execute(_MOVE_CHECKPOINTS_AND_NOTIFY, names, last, notify)
     return applied, skipped
 
 
@@ -240,22 +286,32 @@ class ProjectionRunner:
         async with conn.transaction():
             start = min((await locked_checkpoints(conn, names)).values(), default=0) + 1
         self.last_seq = start - 1
-        reader = LogReader(self._nc, self._families, start, 4 * self._config.batch_size, self._log)
+        config = self._config
+        buffer = max(4 * config.batch_size, 2 * config.catch_up_batch_size)
+        reader = LogReader(self._nc, self._families, start, buffer, self._log)
+        memories = Memories()  # a new election starts from the tables
         await reader.start()
         try:
             while not self._stop.is_set():
-                batch = await reader.batch(self._config.batch_size, wait=self._stop)
+                # Caught up, a batch is what has arrived (small, low latency); behind, it is larger.
+                behind = reader.buffered() >= config.batch_size
+                size = config.catch_up_batch_size if behind else config.batch_size
+                batch = await reader.batch(size, wait=self._stop)
                 if batch:
-                    await self._apply(conn, batch)
+                    await self._apply(conn, batch, memories)
         finally:
             await reader.close()
 
-    async def _apply(self, conn: asyncpg.Connection, batch: list[Record]) -> None:
+    async def _apply(self, conn: asyncpg.Connection, batch: list[Record], memories: Memories) -> None:
         last = batch[-1][1].seq
-        async with conn.transaction():
-            _trace_projection(batch)
-            _, skipped = await apply_batch(conn, self._projections, batch)
-            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(last))
+        try:
+            async with conn.transaction():
+                _trace_projection(batch)
+                _, skipped = await apply_batch(conn, self._projections, batch, memories, NOTIFY_CHANNEL)
+        except BaseException:
+            memories.rollback()
+            raise
+        memories.commit()
         self.skipped_duplicates += skipped
         self.last_seq = last
         if self._after_commit is not None:

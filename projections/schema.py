@@ -14,6 +14,8 @@ CREATE TABLE IF NOT EXISTS projection_checkpoints (
     name text PRIMARY KEY,
     last_seq bigint NOT NULL DEFAULT 0
 );
+-- Moved on every swap of a rebuild: a runner's memory of per-task states is cleared when it changes.
+ALTER TABLE projection_checkpoints ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS projection_errors (
     projection text NOT NULL,
     seq bigint NOT NULL,

@@ -14,6 +14,7 @@ from ordo.domain.state import TaskState, evolve, initial
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import poison
 from ordo.projections.json_text import json_text
+from ordo.projections.memory import Memory, NotNew, first_events
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -53,19 +54,33 @@ _state_enc = msgspec.json.Encoder()
 _state_dec = msgspec.json.Decoder(TaskState)
 _json = msgspec.json.Encoder()
 
-_UPSERT = """
-INSERT INTO tasks (tenant, id, type, queue, priority, status, attempts, max_attempts, timeout_s,
-    payload, result, error, tags, run_at, worker_id, lease_until, progress, archived,
-    idempotency_key, created_at, updated_at, started_at, finished_at, last_seq, state)
-VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25)
-ON CONFLICT (tenant, id) DO UPDATE SET
-    type=EXCLUDED.type, queue=EXCLUDED.queue, priority=EXCLUDED.priority, status=EXCLUDED.status,
-    attempts=EXCLUDED.attempts, max_attempts=EXCLUDED.max_attempts, timeout_s=EXCLUDED.timeout_s,
-    payload=EXCLUDED.payload, result=EXCLUDED.result, error=EXCLUDED.error, tags=EXCLUDED.tags,
-    run_at=EXCLUDED.run_at, worker_id=EXCLUDED.worker_id, lease_until=EXCLUDED.lease_until,
-    progress=EXCLUDED.progress, archived=EXCLUDED.archived, idempotency_key=EXCLUDED.idempotency_key,
-    updated_at=EXCLUDED.updated_at, started_at=EXCLUDED.started_at,
-    finished_at=EXCLUDED.finished_at, last_seq=EXCLUDED.last_seq, state=EXCLUDED.state
+_COLS = (
+    "tenant, id, type, queue, priority, status, attempts, max_attempts, timeout_s, payload, result,"
+    " error, tags, run_at, worker_id, lease_until, progress, archived, idempotency_key, created_at,"
+    " updated_at, started_at, finished_at, last_seq, state"
+)
+_TYPES = (
+    "text[], text[], text[], text[], int[], text[], int[], int[], double precision[], json[], json[],"
+    " json[], json[], timestamptz[], text[], timestamptz[], double precision[], bool[], text[],"
+    " timestamptz[], timestamptz[], timestamptz[], timestamptz[], bigint[], bytea[], bool[]"
+)
+# `tags` travels as a JSON array (unnest cannot carry an array per row).
+_FROM_ROWS = _COLS.replace("tags", "ARRAY(SELECT json_array_elements_text(r.tags))")
+_UPDATE = ", ".join(f"{c}=EXCLUDED.{c}" for c in _COLS.split(", ") if c not in ("tenant", "id", "created_at"))
+_PARAMS = ", ".join(f"${i}::{t}" for i, t in enumerate(_TYPES.split(", "), 1))
+# Rows of tasks first seen in this batch are inserted only if absent; the count of those inserted
+# tells the caller whether the presumption held (memory.NotNew otherwise).
+_WRITE = f"""
+WITH r AS (SELECT * FROM unnest({_PARAMS}) AS r({_COLS}, new)),
+fresh AS (
+    INSERT INTO tasks ({_COLS}) SELECT {_FROM_ROWS} FROM r WHERE new
+    ON CONFLICT (tenant, id) DO NOTHING RETURNING 1
+),
+known AS (
+    INSERT INTO tasks ({_COLS}) SELECT {_FROM_ROWS} FROM r WHERE NOT new
+    ON CONFLICT (tenant, id) DO UPDATE SET {_UPDATE}
+)
+SELECT count(*) FROM fresh
 """
 
 
@@ -99,26 +114,56 @@ def _apply_one(row: _Row, stored: StoredEvent) -> None:
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
     """Fold a batch of events into the rows of their tasks (the caller holds the transaction)."""
-    keys = sorted({(e.tenant, e.task_id) for e in events})
-    existing = await conn.fetch(
-        "SELECT tenant, id, state, created_at, started_at, finished_at FROM tasks"
-        " WHERE (tenant, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-    )
+    await _apply(conn, events, None)
+
+
+async def remembering(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory) -> None:
+    """`apply`, with the rows of earlier batches remembered and new tasks not looked up."""
+    await _apply(conn, events, memory)
+
+
+async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> None:
     rows: dict[tuple[str, str], _Row] = {}
-    for rec in existing:
-        row = _Row(_state_dec.decode(rec["state"]), rec["created_at"])
-        row.started_at, row.finished_at = rec["started_at"], rec["finished_at"]
-        rows[(rec["tenant"], rec["id"])] = row
+    new: set[tuple[str, str]] = set()
+    unknown = []
+    for key, first in first_events(events, lambda e: (e.tenant, e.task_id)).items():
+        if memory is not None:
+            row = memory.get(key)
+            if row is not None:
+                rows[key] = row
+                continue
+            if isinstance(first.event, ev.Submitted):
+                new.add(key)
+                continue
+        unknown.append(key)
+    if unknown:
+        for rec in await conn.fetch(
+            "SELECT tenant, id, state, created_at, started_at, finished_at FROM tasks"
+            " WHERE (tenant, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [k[0] for k in unknown],
+            [k[1] for k in unknown],
+        ):
+            row = _Row(_state_dec.decode(rec["state"]), rec["created_at"])
+            row.started_at, row.finished_at = rec["started_at"], rec["finished_at"]
+            rows[(rec["tenant"], rec["id"])] = row
     for stored in events:
         key = (stored.tenant, stored.task_id)
-        if key not in rows:
-            rows[key] = _Row(initial(stored.task_id))
-        _apply_one(rows[key], stored)
-    args = [_params(tenant, row) for (tenant, _), row in rows.items() if row.state.exists]
-    if args:
-        await conn.executemany(_UPSERT, args)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = _Row(initial(stored.task_id))
+        _apply_one(row, stored)
+    written = sorted(((k, r) for k, r in rows.items() if r.state.exists), key=lambda kr: kr[0])
+    if not written:
+        return
+    params = [_params(tenant, row) for (tenant, _), row in written]
+    columns = [list(col) for col in zip(*params, strict=True)]
+    flags = [key in new for key, _ in written]
+    inserted = await conn.fetchval(_WRITE, *columns, flags)
+    if inserted != sum(flags):
+        raise NotNew(f"{sum(flags) - inserted} task(s) presumed new had a row")
+    if memory is not None:
+        for key, row in written:
+            memory.put(key, row)
 
 
 def _raw(value: msgspec.Raw | None) -> str | None:
@@ -130,7 +175,7 @@ def _params(tenant: str, row: _Row) -> tuple[Any, ...]:
     return (
         tenant, s.task_id, s.task_type, s.queue, s.priority, str(s.status), s.attempt,
         s.max_attempts, s.timeout_s, _raw(s.payload), _raw(s.result),
-        None if s.error is None else _json.encode(s.error).decode(), list(s.tags), s.run_at,
+        None if s.error is None else _json.encode(s.error).decode(), _json.encode(s.tags).decode(), s.run_at,
         s.worker_id, s.lease_until, s.progress, s.archived, s.idempotency_key,
         row.created_at, row.updated_at, row.started_at, row.finished_at, row.last_seq,
         _state_enc.encode(s),

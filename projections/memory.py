@@ -1,0 +1,132 @@
+"""What a projection remembers per key (a task, an attempt) between batches, in the elected runner.
+
+A projection that folds a task's events needs that task's state from earlier batches. Reading it back
+from PostgreSQL costs a statement per batch and per projection; the runner that wrote it already knew
+it. A `Memory` keeps those states in process, most recently used last, bounded.
+
+It must never disagree with the tables, so it only ever holds what was committed:
+  - a batch `put`s into a staged layer; `commit()` (after the transaction committed) promotes it,
+    `rollback()` (after any failure) drops it;
+  - `get` hands out a shallow copy, so a fold that mutates its row leaves the committed one alone;
+  - the runner `clear()`s everything when it is (re)elected and when a checkpoint is not where its
+    own last commit left it or its epoch moved (another writer, a rebuild's swap).
+The memory also notes the checkpoint (sequence, epoch) its states reflect; `align` clears it when the
+checkpoint row says otherwise.
+
+A key the memory does not hold is read from the table, as before. A key whose first event in a batch
+creates it (`submitted`) is presumed new and not read at all; the projection's write checks the
+presumption and raises `NotNew` when a row was there after all (a forged second `submitted`), and the
+runner applies that batch again reading every key.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R")
+
+DEFAULT_CAPACITY = 100_000
+Position = tuple[int, int]  # (checkpoint sequence, checkpoint epoch)
+
+
+class NotNew(Exception):
+    """A key a batch presumed new (no row, not remembered) had a row: apply the batch reading every key."""
+
+
+class Memory:
+    """Committed per-key states of one projection, and the current batch's staged ones."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError("capacity >= 1 required")
+        self._capacity = capacity
+        self._committed: OrderedDict[Hashable, Any] = OrderedDict()
+        self._staged: dict[Hashable, Any] = {}
+        self._position: Position | None = None
+        self._staged_position: Position | None = None
+
+    def __len__(self) -> int:
+        return len(self._committed)
+
+    def get(self, key: Hashable) -> Any | None:
+        """The state of `key` as this batch left it so far, or as last committed (a copy); None
+        when it is not remembered."""
+        if key in self._staged:
+            return self._staged[key]
+        value = self._committed.get(key)
+        return None if value is None else copy.copy(value)
+
+    def missing(self, keys: Iterable[Hashable]) -> list[Hashable]:
+        return [k for k in keys if k not in self._staged and k not in self._committed]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self._staged[key] = value
+
+    def align(self, position: Position) -> None:
+        """Forget everything unless the committed states reflect exactly the checkpoint `position`."""
+        current = self._staged_position if self._staged_position is not None else self._position
+        if current != position:
+            self.clear()
+            self._position = position
+
+    def moved(self, position: Position) -> None:
+        """The checkpoint this batch will commit."""
+        self._staged_position = position
+
+    def commit(self) -> None:
+        if self._staged_position is not None:
+            self._position, self._staged_position = self._staged_position, None
+        for key, value in self._staged.items():
+            self._committed[key] = value
+            self._committed.move_to_end(key)
+        self._staged.clear()
+        while len(self._committed) > self._capacity:
+            self._committed.popitem(last=False)
+
+    def rollback(self) -> None:
+        self._staged.clear()
+        self._staged_position = None
+
+    def clear(self) -> None:
+        self.rollback()
+        self._committed.clear()
+        self._position = None
+
+
+class Memories:
+    """One `Memory` per projection name, committed, rolled back and cleared together."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self._capacity = capacity
+        self._by_name: dict[str, Memory] = {}
+
+    def of(self, name: str) -> Memory:
+        memory = self._by_name.get(name)
+        if memory is None:
+            memory = self._by_name[name] = Memory(self._capacity)
+        return memory
+
+    def commit(self) -> None:
+        for memory in self._by_name.values():
+            memory.commit()
+
+    def rollback(self) -> None:
+        for memory in self._by_name.values():
+            memory.rollback()
+
+    def clear(self, names: Iterable[str] | None = None) -> None:
+        for name in self._by_name if names is None else names:
+            if name in self._by_name:
+                self._by_name[name].clear()
+
+
+def first_events(records: Iterable[R], key: Callable[[R], K]) -> dict[K, R]:
+    """Each key's first record in a batch, keys in order of first appearance."""
+    out: dict[K, R] = {}
+    for record in records:
+        out.setdefault(key(record), record)
+    return out
