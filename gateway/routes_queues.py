@@ -10,7 +10,6 @@ from ordo.domain.queue_control import PauseQueue, ResumeQueue
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.problems import Problem
 from ordo.gateway.services import Services, services
-from ordo.infra.event_store import EventStore
 from ordo.infra.queue_control import QueueController, QueueOutcome
 from ordo.infra.settings import NAME_RE
 from ordo.projections import queues_state
@@ -22,13 +21,8 @@ Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 
 
 def queue_controller(request: Request) -> QueueController:
-    app_state = request.app.state
-    ctl: QueueController | None = getattr(app_state, "queue_controller", None)
-    if ctl is None:
-        svc: Services = app_state.services
-        ctl = QueueController(svc.nc, EventStore(svc.nc), svc.settings)
-        app_state.queue_controller = ctl
-    return ctl
+    """The queue controller the gateway's lifespan built (gateway/services.py)."""
+    return services(request).queues
 
 
 Controller = Annotated[QueueController, Depends(queue_controller)]

@@ -29,8 +29,7 @@ from ordo.gateway.problems import Problem
 from ordo.gateway.schedule_schemas import CreateScheduleBody, InvalidBody, UpdateScheduleBody, decode_body
 from ordo.gateway.services import Services, services
 from ordo.infra.ids import new_task_id
-from ordo.infra.schedule_handler import ScheduleHandler, ScheduleOutcome, TaskDefaults
-from ordo.infra.schedule_timers import ScheduleTimers
+from ordo.infra.schedule_handler import ScheduleHandler, ScheduleOutcome
 from ordo.projections import schedules
 
 router = APIRouter(prefix="/v1", tags=["schedules"])
@@ -41,19 +40,8 @@ NEXT_FIRES = 5
 
 
 def schedule_handler(request: Request) -> ScheduleHandler:
-    """The app's schedule handler, built once on top of the task command handler."""
-    app_state = request.app.state
-    handler: ScheduleHandler | None = getattr(app_state, "schedule_handler", None)
-    if handler is None:
-        svc: Services = app_state.services
-        settings = svc.settings
-        handler = ScheduleHandler(
-            svc.handler,
-            ScheduleTimers(svc.nc, settings.timer_lead_s, fired_ttl_s=settings.timer_fired_ttl_s),
-            TaskDefaults(settings.default_max_attempts, settings.default_timeout_s),
-        )
-        app_state.schedule_handler = handler
-    return handler
+    """The schedule handler the gateway's lifespan built (gateway/services.py)."""
+    return services(request).schedules
 
 
 Handler = Annotated[ScheduleHandler, Depends(schedule_handler)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -14,45 +13,19 @@ from nats.aio.client import Client as NATS
 from ordo.gateway import keys
 from ordo.gateway.key_cache import KeyCache
 from ordo.gateway.limits import Limits
+from ordo.gateway.live import Notifier, TailHub
+from ordo.infra import wiring
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.event_store import EventStore
 from ordo.infra.nats_conn import connect, provision
 from ordo.infra.pg import Pool, ReadModelUnavailable, create_pool
 from ordo.infra.pg import connect as pg_connect
+from ordo.infra.queue_control import QueueController
+from ordo.infra.schedule_handler import ScheduleHandler
 from ordo.infra.settings import Settings
-from ordo.infra.timers import Timers
 from ordo.projections.runner import NOTIFY_CHANNEL
 from ordo.projections.schema import migrate
 
 log = logging.getLogger("ordo.gateway")
-
-
-class Notifier:
-    """Wakes SSE streams when the projector commits (PostgreSQL LISTEN/NOTIFY).
-
-    No lock: each announcement sets the current event and replaces it, so a waiter that times out
-    or is cancelled leaves nothing behind (a Condition's lock must be re-acquired on cancel, and a
-    thousand streams cancelled at once could wait on it for good)."""
-
-    def __init__(self) -> None:
-        self._changed = asyncio.Event()
-        self.last_seq = 0
-
-    async def notify(self, seq: int) -> None:
-        self.last_seq = max(self.last_seq, seq)
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    async def wait_beyond(self, seq: int, timeout: float) -> None:
-        """Return when a commit past `seq` was announced, or after `timeout`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.last_seq <= seq:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
 
 
 @dataclass
@@ -60,14 +33,18 @@ class Services:
     settings: Settings
     nc: NATS
     handler: CommandHandler
+    schedules: ScheduleHandler
+    queues: QueueController
     pool: Pool
     notifier: Notifier
     limits: Limits
     keys: KeyCache
+    hub: TailHub
     session_secret: bytes = b""
     _listener: asyncpg.Connection | None = field(default=None)
     _key_reloader: asyncio.Task[None] | None = field(default=None)
     _relisten: asyncio.Task[None] | None = field(default=None)
+    _tail: asyncio.Task[None] | None = field(default=None)
     _closing: bool = field(default=False)
 
     @classmethod
@@ -87,23 +64,28 @@ class Services:
                     )
                 except keys.KeyRevoked:
                     log.warning("ORDO_ADMIN_KEY was revoked and stays revoked; set a new one")
-        store = EventStore(nc)
-        handler = CommandHandler(
-            store, Timers(nc, settings.timer_lead_s, fired_ttl_s=settings.timer_fired_ttl_s)
-        )
+        handler = wiring.command_handler(nc, settings)
         limits = Limits(settings.rate_limit_per_s, settings.rate_limit_burst, settings.sse_max_per_key)
         key_cache = KeyCache(pool, settings.key_cache_ttl_s, settings.key_cache_max_stale_s)
         await key_cache.load()
-        services = cls(settings, nc, handler, pool, Notifier(), limits, key_cache, secret)
+        schedules = wiring.schedule_handler(nc, handler, settings)
+        queues = wiring.queue_controller(nc, handler, settings)
+        notifier = Notifier()
+        hub = TailHub(pool, notifier)  # SSE: one reader of the projector's commits, fanned out
+        services = cls(
+            settings, nc, handler, schedules, queues, pool, notifier, limits, key_cache, hub, secret
+        )
         services._key_reloader = asyncio.create_task(key_cache.run(), name="key-cache")
         await services._listen()
+        await hub.start()
+        services._tail = asyncio.create_task(hub.run(), name="sse-tail")
         return services
 
     async def _listen(self) -> None:
         conn = await pg_connect(self.settings.database_url)
 
         def on_notify(_c: object, _pid: int, _channel: str, payload: str) -> None:
-            asyncio.get_running_loop().create_task(self.notifier.notify(int(payload)))
+            self.notifier.notify(int(payload))
 
         await conn.add_listener(NOTIFY_CHANNEL, on_notify)
         conn.add_termination_listener(self._listener_lost)
@@ -133,6 +115,9 @@ class Services:
             self._relisten.cancel()
             await asyncio.gather(self._relisten, return_exceptions=True)
         await self.keys.shutdown()
+        await self.hub.shutdown()
+        if self._tail is not None:
+            await self._tail
         if self._key_reloader is not None:
             await self._key_reloader
         if self._listener is not None:

@@ -65,6 +65,7 @@ class Timers:
         self, nc: NATS, lead_s: float, timeout: float = 5.0, fired_ttl_s: float = DEFAULT_FIRED_TTL_S
     ) -> None:
         self._js = nc.jetstream(timeout=timeout)
+        self.lead_s = lead_s
         self._lead = timedelta(seconds=lead_s)
         self.fired_ttl_s = fired_ttl_s
         self._fired_ttl = ttl_header(fired_ttl_s)

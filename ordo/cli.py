@@ -58,31 +58,22 @@ async def _run_rebuild(settings: Settings, names: list[str]) -> int:
 
 
 async def _run_scheduler(settings: Settings) -> None:
-    from ordo.infra.command_handler import CommandHandler
-    from ordo.infra.event_store import EventStore
+    from ordo.infra import wiring
     from ordo.infra.nats_conn import connect, provision
-    from ordo.infra.timers import Timers
     from ordo.workers.scheduler import Scheduler
 
     nc = await connect(settings, name="ordo-scheduler")
     await provision(nc, settings)
-    handler = CommandHandler(
-        EventStore(nc), Timers(nc, settings.timer_lead_s, fired_ttl_s=settings.timer_fired_ttl_s)
-    )
-    from ordo.infra.schedule_handler import ScheduleHandler, TaskDefaults
-    from ordo.infra.schedule_timers import ScheduleTimers
-
-    schedules = ScheduleHandler(
-        handler,
-        ScheduleTimers(nc, settings.timer_lead_s, fired_ttl_s=settings.timer_fired_ttl_s),
-        TaskDefaults(settings.default_max_attempts, settings.default_timeout_s),
-    )
-    scheduler = Scheduler(nc, handler, schedules=schedules)
+    handler = wiring.command_handler(nc, settings)
+    scheduler = Scheduler(nc, handler, schedules=wiring.schedule_handler(nc, handler, settings))
     # The timer sweep (a backstop for scheduled tasks left without a timer) needs the read model.
     from ordo.infra.pg import create_pool
+    from ordo.projections.tasks import scheduled_before
     from ordo.workers.timer_sweep import TimerSweep
 
-    sweep = TimerSweep(lambda: create_pool(settings.database_url, max_size=2), handler)
+    sweep = TimerSweep(
+        lambda: create_pool(settings.database_url, max_size=2), handler, overdue=scheduled_before
+    )
     components: list[Scheduler | TimerSweep] = [scheduler, sweep] if settings.database_url else [scheduler]
 
     async def stop() -> None:

@@ -10,11 +10,9 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ordo.infra.command_handler import CommandHandler
-from ordo.infra.event_store import EventStore
+from ordo.infra import wiring
 from ordo.infra.nats_conn import connect, provision
 from ordo.infra.settings import Settings
-from ordo.infra.timers import Timers
 from ordo.workers.handlers import Registry
 from ordo.workers.limits import parse_type_limits
 from ordo.workers.runtime import Worker
@@ -60,9 +58,7 @@ async def run_worker(
     try:
         # A worker's own NATS user may not change streams: it waits for them and checks them.
         await provision(nc, settings, manage=not settings.nats_user)
-        handler = CommandHandler(
-            EventStore(nc), Timers(nc, settings.timer_lead_s, fired_ttl_s=settings.timer_fired_ttl_s)
-        )
+        handler = wiring.command_handler(nc, settings)
         worker = Worker(nc, handler, registry, settings, queues=tuple(queues), logger=log, **options)
         loop = asyncio.get_running_loop()
         stops: list[asyncio.Task[None]] = []

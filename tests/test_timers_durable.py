@@ -41,6 +41,7 @@ from ordo.infra.settings import Settings, SettingsError
 from ordo.infra.timers import Due, Timers, schedule_header
 from ordo.projections import tasks
 from ordo.projections.runner import ProjectionRunner
+from ordo.projections.tasks import scheduled_before
 from ordo.workers.scheduler import Scheduler
 from ordo.workers.timer_sweep import SweepConfig, TimerSweep
 from tests.conftest import System
@@ -362,7 +363,12 @@ async def test_the_sweep_rearms_a_scheduled_task_left_without_a_timer(
                 return False  # the projector has not created its tables yet
 
         await eventually(projected, timeout=60, what="the read model caught up")
-        sweep = TimerSweep(lambda: create_pool(settings.database_url), handler, SweepConfig(grace_s=1.0))
+        sweep = TimerSweep(
+            lambda: create_pool(settings.database_url),
+            handler,
+            SweepConfig(grace_s=1.0),
+            overdue=scheduled_before,
+        )
         assert await sweep.sweep_once() == 1
 
         async def enqueued() -> tuple[datetime, datetime] | None:

@@ -38,12 +38,13 @@ from ordo.domain.errors import DomainError, TaskNotFound
 from ordo.domain.schedule_commands import Tick
 from ordo.domain.state import TaskState
 from ordo.infra import subjects as sj
+from ordo.infra import wiring
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import EventStoreError
 from ordo.infra.nats_conn import ensure_consumer
 from ordo.infra.schedule_handler import ScheduleHandler
-from ordo.infra.schedule_timers import ScheduleTimers, decode_tick
-from ordo.infra.timers import DEFAULT_FIRED_TTL_S, decode_due
+from ordo.infra.schedule_timers import decode_tick
+from ordo.infra.timers import decode_due
 
 # A timer held at least this long is read ahead of its due time (see Scheduler._preload).
 _PRELOAD_MIN_S = 0.05
@@ -86,10 +87,7 @@ class Scheduler:
         self._nc = nc
         self._handler = handler
         if schedules is None:
-            lead = getattr(handler.timers, "_lead", None)
-            lead_s = lead.total_seconds() if lead is not None else 2.0
-            ttl_s = getattr(handler.timers, "fired_ttl_s", DEFAULT_FIRED_TTL_S)
-            schedules = ScheduleHandler(handler, ScheduleTimers(nc, lead_s, fired_ttl_s=ttl_s))
+            schedules = wiring.schedule_handler(nc, handler)
         self._schedules = schedules
         self._config = config or SchedulerConfig()
         self._log = logger or logging.getLogger("ordo.scheduler")

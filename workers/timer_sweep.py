@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 from ordo.domain.status import TaskStatus
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.pg import Pool, ReadModelUnavailable
-from ordo.projections import tasks
 
 
 def utc_now() -> datetime:
@@ -41,6 +40,9 @@ class SweepConfig:
             raise ValueError("invalid sweep config: every_s > 0, grace_s > 0, batch >= 1")
 
 
+Overdue = Callable[[Pool, datetime, int], Awaitable[list[tuple[str, str]]]]
+
+
 class TimerSweep:
     def __init__(
         self,
@@ -49,8 +51,13 @@ class TimerSweep:
         config: SweepConfig | None = None,
         logger: logging.Logger | None = None,
         clock: Callable[[], datetime] = utc_now,
+        *,
+        overdue: Overdue,
     ) -> None:
-        """`pool` opens the read model's pool on first use (PostgreSQL may be down at start)."""
+        """`pool` opens the read model's pool on first use (PostgreSQL may be down at start);
+        `overdue(pool, before, limit)` lists (tenant, task id) of scheduled tasks due before then
+        (the read model's query, ordo.projections.tasks.scheduled_before, given by the wiring)."""
+        self._overdue = overdue
         self._open_pool = pool
         self._pool: Pool | None = None
         self._handler = handler
@@ -92,7 +99,7 @@ class TimerSweep:
             self._pool = await self._open_pool()
         cutoff = self._clock() - timedelta(seconds=self._config.grace_s)
         rearmed = 0
-        for tenant, task_id in await tasks.scheduled_before(self._pool, cutoff, self._config.batch):
+        for tenant, task_id in await self._overdue(self._pool, cutoff, self._config.batch):
             try:
                 state, _, _ = await self._handler.load(tenant, task_id)
                 due = state.due_at
