@@ -1,38 +1,36 @@
 """Server-sent events from the read model: `id:` is the event-log sequence; Last-Event-ID resumes.
 
 The projector commits task events in sequence order, so "every event after N" read from the table is
-the filtered log after N: no gap, no duplicate, from any gateway. LISTEN/NOTIFY wakes the streams.
+the filtered log after N: no gap, no duplicate, from any gateway. A stream catches up from the table,
+then joins the gateway's tail reader (gateway/live.py), which reads each commit once and fans it out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import msgspec
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query
 from sse_starlette import EventSourceResponse
 
 from ordo.domain.errors import TaskNotFound
+from ordo.gateway import live
 from ordo.gateway.auth import Principal, Role, require
-from ordo.gateway.metrics import SSE_CLIENTS
+from ordo.gateway.metrics import SSE_CLIENTS, http_registry
 from ordo.gateway.problems import Problem
 from ordo.gateway.resources import problems
 from ordo.gateway.services import Services, services
 from ordo.gateway.task_service import check_id
 from ordo.infra import subjects as sj
-from ordo.projections import task_events
 from ordo.projections.runner import checkpoint, last_log_seq
 
 router = APIRouter(prefix="/v1", tags=["events"])
 Svc = Annotated[Services, Depends(services)]
 Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
-_PAGE = 500
-_json = msgspec.json.Encoder()
-
-
+live.METRICS.export(http_registry)
 _MAX_SEQ = 2**63 - 1
 
 
@@ -95,47 +93,39 @@ def _types(type_: str | None, status: str | None) -> tuple[str, ...] | None:
     return None if wanted is None else tuple(sorted(wanted))
 
 
+# Sent when a stream ends because its client fell behind: EventSource reconnects with its last id.
+_CUT = b": behind: this stream ends here; reconnect with Last-Event-ID to catch up\r\n\r\n"
+
+
 async def _stream(
-    request: Request, svc: Services, who: Principal, after: int, flt: StreamFilter
-) -> AsyncIterator[dict[str, Any]]:
+    svc: Services, who: Principal, after: int, flt: StreamFilter
+) -> AsyncIterator[dict[str, Any] | bytes]:
     checked = time.monotonic()
     SSE_CLIENTS.inc(by=1)
     try:
         # The stream's starting point, as an event and as the reconnection id: a client that opened
         # "from now" and saw no event before a disconnect still resumes exactly where it began.
         yield {"id": str(after), "event": "position", "data": str(after)}
-        while not await request.is_disconnected():
-            if flt.types == ():
-                await svc.notifier.wait_beyond(svc.notifier.last_seq, timeout=5.0)
-                continue
-            # Everything up to the checkpoint read first is committed: a filtered stream may skip
-            # to it after a short page without missing an event (no re-scan of unmatched rows).
-            reached = await checkpoint(svc.pool)
-            page = await task_events.events_after(
-                svc.pool, who.tenant, after, _PAGE, task_id=flt.task_id, queue=flt.queue, types=flt.types
-            )
-            for entry in page:
-                after = entry["seq"]
-                yield {"id": str(after), "event": "task_event", "data": _json.encode(entry).decode()}
-            if len(page) < _PAGE:
-                after = max(after, reached)
-                # Wait for the projector's next commit (the timeout only re-checks the connection).
-                await svc.notifier.wait_beyond(max(after, svc.notifier.last_seq), timeout=5.0)
-            if who.key_id is not None and time.monotonic() - checked > _KEY_RECHECK_S:
-                checked = time.monotonic()
-                if await svc.keys.by_id(who.key_id) is None:  # the gateway's key table
-                    return  # the key was revoked: end its streams
+        sub = live.Subscriber(who.tenant, task_id=flt.task_id, queue=flt.queue, types=flt.types)
+        async with contextlib.aclosing(svc.hub.follow(sub, after)) as frames:
+            async for chunk in frames:
+                if chunk:
+                    yield chunk
+                if who.key_id is not None and time.monotonic() - checked > _KEY_RECHECK_S:
+                    checked = time.monotonic()
+                    if await svc.keys.by_id(who.key_id) is None:  # the gateway's key table
+                        return  # the key was revoked: end its streams
+        if sub.cut:
+            yield _CUT
     finally:
         SSE_CLIENTS.inc(by=-1)
         svc.limits.release_stream(who.key_id)
 
 
-def _response(
-    request: Request, svc: Services, who: Principal, start: int, flt: StreamFilter
-) -> EventSourceResponse:
+def _response(svc: Services, who: Principal, start: int, flt: StreamFilter) -> EventSourceResponse:
     svc.limits.acquire_stream(who.key_id)  # the cap is per API key (none with auth off)
     return EventSourceResponse(
-        _stream(request, svc, who, start, flt),
+        _stream(svc, who, start, flt),
         ping=int(max(1, svc.settings.sse_ping_s)),
         send_timeout=svc.settings.sse_send_timeout_s,
     )
@@ -158,7 +148,6 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 
 @router.get("/events/stream", response_class=EventSourceResponse, responses=_SSE_DOC)
 async def events_stream(
-    request: Request,
     svc: Svc,
     who: Viewer,
     task_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -177,12 +166,11 @@ async def events_stream(
     if start is None:
         start = 0 if task_id is not None else await checkpoint(svc.pool)
     flt = StreamFilter(task_id=task_id, queue=queue, types=_types(type, status))
-    return _response(request, svc, who, start, flt)
+    return _response(svc, who, start, flt)
 
 
 @router.get("/tasks/{task_id}/stream", response_class=EventSourceResponse, responses=_SSE_DOC)
 async def task_stream(
-    request: Request,
     task_id: str,
     svc: Svc,
     who: Viewer,
@@ -192,4 +180,4 @@ async def task_stream(
     await _known_task(svc, who, task_id)
     start = _resume_point(last_event_id, None) or 0
     await _check_within_log(svc, start)
-    return _response(request, svc, who, start, StreamFilter(task_id=task_id))
+    return _response(svc, who, start, StreamFilter(task_id=task_id))

@@ -93,12 +93,17 @@ async def events_after(
     *,
     queue: str | None = None,
     types: tuple[str, ...] | None = None,
+    upto: int | None = None,
 ) -> list[dict[str, Any]]:
     """Events with seq > after_seq in order: the projector commits them in order, so no gaps.
 
-    Optional filters (all bind parameters): one task, one queue, a set of event types."""
+    Optional filters (all bind parameters): one task, one queue, a set of event types, and an upper
+    bound `upto` (inclusive: a catching-up SSE stream reads up to where the live feed takes over)."""
     where = ["tenant=$1", "seq>$2"]
     args: list[Any] = [tenant, after_seq]
+    if upto is not None:
+        args.append(upto)
+        where.append(f"seq<=${len(args)}")
     for column, value in (("task_id", task_id), ("queue", queue)):
         if value is not None:
             args.append(value)
@@ -112,3 +117,18 @@ async def events_after(
         *args,
     )
     return [to_entry(r) for r in recs]
+
+
+async def committed_between(
+    conn: asyncpg.Connection | asyncpg.Pool, after_seq: int, upto_seq: int, limit: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every tenant's events with after_seq < seq <= upto_seq in order, as (tenant, entry).
+
+    The gateway's live tail: one query per projector commit, whatever the number of SSE streams."""
+    recs = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM task_events WHERE seq>$1 AND seq<=$2 ORDER BY seq LIMIT $3",
+        after_seq,
+        upto_seq,
+        limit,
+    )
+    return [(r["tenant"], to_entry(r)) for r in recs]

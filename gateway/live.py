@@ -1,0 +1,338 @@
+"""Live SSE delivery: one tail reader per gateway fans committed task events out in memory.
+
+Why: a stream that queried PostgreSQL on every projector commit cost O(streams × commits) queries;
+at 1,100 streams the gateway saturated and most events arrived late or never (docs/benchmarks.md).
+Here the gateway reads each commit once, for every tenant, encodes each frame once, and hands the
+frames to the streams whose filter (tenant, task, queue, event types) they match.
+
+How it stays exact (a stream's ids are log sequences; "contiguous" means the filtered log):
+- `TailHub.position` is a log sequence: every task event at or below it has been read and handed to
+  the subscribers registered at that moment. It moves only right after a hand-out, with no await
+  in between, and a subscriber registers with no await between reading the position and joining.
+- A stream resuming from `after` joins at the hub's position P (from then on the hub buffers every
+  matching event past P for it), reads (after, P] from the read model in pages, then takes its
+  buffer: no gap, no duplicate. A resume point ahead of P first waits for the hub to pass it.
+- The single projector commits task events in sequence order and NOTIFYs the batch's last sequence
+  with the commit (projections/runner.py), so every row up to a notified sequence is visible. A
+  missed notification (the LISTEN connection lost) is made up by re-reading the checkpoint when idle.
+
+Slow clients: a subscriber's buffer is bounded (`max_buffer_bytes`). Past it the subscriber is cut:
+its buffer is dropped and its stream ends; the client (EventSource) reconnects with the last id it
+received and catches up from the read model. The hub never waits for a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Hashable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+
+from ordo.infra.metrics import Counter, Registry
+from ordo.infra.pg import Pool, ReadModelUnavailable
+from ordo.projections import task_events
+from ordo.projections.runner import checkpoint
+
+log = logging.getLogger("ordo.gateway.live")
+_json = msgspec.json.Encoder()
+_RETRY_MIN_S = 0.2
+_RETRY_MAX_S = 5.0
+K = TypeVar("K", bound=Hashable)
+
+
+class Notifier:
+    """Announces a growing log sequence (the projector's commits, the hub's position) to waiters.
+
+    No lock: each announcement sets the current event and replaces it, so a waiter that times out
+    or is cancelled leaves nothing behind (a Condition's lock must be re-acquired on cancel, and a
+    thousand streams cancelled at once could wait on it for good)."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+        self.last_seq = 0
+
+    def notify(self, seq: int) -> None:
+        self.last_seq = max(self.last_seq, seq)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_beyond(self, seq: int, timeout: float) -> None:
+        """Return when a sequence past `seq` was announced, or after `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.last_seq <= seq:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    tail_page: int = 2000  # rows per tail query (a bigger commit is read in several)
+    catch_up_page: int = 500  # rows per catch-up query of one stream
+    max_buffer_bytes: int = 1 << 20  # frames waiting for one client; past this it is cut
+    idle_s: float = 5.0  # no NOTIFY for this long: re-read the checkpoint; streams wake to check keys
+
+    def __post_init__(self) -> None:
+        if min(self.tail_page, self.catch_up_page, self.max_buffer_bytes) < 1 or self.idle_s <= 0:
+            raise ValueError("tail_page, catch_up_page, max_buffer_bytes >= 1 and idle_s > 0 required")
+
+
+class HubMetrics:
+    """The hub's counters, process-wide; `export` puts them on a /metrics registry."""
+
+    def __init__(self) -> None:
+        self.tail_queries = Counter(
+            "ordo_sse_tail_queries_total", "Read-model queries of the SSE tail reader (one per commit)"
+        )
+        self.catch_up_queries = Counter(
+            "ordo_sse_catch_up_queries_total", "Read-model pages read by SSE streams catching up"
+        )
+        self.cuts = Counter(
+            "ordo_sse_cuts_total", "SSE streams ended because their client fell behind (they resume)"
+        )
+
+    def export(self, registry: Registry) -> None:
+        for attr in ("tail_queries", "catch_up_queries", "cuts"):
+            mine: Counter = getattr(self, attr)
+            shared = registry.counter(mine.name, mine.help, mine.label_names)
+            for labels, value in mine.values.items():
+                shared.inc(*labels, by=value)
+            setattr(self, attr, shared)
+
+
+METRICS = HubMetrics()
+
+
+def frame(entry: dict[str, Any]) -> bytes:
+    """One task event as an SSE frame, `id:` = its log sequence (encoded once for every stream)."""
+    return b"id: %d\r\nevent: task_event\r\ndata: %s\r\n\r\n" % (entry["seq"], _json.encode(entry))
+
+
+class Subscriber:
+    """One stream: its filter, and the frames the hub handed it that its writer has not taken."""
+
+    def __init__(
+        self,
+        tenant: str,
+        task_id: str | None = None,
+        queue: str | None = None,
+        types: tuple[str, ...] | None = None,
+    ) -> None:
+        self.tenant = tenant
+        self.task_id = task_id
+        self.queue = queue
+        self.types = types  # None: every type; (): nothing can match
+        self._types = None if types is None else frozenset(types)
+        self._frames: list[bytes] = []
+        self.buffered = 0
+        self.cut = False
+        self._ready = asyncio.Event()
+
+    def matches(self, entry: dict[str, Any]) -> bool:
+        """The task is checked by the hub's index; queue and types here."""
+        return (self.queue is None or entry["queue"] == self.queue) and (
+            self._types is None or entry["type"] in self._types
+        )
+
+    def _push(self, frames: list[bytes], limit: int) -> bool:
+        size = sum(len(f) for f in frames)
+        if self.buffered + size > limit:
+            return False
+        self._frames += frames
+        self.buffered += size
+        self._ready.set()
+        return True
+
+    def _end(self) -> None:
+        self.cut = True
+        self._frames.clear()
+        self.buffered = 0
+        self._ready.set()
+
+    async def take(self, timeout: float) -> bytes:
+        """Every frame handed out since the last take, joined for one write; b"" after `timeout`."""
+        if not self._frames and not self.cut:
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
+        chunk = b"".join(self._frames)
+        self._frames.clear()
+        self.buffered = 0
+        return chunk
+
+
+class TailHub:
+    """The gateway's one tail reader of `task_events` and its subscribers (see the module doc)."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        commits: Notifier,
+        config: HubConfig | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._pool = pool
+        self._commits = commits
+        self.config = config or HubConfig()
+        self._log = logger or log
+        self.position = 0
+        self._moved = Notifier()  # announces the position (resume points ahead of it wait on it)
+        self._by_tenant: dict[str, set[Subscriber]] = {}
+        self._by_task: dict[tuple[str, str], set[Subscriber]] = {}
+        self._stop = asyncio.Event()
+        # This hub's own counts (METRICS are process-wide).
+        self.tail_queries = 0
+        self.cuts = 0
+
+    @property
+    def subscribers(self) -> int:
+        return sum(map(len, self._by_tenant.values())) + sum(map(len, self._by_task.values()))
+
+    async def start(self) -> None:
+        """Begin at the committed position: earlier events reach streams through their catch-up."""
+        self._move_to(await checkpoint(self._pool, task_events.NAME))
+
+    async def run(self) -> None:
+        """Read and hand out every commit until `shutdown()`; PostgreSQL away only pauses it."""
+        pause = _RETRY_MIN_S
+        while not self._stop.is_set():
+            try:
+                await self._advance(await self._next_target())
+                pause = _RETRY_MIN_S
+            except ReadModelUnavailable as exc:
+                self._log.warning("SSE tail paused (streams wait): %s", exc)
+            except Exception:  # the tail must outlive one bad read; streams only wait meanwhile
+                self._log.exception("SSE tail read failed; retrying")
+            else:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), pause)
+            pause = min(2 * pause, _RETRY_MAX_S)
+
+    async def shutdown(self) -> None:
+        """Stop reading and end every stream (its client resumes elsewhere from its last id)."""
+        self._stop.set()
+        for group in (*self._by_tenant.values(), *self._by_task.values()):
+            for sub in group:
+                sub._end()
+        self._by_tenant.clear()
+        self._by_task.clear()
+
+    async def follow(self, sub: Subscriber, after: int) -> AsyncGenerator[bytes, None]:
+        """`sub`'s frames after log sequence `after`, a chunk per write: caught up from the read
+        model, then live. Yields b"" when idle for `idle_s` (the caller may re-check its key); ends
+        when `sub` is cut (a slow client) or the hub shuts down."""
+        try:
+            while self.position < after:  # the resume point is ahead of this gateway's view
+                if self._stop.is_set():
+                    return
+                await self._moved.wait_beyond(after - 1, self.config.idle_s)
+                yield b""
+            if self._stop.is_set():
+                return
+            reached = self.position
+            self._join(sub)  # from here the hub buffers every match past `reached` for `sub`
+            while after < reached and sub.types != ():
+                page = await task_events.events_after(
+                    self._pool,
+                    sub.tenant,
+                    after,
+                    self.config.catch_up_page,
+                    task_id=sub.task_id,
+                    queue=sub.queue,
+                    types=sub.types,
+                    upto=reached,
+                )
+                METRICS.catch_up_queries.inc()
+                if page:
+                    after = page[-1]["seq"]
+                    yield b"".join(frame(e) for e in page)
+                if sub.cut or len(page) < self.config.catch_up_page:
+                    break
+            while not sub.cut:
+                chunk = await sub.take(self.config.idle_s)
+                if sub.cut:
+                    return
+                yield chunk
+        finally:
+            self._leave(sub)
+
+    async def _next_target(self) -> int:
+        """The sequence to read up to: the newest notified commit, or, after `idle_s` without one,
+        the checkpoint (a notification may have been missed while LISTEN reconnected)."""
+        if self._commits.last_seq <= self.position:
+            waits = [
+                asyncio.ensure_future(self._commits.wait_beyond(self.position, self.config.idle_s)),
+                asyncio.ensure_future(self._stop.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+        if self._commits.last_seq > self.position or self._stop.is_set():
+            return self._commits.last_seq
+        return await checkpoint(self._pool, task_events.NAME)
+
+    async def _advance(self, target: int) -> None:
+        while self.position < target and not self._stop.is_set():
+            if not self._by_tenant and not self._by_task:
+                self._move_to(target)  # nobody listens: later streams catch up from the read model
+                return
+            rows = await task_events.committed_between(
+                self._pool, self.position, target, self.config.tail_page
+            )
+            self.tail_queries += 1
+            METRICS.tail_queries.inc()
+            upto = rows[-1][1]["seq"] if len(rows) == self.config.tail_page else target
+            self._hand_out(rows)
+            self._move_to(upto)  # no await since the hand-out: joins see both or neither
+
+    def _hand_out(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        out: dict[Subscriber, list[bytes]] = {}
+        for tenant, entry in rows:
+            encoded: bytes | None = None
+            for group in (self._by_tenant.get(tenant), self._by_task.get((tenant, entry["task_id"]))):
+                for sub in group or ():
+                    if sub.matches(entry):
+                        if encoded is None:
+                            encoded = frame(entry)
+                        out.setdefault(sub, []).append(encoded)
+        for sub, frames in out.items():
+            if not sub._push(frames, self.config.max_buffer_bytes):
+                self._leave(sub)
+                sub._end()
+                self.cuts += 1
+                METRICS.cuts.inc()
+
+    def _move_to(self, seq: int) -> None:
+        self.position = max(self.position, seq)
+        self._moved.notify(self.position)
+
+    def _join(self, sub: Subscriber) -> None:
+        if sub.task_id is None:
+            self._by_tenant.setdefault(sub.tenant, set()).add(sub)
+        else:
+            self._by_task.setdefault((sub.tenant, sub.task_id), set()).add(sub)
+
+    def _leave(self, sub: Subscriber) -> None:
+        if sub.task_id is None:
+            _discard(self._by_tenant, sub.tenant, sub)
+        else:
+            _discard(self._by_task, (sub.tenant, sub.task_id), sub)
+
+
+def _discard(index: dict[K, set[Subscriber]], key: K, sub: Subscriber) -> None:
+    group = index.get(key)
+    if group is not None:
+        group.discard(sub)
+        if not group:
+            del index[key]
