@@ -19,9 +19,9 @@ export function zoned(at, tz) {
   const d = new Date(at);
   let there;
   try {
-    const p = Object.fromEntries(new Intl.DateTimeFormat("en-GB", { timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit",
+    const p = Object.fromEntries(new Intl.DateTimeFormat("en-US", { timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit",
       hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false, timeZoneName: "short" }).formatToParts(d).map((x) => [x.type, x.value]));
-    there = `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second} ${p.timeZoneName}`;
+    there = `${p.year}-${p.month}-${p.day} ${p.hour === "24" ? "00" : p.hour}:${p.minute}:${p.second} ${p.timeZoneName}`;
   } catch { there = `${absTime(at)} (${tz})`; }
   const local = absTime(at).slice(11, 16);
   return `${there} · ${local} local`;
@@ -85,6 +85,7 @@ function scheduleForm(sc, done) {
       description: f.description.value, task: { ...(sc ? tpl : {}), type: f.type.value.trim(), queue: f.queue.value.trim() || "default", payload } };
     try {
       const r = sc ? await api("PATCH", `/v1/schedules/${enc(sc.id)}`, body) : await post("/v1/schedules", body);
+      await settled(sc ? sc.id : r.id, sc ? body : null, sc?.updated_at ?? null); // the cron comes back normalised: compare the rest
       toast(sc ? "schedule saved" : "schedule created");
       done(r?.id ?? sc?.id);
     } catch (e) { msg.textContent = e.message; }
@@ -95,6 +96,20 @@ function scheduleForm(sc, done) {
   h("label", { class: "wide" }, "Payload (JSON)", f.payload), h("label", { class: "wide" }, "Description", f.description),
   h("div", { class: "wide row" }, h("button", { type: "submit", class: "primary" }, sc ? "Save" : "Create schedule"), msg));
   return form;
+}
+
+/**
+ * Wait (bounded) until the read model shows a write: a new schedule listed (so its page opens without
+ * a 404), an edit applied (so the page does not show the old policies).
+ */
+async function settled(id, body = null, since = null, timeoutMs = 10_000) {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    const { items } = await get("/v1/schedules?limit=500");
+    const sc = items.find((x) => x.id === id);
+    if (sc && (!body || ["timezone", "overlap", "catchup"].every((k) => field(sc, k) === body[k]) && (sc.updated_at ?? "") !== since)) return;
+    await new Promise((r) => setTimeout(r, 150));
+  }
 }
 
 export function mount(root, { id }) {
@@ -128,6 +143,7 @@ function list(root) {
 }
 function detail(root, id) {
   const head = h("div");
+  const editHost = h("div");
   const chart = h("div", { class: "gantt-wrap" });
   const table = h("div");
   root.append(h("h1", { class: "page-title" }, "Schedule ", h("span", { class: "mono" }, id)), h("div", { class: "panel" }, head), h("div", { class: "panel", style: "margin-top:1rem" }, h("h2", {}, "Decisions"), chart, table));
@@ -146,7 +162,11 @@ function detail(root, id) {
       h("dt", {}, "policies"), h("dd", { id: "policies" }, policies(sc)),
       h("dt", {}, "decisions"), h("dd", {}, `${sc.fired ?? 0} fired · ${sc.skipped ?? 0} skipped · ${sc.missed ?? 0} missed`),
       h("dt", {}, "task"), h("dd", { class: "mono small" }, JSON.stringify(sc.task ?? sc.spec?.task ?? {}))),
-    has("PATCH", "/v1/schedules/{id}") ? h("details", { class: "create" }, h("summary", {}, "Edit"), scheduleForm(sc, () => load())) : null);
+    editHost);
+    // The edit form is rebuilt only while closed: a refresh never throws away what is being typed.
+    if (has("PATCH", "/v1/schedules/{id}") && !editHost.querySelector("details[open]")) {
+      put(editHost, h("details", { class: "create" }, h("summary", {}, "Edit"), scheduleForm(sc, () => { put(editHost); load(); })));
+    }
     if (!decisions) { put(chart, notice("This gateway does not list a schedule's decisions.")); clear(table); return; }
     const rows = decisions.map((e) => {
       const d = e.data ?? e;

@@ -1,7 +1,7 @@
 // Task detail: the attempt chart, the event list (full / compact / raw), payload/result/error, the
 // time-travel scrubber and the actions, live over the task's own event stream (resumed by sequence).
 import { h, put, clear, statusBadge, absTime, dur, jsonView, notice, copyText, toast } from "../dom.js";
-import { get, post, enc, HttpError } from "../api.js";
+import { api, get, post, enc, HttpError } from "../api.js";
 import { has, hasParam } from "../caps.js";
 import { LiveStream, coalesce } from "../live.js";
 import { replaceParams } from "../router.js";
@@ -22,6 +22,7 @@ export function mount(root, { id, params }) {
 
   const head = h("div", { class: "task-head" });
   const clock = h("div", { class: "clock", id: "task-clock", role: "timer", "aria-live": "off" });
+  const editBox = h("div", { id: "task-edit" });
   const actions = h("div", { class: "row", id: "task-actions" });
   const details = h("dl", { class: "kv" });
   const ganttBox = h("div", { class: "gantt-wrap", id: "gantt" });
@@ -35,7 +36,7 @@ export function mount(root, { id, params }) {
   const skippedBox = h("div", { id: "task-skipped" });
 
   root.append(h("h1", { class: "page-title" }, "Task ", h("span", { class: "id mono", id: "task-id" }, id)), errorBox, skippedBox,
-    h("div", { class: "panel" }, head, clock, actions),
+    h("div", { class: "panel" }, head, clock, actions, editBox),
     h("div", { class: "grid cols-main-side", style: "margin-top:1rem" },
       h("div", { class: "panel" }, h("h2", {}, "Attempts"), ganttBox,
         h("div", { class: "legend" }, LEGEND.map(([c, l, line]) => h("span", {}, h("i", { style: `background:${c};${line ? "height:2px" : ""}` }), l)))),
@@ -62,6 +63,10 @@ export function mount(root, { id, params }) {
       act("Cancel", "cancel", !TERMINAL.has(st) && st !== "cancelling", "c", "danger"),
       act("Retry", "retry", st === "failed" || st === "cancelled", "r"),
       st === "paused" ? act("Resume", "resume", true, "p") : act("Pause", "pause", ["queued", "scheduled", "retrying"].includes(st), "p"),
+      ["scheduled", "queued", "paused"].includes(st) && has("PATCH", "/v1/tasks/{task_id}")
+        ? h("button", { "data-action": "edit", onclick: () => toggleEdit() }, "Edit…") : null,
+      TERMINAL.has(st) && has("POST", "/v1/tasks/{task_id}:archive") && !task.archived
+        ? h("button", { "data-action": "archive", onclick: () => command("archive") }, "Archive…") : null,
       h("button", { onclick: async () => { await copyText(task.id); toast("id copied"); } }, "Copy id"),
       h("button", { onclick: async () => { await copyText(location.href); toast("link copied"); } }, "Copy link"));
     const kv = [["created", absTime(task.created_at)], ["started", absTime(task.started_at)], ["finished", absTime(task.finished_at)],
@@ -128,7 +133,31 @@ export function mount(root, { id, params }) {
     checkWorker();
   }, 1000);
 
+  // ---- edit a task that has not started: payload, priority, run-at ----------------------------
+  function toggleEdit() {
+    if (editBox.firstChild) { put(editBox); return; }
+    const payload = h("textarea", { name: "payload", rows: 4 });
+    payload.value = JSON.stringify(task.payload ?? null, null, 2);
+    const priority = h("input", { name: "priority", type: "number", min: 0, max: 9, value: task.priority });
+    const runAt = h("input", { name: "run_at", type: "datetime-local", step: 1 });
+    if (task.run_at) { const d = new Date(task.run_at); runAt.value = new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19); }
+    const msg = h("div", { class: "error-text", role: "alert" });
+    put(editBox, h("form", { class: "submit", onsubmit: async (ev) => {
+      ev.preventDefault();
+      let body;
+      try { body = { payload: JSON.parse(payload.value || "null"), priority: Number(priority.value) }; } catch (e) { msg.textContent = `payload is not valid JSON: ${e.message}`; return; }
+      if (runAt.value) body.run_at = new Date(runAt.value).toISOString();
+      try { await api("PATCH", `/v1/tasks/${enc(id)}`, body); toast("task updated"); put(editBox); reloadTask(); } catch (e) { msg.textContent = e.message; }
+    } }, h("label", { class: "wide" }, "Payload (JSON)", payload), h("label", {}, "Priority (0 first … 9)", priority), h("label", {}, "Run at", runAt),
+    h("div", { class: "wide row" }, h("button", { type: "submit", class: "primary" }, "Save changes"), h("button", { type: "button", onclick: () => put(editBox) }, "Close"), msg)));
+  }
+
   async function command(action) {
+    if (action === "archive") {
+      const ok = await confirmAction({ title: "Archive this task?", lines: [`1 task: ${id}. It leaves the task lists (shown again with "archived"); its history is kept and its link still works.`],
+        action: "Archive", danger: false });
+      if (!ok) return;
+    }
     if (action === "cancel") {
       const ok = await confirmAction({
         title: `Cancel this ${task?.status ?? ""} task?`,

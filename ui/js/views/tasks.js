@@ -10,6 +10,11 @@ import { confirmAction, describeFilter } from "../confirm.js";
 
 export const STATUSES = ["scheduled", "queued", "paused", "running", "retrying", "cancelling", "succeeded", "failed", "cancelled"];
 const PAGE = 50;
+const MAX_SELECT = 10_000;
+const STATUS_GROUPS = [["waiting (scheduled, queued, paused, retrying)", "scheduled,queued,paused,retrying"],
+  ["active (running, cancelling)", "running,cancelling"], ["finished (succeeded, failed, cancelled)", "succeeded,failed,cancelled"],
+  ["not finished", "scheduled,queued,paused,running,retrying,cancelling"]];
+const SORTS = [["-created_at", "newest first"], ["created_at", "oldest first"], ["-updated_at", "recently changed"], ["updated_at", "least recently changed"]];
 
 export function mount(root, { params }) {
   let state = { ...params };
@@ -26,6 +31,9 @@ export function mount(root, { params }) {
   const newBanner = h("button", { class: "link", hidden: true, onclick: () => setState({ ...state, cursor: "" }) });
   const bulkCount = h("span", { class: "muted small" });
   const btnCancel = h("button", { class: "danger", disabled: true, "data-bulk": "cancel", onclick: () => bulk("cancel") }, "Cancel selected…");
+  let allMatching = false;
+  const btnAll = h("button", { type: "button", "data-bulk": "select-all", onclick: () => selectAllMatching() }, "Select all matching");
+  const btnNone = h("button", { type: "button", class: "link", hidden: true, onclick: () => { selected.clear(); allMatching = false; renderRows(); } }, "clear selection");
   const btnRetry = h("button", { disabled: true, "data-bulk": "retry", onclick: () => bulk("retry") }, "Retry selected…");
   const checkAll = h("input", { type: "checkbox", "aria-label": "select all on page", onchange: () => {
     for (const t of items) checkAll.checked ? selected.add(t.id) : selected.delete(t.id);
@@ -36,8 +44,12 @@ export function mount(root, { params }) {
   const errorBox = h("div");
 
   // ---- filters ----------------------------------------------------------------------------
-  const fStatus = h("select", { name: "status", "aria-label": "status" }, h("option", { value: "" }, "any status"),
-    STATUSES.map((s) => h("option", { value: s }, s)));
+  const fStatus = h("select", { name: "status" }, h("option", { value: "" }, "any status"),
+    h("optgroup", { label: "several" }, STATUS_GROUPS.map(([label, v]) => h("option", { value: v }, label))),
+    h("optgroup", { label: "one" }, STATUSES.map((s) => h("option", { value: s }, s))));
+  const fTag = h("input", { name: "tag", placeholder: "tag, e.g. billing", size: 12 });
+  const fSort = h("select", { name: "sort" }, SORTS.map(([v, label]) => h("option", { value: v }, label)));
+  const fArchived = h("input", { type: "checkbox", name: "archived" });
   const fType = h("input", { name: "type", placeholder: "type, e.g. demo.echo", size: 16 });
   const fQueue = h("input", { name: "queue", placeholder: "queue", size: 10 });
   const fSearch = h("input", { type: "search", name: "q", placeholder: "search id or type  ( / )", "data-search": true });
@@ -46,22 +58,29 @@ export function mount(root, { params }) {
   const rangeOk = hasParam("GET", "/v1/tasks", "created_after");
   for (const el of [fFrom, fTo]) if (!rangeOk) { el.disabled = true; el.title = "time range filter not available on this gateway"; }
   const form = h("form", { class: "filters", role: "search", onsubmit: (ev) => { ev.preventDefault(); applyFilters(); } },
-    h("label", {}, "Status", fStatus), h("label", {}, "Type", fType), h("label", {}, "Queue", fQueue),
+    h("label", {}, "Status", fStatus), h("label", {}, "Type", fType), h("label", {}, "Queue", fQueue), h("label", {}, "Tag", fTag),
     h("label", {}, "Created from", fFrom), h("label", {}, "to", fTo),
-    h("label", {}, "Search", fSearch),
+    h("label", {}, "Search", fSearch), h("label", {}, "Sort", fSort),
+    h("label", { class: "inline" }, fArchived, "archived"),
     h("button", { type: "submit", class: "primary" }, "Apply"),
     h("button", { type: "button", onclick: () => { form.reset(); applyFilters(); } }, "Clear"));
   fStatus.addEventListener("change", applyFilters);
+  fSort.addEventListener("change", applyFilters);
+  fArchived.addEventListener("change", applyFilters);
 
   function toLocalInput(iso) { if (!iso) return ""; const d = new Date(iso); return new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19); }
   function fromLocalInput(v) { return v ? new Date(v).toISOString() : ""; }
   function fillForm() {
-    fStatus.value = state.status || ""; fType.value = state.type || ""; fQueue.value = state.queue || "";
+    const st = state.status || "";
+    if (st && ![...fStatus.options].some((o) => o.value === st)) fStatus.append(h("option", { value: st }, st.replaceAll(",", ", ")));
+    fStatus.value = st; fType.value = state.type || ""; fQueue.value = state.queue || ""; fTag.value = state.tag || "";
+    fSort.value = state.sort || "-created_at"; fArchived.checked = state.archived === "true";
     fSearch.value = state.q || ""; fFrom.value = toLocalInput(state.created_after); fTo.value = toLocalInput(state.created_before);
   }
   function applyFilters() {
     prevCursors.length = 0;
-    setState({ status: fStatus.value, type: fType.value.trim(), queue: fQueue.value.trim(), q: fSearch.value.trim(),
+    setState({ status: fStatus.value, type: fType.value.trim(), queue: fQueue.value.trim(), tag: fTag.value.trim(), q: fSearch.value.trim(),
+      sort: fSort.value === "-created_at" ? "" : fSort.value, archived: fArchived.checked ? "true" : "",
       created_after: fromLocalInput(fFrom.value), created_before: fromLocalInput(fTo.value), cursor: "" });
   }
   function setState(next, resetStack = true) {
@@ -69,10 +88,34 @@ export function mount(root, { params }) {
     go(["tasks"], next);
   }
 
+  /** The applied filter as API query parameters (the list, "select all matching" and the confirmation share it). */
+  function filterQuery() {
+    const q = { status: state.status, type: state.type, queue: state.queue, tag: state.tag, sort: state.sort, archived: state.archived };
+    if (rangeOk) { q.created_after = state.created_after; q.created_before = state.created_before; }
+    if (state.q) q.q = state.q;
+    return q;
+  }
+
+  /** Select every task the applied filter matches, across pages (up to MAX_SELECT). */
+  async function selectAllMatching() {
+    btnAll.disabled = true;
+    let cursor = null;
+    try {
+      do {
+        const page = await get(`/v1/tasks${qs({ ...filterQuery(), limit: 500, cursor })}`);
+        for (const t of page.items) selected.add(t.id);
+        cursor = page.next_cursor;
+      } while (cursor && selected.size < MAX_SELECT);
+      allMatching = true;
+      toast(`${selected.size.toLocaleString()} tasks selected: all matching ${scopeText()}${cursor ? ` (stopped at ${MAX_SELECT.toLocaleString()})` : ""}`);
+    } catch (e) { toast(e.message, "error"); }
+    btnAll.disabled = false;
+    renderRows();
+  }
+
   // ---- data -------------------------------------------------------------------------------
   async function load() {
-    const query = { limit: PAGE, status: state.status, type: state.type, queue: state.queue, cursor: state.cursor };
-    if (rangeOk) { query.created_after = state.created_after; query.created_before = state.created_before; }
+    const query = { limit: PAGE, cursor: state.cursor, ...filterQuery() };
     clear(errorBox);
     try {
       if (state.q && !hasParam("GET", "/v1/tasks", "q")) {
@@ -81,7 +124,6 @@ export function mount(root, { params }) {
         items = r.ok ? [await r.json()] : [];
         nextCursor = null;
       } else {
-        if (state.q) query.q = state.q;
         const page = await get(`/v1/tasks${qs(query)}`);
         items = page.items;
         nextCursor = page.next_cursor;
@@ -156,14 +198,16 @@ export function mount(root, { params }) {
   const ticker = setInterval(() => { for (const td of tbody.querySelectorAll("td.ago[data-at]")) setText(td, ago(td.dataset.at)); }, 5000);
 
   function updateBulk() {
-    bulkCount.textContent = selected.size ? `${selected.size} selected` : "";
+    bulkCount.textContent = selected.size ? `${selected.size.toLocaleString()} selected${allMatching ? " (all matching)" : ""}` : "";
+    btnNone.hidden = selected.size === 0;
     btnCancel.disabled = btnRetry.disabled = selected.size === 0;
     checkAll.checked = items.length > 0 && items.every((t) => selected.has(t.id));
   }
 
   /** The applied filter in words, as the confirmation names it. */
   function scopeText() {
-    return describeFilter({ status: state.status, type: state.type, queue: state.queue, tag: state.tag, search: state.q,
+    return describeFilter({ status: state.status?.replaceAll(",", "/"), type: state.type, queue: state.queue, tag: state.tag, search: state.q,
+      archived: state.archived === "true" ? "yes" : "",
       "created from": state.created_after, "created to": state.created_before }, "no filter (all tasks)");
   }
 
@@ -173,17 +217,21 @@ export function mount(root, { params }) {
     const verb = action === "cancel" ? "Cancel" : "Retry";
     const confirmed = await confirmAction({
       title: `${verb} ${ids.length.toLocaleString()} selected task${ids.length === 1 ? "" : "s"}?`,
-      lines: [`Selected from the list filtered by: ${scopeText()}.`,
+      lines: [`${allMatching ? "All tasks matching" : "Selected from the list filtered by"}: ${scopeText()}.`,
         action === "cancel" ? "Running tasks are asked to stop; queued and scheduled ones never run." : "Failed and cancelled tasks run again from attempt 1."],
       action: `${verb} ${ids.length.toLocaleString()}`, danger: action === "cancel",
     });
     if (!confirmed) return;
     let ok = 0;
     const failures = [];
-    await Promise.all(ids.map(async (id) => {
-      try { await post(`/v1/tasks/${enc(id)}:${action}`); ok += 1; selected.delete(id); }
-      catch (e) { failures.push(`${shortId(id)}: ${e instanceof HttpError ? e.message : e}`); }
+    const queue = [...ids];
+    await Promise.all(Array.from({ length: Math.min(8, queue.length) }, async () => {
+      for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+        try { await post(`/v1/tasks/${enc(id)}:${action}`); ok += 1; selected.delete(id); }
+        catch (e) { failures.push(`${shortId(id)}: ${e instanceof HttpError ? e.message : e}`); }
+      }
     }));
+    if (!selected.size) allMatching = false;
     toast(`${action}: ${ok} accepted${failures.length ? `, ${failures.length} refused (${failures.slice(0, 3).join("; ")})` : ""}`,
       failures.length ? "error" : "info");
     refresh();
@@ -193,7 +241,7 @@ export function mount(root, { params }) {
   root.append(h("div", { class: "panel" },
     h("div", { class: "row" }, h("h1", {}, "Tasks"), h("span", { class: "spacer" }), newBanner),
     form,
-    h("div", { class: "bulkbar" }, btnCancel, btnRetry, bulkCount, h("span", { class: "spacer" }), info),
+    h("div", { class: "bulkbar" }, btnCancel, btnRetry, btnAll, bulkCount, btnNone, h("span", { class: "spacer" }), info),
     errorBox,
     h("div", { class: "table-wrap" }, h("table", { id: "tasks-table", class: "cards", "aria-label": "tasks" },
       h("thead", {}, h("tr", {}, h("th", {}, checkAll), h("th", {}, "id"), h("th", {}, "type"), h("th", { class: "hide-narrow" }, "queue"),
@@ -206,7 +254,10 @@ export function mount(root, { params }) {
 
   return {
     unmount() { clearInterval(ticker); },
-    update(p) { state = { ...p }; fillForm(); newSince = 0; newBanner.hidden = true; cursorRow = -1; load(); },
+    update(p) {
+      const filterChanged = JSON.stringify({ ...p, cursor: "" }) !== JSON.stringify({ ...state, cursor: "" });
+      if (filterChanged && allMatching) { selected.clear(); allMatching = false; }
+      state = { ...p }; fillForm(); newSince = 0; newBanner.hidden = true; cursorRow = -1; load(); },
     onEvent(e) {
       if (rowsById.has(e.task_id)) { refresh(); return; }
       if (e.type === "submitted") {
