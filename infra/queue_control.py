@@ -20,6 +20,7 @@ from nats.js.api import ConsumerConfig
 
 from ordo.domain.queue_control import (
     PauseQueue,
+    QueueEvent,
     QueueState,
     ResumeQueue,
     decide,
@@ -29,7 +30,8 @@ from ordo.domain.queue_control import (
     queue_event_name,
 )
 from ordo.infra import subjects as sj
-from ordo.infra.event_store import ConcurrencyError, EventStore, EventStoreUnavailable
+from ordo.infra.decider_runner import Decision, run_decider
+from ordo.infra.event_store import EventStore, EventStoreUnavailable
 from ordo.infra.settings import Settings
 
 
@@ -55,31 +57,25 @@ class QueueController:
         return state, last_seq
 
     async def execute(self, tenant: str, command: PauseQueue | ResumeQueue) -> QueueOutcome:
-        for _ in range(8):
-            state, last_seq = await self.load(tenant, command.queue)
-            events = decide(command, state)
-            new = state
-            for event in events:
-                new = evolve(new, event)
-            if events:
-                msgs: list[tuple[str, bytes, dict[str, str]]] = [
-                    (
-                        sj.queue_event_subject(tenant, command.queue, queue_event_name(e)),
-                        encode_queue_event(e),
-                        {},
-                    )
-                    for e in events
-                ]
-                try:
-                    seqs = await self._store.append_raw(
-                        msgs, last_seq, sj.queue_events_filter(tenant, command.queue)
-                    )
-                except ConcurrencyError:
-                    continue
-                last_seq = seqs[-1]
-            consumers = await self._apply(command.queue, new.paused)
-            return QueueOutcome(new, bool(events), last_seq, consumers)
-        raise ConcurrencyError(f"queue {command.queue}: too many concurrent changes")
+        queue = command.queue
+
+        async def decide_on(state: QueueState) -> list[QueueEvent]:
+            return decide(command, state)
+
+        async def store(d: Decision[QueueState, QueueEvent]) -> QueueOutcome:
+            msgs: list[tuple[str, bytes, dict[str, str]]] = [
+                (sj.queue_event_subject(tenant, queue, queue_event_name(e)), encode_queue_event(e), {})
+                for e in d.events
+            ]
+            seqs = await self._store.append_raw(msgs, d.last_seq, sj.queue_events_filter(tenant, queue))
+            return QueueOutcome(d.after, True, seqs[-1], await self._apply(queue, d.after.paused))
+
+        async def unchanged(d: Decision[QueueState, QueueEvent]) -> QueueOutcome:
+            return QueueOutcome(d.after, False, d.last_seq, await self._apply(queue, d.after.paused))
+
+        return await run_decider(
+            f"queue {queue}", lambda: self.load(tenant, queue), decide_on, evolve, store, unchanged
+        )
 
     async def _apply(self, queue: str, paused: bool) -> list[str]:
         """On resume, resume the queue's work consumers an older version paused; their names."""

@@ -14,6 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import msgspec
 import nats.errors
 
 from ordo.domain import schedule_commands as sc
@@ -24,7 +25,8 @@ from ordo.domain.schedule_decide import decide
 from ordo.domain.schedule_state import ScheduleState, evolve, initial
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.event_store import ConcurrencyError, EventStoreUnavailable, RawStored
+from ordo.infra.decider_runner import Decision, run_decider
+from ordo.infra.event_store import EventStoreUnavailable, RawStored
 from ordo.infra.schedule_timers import ScheduleTimers
 
 
@@ -70,27 +72,27 @@ class ScheduleHandler:
 
     async def execute(self, tenant: str, command: sc.AnyScheduleCommand) -> ScheduleOutcome:
         """Run one command; on a concurrent append, reload and decide again (bounded)."""
-        for _ in range(self._max_retries):
-            state, _, last_seq = await self.load(tenant, command.schedule_id)
-            if isinstance(command, sc.Tick):
-                command = sc.Tick(
-                    schedule_id=command.schedule_id,
-                    tenant=command.tenant,
-                    tick_at=command.tick_at,
-                    now=command.now,
-                    previous=await self._previous(tenant, state),
-                )
-            events = decide(command, state)
-            if not events:
-                return ScheduleOutcome(state, [], [], last_seq)
-            new = state
-            for event in events:
-                new = evolve(new, event)
-            try:
-                return await self._apply(tenant, state, new, events, last_seq)
-            except ConcurrencyError:
-                continue
-        raise ConcurrencyError(f"schedule {command.schedule_id}: too many concurrent changes")
+        sid = command.schedule_id
+
+        async def load() -> tuple[ScheduleState, int]:
+            state, _, last_seq = await self.load(tenant, sid)
+            return state, last_seq
+
+        async def decide_on(state: ScheduleState) -> list[se.ScheduleEvent]:
+            if isinstance(command, sc.Tick):  # a tick decides on its previous run's state too
+                previous = await self._previous(tenant, state)
+                return decide(msgspec.structs.replace(command, previous=previous), state)
+            return decide(command, state)
+
+        async def store(d: Decision[ScheduleState, se.ScheduleEvent]) -> ScheduleOutcome:
+            return await self._apply(tenant, d.before, d.after, d.events, d.last_seq)
+
+        async def unchanged(d: Decision[ScheduleState, se.ScheduleEvent]) -> ScheduleOutcome:
+            return ScheduleOutcome(d.before, [], [], d.last_seq)
+
+        return await run_decider(
+            f"schedule {sid}", load, decide_on, evolve, store, unchanged, self._max_retries
+        )
 
     async def _previous(self, tenant: str, state: ScheduleState) -> sc.PreviousRun | None:
         if state.last_task_id is None:
