@@ -1,0 +1,252 @@
+"""SSE fan-out (gateway/live.py): one tail reader per gateway serves every stream.
+
+- 50 per-task and 10 global clients (half filtered) each receive exactly their filtered log, in
+  order, once: history from the read model, then live; the tail reads each commit at most once.
+- A client that stops reading is cut once its buffer is full, while the others keep receiving; it
+  reconnects with Last-Event-ID and has every event exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+import httpx
+from nats.aio.client import Client as NATS
+
+from ordo.gateway.live import TailHub
+from ordo.gateway.routes_events import STATUS_EVENTS
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import StoredEvent
+from ordo.infra.settings import Settings
+from ordo.projections.runner import NOTIFY_CHANNEL, ProjectionRunner
+from tests.helpers import eventually
+from tests.sse import read_events
+from tests.test_auth_support import Gateway, gateway_server
+
+
+class Client:
+    """An EventSource: follows `path`, reconnects with the last id it received."""
+
+    def __init__(self, http: httpx.AsyncClient, path: str, params: dict[str, str]) -> None:
+        self.http = http
+        self.path = path
+        self.params = params
+        self.seqs: list[int] = []
+        self.connections = 0
+        self.ended = 0  # streams the server ended
+
+    async def run(self) -> None:
+        while True:
+            headers = {"Last-Event-ID": str(self.seqs[-1])} if self.seqs else {}
+            try:
+                async with self.http.stream("GET", self.path, params=self.params, headers=headers) as r:
+                    assert r.status_code == 200, r.status_code
+                    self.connections += 1
+                    async for event in read_events(r):
+                        if event.event == "task_event":
+                            self.seqs.append(int(event.id or 0))
+                self.ended += 1
+            except (httpx.HTTPError, OSError):
+                pass
+            await asyncio.sleep(0.1)  # reconnect backoff, as EventSource does
+
+
+def _matcher(path: str, params: dict[str, str]) -> Callable[[StoredEvent], bool]:
+    task_id = path.split("/")[3] if path.startswith("/v1/tasks/") else params.get("task_id")
+    types: set[str] | None = set(params["type"].split(",")) if "type" in params else None
+    if "status" in params:
+        by_status = set(STATUS_EVENTS[params["status"]])
+        types = by_status if types is None else types & by_status
+
+    def match(e: StoredEvent) -> bool:
+        return (
+            (task_id is None or e.task_id == task_id)
+            and ("queue" not in params or e.queue == params["queue"])
+            and (types is None or e.name in types)
+        )
+
+    return match
+
+
+@contextlib.asynccontextmanager
+async def _projected_gateway(settings: Settings, nc: NATS) -> AsyncIterator[Gateway]:
+    projector = ProjectionRunner(nc, settings.database_url)
+    run = asyncio.create_task(projector.run())
+    try:
+        async with gateway_server(settings) as gw:
+            yield gw
+    finally:
+        await projector.shutdown()
+        await asyncio.wait_for(run, 30)
+
+
+@contextlib.asynccontextmanager
+async def _clients(clients: list[Client]) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(c.run()) for c in clients]
+    try:
+        yield
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Commits:
+    """Counts the projector's commits (its NOTIFYs) on a LISTEN connection of the test's own."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self._conn: asyncpg.Connection | None = None
+
+    async def start(self, dsn: str) -> None:
+        self._conn = await asyncpg.connect(dsn)
+        await self._conn.add_listener(NOTIFY_CHANNEL, lambda *a: self.seqs.append(int(a[-1])))
+
+    async def stop(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+async def test_60_clients_each_get_their_filtered_log_once_in_order_from_one_query_per_commit(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    commits = Commits()
+    await commits.start(settings.database_url)
+    async with (
+        _projected_gateway(settings, nc) as gw,
+        httpx.AsyncClient(base_url=gw.base_url, timeout=60, limits=httpx.Limits(max_connections=200)) as http,
+    ):
+        hub: TailHub = gw.app.state.services.hub
+        r = await http.post(
+            "/v1/tasks:batch", json={"tasks": [{"type": "x", "queue": f"q{i % 2}"} for i in range(50)]}
+        )
+        assert r.status_code == 202, r.text
+        ids = [item["id"] for item in r.json()["items"]]
+        before = min(item["seq"] for item in r.json()["items"]) - 1
+        filters: list[dict[str, str]] = [
+            {},
+            {"queue": "q1"},
+            {"status": "cancelled"},
+            {"type": "paused,resumed"},
+            {"queue": "q0", "type": "cancelled"},
+        ]
+        clients = [Client(http, f"/v1/tasks/{task_id}/stream", {}) for task_id in ids] + [
+            Client(http, "/v1/events/stream", {**filters[i % len(filters)], "after": str(before)})
+            for i in range(10)
+        ]
+        last_submitted = max(item["seq"] for item in r.json()["items"])
+        await eventually(lambda: _true(hub.position >= last_submitted), 30, what="submits projected")
+        baseline = _catch_up_queries()
+        async with _clients(clients):
+            # History first: every stream reads one page from the read model, then joins the hub.
+            await eventually(
+                lambda: _true(_catch_up_queries() - baseline >= 60 and hub.subscribers == 60),
+                60,
+                what="60 streams caught up",
+            )
+            queries, catch_up = hub.tail_queries, _catch_up_queries()
+            notified = len(commits.seqs)
+            # Live: three events per task, sent while every stream is open.
+            for verb in ("pause", "resume", "cancel"):
+                for task_id in ids:
+                    r = await http.post(f"/v1/tasks/{task_id}:{verb}")
+                    assert r.status_code == 202, r.text
+            log, last = await handler.store.load_filter(sj.tenant_events_filter(settings.tenant))
+            expected = [[e.seq for e in log if _matcher(c.path, c.params)(e)] for c in clients]
+
+            async def everyone_done() -> bool:
+                return all(len(c.seqs) >= len(want) for c, want in zip(clients, expected, strict=True))
+
+            await eventually(everyone_done, 120, what="every client saw its filtered log")
+            await eventually(lambda: _true(hub.position >= last), 30, what="hub at the end of the log")
+            for c, want in zip(clients, expected, strict=True):
+                assert c.seqs == want, (c.path, c.params, c.seqs, want)
+                assert c.connections == 1
+            assert all(len(c.seqs) == 4 for c in clients[:50])  # submitted, paused, resumed, cancelled
+            # At most one read-model query per commit, for 60 streams; none of them queried again.
+            live_commits = len(commits.seqs) - notified
+            assert 0 < hub.tail_queries - queries <= live_commits, (hub.tail_queries - queries, live_commits)
+            assert _catch_up_queries() == catch_up
+            metrics = (await http.get("/metrics")).text
+            assert "ordo_sse_tail_queries_total " in metrics and "ordo_sse_cuts_total" in metrics
+    await commits.stop()
+
+
+async def test_a_client_that_stops_reading_is_cut_and_resumes_without_a_gap(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    # A long send timeout: the end comes from the hub's bounded buffer, not from a stalled write.
+    settings = settings.with_(sse_send_timeout_s=120.0)
+    async with _projected_gateway(settings, nc) as gw:
+        hub: TailHub = gw.app.state.services.hub
+        hub.config = replace(hub.config, max_buffer_bytes=256 * 1024)
+        start = hub.position
+        # The slow client: a tiny receive window, and it reads nothing after the first line.
+        slow = httpx.AsyncClient(
+            base_url=gw.base_url,
+            timeout=120,
+            transport=httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)]),
+        )
+        async with slow, httpx.AsyncClient(base_url=gw.base_url, timeout=60) as http:
+            healthy = Client(http, "/v1/events/stream", {"queue": "small", "after": str(start)})
+            async with _clients([healthy]):
+                seqs: list[int] = []
+                cut = False
+                async with slow.stream(
+                    "GET", "/v1/events/stream", params={"queue": "big", "after": str(start)}
+                ) as stream:
+                    lines = stream.aiter_lines()
+                    assert (await anext(lines)).startswith(("id:", ":"))
+                    big = {"type": "x", "queue": "big", "payload": "b" * 50_000}
+                    for _ in range(60):  # about 30 MB at most; the cut comes far earlier
+                        r = await http.post("/v1/tasks:batch", json={"tasks": [big] * 10})
+                        assert r.status_code == 202, r.text
+                        if hub.cuts:
+                            break
+                    await eventually(lambda: _true(hub.cuts == 1), 60, what="the slow client cut")
+                    # The gateway goes on for everyone else meanwhile.
+                    small = await http.post(
+                        "/v1/tasks:batch", json={"tasks": [{"type": "x", "queue": "small"}] * 5}
+                    )
+                    small_seqs = [item["seq"] for item in small.json()["items"]]
+                    await eventually(
+                        lambda: _true(healthy.seqs == small_seqs), 60, what="the healthy client unaffected"
+                    )
+                    # Now it reads: what was on the way, then the end of the stream.
+                    event_id: str | None = None
+                    async for line in lines:
+                        if line.startswith("id:"):
+                            event_id = line.partition(":")[2].strip()
+                        elif line.startswith("event: task_event") and event_id is not None:
+                            seqs.append(int(event_id))
+                        elif line.startswith(": behind"):
+                            cut = True
+                assert cut
+                # EventSource reconnects with the last id it received and catches up.
+                resumed = Client(http, "/v1/events/stream", {"queue": "big"})
+                resumed.seqs = [seqs[-1]] if seqs else [start]
+                log, _ = await handler.store.load_filter(sj.tenant_events_filter(settings.tenant))
+                want = [e.seq for e in log if e.queue == "big" and e.seq > start]
+                async with _clients([resumed]):
+                    await eventually(
+                        lambda: _true(len(seqs) + len(resumed.seqs) - 1 >= len(want)), 90, what="resumed"
+                    )
+                assert seqs + resumed.seqs[1:] == want
+                assert hub.cuts == 1
+
+
+def _catch_up_queries() -> float:
+    from ordo.gateway.live import METRICS
+
+    return sum(METRICS.catch_up_queries.values.values())
+
+
+async def _true(value: Any) -> bool:
+    return bool(value)
