@@ -326,36 +326,61 @@ class EventStore:
         self, subject_filter: str, seq: int, convert: Callable[..., Any] | None = None
     ) -> tuple[list[Any], bool]:
         convert = convert or to_stored
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox)
         request = {"seq": seq, "next_by_subj": subject_filter, "batch": _LOAD_PAGE}
-        try:
-            await self._nc.publish(sj.direct_get(sj.EVENTS_STREAM), json.dumps(request).encode(), reply=inbox)
-            page: list[Any] = []
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=self._timeout)
-                except nats.errors.TimeoutError as exc:
-                    raise EventStoreUnavailable("direct get timed out") from exc
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status == "404":
-                    return page, False
-                if status == "204":  # end of batch
-                    return page, int(headers.get("Nats-Num-Pending", "0")) > 0
-                if status:
-                    raise EventStoreUnavailable(f"direct get failed: {status} {headers}")
-                page.append(
-                    convert(
-                        headers["Nats-Subject"],
-                        msg.data,
-                        headers,
-                        int(headers["Nats-Sequence"]),
-                        parse_stored_at(headers["Nats-Time-Stamp"]),
-                    )
+        page, more = await direct_get_batch(self._nc, sj.EVENTS_STREAM, request, self._timeout)
+        return [convert(r.subject, r.data, r.headers, r.seq, r.stored_at) for r in page], more
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One stored message as a batched direct get returns it."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    seq: int
+    stored_at: datetime
+
+
+async def direct_get_batch(
+    nc: NATS, stream: str, request: dict[str, Any], timeout: float
+) -> tuple[list[Reply], bool]:
+    """The one pager over JetStream's batched direct get: the messages one request returns, and
+    whether more are pending after them (the task and aggregate loads here, the worker registry's
+    last heartbeats in infra/heartbeats.py).
+
+    A reply without a Status header is a stored message; 404 means nothing (more) matched; 204 ends
+    the batch, Nats-Num-Pending saying what is left. EventStoreUnavailable on a timeout or a refusal.
+    """
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    page: list[Reply] = []
+    try:
+        await nc.publish(sj.direct_get(stream), json.dumps(request).encode(), reply=inbox)
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError as exc:
+                raise EventStoreUnavailable(f"direct get on {stream} timed out") from exc
+            headers = dict(msg.headers or {})
+            status = headers.get("Status")
+            if status == "404":
+                return page, False
+            if status == "204":
+                return page, int(headers.get("Nats-Num-Pending", "0")) > 0
+            if status:
+                raise EventStoreUnavailable(f"direct get on {stream} failed: {status}")
+            page.append(
+                Reply(
+                    headers["Nats-Subject"],
+                    msg.data,
+                    headers,
+                    int(headers["Nats-Sequence"]),
+                    parse_stored_at(headers["Nats-Time-Stamp"]),
                 )
-        finally:
-            await sub.unsubscribe()
+            )
+    finally:
+        await sub.unsubscribe()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 
 import msgspec
+from nats.aio.client import Client as NATS
+
+from ordo.infra import subjects as sj
+from ordo.infra.event_store import direct_get_batch
 
 DEFAULT_HEARTBEAT_S = 5.0
 LOST_AFTER_PERIODS = 3
@@ -51,3 +55,20 @@ def encode_heartbeat(beat: Heartbeat) -> bytes:
 
 def decode_heartbeat(data: bytes) -> Heartbeat:
     return _decoder.decode(data)
+
+
+_REGISTRY_PAGE = 1000
+
+
+async def read_heartbeats(nc: NATS, timeout: float = 5.0) -> list[tuple[Heartbeat, datetime]]:
+    """(heartbeat, stored_at) of every worker still in the registry stream: one batched direct get
+    of the last message of every heartbeat subject, served by any replica."""
+    request = {"multi_last": [sj.worker_heartbeats_filter()], "batch": _REGISTRY_PAGE}
+    page, _ = await direct_get_batch(nc, sj.WORKERS_STREAM, request, timeout)
+    out: list[tuple[Heartbeat, datetime]] = []
+    for reply in page:
+        try:
+            out.append((decode_heartbeat(reply.data), reply.stored_at))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue  # a foreign message on the subject: not a worker
+    return out

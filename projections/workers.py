@@ -10,47 +10,12 @@ timestamps against the reader's clock.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
-import nats.errors
 from nats.aio.client import Client as NATS
 
-from ordo.infra import subjects as sj
-from ordo.infra.event_store import EventStoreUnavailable, parse_stored_at
-from ordo.infra.heartbeats import LOST_AFTER_PERIODS, Heartbeat, decode_heartbeat
-
-_PAGE = 1000
-
-
-async def read_heartbeats(nc: NATS, timeout: float = 5.0) -> list[tuple[Heartbeat, datetime]]:
-    """(heartbeat, stored_at) of every worker still in the registry stream."""
-    out: list[tuple[Heartbeat, datetime]] = []
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    request = {"multi_last": [sj.worker_heartbeats_filter()], "batch": _PAGE}
-    try:
-        await nc.publish(sj.direct_get(sj.WORKERS_STREAM), json.dumps(request).encode(), reply=inbox)
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=timeout)
-            except nats.errors.TimeoutError as exc:
-                raise EventStoreUnavailable("worker registry read timed out") from exc
-            headers = msg.headers or {}
-            status = headers.get("Status")
-            if status in ("404", "204"):
-                return out
-            if status:
-                raise EventStoreUnavailable(f"worker registry read failed: {status}")
-            try:
-                hb = decode_heartbeat(msg.data)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue  # a foreign message on the subject: not a worker
-            out.append((hb, parse_stored_at(headers["Nats-Time-Stamp"])))
-    finally:
-        await sub.unsubscribe()
+from ordo.infra.heartbeats import LOST_AFTER_PERIODS, Heartbeat, read_heartbeats
 
 
 def status_of(hb: Heartbeat, stored_at: datetime, now: datetime) -> str:

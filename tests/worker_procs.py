@@ -10,8 +10,8 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
+from ordo.infra.heartbeats import read_heartbeats
 from ordo.infra.settings import Settings
-from ordo.projections.workers import read_heartbeats
 from tests.helpers import eventually
 
 
