@@ -16,6 +16,7 @@ import asyncpg
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
 from ordo.infra.metrics import DEFAULT_BUCKETS
+from ordo.projections.memory import Memory, first_events
 
 NAME = "counters"
 DDL = """
@@ -69,17 +70,32 @@ class _Mark:
 
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
-    keys = sorted({(e.tenant, e.task_id) for e in events})
-    recs = await conn.fetch(
-        "SELECT tenant, task_id, queue, type, runnable_at, started_at FROM metric_task_marks"
-        " WHERE (tenant, task_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-    )
-    marks: dict[tuple[str, str], _Mark] = {
-        (r["tenant"], r["task_id"]): _Mark(r["queue"], r["type"], r["runnable_at"], r["started_at"])
-        for r in recs
-    }
+    await _apply(conn, events, None)
+
+
+async def remembering(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory) -> None:
+    """`apply`, with the tasks' marks remembered between batches and new tasks not looked up."""
+    await _apply(conn, events, memory)
+
+
+async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> None:
+    marks: dict[tuple[str, str], _Mark] = {}
+    unknown = []
+    for key, first in first_events(events, lambda e: (e.tenant, e.task_id)).items():
+        remembered = None if memory is None else memory.get(key)
+        if remembered is not None:
+            marks[key] = remembered
+        elif not isinstance(first.event, ev.Submitted):  # `submitted` starts a mark afresh: no read
+            unknown.append(key)
+    if unknown:
+        for r in await conn.fetch(
+            "SELECT tenant, task_id, queue, type, runnable_at, started_at FROM metric_task_marks"
+            " WHERE (tenant, task_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [k[0] for k in unknown],
+            [k[1] for k in unknown],
+        ):
+            kept = _Mark(r["queue"], r["type"], r["runnable_at"], r["started_at"])
+            marks[(r["tenant"], r["task_id"])] = kept
     counters: dict[tuple[str, str, str, str], float] = defaultdict(float)
     buckets: dict[tuple[str, str, str, str, int], int] = defaultdict(int)
     for e in events:
@@ -105,24 +121,44 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
             took = (e.stored_at - mark.started_at).total_seconds()
             _observe(counters, buckets, (e.tenant, mark.queue, mark.type, "duration"), took)
             mark.started_at = None
-    await conn.executemany(
-        "INSERT INTO metric_task_marks (tenant, task_id, queue, type, runnable_at, started_at)"
-        " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (tenant, task_id) DO UPDATE SET"
-        " runnable_at=EXCLUDED.runnable_at, started_at=EXCLUDED.started_at",
-        [(t, i, m.queue, m.type, m.runnable_at, m.started_at) for (t, i), m in marks.items()],
+    if not marks:
+        return
+    items = sorted(marks.items(), key=lambda km: km[0])
+    values = sorted(counters.items())
+    counts = sorted(buckets.items())
+    await conn.execute(
+        _WRITE,
+        *[[k[0] for k, _ in items], [k[1] for k, _ in items], [m.queue for _, m in items]],
+        *[[m.type for _, m in items], [m.runnable_at for _, m in items], [m.started_at for _, m in items]],
+        *[[k[i] for k, _ in values] for i in range(4)],
+        [v for _, v in values],
+        *[[k[i] for k, _ in counts] for i in range(5)],
+        [n for _, n in counts],
     )
-    await conn.executemany(
-        "INSERT INTO metric_counters (tenant, queue, type, metric, value) VALUES ($1,$2,$3,$4,$5)"
-        " ON CONFLICT (tenant, queue, type, metric)"
-        " DO UPDATE SET value = metric_counters.value + EXCLUDED.value",
-        [(*k, v) for k, v in counters.items()],
-    )
-    await conn.executemany(
-        "INSERT INTO metric_histograms (tenant, queue, type, metric, bucket, count)"
-        " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (tenant, queue, type, metric, bucket)"
-        " DO UPDATE SET count = metric_histograms.count + EXCLUDED.count",
-        [(*k, v) for k, v in buckets.items()],
-    )
+    if memory is not None:
+        for key, mark in items:
+            memory.put(key, mark)
+
+
+# One statement: the tasks' marks (a `submitted` starts a task's mark afresh, queue and type too),
+# the counters and the histogram buckets moved by the batch.
+_WRITE = """
+WITH marked AS (
+    INSERT INTO metric_task_marks (tenant, task_id, queue, type, runnable_at, started_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                         $6::timestamptz[])
+    ON CONFLICT (tenant, task_id) DO UPDATE SET queue=EXCLUDED.queue, type=EXCLUDED.type,
+        runnable_at=EXCLUDED.runnable_at, started_at=EXCLUDED.started_at
+),
+counted AS (
+    INSERT INTO metric_counters AS c (tenant, queue, type, metric, value)
+    SELECT * FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::double precision[])
+    ON CONFLICT (tenant, queue, type, metric) DO UPDATE SET value = c.value + EXCLUDED.value
+)
+INSERT INTO metric_histograms AS h (tenant, queue, type, metric, bucket, count)
+SELECT * FROM unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::int[], $17::bigint[])
+ON CONFLICT (tenant, queue, type, metric, bucket) DO UPDATE SET count = h.count + EXCLUDED.count
+"""
 
 
 def _observe(

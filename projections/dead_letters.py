@@ -18,6 +18,7 @@ import msgspec
 
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
+from ordo.projections.memory import Memory, NotNew, first_events
 
 NAME = "dead_letters"
 
@@ -89,22 +90,43 @@ def _fold(task: _Task, stored: StoredEvent) -> None:
 
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
-    keys = sorted({(e.tenant, e.task_id) for e in events})
+    await _apply(conn, events, None)
+
+
+async def remembering(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory) -> None:
+    """`apply`, with what it keeps per task remembered between batches and new tasks not looked up."""
+    await _apply(conn, events, memory)
+
+
+async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> None:
     tasks: dict[tuple[str, str], _Task] = {}
-    for rec in await conn.fetch(
-        "SELECT * FROM dead_letter_tasks WHERE (tenant, task_id) IN"
-        " (SELECT * FROM unnest($1::text[], $2::text[]))",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-    ):
-        error = rec["error"]
-        tasks[(rec["tenant"], rec["task_id"])] = _Task(
-            queue=rec["queue"],
-            type=rec["type"],
-            attempts=rec["attempts"],
-            error=None if error is None else _json.encode(error).decode(),
-            last_seq=rec["last_seq"],
-        )
+    new: set[tuple[str, str]] = set()
+    unknown = []
+    for key, first in first_events(events, lambda e: (e.tenant, e.task_id)).items():
+        if memory is not None:
+            remembered = memory.get(key)
+            if remembered is not None:
+                tasks[key] = remembered
+                continue
+            if isinstance(first.event, ev.Submitted):
+                new.add(key)
+                continue
+        unknown.append(key)
+    if unknown:
+        for rec in await conn.fetch(
+            "SELECT * FROM dead_letter_tasks WHERE (tenant, task_id) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [k[0] for k in unknown],
+            [k[1] for k in unknown],
+        ):
+            error = rec["error"]
+            tasks[(rec["tenant"], rec["task_id"])] = _Task(
+                queue=rec["queue"],
+                type=rec["type"],
+                attempts=rec["attempts"],
+                error=None if error is None else _json.encode(error).decode(),
+                last_seq=rec["last_seq"],
+            )
     for stored in events:
         key = (stored.tenant, stored.task_id)
         task = tasks.get(key)
@@ -115,22 +137,56 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
         if task is None or stored.seq <= task.last_seq:
             continue  # not a task we saw submitted, or already applied
         _fold(task, stored)
-    await _write(conn, tasks)
-
-
-async def _write(conn: asyncpg.Connection, tasks: dict[tuple[str, str], _Task]) -> None:
-    items = list(tasks.items())
-    if not items:
+    if not tasks:
         return
-    await conn.execute(
-        """
-        INSERT INTO dead_letter_tasks AS d (tenant, task_id, queue, type, attempts, error, last_seq)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::json[],
-                             $7::bigint[])
-        ON CONFLICT (tenant, task_id) DO UPDATE SET attempts=EXCLUDED.attempts, error=EXCLUDED.error,
-            last_seq=EXCLUDED.last_seq
-        WHERE d.last_seq < EXCLUDED.last_seq
-        """,
+    await _write(conn, tasks, new)
+    if memory is not None:
+        for key, t in tasks.items():  # what reading the row back gives: no pending change
+            memory.put(key, _Task(t.queue, t.type, t.attempts, t.error, t.last_seq))
+
+
+_TASK_COLS = "tenant, task_id, queue, type, attempts, error, last_seq"
+_DEAD_COLS = "tenant, task_id, queue, type, attempts, error_kind, error, reason, dead_at, seq"
+# One statement: what this projection keeps per task (for tasks first seen in the batch only if
+# absent: the count says whether that held), the dead letters that left, and those that came.
+_WRITE = f"""
+WITH r AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::json[],
+                         $7::bigint[], $8::bool[]) AS r({_TASK_COLS}, new)
+),
+fresh AS (
+    INSERT INTO dead_letter_tasks ({_TASK_COLS}) SELECT {_TASK_COLS} FROM r WHERE new
+    ON CONFLICT (tenant, task_id) DO NOTHING RETURNING 1
+),
+known AS (
+    INSERT INTO dead_letter_tasks AS d ({_TASK_COLS}) SELECT {_TASK_COLS} FROM r WHERE NOT new
+    ON CONFLICT (tenant, task_id) DO UPDATE SET attempts=EXCLUDED.attempts, error=EXCLUDED.error,
+        last_seq=EXCLUDED.last_seq
+    WHERE d.last_seq < EXCLUDED.last_seq
+),
+gone AS (
+    DELETE FROM dead_letters WHERE (tenant, task_id) IN (SELECT * FROM unnest($9::text[], $10::text[]))
+),
+dead AS (
+    INSERT INTO dead_letters ({_DEAD_COLS})
+    SELECT * FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::text[],
+                         $17::json[], $18::text[], $19::timestamptz[], $20::bigint[])
+    ON CONFLICT (tenant, task_id) DO UPDATE SET attempts=EXCLUDED.attempts,
+        error_kind=EXCLUDED.error_kind, error=EXCLUDED.error, reason=EXCLUDED.reason,
+        dead_at=EXCLUDED.dead_at, seq=EXCLUDED.seq
+)
+SELECT count(*) FROM fresh
+"""
+
+
+async def _write(
+    conn: asyncpg.Connection, tasks: dict[tuple[str, str], _Task], new: set[tuple[str, str]]
+) -> None:
+    items = sorted(tasks.items(), key=lambda kt: kt[0])
+    gone = [k for k, t in items if t.change == "gone"]
+    dead = [(k, t) for k, t in items if t.change == "dead"]
+    inserted = await conn.fetchval(
+        _WRITE,
         [k[0] for k, _ in items],
         [k[1] for k, _ in items],
         [t.queue for _, t in items],
@@ -138,38 +194,23 @@ async def _write(conn: asyncpg.Connection, tasks: dict[tuple[str, str], _Task]) 
         [t.attempts for _, t in items],
         [t.error for _, t in items],
         [t.last_seq for _, t in items],
+        [k in new for k, _ in items],
+        [k[0] for k in gone],
+        [k[1] for k in gone],
+        [k[0] for k, _ in dead],
+        [k[1] for k, _ in dead],
+        [t.queue for _, t in dead],
+        [t.type for _, t in dead],
+        [t.attempts for _, t in dead],
+        [_kind(t.error) for _, t in dead],
+        [t.error for _, t in dead],
+        [t.reason for _, t in dead],
+        [t.dead_at for _, t in dead],
+        [t.dead_seq for _, t in dead],
     )
-    gone = [k for k, t in items if t.change == "gone"]
-    if gone:
-        await conn.execute(
-            "DELETE FROM dead_letters WHERE (tenant, task_id) IN"
-            " (SELECT * FROM unnest($1::text[], $2::text[]))",
-            [k[0] for k in gone],
-            [k[1] for k in gone],
-        )
-    dead = [(k, t) for k, t in items if t.change == "dead"]
-    if dead:
-        await conn.execute(
-            """
-            INSERT INTO dead_letters (tenant, task_id, queue, type, attempts, error_kind, error, reason,
-                                      dead_at, seq)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
-                                 $7::json[], $8::text[], $9::timestamptz[], $10::bigint[])
-            ON CONFLICT (tenant, task_id) DO UPDATE SET attempts=EXCLUDED.attempts,
-                error_kind=EXCLUDED.error_kind, error=EXCLUDED.error, reason=EXCLUDED.reason,
-                dead_at=EXCLUDED.dead_at, seq=EXCLUDED.seq
-            """,
-            [k[0] for k, _ in dead],
-            [k[1] for k, _ in dead],
-            [t.queue for _, t in dead],
-            [t.type for _, t in dead],
-            [t.attempts for _, t in dead],
-            [_kind(t.error) for _, t in dead],
-            [t.error for _, t in dead],
-            [t.reason for _, t in dead],
-            [t.dead_at for _, t in dead],
-            [t.dead_seq for _, t in dead],
-        )
+    expected = sum(1 for k, _ in items if k in new)
+    if inserted != expected:
+        raise NotNew(f"{expected - inserted} task(s) presumed new had a dead-letter row")
 
 
 def _kind(error: str | None) -> str:

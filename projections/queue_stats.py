@@ -15,9 +15,11 @@ from datetime import datetime
 
 import asyncpg
 
+from ordo.domain import events as ev
 from ordo.domain.state import TaskState, evolve, initial
 from ordo.domain.status import TaskStatus
 from ordo.infra.event_store import StoredEvent
+from ordo.projections.memory import Memory, NotNew, first_events
 
 NAME = "queue_stats"
 
@@ -52,25 +54,62 @@ def _counted(state: TaskState) -> str | None:
 
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
-    keys = sorted({(e.tenant, e.task_id) for e in events})
-    states: dict[tuple[str, str], tuple[str, TaskState, int]] = {}
-    for rec in await conn.fetch(
-        "SELECT * FROM queue_task_status WHERE (tenant, task_id) IN"
-        " (SELECT * FROM unnest($1::text[], $2::text[]))",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-    ):
-        paused = rec["paused_from"]
-        state = TaskState(
-            task_id=rec["task_id"],
-            exists=True,
-            status=TaskStatus(rec["status"]),
-            paused_from=None if paused is None else TaskStatus(paused),
-            archived=rec["archived"],
-            attempt=rec["attempt"],
-            lease_until=rec["lease_until"],
-        )
-        states[(rec["tenant"], rec["task_id"])] = (rec["queue"], state, rec["last_seq"])
+    await _apply(conn, events, None)
+
+
+async def remembering(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory) -> None:
+    """`apply`, with the tasks' statuses of earlier batches remembered and new tasks not looked up."""
+    await _apply(conn, events, memory)
+
+
+_Remembered = tuple[str, TaskState, int]  # (queue, the fields that decide the status, last_seq)
+
+
+def _kept(task_id: str, state: TaskState) -> TaskState:
+    """The fields this projection keeps of a task: what reading its row back gives."""
+    return TaskState(
+        task_id=task_id,
+        exists=True,
+        status=state.status,
+        paused_from=state.paused_from,
+        archived=state.archived,
+        attempt=state.attempt,
+        lease_until=state.lease_until,
+    )
+
+
+async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> None:
+    states: dict[tuple[str, str], _Remembered] = {}
+    new: set[tuple[str, str]] = set()
+    unknown = []
+    for key, first in first_events(events, lambda e: (e.tenant, e.task_id)).items():
+        if memory is not None:
+            remembered = memory.get(key)
+            if remembered is not None:
+                states[key] = remembered
+                continue
+            if isinstance(first.event, ev.Submitted):
+                new.add(key)
+                continue
+        unknown.append(key)
+    if unknown:
+        for rec in await conn.fetch(
+            "SELECT * FROM queue_task_status WHERE (tenant, task_id) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [k[0] for k in unknown],
+            [k[1] for k in unknown],
+        ):
+            paused = rec["paused_from"]
+            state = TaskState(
+                task_id=rec["task_id"],
+                exists=True,
+                status=TaskStatus(rec["status"]),
+                paused_from=None if paused is None else TaskStatus(paused),
+                archived=rec["archived"],
+                attempt=rec["attempt"],
+                lease_until=rec["lease_until"],
+            )
+            states[(rec["tenant"], rec["task_id"])] = (rec["queue"], state, rec["last_seq"])
     delta: Counter[tuple[str, str, str]] = Counter()
     for stored in events:
         key = (stored.tenant, stored.task_id)
@@ -78,58 +117,79 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
         if stored.seq <= last:
             continue
         after = evolve(before, stored.event)
-        old, new = _counted(before), _counted(after)
-        if old != new:
+        old, new_bucket = _counted(before), _counted(after)
+        if old != new_bucket:
             if old is not None:
                 delta[(stored.tenant, queue, old)] -= 1
-            if new is not None:
-                delta[(stored.tenant, queue, new)] += 1
+            if new_bucket is not None:
+                delta[(stored.tenant, queue, new_bucket)] += 1
         states[key] = (queue, after, stored.seq)
-    rows = [(k, q, s, seq) for k, (q, s, seq) in states.items() if s.exists]
-    if rows:
-        await conn.execute(
-            """
-            INSERT INTO queue_task_status AS t
-                (tenant, task_id, queue, status, paused_from, archived, last_seq, attempt, lease_until)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
-                                 $7::bigint[], $8::int[], $9::timestamptz[])
-            ON CONFLICT (tenant, task_id) DO UPDATE SET status=EXCLUDED.status,
-                paused_from=EXCLUDED.paused_from, archived=EXCLUDED.archived, last_seq=EXCLUDED.last_seq,
-                attempt=EXCLUDED.attempt, lease_until=EXCLUDED.lease_until
-            WHERE t.last_seq < EXCLUDED.last_seq
-            """,
-            [k[0] for k, _, _, _ in rows],
-            [k[1] for k, _, _, _ in rows],
-            [q for _, q, _, _ in rows],
-            [str(s.status) for _, _, s, _ in rows],
-            [None if s.paused_from is None else str(s.paused_from) for _, _, s, _ in rows],
-            [s.archived for _, _, s, _ in rows],
-            [seq for _, _, _, seq in rows],
-            [s.attempt for _, _, s, _ in rows],
-            [s.lease_until for _, _, s, _ in rows],
-        )
+    rows = sorted(((k, q, s, seq) for k, (q, s, seq) in states.items() if s.exists), key=lambda r: r[0])
     changed = sorted((k, n) for k, n in delta.items() if n != 0)
-    if changed:
-        await conn.execute(
-            """
-            INSERT INTO queue_depth AS d (tenant, queue, status, n)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
-            ON CONFLICT (tenant, queue, status) DO UPDATE SET n = d.n + EXCLUDED.n
-            """,
-            [k[0] for k, _ in changed],
-            [k[1] for k, _ in changed],
-            [k[2] for k, _ in changed],
-            [n for _, n in changed],
-        )
-        # No zero rows: whether a (queue, status) passed through zero must not depend on how the
-        # events were cut into batches, or a rebuild would differ from the live table.
-        await conn.execute(
-            "DELETE FROM queue_depth WHERE n = 0 AND (tenant, queue, status) IN"
-            " (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))",
-            [k[0] for k, _ in changed],
-            [k[1] for k, _ in changed],
-            [k[2] for k, _ in changed],
-        )
+    if not rows and not changed:
+        return
+    inserted = await conn.fetchval(
+        _WRITE,
+        [k[0] for k, _, _, _ in rows],
+        [k[1] for k, _, _, _ in rows],
+        [q for _, q, _, _ in rows],
+        [str(s.status) for _, _, s, _ in rows],
+        [None if s.paused_from is None else str(s.paused_from) for _, _, s, _ in rows],
+        [s.archived for _, _, s, _ in rows],
+        [seq for _, _, _, seq in rows],
+        [s.attempt for _, _, s, _ in rows],
+        [s.lease_until for _, _, s, _ in rows],
+        [k in new for k, _, _, _ in rows],
+        [k[0] for k, _ in changed],
+        [k[1] for k, _ in changed],
+        [k[2] for k, _ in changed],
+        [n for _, n in changed],
+    )
+    expected = sum(1 for k, _, _, _ in rows if k in new)
+    if inserted != expected:
+        raise NotNew(f"{expected - inserted} task(s) presumed new had a status row")
+    if memory is not None:
+        for k, q, s, seq in rows:
+            memory.put(k, (q, _kept(k[1], s), seq))
+
+
+_COLS = "tenant, task_id, queue, status, paused_from, archived, last_seq, attempt, lease_until"
+# One statement: the tasks' statuses (those of tasks first seen in the batch only if absent: the
+# count says whether that held), and the depth counters moved by the batch. No zero rows: whether a
+# (queue, status) passed through zero must not depend on how the events were cut into batches, or a
+# rebuild would differ from the live table; a counter the batch brings to zero is deleted instead.
+_WRITE = f"""
+WITH r AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
+                         $7::bigint[], $8::int[], $9::timestamptz[], $10::bool[]) AS r({_COLS}, new)
+),
+fresh AS (
+    INSERT INTO queue_task_status ({_COLS}) SELECT {_COLS} FROM r WHERE new
+    ON CONFLICT (tenant, task_id) DO NOTHING RETURNING 1
+),
+known AS (
+    INSERT INTO queue_task_status AS t ({_COLS}) SELECT {_COLS} FROM r WHERE NOT new
+    ON CONFLICT (tenant, task_id) DO UPDATE SET status=EXCLUDED.status,
+        paused_from=EXCLUDED.paused_from, archived=EXCLUDED.archived, last_seq=EXCLUDED.last_seq,
+        attempt=EXCLUDED.attempt, lease_until=EXCLUDED.lease_until
+    WHERE t.last_seq < EXCLUDED.last_seq
+),
+moved AS (
+    SELECT c.tenant, c.queue, c.status, c.n, d.n + c.n = 0 AS zero
+    FROM unnest($11::text[], $12::text[], $13::text[], $14::bigint[]) AS c(tenant, queue, status, n)
+    LEFT JOIN queue_depth d USING (tenant, queue, status)
+),
+emptied AS (
+    DELETE FROM queue_depth d USING moved m
+    WHERE m.zero AND (d.tenant, d.queue, d.status) = (m.tenant, m.queue, m.status)
+),
+counted AS (
+    INSERT INTO queue_depth AS d (tenant, queue, status, n)
+    SELECT tenant, queue, status, n FROM moved WHERE zero IS NOT TRUE
+    ON CONFLICT (tenant, queue, status) DO UPDATE SET n = d.n + EXCLUDED.n
+)
+SELECT count(*) FROM fresh
+"""
 
 
 # ---- queries -------------------------------------------------------------------------------------

@@ -73,10 +73,12 @@ PROJECTIONS: tuple[Projection, ...] = (
     Projection(tasks.NAME, tasks.DDL, tasks.apply, remembering=tasks.remembering),
     Projection(task_events.NAME, task_events.DDL, task_events.apply),
     Projection(attempts.NAME, attempts.DDL, attempts.apply, remembering=attempts.remembering),
-    Projection(dead_letters.NAME, dead_letters.DDL, dead_letters.apply),
-    Projection(queue_stats.NAME, queue_stats.DDL, queue_stats.apply),
-    Projection(stats_minutely.NAME, stats_minutely.DDL, stats_minutely.apply),
-    Projection(counters.NAME, counters.DDL, counters.apply),
+    Projection(dead_letters.NAME, dead_letters.DDL, dead_letters.apply, remembering=dead_letters.remembering),
+    Projection(queue_stats.NAME, queue_stats.DDL, queue_stats.apply, remembering=queue_stats.remembering),
+    Projection(
+        stats_minutely.NAME, stats_minutely.DDL, stats_minutely.apply, remembering=stats_minutely.remembering
+    ),
+    Projection(counters.NAME, counters.DDL, counters.apply, remembering=counters.remembering),
     Projection(schedules.NAME, schedules.DDL, schedules.apply, family="schedule"),
     Projection(queues_state.NAME, queues_state.DDL, queues_state.apply, family="queue"),
 )

@@ -117,8 +117,8 @@ async def apply_batch(
         try:
             async with conn.transaction():  # a savepoint in the caller's transaction
                 return await _apply_batch(conn, projections, batch, memories, notify, isolate=False)
-        except NotNew:
-            pass  # a key presumed new was not: again, reading every key
+        except NotNew as exc:
+            _log.info("batch up to seq %d applied again reading every key: %s", batch[-1][1].seq, exc)
         except poison.DATA_ERRORS as exc:
             if not poison.caused_by_data(exc, conn):
                 raise

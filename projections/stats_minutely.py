@@ -19,6 +19,7 @@ import asyncpg
 
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
+from ordo.projections.memory import Memory, NotNew, first_events
 
 NAME = "stats_minutely"
 
@@ -97,16 +98,37 @@ def minute_of(at: datetime) -> datetime:
 
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
-    keys = sorted({(e.tenant, e.task_id) for e in events})
-    tasks: dict[tuple[str, str], _Task] = {
-        (r["tenant"], r["task_id"]): _Task(r["queue"], r["type"], r["attempt_started_at"], r["last_seq"])
+    await _apply(conn, events, None)
+
+
+async def remembering(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory) -> None:
+    """`apply`, with what it keeps per task remembered between batches and new tasks not looked up."""
+    await _apply(conn, events, memory)
+
+
+async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> None:
+    tasks: dict[tuple[str, str], _Task] = {}
+    new: set[tuple[str, str]] = set()
+    unknown = []
+    for key, first in first_events(events, lambda e: (e.tenant, e.task_id)).items():
+        if memory is not None:
+            remembered = memory.get(key)
+            if remembered is not None:
+                tasks[key] = remembered
+                continue
+            if isinstance(first.event, ev.Submitted):
+                new.add(key)
+                continue
+        unknown.append(key)
+    if unknown:
         for r in await conn.fetch(
             "SELECT * FROM stats_tasks WHERE (tenant, task_id) IN"
             " (SELECT * FROM unnest($1::text[], $2::text[]))",
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-        )
-    }
+            [k[0] for k in unknown],
+            [k[1] for k in unknown],
+        ):
+            kept = _Task(r["queue"], r["type"], r["attempt_started_at"], r["last_seq"])
+            tasks[(r["tenant"], r["task_id"])] = kept
     buckets: dict[tuple[str, datetime, str, str], _Bucket] = {}
     durations: list[tuple[int, str, str, str, datetime, str, float]] = []
     for stored in events:
@@ -131,60 +153,80 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
             bucket = buckets.setdefault((stored.tenant, minute, task.queue, task.type), _Bucket())
             bucket.counts[counter] += 1
             bucket.last_seq = stored.seq
-    await _write(conn, tasks, buckets, durations)
+    if not tasks:
+        return
+    await _write(conn, tasks, new, buckets, durations)
+    if memory is not None:
+        for key, task in tasks.items():
+            memory.put(key, task)
+
+
+_TASK_COLS = "tenant, task_id, queue, type, attempt_started_at, last_seq"
+_DURATION_COLS = "seq, tenant, queue, type, minute, outcome, duration_ms"
+# One statement: what this projection keeps per task (for tasks first seen in the batch only if
+# absent: the count says whether that held), the minute counters and the finished attempts.
+_WRITE = f"""
+WITH r AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                         $6::bigint[], $7::bool[]) AS r({_TASK_COLS}, new)
+),
+fresh AS (
+    INSERT INTO stats_tasks ({_TASK_COLS}) SELECT {_TASK_COLS} FROM r WHERE new
+    ON CONFLICT (tenant, task_id) DO NOTHING RETURNING 1
+),
+known AS (
+    INSERT INTO stats_tasks AS t ({_TASK_COLS}) SELECT {_TASK_COLS} FROM r WHERE NOT new
+    ON CONFLICT (tenant, task_id) DO UPDATE SET attempt_started_at=EXCLUDED.attempt_started_at,
+        last_seq=EXCLUDED.last_seq
+    WHERE t.last_seq < EXCLUDED.last_seq
+),
+counted AS (
+    INSERT INTO stats_minutely AS s (tenant, minute, queue, type, {", ".join(COUNTERS)}, last_seq)
+    SELECT * FROM unnest($8::text[], $9::timestamptz[], $10::text[], $11::text[], $12::bigint[],
+        $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[])
+    ON CONFLICT (tenant, minute, queue, type) DO UPDATE SET
+        {", ".join(f"{c} = s.{c} + EXCLUDED.{c}" for c in COUNTERS)}, last_seq = EXCLUDED.last_seq
+),
+timed AS (
+    INSERT INTO stats_durations ({_DURATION_COLS})
+    SELECT * FROM unnest($19::bigint[], $20::text[], $21::text[], $22::text[], $23::timestamptz[],
+                         $24::text[], $25::double precision[])
+    ON CONFLICT (seq) DO NOTHING
+)
+SELECT count(*) FROM fresh
+"""  # noqa: S608 - column names are constants
 
 
 async def _write(
     conn: asyncpg.Connection,
     tasks: dict[tuple[str, str], _Task],
+    new: set[tuple[str, str]],
     buckets: dict[tuple[str, datetime, str, str], _Bucket],
     durations: list[tuple[int, str, str, str, datetime, str, float]],
 ) -> None:
-    if tasks:
-        items = list(tasks.items())
-        await conn.execute(
-            """
-            INSERT INTO stats_tasks AS t (tenant, task_id, queue, type, attempt_started_at, last_seq)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                                 $6::bigint[])
-            ON CONFLICT (tenant, task_id) DO UPDATE SET attempt_started_at=EXCLUDED.attempt_started_at,
-                last_seq=EXCLUDED.last_seq
-            WHERE t.last_seq < EXCLUDED.last_seq
-            """,
-            [k[0] for k, _ in items],
-            [k[1] for k, _ in items],
-            [t.queue for _, t in items],
-            [t.type for _, t in items],
-            [t.attempt_started_at for _, t in items],
-            [t.last_seq for _, t in items],
-        )
-    if buckets:
-        rows = sorted(buckets.items())
-        sets = ", ".join(f"{c} = s.{c} + EXCLUDED.{c}" for c in COUNTERS)
-        await conn.execute(
-            f"""
-            INSERT INTO stats_minutely AS s (tenant, minute, queue, type, {", ".join(COUNTERS)}, last_seq)
-            SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[],
-                $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
-            ON CONFLICT (tenant, minute, queue, type) DO UPDATE SET {sets}, last_seq = EXCLUDED.last_seq
-            """,  # noqa: S608 - column names are constants
-            [k[0] for k, _ in rows],
-            [k[1] for k, _ in rows],
-            [k[2] for k, _ in rows],
-            [k[3] for k, _ in rows],
-            *[[b.counts[c] for _, b in rows] for c in COUNTERS],
-            [b.last_seq for _, b in rows],
-        )
-    if durations:
-        await conn.execute(
-            """
-            INSERT INTO stats_durations (seq, tenant, queue, type, minute, outcome, duration_ms)
-            SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                                 $6::text[], $7::double precision[])
-            ON CONFLICT (seq) DO NOTHING
-            """,
-            *[list(col) for col in zip(*durations, strict=True)],
-        )
+    items = sorted(tasks.items(), key=lambda kt: kt[0])
+    rows = sorted(buckets.items())
+    timed: list[list[Any]] = [list(col) for col in zip(*durations, strict=True)] or [[] for _ in range(7)]
+    inserted = await conn.fetchval(
+        _WRITE,
+        [k[0] for k, _ in items],
+        [k[1] for k, _ in items],
+        [t.queue for _, t in items],
+        [t.type for _, t in items],
+        [t.attempt_started_at for _, t in items],
+        [t.last_seq for _, t in items],
+        [k in new for k, _ in items],
+        [k[0] for k, _ in rows],
+        [k[1] for k, _ in rows],
+        [k[2] for k, _ in rows],
+        [k[3] for k, _ in rows],
+        *[[b.counts[c] for _, b in rows] for c in COUNTERS],
+        [b.last_seq for _, b in rows],
+        *timed,
+    )
+    expected = sum(1 for k, _ in items if k in new)
+    if inserted != expected:
+        raise NotNew(f"{expected - inserted} task(s) presumed new had a stats row")
 
 
 # ---- queries -------------------------------------------------------------------------------------

@@ -98,11 +98,13 @@ class _Row:
 
 def _apply_one(row: _Row, stored: StoredEvent) -> None:
     event = stored.event
+    existed = row.state.exists
     row.state = evolve(row.state, event)
     row.updated_at = stored.stored_at
     row.last_seq = stored.seq
     if isinstance(event, ev.Submitted):
-        row.created_at = stored.stored_at
+        if not existed:  # a second `submitted` (forged) changes nothing, wherever a batch was cut
+            row.created_at = stored.stored_at
     elif isinstance(event, ev.AttemptStarted):
         row.started_at = stored.stored_at
         row.finished_at = None

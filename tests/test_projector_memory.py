@@ -1,0 +1,181 @@
+"""The projector's per-task memory (projections/memory.py) never makes a table differ from a rebuild.
+
+The runner keeps the states its projections fold in process between batches and does not look up a
+task first seen in a batch. These tests break each assumption that makes that safe: a transaction
+that fails after the memory was updated, a `submitted` for a task that already has rows (a forged
+second submit, not remembered by a freshly elected runner), a checkpoint moved under the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+from nats.aio.client import Client as NATS
+
+from ordo.domain import events as ev
+from ordo.domain.commands import CancelTask
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.pg import connect
+from ordo.infra.settings import Settings
+from ordo.projections.memory import Memories, Memory
+from ordo.projections.reader import LogReader, Record
+from ordo.projections.rebuild import Rebuilder
+from ordo.projections.registry import FAMILIES, PROJECTIONS, Projection
+from ordo.projections.runner import (
+    ProjectionRunner,
+    RunnerConfig,
+    apply_batch,
+    checkpoint,
+    ensure_checkpoints,
+)
+from ordo.projections.schema import migrate
+from tests.helpers import eventually
+from tests.test_projections_failover import submissions
+from tests.test_rebuild import all_tables, table_hashes
+
+
+def test_memory_hands_out_copies_and_keeps_only_what_was_committed() -> None:
+    memory = Memory(capacity=2)
+    memory.align((10, 0))
+    memory.put("a", {"n": 1})
+    assert memory.get("a") == {"n": 1} and len(memory) == 0  # staged, not committed
+    memory.rollback()
+    assert memory.get("a") is None and memory.missing(["a"]) == ["a"]
+    row = {"n": 1}
+    memory.put("a", row)
+    memory.moved((20, 0))
+    memory.commit()
+    copy = memory.get("a")
+    assert copy == row and copy is not row  # a fold may mutate what it got
+    memory.put("b", 2)
+    memory.put("c", 3)
+    memory.commit()
+    assert memory.get("a") is None and memory.get("c") == 3  # least recently used evicted
+
+    memory.align((20, 0))  # where its last commit left the checkpoint: kept
+    assert memory.get("c") == 3
+    memory.align((20, 1))  # a rebuild swapped the tables in (epoch moved): forgotten
+    assert memory.get("c") is None
+    memory.put("d", 4)
+    memory.align((20, 1))
+    assert memory.get("d") == 4
+    memory.align((25, 1))  # someone else moved the checkpoint
+    assert memory.get("d") is None
+
+    with pytest.raises(ValueError):
+        Memory(capacity=0)
+    with pytest.raises(ValueError):
+        RunnerConfig(batch_size=100, max_batch_size=50)
+    assert RunnerConfig(batch_size=100).catch_up_batch_size == 500
+
+
+async def _records(nc: NATS, last: int) -> list[Record]:
+    reader = LogReader(nc, FAMILIES, 1)
+    await reader.start()
+    try:
+        batch: list[Record] = []
+        while not batch or batch[-1][1].seq < last:
+            batch += await reader.batch(1000, upto=last, linger_s=0.5)
+        return batch
+    finally:
+        await reader.close()
+
+
+async def _rebuilt_equal(nc: NATS, dsn: str) -> None:
+    """Every projection's tables equal a rebuild from the log (a rebuild starts with empty memory)."""
+    tables = all_tables()
+    live = await table_hashes(dsn, tables)
+    await Rebuilder(nc, dsn).run()
+    rebuilt = await table_hashes(dsn, tables)
+    assert sorted(t for t in tables if live[t] != rebuilt[t]) == []
+
+
+async def test_a_failed_batch_leaves_nothing_in_memory(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    commands = submissions(settings.tenant, 20)
+    await handler.submit_many(settings.tenant, commands)
+    last = 0
+    for command in commands[::2]:
+        last = (await handler.execute(settings.tenant, CancelTask(task_id=command.task_id))).last_seq
+    records = await _records(nc, last)
+    cancels = next(i for i, (_, r) in enumerate(records) if isinstance(r.event, ev.Cancelled))
+    first, second = records[:cancels], records[cancels:]
+
+    async def boom(conn: asyncpg.Connection, records: list[Any]) -> None:
+        raise RuntimeError("the process fails after the projections folded the batch")
+
+    conn = await connect(settings.database_url)
+    memories = Memories()
+    try:
+        await migrate(conn)
+        await ensure_checkpoints(conn, PROJECTIONS)
+        async with conn.transaction():
+            await apply_batch(conn, PROJECTIONS, first, memories)
+        memories.commit()
+        assert len(memories.of("tasks")) == 20
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await apply_batch(conn, (*PROJECTIONS, Projection("boom", "", boom)), second, memories)
+        memories.rollback()
+        async with conn.transaction():
+            await apply_batch(conn, PROJECTIONS, second, memories)
+        memories.commit()
+        statuses = await conn.fetch("SELECT status, count(*) AS n FROM tasks GROUP BY status ORDER BY status")
+        assert [(r["status"], r["n"]) for r in statuses] == [("cancelled", 10), ("queued", 10)]
+    finally:
+        await conn.close()
+    await _rebuilt_equal(nc, settings.database_url)
+
+
+async def test_a_second_submitted_for_a_known_task_is_read_not_presumed_new(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    (command,) = submissions(settings.tenant, 1)
+    (out,) = await handler.submit_many(settings.tenant, [command])
+    task_id = command.task_id
+    dsn = settings.database_url
+    conn = await connect(dsn)
+    await migrate(conn)
+    await conn.close()
+
+    async def project_up_to(seq: int) -> None:
+        """A freshly elected runner (empty memory) until its checkpoint reaches `seq`."""
+        runner = ProjectionRunner(nc, dsn, RunnerConfig(batch_size=100))
+        running = asyncio.create_task(runner.run())
+        conn = await asyncpg.connect(dsn)
+        try:
+            await eventually(lambda: _at(conn, seq), timeout=30, what=f"checkpoint at {seq}")
+        finally:
+            await conn.close()
+            await runner.shutdown()
+            await running
+
+    await project_up_to(out.last_seq)
+    # Forged, as a credential allowed to publish task subjects could (no decider involved).
+    forged = ev.Submitted("forged.type", "default", settings.tenant)
+    subject = sj.event_subject(settings.tenant, "default", task_id, ev.event_name(forged))
+    await nc.jetstream().publish(subject, ev.encode_event(forged), stream=sj.EVENTS_STREAM)
+    cancelled = await handler.execute(settings.tenant, CancelTask(task_id=task_id))
+    await project_up_to(cancelled.last_seq)
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT type, status FROM tasks WHERE id=$1", task_id)
+        assert (row["type"], row["status"]) == ("demo.echo", "cancelled")
+        assert (
+            await conn.fetchval("SELECT type FROM dead_letter_tasks WHERE task_id=$1", task_id) == "demo.echo"
+        )
+        assert await conn.fetchval("SELECT sum(n) FROM queue_depth") == 1
+        assert await conn.fetchval("SELECT count(*) FROM projection_errors") == 0
+    finally:
+        await conn.close()
+    await _rebuilt_equal(nc, dsn)
+
+
+async def _at(conn: asyncpg.Connection, seq: int) -> bool:
+    return await checkpoint(conn) >= seq
