@@ -7,8 +7,6 @@ schedule event in sequence order, the schedule's timeline.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +17,7 @@ import msgspec
 from ordo.domain import schedule_events as se
 from ordo.domain.schedule_state import ScheduleState, evolve, initial
 from ordo.infra import subjects as sj
+from ordo.projections.cursors import decode_cursor, encode_cursor
 from ordo.projections.json_text import json_text
 
 NAME = "schedules"
@@ -169,15 +168,15 @@ async def get_schedule(
 
 
 def _cursor(created_at: datetime, sid: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{sid}".encode()).decode()
+    return encode_cursor("schedules", created_at.isoformat(), sid)
 
 
 def _parse_cursor(cursor: str) -> tuple[datetime, str]:
+    at, sid = decode_cursor(cursor, "schedules", 2)
     try:
-        at, _, sid = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
         return datetime.fromisoformat(at), sid
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise ValueError("invalid cursor") from exc
+    except ValueError as exc:
+        raise ValueError("malformed cursor") from exc
 
 
 async def list_schedules(

@@ -1,0 +1,29 @@
+"""The one cursor format of the paged lists (tasks, schedules, dead letters).
+
+A cursor is opaque to clients: base64url of `kind|part|part...`, where `kind` names the list and its
+order (a task list's sort, `schedules`, `dead_letters`), so a cursor issued for one list or sort is
+refused by another. Parts are the keyset of the last row (a time in ISO form, an id, a sequence).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+
+def encode_cursor(kind: str, *parts: str) -> str:
+    return base64.urlsafe_b64encode("|".join((kind, *parts)).encode()).decode()
+
+
+def decode_cursor(cursor: str, kind: str, count: int) -> list[str]:
+    """The `count` parts of a cursor issued for `kind`; ValueError for anything else."""
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode()).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError("malformed cursor") from exc
+    issued, *parts = text.split("|", count)
+    if len(parts) != count or not all(parts):
+        raise ValueError("malformed cursor")
+    if issued != kind:
+        raise ValueError(f"the cursor was issued for {issued!r}, not {kind!r}")
+    return parts
