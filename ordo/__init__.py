@@ -45,7 +45,7 @@ if TYPE_CHECKING:
         WaitTimeout,
     )
     from ordo.workers.context import TaskContext
-    from ordo.workers.handlers import Fail, Registry, Retry
+    from ordo.workers.handlers import Fail, InvalidPayload, Registry, Retry
 
 # In a source checkout the internal packages sit beside this folder, not inside it: let
 # `ordo.domain` etc. resolve there too (installed, pyproject.toml's mapping puts them inside).
@@ -57,6 +57,7 @@ _EXPORTS = {
     "Registry": "ordo.workers.handlers",
     "Retry": "ordo.workers.handlers",
     "Fail": "ordo.workers.handlers",
+    "InvalidPayload": "ordo.workers.handlers",
     "TaskContext": "ordo.workers.context",
     "Client": "ordo.client",
     "AsyncClient": "ordo.client",
@@ -78,6 +79,7 @@ __all__ = [
     "Client",
     "Conflict",
     "Fail",
+    "InvalidPayload",
     "InvalidRequest",
     "NotFound",
     "OrdoError",

@@ -87,6 +87,7 @@ async def run_handler(
         fn = handler.get(task_type)
         if fn is None:
             raise LookupError(f"no handler registered for {task_type!r}; registered: {handler.names()}")
+        payload = handler.convert_payload(task_type, payload)  # as the worker does: InvalidPayload
     else:
         fn = handler
     run = HandlerRun()

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
+from nats.aio.client import Client as NATS
 
 import ordo
 from ordo import (
     AsyncClient,
     Client,
     Fail,
+    InvalidPayload,
     InvalidRequest,
     NotFound,
     Registry,
@@ -19,13 +24,20 @@ from ordo import (
     TaskContext,
     WaitTimeout,
 )
+from ordo.domain.commands import SubmitTask
+from ordo.domain.state import TaskState
+from ordo.domain.status import TaskStatus
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.settings import Settings
 from ordo.testing import run_handler
+from ordo.workers.runtime import Worker
 from tests.conftest import System
+from tests.helpers import eventually
 
 DOCUMENTED = {
-    "AsyncClient", "Client", "Conflict", "Fail", "InvalidRequest", "NotFound", "OrdoError", "RateLimited",
-    "Registry", "Retry", "Submitted", "Task", "TaskContext", "TaskEvent", "Unauthorized", "Unavailable",
-    "WaitTimeout",
+    "AsyncClient", "Client", "Conflict", "Fail", "InvalidPayload", "InvalidRequest", "NotFound", "OrdoError",
+    "RateLimited", "Registry", "Retry", "Submitted", "Task", "TaskContext", "TaskEvent", "Unauthorized",
+    "Unavailable", "WaitTimeout",
 }
 
 
@@ -122,3 +134,60 @@ async def test_sync_client_does_the_same_without_await(system: System) -> None:
             return task.status, task.result
 
     assert await asyncio.to_thread(use) == ("succeeded", {"sync": True})
+
+
+class Order(msgspec.Struct, frozen=True):
+    sku: str
+    quantity: int
+
+
+def typed_registry() -> Registry:
+    registry = Registry()
+
+    @registry.task("shop.order", payload=Order)
+    async def order(ctx: TaskContext) -> dict[str, Any]:
+        assert isinstance(ctx.payload, Order)
+        return {"sku": ctx.payload.sku, "total": ctx.payload.quantity * 2}
+
+    return registry
+
+
+async def test_a_typed_payload_arrives_as_its_struct_in_run_handler() -> None:
+    registry = typed_registry()
+    assert registry.payload_type("shop.order") is Order
+    run = await run_handler(registry, "shop.order", {"sku": "A1", "quantity": 3})
+    assert run.result == {"sku": "A1", "total": 6}
+    with pytest.raises(InvalidPayload):
+        await run_handler(registry, "shop.order", {"sku": "A1", "quantity": "three"})
+
+
+async def test_a_payload_that_does_not_fit_fails_the_task_without_retry(
+    nc: NATS, handler: CommandHandler, settings: Settings
+) -> None:
+    worker = Worker(nc, handler, typed_registry(), settings)
+    running = asyncio.create_task(worker.run())
+    try:
+        ids = {}
+        for name, payload in (("good", {"sku": "B2", "quantity": 2}), ("bad", {"sku": "B2"})):
+            ids[name] = uuid.uuid4().hex
+            await handler.execute(
+                settings.tenant,
+                SubmitTask(
+                    task_id=ids[name], tenant=settings.tenant, queue="default", task_type="shop.order",
+                    now=datetime.now(UTC), payload=msgspec.Raw(msgspec.json.encode(payload)), max_attempts=3,
+                ),
+            )
+
+        async def final(task_id: str) -> TaskState | None:
+            state, _, _ = await handler.load(settings.tenant, task_id)
+            return state if state.status.terminal else None
+
+        good = await eventually(lambda: final(ids["good"]), timeout=30, what="good order done")
+        bad = await eventually(lambda: final(ids["bad"]), timeout=30, what="bad order done")
+        assert good.status is TaskStatus.SUCCEEDED
+        assert msgspec.json.decode(good.result) == {"sku": "B2", "total": 4}
+        assert bad.status is TaskStatus.FAILED and bad.attempt == 1  # no retry
+        assert bad.error is not None and bad.error.kind == "InvalidPayload"
+    finally:
+        await worker.shutdown()
+        await asyncio.wait_for(running, 30)

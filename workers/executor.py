@@ -40,7 +40,7 @@ from ordo.infra.event_store import EventStoreError, Ticket, decode_ticket
 from ordo.infra.settings import Settings
 from ordo.workers import consumer
 from ordo.workers.context import TaskContext
-from ordo.workers.handlers import Fail, HandlerFn, Registry, Retry
+from ordo.workers.handlers import Fail, HandlerFn, InvalidPayload, Registry, Retry
 from ordo.workers.lease import Attempt
 from ordo.workers.limits import TypeLimits, is_lane_message
 from ordo.workers.stats import WorkerStats
@@ -239,6 +239,12 @@ class Executor:
             payload: Any = msgspec.json.decode(state.payload)
         except msgspec.DecodeError as exc:
             error = ErrorInfo(kind="PayloadDecodeError", message=str(exc))
+            await self._finish(attempt, self._fail(attempt, error, retryable=False))
+            return
+        try:
+            payload = self._registry.convert_payload(state.task_type, payload)
+        except InvalidPayload as exc:
+            error = ErrorInfo(kind="InvalidPayload", message=str(exc))
             await self._finish(attempt, self._fail(attempt, error, retryable=False))
             return
         ctx = TaskContext(

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
+
 if TYPE_CHECKING:
     from ordo.workers.context import TaskContext
 
@@ -45,30 +47,55 @@ class Fail(Exception):
         self.reason = reason
 
 
+class InvalidPayload(ValueError):
+    """The task's payload does not fit the payload type its handler was registered with."""
+
+
 class Registry:
     """Task type name -> handler. One registry is handed to a Worker."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, HandlerFn] = {}
+        self._payload_types: dict[str, type[Any]] = {}
 
-    def task(self, name: str) -> Callable[[F], F]:
-        """Decorator: register the decorated coroutine function as the handler of `name`."""
+    def task(self, name: str, *, payload: type[Any] | None = None) -> Callable[[F], F]:
+        """Decorator: register the decorated coroutine function as the handler of `name`.
+
+        `payload` (e.g. a msgspec Struct) types the payload: the worker converts the task's JSON
+        into it before the handler runs (`ctx.payload` is then an instance), and a payload that does
+        not fit fails the attempt at once, without retry (kind `InvalidPayload`)."""
 
         def register(fn: F) -> F:
-            self.register(name, fn)
+            self.register(name, fn, payload=payload)
             return fn
 
         return register
 
-    def register(self, name: str, fn: HandlerFn) -> None:
+    def register(self, name: str, fn: HandlerFn, *, payload: type[Any] | None = None) -> None:
         if not name:
             raise ValueError("a task type name must not be empty")
         if name in self._handlers:
             raise ValueError(f"task type {name!r} is already registered")
         self._handlers[name] = fn
+        if payload is not None:
+            self._payload_types[name] = payload
 
     def get(self, name: str) -> HandlerFn | None:
         return self._handlers.get(name)
+
+    def payload_type(self, name: str) -> type[Any] | None:
+        """The payload type `name` was registered with (None: the decoded JSON as it is)."""
+        return self._payload_types.get(name)
+
+    def convert_payload(self, name: str, payload: Any) -> Any:
+        """`payload` converted to `name`'s payload type; InvalidPayload when it does not fit."""
+        wanted = self._payload_types.get(name)
+        if wanted is None:
+            return payload
+        try:
+            return msgspec.convert(payload, wanted)
+        except msgspec.ValidationError as exc:
+            raise InvalidPayload(f"payload of {name!r} is not a valid {wanted.__name__}: {exc}") from exc
 
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self._handlers))
