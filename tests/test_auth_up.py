@@ -7,22 +7,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from ordo.embedded.processes import free_port
-
-
-def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.helpers import wait_for
 
 
 def _anonymous_refused(url: str) -> bool:
@@ -57,7 +47,7 @@ def test_up_prints_an_admin_key_and_a_one_time_link(tmp_path: Path) -> None:
             cwd=Path(__file__).resolve().parent.parent,
         )
     try:
-        link = _wait_for(
+        link = wait_for(
             lambda: re.search(r"sign-in link.*?: (http\S+)", out.read_text()), 120, "printed link"
         ).group(1)
         assert "Admin API key (tenant default): local-admin-key-for-test" in out.read_text()
@@ -68,7 +58,7 @@ def test_up_prints_an_admin_key_and_a_one_time_link(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 return False
 
-        _wait_for(ready, 120, "ready")
+        wait_for(ready, 120, "ready")
         assert httpx.get(base + "/v1/tasks", timeout=5).status_code == 401
         auth = {"Authorization": "Bearer local-admin-key-for-test"}
         assert httpx.get(base + "/v1/tasks", headers=auth, timeout=5).status_code == 200
@@ -81,7 +71,7 @@ def test_up_prints_an_admin_key_and_a_one_time_link(tmp_path: Path) -> None:
         r = httpx.post(base + "/v1/tasks", json={"type": "demo.echo", "payload": 1}, headers=auth, timeout=10)
         assert r.status_code == 202, r.text
         task_url = f"{base}/v1/tasks/{r.json()['id']}"
-        _wait_for(
+        wait_for(
             lambda: httpx.get(task_url, headers=auth, timeout=5).json()["status"] == "succeeded",
             60,
             "succeeded",

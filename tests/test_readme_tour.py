@@ -12,13 +12,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from ordo.embedded.processes import free_port
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,14 +31,6 @@ def tour_block() -> str:
     return str(blocks[0])
 
 
-def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the tour uses curl")
@@ -53,7 +45,7 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
         )
     try:
-        _wait_for(lambda: "Admin API key" in log_path.read_text(), 120, "the admin key")
+        wait_for(lambda: "Admin API key" in log_path.read_text(), 120, "the admin key")
 
         def ready() -> bool:
             try:
@@ -61,7 +53,7 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 return False
 
-        _wait_for(ready, 120, "ready")
+        wait_for(ready, 120, "ready")
         script = tour_block().replace("localhost:8000", f"127.0.0.1:{port}").replace(".ordo/", f"{data}/")
         done = subprocess.run(
             ["bash", "-u", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120

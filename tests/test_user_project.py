@@ -16,25 +16,17 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from ordo.embedded.processes import free_port
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +89,7 @@ def test_ordo_up_runs_the_users_handlers(fresh_venv: Path, tmp_path: Path) -> No
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=project,
         )
     try:
-        key = _wait_for(
+        key = wait_for(
             lambda: re.search(r"Admin API key \(tenant default\): (\S+)", out.read_text()), 120, "the key"
         ).group(1)
 
@@ -107,7 +99,7 @@ def test_ordo_up_runs_the_users_handlers(fresh_venv: Path, tmp_path: Path) -> No
             except httpx.HTTPError:
                 return False
 
-        _wait_for(ready, 120, "ready")
+        wait_for(ready, 120, "ready")
         done = subprocess.run(
             [str(fresh_venv / "bin" / "python"), "submit.py", base, key, "Ada"],
             cwd=project, env=env, capture_output=True, text=True, timeout=120,
