@@ -1,4 +1,4 @@
-"""Every view on a 390 px phone: no sideways scroll (neither the page nor a table or chart inside it),
+"""Every view on a 390 px phone (and at 1280 px): no sideways scroll (neither the page nor a table or chart inside it),
 and every navigation link on screen. Real Chromium against the real system."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ __all__ = ["browser"]
 WIDTH = 390
 
 
-async def _overflow(page: Any) -> list[str]:
+async def _overflow(page: Any, width: int) -> list[str]:
     return list(
         await page.evaluate(
             """w => {
@@ -40,7 +40,7 @@ async def _overflow(page: Any) -> list[str]:
                  }
                  return out.slice(0, 8);
                }""",
-            WIDTH,
+            width,
         )
     )
 
@@ -67,9 +67,10 @@ async def test_no_sideways_scroll_at_390_px_on_any_view(browser: Any, system: Sy
         "/dead-letters": f'#dl-table tr[data-id="{dead}"]',
         "/submit": "#submit-form",
     }
-    for scheme in ("light", "dark"):
+    for scheme, width in (("light", WIDTH), ("dark", WIDTH), ("light", 1280)):
+        phone = width == WIDTH
         context = await browser.new_context(
-            viewport={"width": WIDTH, "height": 844}, is_mobile=True, has_touch=True, color_scheme=scheme
+            viewport={"width": width, "height": 844}, is_mobile=phone, has_touch=phone, color_scheme=scheme
         )
         context.set_default_timeout(UI_TIMEOUT_MS)
         ui = Page(await context.new_page(), system.base_url)
@@ -77,7 +78,7 @@ async def test_no_sideways_scroll_at_390_px_on_any_view(browser: Any, system: Sy
             for view, ready in views.items():
                 await ui.open(view)
                 await ui.page.locator(ready).first.wait_for()
-                assert await _overflow(ui.page) == [], f"{view} ({scheme})"
+                assert await _overflow(ui.page, width) == [], f"{view} ({scheme}, {width}px)"
         finally:
             await context.close()
         assert ui.unexpected_errors() == []

@@ -95,20 +95,20 @@ export function mount(root) {
     // A queue with waiting tasks that no online worker consumes: say so, it will not drain by itself.
     const served = new Set((workerItems || []).filter((w) => ["online", "draining"].includes(w.status ?? "online")).flatMap((w) => w.queues || []));
     const canPause = has("POST", "/v1/queues/{queue}:pause");
-    put(queuesBox, h("table", { id: "queues-table", class: "cards", "aria-label": "queues" }, h("thead", {}, h("tr", {},
+    put(queuesBox, h("div", { class: "table-wrap" }, h("table", { id: "queues-table", class: "cards", "aria-label": "queues" }, h("thead", {}, h("tr", {},
       ["queue", "depth", "running", "state", "actions"].map((c, i) => h("th", { scope: "col", class: i === 1 || i === 2 ? "num" : "" }, c)))),
     h("tbody", {}, items.map((q) => {
       const name = q.name ?? q.queue;
       const depth = Number(q.queued ?? q.depth ?? 0);
       const orphan = workerItems && depth > 0 && !served.has(name);
       return h("tr", { "data-queue": name },
-        h("td", { "data-label": "queue" }, h("a", { href: `#/tasks?queue=${enc(name)}` }, name),
+        h("td", { "data-label": "queue", class: "wrap" }, h("a", { href: `#/tasks?queue=${enc(name)}` }, name),
           orphan ? h("div", { class: "warn-text small", "data-warning": "unserved" }, "⚠ no online worker serves this queue") : null),
         h("td", { class: "num", "data-label": "depth" }, depth), h("td", { class: "num", "data-label": "running" }, q.running ?? ""),
         h("td", { "data-label": "state", title: q.paused_reason ? `paused: ${q.paused_reason}` : "" }, statusBadge(q.paused ? "paused" : "active")),
         h("td", { "data-label": "", class: "actions" }, canPause ? h("button", { "data-action": q.paused ? "resume" : "pause",
           onclick: () => pauseQueue(name, !q.paused, depth) }, q.paused ? "Resume" : "Pause…") : null));
-    }))));
+    })))));
   }
   async function pauseQueue(name, pause, depth) {
     if (pause && !(await confirmAction({ title: `Pause queue ${name}?`,
