@@ -38,11 +38,15 @@ CHECK = r"""
     const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
     return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
   };
-  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+  const ratio = (a, b) => {
+    const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+    return (x + 0.05) / (y + 0.05);
+  };
   const visible = (el) => {
     const r = el.getBoundingClientRect();
     const st = getComputedStyle(el);
-    return r.width > 0 && r.height > 0 && st.visibility !== 'hidden' && st.display !== 'none' && !el.closest('[hidden], #toasts, svg, dialog:not([open])');
+    return r.width > 0 && r.height > 0 && st.visibility !== 'hidden' && st.display !== 'none'
+      && !el.closest('[hidden], #toasts, svg, dialog:not([open])');
   };
   // contrast of every element that holds text itself
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
@@ -63,7 +67,8 @@ CHECK = r"""
     const large = size >= 24 || (size >= 18.66 && Number(st.fontWeight) >= 700);
     const need = large ? 3 : 4.5;
     const got = ratio(fg, bg);
-    if (got < need) problems.push(`contrast ${got.toFixed(2)} < ${need}: "${n.textContent.trim().slice(0, 30)}" (${el.tagName}.${el.className})`);
+    const what = `"${n.textContent.trim().slice(0, 30)}" (${el.tagName}.${el.className})`;
+    if (got < need) problems.push(`contrast ${got.toFixed(2)} < ${need}: ${what}`);
   }
   // structure
   const h1 = document.querySelectorAll('main h1');
@@ -72,16 +77,22 @@ CHECK = r"""
   if (!document.querySelector('nav[aria-label]')) problems.push('no labelled navigation');
   if (document.querySelectorAll('main').length !== 1) problems.push('not exactly one main');
   const first = document.querySelector('body a, body button, body input');
-  if (!first || !first.classList.contains('skip')) problems.push('the first focusable element is not a skip link');
+  if (!first || !first.classList.contains('skip')) problems.push('the first focusable is not a skip link');
   if (!document.querySelector('#nav a[aria-current="page"]')) problems.push('no current page in the nav');
   // names
-  const name = (el) => (el.getAttribute('aria-label') || (el.getAttribute('aria-labelledby') && document.getElementById(el.getAttribute('aria-labelledby'))?.textContent)
-    || (el.labels && [...el.labels].map((l) => l.textContent).join(' ')) || (['BUTTON', 'A'].includes(el.tagName) ? el.textContent : '') || el.getAttribute('title') || '').trim();
+  const byId = (id) => (id ? document.getElementById(id)?.textContent : '');
+  const name = (el) => (el.getAttribute('aria-label')
+    || byId(el.getAttribute('aria-labelledby'))
+    || (el.labels && [...el.labels].map((l) => l.textContent).join(' '))
+    || (['BUTTON', 'A'].includes(el.tagName) ? el.textContent : '')
+    || el.getAttribute('title') || '').trim();
   for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea, button, a[href]')) {
     if (!visible(el) && !el.closest('table.cards thead')) continue;
     if (!name(el)) problems.push(`no name: ${el.outerHTML.slice(0, 80)}`);
   }
-  for (const t of document.querySelectorAll('main table')) if (!t.getAttribute('aria-label') && !t.querySelector('caption')) problems.push(`table without a name: #${t.id}.${t.className}`);
+  for (const t of document.querySelectorAll('main table')) {
+    if (!t.getAttribute('aria-label') && !t.querySelector('caption')) problems.push(`unnamed table #${t.id}`);
+  }
   const ids = [...document.querySelectorAll('[id]')].map((e) => e.id);
   const dup = ids.filter((id, i) => ids.indexOf(id) !== i);
   if (dup.length) problems.push(`duplicate ids: ${[...new Set(dup)].join(', ')}`);
@@ -97,7 +108,8 @@ async def test_no_serious_accessibility_problem_on_any_view(browser: Any, system
     await submit(system, {"type": "demo.echo", "delay": 3600})
     await system.http.post(f"/v1/tasks/{cancelled}:cancel")
     r = await system.http.post(
-        "/v1/schedules", json={"cron": "*/2 * * * *", "timezone": "Europe/Berlin", "task": {"type": "demo.echo"}}
+        "/v1/schedules",
+        json={"cron": "*/2 * * * *", "timezone": "Europe/Berlin", "task": {"type": "demo.echo"}},
     )
     schedule = r.json()["id"]
     await eventually(status_is(system, flaky, "succeeded"), timeout=60, what="flaky succeeded")

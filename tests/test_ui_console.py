@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ordo.embedded.processes import free_port
 from tests.conftest import System
 from tests.test_ui import Page, browser, submit, ui
 from tests.test_ui_gateway import _admin_key, _page, gateway
-from ordo.embedded.processes import free_port
 
 __all__ = ["browser", "ui"]
 VIEWS = ["/overview", "/tasks", "/schedules", "/workers", "/dead-letters", "/submit"]

@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 import uvicorn
 
+from ordo.embedded.processes import free_port
 from ordo.gateway import keys
 from ordo.gateway.app import create_app
-from ordo.embedded.processes import free_port
 from ordo.infra.settings import Settings
 from tests.conftest import System
 from tests.helpers import eventually

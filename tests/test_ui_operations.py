@@ -24,7 +24,10 @@ async def _confirm(page: Any, answer: str = "yes") -> str:
 
 
 async def test_task_list_tag_several_statuses_sort_and_select_all_matching(ui: Page, system: System) -> None:
-    ids = [await submit(system, {"type": "demo.echo", "payload": i, "delay": 3600, "tags": ["ops-x"]}) for i in range(3)]
+    ids = [
+        await submit(system, {"type": "demo.echo", "payload": i, "delay": 3600, "tags": ["ops-x"]})
+        for i in range(3)
+    ]
     other = await submit(system, {"type": "demo.echo", "delay": 3600, "tags": ["ops-y"]})
     for task_id in [*ids, other]:
         await eventually(status_is(system, task_id, "scheduled"), timeout=60, what="scheduled")
@@ -37,12 +40,18 @@ async def test_task_list_tag_several_statuses_sort_and_select_all_matching(ui: P
     assert await page.input_value("input[name=tag]") == "ops-x"
     await page.select_option("select[name=status]", "scheduled,queued,paused,retrying")
     await page.locator("#tasks-table").wait_for()
-    await eventually(lambda: _url_has(page, "status=scheduled%2Cqueued"), timeout=30, what="status list in the URL")
+    await eventually(
+        lambda: _url_has(page, "status=scheduled%2Cqueued"), timeout=30, what="status list in the URL"
+    )
     await page.click('button[data-bulk="select-all"]')
     await page.locator(".bulkbar", has_text="3 selected (all matching)").wait_for()
     await page.click('button[data-bulk="cancel"]')
     text = await _confirm(page)
-    assert "Cancel 3 selected tasks?" in text and "tag ops-x" in text and "scheduled/queued/paused/retrying" in text, text
+    assert (
+        "Cancel 3 selected tasks?" in text
+        and "tag ops-x" in text
+        and "scheduled/queued/paused/retrying" in text
+    ), text
     for task_id in ids:
         await eventually(status_is(system, task_id, "cancelled"), timeout=60, what="cancelled")
     assert (await task(system, other))["status"] == "scheduled"

@@ -1,5 +1,5 @@
-"""Every view on a 390 px phone (and at 1280 px): no sideways scroll (neither the page nor a table or chart inside it),
-and every navigation link on screen. Real Chromium against the real system."""
+"""Every view on a 390 px phone (and at 1280 px): no sideways scroll (neither the page nor a table or
+chart inside it), and every navigation link on screen. Real Chromium against the real system."""
 
 from __future__ import annotations
 
@@ -26,13 +26,16 @@ async def _overflow(page: Any, width: int) -> list[str]:
                    }
                    return false;
                  };
-                 if (document.documentElement.scrollWidth > w) out.push(`page ${document.documentElement.scrollWidth}px`);
+                 const page = document.documentElement.scrollWidth;
+                 if (page > w) out.push(`page ${page}px`);
                  for (const el of document.querySelectorAll('main *')) {
                    const r = el.getBoundingClientRect();
+                   const what = `${el.tagName}#${el.id}.${el.className.baseVal ?? el.className}`;
                    if (r.width && r.right > w + 1 && !clipped(el))
-                     out.push(`${el.tagName}#${el.id}.${el.className.baseVal ?? el.className} right=${Math.round(r.right)}`);
-                   if (el.scrollWidth > el.clientWidth + 1 && ['auto', 'scroll'].includes(getComputedStyle(el).overflowX))
-                     out.push(`${el.tagName}#${el.id}.${el.className} scrolls sideways (${el.scrollWidth} > ${el.clientWidth})`);
+                     out.push(`${what} right=${Math.round(r.right)}`);
+                   const scrolls = ['auto', 'scroll'].includes(getComputedStyle(el).overflowX);
+                   if (scrolls && el.scrollWidth > el.clientWidth + 1)
+                     out.push(`${what} scrolls sideways (${el.scrollWidth} > ${el.clientWidth})`);
                  }
                  for (const a of document.querySelectorAll('#nav a')) {
                    const r = a.getBoundingClientRect();
@@ -46,12 +49,18 @@ async def _overflow(page: Any, width: int) -> list[str]:
 
 
 async def test_no_sideways_scroll_at_390_px_on_any_view(browser: Any, system: System) -> None:
-    flaky = await submit(system, {"type": "demo.flaky", "payload": {"fail_times": 1}, "tags": ["customer:acme"]})
+    flaky = await submit(
+        system, {"type": "demo.flaky", "payload": {"fail_times": 1}, "tags": ["customer:acme"]}
+    )
     dead = await submit(system, {"type": "demo.fail", "max_attempts": 1})
     r = await system.http.post(
         "/v1/schedules",
-        json={"cron": "30 2 * * *", "timezone": "America/New_York", "task": {"type": "demo.echo"},
-              "description": "nightly report for a very long customer name that goes on"},
+        json={
+            "cron": "30 2 * * *",
+            "timezone": "America/New_York",
+            "task": {"type": "demo.echo"},
+            "description": "nightly report for a very long customer name that goes on",
+        },
     )
     assert r.status_code == 201, r.text
     schedule = r.json()["id"]

@@ -24,7 +24,9 @@ async def _dialog_text(page: Any) -> str:
     return str(await dialog.inner_text())
 
 
-async def test_dead_letters_form_follows_back_and_replay_all_names_count_and_filter(ui: Page, system: System) -> None:
+async def test_dead_letters_form_follows_back_and_replay_all_names_count_and_filter(
+    ui: Page, system: System
+) -> None:
     fails = [await submit(system, {"type": "demo.fail", "max_attempts": 1}) for _ in range(2)]
     flaky = await submit(system, {"type": "demo.flaky", "payload": {"fail_times": 5}, "max_attempts": 1})
     for task_id in [*fails, flaky]:

@@ -19,12 +19,16 @@ SIZES = {"": {"width": 1280, "height": 820}, "-phone": {"width": 390, "height": 
 NAMES = ("overview", "tasks", "timeline", "dead-letters")
 
 
-async def test_screenshots_light_and_dark_desktop_and_phone(browser: Any, system: System, tmp_path: Path) -> None:
+async def test_screenshots_light_and_dark_desktop_and_phone(
+    browser: Any, system: System, tmp_path: Path
+) -> None:
     out = OUT if os.environ.get("ORDO_SCREENSHOTS", "1") != "0" else tmp_path
     out.mkdir(parents=True, exist_ok=True)
     flaky = await submit(system, {"type": "demo.flaky", "payload": {"fail_times": 2}, "tags": ["demo"]})
     ids = [
-        await submit(system, {"type": "demo.echo", "payload": {"n": i}, "priority": i % 10, "tags": ["billing"]})
+        await submit(
+            system, {"type": "demo.echo", "payload": {"n": i}, "priority": i % 10, "tags": ["billing"]}
+        )
         for i in range(12)
     ]
     ids.append(await submit(system, {"type": "demo.fail", "max_attempts": 2}))

@@ -30,7 +30,9 @@ async def _event_count(system: System, task_id: str) -> int:
     return len((await system.http.get(f"/v1/tasks/{task_id}/events")).json()["events"])
 
 
-async def test_a_running_task_page_changes_over_3_s_with_no_new_event(browser: Any, slow_lease: System) -> None:
+async def test_a_running_task_page_changes_over_3_s_with_no_new_event(
+    browser: Any, slow_lease: System
+) -> None:
     system = slow_lease
     task_id = await submit(system, {"type": "demo.sleep", "payload": {"seconds": 25}})
     await eventually(status_is(system, task_id, "running"), timeout=60, what="sleep running")
@@ -75,7 +77,10 @@ async def test_a_running_task_page_changes_over_3_s_with_no_new_event(browser: A
 async def _no_overprint(page: Any) -> None:
     boxes = await page.eval_on_selector_all(
         "svg.gantt text",
-        "ts => ts.filter(t => t.textContent).map(t => { const b = t.getBBox(); return [t.textContent, b.x, b.y, b.width, b.height]; })",
+        """ts => ts.filter(t => t.textContent).map(t => {
+             const b = t.getBBox();
+             return [t.textContent, b.x, b.y, b.width, b.height];
+           })""",
     )
     for i, (ta, xa, ya, wa, ha) in enumerate(boxes):
         for tb, xb, yb, wb, hb in boxes[i + 1 :]:
@@ -83,7 +88,9 @@ async def _no_overprint(page: Any) -> None:
             assert not overlap, f"{ta!r} overprints {tb!r}"
 
 
-async def test_finished_attempts_have_no_lease_and_a_delayed_task_shows_its_run_at(ui: Page, system: System) -> None:
+async def test_finished_attempts_have_no_lease_and_a_delayed_task_shows_its_run_at(
+    ui: Page, system: System
+) -> None:
     flaky = await submit(system, {"type": "demo.flaky", "payload": {"fail_times": 1}})
     later = await submit(system, {"type": "demo.echo", "payload": 1, "delay": 3600})
     await eventually(status_is(system, flaky, "succeeded"), timeout=60, what="flaky succeeded")
