@@ -29,8 +29,11 @@ from typing import Any, TypeVar
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
 
-DEFAULT_CAPACITY = 100_000
+DEFAULT_CAPACITY = 20_000  # keys per projection: far more than the tasks in flight under W1
 Position = tuple[int, int]  # (checkpoint sequence, checkpoint epoch)
+
+
+_FORGOTTEN = object()
 
 
 class NotNew(Exception):
@@ -56,12 +59,10 @@ class Memory:
         """The state of `key` as this batch left it so far, or as last committed (a copy); None
         when it is not remembered."""
         if key in self._staged:
-            return self._staged[key]
+            staged = self._staged[key]
+            return None if staged is _FORGOTTEN else staged
         value = self._committed.get(key)
         return None if value is None else copy.copy(value)
-
-    def missing(self, keys: Iterable[Hashable]) -> list[Hashable]:
-        return [k for k in keys if k not in self._staged and k not in self._committed]
 
     def put(self, key: Hashable, value: Any) -> None:
         self._staged[key] = value
@@ -77,10 +78,17 @@ class Memory:
         """The checkpoint this batch will commit."""
         self._staged_position = position
 
+    def forget(self, key: Hashable) -> None:
+        """Read `key` from its table next time (staged: undone by a rollback like any put)."""
+        self._staged[key] = _FORGOTTEN
+
     def commit(self) -> None:
         if self._staged_position is not None:
             self._position, self._staged_position = self._staged_position, None
         for key, value in self._staged.items():
+            if value is _FORGOTTEN:
+                self._committed.pop(key, None)
+                continue
             self._committed[key] = value
             self._committed.move_to_end(key)
         self._staged.clear()

@@ -165,7 +165,19 @@ async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Me
         raise NotNew(f"{sum(flags) - inserted} task(s) presumed new had a row")
     if memory is not None:
         for key, row in written:
-            memory.put(key, row)
+            if _remembered_size(row.state) <= _REMEMBER_MAX_BYTES:
+                memory.put(key, row)
+            else:
+                memory.forget(key)
+
+
+# A task with a large payload or result is read back from its row rather than held in memory: the
+# memory's bound is a number of tasks, and this keeps it a bound on bytes too.
+_REMEMBER_MAX_BYTES = 4096
+
+
+def _remembered_size(state: TaskState) -> int:
+    return len(state.payload) + (0 if state.result is None else len(state.result))
 
 
 def _raw(value: msgspec.Raw | None) -> str | None:

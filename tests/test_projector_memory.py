@@ -44,7 +44,7 @@ def test_memory_hands_out_copies_and_keeps_only_what_was_committed() -> None:
     memory.put("a", {"n": 1})
     assert memory.get("a") == {"n": 1} and len(memory) == 0  # staged, not committed
     memory.rollback()
-    assert memory.get("a") is None and memory.missing(["a"]) == ["a"]
+    assert memory.get("a") is None
     row = {"n": 1}
     memory.put("a", row)
     memory.moved((20, 0))
@@ -55,11 +55,18 @@ def test_memory_hands_out_copies_and_keeps_only_what_was_committed() -> None:
     memory.put("c", 3)
     memory.commit()
     assert memory.get("a") is None and memory.get("c") == 3  # least recently used evicted
+    memory.forget("c")
+    assert memory.get("c") is None
+    memory.rollback()
+    assert memory.get("c") == 3
+    memory.forget("c")
+    memory.commit()
+    assert memory.get("c") is None and len(memory) == 1
 
     memory.align((20, 0))  # where its last commit left the checkpoint: kept
-    assert memory.get("c") == 3
+    assert memory.get("b") == 2
     memory.align((20, 1))  # a rebuild swapped the tables in (epoch moved): forgotten
-    assert memory.get("c") is None
+    assert memory.get("b") is None
     memory.put("d", 4)
     memory.align((20, 1))
     assert memory.get("d") == 4
