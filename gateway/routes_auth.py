@@ -170,6 +170,9 @@ async def token_link(
         )
     key = await keys.use_login_token(svc.pool, t)
     if key is None:
+        if "text/html" in request.headers.get("accept", ""):
+            # A browser: the UI says the link was used or expired and offers the key form (not raw JSON).
+            return RedirectResponse("/?signin=link", status_code=303)
         raise Problem(401, "unauthorized", "this sign-in link is unknown, used or expired")
     response = RedirectResponse("/", status_code=303)
     _set_cookie(response, request, svc, key.id)

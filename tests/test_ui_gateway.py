@@ -177,11 +177,15 @@ async def test_one_time_sign_in_link(browser: Any, system: System) -> None:
             await page.locator('#conn[data-state="live"]').wait_for()
             assert "t=" not in page.url and token not in page.url
             assert await page.locator("dialog#signin[open]").count() == 0
-            # used once: a second browser with the same link is refused
+            # used once: a second browser with the same link is refused, and lands on the UI saying
+            # so, with the key form (not on a raw JSON 401), and logs no error
             second = await browser.new_context()
             try:
-                response = await (await second.new_page()).goto(f"{base}/auth/token?t={token}")
-                assert response is not None and response.status == 401
+                other = Page(await second.new_page(), base)
+                await other.page.goto(f"{base}/auth/token?t={token}")
+                await other.page.locator("#signed-out", has_text="already used or has expired").wait_for()
+                await other.page.locator("dialog#signin[open] input[name=api_key]").wait_for()
+                assert other.errors == [], other.errors
             finally:
                 await second.close()
         finally:

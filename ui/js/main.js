@@ -135,6 +135,7 @@ function setConn(state, text) { conn.textContent = text; conn.dataset.state = st
 
 async function onSignedIn() {
   authed = true;
+  if (location.search) history.replaceState(null, "", `/${location.hash}`); // drop ?signin=link once signed in
   await loadCaps(); // the route table is behind the key: read it again as the signed-in user
   current = null;
   setConn("connecting", "connecting…");
