@@ -149,3 +149,15 @@ async def test_kill_asks_first(ui: Page, system: System) -> None:
     await button.click()
     text = await _confirm(page, "no")
     assert "Kill worker" in text and "redelivered" in text, text
+
+
+async def test_submit_warns_about_a_type_or_queue_no_worker_serves(ui: Page, system: System) -> None:
+    page = ui.page
+    await ui.open("/submit")
+    await page.locator('#task-types option[value="demo.sleep"]').first.wait_for(state="attached")
+    await page.fill("input[name=type]", "no.such.type")
+    await page.locator("#type-warning", has_text="No online worker has a handler for no.such.type").wait_for()
+    await page.fill("input[name=type]", "demo.echo")
+    await page.locator("#type-warning:empty").wait_for(state="attached")
+    await page.fill("input[name=queue]", "emails")
+    await page.locator("#queue-warning", has_text="No online worker serves queue emails").wait_for()

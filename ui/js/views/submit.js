@@ -26,6 +26,32 @@ export function mount(root, { params }) {
   };
   f.payload.value = EXAMPLES[f.type.value] ?? "{}";
   const payloadMsg = h("span", { class: "error-text", id: "payload-error" });
+  // Which task types and queues the online workers serve (from their heartbeats): a warning, not a block.
+  const typeMsg = h("span", { class: "warn-text small", id: "type-warning", role: "status" });
+  const queueMsg = h("span", { class: "warn-text small", id: "queue-warning", role: "status" });
+  const typeList = h("datalist", { id: "task-types" }, Object.keys(EXAMPLES).map((t) => h("option", { value: t })));
+  const queueList = h("datalist", { id: "queue-names" });
+  f.queue.setAttribute("list", "queue-names");
+  let served = null; // { handlers: Set, queues: Set } once known
+  async function loadServed() {
+    if (!has("GET", "/v1/workers")) return;
+    try {
+      const online = ((await get("/v1/workers")).items || []).filter((w) => ["online", "draining"].includes(w.status));
+      served = { handlers: new Set(online.flatMap((w) => w.handlers || [])), queues: new Set(online.flatMap((w) => w.queues || [])) };
+      put(typeList, [...new Set([...served.handlers, ...Object.keys(EXAMPLES)])].sort().map((t) => h("option", { value: t })));
+      put(queueList, [...served.queues].sort().map((q) => h("option", { value: q })));
+      checkServed();
+    } catch { /* only a hint */ }
+  }
+  function checkServed() {
+    const type = f.type.value.trim(), queue = f.queue.value.trim() || "default";
+    typeMsg.textContent = served && served.handlers.size && type && !served.handlers.has(type)
+      ? `No online worker has a handler for ${type}: it would fail with UnknownTaskType.` : "";
+    queueMsg.textContent = served && served.queues.size && !served.queues.has(queue)
+      ? `No online worker serves queue ${queue}: tasks will wait there.` : "";
+  }
+  f.type.addEventListener("input", checkServed);
+  f.queue.addEventListener("input", checkServed);
   const formMsg = h("div", { id: "submit-error" });
   const result = h("div", { id: "submit-result" });
   const button = h("button", { type: "submit", class: "primary", id: "submit-button" }, "Submit");
@@ -116,12 +142,13 @@ export function mount(root, { params }) {
   }
 
   const form = h("form", { class: "submit", id: "submit-form", onsubmit: submit },
-    h("label", {}, "Type", f.type), h("label", {}, "Queue", f.queue), h("label", {}, "Priority (0 first … 9)", f.priority), h("label", {}, "Max attempts", f.max_attempts),
+    h("label", {}, "Type", f.type, typeMsg), h("label", {}, "Queue", f.queue, queueMsg), h("label", {}, "Priority (0 first … 9)", f.priority), h("label", {}, "Max attempts", f.max_attempts),
     h("label", { class: "wide" }, "Payload (JSON)", f.payload, payloadMsg),
     h("label", {}, "Delay (s)", f.delay), h("label", {}, "or run at", f.run_at), h("label", {}, "Timeout (s)", f.timeout), h("label", {}, "Idempotency key", f.idempotency_key),
     h("label", {}, "Tags", f.tags), h("label", {}, `Copies (1–10,000)${has("POST", "/v1/tasks:batch") ? ", in batches" : ""}`, f.copies),
     h("div", { class: "wide row" }, button, formMsg),
-    h("datalist", { id: "task-types" }, Object.keys(EXAMPLES).map((t) => h("option", { value: t }))));
+    typeList, queueList);
+  loadServed();
   root.append(h("div", { class: "panel" }, h("h1", {}, "Submit"), form),
     h("div", { class: "panel", style: "margin-top:1rem" }, h("h2", {}, "Submitted"), result, watchList));
   return { onEvent(e) { watched.get(e.task_id)?.(); } };
