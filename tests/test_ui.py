@@ -158,6 +158,9 @@ async def test_scrub_to_the_first_event_shows_queued(ui: Page, system: System) -
     await page.locator('#task-status .badge[data-status="succeeded"]').wait_for()
     await _scrub_to(page, 0)
     await page.locator('#asof-status .badge[data-status="queued"]').wait_for()
+    # the header shows the status then beside the status now
+    await page.locator('#head-asof .badge[data-status="queued"]').wait_for()
+    assert await page.locator('#task-status .badge[data-status="succeeded"]').count() == 1
     assert "seq=" in page.url  # the scrubbed position is in the link
 
 

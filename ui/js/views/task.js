@@ -23,6 +23,7 @@ export function mount(root, { id, params }) {
   const head = h("div", { class: "task-head" });
   const clock = h("div", { class: "clock", id: "task-clock", role: "timer", "aria-live": "off" });
   const editBox = h("div", { id: "task-edit" });
+  const headAsOf = h("span", { id: "head-asof", class: "small" }); // while scrubbed: the status then, beside the status now
   const actions = h("div", { class: "row", id: "task-actions" });
   const details = h("dl", { class: "kv" });
   const ganttBox = h("div", { class: "gantt-wrap", id: "gantt" });
@@ -53,7 +54,8 @@ export function mount(root, { id, params }) {
   function renderHead() {
     if (!task) return;
     put(head, 
-      h("span", { id: "task-status" }, statusBadge(task.status)),
+      h("span", { id: "task-status", title: "status now" }, statusBadge(task.status)),
+      headAsOf,
       h("span", {}, h("b", {}, task.type)),
       h("span", { class: "muted" }, `queue ${task.queue} · priority ${task.priority} · ${task.attempts > task.max_attempts ? `${task.attempts} attempts in all (a replay gives ${task.max_attempts} more)` : `attempt ${task.attempts}/${task.max_attempts}`}`));
     const st = task.status;
@@ -191,10 +193,11 @@ export function mount(root, { id, params }) {
     const idx = cursor === null ? events.length - 1 : events.findIndex((e) => e.seq === cursor);
     range.value = String(Math.max(0, idx));
     const e = events[Math.max(0, idx)];
-    rangeLabel.textContent = e ? `event ${idx + 1} of ${events.length} · seq ${e.seq} · ${e.type} · +${dur(new Date(e.at) - new Date(events[0].at))}${cursor === null ? " · live" : ""}` : "";
+    rangeLabel.textContent = e ? `event ${idx + 1} of ${events.length} · seq ${e.seq} · ${e.type} · +${dur(new Date(e.at) - new Date(events[0].at))}${cursor === null ? (task && TERMINAL.has(task.status) ? " · latest (finished)" : " · live") : ""}` : "";
   }
   async function showAsOf() {
     const e = cursor === null ? null : cursorEvent();
+    if (!e) put(headAsOf);
     if (!e) { put(asOfBox, h("p", { class: "muted small" }, "Drag to any event to see the task as it was then (state folded by the server).")); return; }
     if (!asOfOk) { put(asOfBox, notice("Time travel is not available on this gateway (it needs GET /v1/tasks/{id}?as_of_seq=N).")); return; }
     asOfAbort?.abort();
@@ -202,6 +205,7 @@ export function mount(root, { id, params }) {
     try {
       const st = await get(`/v1/tasks/${enc(id)}?as_of_seq=${e.seq}`, { signal: asOfAbort.signal });
       if (gone || cursor !== e.seq) return;
+      put(headAsOf, "now · was ", statusBadge(st.status), ` at seq ${e.seq}`);
       put(asOfBox, h("div", { class: "asof" }, h("span", {}, `as of seq ${e.seq} (${e.type}, ${absTime(e.at)}):`),
         h("span", { id: "asof-status" }, statusBadge(st.status)), h("span", { class: "muted" }, `attempts ${st.attempts ?? st.attempt ?? ""}`)),
       h("div", { id: "asof-json" }, jsonView(st)));
