@@ -16,6 +16,7 @@ import msgspec
 
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
+from ordo.projections.batch_statement import Write, run
 from ordo.projections.memory import Memory, first_events
 
 NAME = "attempts"
@@ -41,7 +42,8 @@ CREATE INDEX IF NOT EXISTS attempts_worker ON attempts (tenant, worker_id, start
 """
 
 # Outcomes: running (no result yet), succeeded, failed, timed_out, cancelled.
-_UPSERT = """
+_CTES = """
+attempts_upsert AS (
 INSERT INTO attempts AS a (tenant, task_id, attempt, queue, worker_id, started_at, lease_until,
     finished_at, outcome, error, lease_extensions, progress, last_seq)
 SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[],
@@ -52,6 +54,7 @@ ON CONFLICT (tenant, task_id, attempt) DO UPDATE SET
     outcome=EXCLUDED.outcome, error=EXCLUDED.error, lease_extensions=EXCLUDED.lease_extensions,
     progress=EXCLUDED.progress, last_seq=EXCLUDED.last_seq
 WHERE a.last_seq < EXCLUDED.last_seq
+)
 """
 _json = msgspec.json.Encoder()
 
@@ -116,19 +119,16 @@ _ATTEMPT_EVENTS = (
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
     """Open a row on `attempt_started`; fold the attempt's later events into it."""
-    await _apply(conn, events, None)
-
-
-async def remembering(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory) -> None:
-    """`apply`, with the rows of earlier batches remembered."""
-    await _apply(conn, events, memory)
+    await run(conn, await plan(conn, events, None))
 
 
 def _key(stored: StoredEvent) -> tuple[str, str, int]:
     return stored.tenant, stored.task_id, stored.event.attempt  # type: ignore[union-attr]
 
 
-async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> None:
+async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
+    """The batch's writes; with `memory`, the rows of earlier batches are taken from it (and this
+    batch's left there)."""
     relevant = [
         e
         for e in events
@@ -136,7 +136,7 @@ async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Me
         or (isinstance(e.event, _ATTEMPT_EVENTS) and getattr(e.event, "attempt", 0) > 0)
     ]
     if not relevant:
-        return
+        return None
     rows: dict[tuple[str, str, int], _Attempt] = {}
     unknown = []
     for key, first in first_events(relevant, _key).items():
@@ -169,11 +169,15 @@ async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Me
             )
         elif row is not None:
             _fold(row, stored)
-    if rows:
-        await _upsert(conn, rows)
+    if not rows:
+        return None
+
+    def done(_: object) -> None:
         if memory is not None:
             for key, row in rows.items():
                 memory.put(key, row)
+
+    return Write(_CTES, _columns(rows), None, done)
 
 
 def _from_record(rec: asyncpg.Record) -> _Attempt:
@@ -192,10 +196,9 @@ def _from_record(rec: asyncpg.Record) -> _Attempt:
     )
 
 
-async def _upsert(conn: asyncpg.Connection, rows: dict[tuple[str, str, int], _Attempt]) -> None:
+def _columns(rows: dict[tuple[str, str, int], _Attempt]) -> list[list[Any]]:
     items = list(rows.items())
-    await conn.execute(
-        _UPSERT,
+    return [
         [k[0] for k, _ in items],
         [k[1] for k, _ in items],
         [k[2] for k, _ in items],
@@ -209,7 +212,7 @@ async def _upsert(conn: asyncpg.Connection, rows: dict[tuple[str, str, int], _At
         [r.lease_extensions for _, r in items],
         [r.progress for _, r in items],
         [r.last_seq for _, r in items],
-    )
+    ]
 
 
 # ---- queries -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import asyncpg
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
 from ordo.infra.metrics import DEFAULT_BUCKETS
+from ordo.projections.batch_statement import Write, run
 from ordo.projections.memory import Memory, first_events
 
 NAME = "counters"
@@ -70,15 +71,12 @@ class _Mark:
 
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
-    await _apply(conn, events, None)
+    await run(conn, await plan(conn, events, None))
 
 
-async def remembering(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory) -> None:
-    """`apply`, with the tasks' marks remembered between batches and new tasks not looked up."""
-    await _apply(conn, events, memory)
-
-
-async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> None:
+async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
+    """The batch's writes; with `memory`, the tasks' marks of earlier batches are taken from it (and
+    this batch's left there)."""
     marks: dict[tuple[str, str], _Mark] = {}
     unknown = []
     for key, first in first_events(events, lambda e: (e.tenant, e.task_id)).items():
@@ -122,42 +120,47 @@ async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Me
             _observe(counters, buckets, (e.tenant, mark.queue, mark.type, "duration"), took)
             mark.started_at = None
     if not marks:
-        return
+        return None
     items = sorted(marks.items(), key=lambda km: km[0])
     values = sorted(counters.items())
     counts = sorted(buckets.items())
-    await conn.execute(
-        _WRITE,
+    args = [
         *[[k[0] for k, _ in items], [k[1] for k, _ in items], [m.queue for _, m in items]],
         *[[m.type for _, m in items], [m.runnable_at for _, m in items], [m.started_at for _, m in items]],
         *[[k[i] for k, _ in values] for i in range(4)],
         [v for _, v in values],
         *[[k[i] for k, _ in counts] for i in range(5)],
         [n for _, n in counts],
-    )
-    if memory is not None:
-        for key, mark in items:
-            memory.put(key, mark)
+    ]
+
+    def done(_: object) -> None:
+        if memory is not None:
+            for key, mark in items:
+                memory.put(key, mark)
+
+    return Write(_CTES, args, None, done)
 
 
 # One statement: the tasks' marks (a `submitted` starts a task's mark afresh, queue and type too),
 # the counters and the histogram buckets moved by the batch.
-_WRITE = """
-WITH marked AS (
+_CTES = """
+counters_marked AS (
     INSERT INTO metric_task_marks (tenant, task_id, queue, type, runnable_at, started_at)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
                          $6::timestamptz[])
     ON CONFLICT (tenant, task_id) DO UPDATE SET queue=EXCLUDED.queue, type=EXCLUDED.type,
         runnable_at=EXCLUDED.runnable_at, started_at=EXCLUDED.started_at
 ),
-counted AS (
+counters_counted AS (
     INSERT INTO metric_counters AS c (tenant, queue, type, metric, value)
     SELECT * FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::double precision[])
     ON CONFLICT (tenant, queue, type, metric) DO UPDATE SET value = c.value + EXCLUDED.value
+),
+counters_histograms AS (
+    INSERT INTO metric_histograms AS h (tenant, queue, type, metric, bucket, count)
+    SELECT * FROM unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::int[], $17::bigint[])
+    ON CONFLICT (tenant, queue, type, metric, bucket) DO UPDATE SET count = h.count + EXCLUDED.count
 )
-INSERT INTO metric_histograms AS h (tenant, queue, type, metric, bucket, count)
-SELECT * FROM unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::int[], $17::bigint[])
-ON CONFLICT (tenant, queue, type, metric, bucket) DO UPDATE SET count = h.count + EXCLUDED.count
 """
 
 

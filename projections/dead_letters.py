@@ -18,7 +18,8 @@ import msgspec
 
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
-from ordo.projections.memory import Memory, NotNew, first_events
+from ordo.projections.batch_statement import Write, run
+from ordo.projections.memory import Memory, first_events, presumed_new
 
 NAME = "dead_letters"
 
@@ -90,15 +91,12 @@ def _fold(task: _Task, stored: StoredEvent) -> None:
 
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
-    await _apply(conn, events, None)
+    await run(conn, await plan(conn, events, None))
 
 
-async def remembering(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory) -> None:
-    """`apply`, with what it keeps per task remembered between batches and new tasks not looked up."""
-    await _apply(conn, events, memory)
-
-
-async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> None:
+async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
+    """The batch's writes; with `memory`, what it keeps per task is taken from it (and this batch's
+    left there) and new tasks are not looked up."""
     tasks: dict[tuple[str, str], _Task] = {}
     new: set[tuple[str, str]] = set()
     unknown = []
@@ -138,36 +136,41 @@ async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Me
             continue  # not a task we saw submitted, or already applied
         _fold(task, stored)
     if not tasks:
-        return
-    await _write(conn, tasks, new)
-    if memory is not None:
-        for key, t in tasks.items():  # what reading the row back gives: no pending change
-            memory.put(key, _Task(t.queue, t.type, t.attempts, t.error, t.last_seq))
+        return None
+    items = sorted(tasks.items(), key=lambda kt: kt[0])
+
+    def done(inserted: int) -> None:
+        presumed_new("dead-letter task", sum(1 for k, _ in items if k in new), inserted)
+        if memory is not None:
+            for key, t in items:  # what reading the row back gives: no pending change
+                memory.put(key, _Task(t.queue, t.type, t.attempts, t.error, t.last_seq))
+
+    return Write(_CTES, _args(items, new), "(SELECT count(*) FROM dead_letters_fresh)", done)
 
 
 _TASK_COLS = "tenant, task_id, queue, type, attempts, error, last_seq"
 _DEAD_COLS = "tenant, task_id, queue, type, attempts, error_kind, error, reason, dead_at, seq"
 # One statement: what this projection keeps per task (for tasks first seen in the batch only if
 # absent: the count says whether that held), the dead letters that left, and those that came.
-_WRITE = f"""
-WITH r AS (
+_CTES = f"""
+dead_letters_rows AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::json[],
                          $7::bigint[], $8::bool[]) AS r({_TASK_COLS}, new)
 ),
-fresh AS (
-    INSERT INTO dead_letter_tasks ({_TASK_COLS}) SELECT {_TASK_COLS} FROM r WHERE new
+dead_letters_fresh AS (
+    INSERT INTO dead_letter_tasks ({_TASK_COLS}) SELECT {_TASK_COLS} FROM dead_letters_rows WHERE new
     ON CONFLICT (tenant, task_id) DO NOTHING RETURNING 1
 ),
-known AS (
-    INSERT INTO dead_letter_tasks AS d ({_TASK_COLS}) SELECT {_TASK_COLS} FROM r WHERE NOT new
+dead_letters_known AS (
+    INSERT INTO dead_letter_tasks AS d ({_TASK_COLS}) SELECT {_TASK_COLS} FROM dead_letters_rows WHERE NOT new
     ON CONFLICT (tenant, task_id) DO UPDATE SET attempts=EXCLUDED.attempts, error=EXCLUDED.error,
         last_seq=EXCLUDED.last_seq
     WHERE d.last_seq < EXCLUDED.last_seq
 ),
-gone AS (
+dead_letters_gone AS (
     DELETE FROM dead_letters WHERE (tenant, task_id) IN (SELECT * FROM unnest($9::text[], $10::text[]))
 ),
-dead AS (
+dead_letters_dead AS (
     INSERT INTO dead_letters ({_DEAD_COLS})
     SELECT * FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::text[],
                          $17::json[], $18::text[], $19::timestamptz[], $20::bigint[])
@@ -175,18 +178,13 @@ dead AS (
         error_kind=EXCLUDED.error_kind, error=EXCLUDED.error, reason=EXCLUDED.reason,
         dead_at=EXCLUDED.dead_at, seq=EXCLUDED.seq
 )
-SELECT count(*) FROM fresh
 """
 
 
-async def _write(
-    conn: asyncpg.Connection, tasks: dict[tuple[str, str], _Task], new: set[tuple[str, str]]
-) -> None:
-    items = sorted(tasks.items(), key=lambda kt: kt[0])
+def _args(items: list[tuple[tuple[str, str], _Task]], new: set[tuple[str, str]]) -> list[list[Any]]:
     gone = [k for k, t in items if t.change == "gone"]
     dead = [(k, t) for k, t in items if t.change == "dead"]
-    inserted = await conn.fetchval(
-        _WRITE,
+    return [
         [k[0] for k, _ in items],
         [k[1] for k, _ in items],
         [t.queue for _, t in items],
@@ -207,10 +205,7 @@ async def _write(
         [t.reason for _, t in dead],
         [t.dead_at for _, t in dead],
         [t.dead_seq for _, t in dead],
-    )
-    expected = sum(1 for k, _ in items if k in new)
-    if inserted != expected:
-        raise NotNew(f"{expected - inserted} task(s) presumed new had a dead-letter row")
+    ]
 
 
 def _kind(error: str | None) -> str:

@@ -138,3 +138,9 @@ def first_events(records: Iterable[R], key: Callable[[R], K]) -> dict[K, R]:
     for record in records:
         out.setdefault(key(record), record)
     return out
+
+
+def presumed_new(what: str, expected: int, inserted: int) -> None:
+    """Raise NotNew unless all `expected` rows of keys presumed new were inserted."""
+    if inserted != expected:
+        raise NotNew(f"{expected - inserted} {what}(s) presumed new had a row")

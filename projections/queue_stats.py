@@ -19,7 +19,8 @@ from ordo.domain import events as ev
 from ordo.domain.state import TaskState, evolve, initial
 from ordo.domain.status import TaskStatus
 from ordo.infra.event_store import StoredEvent
-from ordo.projections.memory import Memory, NotNew, first_events
+from ordo.projections.batch_statement import Write, run
+from ordo.projections.memory import Memory, first_events, presumed_new
 
 NAME = "queue_stats"
 
@@ -54,12 +55,7 @@ def _counted(state: TaskState) -> str | None:
 
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
-    await _apply(conn, events, None)
-
-
-async def remembering(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory) -> None:
-    """`apply`, with the tasks' statuses of earlier batches remembered and new tasks not looked up."""
-    await _apply(conn, events, memory)
+    await run(conn, await plan(conn, events, None))
 
 
 _Remembered = tuple[str, TaskState, int]  # (queue, the fields that decide the status, last_seq)
@@ -78,7 +74,9 @@ def _kept(task_id: str, state: TaskState) -> TaskState:
     )
 
 
-async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> None:
+async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
+    """The batch's writes; with `memory`, the statuses of earlier batches are taken from it (and this
+    batch's left there) and new tasks are not looked up."""
     states: dict[tuple[str, str], _Remembered] = {}
     new: set[tuple[str, str]] = set()
     unknown = []
@@ -127,9 +125,8 @@ async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Me
     rows = sorted(((k, q, s, seq) for k, (q, s, seq) in states.items() if s.exists), key=lambda r: r[0])
     changed = sorted((k, n) for k, n in delta.items() if n != 0)
     if not rows and not changed:
-        return
-    inserted = await conn.fetchval(
-        _WRITE,
+        return None
+    args = [
         [k[0] for k, _, _, _ in rows],
         [k[1] for k, _, _, _ in rows],
         [q for _, q, _, _ in rows],
@@ -144,13 +141,15 @@ async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Me
         [k[1] for k, _ in changed],
         [k[2] for k, _ in changed],
         [n for _, n in changed],
-    )
-    expected = sum(1 for k, _, _, _ in rows if k in new)
-    if inserted != expected:
-        raise NotNew(f"{expected - inserted} task(s) presumed new had a status row")
-    if memory is not None:
-        for k, q, s, seq in rows:
-            memory.put(k, (q, _kept(k[1], s), seq))
+    ]
+
+    def done(inserted: int) -> None:
+        presumed_new("task status", sum(1 for k, _, _, _ in rows if k in new), inserted)
+        if memory is not None:
+            for k, q, s, seq in rows:
+                memory.put(k, (q, _kept(k[1], s), seq))
+
+    return Write(_CTES, args, "(SELECT count(*) FROM queue_stats_fresh)", done)
 
 
 _COLS = "tenant, task_id, queue, status, paused_from, archived, last_seq, attempt, lease_until"
@@ -158,37 +157,36 @@ _COLS = "tenant, task_id, queue, status, paused_from, archived, last_seq, attemp
 # count says whether that held), and the depth counters moved by the batch. No zero rows: whether a
 # (queue, status) passed through zero must not depend on how the events were cut into batches, or a
 # rebuild would differ from the live table; a counter the batch brings to zero is deleted instead.
-_WRITE = f"""
-WITH r AS (
+_CTES = f"""
+queue_stats_rows AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
                          $7::bigint[], $8::int[], $9::timestamptz[], $10::bool[]) AS r({_COLS}, new)
 ),
-fresh AS (
-    INSERT INTO queue_task_status ({_COLS}) SELECT {_COLS} FROM r WHERE new
+queue_stats_fresh AS (
+    INSERT INTO queue_task_status ({_COLS}) SELECT {_COLS} FROM queue_stats_rows WHERE new
     ON CONFLICT (tenant, task_id) DO NOTHING RETURNING 1
 ),
-known AS (
-    INSERT INTO queue_task_status AS t ({_COLS}) SELECT {_COLS} FROM r WHERE NOT new
+queue_stats_known AS (
+    INSERT INTO queue_task_status AS t ({_COLS}) SELECT {_COLS} FROM queue_stats_rows WHERE NOT new
     ON CONFLICT (tenant, task_id) DO UPDATE SET status=EXCLUDED.status,
         paused_from=EXCLUDED.paused_from, archived=EXCLUDED.archived, last_seq=EXCLUDED.last_seq,
         attempt=EXCLUDED.attempt, lease_until=EXCLUDED.lease_until
     WHERE t.last_seq < EXCLUDED.last_seq
 ),
-moved AS (
+queue_stats_moved AS (
     SELECT c.tenant, c.queue, c.status, c.n, d.n + c.n = 0 AS zero
     FROM unnest($11::text[], $12::text[], $13::text[], $14::bigint[]) AS c(tenant, queue, status, n)
     LEFT JOIN queue_depth d USING (tenant, queue, status)
 ),
-emptied AS (
-    DELETE FROM queue_depth d USING moved m
+queue_stats_emptied AS (
+    DELETE FROM queue_depth d USING queue_stats_moved m
     WHERE m.zero AND (d.tenant, d.queue, d.status) = (m.tenant, m.queue, m.status)
 ),
-counted AS (
+queue_stats_counted AS (
     INSERT INTO queue_depth AS d (tenant, queue, status, n)
-    SELECT tenant, queue, status, n FROM moved WHERE zero IS NOT TRUE
+    SELECT tenant, queue, status, n FROM queue_stats_moved WHERE zero IS NOT TRUE
     ON CONFLICT (tenant, queue, status) DO UPDATE SET n = d.n + EXCLUDED.n
 )
-SELECT count(*) FROM fresh
 """
 
 

@@ -30,13 +30,15 @@ from ordo.projections import (
     task_events,
     tasks,
 )
+from ordo.projections.batch_statement import Write
 from ordo.projections.memory import Memory
 
 # (subject, data, headers, stream sequence, stored_at) -> a record with at least `.seq`.
 Decoder = Callable[[str, bytes, dict[str, str], int, datetime], Any]
 ApplyFn = Callable[[asyncpg.Connection, list[Any]], Awaitable[None]]
-# The same with the per-key memory the elected runner keeps between batches (projections/memory.py).
-RememberingApplyFn = Callable[[asyncpg.Connection, list[Any], Memory], Awaitable[None]]
+# A batch's writes, planned with the per-key memory the elected runner keeps between batches
+# (projections/memory.py), for the runner to join into one statement (projections/batch_statement.py).
+PlanFn = Callable[[asyncpg.Connection, list[Any], Memory | None], Awaitable[Write | None]]
 
 
 @dataclass(frozen=True)
@@ -53,14 +55,15 @@ class Family:
 class Projection:
     """A read model: its name (also its checkpoint's), its tables' DDL, the family it reads.
 
-    `remembering`, when given, applies like `apply` but takes its per-key states from a `Memory` and
-    leaves them there; `apply` alone reads them from the tables (a rebuild's bisection, tests)."""
+    `plan`, when given, does what `apply` does as a `Write` joined into the batch's one statement, and
+    takes its per-key states from a `Memory` and leaves them there; `apply` alone reads them from the
+    tables and runs its own statement (the bisection of a failing batch, tests)."""
 
     name: str
     ddl: str
     apply: ApplyFn
     family: str = "task"
-    remembering: RememberingApplyFn | None = None
+    plan: PlanFn | None = None
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -70,15 +73,13 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 PROJECTIONS: tuple[Projection, ...] = (
-    Projection(tasks.NAME, tasks.DDL, tasks.apply, remembering=tasks.remembering),
+    Projection(tasks.NAME, tasks.DDL, tasks.apply, plan=tasks.plan),
     Projection(task_events.NAME, task_events.DDL, task_events.apply),
-    Projection(attempts.NAME, attempts.DDL, attempts.apply, remembering=attempts.remembering),
-    Projection(dead_letters.NAME, dead_letters.DDL, dead_letters.apply, remembering=dead_letters.remembering),
-    Projection(queue_stats.NAME, queue_stats.DDL, queue_stats.apply, remembering=queue_stats.remembering),
-    Projection(
-        stats_minutely.NAME, stats_minutely.DDL, stats_minutely.apply, remembering=stats_minutely.remembering
-    ),
-    Projection(counters.NAME, counters.DDL, counters.apply, remembering=counters.remembering),
+    Projection(attempts.NAME, attempts.DDL, attempts.apply, plan=attempts.plan),
+    Projection(dead_letters.NAME, dead_letters.DDL, dead_letters.apply, plan=dead_letters.plan),
+    Projection(queue_stats.NAME, queue_stats.DDL, queue_stats.apply, plan=queue_stats.plan),
+    Projection(stats_minutely.NAME, stats_minutely.DDL, stats_minutely.apply, plan=stats_minutely.plan),
+    Projection(counters.NAME, counters.DDL, counters.apply, plan=counters.plan),
     Projection(schedules.NAME, schedules.DDL, schedules.apply, family="schedule"),
     Projection(queues_state.NAME, queues_state.DDL, queues_state.apply, family="queue"),
 )

@@ -30,6 +30,7 @@ from ordo.infra.event_store import EventStoreUnavailable
 from ordo.infra.logs import Outage
 from ordo.infra.pg import connect, translate
 from ordo.projections import poison, tasks
+from ordo.projections.batch_statement import Write, execute
 from ordo.projections.memory import Memories, NotNew
 from ordo.projections.poison import Undecodable
 from ordo.projections.reader import LogReader, PoisonEvent, Record
@@ -130,10 +131,15 @@ async def apply_batch(
 _LOCK_CHECKPOINTS = (
     "SELECT name, last_seq, epoch FROM projection_checkpoints WHERE name = ANY($1::text[]) FOR UPDATE"
 )
-_MOVE_CHECKPOINTS = (
-    "UPDATE projection_checkpoints SET last_seq=$2 WHERE name = ANY($1::text[]) AND last_seq < $2"
-)
-_MOVE_CHECKPOINTS_AND_NOTIFY = f"WITH moved AS ({_MOVE_CHECKPOINTS}) SELECT pg_notify($3, $2::text)"
+_MOVE_CHECKPOINTS = """checkpoints_moved AS (
+    UPDATE projection_checkpoints SET last_seq=$2 WHERE name = ANY($1::text[]) AND last_seq < $2
+)"""
+
+
+def _checkpoints_write(names: list[str], last: int, notify: str | None) -> Write:
+    if notify is None:
+        return Write(_MOVE_CHECKPOINTS, [names, last])
+    return Write(_MOVE_CHECKPOINTS, [names, last, notify], "pg_notify($3, $2::text)")
 
 
 async def _apply_batch(
@@ -148,10 +154,11 @@ async def _apply_batch(
     names = [p.name for p in projections]
     checkpoints = {r["name"]: (r["last_seq"], r["epoch"]) for r in await conn.fetch(_LOCK_CHECKPOINTS, names)}
     applied = skipped = 0
+    writes: list[Write] = []
     for projection in projections:
         done, epoch = checkpoints.get(projection.name, (0, 0))
         memory = None
-        if memories is not None and projection.remembering is not None:
+        if memories is not None and projection.plan is not None:
             memory = memories.of(projection.name)
             memory.align((done, epoch))
             memory.moved((max(done, last), epoch))
@@ -164,14 +171,14 @@ async def _apply_batch(
         applied += len(fresh)
         if fresh and isolate:
             await _apply_total(conn, projection, fresh)
-        elif fresh and memory is not None and projection.remembering is not None:
-            await projection.remembering(conn, fresh, memory)
+        elif fresh and projection.plan is not None:
+            write = await projection.plan(conn, fresh, memory)
+            if write is not None:
+                writes.append(write)
         elif fresh:
             await projection.apply(conn, fresh)
-    if notify is None:
-        await conn.execute(_MOVE_CHECKPOINTS, names, last)
-    else:
-        await conn.execute(_MOVE_CHECKPOINTS_AND_NOTIFY, names, last, notify)
+    # Every planned write and the checkpoints: one statement.
+    await execute(conn, [*writes, _checkpoints_write(names, last, notify)])
     return applied, skipped
 
 

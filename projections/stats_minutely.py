@@ -19,7 +19,8 @@ import asyncpg
 
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
-from ordo.projections.memory import Memory, NotNew, first_events
+from ordo.projections.batch_statement import Write, run
+from ordo.projections.memory import Memory, first_events, presumed_new
 
 NAME = "stats_minutely"
 
@@ -98,15 +99,12 @@ def minute_of(at: datetime) -> datetime:
 
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
-    await _apply(conn, events, None)
+    await run(conn, await plan(conn, events, None))
 
 
-async def remembering(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory) -> None:
-    """`apply`, with what it keeps per task remembered between batches and new tasks not looked up."""
-    await _apply(conn, events, memory)
-
-
-async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> None:
+async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
+    """The batch's writes; with `memory`, what it keeps per task is taken from it (and this batch's
+    left there) and new tasks are not looked up."""
     tasks: dict[tuple[str, str], _Task] = {}
     new: set[tuple[str, str]] = set()
     unknown = []
@@ -154,61 +152,63 @@ async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Me
             bucket.counts[counter] += 1
             bucket.last_seq = stored.seq
     if not tasks:
-        return
-    await _write(conn, tasks, new, buckets, durations)
-    if memory is not None:
-        for key, task in tasks.items():
-            memory.put(key, task)
+        return None
+    items = sorted(tasks.items(), key=lambda kt: kt[0])
+
+    def done(inserted: int) -> None:
+        presumed_new("stats task", sum(1 for k, _ in items if k in new), inserted)
+        if memory is not None:
+            for key, kept in items:
+                memory.put(key, kept)
+
+    args = _args(items, new, buckets, durations)
+    return Write(_CTES, args, "(SELECT count(*) FROM stats_minutely_fresh)", done)
 
 
 _TASK_COLS = "tenant, task_id, queue, type, attempt_started_at, last_seq"
 _DURATION_COLS = "seq, tenant, queue, type, minute, outcome, duration_ms"
 # One statement: what this projection keeps per task (for tasks first seen in the batch only if
 # absent: the count says whether that held), the minute counters and the finished attempts.
-_WRITE = f"""
-WITH r AS (
+_CTES = f"""
+stats_minutely_rows AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
                          $6::bigint[], $7::bool[]) AS r({_TASK_COLS}, new)
 ),
-fresh AS (
-    INSERT INTO stats_tasks ({_TASK_COLS}) SELECT {_TASK_COLS} FROM r WHERE new
+stats_minutely_fresh AS (
+    INSERT INTO stats_tasks ({_TASK_COLS}) SELECT {_TASK_COLS} FROM stats_minutely_rows WHERE new
     ON CONFLICT (tenant, task_id) DO NOTHING RETURNING 1
 ),
-known AS (
-    INSERT INTO stats_tasks AS t ({_TASK_COLS}) SELECT {_TASK_COLS} FROM r WHERE NOT new
+stats_minutely_known AS (
+    INSERT INTO stats_tasks AS t ({_TASK_COLS}) SELECT {_TASK_COLS} FROM stats_minutely_rows WHERE NOT new
     ON CONFLICT (tenant, task_id) DO UPDATE SET attempt_started_at=EXCLUDED.attempt_started_at,
         last_seq=EXCLUDED.last_seq
     WHERE t.last_seq < EXCLUDED.last_seq
 ),
-counted AS (
+stats_minutely_counted AS (
     INSERT INTO stats_minutely AS s (tenant, minute, queue, type, {", ".join(COUNTERS)}, last_seq)
     SELECT * FROM unnest($8::text[], $9::timestamptz[], $10::text[], $11::text[], $12::bigint[],
         $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[])
     ON CONFLICT (tenant, minute, queue, type) DO UPDATE SET
         {", ".join(f"{c} = s.{c} + EXCLUDED.{c}" for c in COUNTERS)}, last_seq = EXCLUDED.last_seq
 ),
-timed AS (
+stats_minutely_timed AS (
     INSERT INTO stats_durations ({_DURATION_COLS})
     SELECT * FROM unnest($19::bigint[], $20::text[], $21::text[], $22::text[], $23::timestamptz[],
                          $24::text[], $25::double precision[])
     ON CONFLICT (seq) DO NOTHING
 )
-SELECT count(*) FROM fresh
 """  # noqa: S608 - column names are constants
 
 
-async def _write(
-    conn: asyncpg.Connection,
-    tasks: dict[tuple[str, str], _Task],
+def _args(
+    items: list[tuple[tuple[str, str], _Task]],
     new: set[tuple[str, str]],
     buckets: dict[tuple[str, datetime, str, str], _Bucket],
     durations: list[tuple[int, str, str, str, datetime, str, float]],
-) -> None:
-    items = sorted(tasks.items(), key=lambda kt: kt[0])
+) -> list[list[Any]]:
     rows = sorted(buckets.items())
     timed: list[list[Any]] = [list(col) for col in zip(*durations, strict=True)] or [[] for _ in range(7)]
-    inserted = await conn.fetchval(
-        _WRITE,
+    return [
         [k[0] for k, _ in items],
         [k[1] for k, _ in items],
         [t.queue for _, t in items],
@@ -223,10 +223,7 @@ async def _write(
         *[[b.counts[c] for _, b in rows] for c in COUNTERS],
         [b.last_seq for _, b in rows],
         *timed,
-    )
-    expected = sum(1 for k, _ in items if k in new)
-    if inserted != expected:
-        raise NotNew(f"{expected - inserted} task(s) presumed new had a stats row")
+    ]
 
 
 # ---- queries -------------------------------------------------------------------------------------

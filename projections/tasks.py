@@ -13,8 +13,9 @@ from ordo.domain import events as ev
 from ordo.domain.state import TaskState, evolve, initial
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import poison
+from ordo.projections.batch_statement import Write, run
 from ordo.projections.json_text import json_text
-from ordo.projections.memory import Memory, NotNew, first_events
+from ordo.projections.memory import Memory, first_events, presumed_new
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -69,18 +70,17 @@ _FROM_ROWS = _COLS.replace("tags", "ARRAY(SELECT json_array_elements_text(r.tags
 _UPDATE = ", ".join(f"{c}=EXCLUDED.{c}" for c in _COLS.split(", ") if c not in ("tenant", "id", "created_at"))
 _PARAMS = ", ".join(f"${i}::{t}" for i, t in enumerate(_TYPES.split(", "), 1))
 # Rows of tasks first seen in this batch are inserted only if absent; the count of those inserted
-# tells the caller whether the presumption held (memory.NotNew otherwise).
-_WRITE = f"""
-WITH r AS (SELECT * FROM unnest({_PARAMS}) AS r({_COLS}, new)),
-fresh AS (
-    INSERT INTO tasks ({_COLS}) SELECT {_FROM_ROWS} FROM r WHERE new
+# tells whether the presumption held (memory.NotNew otherwise).
+_CTES = f"""
+tasks_rows AS (SELECT * FROM unnest({_PARAMS}) AS r({_COLS}, new)),
+tasks_fresh AS (
+    INSERT INTO tasks ({_COLS}) SELECT {_FROM_ROWS} FROM tasks_rows r WHERE new
     ON CONFLICT (tenant, id) DO NOTHING RETURNING 1
 ),
-known AS (
-    INSERT INTO tasks ({_COLS}) SELECT {_FROM_ROWS} FROM r WHERE NOT new
+tasks_known AS (
+    INSERT INTO tasks ({_COLS}) SELECT {_FROM_ROWS} FROM tasks_rows r WHERE NOT new
     ON CONFLICT (tenant, id) DO UPDATE SET {_UPDATE}
 )
-SELECT count(*) FROM fresh
 """
 
 
@@ -116,15 +116,12 @@ def _apply_one(row: _Row, stored: StoredEvent) -> None:
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
     """Fold a batch of events into the rows of their tasks (the caller holds the transaction)."""
-    await _apply(conn, events, None)
+    await run(conn, await plan(conn, events, None))
 
 
-async def remembering(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory) -> None:
-    """`apply`, with the rows of earlier batches remembered and new tasks not looked up."""
-    await _apply(conn, events, memory)
-
-
-async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> None:
+async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
+    """The batch's writes; with `memory`, the rows of earlier batches are taken from it (and this
+    batch's left there) and new tasks are not looked up."""
     rows: dict[tuple[str, str], _Row] = {}
     new: set[tuple[str, str]] = set()
     unknown = []
@@ -156,19 +153,21 @@ async def _apply(conn: asyncpg.Connection, events: list[StoredEvent], memory: Me
         _apply_one(row, stored)
     written = sorted(((k, r) for k, r in rows.items() if r.state.exists), key=lambda kr: kr[0])
     if not written:
-        return
+        return None
     params = [_params(tenant, row) for (tenant, _), row in written]
     columns = [list(col) for col in zip(*params, strict=True)]
     flags = [key in new for key, _ in written]
-    inserted = await conn.fetchval(_WRITE, *columns, flags)
-    if inserted != sum(flags):
-        raise NotNew(f"{sum(flags) - inserted} task(s) presumed new had a row")
-    if memory is not None:
-        for key, row in written:
-            if _remembered_size(row.state) <= _REMEMBER_MAX_BYTES:
-                memory.put(key, row)
-            else:
-                memory.forget(key)
+
+    def done(inserted: int) -> None:
+        presumed_new("task", sum(flags), inserted)
+        if memory is not None:
+            for key, row in written:
+                if _remembered_size(row.state) <= _REMEMBER_MAX_BYTES:
+                    memory.put(key, row)
+                else:
+                    memory.forget(key)
+
+    return Write(_CTES, [*columns, flags], "(SELECT count(*) FROM tasks_fresh)", done)
 
 
 # A task with a large payload or result is read back from its row rather than held in memory: the
