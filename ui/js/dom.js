@@ -122,7 +122,9 @@ export async function copyText(text) {
 /** Show a transient message at the bottom of the screen. */
 export function toast(text, kind = "info") {
   const host = document.getElementById("toasts");
-  const el = h("div", { class: `toast ${kind}`, role: "status" }, text);
+  // An error stays until clicked (or 12 s): a partial failure must be readable, and never hide rows for long.
+  const el = h("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status", title: kind === "error" ? "click to dismiss" : null,
+    onclick: () => el.remove() }, text);
   host.append(el);
   el.addEventListener("animationend", () => el.remove());
 }

@@ -273,7 +273,9 @@ export function mount(root, { id, params }) {
       h("tbody", {}, attempts.map((a) => {
         const gap = gaps.find((g) => g.attempt === a.n);
         const cells = [a.n, a.worker, dur(a.startedAt - a.readyAt), a.endAt ? dur(a.endAt - a.startedAt) : "running", statusBadge(a.outcome ?? "running"),
-          a.leases.length - 1, gap ? dur(gap.to - gap.from) : "", a.error ? `${a.error.kind}: ${a.error.message}` : ""];
+          a.leases.length - 1, gap ? dur(gap.to - gap.from) : "", a.error ? (a.error.traceback
+          ? h("details", {}, h("summary", {}, `${a.error.kind}: ${a.error.message}`), h("pre", { class: "traceback" }, a.error.traceback))
+          : `${a.error.kind}: ${a.error.message}`) : ""];
         return h("tr", { "data-attempt": a.n }, cells.map((c, k) => h("td", { "data-label": labels[k], class: k === 7 ? "wrap small" : [0, 2, 3, 5, 6].includes(k) ? "num" : "" }, c)));
       })));
   }

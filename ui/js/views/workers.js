@@ -47,7 +47,15 @@ export function mount(root) {
     const count = document.getElementById("scale-count");
     if (count && document.activeElement !== count && !count.value) count.value = String(online);
     if (!items.length) { put(box, notice("No worker has reported a heartbeat yet.")); return; }
-    put(box, h("div", { class: "table-wrap" }, h("table", { id: "workers-table", class: "cards", "aria-label": "workers" },
+    // Running workers first; stopped and lost ones fold away under a count (they pile up otherwise).
+    const gone = items.filter((w) => ["offline", "lost"].includes(w.status));
+    const running = items.filter((w) => !gone.includes(w));
+    put(box, table(running, "workers-table", "workers"),
+      gone.length ? h("details", { class: "create", id: "workers-gone" }, h("summary", {}, `${gone.length} stopped or lost worker${gone.length === 1 ? "" : "s"}`),
+        table(gone, "workers-gone-table", "stopped or lost workers")) : null);
+  }
+  function table(items, id, label) {
+    return h("div", { class: "table-wrap" }, h("table", { id, class: "cards", "aria-label": label },
       h("thead", {}, h("tr", {}, ["worker", "status", "heartbeat", "queues", "in flight", "processed", "succeeded", "failed", "cpu", "memory", "actions"]
         .map((c, i) => h("th", { scope: "col", class: i >= 4 && i <= 9 ? "num" : "" }, c)))),
       h("tbody", {}, items.map((w) => h("tr", { "data-id": w.id },
@@ -62,7 +70,7 @@ export function mount(root) {
         cell("memory", { class: "num" }, w.rss_bytes ? `${(w.rss_bytes / 1048576).toFixed(0)} MiB` : ""),
         cell("", { class: "actions" }, h("span", { class: "row" },
           canDrain && w.status === "online" ? h("button", { "data-action": "drain", onclick: () => act(w, "drain") }, "Drain…") : null,
-          canKill && w.pid && ["online", "draining"].includes(w.status) ? h("button", { class: "danger", "data-action": "kill", onclick: () => act(w, "kill") }, "Kill…") : null))))))));
+          canKill && w.pid && ["online", "draining"].includes(w.status) ? h("button", { class: "danger", "data-action": "kill", onclick: () => act(w, "kill") }, "Kill…") : null)))))));
   }
   const refresh = coalesce(load, 1000);
   refresh();
