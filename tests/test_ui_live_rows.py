@@ -39,3 +39,15 @@ async def test_a_listed_row_survives_live_refreshes(ui: Page, system: System) ->
         row,
     )
     assert kept == {"same": True, "attached": True, "cells": True, "focus": True, "checked": True}, kept
+
+
+async def test_the_overview_feed_starts_with_the_events_already_seen(ui: Page, system: System) -> None:
+    page = ui.page
+    await ui.open("/tasks")
+    await page.locator('#conn[data-state="live"]').wait_for()
+    task_id = await submit(system, {"type": "demo.echo", "payload": "seen elsewhere"})
+    await page.locator(f'#tasks-table tr[data-id="{task_id}"] .badge[data-status="succeeded"]').wait_for()
+    await page.click('#nav a[data-view="overview"]')
+    feed = page.locator("#feed li")
+    await feed.first.wait_for()
+    assert await page.locator(f'#feed a[href="#/tasks/{task_id}"]').count() >= 2  # submitted ... succeeded

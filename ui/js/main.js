@@ -26,6 +26,7 @@ const root = document.getElementById("view");
 const conn = document.getElementById("conn");
 let current = null;
 let live = null;
+const recent = []; // the last 50 events the live stream delivered, oldest first
 
 /** Debug/testing hook: what the live stream has delivered (sequences in order, duplicates dropped). */
 window.ordo = { seqs: [], get duplicates() { return live?.duplicates ?? 0; }, get lastSeq() { return live?.lastSeq ?? null; } };
@@ -75,7 +76,7 @@ function route() {
   current?.unmount?.();
   clear(root);
   document.title = `${v.title} · Ordo`;
-  const ctx = { id: parts[1], params };
+  const ctx = { id: parts[1], params, recent: [...recent] };
   current = { key, ...(mod.mount(root, ctx) || {}) };
 }
 
@@ -84,6 +85,8 @@ function startLive() {
   live?.close();
   live = new LiveStream("/v1/events/stream", (e) => {
     window.ordo.seqs.push(e.seq);
+    recent.push(e); // the Overview's feed starts from these, whichever view was open when they came
+    if (recent.length > 50) recent.shift();
     if (window.ordo.seqs.length > 5000) window.ordo.seqs.splice(0, 1000);
     current?.onEvent?.(e);
   }, (state) => {

@@ -32,7 +32,7 @@ function lagOf(stats) {
   return null;
 }
 
-export function mount(root) {
+export function mount(root, { recent = [] } = {}) {
   const countsBox = h("div", { class: "counts", id: "counts" });
   const chartBox = h("div", { id: "throughput" });
   const queuesBox = h("div", { id: "queues" });
@@ -118,13 +118,17 @@ export function mount(root) {
     refresh();
   }
   function drawChart() { if (stats) put(chartBox, throughputChart(series(stats), { width: Math.max(300, Math.round(chartBox.clientWidth || 720)) })); }
+  function showEvent(e) {
+    feed.prepend(h("li", { "data-seq": e.seq }, h("span", { class: "seq" }, `#${e.seq}`), h("time", { class: "small muted", datetime: e.at }, absTime(e.at).slice(11, 19)),
+      h("span", { class: "ev-type" }, e.type), h("a", { class: "mono", href: `#/tasks/${enc(e.task_id)}` }, shortId(e.task_id))));
+    while (feed.children.length > 50) feed.lastChild.remove();
+  }
+  for (const e of recent) showEvent(e);
   const refresh = coalesce(load, 1000);
   refresh();
   return {
     onEvent(e) {
-      feed.prepend(h("li", {}, h("span", { class: "seq" }, `#${e.seq}`), h("time", { class: "small muted", datetime: e.at }, absTime(e.at).slice(11, 19)), h("span", { class: "ev-type" }, e.type),
-        h("a", { class: "mono", href: `#/tasks/${enc(e.task_id)}` }, shortId(e.task_id))));
-      while (feed.children.length > 50) feed.lastChild.remove();
+      showEvent(e);
       refresh();
     },
     onTheme() { drawChart(); },
