@@ -74,7 +74,7 @@ FAMILIES: tuple[Family, ...] = (
 
 PROJECTIONS: tuple[Projection, ...] = (
     Projection(tasks.NAME, tasks.DDL, tasks.apply, plan=tasks.plan),
-    Projection(task_events.NAME, task_events.DDL, task_events.apply),
+    Projection(task_events.NAME, task_events.DDL, task_events.apply, plan=task_events.plan),
     Projection(attempts.NAME, attempts.DDL, attempts.apply, plan=attempts.plan),
     Projection(dead_letters.NAME, dead_letters.DDL, dead_letters.apply, plan=dead_letters.plan),
     Projection(queue_stats.NAME, queue_stats.DDL, queue_stats.apply, plan=queue_stats.plan),

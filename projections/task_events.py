@@ -9,7 +9,9 @@ import msgspec
 
 from ordo.domain.events import encode_event
 from ordo.infra.event_store import StoredEvent
+from ordo.projections.batch_statement import Write, run
 from ordo.projections.json_text import json_text
+from ordo.projections.memory import Memory
 
 DDL = """
 CREATE TABLE IF NOT EXISTS task_events (
@@ -28,20 +30,26 @@ CREATE INDEX IF NOT EXISTS task_events_task ON task_events (tenant, task_id, seq
 
 NAME = "task_events"
 
-_INSERT = """
-INSERT INTO task_events (seq, tenant, task_id, queue, type, attempt, at, data, meta)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
-                     $7::timestamptz[], $8::json[], $9::json[])
-ON CONFLICT (seq) DO NOTHING
+_CTES = """
+task_events_inserted AS (
+    INSERT INTO task_events (seq, tenant, task_id, queue, type, attempt, at, data, meta)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                         $7::timestamptz[], $8::json[], $9::json[])
+    ON CONFLICT (seq) DO NOTHING
+)
 """
 _json = msgspec.json.Encoder()
 
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
+    await run(conn, await plan(conn, events, None))
+
+
+async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
+    """The batch's rows, as a write the runner joins into the batch's statement (nothing to remember)."""
     if not events:
-        return
-    await conn.execute(
-        _INSERT,
+        return None
+    args = [
         [e.seq for e in events],
         [e.tenant for e in events],
         [e.task_id for e in events],
@@ -51,7 +59,8 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
         [e.stored_at for e in events],
         [json_text(encode_event(e.event)) for e in events],
         [_json.encode(e.headers).decode() for e in events],
-    )
+    ]
+    return Write(_CTES, args)
 
 
 _COLUMNS = "seq, tenant, task_id, queue, type, attempt, at, data, meta"
