@@ -54,7 +54,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff check $(LINT_PATHS) tests bench examples
 	MYPY=$(BIN)/mypy .ci/typecheck
 
 # Every workload at short sizes (about 10 minutes on 2 cores), each as a module printing one JSON

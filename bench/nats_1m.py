@@ -31,8 +31,8 @@ import nats
 
 from bench.common import emit, load_average, percentile, proc_usage
 from ordo.domain.events import SCHEMA_VERSION, Submitted, encode_event
-from ordo.infra import subjects as sj
 from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
+from ordo.infra import subjects as sj
 from ordo.infra.event_store import EventStore
 from ordo.infra.nats_conn import provision
 from ordo.infra.settings import Settings

@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ordo.infra.logs import setup_logging  # noqa: E402
 from ordo.infra.settings import Settings  # noqa: E402
+from ordo.worker_process import run_worker  # noqa: E402
 from ordo.workers.context import TaskContext  # noqa: E402
 from ordo.workers.demo import registry  # noqa: E402
-from ordo.worker_process import run_worker  # noqa: E402
 
 TASK_TYPE = "bench.noop"
 

@@ -29,11 +29,11 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ordo.gateway.app import create_app  # noqa: E402
 from ordo.embedded.nats import EmbeddedNats, NatsServerConfig  # noqa: E402
 from ordo.embedded.postgres import EmbeddedPostgres, PostgresConfig  # noqa: E402
-from ordo.infra.nats_conn import connect, provision  # noqa: E402
 from ordo.embedded.processes import free_port  # noqa: E402
+from ordo.gateway.app import create_app  # noqa: E402
+from ordo.infra.nats_conn import connect, provision  # noqa: E402
 from ordo.infra.settings import Settings  # noqa: E402
 from ordo.projections.runner import ProjectionRunner  # noqa: E402
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from ordo.domain import events as ev
 from ordo.domain.commands import SubmitTask
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
-from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.infra.event_store import EventStore
 from ordo.infra.ids import new_task_id
 from ordo.infra.nats_conn import connect, provision

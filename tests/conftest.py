@@ -15,12 +15,12 @@ import pytest
 import uvicorn
 from nats.aio.client import Client as NATS
 
-from ordo.infra.command_handler import CommandHandler
 from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.embedded.postgres import EmbeddedPostgres, PostgresConfig
+from ordo.embedded.processes import free_port
+from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import EventStore
 from ordo.infra.nats_conn import connect, provision
-from ordo.embedded.processes import free_port
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 from ordo.projections.runner import ProjectionRunner

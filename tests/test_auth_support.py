@@ -14,9 +14,9 @@ import httpx
 import uvicorn
 from nats.aio.client import Client as NATS
 
+from ordo.embedded.processes import free_port
 from ordo.gateway import keys
 from ordo.infra.command_handler import CommandHandler
-from ordo.embedded.processes import free_port
 from ordo.infra.settings import Settings
 from tests.conftest import System, run_system
 from tests.helpers import eventually

@@ -19,8 +19,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from ordo.domain.commands import SubmitTask
-from ordo.infra import subjects as sj
 from ordo.embedded.cluster import EmbeddedCluster
+from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import EventStore, EventStoreError
 from ordo.infra.ids import new_task_id

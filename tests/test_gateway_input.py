@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from tests.conftest import System
@@ -69,7 +71,7 @@ async def test_body_over_the_limit_is_rejected_while_streaming(gateway_only: Sys
     limit = gateway_only.settings.max_body_bytes
     before = await _last_seq(gateway_only)
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         yield b'{"type": "demo.echo", "payload": "'
         for _ in range(limit // 65536 + 2):
             yield b"y" * 65536

@@ -14,7 +14,6 @@ forbidden arrow cannot hide inside a function. The packages' intent, from the bo
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -202,9 +203,7 @@ async def test_a_worker_cannot_submit_forge_events_or_change_streams(
         ):
             with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
                 await js.publish(subject, b"{}")
-            await eventually(
-                lambda s=subject: _true(errors.violated(s)), timeout=5, what=f"refused {subject}"
-            )
+            await eventually(partial(_violated, errors, subject), timeout=5, what=f"refused {subject}")
         with pytest.raises(nats.errors.TimeoutError):
             await js.add_stream(StreamConfig(name="EVIL", subjects=["evil.>"]))
         with pytest.raises(nats.errors.TimeoutError):
@@ -263,7 +262,7 @@ async def test_a_paused_queue_holds_and_releases_tickets_on_the_worker_user(
                     subject = sj.held_work_subject(TENANT, "default")
                     return (
                         task_id.encode()
-                        in (await admin.jetstream().get_last_msg(sj.EVENTS_STREAM, subject)).data
+                        in ((await admin.jetstream().get_last_msg(sj.EVENTS_STREAM, subject)).data or b"")
                     )
                 return False
 
@@ -288,6 +287,10 @@ async def _submit(handler: CommandHandler, tenant: str) -> str:
     )
     await handler.execute(tenant, cmd)
     return task_id
+
+
+async def _violated(errors: Errors, subject: str) -> bool:
+    return errors.violated(subject)
 
 
 async def _true(value: bool) -> bool:

@@ -185,7 +185,7 @@ async def test_a_payload_that_does_not_fit_fails_the_task_without_retry(
         good = await eventually(lambda: final(ids["good"]), timeout=30, what="good order done")
         bad = await eventually(lambda: final(ids["bad"]), timeout=30, what="bad order done")
         assert good.status is TaskStatus.SUCCEEDED
-        assert msgspec.json.decode(good.result) == {"sku": "B2", "total": 4}
+        assert good.result is not None and msgspec.json.decode(good.result) == {"sku": "B2", "total": 4}
         assert bad.status is TaskStatus.FAILED and bad.attempt == 1  # no retry
         assert bad.error is not None and bad.error.kind == "InvalidPayload"
     finally:

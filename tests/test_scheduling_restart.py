@@ -19,12 +19,12 @@ from pathlib import Path
 from ordo.domain import schedule_commands as sc
 from ordo.domain import schedule_events as se
 from ordo.domain.schedule_cron import normalize
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
+from ordo.embedded.processes import free_port
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
-from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.infra.event_store import EventStore
 from ordo.infra.nats_conn import connect, provision
-from ordo.embedded.processes import free_port
 from ordo.infra.schedule_handler import ScheduleHandler
 from ordo.infra.schedule_timers import ScheduleTimers
 from ordo.infra.settings import Settings

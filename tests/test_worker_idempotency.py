@@ -13,13 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
+from ordo.embedded.processes import free_port
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
-from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.infra.event_store import EventStore
 from ordo.infra.ids import task_id_for_key
 from ordo.infra.nats_conn import connect
-from ordo.embedded.processes import free_port
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 from tests.helpers import eventually

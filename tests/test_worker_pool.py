@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from ordo.supervisor import ChildSpec
 from ordo.pool import WorkerPool
+from ordo.supervisor import ChildSpec
 from tests.conftest import System
 from tests.helpers import eventually
 

@@ -20,9 +20,9 @@ from ordo.domain.commands import CancelTask, StartAttempt, SubmitTask
 from ordo.domain.events import AttemptStarted, ZombieRejected
 from ordo.domain.state import TaskState
 from ordo.domain.status import TaskStatus
+from ordo.embedded.nats import EmbeddedNats
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
-from ordo.embedded.nats import EmbeddedNats
 from ordo.infra.event_store import StoredEvent
 from ordo.infra.ids import new_task_id
 from ordo.infra.settings import Settings

@@ -6,7 +6,6 @@ from typing import Any
 
 import domain
 import workers
-
 from ordo import Fail, Registry, TaskContext
 
 registry = Registry()
