@@ -16,9 +16,10 @@ How it stays exact (a stream's ids are log sequences; "contiguous" means the fil
   with the commit (projections/runner.py), so every row up to a notified sequence is visible. A
   missed notification (the LISTEN connection lost) is made up by re-reading the checkpoint when idle.
 
-Slow clients: a subscriber's buffer is bounded (`max_buffer_bytes`). Past it the subscriber is cut:
-its buffer is dropped and its stream ends; the client (EventSource) reconnects with the last id it
-received and catches up from the read model. The hub never waits for a client.
+Slow clients: a subscriber's buffer is bounded (`max_buffer_bytes`, plus one hand-out: at most a
+tail page). Past it the subscriber is cut: its buffer is dropped and its stream ends; the client
+(EventSource) reconnects with the last id it received and catches up from the read model. The hub
+never waits for a client.
 """
 
 from __future__ import annotations
@@ -142,8 +143,11 @@ class Subscriber:
         )
 
     def _push(self, frames: list[bytes], limit: int) -> bool:
+        """False when the client is behind: frames not yet taken, and these would pass `limit`.
+        An empty buffer takes one hand-out of any size (a big commit is not a slow client; the
+        frames are shared with every other stream until taken)."""
         size = sum(len(f) for f in frames)
-        if self.buffered + size > limit:
+        if self._frames and self.buffered + size > limit:
             return False
         self._frames += frames
         self.buffered += size

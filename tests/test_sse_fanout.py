@@ -34,10 +34,13 @@ from tests.test_auth_support import Gateway, gateway_server
 class Client:
     """An EventSource: follows `path`, reconnects with the last id it received."""
 
-    def __init__(self, http: httpx.AsyncClient, path: str, params: dict[str, str]) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, path: str, params: dict[str, str], hang_up_after: int = 0
+    ) -> None:
         self.http = http
         self.path = path
         self.params = params
+        self.hang_up_after = hang_up_after  # > 0: disconnect after this many events, and resume
         self.seqs: list[int] = []
         self.connections = 0
         self.ended = 0  # streams the server ended
@@ -49,10 +52,15 @@ class Client:
                 async with self.http.stream("GET", self.path, params=self.params, headers=headers) as r:
                     assert r.status_code == 200, r.status_code
                     self.connections += 1
+                    got = 0
                     async for event in read_events(r):
                         if event.event == "task_event":
                             self.seqs.append(int(event.id or 0))
-                self.ended += 1
+                            got += 1
+                            if got == self.hang_up_after:
+                                break
+                    else:
+                        self.ended += 1
             except (httpx.HTTPError, OSError):
                 pass
             await asyncio.sleep(0.1)  # reconnect backoff, as EventSource does
@@ -188,11 +196,11 @@ async def test_a_client_that_stops_reading_is_cut_and_resumes_without_a_gap(
         hub: TailHub = gw.app.state.services.hub
         hub.config = replace(hub.config, max_buffer_bytes=256 * 1024)
         start = hub.position
-        # The slow client: a tiny receive window, and it reads nothing after the first line.
+        # The slow client: a small receive window, and it reads nothing after the first line.
         slow = httpx.AsyncClient(
             base_url=gw.base_url,
             timeout=120,
-            transport=httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)]),
+            transport=httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)]),
         )
         async with slow, httpx.AsyncClient(base_url=gw.base_url, timeout=60) as http:
             healthy = Client(http, "/v1/events/stream", {"queue": "small", "after": str(start)})
@@ -240,6 +248,42 @@ async def test_a_client_that_stops_reading_is_cut_and_resumes_without_a_gap(
                     )
                 assert seqs + resumed.seqs[1:] == want
                 assert hub.cuts == 1
+
+
+async def test_clients_hanging_up_and_resuming_during_a_load_join_the_live_feed_exactly(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """Every resume is a hand-over from the read model to the live feed while commits arrive."""
+    async with (
+        _projected_gateway(settings, nc) as gw,
+        httpx.AsyncClient(base_url=gw.base_url, timeout=60, limits=httpx.Limits(max_connections=100)) as http,
+    ):
+        hub: TailHub = gw.app.state.services.hub
+        start = hub.position
+        clients = [
+            Client(
+                http, "/v1/events/stream", {**({"queue": "q1"} if i % 2 else {}), "after": str(start)}, 3 + i
+            )
+            for i in range(20)
+        ]
+        async with _clients(clients):
+            await eventually(lambda: _true(hub.subscribers == 20), 60, what="20 streams open")
+            for i in range(30):
+                tasks = [{"type": "x", "queue": f"q{j % 2}"} for j in range(10)]
+                r = await http.post("/v1/tasks:batch", json={"tasks": tasks})
+                assert r.status_code == 202, r.text
+                if i % 3 == 0:
+                    await http.post(f"/v1/tasks/{r.json()['items'][0]['id']}:cancel")
+            log, _ = await handler.store.load_filter(sj.tenant_events_filter(settings.tenant))
+            expected = [[e.seq for e in log if _matcher(c.path, c.params)(e)] for c in clients]
+
+            async def everyone_done() -> bool:
+                return all(len(c.seqs) >= len(want) for c, want in zip(clients, expected, strict=True))
+
+            await eventually(everyone_done, 120, what="every client saw its filtered log")
+            for c, want in zip(clients, expected, strict=True):
+                assert c.seqs == want, (c.params, c.hang_up_after, c.seqs, want)
+            assert sum(c.connections for c in clients) > 200  # many resumes, each a hand-over
 
 
 def _catch_up_queries() -> float:
