@@ -9,6 +9,8 @@ per (client, event) = arrival time at the client minus the event's stored time i
 `at` field); also reported minus the projector's commit of that event (the gateway's own part).
 After the load the clients get `--drain` seconds to catch up; what has not arrived then is counted
 as missing (a 2-core machine may not keep up: lower --global-clients / --task-clients and say so).
+`gateway` reports the gateway's own read-model work from its /metrics over the same span: tail
+queries (one per projector commit at most, whatever the number of streams), catch-up pages, cuts.
 
     .venv/bin/python -m bench.sse_fanout [--global-clients 100] [--task-clients 1000] [--rate 200]
         [--duration 20] [--drain 30]
@@ -64,6 +66,23 @@ async def _park(nc: NATS, k: int) -> list[str]:
     return ids
 
 
+_SSE_COUNTERS = ("ordo_sse_tail_queries_total", "ordo_sse_catch_up_queries_total", "ordo_sse_cuts_total")
+
+
+async def _sse_counters(port: int) -> dict[str, float]:
+    """The gateway's SSE counters from /metrics (auth is off in the benchmarks)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+    body = (await reader.read()).decode()
+    writer.close()
+    out = dict.fromkeys(_SSE_COUNTERS, 0.0)
+    for line in body.splitlines():
+        name, _, value = line.partition(" ")
+        if name in out:
+            out[name] = float(value)
+    return out
+
+
 async def run(
     nats_url: str, dsn: str, port: int, g: int, k: int, rate: float, duration: float, drain: float
 ) -> dict[str, Any]:
@@ -84,6 +103,7 @@ async def run(
             arrivals.append((i, seq, now))
             entries.setdefault(seq, payload)
 
+    counters_before = await _sse_counters(port)
     t_open = time.perf_counter()
     paths = [f"/v1/tasks/{tid}/stream" for tid in parked] + ["/v1/events/stream"] * g
     streams = await sse.open_streams(port, paths, on_event, timeout=300)
@@ -125,6 +145,8 @@ async def run(
         if done or time.monotonic() > deadline:
             break
         await asyncio.sleep(1.0)
+    counters_after = await _sse_counters(port)
+    commits = sum(1 for seq, _ in clock.commits if seq > start_seq)
     await sse.close_streams(streams)
     await asyncio.sleep(0.5)
     await clock.stop()
@@ -151,6 +173,12 @@ async def run(
             "delivered": got_global,
             "delivery_ms": summary(glob, 50, 99),
             "after_commit_ms": summary(glob_gw, 50, 99),
+        },
+        "gateway": {
+            "projector_commits": commits,
+            "tail_queries": counters_after[_SSE_COUNTERS[0]] - counters_before[_SSE_COUNTERS[0]],
+            "catch_up_queries": counters_after[_SSE_COUNTERS[1]] - counters_before[_SSE_COUNTERS[1]],
+            "cuts": counters_after[_SSE_COUNTERS[2]] - counters_before[_SSE_COUNTERS[2]],
         },
         "per_task": {
             "expected": expected_task,
