@@ -114,18 +114,66 @@ async def apply_batch(
     batch in pieces, in order, equals applying it whole (projections are idempotent by sequence), so
     the live projector and a rebuild end with the same tables whatever the batch boundaries were.
     """
-    if not any(isinstance(r, Undecodable) for _, r in batch):
+    if _whole(batch):
         try:
             async with conn.transaction():  # a savepoint in the caller's transaction
                 return await _apply_batch(conn, projections, batch, memories, notify, isolate=False)
-        except NotNew as exc:
-            _log.info("batch up to seq %d applied again reading every key: %s", batch[-1][1].seq, exc)
-        except poison.DATA_ERRORS as exc:
-            if not poison.caused_by_data(exc, conn):
+        except _FAILURES as exc:
+            if not _isolate_after(exc, conn, batch, memories):
                 raise
-        if memories is not None:
-            memories.clear()  # the slow path reads every key and leaves nothing in memory
     return await _apply_batch(conn, projections, batch, None, notify, isolate=True)
+
+
+async def apply_batch_committed(
+    conn: asyncpg.Connection,
+    projections: Sequence[Projection],
+    batch: list[Record],
+    memories: Memories,
+    notify: str | None = None,
+) -> tuple[int, int]:
+    """`apply_batch` in a transaction of its own, committed, and `memories` committed with it (the
+    live runner). The whole batch is tried without a savepoint (two round trips fewer); when it fails
+    for the data's sake the transaction is rolled back and the batch applied again, isolated, in a
+    new one."""
+    try:
+        if _whole(batch):
+            try:
+                async with conn.transaction():
+                    result = await _apply_batch(conn, projections, batch, memories, notify, isolate=False)
+                memories.commit()
+                return result
+            except _FAILURES as exc:
+                if not _isolate_after(exc, conn, batch, memories):
+                    raise
+        async with conn.transaction():
+            result = await _apply_batch(conn, projections, batch, None, notify, isolate=True)
+    except BaseException:
+        memories.rollback()
+        raise
+    memories.commit()
+    return result
+
+
+_FAILURES: tuple[type[BaseException], ...] = (NotNew, *poison.DATA_ERRORS)
+
+
+def _whole(batch: list[Record]) -> bool:
+    """Whether the batch is worth trying whole (an undecodable record is known to need isolating)."""
+    return not any(isinstance(r, Undecodable) for _, r in batch)
+
+
+def _isolate_after(
+    exc: BaseException, conn: asyncpg.Connection, batch: list[Record], memories: Memories | None
+) -> bool:
+    """After the whole batch failed with `exc`: True when it is to be applied again, isolated (a data
+    error, a key presumed new that was not); False for an outage, which propagates."""
+    if isinstance(exc, NotNew):
+        _log.info("batch up to seq %d applied again reading every key: %s", batch[-1][1].seq, exc)
+    elif not poison.caused_by_data(exc, conn):
+        return False
+    if memories is not None:
+        memories.clear()  # the isolated path reads every key and leaves nothing in memory
+    return True
 
 
 _LOCK_CHECKPOINTS = (
@@ -309,16 +357,14 @@ class ProjectionRunner:
         finally:
             await reader.close()
 
-    async def _apply(self, conn: asyncpg.Connection, batch: list[Record], memories: Memories) -> None:
+    async def _apply(
+        self, conn: asyncpg.Connection, batch: list[Record], memories: Memories | None = None
+    ) -> None:
+        """Apply and commit one batch (without `memories`, every per-task state is read back)."""
+        memories = Memories() if memories is None else memories
         last = batch[-1][1].seq
-        try:
-            async with conn.transaction():
-                _trace_projection(batch)
-                _, skipped = await apply_batch(conn, self._projections, batch, memories, NOTIFY_CHANNEL)
-        except BaseException:
-            memories.rollback()
-            raise
-        memories.commit()
+        _trace_projection(batch)
+        _, skipped = await apply_batch_committed(conn, self._projections, batch, memories, NOTIFY_CHANNEL)
         self.skipped_duplicates += skipped
         self.last_seq = last
         if self._after_commit is not None:
