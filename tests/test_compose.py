@@ -171,3 +171,15 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.2)
+
+
+def test_the_image_copies_every_folder_the_package_maps() -> None:
+    """The compose image runs `pip install .` on what the Dockerfile copies: every folder that
+    pyproject.toml maps into the `ordo` package must be copied, or the image's `ordo` lacks it."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {path.split("/")[0] for path in config["package-dir"].values()}
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\S+) \./\1$", dockerfile, re.M))
+    assert folders <= copied, f"add to deploy/Dockerfile: {sorted(folders - copied)}"
