@@ -3,7 +3,9 @@
 Exactly one runner is active (a PostgreSQL advisory lock elects it; others stand by). It reads with
 an ordered consumer from the lowest checkpoint + 1 (PostgreSQL holds the cursor, so there is nothing to
 ack), applies a batch to every projection in one transaction together with each projection's
-checkpoint, skips any sequence already applied, and NOTIFYs listeners (SSE) on commit.
+checkpoint (projections/batch_apply.py), skips any sequence already applied, and NOTIFYs listeners
+(SSE) on commit. Batches are what has arrived while it keeps up, and larger while it catches up; the
+per-task states its projections fold stay in memory between batches while it is elected.
 
 A projection is total (DESIGN Revision 2): an event it cannot apply because of the event's data, or
 that cannot be decoded at all, is recorded in `projection_errors` and skipped by that projection
@@ -17,7 +19,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import nats.errors
@@ -29,10 +30,9 @@ from ordo.infra import telemetry
 from ordo.infra.event_store import EventStoreUnavailable
 from ordo.infra.logs import Outage
 from ordo.infra.pg import connect, translate
-from ordo.projections import poison, tasks
-from ordo.projections.batch_statement import Write, execute
-from ordo.projections.memory import Memories, NotNew
-from ordo.projections.poison import Undecodable
+from ordo.projections import tasks
+from ordo.projections.batch_apply import apply_batch, apply_batch_committed
+from ordo.projections.memory import Memories
 from ordo.projections.reader import LogReader, PoisonEvent, Record
 from ordo.projections.registry import FAMILIES, PROJECTIONS, Family, Projection
 from ordo.projections.schema import migrate
@@ -88,177 +88,6 @@ async def locked_checkpoints(conn: asyncpg.Connection, names: Sequence[str]) -> 
         list(names),
     )
     return {r["name"]: r["last_seq"] for r in recs}
-
-
-async def apply_batch(
-    conn: asyncpg.Connection,
-    projections: Sequence[Projection],
-    batch: list[Record],
-    memories: Memories | None = None,
-    notify: str | None = None,
-) -> tuple[int, int]:
-    """Apply `batch` to every projection and move each checkpoint, in the caller's transaction.
-
-    Records at or below a projection's checkpoint are skipped (a redelivery). Tables and checkpoints
-    are named without a schema, so the connection's search_path decides where they live: the live
-    tables, or a rebuild's shadow schema. Returns (records applied, records skipped as duplicates).
-
-    With `memories`, projections that can take their per-key states from memory do (the caller
-    commits or rolls the memories back with its transaction); with `notify`, the checkpoint statement
-    also NOTIFYs that channel with the batch's last sequence. The checkpoints are locked by one
-    statement and moved by one, whatever the number of projections.
-
-    The whole batch is tried at once under a savepoint. When an event's data makes a projection
-    fail, the batch is applied again projection by projection, halving the failing projection's
-    records until the events it cannot apply are found; those are recorded and skipped. Applying a
-    batch in pieces, in order, equals applying it whole (projections are idempotent by sequence), so
-    the live projector and a rebuild end with the same tables whatever the batch boundaries were.
-    """
-    if _whole(batch):
-        try:
-            async with conn.transaction():  # a savepoint in the caller's transaction
-                return await _apply_batch(conn, projections, batch, memories, notify, isolate=False)
-        except _FAILURES as exc:
-            if not _isolate_after(exc, conn, batch, memories):
-                raise
-    return await _apply_batch(conn, projections, batch, None, notify, isolate=True)
-
-
-async def apply_batch_committed(
-    conn: asyncpg.Connection,
-    projections: Sequence[Projection],
-    batch: list[Record],
-    memories: Memories,
-    notify: str | None = None,
-) -> tuple[int, int]:
-    """`apply_batch` in a transaction of its own, committed, and `memories` committed with it (the
-    live runner). The whole batch is tried without a savepoint (two round trips fewer); when it fails
-    for the data's sake the transaction is rolled back and the batch applied again, isolated, in a
-    new one."""
-    try:
-        if _whole(batch):
-            try:
-                async with conn.transaction():
-                    result = await _apply_batch(conn, projections, batch, memories, notify, isolate=False)
-                memories.commit()
-                return result
-            except _FAILURES as exc:
-                if not _isolate_after(exc, conn, batch, memories):
-                    raise
-        async with conn.transaction():
-            result = await _apply_batch(conn, projections, batch, None, notify, isolate=True)
-    except BaseException:
-        memories.rollback()
-        raise
-    memories.commit()
-    return result
-
-
-_FAILURES: tuple[type[BaseException], ...] = (NotNew, *poison.DATA_ERRORS)
-
-
-def _whole(batch: list[Record]) -> bool:
-    """Whether the batch is worth trying whole (an undecodable record is known to need isolating)."""
-    return not any(isinstance(r, Undecodable) for _, r in batch)
-
-
-def _isolate_after(
-    exc: BaseException, conn: asyncpg.Connection, batch: list[Record], memories: Memories | None
-) -> bool:
-    """After the whole batch failed with `exc`: True when it is to be applied again, isolated (a data
-    error, a key presumed new that was not); False for an outage, which propagates."""
-    if isinstance(exc, NotNew):
-        _log.info("batch up to seq %d applied again reading every key: %s", batch[-1][1].seq, exc)
-    elif not poison.caused_by_data(exc, conn):
-        return False
-    if memories is not None:
-        memories.clear()  # the isolated path reads every key and leaves nothing in memory
-    return True
-
-
-_LOCK_CHECKPOINTS = (
-    "SELECT name, last_seq, epoch FROM projection_checkpoints WHERE name = ANY($1::text[]) FOR UPDATE"
-)
-_MOVE_CHECKPOINTS = """checkpoints_moved AS (
-    UPDATE projection_checkpoints SET last_seq=$2 WHERE name = ANY($1::text[]) AND last_seq < $2
-)"""
-
-
-def _checkpoints_write(names: list[str], last: int, notify: str | None) -> Write:
-    if notify is None:
-        return Write(_MOVE_CHECKPOINTS, [names, last])
-    return Write(_MOVE_CHECKPOINTS, [names, last, notify], "pg_notify($3, $2::text)")
-
-
-async def _apply_batch(
-    conn: asyncpg.Connection,
-    projections: Sequence[Projection],
-    batch: list[Record],
-    memories: Memories | None,
-    notify: str | None,
-    isolate: bool,
-) -> tuple[int, int]:
-    last = batch[-1][1].seq
-    names = [p.name for p in projections]
-    checkpoints = {r["name"]: (r["last_seq"], r["epoch"]) for r in await conn.fetch(_LOCK_CHECKPOINTS, names)}
-    applied = skipped = 0
-    writes: list[Write] = []
-    for projection in projections:
-        done, epoch = checkpoints.get(projection.name, (0, 0))
-        memory = None
-        if memories is not None and projection.plan is not None:
-            memory = memories.of(projection.name)
-            memory.align((done, epoch))
-            memory.moved((max(done, last), epoch))
-        if last <= done:
-            skipped += len(batch)
-            continue
-        mine = [r for fam, r in batch if fam == projection.family]
-        fresh = [r for r in mine if r.seq > done]
-        skipped += len(mine) - len(fresh)
-        applied += len(fresh)
-        if fresh and isolate:
-            await _apply_total(conn, projection, fresh)
-        elif fresh and projection.plan is not None:
-            write = await projection.plan(conn, fresh, memory)
-            if write is not None:
-                writes.append(write)
-        elif fresh:
-            await projection.apply(conn, fresh)
-    # Every planned write and the checkpoints: one statement.
-    await execute(conn, [*writes, _checkpoints_write(names, last, notify)])
-    return applied, skipped
-
-
-async def _apply_total(conn: asyncpg.Connection, projection: Projection, records: list[Any]) -> None:
-    """Apply `records`, recording and skipping each one `projection` cannot apply."""
-    good = []
-    for rec in records:
-        if isinstance(rec, Undecodable):
-            await poison.record(conn, projection.name, projection.family, rec, rec.error)
-            _log.error("projection %s skips seq %d: %s", projection.name, rec.seq, rec.error)
-        else:
-            good.append(rec)
-    await _isolate(conn, projection, good)
-
-
-async def _isolate(conn: asyncpg.Connection, projection: Projection, records: list[Any]) -> None:
-    if not records:
-        return
-    try:
-        async with conn.transaction():
-            await projection.apply(conn, records)
-        return
-    except poison.DATA_ERRORS as exc:
-        if not poison.caused_by_data(exc, conn):
-            raise
-        if len(records) == 1:
-            await poison.record(conn, projection.name, projection.family, records[0], exc)
-            _log.error("projection %s skips seq %d: %s", projection.name, records[0].seq, exc)
-            return
-    half = len(records) // 2
-    await _isolate(conn, projection, records[:half])
-    await _isolate(conn, projection, records[half:])
 
 
 class ProjectionRunner:
