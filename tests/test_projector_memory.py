@@ -21,6 +21,7 @@ from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.pg import connect
 from ordo.infra.settings import Settings
+from ordo.projections.batch_apply import apply_batch_committed
 from ordo.projections.memory import Memories, Memory
 from ordo.projections.reader import LogReader, Record
 from ordo.projections.rebuild import Rebuilder
@@ -186,3 +187,35 @@ async def test_a_second_submitted_for_a_known_task_is_read_not_presumed_new(
 
 async def _at(conn: asyncpg.Connection, seq: int) -> bool:
     return await checkpoint(conn) >= seq
+
+
+async def test_a_batch_is_four_statements_when_its_tasks_are_new_or_remembered(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """BEGIN, the checkpoints locked, one statement for every write and the checkpoints, COMMIT."""
+    commands = submissions(settings.tenant, 30)
+    await handler.submit_many(settings.tenant, commands)
+    last = 0
+    for command in commands[::3]:
+        last = (await handler.execute(settings.tenant, CancelTask(task_id=command.task_id))).last_seq
+    records = await _records(nc, last)
+    cancels = next(i for i, (_, r) in enumerate(records) if isinstance(r.event, ev.Cancelled))
+    conn = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+        await ensure_checkpoints(conn, PROJECTIONS)
+        memories = Memories()
+        sent: list[str] = []
+        conn.add_query_logger(lambda q: sent.append(q.query))
+        counts = []
+        # The first batch also makes asyncpg look up the column types once; then new tasks, then
+        # remembered ones.
+        for batch in (records[:5], records[5:cancels], records[cancels:]):
+            sent.clear()
+            await apply_batch_committed(conn, PROJECTIONS, batch, memories, "ordo_events")
+            counts.append(len(sent))
+        assert counts[1:] == [4, 4], [q[:60] for q in sent]
+        cancelled = await conn.fetchval("SELECT count(*) FROM tasks WHERE status='cancelled'")
+        assert cancelled == 10 and await checkpoint(conn, "counters") == last
+    finally:
+        await conn.close()
