@@ -8,7 +8,6 @@ rebuild of it alone yields the same rows).
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,6 +17,7 @@ import msgspec
 
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
+from ordo.projections import cursors
 from ordo.projections.batch_statement import Write, run
 from ordo.projections.memory import Memory, first_events, presumed_new
 
@@ -246,19 +246,15 @@ class DeadLetterFilter:
 
 
 def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"dl:{seq}".encode()).decode()
+    return cursors.encode_cursor("dead_letters", str(seq))
 
 
 def decode_cursor(cursor: str) -> int:
     """Raises ValueError for a cursor this server did not issue."""
-    try:
-        text = base64.urlsafe_b64decode(cursor.encode()).decode()
-        prefix, _, seq = text.partition(":")
-        if prefix != "dl":
-            raise ValueError(text)
-        return int(seq)
-    except Exception as exc:  # noqa: BLE001 - any malformed cursor is the caller's error
-        raise ValueError("malformed cursor") from exc
+    (seq,) = cursors.decode_cursor(cursor, "dead_letters", 1)
+    if not seq.isdigit():
+        raise ValueError("malformed cursor")
+    return int(seq)
 
 
 async def list_dead_letters(

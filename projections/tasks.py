@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +11,7 @@ import msgspec
 from ordo.domain import events as ev
 from ordo.domain.state import TaskState, evolve, initial
 from ordo.infra.event_store import StoredEvent
-from ordo.projections import poison
+from ordo.projections import cursors, poison
 from ordo.projections.batch_statement import Write, run
 from ordo.projections.json_text import json_text
 from ordo.projections.memory import Memory, first_events, presumed_new
@@ -264,20 +263,16 @@ SORTS: dict[str, tuple[str, str]] = {
 
 
 def encode_cursor(created_at: datetime, task_id: str, sort: str = "-created_at") -> str:
-    return base64.urlsafe_b64encode(f"{sort}|{created_at.isoformat()}|{task_id}".encode()).decode()
+    return cursors.encode_cursor(sort, created_at.isoformat(), task_id)
 
 
 def decode_cursor(cursor: str, sort: str = "-created_at") -> tuple[datetime, str]:
     """Raises ValueError for a cursor this server did not issue (or issued for another sort)."""
+    at, task_id = cursors.decode_cursor(cursor, sort, 2)
     try:
-        text = base64.urlsafe_b64decode(cursor.encode()).decode()
-        name, at, task_id = text.split("|", 2)
-        value = datetime.fromisoformat(at)
-    except Exception as exc:  # noqa: BLE001 - any malformed cursor is the caller's error
+        return datetime.fromisoformat(at), task_id
+    except ValueError as exc:
         raise ValueError("malformed cursor") from exc
-    if name != sort:
-        raise ValueError(f"the cursor was issued for sort {name!r}, not {sort!r}")
-    return value, task_id
 
 
 def _like(text: str) -> str:
