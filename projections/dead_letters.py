@@ -19,7 +19,7 @@ from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors
 from ordo.projections.batch_statement import Write, run
-from ordo.projections.memory import Memory, first_events, presumed_new
+from ordo.projections.memory import Memory, fetch_tasks, presumed_new, sort_tasks
 
 NAME = "dead_letters"
 
@@ -97,26 +97,10 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
 async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
     """The batch's writes; with `memory`, what it keeps per task is taken from it (and this batch's
     left there) and new tasks are not looked up."""
-    tasks: dict[tuple[str, str], _Task] = {}
-    new: set[tuple[str, str]] = set()
-    unknown = []
-    for key, first in first_events(events, lambda e: (e.tenant, e.task_id)).items():
-        if memory is not None:
-            remembered = memory.get(key)
-            if remembered is not None:
-                tasks[key] = remembered
-                continue
-            if isinstance(first.event, ev.Submitted):
-                new.add(key)
-                continue
-        unknown.append(key)
+    tasks: dict[tuple[str, str], _Task]
+    tasks, new, unknown = sort_tasks(events, memory)
     if unknown:
-        for rec in await conn.fetch(
-            "SELECT * FROM dead_letter_tasks WHERE (tenant, task_id) IN"
-            " (SELECT * FROM unnest($1::text[], $2::text[]))",
-            [k[0] for k in unknown],
-            [k[1] for k in unknown],
-        ):
+        for rec in await fetch_tasks(conn, "SELECT * FROM dead_letter_tasks", unknown):
             error = rec["error"]
             tasks[(rec["tenant"], rec["task_id"])] = _Task(
                 queue=rec["queue"],

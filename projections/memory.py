@@ -26,6 +26,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
+import asyncpg
+
+from ordo.domain import events as ev
+from ordo.infra.event_store import StoredEvent
+
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
 
@@ -144,3 +149,41 @@ def presumed_new(what: str, expected: int, inserted: int) -> None:
     """Raise NotNew unless all `expected` rows of keys presumed new were inserted."""
     if inserted != expected:
         raise NotNew(f"{expected - inserted} {what}(s) presumed new had a row")
+
+
+TaskKey = tuple[str, str]  # (tenant, task id)
+
+
+def sort_tasks(
+    events: Iterable[StoredEvent], memory: Memory | None
+) -> tuple[dict[TaskKey, Any], set[TaskKey], list[TaskKey]]:
+    """The batch's tasks in order of first appearance, sorted three ways: remembered (key -> what
+    the memory keeps), presumed new (first event `submitted`, not remembered) and unknown (to be
+    read from the table). Without a memory every task is unknown."""
+    remembered: dict[TaskKey, Any] = {}
+    new: set[TaskKey] = set()
+    unknown: list[TaskKey] = []
+    for key, first in first_events(events, lambda e: (e.tenant, e.task_id)).items():
+        if memory is not None:
+            kept = memory.get(key)
+            if kept is not None:
+                remembered[key] = kept
+                continue
+            if isinstance(first.event, ev.Submitted):
+                new.add(key)
+                continue
+        unknown.append(key)
+    return remembered, new, unknown
+
+
+async def fetch_tasks(
+    conn: asyncpg.Connection, select: str, keys: list[TaskKey], id_column: str = "task_id"
+) -> list[asyncpg.Record]:
+    """The rows of `select` (`SELECT … FROM table`) for the (tenant, id) `keys`, in one statement."""
+    return list(
+        await conn.fetch(
+            f"{select} WHERE (tenant, {id_column}) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+    )

@@ -15,12 +15,11 @@ from datetime import datetime
 
 import asyncpg
 
-from ordo.domain import events as ev
 from ordo.domain.state import TaskState, evolve, initial
 from ordo.domain.status import TaskStatus
 from ordo.infra.event_store import StoredEvent
 from ordo.projections.batch_statement import Write, run
-from ordo.projections.memory import Memory, first_events, presumed_new
+from ordo.projections.memory import Memory, fetch_tasks, presumed_new, sort_tasks
 
 NAME = "queue_stats"
 
@@ -77,26 +76,10 @@ def _kept(task_id: str, state: TaskState) -> TaskState:
 async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
     """The batch's writes; with `memory`, the statuses of earlier batches are taken from it (and this
     batch's left there) and new tasks are not looked up."""
-    states: dict[tuple[str, str], _Remembered] = {}
-    new: set[tuple[str, str]] = set()
-    unknown = []
-    for key, first in first_events(events, lambda e: (e.tenant, e.task_id)).items():
-        if memory is not None:
-            remembered = memory.get(key)
-            if remembered is not None:
-                states[key] = remembered
-                continue
-            if isinstance(first.event, ev.Submitted):
-                new.add(key)
-                continue
-        unknown.append(key)
+    states: dict[tuple[str, str], _Remembered]
+    states, new, unknown = sort_tasks(events, memory)
     if unknown:
-        for rec in await conn.fetch(
-            "SELECT * FROM queue_task_status WHERE (tenant, task_id) IN"
-            " (SELECT * FROM unnest($1::text[], $2::text[]))",
-            [k[0] for k in unknown],
-            [k[1] for k in unknown],
-        ):
+        for rec in await fetch_tasks(conn, "SELECT * FROM queue_task_status", unknown):
             paused = rec["paused_from"]
             state = TaskState(
                 task_id=rec["task_id"],

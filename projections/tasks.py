@@ -14,7 +14,7 @@ from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors, poison
 from ordo.projections.batch_statement import Write, run
 from ordo.projections.json_text import json_text
-from ordo.projections.memory import Memory, first_events, presumed_new
+from ordo.projections.memory import Memory, fetch_tasks, presumed_new, sort_tasks
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -121,29 +121,14 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
 async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
     """The batch's writes; with `memory`, the rows of earlier batches are taken from it (and this
     batch's left there) and new tasks are not looked up."""
-    rows: dict[tuple[str, str], _Row] = {}
-    new: set[tuple[str, str]] = set()
-    unknown = []
-    for key, first in first_events(events, lambda e: (e.tenant, e.task_id)).items():
-        if memory is not None:
-            row = memory.get(key)
-            if row is not None:
-                rows[key] = row
-                continue
-            if isinstance(first.event, ev.Submitted):
-                new.add(key)
-                continue
-        unknown.append(key)
+    rows: dict[tuple[str, str], _Row]
+    rows, new, unknown = sort_tasks(events, memory)
     if unknown:
-        for rec in await conn.fetch(
-            "SELECT tenant, id, state, created_at, started_at, finished_at FROM tasks"
-            " WHERE (tenant, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-            [k[0] for k in unknown],
-            [k[1] for k in unknown],
-        ):
-            row = _Row(_state_dec.decode(rec["state"]), rec["created_at"])
-            row.started_at, row.finished_at = rec["started_at"], rec["finished_at"]
-            rows[(rec["tenant"], rec["id"])] = row
+        select = "SELECT tenant, id, state, created_at, started_at, finished_at FROM tasks"
+        for rec in await fetch_tasks(conn, select, unknown, id_column="id"):
+            loaded = _Row(_state_dec.decode(rec["state"]), rec["created_at"])
+            loaded.started_at, loaded.finished_at = rec["started_at"], rec["finished_at"]
+            rows[(rec["tenant"], rec["id"])] = loaded
     for stored in events:
         key = (stored.tenant, stored.task_id)
         row = rows.get(key)
