@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from ordo.infra.timers import Timers
 from ordo.projections.runner import ProjectionRunner
 from ordo.workers.scheduler import Scheduler
 from tests.helpers import eventually
+
+log = logging.getLogger("tests")
 
 
 @pytest.fixture
@@ -79,7 +82,7 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
     client = await connect(settings, name="ordo-test")
     await provision(client, settings)
     yield client
-    await client.close()
+    await _bounded(client.close(), 15, "NATS client close")
 
 
 @pytest.fixture
@@ -140,8 +143,31 @@ async def run_system(
             await projector.shutdown()
             await scheduler.shutdown()
             if wk is not None:
-                await wk.shutdown()
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+                await _bounded(wk.shutdown(), 30, "worker shutdown")
+            await _bounded(asyncio.gather(*tasks, return_exceptions=True), 30, "system tasks")
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _bounded(awaitable: Awaitable[object], timeout: float, what: str) -> None:
+    """A teardown step that cannot hang the session: after `timeout` it is abandoned, loudly
+    (the stacks of every task still pending are logged, so the cause shows in the output)."""
+    try:
+        await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:
+        log.error("teardown: %s still pending after %gs; abandoned", what, timeout)
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                log.error("pending task %s:\n%s", task.get_name(), "".join(_stack(task)))
+
+
+def _stack(task: asyncio.Task[object]) -> list[str]:
+    import io
+
+    out = io.StringIO()
+    task.print_stack(limit=12, file=out)
+    return [out.getvalue()]
 
 
 @pytest.fixture
