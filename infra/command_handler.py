@@ -1,11 +1,11 @@
 """The one command handler: load -> fold -> decide -> append with the expected sequence.
 
 The gateway, the NATS command API, the workers and the scheduler all change tasks through it; nothing
-else appends task events. A dispatch ticket is written in the same atomic batch as the event that made
-the task runnable; a durable timer is armed before the event that needs it. Timers are per due time
-(infra/timers.py), so a timer armed for a decision that was then not stored (a duplicate, a conflict,
-a failed append) is only a stale timer, which the decider ignores: it never replaces the timer of the
-due time the log holds.
+else appends task events. The event that makes a task runnable is its own dispatch ticket (its
+subject carries the band, infra/dispatch.py); a durable timer is armed before the event that needs
+it. Timers are per due time (infra/timers.py), so a timer armed for a decision that was then not
+stored (a duplicate, a conflict, a failed append) is only a stale timer, which the decider ignores:
+it never replaces the timer of the due time the log holds.
 """
 
 from __future__ import annotations
@@ -16,17 +16,19 @@ from dataclasses import dataclass
 from ordo.domain.commands import EnqueueDue, SubmitTask, TaskCommand
 from ordo.domain.decide import decide
 from ordo.domain.errors import DomainError, TaskAlreadyExists
-from ordo.domain.events import Event
+from ordo.domain.events import Event, Submitted
+from ordo.domain.priority import band_for
 from ordo.domain.state import TaskState, evolve, initial
 from ordo.domain.status import TaskStatus
+from ordo.infra.dispatch import snapshot_for
 from ordo.infra.event_store import (
     MAX_ATOMIC_BATCH,
     AppendItem,
     ConcurrencyError,
     EventStore,
     Metadata,
+    Runnable,
     StoredEvent,
-    Ticket,
 )
 from ordo.infra.timers import Timers
 
@@ -53,6 +55,17 @@ class CommandHandler:
         for stored in history:
             state = evolve(state, stored.event)
         return state, history, last_seq
+
+    async def load_at(self, tenant: str, task_id: str, seq: int) -> tuple[TaskState, TaskState, int]:
+        """The task's state right after sequence `seq` (e.g. a dispatch's own event), its state
+        now and its last sequence: one load (a worker's slow path; the fast one loads nothing)."""
+        state, history, last_seq = await self.load(tenant, task_id)
+        then = initial(task_id)
+        for stored in history:
+            if stored.seq > seq:
+                break
+            then = evolve(then, stored.event)
+        return then, state, last_seq
 
     async def execute(
         self,
@@ -120,9 +133,8 @@ class CommandHandler:
             new = state
             for event in events:
                 new = evolve(new, event)
-            ticket = self._ticket(state, new)
-            item = AppendItem(new.queue, new.task_id, events, 0, ticket=ticket, meta=meta)
-            count = len(events) + (ticket is not None)
+            item = AppendItem(new.queue, new.task_id, events, 0, _runnable(state, new, events), meta)
+            count = len(events)
             if chunk and size + count > MAX_ATOMIC_BATCH:
                 outcomes += await self._flush(tenant, chunk, meta)
                 chunk, size = [], 0
@@ -147,18 +159,6 @@ class CommandHandler:
             return [await self.execute(tenant, command, meta) for command, *_ in chunk]
         return [Outcome(new, events, s, s[-1]) for (_, new, events, _), s in zip(chunk, seqs, strict=True)]
 
-    @staticmethod
-    def _ticket(state: TaskState, new: TaskState) -> Ticket | None:
-        if new.status is TaskStatus.QUEUED and new.dispatch != state.dispatch:
-            return Ticket(
-                tenant=new.tenant,
-                queue=new.queue,
-                task_id=new.task_id,
-                dispatch=new.dispatch,
-                priority=new.priority,
-            )
-        return None
-
     async def _apply(
         self,
         tenant: str,
@@ -179,23 +179,23 @@ class CommandHandler:
         rearm = new.due_at != state.due_at or new.status is not state.status
         if waits and new.due_at is not None and rearm:
             await self.timers.arm(tenant, new.task_id, new.due_at)
-        ticket = None
-        if new.status is TaskStatus.QUEUED and new.dispatch != state.dispatch:
-            ticket = Ticket(
-                tenant=tenant,
-                queue=new.queue,
-                task_id=new.task_id,
-                dispatch=new.dispatch,
-                priority=new.priority,
-            )
+        runnable = _runnable(state, new, events)
         seqs = await self.store.append(
-            tenant, new.queue, new.task_id, events, last_seq, ticket=ticket, meta=meta
+            tenant, new.queue, new.task_id, events, last_seq, runnable=runnable, meta=meta
         )
         # The old due time's timer is cleaned up once the log no longer needs it (best effort: a
         # stale timer is ignored). A timer that enqueued the task has fired already.
         if state.due_at is not None and new.due_at != state.due_at and not isinstance(command, EnqueueDue):
             await self.timers.disarm(tenant, new.task_id, state.due_at)
         return Outcome(new, events, seqs, seqs[-1])
+
+
+def _runnable(state: TaskState, new: TaskState, events: list[Event]) -> Runnable | None:
+    """The append makes the task runnable with a new dispatch number: its last event is the
+    dispatch, on the band of the task's priority, with the snapshot a worker starts from."""
+    if new.status is TaskStatus.QUEUED and new.dispatch != state.dispatch:
+        return Runnable(band_for(new.priority), snapshot_for(new, isinstance(events[-1], Submitted)))
+    return None
 
 
 def _own_submit(

@@ -1,13 +1,15 @@
 """The JetStream event store: append with per-task optimistic concurrency, load a task's history.
 
 Appends state the task's expected last sequence over the wildcard subject of all its events, so two
-writers of different event types still conflict. Several messages (events plus a dispatch ticket)
-go in one atomic batch: all are stored or none.
+writers of different event types still conflict. An append that makes the task runnable puts the
+band token in its last event's subject: that event is its own dispatch ticket (infra/dispatch.py).
+One event is one publish; several events (or several tasks) go in one atomic batch: all or none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -15,15 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
 
 from ordo.domain.events import SCHEMA_VERSION, Event, TaskEvent, decode_event, encode_event, event_name
-from ordo.domain.priority import band_for
 from ordo.infra import subjects as sj
 from ordo.infra import telemetry
+from ordo.infra.dispatch import with_snapshot
 
 WRONG_LAST_SEQUENCE = 10071
 # A retried atomic batch whose first try did land (its reply was lost): its Nats-Msg-Ids are known.
@@ -47,14 +48,12 @@ class EventStoreUnavailable(EventStoreError):
     """NATS did not answer in time or refused for a reason other than concurrency."""
 
 
-class Ticket(msgspec.Struct, frozen=True):
-    """A dispatch ticket: task `task_id` may run if its dispatch number is still `dispatch`."""
+@dataclass(frozen=True)
+class Runnable:
+    """The last event of an append makes the task runnable: its band, and the snapshot it carries."""
 
-    tenant: str
-    queue: str
-    task_id: str
-    dispatch: int
-    priority: int
+    band: int
+    snapshot: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -87,20 +86,35 @@ class AppendItem:
     task_id: str
     events: list[Event]
     expected_seq: int
-    ticket: Ticket | None = None
+    runnable: Runnable | None = None
     meta: Metadata | None = None
 
 
-_ticket_encoder = msgspec.json.Encoder()
-_ticket_decoder = msgspec.json.Decoder(Ticket)
-
-
-def encode_ticket(ticket: Ticket) -> bytes:
-    return _ticket_encoder.encode(ticket)
-
-
-def decode_ticket(data: bytes) -> Ticket:
-    return _ticket_decoder.decode(data)
+def _event_messages(
+    tenant: str,
+    queue: str,
+    task_id: str,
+    events: list[Event],
+    expected_seq: int,
+    runnable: Runnable | None,
+    headers_for: Callable[[], dict[str, str]],
+) -> list[tuple[str, bytes, dict[str, str]]]:
+    """One task's events as messages: the first states the expected sequence, the last carries the
+    band token (and snapshot) when the append makes the task runnable."""
+    msgs: list[tuple[str, bytes, dict[str, str]]] = []
+    last = len(events) - 1
+    for i, event in enumerate(events):
+        headers = headers_for()
+        if i == 0:
+            headers[sj.EXPECTED_LAST_SUBJECT_SEQ] = str(expected_seq)
+            headers[sj.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = sj.task_events_filter(tenant, task_id)
+        data = encode_event(event)
+        band = None
+        if runnable is not None and i == last:
+            band = runnable.band
+            data = with_snapshot(data, runnable.snapshot)
+        msgs.append((sj.event_subject(tenant, queue, task_id, event_name(event), band), data, headers))
+    return msgs
 
 
 def parse_stored_at(value: str) -> datetime:
@@ -129,28 +143,21 @@ class EventStore:
         task_id: str,
         events: list[Event],
         expected_seq: int,
-        ticket: Ticket | None = None,
+        runnable: Runnable | None = None,
         meta: Metadata | None = None,
     ) -> list[int]:
-        """Append `events` (and the ticket) if the task's last sequence is `expected_seq`.
+        """Append `events` if the task's last sequence is `expected_seq`; `runnable`: the last event
+        makes the task runnable (it is the dispatch).
 
         Returns the stream sequence of each event. Retries a lost reply with the same Nats-Msg-Id,
         so a publish that did land is not stored twice.
         """
-        msgs: list[tuple[str, bytes, dict[str, str]]] = []
-        for i, event in enumerate(events):
-            headers = self._headers(meta)
-            if i == 0:
-                headers[sj.EXPECTED_LAST_SUBJECT_SEQ] = str(expected_seq)
-                headers[sj.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = sj.task_events_filter(tenant, task_id)
-            subject = sj.event_subject(tenant, queue, task_id, event_name(event))
-            msgs.append((subject, encode_event(event), headers))
-        if ticket is not None:
-            subject = sj.work_subject(tenant, queue, band_for(ticket.priority))
-            msgs.append((subject, encode_ticket(ticket), self._ticket_headers()))
+        msgs = _event_messages(
+            tenant, queue, task_id, events, expected_seq, runnable, lambda: self._headers(meta)
+        )
         if len(msgs) > _BATCH_LIMIT:
             raise EventStoreError(f"{len(msgs)} messages exceed one atomic batch")
-        return (await self._publish_all(msgs))[: len(events)]
+        return await self._publish_all(msgs)
 
     async def append_many(self, tenant: str, items: list[AppendItem]) -> list[list[int]]:
         """Append several tasks' events in ONE atomic batch: all are stored or none.
@@ -163,23 +170,17 @@ class EventStore:
         msgs: list[tuple[str, bytes, dict[str, str]]] = []
         slots: list[list[int]] = []
         for item in items:
-            slot: list[int] = []
-            for i, event in enumerate(item.events):
-                headers = self._headers(item.meta)
-                if i == 0:
-                    headers[sj.EXPECTED_LAST_SUBJECT_SEQ] = str(item.expected_seq)
-                    headers[sj.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = sj.task_events_filter(
-                        tenant, item.task_id
-                    )
-                slot.append(len(msgs))
-                msgs.append(
-                    (sj.event_subject(tenant, item.queue, item.task_id, event_name(event)),
-                     encode_event(event), headers)
-                )  # fmt: skip
-            if item.ticket is not None:
-                subject = sj.work_subject(tenant, item.queue, band_for(item.ticket.priority))
-                msgs.append((subject, encode_ticket(item.ticket), self._ticket_headers()))
-            slots.append(slot)
+            start = len(msgs)
+            msgs += _event_messages(
+                tenant,
+                item.queue,
+                item.task_id,
+                item.events,
+                item.expected_seq,
+                item.runnable,
+                functools.partial(self._headers, item.meta),
+            )
+            slots.append(list(range(start, len(msgs))))
         if not msgs:
             return [[] for _ in items]
         if len(msgs) > _BATCH_LIMIT:
@@ -198,9 +199,7 @@ class EventStore:
         for attempt in range(3):
             try:
                 if len(msgs) == 1 and not always_batch:
-                    subject, data, headers = msgs[0]
-                    ack = await self._js.publish(subject, data, headers=headers)
-                    return [ack.seq]
+                    return [await self._publish_one(*msgs[0])]
                 last = await self._publish_batch(msgs)
                 first = last - len(msgs) + 1
                 return [first + i for i in range(len(msgs))]
@@ -213,6 +212,10 @@ class EventStore:
                     raise EventStoreUnavailable("no reply from JetStream") from exc
                 await asyncio.sleep(0.1 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    async def _publish_one(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
+        ack = await self._js.publish(subject, data, headers=headers)
+        return int(ack.seq)
 
     async def _publish_batch(self, msgs: list[tuple[str, bytes, dict[str, str]]]) -> int:
         batch_id = uuid.uuid4().hex
@@ -250,12 +253,6 @@ class EventStore:
                 headers[sj.TRACEPARENT] = meta.traceparent
         if sj.TRACEPARENT not in headers:
             telemetry.inject(headers)  # the caller's current span, if tracing is on
-        return headers
-
-    @staticmethod
-    def _ticket_headers() -> dict[str, str]:
-        headers = {sj.MSG_ID: uuid.uuid4().hex}
-        telemetry.inject(headers)  # the worker's attempt span continues the submitter's trace
         return headers
 
     async def last_seq(self, subject_filter: str) -> int:

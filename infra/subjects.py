@@ -1,11 +1,18 @@
 """Every name on the wire: streams, subjects, consumers and headers. No subject literal lives elsewhere.
 
 Event log stream ORDO_EVENTS (limits retention, no delete, no purge):
-  ordo.evt.<tenant>.<queue>.<task_id>.<event>   task lifecycle events
-  ordo.work.<tenant>.<queue>.<band>              dispatch tickets, written in the same atomic batch as
-                                                 the event that made the task runnable
-  ordo.sched.<tenant>.<schedule_id>.<event>      schedule events (created, fired, skipped, missed, ...)
-  ordo.queue.<tenant>.<queue>.<event>            queue control events (paused, resumed)
+  ordo.evt.<tenant>.<queue>.<d>.<task_id>.<event>  task lifecycle events; <d> is the dispatch token:
+                                                   b0|b1|b2 (the priority band) on the one event of an
+                                                   append that makes the task runnable with a new
+                                                   dispatch number, `n` on every other event. The band
+                                                   consumers filter the log itself: the runnable event
+                                                   is its own dispatch ticket (docs/decisions.md 27).
+  ordo.work.<tenant>.<queue>.copy                  a copy of a runnable event (a paused queue's dispatch
+                                                   moved back on resume)
+  ordo.work.<tenant>.<queue>.held                  the dispatches of a tenant's paused queue
+  ordo.work.<tenant>.<queue>.lim.<lane>            the dispatches of one type-limited task type
+  ordo.sched.<tenant>.<schedule_id>.<event>        schedule events (created, fired, skipped, missed, ...)
+  ordo.queue.<tenant>.<queue>.<event>              queue control events (paused, resumed)
 Timer stream ORDO_TIMERS (purge allowed, message schedules on):
   ordo.timer.task.<tenant>.<task_id>.<due>       one pending `@at` schedule per task and due time
   ordo.due.<tenant>.<task_id>                    where a fired timer lands, read by the scheduler
@@ -59,13 +66,33 @@ CMD_VERBS = ("submit", "batch", "get", "cancel", "retry", "pause", "resume")  # 
 CMD_QUEUE_GROUP = "ordo-gateway"
 
 
-def event_subject(tenant: str, queue: str, task_id: str, event: str) -> str:
-    return f"{EVT_PREFIX}.{tenant}.{queue}.{task_id}.{event}"
+NOT_RUNNABLE = "n"
+BAND_TOKENS = ("b0", "b1", "b2")
+
+
+def band_token(band: int | None) -> str:
+    """The dispatch token of an event subject: `b<band>` for a runnable event, else `n`."""
+    return NOT_RUNNABLE if band is None else BAND_TOKENS[band]
+
+
+def event_subject(tenant: str, queue: str, task_id: str, event: str, band: int | None = None) -> str:
+    """A task event's subject; `band` is given for the event that makes the task runnable."""
+    return f"{EVT_PREFIX}.{tenant}.{queue}.{band_token(band)}.{task_id}.{event}"
 
 
 def task_events_filter(tenant: str, task_id: str) -> str:
-    """All events of one task (the queue token is a wildcard: the id alone names the task)."""
-    return f"{EVT_PREFIX}.{tenant}.*.{task_id}.*"
+    """All events of one task (queue and dispatch tokens are wildcards: the id alone names the task)."""
+    return f"{EVT_PREFIX}.{tenant}.*.*.{task_id}.*"
+
+
+def events_named_filter(event: str) -> str:
+    """One kind of task event, every tenant, queue and task (e.g. every cancel_requested)."""
+    return f"{EVT_PREFIX}.*.*.*.*.{event}"
+
+
+def runnable_filter(queue: str, band: int) -> str:
+    """The runnable events of one queue and band, every tenant: a band consumer's filter."""
+    return f"{EVT_PREFIX}.*.{queue}.{BAND_TOKENS[band]}.*.*"
 
 
 def tenant_events_filter(tenant: str) -> str:
@@ -94,16 +121,27 @@ def all_events_filter() -> str:
     return f"{EVT_PREFIX}.>"
 
 
-def work_subject(tenant: str, queue: str, band: int) -> str:
-    return f"{WORK_PREFIX}.{tenant}.{queue}.{band}"
-
-
-def work_filter(queue: str, band: int) -> str:
-    return f"{WORK_PREFIX}.*.{queue}.{band}"
-
-
 def work_consumer(queue: str, band: int) -> str:
     return f"work_{queue}_{band}"
+
+
+# A copy of a runnable event travels with its origin, so a worker starts it exactly like the event
+# (the task's expected last sequence is the origin's sequence): lanes, held and released dispatches.
+DISPATCH_SUBJECT = "Ordo-Dispatch-Subject"
+DISPATCH_SEQ = "Ordo-Dispatch-Seq"
+
+
+def copy_work_subject(tenant: str, queue: str) -> str:
+    """Where a paused queue's dispatches go back on resume (read next to the bands)."""
+    return f"{WORK_PREFIX}.{tenant}.{queue}.copy"
+
+
+def copy_work_filter(queue: str) -> str:
+    return f"{WORK_PREFIX}.*.{queue}.copy"
+
+
+def copy_work_consumer(queue: str) -> str:
+    return f"work_{queue}_copy"
 
 
 # Durable consumers a tenant's own services may create on ORDO_EVENTS (the app-<tenant> NATS user):
@@ -139,11 +177,19 @@ def held_work_consumer(tenant: str, queue: str) -> str:
 
 
 def parse_work_subject(subject: str) -> tuple[str, str] | None:
-    """(tenant, queue) of a band, lane or held ticket subject; None for anything else."""
+    """(tenant, queue) of a dispatch: a runnable event, or a copy, lane or held subject; None for
+    anything else."""
     parts = subject.split(".")
+    if len(parts) == 7 and f"{parts[0]}.{parts[1]}" == EVT_PREFIX and parts[4] in BAND_TOKENS:
+        return parts[2], parts[3]
     if len(parts) < 5 or f"{parts[0]}.{parts[1]}" != WORK_PREFIX:
         return None
     return parts[2], parts[3]
+
+
+def is_work_subject(subject: str) -> bool:
+    """A copy, lane or held subject (`ordo.work.>`), not an event."""
+    return subject.startswith(f"{WORK_PREFIX}.")
 
 
 def timer_subject(tenant: str, task_id: str, due_token: str) -> str:
@@ -160,9 +206,22 @@ def due_filter() -> str:
 
 
 def parse_event_subject(subject: str) -> tuple[str, str, str, str]:
-    """(tenant, queue, task_id, event) of an event subject."""
-    _, _, tenant, queue, task_id, event = subject.split(".", 5)
-    return tenant, queue, task_id, event
+    """(tenant, queue, task_id, event) of an event subject (7 tokens; the 6-token layout of the
+    first version, without the dispatch token, is still read)."""
+    parts = subject.split(".")
+    if len(parts) == 7:
+        return parts[2], parts[3], parts[5], parts[6]
+    if len(parts) == 6:
+        return parts[2], parts[3], parts[4], parts[5]
+    raise ValueError(f"not a task event subject: {subject}")
+
+
+def dispatch_band(subject: str) -> int | None:
+    """The band of a runnable event's subject; None for any other subject."""
+    parts = subject.split(".")
+    if len(parts) == 7 and parts[4] in BAND_TOKENS:
+        return BAND_TOKENS.index(parts[4])
+    return None
 
 
 def schedule_event_subject(tenant: str, schedule_id: str, event: str) -> str:
@@ -225,9 +284,8 @@ def direct_get(stream: str) -> str:
 # Core NATS request/reply (no stream):
 #   ordo.worker.ctl.<worker_id>                    control of one worker ({"op": "drain"})
 #   ordo.local.ctl                                 `ordo up`'s worker pool ({"op": "scale"|"kill"})
-# Per-type concurrency lanes live in ORDO_EVENTS under `ordo.work.>`, one token deeper than a band,
-# so the band consumers (`ordo.work.*.<queue>.<band>`) never see them:
-#   ordo.work.<tenant>.<queue>.lim.<lane>          tickets of one limited task type
+# Per-type concurrency lanes live in ORDO_EVENTS under `ordo.work.>` (never matched by a band filter):
+#   ordo.work.<tenant>.<queue>.lim.<lane>          dispatches of one limited task type
 WORKERS_STREAM = "ORDO_WORKERS"
 WORKER_PREFIX = "ordo.worker"
 WORKERS_SUBJECTS = [f"{WORKER_PREFIX}.hb.>"]

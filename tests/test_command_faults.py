@@ -23,7 +23,7 @@ from ordo.infra.timers import Timers
 
 
 class _LostReplies(EventStore):
-    """Commits every atomic batch for real; the first `lose` commit replies are lost."""
+    """Stores every append for real (one message or an atomic batch); the first `lose` replies are lost."""
 
     def __init__(self, nc: NATS, lose: int) -> None:
         super().__init__(nc)
@@ -31,6 +31,13 @@ class _LostReplies(EventStore):
 
     async def _publish_batch(self, msgs: list[tuple[str, bytes, dict[str, str]]]) -> int:
         seq = await super()._publish_batch(msgs)
+        if self.lose > 0:
+            self.lose -= 1
+            raise nats.errors.TimeoutError
+        return seq
+
+    async def _publish_one(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
+        seq = await super()._publish_one(subject, data, headers)
         if self.lose > 0:
             self.lose -= 1
             raise nats.errors.TimeoutError

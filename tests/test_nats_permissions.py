@@ -260,10 +260,8 @@ async def test_a_paused_queue_holds_and_releases_tickets_on_the_worker_user(
             async def held() -> bool:
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     subject = sj.held_work_subject(TENANT, "default")
-                    return (
-                        task_id.encode()
-                        in ((await admin.jetstream().get_last_msg(sj.EVENTS_STREAM, subject)).data or b"")
-                    )
+                    held = await admin.jetstream().get_last_msg(sj.EVENTS_STREAM, subject)
+                    return task_id in (held.headers or {}).get(sj.DISPATCH_SUBJECT, "")
                 return False
 
             await eventually(held, timeout=60, what="the ticket held")

@@ -31,8 +31,8 @@ from ordo.infra.event_store import (
     EventStore,
     EventStoreUnavailable,
     Metadata,
+    Runnable,
     StoredEvent,
-    Ticket,
 )
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
@@ -61,7 +61,7 @@ class _FaultyStore(EventStore):
         task_id: str,
         events: list[Event],
         expected_seq: int,
-        ticket: Ticket | None = None,
+        runnable: Runnable | None = None,
         meta: Metadata | None = None,
     ) -> list[int]:
         if self.gate is not None:
@@ -71,7 +71,7 @@ class _FaultyStore(EventStore):
         if self.conflicts > 0:
             self.conflicts -= 1
             raise ConcurrencyError("injected conflict")
-        return await super().append(tenant, queue, task_id, events, expected_seq, ticket, meta)
+        return await super().append(tenant, queue, task_id, events, expected_seq, runnable, meta)
 
     async def load(self, tenant: str, task_id: str) -> tuple[list[StoredEvent], int]:
         if self.empty_loads > 0:

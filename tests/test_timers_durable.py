@@ -32,7 +32,7 @@ from ordo.domain.status import TaskStatus
 from ordo.embedded.nats import EmbeddedNats
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.event_store import EventStore, EventStoreUnavailable, Metadata, Ticket
+from ordo.infra.event_store import EventStore, EventStoreUnavailable, Metadata, Runnable
 from ordo.infra.nats_conn import connect, events_stream_config, provision, timers_stream_config
 from ordo.infra.pg import create_pool
 from ordo.infra.schedule_handler import ScheduleHandler
@@ -120,7 +120,7 @@ class _FailingAppends(EventStore):
         task_id: str,
         events: list[Event],
         expected_seq: int,
-        ticket: Ticket | None = None,
+        runnable: Runnable | None = None,
         meta: Metadata | None = None,
     ) -> list[int]:
         raise EventStoreUnavailable("no reply from JetStream (injected)")

@@ -35,4 +35,4 @@ async def test_a_deleted_work_consumer_is_recreated_and_the_next_task_on_its_ban
     await js.delete_consumer(sj.EVENTS_STREAM, name)  # an admin (or a leaked credential) removes it
     await _run_echo(system)  # same band: the worker re-created the consumer and ran it
     info = await js.consumer_info(sj.EVENTS_STREAM, name)
-    assert info.config.filter_subject == sj.work_filter("default", band_for(DEFAULT_PRIORITY))
+    assert info.config.filter_subject == sj.runnable_filter("default", band_for(DEFAULT_PRIORITY))

@@ -307,8 +307,9 @@ async def test_poison_work_message_is_terminated_without_blocking_the_queue(
     nc: NATS, handler: CommandHandler, settings: Settings, queue: str
 ) -> None:
     js = nc.jetstream()
-    await js.publish(sj.work_subject(settings.tenant, queue, 1), b"\x00 not a ticket")
-    await js.publish(sj.work_subject(settings.tenant, queue, 1), b'{"tenant": "x"}')
+    # Anything on a band subject that is not a runnable event: undecodable, or no event at all.
+    await js.publish(sj.event_subject(settings.tenant, queue, "p1", "submitted", 1), b"\x00 not a ticket")
+    await js.publish(sj.event_subject(settings.tenant, queue, "p2", "queued", 1), b'{"tenant": "x"}')
     task_id = await submit(handler, settings, queue, "demo.echo", 1)
     worker = Worker(nc, handler, demo_registry, settings, queues=(queue,))
     async with running(worker):

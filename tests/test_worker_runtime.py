@@ -333,4 +333,4 @@ def test_weighted_picker_spreads_bands_six_three_one() -> None:
 async def test_cancel_subject_matches_event_subjects() -> None:
     from ordo.workers.runtime import cancel_requested_filter
 
-    assert cancel_requested_filter() == sj.event_subject("*", "*", "*", "cancel_requested")
+    assert cancel_requested_filter() == sj.events_named_filter("cancel_requested")

@@ -1,6 +1,8 @@
 """The adapter over the JetStream work consumers: the only worker module that touches nats errors.
 
-One durable pull consumer per (queue, band) on the event-log stream. Tickets are acked explicitly;
+One durable pull consumer per (queue, band) on the event-log stream, filtering the queue's runnable
+events of that band (each is its own dispatch ticket), and one per queue for copied dispatches.
+Tickets are acked explicitly;
 MaxDeliver is unlimited because the domain counts attempts; the ack wait is the lease. A consumer
 that disappears under a running worker is re-created on the next fetch (see `fetch`).
 Every message operation here is best effort and returns whether it was sent: a lost ack or nak only
@@ -10,11 +12,15 @@ means the ticket comes back later, and a stale ticket is acked and skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -32,18 +38,44 @@ log = logging.getLogger("ordo.worker.consumer")
 
 
 def work_consumer_config(queue: str, band: int, settings: Settings) -> ConsumerConfig:
+    """A band consumer: it filters the runnable events of its queue and band from the event log."""
     name = sj.work_consumer(queue, band)
+    return _dispatch_consumer_config(
+        name, f"Ordo runnable events of queue {queue}, band {band}", sj.runnable_filter(queue, band), settings
+    )
+
+
+def copy_consumer_config(queue: str, settings: Settings) -> ConsumerConfig:
+    """The consumer of a queue's copied dispatches (a paused queue's, moved back on resume)."""
+    name = sj.copy_work_consumer(queue)
+    return _dispatch_consumer_config(
+        name, f"Ordo copied dispatches of queue {queue}", sj.copy_work_filter(queue), settings
+    )
+
+
+def _dispatch_consumer_config(
+    name: str, description: str, filter_subject: str, settings: Settings
+) -> ConsumerConfig:
     return ConsumerConfig(
         name=name,
         durable_name=name,
-        description=f"Ordo dispatch tickets of queue {queue}, band {band}",
-        filter_subject=sj.work_filter(queue, band),
+        description=description,
+        filter_subject=filter_subject,
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait_s,
         max_deliver=-1,
         max_ack_pending=MAX_ACK_PENDING,
     )
+
+
+@dataclass(eq=False)
+class PullState:
+    """What `sweep` and `park` keep between calls: tickets taken off the subscription but not yet
+    handed out, and the park request this durable may still have on the server (at most one)."""
+
+    held: deque[Msg] = field(default_factory=deque)
+    parked_until: float = 0.0  # loop time by which the park request surely ended; 0.0: none
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +85,7 @@ class Pull:
     js: JetStreamContext
     config: ConsumerConfig
     sub: PullSubscription
+    state: PullState = field(default_factory=PullState, repr=False)
 
     @property
     def name(self) -> str:
@@ -110,11 +143,226 @@ async def _recreate_if_missing(pull: Pull, wait_s: float) -> None:
         log.warning("could not re-create %s yet: %s", pull.name, exc)
 
 
+# Zero-wait fetching. nats-py's fetch(batch > 1) sends no_wait with expires, which the server
+# treats as a long poll: an empty band costs the whole wait. Instead the runtime sweeps each band
+# with a bare no_wait pull (answered at once: tickets, then 404 when fewer were there), and only
+# when every band was empty parks ONE long poll of batch 1 per band and waits for the first ticket.
+# A park request outlives the call that sent it until it gets its ticket or expires (408); its
+# ticket lands in the subscription's queue and the next sweep or park hands it out, so a band holds
+# at most one ticket beyond the slots asked for. While it is out, no other is sent and the band is
+# not swept on the server either (the server would have given the park request any ticket there).
+# Statuses tell the requests apart: 404 only ends a sweep, 408 only a park request.
+SWEEP_REPLY_S = 1.0  # a no_wait pull is answered at once; this only bounds a lost reply
+PARK_GRACE_S = 0.5  # a park request's 408 this late after its expiry is presumed lost
+ERROR_PAUSE_S = 0.1  # after a failed request: the connection may be reconnecting, do not spin
+
+_NO_MESSAGES = "404"
+_TIMED_OUT = "408"
+_CONFLICT = "409"
+_HEARTBEAT = "100"
+
+
+class _Failed(Exception):
+    def __init__(self, pull: Pull, error: nats.errors.Error) -> None:
+        super().__init__(str(error))
+        self.pull = pull
+        self.error = error
+
+
+async def sweep(pull: Pull, batch: int) -> list[Msg]:
+    """Up to `batch` tickets that are there now, without waiting for any; [] at once when none.
+
+    Tickets already delivered (to an earlier park request) come first; the server is asked for
+    the rest with a no_wait pull unless a park request of this band is still out.
+    """
+    got: list[Msg] = []
+    if batch < 1:
+        return got
+    try:
+        _take_held(pull, batch, got)
+        if len(got) < batch and not _parked(pull):
+            await _pull_now(pull, batch - len(got), got)
+    except _Failed as failed:
+        await _failed(failed, pause=not got)
+    return got
+
+
+async def park(
+    pulls: Sequence[Pull], batch: int, wait_s: float, *, until: Sequence[asyncio.Event] = ()
+) -> list[Msg]:
+    """Wait up to `wait_s` for the first ticket on any of `pulls` (all found empty by `sweep`).
+
+    Each pull without a park request out gets one: a long poll of one ticket that expires after
+    `wait_s`, renewed when it expires during the wait. Returns what arrived, up to `batch`, as soon
+    as anything did; [] after `wait_s` or as soon as one of `until` is set.
+    """
+    got: list[Msg] = []
+    if batch < 1 or not pulls:
+        return got
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    try:
+        for pull in pulls:
+            _take_held(pull, batch, got)
+        if got or any(event.is_set() for event in until):
+            return got
+        for pull in pulls:
+            if not _parked(pull):
+                await _park_one(pull, wait_s)
+        while not got:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or any(event.is_set() for event in until):
+                return got
+            for pull, msg in await _arrivals(pulls, remaining, until):
+                status = _sort(pull, msg)
+                if status == _TIMED_OUT and not _parked(pull) and loop.time() < deadline:
+                    await _park_one(pull, wait_s)  # its park request expired: renew it
+                elif status is not None:
+                    continue  # a stale 404, or a 409: the next park asks again (no spinning)
+                elif len(got) < batch:
+                    got.append(msg)
+                else:
+                    pull.state.held.append(msg)  # a second band's ticket at the same moment
+        for pull in pulls:
+            _take_held(pull, batch, got)
+    except _Failed as failed:
+        await _failed(failed, pause=not got)
+    return got
+
+
+def _parked(pull: Pull) -> bool:
+    return pull.state.parked_until > asyncio.get_running_loop().time()
+
+
+def _pending(pull: Pull) -> asyncio.Queue[Msg]:
+    return pull.sub._sub._pending_queue
+
+
+def _taken(pull: Pull, msg: Msg) -> Msg:
+    """Account for a message taken off the subscription's queue the way nats-py's next_msg does."""
+    pull.sub._sub._pending_size -= len(msg.data)
+    _pending(pull).task_done()
+    return msg
+
+
+def _sort(pull: Pull, msg: Msg) -> str | None:
+    """None for a ticket, else its status; notes the end of a park request; raises on an error.
+
+    A ticket while a park request is out is that request's: only a park request is out then.
+    """
+    status = (msg.headers or {}).get("Status")
+    if status is None or status in (_TIMED_OUT, _CONFLICT):
+        pull.state.parked_until = 0.0
+    if status is None or status in (_NO_MESSAGES, _TIMED_OUT, _HEARTBEAT):
+        return status
+    if status == _CONFLICT and "deleted" not in (msg.headers or {}).get("Description", "").lower():
+        return status  # e.g. a leadership change or MaxWaiting: that request is over, retry later
+    try:
+        nats.js.errors.APIError.from_msg(msg)  # 503 (no consumer), 409 Consumer Deleted, ...
+    except nats.errors.Error as exc:
+        raise _Failed(pull, exc) from None
+
+
+def _take_held(pull: Pull, most: int, got: list[Msg]) -> None:
+    """Move tickets already delivered (held, then queued) into `got`, up to `most` in it."""
+    held, pending = pull.state.held, _pending(pull)
+    while len(got) < most and held:
+        got.append(held.popleft())
+    while len(got) < most and not pending.empty():
+        msg = _taken(pull, pending.get_nowait())
+        if _sort(pull, msg) is None:
+            got.append(msg)
+
+
+async def _publish(pull: Pull, request: dict[str, object]) -> None:
+    try:
+        await pull.sub._nc.publish(pull.sub._nms, json.dumps(request).encode(), reply=pull.sub._deliver)
+    except nats.errors.Error as exc:
+        raise _Failed(pull, exc) from None
+
+
+async def _pull_now(pull: Pull, batch: int, got: list[Msg]) -> None:
+    """A no_wait pull of `batch` tickets into `got`: the server answers at once."""
+    loop = asyncio.get_running_loop()
+    want = len(got) + batch
+    await _publish(pull, {"batch": batch, "no_wait": True})
+    deadline = loop.time() + SWEEP_REPLY_S
+    while len(got) < want:
+        if _pending(pull).empty():
+            remaining = deadline - loop.time()
+            arrived = await _arrivals([pull], remaining, ()) if remaining > 0 else []
+            if not arrived:
+                log.debug("no answer to a pull from %s within %gs", pull.name, SWEEP_REPLY_S)
+                return  # whatever comes later waits in the queue for the next sweep
+            msg = arrived[0][1]
+        else:
+            msg = _taken(pull, _pending(pull).get_nowait())
+        status = _sort(pull, msg)
+        if status is None:
+            got.append(msg)
+        elif status in (_NO_MESSAGES, _CONFLICT):
+            return  # that was all there is (a 409 may be another request's: the rest stays queued)
+
+
+async def _park_one(pull: Pull, wait_s: float) -> None:
+    expires = max(int(wait_s * 1e9), 1_000_000)
+    pull.state.parked_until = asyncio.get_running_loop().time() + wait_s + PARK_GRACE_S
+    try:
+        await _publish(pull, {"batch": 1, "expires": expires})
+    except _Failed:
+        pull.state.parked_until = 0.0
+        raise
+
+
+async def _arrivals(
+    pulls: Sequence[Pull], timeout: float, until: Sequence[asyncio.Event]
+) -> list[tuple[Pull, Msg]]:
+    """The first message(s) on any of `pulls` within `timeout`, or [] (also once `until` is set).
+
+    Nothing is lost: a get cancelled before it took its message leaves it queued, and one that
+    took it returns it here (or, when this is cancelled, keeps it in its pull's `held`).
+    """
+    gets = {asyncio.ensure_future(_pending(pull).get()): pull for pull in pulls}
+    stops = [asyncio.ensure_future(event.wait()) for event in until]
+    out: list[tuple[Pull, Msg]] = []
+    waited = False
+    try:
+        await asyncio.wait([*gets, *stops], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waited = True
+    finally:
+        for future in (*gets, *stops):
+            future.cancel()
+        await asyncio.gather(*gets, *stops, return_exceptions=True)
+        for future, pull in gets.items():
+            if future.done() and not future.cancelled():
+                out.append((pull, _taken(pull, future.result())))
+        if not waited:  # cancelled: keep the tickets taken for the next sweep
+            for pull, msg in out:
+                if (msg.headers or {}).get("Status") is None:
+                    pull.state.held.append(msg)
+    return out
+
+
+async def _failed(failed: _Failed, pause: bool) -> None:
+    """Today's fetch failure handling: log, re-create a missing durable, do not spin."""
+    log.warning("fetch from %s failed: %s", failed.pull.name, failed.error)
+    await _recreate_if_missing(failed.pull, ERROR_PAUSE_S)
+    if pause:
+        await asyncio.sleep(ERROR_PAUSE_S)
+
+
 async def close(pull: Pull) -> None:
+    """Unsubscribe, then hand back at once the tickets delivered but never handed out (a park
+    request's), instead of letting them wait out the ack wait."""
     try:
         await pull.sub.unsubscribe()
     except nats.errors.Error as exc:
         log.debug("unsubscribe failed: %s", exc)
+    left: list[Msg] = []
+    with contextlib.suppress(_Failed):
+        _take_held(pull, len(pull.state.held) + _pending(pull).qsize(), left)
+    for msg in left:
+        await nak(msg)
 
 
 async def ack(msg: Msg) -> bool:

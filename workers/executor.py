@@ -1,4 +1,9 @@
-"""The executor of one dispatch ticket: start the attempt, run the handler, make one ack decision.
+"""The executor of one dispatch: start the attempt, run the handler, make one ack decision.
+
+A dispatch is the runnable event itself (or a copy of it, infra/dispatch.py). Its first delivery
+starts without loading the task: `attempt_started` is decided on the state the event carries and
+appended expecting the task's last sequence to be the event's own; a conflict (the task changed
+since) or a redelivery loads the task and decides again.
 
 Order of effects, always: the event is stored, then the message is acked. `attempt_started` is
 stored before the handler runs; the result (or failure, or cancellation) is stored before the ack.
@@ -36,7 +41,8 @@ from ordo.domain.events import AttemptStarted, ErrorInfo
 from ordo.domain.state import TaskState
 from ordo.infra import telemetry
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.event_store import EventStoreError, Ticket, decode_ticket
+from ordo.infra.dispatch import Dispatch, read_dispatch
+from ordo.infra.event_store import EventStoreError
 from ordo.infra.settings import Settings
 from ordo.workers import consumer
 from ordo.workers.context import TaskContext
@@ -124,37 +130,43 @@ class Executor:
 
     async def execute(self, msg: Msg) -> None:
         try:
-            ticket = decode_ticket(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            seq = _stream_seq(msg)
+            if seq is None:
+                raise ValueError("not a JetStream message")
+            dispatch = read_dispatch(msg.subject, msg.headers, msg.data, seq)
+        except ValueError as exc:
             # A poison message: terminated (never redelivered), counted, and logged with its
             # stream sequence so it can be inspected; the queue moves on.
             self.stats.poison += 1
             seq = _stream_seq(msg)
             self._log.error("poison ticket on %s (stream seq %s) terminated: %s", msg.subject, seq, exc)
-            await consumer.term(msg, f"ordo: undecodable ticket: {exc}")
+            await consumer.term(msg, f"ordo: not a dispatch: {exc}")
             return
-        if self._limits and not is_lane_message(msg) and await self._forwarded(msg, ticket):
+        if self._limits and not is_lane_message(msg) and await self._forwarded(msg, dispatch):
             return
-        # The attempt continues the trace that submitted the task (context in the ticket's headers).
+        # The attempt continues the trace that submitted the task (context in the event's headers).
         with telemetry.span(
-            "ordo.attempt", parent_headers=msg.headers or {}, kind=SpanKind.CONSUMER, task_id=ticket.task_id
+            "ordo.attempt",
+            parent_headers=msg.headers or {},
+            kind=SpanKind.CONSUMER,
+            task_id=dispatch.task_id,
         ):
-            await self._execute(msg, ticket)
+            await self._execute(msg, dispatch)
 
-    async def _execute(self, msg: Msg, ticket: Ticket) -> None:
-        started = await self._start(msg, ticket)
+    async def _execute(self, msg: Msg, dispatch: Dispatch) -> None:
+        started = await self._start(msg, dispatch)
         if started is None:
             return
-        key = (ticket.tenant, ticket.task_id)
+        key = (dispatch.tenant, dispatch.task_id)
         log = logging.LoggerAdapter(
             self._log,
-            {"tenant": ticket.tenant, "task_id": ticket.task_id, "attempt": started.event.attempt},
+            {"tenant": dispatch.tenant, "task_id": dispatch.task_id, "attempt": started.event.attempt},
         )
         attempt = Attempt(
             msg=msg,
             handler=self._handler,
-            tenant=ticket.tenant,
-            task_id=ticket.task_id,
+            tenant=dispatch.tenant,
+            task_id=dispatch.task_id,
             number=started.event.attempt,
             worker_id=self._worker_id,
             settings=self._settings,
@@ -169,40 +181,48 @@ class Executor:
             if self._running.get(key) is attempt:
                 del self._running[key]
 
-    async def _start(self, msg: Msg, ticket: Ticket) -> _Started | None:
+    async def _start(self, msg: Msg, d: Dispatch) -> _Started | None:
         now = self._clock()
-        command = StartAttempt(
-            task_id=ticket.task_id,
-            dispatch=ticket.dispatch,
-            worker_id=self._worker_id,
-            now=now,
-            lease_until=now + timedelta(seconds=self._settings.ack_wait_s),
-        )
         try:
-            out = await self._handler.execute(ticket.tenant, command)
+            if d.state is not None and _deliveries(msg) == 1:
+                # The fast path: decide on the state the event carries, expect its own sequence.
+                number, known = d.state.dispatch, (d.state, d.seq)
+            else:
+                then, state, last_seq = await self._handler.load_at(d.tenant, d.task_id, d.seq)
+                if not then.exists:
+                    raise TaskNotFound(d.task_id)
+                number, known = then.dispatch, (state, last_seq)
+            command = StartAttempt(
+                task_id=d.task_id,
+                dispatch=number,
+                worker_id=self._worker_id,
+                now=now,
+                lease_until=now + timedelta(seconds=self._settings.ack_wait_s),
+            )
+            out = await self._handler.execute(d.tenant, command, known=known)
         except LeaseHeld as exc:
             remaining = (exc.lease_until - now).total_seconds() + _LEASE_SLACK_S
             delay = min(max(remaining, _LEASE_SLACK_S), self._settings.ack_wait_s)
             await consumer.nak(msg, delay=delay)
             return None
         except TaskNotFound:
-            # The ticket was stored in one atomic batch with the task's first event, so the task
-            # exists: an empty history is a read served by a replica that is behind (direct gets may
-            # go to any replica). Come back later; only a ticket that never finds its task is poison.
+            # The dispatch is an event of the task, so the task exists: an empty history is a read
+            # served by a replica that is behind (direct gets may go to any replica). Come back
+            # later; only a dispatch that never finds its task is poison.
             if _deliveries(msg) < _UNKNOWN_TASK_TRIES:
-                self._log.warning("no history yet for %s (a replica behind?); ticket back", ticket.task_id)
+                self._log.warning("no history yet for %s (a replica behind?); ticket back", d.task_id)
                 await consumer.nak(msg, delay=_UNKNOWN_TASK_DELAY_S)
                 return None
             self.stats.poison += 1
-            self._log.error("ticket of unknown task %s/%s: term", ticket.tenant, ticket.task_id)
-            await consumer.term(msg, f"ordo: ticket of unknown task {ticket.task_id}")
+            self._log.error("ticket of unknown task %s/%s: term", d.tenant, d.task_id)
+            await consumer.term(msg, f"ordo: ticket of unknown task {d.task_id}")
             return None
         except DomainError as exc:
-            self._log.warning("ticket for %s skipped: %s", ticket.task_id, exc)
+            self._log.warning("ticket for %s skipped: %s", d.task_id, exc)
             await consumer.ack(msg)
             return None
         except EventStoreError as exc:
-            self._log.warning("start of %s not stored, ticket back: %s", ticket.task_id, exc)
+            self._log.warning("start of %s not stored, ticket back: %s", d.task_id, exc)
             await consumer.nak(msg, delay=self._settings.backoff_base_s)
             return None
         event = next((e for e in out.events if isinstance(e, AttemptStarted)), None)
@@ -211,18 +231,23 @@ class Executor:
             return None
         return _Started(out.state, event, out.last_seq)
 
-    async def _forwarded(self, msg: Msg, ticket: Ticket) -> bool:
-        """Move the ticket of a limited type to its lane (see workers.limits); True if handled."""
+    async def _forwarded(self, msg: Msg, d: Dispatch) -> bool:
+        """Move the dispatch of a limited type to its lane (see workers.limits); True if handled."""
         assert self._limits is not None and self._nc is not None
-        try:
-            state, _, _ = await self._handler.load(ticket.tenant, ticket.task_id)
-        except EventStoreError as exc:
-            self._log.warning("ticket of %s not routed, back later: %s", ticket.task_id, exc)
-            await consumer.nak(msg, delay=self._settings.backoff_base_s)
-            return True
-        if not state.exists or not self._limits.limited(state.task_type):
+        task_type = d.state.task_type if d.state is not None else None
+        if task_type is None:
+            try:
+                state, _, _ = await self._handler.load(d.tenant, d.task_id)
+            except EventStoreError as exc:
+                self._log.warning("ticket of %s not routed, back later: %s", d.task_id, exc)
+                await consumer.nak(msg, delay=self._settings.backoff_base_s)
+                return True
+            if not state.exists:
+                return False
+            task_type = state.task_type
+        if not self._limits.limited(task_type):
             return False
-        if await self._limits.forward(self._nc, ticket, msg.data, state.task_type):
+        if await self._limits.forward(self._nc, d, msg, task_type):
             self.stats.forwarded += 1
             await consumer.ack(msg)
         else:

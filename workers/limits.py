@@ -1,13 +1,14 @@
 """Per-type concurrency limits across all workers, that a crashed worker cannot leak.
 
-How a limited type is routed: dispatch tickets are written to the band subjects of their queue as
+How a limited type is routed: runnable events are written on the band subjects of their queue as
 usual (the writer does not know about limits). A worker configured with a limit for type T that
-takes a ticket of a T task from a band forwards it, unchanged, to the type's lane
-`ordo.work.<tenant>.<queue>.lim.<lane>` (same stream; `lane` is a hash of T) and acks the band
-message. Each lane has one durable consumer with MaxAckPending = the limit, shared by every worker,
-so the server never hands out more than `limit` tickets of T at once. A worker that dies holding
-one stops extending it; after the ack deadline the ticket is redelivered and the slot is free again.
-The forward carries a Nats-Msg-Id of (task, dispatch number), so a band ticket delivered twice is
+takes the dispatch of a T task from a band forwards a copy of it (its bytes, its origin subject and
+sequence: infra/dispatch.py) to the type's lane `ordo.work.<tenant>.<queue>.lim.<lane>` (same
+stream; `lane` is a hash of T) and acks the band message. Each lane has one durable consumer with
+MaxAckPending = the limit, shared by every worker, so the server never hands out more than `limit`
+tickets of T at once. A worker that dies holding one stops extending it; after the ack deadline the
+ticket is redelivered and the slot is free again.
+The forward carries a Nats-Msg-Id of (task, origin sequence), so a dispatch delivered twice is
 forwarded once (within the duplicate window; a second copy would be a stale or held ticket anyway).
 
 Every worker of a queue must be given the same limits (`ORDO_TYPE_LIMITS`, or `--type-limit`): a
@@ -26,7 +27,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ordo.infra import subjects as sj
-from ordo.infra.event_store import Ticket
+from ordo.infra.dispatch import Dispatch
 from ordo.infra.settings import Settings
 
 log = logging.getLogger("ordo.worker.limits")
@@ -87,16 +88,29 @@ class TypeLimits:
     def limited(self, task_type: str) -> bool:
         return task_type in self.limits
 
-    async def forward(self, nc: NATS, ticket: Ticket, data: bytes, task_type: str) -> bool:
-        """Publish the ticket (its bytes unchanged) on its type's lane; True once stored."""
-        subject = sj.limited_work_subject(ticket.tenant, ticket.queue, lane_for(task_type))
-        msg_id = f"lim-{ticket.tenant}-{ticket.task_id}-{ticket.dispatch}"
+    async def forward(self, nc: NATS, dispatch: Dispatch, msg: Msg, task_type: str) -> bool:
+        """Publish a copy of the dispatch on its type's lane; True once stored."""
+        subject = sj.limited_work_subject(dispatch.tenant, dispatch.queue, lane_for(task_type))
+        headers = copy_headers(msg, dispatch)
+        headers[sj.MSG_ID] = f"lim-{dispatch.tenant}-{dispatch.task_id}-{dispatch.seq}"
         try:
-            await nc.jetstream().publish(subject, data, headers={sj.MSG_ID: msg_id})
+            await nc.jetstream().publish(subject, msg.data, headers=headers)
         except nats.errors.Error as exc:
-            log.warning("ticket of %s not forwarded to its lane: %s", ticket.task_id, exc)
+            log.warning("ticket of %s not forwarded to its lane: %s", dispatch.task_id, exc)
             return False
         return True
+
+
+def copy_headers(msg: Msg, dispatch: Dispatch) -> dict[str, str]:
+    """The headers of a copy of a dispatch: the event's own (trace context, ids) and its origin."""
+    headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
+    headers.pop(sj.HELD_FROM, None)
+    origin = sj.event_subject(
+        dispatch.tenant, dispatch.queue, dispatch.task_id, dispatch.event, dispatch.band
+    )
+    headers[sj.DISPATCH_SUBJECT] = origin
+    headers[sj.DISPATCH_SEQ] = str(dispatch.seq)
+    return headers
 
 
 def is_lane_message(msg: Msg) -> bool:

@@ -5,9 +5,11 @@ the queue for all of them (docs/decisions.md 20). Instead each worker knows whic
 pairs of its queues are paused: the queue events (`ordo.queue.<tenant>.<queue>.<event>`), folded
 from the log at start and every `refresh_s`, and followed live on core NATS in between.
 
-- A ticket of a paused pair is not run: it is copied unchanged to `ordo.work.<tenant>.<queue>.held`
-  (header `Ordo-Held-From`: the band or lane subject it came from) and then acked. The copy's
-  Nats-Msg-Id is the original's stream sequence, so a ticket delivered twice is held once.
+- A dispatch of a paused pair is not run: a copy of it (infra/dispatch.py: its bytes, its origin
+  event's subject and sequence) goes to `ordo.work.<tenant>.<queue>.held`, with header
+  `Ordo-Held-From` saying where it goes back to (the queue's copy subject for a runnable event, the
+  lane it came from for a lane's), and then it is acked. The copy's Nats-Msg-Id is the original's
+  stream sequence, so a dispatch delivered twice is held once.
 - A pair that is not paused has its held tickets moved back to where they came from, by any worker
   of the queue (one durable per pair, shared): publish first, then ack the held copy. A crash in
   between leaves a duplicate ticket, which the decider treats as stale; nothing is ever dropped.
@@ -173,9 +175,14 @@ class QueuePauses:
 
     async def hold(self, msg: Msg, tenant: str, queue: str) -> None:
         """Park a ticket of a paused pair; on a failed publish it comes back after a short delay."""
-        headers = {**_carried(msg), sj.HELD_FROM: msg.subject}
+        back = msg.subject if sj.is_work_subject(msg.subject) else sj.copy_work_subject(tenant, queue)
+        headers = {**_carried(msg), sj.HELD_FROM: back}
         with contextlib.suppress(Exception):
-            headers[sj.MSG_ID] = f"held-{msg.metadata.sequence.stream}"
+            seq = str(msg.metadata.sequence.stream)
+            headers[sj.MSG_ID] = f"held-{seq}"
+            if sj.DISPATCH_SUBJECT not in headers:  # the runnable event itself: name it
+                headers[sj.DISPATCH_SUBJECT] = msg.subject
+                headers[sj.DISPATCH_SEQ] = seq
         try:
             await self._js.publish(sj.held_work_subject(tenant, queue), msg.data, headers=headers)
         except nats.errors.Error as exc:
@@ -222,7 +229,12 @@ class QueuePauses:
                     await consumer.nak(msg)  # paused again meanwhile: it stays held
                     continue
                 origin = (msg.headers or {}).get(sj.HELD_FROM)
-                if origin is None or sj.parse_work_subject(origin) != pair or origin == msg.subject:
+                if (
+                    origin is None
+                    or not sj.is_work_subject(origin)  # never an event: a copy goes back as a copy
+                    or sj.parse_work_subject(origin) != pair
+                    or origin == msg.subject
+                ):
                     self._log.warning("dropping a held message without a ticket origin: %s", origin)
                     await consumer.term(msg, "no Ordo-Held-From of this tenant and queue")
                     continue

@@ -37,17 +37,19 @@ from ordo.workers.queue_pause import DEFAULT_REFRESH_S, QueuePauses
 from ordo.workers.registry import Announcer
 from ordo.workers.stats import WorkerStats
 
-# How long one fetch waits on an empty band before the loop moves to the next band.
-DEFAULT_FETCH_WAIT_S = 0.1
+# How long the loop parks when every band was empty. A parked band returns as soon as a ticket
+# arrives, so this bounds only how often an idle worker renews its long polls (one per band per
+# period) and how long a ticket may sit with a worker that filled up meanwhile (see consumer.park).
+DEFAULT_FETCH_WAIT_S = 1.0
 CANCEL_REQUESTED = "cancel_requested"
 
-Key = tuple[str, int]  # (queue, band); a type-limit lane gets a number >= LANE_BASE
+Key = tuple[str, int]  # (queue, band); the copies and each type-limit lane get a number >= LANE_BASE
 LANE_BASE = 100
 
 
 def cancel_requested_filter() -> str:
     """Every task's cancel_requested event, all tenants and queues (built from infra.subjects)."""
-    return sj.event_subject("*", "*", "*", CANCEL_REQUESTED)
+    return sj.events_named_filter(CANCEL_REQUESTED)
 
 
 WORKER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -206,6 +208,8 @@ class Worker:
                     subs[(queue, band)] = await consumer.open_work_consumer(
                         self._nc, queue, band, self._settings
                     )
+                copies = consumer.copy_consumer_config(queue, self._settings)
+                subs[(queue, LANE_BASE + len(subs))] = await consumer.open_consumer(self._nc, copies)
                 for task_type, limit in self._limits.limits.items():
                     config = lane_consumer_config(queue, task_type, limit, self._settings)
                     subs[(queue, LANE_BASE + len(subs))] = await consumer.open_consumer(self._nc, config)
@@ -227,6 +231,7 @@ class Worker:
 
     async def _fetch_loop(self, subs: dict[Key, consumer.Pull]) -> None:
         picker = WeightedPicker({key: _weight(key) for key in subs})
+        by_weight = sorted(subs, key=lambda key: -_weight(key))  # stable: ties keep their order
         batch = self._settings.fetch_batch
         while not self._stopping.is_set():
             if self._draining.is_set():
@@ -237,7 +242,17 @@ class Worker:
                 continue  # stopping
             msgs: list[Msg] = []
             try:
-                msgs = await consumer.fetch(subs[picker.next()], free, self._fetch_wait_s)
+                # Without waiting: the picked band, else the first other band with tickets by
+                # weight. Only when all were empty, wait for the first ticket on any of them.
+                picked = picker.next()
+                for key in (picked, *(k for k in by_weight if k != picked)):
+                    msgs = await consumer.sweep(subs[key], free)
+                    if msgs:
+                        break
+                else:
+                    pulls = [subs[k] for k in by_weight]
+                    until = (self._stopping, self._draining)
+                    msgs = await consumer.park(pulls, free, self._fetch_wait_s, until=until)
             finally:
                 for _ in range(free - len(msgs)):
                     self._slots.release()

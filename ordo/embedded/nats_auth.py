@@ -124,16 +124,22 @@ def service_permissions(service: str) -> Permissions:
             publish=(
                 *_stream_reads(_EVENTS, _TIMERS, _WORKERS),
                 f"{_API}.CONSUMER.CREATE.{_EVENTS}.*.{sj.WORK_PREFIX}.>",
+                # band consumers filter the runnable events (filtered create: the filter is checked)
+                *(
+                    f"{_API}.CONSUMER.CREATE.{_EVENTS}.*.{sj.runnable_filter('*', b)}"
+                    for b in range(len(sj.BAND_TOKENS))
+                ),
                 f"{_API}.CONSUMER.INFO.{_EVENTS}.*",
                 f"{_API}.CONSUMER.MSG.NEXT.{_EVENTS}.*",
                 f"$JS.ACK.{_EVENTS}.>",
-                *(f"{sj.EVT_PREFIX}.*.*.*.{e}" for e in WORKER_EVENTS),
+                # attempt events only, never a runnable one (the dispatch token is `n`)
+                *(sj.event_subject("*", "*", "*", e) for e in WORKER_EVENTS),
                 f"{sj.WORK_PREFIX}.>",
                 f"{sj.TIMER_PREFIX}.task.>",
                 f"{sj.WORKER_PREFIX}.hb.>",
             ),
             subscribe=(
-                f"{sj.EVT_PREFIX}.*.*.*.cancel_requested",
+                sj.events_named_filter("cancel_requested"),
                 f"{sj.QUEUE_PREFIX}.>",  # queue pause and resume (workers/queue_pause.py)
                 f"{sj.WORKER_PREFIX}.ctl.>",
                 *inbox,

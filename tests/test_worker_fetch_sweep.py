@@ -1,0 +1,221 @@
+"""Zero-wait band fetching: an empty band costs no wait, an idle worker starts a task at once, and a
+ticket delivered to a park request that outlived its call is handed out later, never lost.
+
+On a real nats-server per test. The consumer-level tests use the real band consumers of a queue
+that no worker serves, fed by real submits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from ordo.domain.commands import SubmitTask
+from ordo.domain.priority import band_for
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.ids import new_task_id
+from ordo.infra.settings import Settings
+from ordo.workers import Worker, consumer
+from ordo.workers.demo import registry as demo_registry
+from tests.helpers import eventually
+
+HIGH, LOW = 1, 8  # priorities of band 0 and band 2
+
+
+@pytest.fixture
+def queue() -> str:
+    return "q" + uuid.uuid4().hex[:10]
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        await worker.shutdown()
+        await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def band_pulls(nc: NATS, settings: Settings, queue: str) -> AsyncIterator[list[consumer.Pull]]:
+    pulls = [await consumer.open_work_consumer(nc, queue, band, settings) for band in range(3)]
+    try:
+        yield pulls
+    finally:
+        for pull in pulls:
+            await consumer.close(pull)
+
+
+async def submit(handler: CommandHandler, settings: Settings, queue: str, priority: int = 5) -> str:
+    task_id = new_task_id()
+    await handler.execute(
+        settings.tenant,
+        SubmitTask(
+            task_id=task_id,
+            tenant=settings.tenant,
+            queue=queue,
+            task_type="demo.echo",
+            now=datetime.now(UTC),
+            payload=msgspec.Raw(msgspec.json.encode({"n": 1})),
+            priority=priority,
+        ),
+    )
+    return task_id
+
+
+async def stored_at(handler: CommandHandler, settings: Settings, task_id: str, name: str) -> datetime | None:
+    events, _ = await handler.store.load(settings.tenant, task_id)
+    return next((e.stored_at for e in events if e.name == name), None)
+
+
+async def all_succeeded(handler: CommandHandler, settings: Settings, ids: list[str]) -> bool:
+    for task_id in ids:
+        if await stored_at(handler, settings, task_id, "succeeded") is None:
+            return False
+    return True
+
+
+def dispatches(msgs: list[Msg], *ids: str) -> bool:
+    """Whether `msgs` are one ticket of each task of `ids` (a ticket's subject names its task)."""
+    return sorted(next((i for i in ids if i in m.subject.split(".")), "?") for m in msgs) == sorted(ids)
+
+
+async def test_an_idle_worker_starts_tasks_submitted_one_at_a_time_at_once(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    """Every band but the default one is empty: each start used to wait out empty-band fetches."""
+    async with running(Worker(nc, handler, demo_registry, settings, queues=(queue,))):
+        warm = await submit(handler, settings, queue)
+        await eventually(lambda: all_succeeded(handler, settings, [warm]), timeout=30, what="warm-up task")
+        ids: list[str] = []
+        for _ in range(20):
+            ids.append(await submit(handler, settings, queue))
+            await asyncio.sleep(0.05)  # the load: one task every 50 ms, the worker idle in between
+        await eventually(lambda: all_succeeded(handler, settings, ids), timeout=30, what="20 tasks succeeded")
+    delays = []
+    for task_id in ids:
+        submitted = await stored_at(handler, settings, task_id, "submitted")
+        started = await stored_at(handler, settings, task_id, "attempt_started")
+        assert submitted is not None and started is not None
+        delays.append((started - submitted).total_seconds())
+    delays.sort()
+    p99 = delays[math.ceil(0.99 * len(delays)) - 1]
+    median = delays[len(delays) // 2]
+    print(f"\nsubmitted -> attempt_started: median {median * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+    assert p99 < 0.050, [round(d * 1000, 1) for d in delays]
+
+
+async def test_a_sweep_of_an_empty_band_answers_at_once_and_a_park_waits(
+    nc: NATS, settings: Settings, queue: str
+) -> None:
+    async with band_pulls(nc, settings, queue) as pulls:
+        for pull in pulls:
+            start = time.monotonic()
+            assert await consumer.sweep(pull, 16) == []
+            took = time.monotonic() - start
+            assert took < 0.050, f"an empty sweep of {pull.name} took {took * 1000:.0f} ms"
+        start = time.monotonic()
+        assert await consumer.park(pulls, 16, 0.3) == []
+        assert time.monotonic() - start >= 0.25  # it waited for a ticket instead of spinning
+        for pull in pulls:  # after a park (its requests ending about now) a sweep still does not wait
+            start = time.monotonic()
+            assert await consumer.sweep(pull, 16) == []
+            assert time.monotonic() - start < 0.050
+
+
+async def test_a_park_returns_the_first_ticket_at_once_and_a_later_one_is_kept_for_the_next_sweep(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    async with band_pulls(nc, settings, queue) as pulls:
+        high, low = pulls[band_for(HIGH)], pulls[band_for(LOW)]
+        parked = asyncio.create_task(consumer.park(pulls, 16, 5.0))
+        await eventually(lambda: _true(all(p.state.parked_until > 0 for p in pulls)), 10, 0.005, "parked")
+        start = time.monotonic()
+        first = await submit(handler, settings, queue, LOW)
+        got = await asyncio.wait_for(parked, 5)
+        assert time.monotonic() - start < 1.0  # not the 5 s wait
+        assert dispatches(got, first)
+        # The other bands' park requests are still out: a ticket of band 0 goes to one, and the next
+        # sweep of band 0 hands it out (it is neither lost nor left to its ack wait).
+        second = await submit(handler, settings, queue, HIGH)
+        swept: list[Msg] = []
+
+        async def delivered() -> bool:
+            swept.extend(await consumer.sweep(high, 16))
+            return bool(swept)
+
+        await eventually(delivered, timeout=5, interval=0.01, what="the parked ticket")
+        assert dispatches(swept, second)
+        assert await consumer.sweep(high, 16) == []  # once
+        assert await consumer.sweep(low, 16) == []
+        for msg in [*got, *swept]:
+            await consumer.ack(msg)
+
+
+async def test_a_ticket_delivered_to_a_park_request_is_handed_back_on_close(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    """A worker that stops with a park request out hands its ticket back at once (restart safety):
+    the next consumer of the band gets it well within the ack wait, not after it."""
+    async with band_pulls(nc, settings, queue) as pulls:
+        high = pulls[band_for(HIGH)]
+        parked = asyncio.create_task(consumer.park(pulls, 16, 5.0))
+        await eventually(lambda: _true(all(p.state.parked_until > 0 for p in pulls)), 10, 0.005, "parked")
+        first = await submit(handler, settings, queue, LOW)
+        got = await asyncio.wait_for(parked, 5)
+        assert dispatches(got, first)
+        await consumer.ack(got[0])
+        # Band 0's park request is still out, and nobody sweeps: its ticket waits in the queue.
+        second = await submit(handler, settings, queue, HIGH)
+        await eventually(lambda: _true(high.sub.pending_msgs > 0), 5, 0.005, "ticket delivered to the park")
+    again = await consumer.open_work_consumer(nc, queue, band_for(HIGH), settings)
+    try:
+        start = time.monotonic()
+        swept: list[Msg] = []
+
+        async def handed_back() -> bool:
+            swept.extend(await consumer.sweep(again, 16))
+            return bool(swept)
+
+        await eventually(handed_back, timeout=10, interval=0.01, what="the ticket handed back")
+        assert time.monotonic() - start < settings.ack_wait_s / 2
+        assert dispatches(swept, second)
+        assert swept[0].metadata.num_delivered == 2
+    finally:
+        await consumer.close(again)
+
+
+async def test_tasks_submitted_while_the_worker_is_parked_all_run_across_a_restart(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    ids: list[str] = []
+    first = Worker(nc, handler, demo_registry, settings, queues=(queue,))
+    async with running(first):
+        ids.append(await submit(handler, settings, queue))
+        await eventually(lambda: all_succeeded(handler, settings, ids), timeout=30, what="first task")
+        # Idle: parked on every band. Submit to all bands while it is.
+        ids += [await submit(handler, settings, queue, priority) for priority in (HIGH, 5, LOW) * 3]
+        await eventually(lambda: all_succeeded(handler, settings, ids), timeout=30, what="tasks while parked")
+        ids += [await submit(handler, settings, queue, priority) for priority in (LOW, HIGH)]
+    # Stopped right after: whatever its park requests took comes back; a new worker runs it all.
+    ids += [await submit(handler, settings, queue, priority) for priority in (HIGH, 5, LOW)]
+    async with running(Worker(nc, handler, demo_registry, settings, queues=(queue,))):
+        await eventually(lambda: all_succeeded(handler, settings, ids), timeout=30, what="every task")
+    for task_id in ids:
+        events, _ = await handler.store.load(settings.tenant, task_id)
+        assert [e.name for e in events].count("attempt_started") == 1, task_id
+
+
+async def _true(value: bool) -> bool:
+    return value
