@@ -8,7 +8,7 @@ peak RSS of every process (nats-server, postgres with its backends, projector, w
 submitting client), sampled from /proc. `--profile DIR` runs py-spy on the worker, the projector
 and the submitter for the whole run and writes collapsed stacks plus a text summary to DIR.
 
-    .venv/bin/python -m bench.w1_throughput [--n 20000] [--workers 1] [--concurrency 256] [--sync-always]
+    .venv/bin/python -m bench.w1_throughput [--n 20000] [--workers 1] [--concurrency N] [--sync-always]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from bench.common import (
     servers,
     summary,
 )
+from ordo import event_loop
 from ordo.domain.commands import SubmitTask
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import EventStore
@@ -165,7 +166,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="worker concurrency (default: what a user gets)"
+    )
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--sync-always", action="store_true", help="nats-server sync_interval: always")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the last task")
@@ -174,7 +177,8 @@ def main() -> None:
     load_start = load_average()
     with servers(sync_always=args.sync_always) as srv:
         ceiling = bare_loop(srv.nats.url, args.n)
-        comps = Components({**srv.env, "ORDO_WORKER_CONCURRENCY": str(args.concurrency)})
+        tuned = {} if args.concurrency is None else {"ORDO_WORKER_CONCURRENCY": str(args.concurrency)}
+        comps = Components({**srv.env, **tuned})
         comps.start("projector", "projector")
         for i in range(args.workers):
             comps.start(f"worker-{i + 1}", "worker")
@@ -186,7 +190,7 @@ def main() -> None:
                 py_pids = {k: v for k, v in pids.items() if k not in ("nats-server", "postgres")}
                 profilers = _start_profilers(args.profile, py_pids)
             sampler = ProcSampler(pids, own_only=("submitter",)).start()
-            result = asyncio.run(run(srv.nats.url, srv.postgres.url, args.n, args.chunk, args.timeout))
+            result = event_loop.run(run(srv.nats.url, srv.postgres.url, args.n, args.chunk, args.timeout))
             usage = sampler.stop()
         finally:
             _stop_profilers(profilers)
@@ -201,7 +205,7 @@ def main() -> None:
             "bench": "w1_throughput",
             "n": args.n,
             "workers": args.workers,
-            "concurrency": args.concurrency,
+            "concurrency": args.concurrency or Settings().worker_concurrency,
             "sync_always": args.sync_always,
             **result,
             "bare_loop_tasks_per_s": round(ceiling),

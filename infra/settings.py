@@ -40,7 +40,8 @@ class Settings:
     default_max_attempts: int = 3
     cancel_grace_s: float = 5.0
     shutdown_grace_s: float = 10.0
-    worker_concurrency: int = 16
+    # Attempts one worker runs at once (async handlers: a wave of fetched dispatches runs together).
+    worker_concurrency: int = 100
     fetch_batch: int = 100
     # Durable timers fire this long before the due time; the scheduler holds the rest locally.
     timer_lead_s: float = 2.0
@@ -73,8 +74,8 @@ class Settings:
     # comma-separated list of addresses or "*"), so the session cookie is Secure behind TLS.
     forwarded_allow_ips: str = "127.0.0.1"
     # Per-API-key limits: a token bucket of requests, concurrent SSE streams; request sizes.
-    rate_limit_per_s: float = 200.0
-    rate_limit_burst: int = 400
+    rate_limit_per_s: float = 2000.0
+    rate_limit_burst: int = 4000
     sse_max_per_key: int = 20
     max_batch: int = 10_000
     max_page: int = 500

@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from ordo import event_loop
 from ordo.infra.settings import Settings, SettingsError
 
 log = logging.getLogger("ordo")
@@ -104,7 +105,7 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(
+    return event_loop.run(
         run_local(
             settings,
             data_dir=data_dir,
@@ -197,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         from ordo.workers.limits import parse_type_limits
 
         limits = parse_type_limits(",".join(args.type_limit))
-        asyncio.run(run_worker(settings, queues, args.concurrency or settings.worker_concurrency, limits))
+        event_loop.run(run_worker(settings, queues, args.concurrency or settings.worker_concurrency, limits))
     elif args.command == "projector":
-        asyncio.run(_run_projector(settings))
+        event_loop.run(_run_projector(settings))
     elif args.command == "rebuild":
-        return asyncio.run(_run_rebuild(settings, args.projection))
+        return event_loop.run(_run_rebuild(settings, args.projection))
     elif args.command == "scheduler":
-        asyncio.run(_run_scheduler(settings))
+        event_loop.run(_run_scheduler(settings))
     return 0
 
 
