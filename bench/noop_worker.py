@@ -6,13 +6,13 @@ with one extra handler, `bench.noop`, that returns the wall-clock time it starte
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ordo import event_loop  # noqa: E402
 from ordo.infra.logs import setup_logging  # noqa: E402
 from ordo.infra.settings import Settings  # noqa: E402
 from ordo.worker_process import run_worker  # noqa: E402
@@ -30,7 +30,7 @@ async def noop(ctx: TaskContext) -> dict[str, float]:
 
 def main() -> None:
     setup_logging()
-    asyncio.run(run_worker(Settings.from_env()))
+    event_loop.run(run_worker(Settings.from_env()))
 
 
 if __name__ == "__main__":

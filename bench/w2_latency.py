@@ -37,6 +37,7 @@ from bench.common import (
 )
 from bench.httpclient import HttpPool
 from bench.noop_worker import TASK_TYPE
+from ordo import event_loop
 from ordo.infra import subjects as sj
 
 TENANT = "default"  # the gateway's tenant with auth off
@@ -195,7 +196,7 @@ def main() -> None:
         try:
             port = comps.start_gateway()
             sampler = ProcSampler({**server_pids(srv), **comps.pids}).start()
-            result = asyncio.run(run(srv.nats.url, srv.postgres.url, port, args.rate, args.duration, vias))
+            result = event_loop.run(run(srv.nats.url, srv.postgres.url, port, args.rate, args.duration, vias))
             usage = sampler.stop()
         finally:
             comps.stop()

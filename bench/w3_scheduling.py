@@ -22,6 +22,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from ordo import event_loop
 from ordo.domain import events as ev
 from ordo.domain.commands import SubmitTask
 from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
@@ -117,7 +118,7 @@ async def run(
         deadline = asyncio.get_running_loop().time() + ahead_s + spread_s + 60
         while asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(1.0)
-            info = await js.stream_info(sj.EVENTS_STREAM, subjects_filter=f"ordo.evt.{TENANT}.*.*.succeeded")
+            info = await js.stream_info(sj.EVENTS_STREAM, subjects_filter=f"ordo.evt.{TENANT}.*.*.*.succeeded")
             if len(info.state.subjects or {}) >= n:
                 break
         every, _ = await store.load_filter(f"ordo.evt.{TENANT}.>")
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     n = a.tasks or (500 if a.delay_only else 2000)
     ahead = a.ahead or (3.0 if a.delay_only else 5.0)
-    print(json.dumps(asyncio.run(run(n, ahead, a.spread, a.delay_only, a.concurrency))), flush=True)
+    print(json.dumps(event_loop.run(run(n, ahead, a.spread, a.delay_only, a.concurrency))), flush=True)
     return 0
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
@@ -214,8 +215,8 @@ class EventStore:
         raise AssertionError("unreachable")
 
     async def _publish_one(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
-        ack = await self._js.publish(subject, data, headers=headers)
-        return int(ack.seq)
+        reply = await self._nc.request(subject, data, headers=headers, timeout=self._timeout)
+        return _stored_seq(reply.data)
 
     async def _publish_batch(self, msgs: list[tuple[str, bytes, dict[str, str]]]) -> int:
         batch_id = uuid.uuid4().hex
@@ -230,15 +231,7 @@ class EventStore:
             sj.BATCH_COMMIT: "1",
         }
         reply = await self._nc.request(subject, data, headers=hdrs, timeout=self._timeout)
-        body = json.loads(reply.data)
-        error = body.get("error")
-        if error:
-            raise APIError(
-                code=error.get("code"),
-                err_code=error.get("err_code"),
-                description=error.get("description"),
-            )
-        return int(body["seq"])
+        return _stored_seq(reply.data)
 
     @staticmethod
     def _headers(meta: Metadata | None) -> dict[str, str]:
@@ -326,6 +319,34 @@ class EventStore:
         request = {"seq": seq, "next_by_subj": subject_filter, "batch": _LOAD_PAGE}
         page, more = await direct_get_batch(self._nc, sj.EVENTS_STREAM, request, self._timeout)
         return [convert(r.subject, r.data, r.headers, r.seq, r.stored_at) for r in page], more
+
+
+class _ApiError(msgspec.Struct):
+    code: int | None = None
+    err_code: int | None = None
+    description: str | None = None
+
+
+class _PubAck(msgspec.Struct):
+    seq: int = 0
+    error: _ApiError | None = None
+
+
+_pub_ack = msgspec.json.Decoder(_PubAck)
+
+
+def _stored_seq(reply: bytes) -> int:
+    """The stream sequence in a JetStream publish reply (one message or a batch's commit); the
+    server's refusal as an APIError."""
+    try:
+        ack = _pub_ack.decode(reply)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise APIError(description=f"unreadable publish reply: {reply[:200]!r}") from exc
+    if ack.error is not None:
+        raise APIError(code=ack.error.code, err_code=ack.error.err_code, description=ack.error.description)
+    if ack.seq <= 0:
+        raise APIError(description=f"publish reply without a sequence: {reply[:200]!r}")
+    return ack.seq
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ async def test_two_schedulers_fire_once_and_catch_up_exactly_after_a_full_stop(t
             assert 9 <= len(in_window) <= 11, (sid, in_window)
             assert len({t for t, _ in runs}) == len(runs), "a tick fired twice"
             assert len({task for _, task in runs}) == len(runs), "two runs share a task"
-        submitted, _ = await store.load_raw(f"{sj.EVT_PREFIX}.{tenant}.*.*.submitted")
+        submitted, _ = await store.load_raw(f"{sj.EVT_PREFIX}.{tenant}.*.*.*.submitted")
         fired_total = len(_runs(await _schedule_events(store, tenant, "once")))
         fired_total += len(_runs(await _schedule_events(store, tenant, "skip")))
         assert len(submitted) == fired_total, "exactly one task per run, across two schedulers"
@@ -162,7 +162,7 @@ async def test_two_schedulers_fire_once_and_catch_up_exactly_after_a_full_stop(t
             assert missed[0].count >= 3
             runs = _runs(events)
             assert len({t for t, _ in runs}) == len(runs)
-        submitted, _ = await store.load_raw(f"{sj.EVT_PREFIX}.{tenant}.*.*.submitted")
+        submitted, _ = await store.load_raw(f"{sj.EVT_PREFIX}.{tenant}.*.*.*.submitted")
         fired_total = len(_runs(await _schedule_events(store, tenant, "once")))
         fired_total += len(_runs(await _schedule_events(store, tenant, "skip")))
         assert len(submitted) == fired_total
