@@ -118,7 +118,8 @@ async def run(
         deadline = asyncio.get_running_loop().time() + ahead_s + spread_s + 60
         while asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(1.0)
-            info = await js.stream_info(sj.EVENTS_STREAM, subjects_filter=f"ordo.evt.{TENANT}.*.*.*.succeeded")
+            succeeded = sj.events_named_filter("succeeded").replace(".*.", f".{TENANT}.", 1)
+            info = await js.stream_info(sj.EVENTS_STREAM, subjects_filter=succeeded)
             if len(info.state.subjects or {}) >= n:
                 break
         every, _ = await store.load_filter(f"ordo.evt.{TENANT}.>")
