@@ -35,6 +35,7 @@ _CONFLICTS = (WRONG_LAST_SEQUENCE, BATCH_DUPLICATE_MSG_ID)
 _BATCH_LIMIT = 1000
 MAX_ATOMIC_BATCH = _BATCH_LIMIT
 _LOAD_PAGE = 1000
+_SCHEMA_VERSION = str(SCHEMA_VERSION)
 
 
 class EventStoreError(Exception):
@@ -150,8 +151,8 @@ class EventStore:
         """Append `events` if the task's last sequence is `expected_seq`; `runnable`: the last event
         makes the task runnable (it is the dispatch).
 
-        Returns the stream sequence of each event. Retries a lost reply with the same Nats-Msg-Id,
-        so a publish that did land is not stored twice.
+        Returns the stream sequence of each event. A lost reply is retried: a publish that did land
+        is not stored twice (the retry's expected sequence no longer holds: a conflict).
         """
         msgs = _event_messages(
             tenant, queue, task_id, events, expected_seq, runnable, lambda: self._headers(meta)
@@ -194,8 +195,9 @@ class EventStore:
     ) -> list[int]:
         """Publish one message, or several as one atomic batch; the stream sequence of each.
 
-        A lost reply is retried with the same Nats-Msg-Ids, so what did land is never stored
-        twice: a retried batch that landed is reported as a conflict, and the caller reloads.
+        A lost reply is retried with the same messages, so what did land is never stored twice: its
+        expected sequence no longer holds, the retry is reported as a conflict, and the caller
+        reloads.
         """
         for attempt in range(3):
             try:
@@ -235,8 +237,10 @@ class EventStore:
 
     @staticmethod
     def _headers(meta: Metadata | None) -> dict[str, str]:
-        headers = {sj.MSG_ID: uuid.uuid4().hex, sj.SCHEMA_VERSION: str(SCHEMA_VERSION)}
-        headers[sj.EVENT_ID] = headers[sj.MSG_ID]
+        # No Nats-Msg-Id: every append states an expected sequence, which nats-server checks before
+        # its duplicate window, so a retried append that landed comes back as a conflict anyway
+        # (and the dedupe entries would cost server memory per event).
+        headers = {sj.EVENT_ID: uuid.uuid4().hex, sj.SCHEMA_VERSION: _SCHEMA_VERSION}
         if meta is not None:
             if meta.correlation_id:
                 headers[sj.CORRELATION_ID] = meta.correlation_id
@@ -287,14 +291,16 @@ class EventStore:
     ) -> list[int]:
         """Append messages of any subject family in one atomic batch, with the OCC check on
         `expected_filter` (the aggregate's wildcard) stated by the first message. Headers get a
-        Nats-Msg-Id/Ordo-Event-Id and schema version when missing. Returns each message's sequence.
+        Ordo-Event-Id (a caller's Nats-Msg-Id, if given) and schema version when missing. Returns
+        each message's sequence.
         """
         if not msgs or len(msgs) > _BATCH_LIMIT:
             raise EventStoreError(f"{len(msgs)} messages: need 1..{_BATCH_LIMIT} for one atomic batch")
         out: list[tuple[str, bytes, dict[str, str]]] = []
         for i, (subject, data, headers) in enumerate(msgs):
             hdrs = {**self._headers(None), **headers}
-            hdrs[sj.EVENT_ID] = hdrs[sj.MSG_ID]
+            if sj.MSG_ID in headers:
+                hdrs[sj.EVENT_ID] = headers[sj.MSG_ID]
             if i == 0:
                 hdrs[sj.EXPECTED_LAST_SUBJECT_SEQ] = str(expected_seq)
                 hdrs[sj.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = expected_filter

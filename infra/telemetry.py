@@ -41,8 +41,16 @@ def setup_tracing(service_name: str) -> None:
     trace.set_tracer_provider(provider)
 
 
+_tracer: tuple[object, trace.Tracer] | None = None
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    """Ordo's tracer, made once per installed provider (spans are on every hot path)."""
+    global _tracer  # noqa: PLW0603 - a cache of the global provider's tracer
+    provider = trace.get_tracer_provider()
+    if _tracer is None or _tracer[0] is not provider:
+        _tracer = (provider, trace.get_tracer(TRACER_NAME))
+    return _tracer[1]
 
 
 def inject(headers: MutableMapping[str, str]) -> None:
