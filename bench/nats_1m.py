@@ -2,16 +2,16 @@
 
 Starts an embedded nats-server on a temp dir (deleted afterwards), provisions the product's streams
 (`infra.nats_conn.provision`), and publishes N `submitted` events, one per task, on the product's
-subject layout `ordo.evt.<tenant>.<queue>.<task_id>.submitted` (so N distinct subjects) with the
-headers the event store writes (Nats-Msg-Id, Ordo-Event-Id, Ordo-Schema-Version), using batched
-async publishes. `--tickets` adds one dispatch ticket (`ordo.work.<tenant>.<queue>.<band>`) per
-task. Then: RSS, stop (SIGTERM), start on the same data dir and port, and time until (a) the port
-accepts, (b) JetStream answers `account_info`, (c) `stream_info(ORDO_EVENTS)` shows all messages.
-Also times the product's per-task load (`EventStore.load`: a batched direct get with the task's
-wildcard filter `ordo.evt.<tenant>.*.<task_id>.*`) for sampled tasks on the loaded stream, one at a
-time, as every command on a task does it.
+subject layout `ordo.evt.<tenant>.<queue>.b1.<task_id>.submitted` (N distinct subjects; a submit is
+its own dispatch ticket, docs/decisions.md 27) with the headers the event store writes
+(Ordo-Event-Id, Ordo-Schema-Version), using batched async publishes. Then: RSS, stop (SIGTERM),
+start on the same data dir and port, and time until (a) the port accepts, (b) JetStream answers
+`account_info`, (c) `stream_info(ORDO_EVENTS)` shows all messages. Also times the product's per-task
+load (`EventStore.load`: a batched direct get with the task's wildcard filter
+`ordo.evt.<tenant>.*.*.<task_id>.*`) for sampled tasks on the loaded stream, one at a time, as a
+cold-path command on a task does it (the worker's fast path loads nothing).
 
-    .venv/bin/python -m bench.nats_1m [--events 1000000] [--tickets] [--sync-always]
+    .venv/bin/python -m bench.nats_1m [--events 1000000] [--sync-always]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import nats
 
 from bench.common import emit, load_average, percentile, proc_usage
 from ordo.domain.events import SCHEMA_VERSION, Submitted, encode_event
+from ordo.domain.priority import DEFAULT_PRIORITY, band_for
 from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.infra import subjects as sj
 from ordo.infra.event_store import EventStore
@@ -68,14 +69,16 @@ async def _time_loads(url: str, task_ids: list[str]) -> dict[str, float]:
     return {"p50": round(percentile(times, 50), 2), "p99": round(percentile(times, 99), 2), "n": len(times)}
 
 
-async def _publish(url: str, n: int, tickets: bool, window: int, sample: list[str]) -> dict[str, Any]:
+async def publish_tasks(
+    url: str, n: int, window: int, sample: list[str], tenant: str = TENANT, queue: str = QUEUE
+) -> dict[str, Any]:
+    """N submitted tasks of `tenant` on `queue`, one runnable event each (W1's --preload too)."""
     nc = await nats.connect(url, name="bench-nats-1m")
-    await provision(nc, Settings(nats_url=url, tenant=TENANT))
+    await provision(nc, Settings(nats_url=url, tenant=tenant))
     js = nc.jetstream(publish_async_max_pending=window * 2)
     body = encode_event(
-        Submitted(task_type="demo.echo", queue=QUEUE, tenant=TENANT, payload=msgspec.Raw(b'{"x":1}'))
+        Submitted(task_type="demo.echo", queue=queue, tenant=tenant, payload=msgspec.Raw(b'{"x":1}'))
     )
-    ticket_subject = sj.work_subject(TENANT, QUEUE, 5)
     every = max(1, n // 50)  # 50 tasks spread over the log for the load timing
     t0 = time.perf_counter()
     for start in range(0, n, window):
@@ -84,12 +87,9 @@ async def _publish(url: str, n: int, tickets: bool, window: int, sample: list[st
             task_id = uuid.uuid4().hex
             if i % every == 0:
                 sample.append(task_id)
-            msg_id = uuid.uuid4().hex
-            headers = {sj.MSG_ID: msg_id, sj.EVENT_ID: msg_id, sj.SCHEMA_VERSION: str(SCHEMA_VERSION)}
-            subject = sj.event_subject(TENANT, QUEUE, task_id, "submitted")
+            headers = {sj.EVENT_ID: uuid.uuid4().hex, sj.SCHEMA_VERSION: str(SCHEMA_VERSION)}
+            subject = sj.event_subject(tenant, queue, task_id, "submitted", band_for(DEFAULT_PRIORITY))
             futures.append(await js.publish_async(subject, body, headers=headers))
-            if tickets:
-                futures.append(await js.publish_async(ticket_subject, task_id.encode()))
         await asyncio.gather(*futures)
     elapsed = time.perf_counter() - t0
     info = await js.stream_info(sj.EVENTS_STREAM)
@@ -140,7 +140,6 @@ async def _until_ready(url: str, expected: int, t0: float, timeout: float = 300)
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000, help="tasks (one submitted event each)")
-    parser.add_argument("--tickets", action="store_true", help="also one dispatch ticket per task")
     parser.add_argument("--window", type=int, default=2000, help="async publishes in flight")
     parser.add_argument("--sync-always", action="store_true")
     args = parser.parse_args()
@@ -153,7 +152,7 @@ def main() -> None:
         server.start()
         try:
             sample: list[str] = []
-            published = asyncio.run(_publish(server.url, args.events, args.tickets, args.window, sample))
+            published = asyncio.run(publish_tasks(server.url, args.events, args.window, sample))
             load_ms = asyncio.run(_time_loads(server.url, sample))
             assert server.pid is not None
             rss_loaded = _rss_mb(server.pid)
@@ -182,7 +181,6 @@ def main() -> None:
         {
             "bench": "nats_1m",
             "tasks": args.events,
-            "tickets": args.tickets,
             "sync_always": args.sync_always,
             **published,
             "disk_mb": disk_mb,

@@ -9,6 +9,7 @@ submitting client), sampled from /proc. `--profile DIR` runs py-spy on the worke
 and the submitter for the whole run and writes collapsed stacks plus a text summary to DIR.
 
     .venv/bin/python -m bench.w1_throughput [--n 20000] [--workers 1] [--concurrency N] [--sync-always]
+        [--preload 1000000]
 """
 
 from __future__ import annotations
@@ -39,14 +40,19 @@ from bench.common import (
     servers,
     summary,
 )
+from bench.nats_1m import publish_tasks
 from ordo import event_loop
 from ordo.domain.commands import SubmitTask
+from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import EventStore
 from ordo.infra.ids import new_task_id
 from ordo.infra.nats_conn import connect, provision
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
+from ordo.projections.registry import PROJECTIONS
+from ordo.projections.runner import ensure_checkpoints
+from ordo.projections.schema import migrate
 
 
 async def _wait_projected(dsn: str, tenant: str, n: int, timeout: float) -> tuple[float, int]:
@@ -138,6 +144,24 @@ async def run(nats_url: str, dsn: str, n: int, chunk: int, timeout: float) -> di
     }
 
 
+async def _preload(nats_url: str, dsn: str, n: int) -> dict[str, Any]:
+    """N tasks of another tenant and queue in the log before the run, the read side caught up with
+    them (its checkpoints moved past them: W1 measures a log that is long, not a projector behind)."""
+    # On a queue no worker of the run serves: in the log, never run.
+    published = await publish_tasks(nats_url, n, 2000, [], tenant="preload", queue="preload")
+    nc = await connect(Settings(nats_url=nats_url), "bench-w1-preload")
+    last = (await nc.jetstream().stream_info(sj.EVENTS_STREAM)).state.last_seq
+    await nc.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        await ensure_checkpoints(conn, PROJECTIONS)
+        await conn.execute("UPDATE projection_checkpoints SET last_seq = $1", last)
+    finally:
+        await conn.close()
+    return {"tasks": n, "last_seq": last, "publish_s": published["publish_s"]}
+
+
 def _start_profilers(out: Path, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
     """py-spy record (collapsed stacks, 200 Hz) on each pid until it is stopped."""
     out.mkdir(parents=True, exist_ok=True)
@@ -170,6 +194,9 @@ def main() -> None:
         "--concurrency", type=int, default=None, help="worker concurrency (default: what a user gets)"
     )
     parser.add_argument("--chunk", type=int, default=1000)
+    parser.add_argument(
+        "--preload", type=int, default=0, help="tasks of another tenant already in the log (read side done)"
+    )
     parser.add_argument("--sync-always", action="store_true", help="nats-server sync_interval: always")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the last task")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output folder")
@@ -177,6 +204,9 @@ def main() -> None:
     load_start = load_average()
     with servers(sync_always=args.sync_always) as srv:
         ceiling = bare_loop(srv.nats.url, args.n)
+        preloaded: dict[str, Any] = {}
+        if args.preload:
+            preloaded = event_loop.run(_preload(srv.nats.url, srv.postgres.url, args.preload))
         tuned = {} if args.concurrency is None else {"ORDO_WORKER_CONCURRENCY": str(args.concurrency)}
         comps = Components({**srv.env, **tuned})
         comps.start("projector", "projector")
@@ -207,6 +237,7 @@ def main() -> None:
             "workers": args.workers,
             "concurrency": args.concurrency or Settings().worker_concurrency,
             "sync_always": args.sync_always,
+            "preload": preloaded,
             **result,
             "bare_loop_tasks_per_s": round(ceiling),
             "ratio_to_bare_loop": round(result["tasks_per_s"] / ceiling, 3),
