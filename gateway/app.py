@@ -68,6 +68,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes_stats.router)
     app.include_router(routes_workers.router)
     app.include_router(metrics.router)
-    app.middleware("http")(metrics.http_metrics_middleware)
+    app.add_middleware(metrics.HttpMetrics)
     app.mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui")
     return app

@@ -8,11 +8,11 @@ HTTP latency and SSE clients are this gateway process's own.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ordo.gateway.auth import Principal, Role, require
 from ordo.infra.metrics import Registry
@@ -42,30 +42,50 @@ _HISTOGRAMS = {
 }
 
 
-def _route_of(request: Request) -> str:
+def _route_of(scope: Scope) -> str:
     """The route template (never the raw path: ids would explode the label set)."""
-    route = request.scope.get("route")
+    route = scope.get("route")
     if route is not None and hasattr(route, "path"):
         return str(route.path)
-    for candidate in request.app.router.routes:
-        match, _ = candidate.matches(request.scope)
+    app = scope.get("app")
+    for candidate in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = candidate.matches(scope)
         if match is Match.FULL and hasattr(candidate, "path"):
             return str(candidate.path)
     return "unmatched"
 
 
-async def http_metrics_middleware(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    start = time.perf_counter()
-    status = 500
-    try:
-        response = await call_next(request)
-        status = response.status_code
-        return response
-    finally:
-        if request.url.path != "/metrics":
-            HTTP_LATENCY.observe(time.perf_counter() - start, request.method, _route_of(request), str(status))
+class HttpMetrics:
+    """The HTTP latency histogram, as plain ASGI middleware (Starlette's BaseHTTPMiddleware costs a
+    task group and a stream per request): time to the response's start, by route and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/metrics":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        observed = False
+
+        def observe(status: int) -> None:
+            nonlocal observed
+            if not observed:
+                observed = True
+                HTTP_LATENCY.observe(
+                    time.perf_counter() - start, scope["method"], _route_of(scope), str(status)
+                )
+
+        async def send_observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                observe(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            observe(500)  # nothing was sent: the error handler outside answers 500
 
 
 def _task_metrics(snapshot: dict[str, Any]) -> str:
