@@ -131,7 +131,13 @@ async def test_flaky_task_shows_two_attempt_bars_and_the_retry_gap(ui: Page, sys
     task_id = await submit(system, {"type": "demo.flaky", "payload": {"fail_times": 1}})
     page = ui.page
     await ui.open(f"/tasks/{task_id}")  # opened while it runs: the chart grows live
-    await page.locator('#task-status .badge[data-status="succeeded"]').wait_for()
+    try:
+        await page.locator('#task-status .badge[data-status="succeeded"]').wait_for()
+    except Exception as exc:  # say whether the task or the page is behind
+        _, history, _ = await system.handler.load(system.settings.tenant, task_id)
+        log = [(e.seq, e.name, e.stored_at.isoformat()) for e in history]
+        api = (await system.http.get(f"/v1/tasks/{task_id}")).json().get("status")
+        raise AssertionError(f"page never showed succeeded; API says {api}; log: {log}") from exc
     await page.locator("svg.gantt .bar-run.o-succeeded").wait_for()
     assert await page.locator("svg.gantt .bar-run").count() >= 2
     assert await page.locator("svg.gantt .bar-run.o-failed").count() == 1

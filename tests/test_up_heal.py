@@ -99,7 +99,10 @@ def _json_pid(path: Path) -> int | None:
 def up(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Up]:
     running = Up(tmp_path, **getattr(request, "param", {}))
     try:
-        _wait(running.ready, READY_TIMEOUT, "ordo up ready")
+        try:
+            _wait(running.ready, READY_TIMEOUT, "ordo up ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; ordo up's log ends with:\n{running.log()[-4000:]}") from exc
         yield running
     finally:
         running.stop()
