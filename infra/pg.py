@@ -125,19 +125,9 @@ class Pool:
         return getattr(self._inner, name)
 
 
-async def _reset(conn: asyncpg.Connection) -> None:
-    """On release to the pool: end a transaction left open. Pooled connections carry no session
-    state (no SET, LISTEN or session-level lock: listeners have their own connection), so asyncpg's
-    default reset, a round trip per release, is not needed."""
-    if conn.is_in_transaction():
-        await conn.execute("ROLLBACK")
-
-
 async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> Pool:
     try:
-        pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, timeout=10, init=_init, reset=_reset
-        )
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10, init=_init)
     except (OSError, asyncpg.PostgresError) as exc:
         raise ReadModelUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
     assert pool is not None
