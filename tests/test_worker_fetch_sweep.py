@@ -13,21 +13,20 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 
-import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from ordo.domain.commands import SubmitTask
 from ordo.domain.priority import band_for
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.ids import new_task_id
 from ordo.infra.settings import Settings
 from ordo.workers import Worker, consumer
 from ordo.workers.demo import registry as demo_registry
 from tests.helpers import eventually
+from tests.test_worker_points import running
+from tests.test_worker_points import submit as submit_task
 
 HIGH, LOW = 1, 8  # priorities of band 0 and band 2
 
@@ -35,16 +34,6 @@ HIGH, LOW = 1, 8  # priorities of band 0 and band 2
 @pytest.fixture
 def queue() -> str:
     return "q" + uuid.uuid4().hex[:10]
-
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        await worker.shutdown()
-        await asyncio.wait_for(task, 30)
 
 
 @contextlib.asynccontextmanager
@@ -58,20 +47,7 @@ async def band_pulls(nc: NATS, settings: Settings, queue: str) -> AsyncIterator[
 
 
 async def submit(handler: CommandHandler, settings: Settings, queue: str, priority: int = 5) -> str:
-    task_id = new_task_id()
-    await handler.execute(
-        settings.tenant,
-        SubmitTask(
-            task_id=task_id,
-            tenant=settings.tenant,
-            queue=queue,
-            task_type="demo.echo",
-            now=datetime.now(UTC),
-            payload=msgspec.Raw(msgspec.json.encode({"n": 1})),
-            priority=priority,
-        ),
-    )
-    return task_id
+    return await submit_task(handler, settings, queue, "demo.echo", {"n": 1}, priority=priority)
 
 
 async def stored_at(handler: CommandHandler, settings: Settings, task_id: str, name: str) -> datetime | None:

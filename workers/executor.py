@@ -129,8 +129,8 @@ class Executor:
         return len(self._running)
 
     async def execute(self, msg: Msg) -> None:
+        seq = _stream_seq(msg)
         try:
-            seq = _stream_seq(msg)
             if seq is None:
                 raise ValueError("not a JetStream message")
             dispatch = read_dispatch(msg.subject, msg.headers, msg.data, seq)
@@ -138,7 +138,6 @@ class Executor:
             # A poison message: terminated (never redelivered), counted, and logged with its
             # stream sequence so it can be inspected; the queue moves on.
             self.stats.poison += 1
-            seq = _stream_seq(msg)
             self._log.error("poison ticket on %s (stream seq %s) terminated: %s", msg.subject, seq, exc)
             await consumer.term(msg, f"ordo: not a dispatch: {exc}")
             return
