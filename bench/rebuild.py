@@ -1,6 +1,6 @@
 """Rebuild throughput: `ordo rebuild` over the log of N tasks with retries, cancels and replays.
 
-    .venv/bin/python -m bench.rebuild [--tasks 20000] [--batch 1000] [--concurrency 16]
+    .venv/bin/python -m bench.rebuild [--tasks 20000] [--batch 1000] [--concurrency 16] [--profile F]
 
 Embedded NATS and PostgreSQL (fsync on) in a temp folder. The tasks are driven through their
 lifecycles (tests/rebuild_workload.py) with a live projector running; once it has caught up, the
@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import asyncpg
 import libfaketime
@@ -38,7 +39,7 @@ from tests.test_rebuild import all_tables, table_hashes
 ROUND = 2000
 
 
-async def main(tasks: int, batch: int, concurrency: int) -> None:
+async def main(tasks: int, batch: int, concurrency: int, profile: Path | None = None) -> None:
     with servers() as srv:
         settings = Settings(
             nats_url=srv.nats.url,
@@ -70,6 +71,9 @@ async def main(tasks: int, batch: int, concurrency: int) -> None:
         _, preload = libfaketime.get_reload_information()
         env = {**os.environ, **settings.to_env(), **preload, "FAKETIME": "+1d", "PYTHONPATH": str(ROOT)}
         cmd = [sys.executable, "-m", "ordo.cli", "rebuild"]
+        if profile is not None:  # py-spy's collapsed stacks of the rebuild (bench.profile_summary)
+            py_spy = str(Path(sys.executable).parent / "py-spy")
+            cmd = [py_spy, "record", "--format", "raw", "--rate", "200", "-o", str(profile), "--", *cmd]
         t1 = time.perf_counter()
         out = await asyncio.to_thread(
             subprocess.run, cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True
@@ -106,5 +110,6 @@ if __name__ == "__main__":
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=16, help="tasks driven at once")
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy output file (collapsed stacks)")
     a = ap.parse_args()
-    asyncio.run(main(a.tasks, a.batch, a.concurrency))
+    asyncio.run(main(a.tasks, a.batch, a.concurrency, a.profile))

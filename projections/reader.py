@@ -1,7 +1,13 @@
 """Reading the event log in sequence order, for the live projector and for a rebuild alike.
 
-An ordered consumer (ephemeral, flow-controlled, no acks) on every family's filter, starting at a
-given sequence: PostgreSQL holds the cursor, so a reader is thrown away and recreated from the
+An ordered consumer (ephemeral, flow-controlled, no acks) over the whole stream, starting at a given
+sequence; messages outside the families read (dispatch copies, families not asked for) are dropped
+here. Not one filter per family: a consumer with several filters (nats-server 2.15) delivered the
+first 800 events of a 10,200-event log with 2,000 tasks' subjects at 250 per second (4 ms each, the
+reader idle), so a rebuild or a restarted projector spent seconds before its first batch; the same
+consumer on the whole stream delivers them in 0.07 s.
+
+PostgreSQL holds the cursor, so a reader is thrown away and recreated from the
 checkpoint after any failure. The in-memory buffer is bounded, so a rebuild of a long log applies
 back-pressure to the server instead of holding the whole log in memory. An event its family cannot
 decode is handed out as an `Undecodable` record, in its place: the runner records it as an event the
@@ -52,21 +58,18 @@ class LogReader:
         self._log = logger or logging.getLogger("ordo.projector")
 
     async def start(self) -> None:
-        filters = [f.filter for f in self._families]
+        families = self._families
 
         async def on_msg(msg: Msg) -> None:
-            await self._queue.put(msg)  # blocks the subscription when full: back-pressure
+            if any(f.matches(msg.subject) for f in families):
+                await self._queue.put(msg)  # blocks the subscription when full: back-pressure
 
         self._sub = await self._nc.jetstream().subscribe(
-            filters[0],
+            ">",
             stream=sj.EVENTS_STREAM,
             cb=on_msg,
             ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=self._start,
-                filter_subjects=filters if len(filters) > 1 else None,
-            ),
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._start),
         )
 
     async def close(self) -> None:
