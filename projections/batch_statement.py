@@ -9,18 +9,28 @@ of projections. The CTEs write disjoint tables, so the order PostgreSQL runs the
 
 A projection applied alone (a rebuild's bisection of a failing batch, tests) runs its `Write` as a
 statement of its own with `execute(conn, [write])`.
+
+Array parameters travel as JSON text: each `$n::T[]` becomes an array built in PostgreSQL from one
+JSON array (`_as_json`). asyncpg encodes an array parameter element by element (≈ 1.1 µs of the
+projector's CPU per element, ≈ 10 µs per task-event row), msgspec encodes the same list as JSON in a
+tenth of that, and the parsing moves to PostgreSQL's process. The SQL stays written with arrays.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import asyncpg
+import msgspec
 
 _PARAM = re.compile(r"\$(\d+)")
+_ARRAY_PARAM = re.compile(r"\$(\d+)::([a-z][a-z ]*)\[\]")
+_json = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True)
@@ -49,11 +59,48 @@ def statement(writes: Sequence[Write]) -> tuple[str, list[Any]]:
     return f"WITH {', '.join(ctes)} SELECT {', '.join(selects) or 'NULL'}", args
 
 
+def _element(value: Any, kind: str) -> Any:
+    """One array element as JSON can carry it for a `::kind` cast of its text."""
+    if value is None:
+        return None
+    if kind == "bytea":
+        return "\\x" + bytes(value).hex()
+    if kind == "double precision" and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if kind == "timestamptz" and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)  # as asyncpg sends a naive one: UTC, whatever the session's zone
+    return value
+
+
+def _as_json(sql: str, args: list[Any]) -> tuple[str, list[Any]]:
+    """`sql` and `args` with every list given for a `$n::T[]` parameter sent as one JSON array."""
+    kinds: dict[int, str] = {}
+    for m in _ARRAY_PARAM.finditer(sql):
+        kinds.setdefault(int(m.group(1)), m.group(2))
+    out = list(args)
+    for n, kind in kinds.items():
+        value = out[n - 1]
+        if not isinstance(value, list):
+            return sql, args  # a parameter used otherwise too: leave the statement as written
+        if kind in ("bytea", "double precision", "timestamptz"):
+            value = [_element(v, kind) for v in value]
+        out[n - 1] = _json.encode(value).decode()
+
+    def array(m: re.Match[str]) -> str:
+        n, kind = m.group(1), m.group(2)
+        return (
+            f"ARRAY(SELECT e.v::{kind} FROM json_array_elements_text(${n}::json)"
+            " WITH ORDINALITY AS e(v, i) ORDER BY e.i)"
+        )
+
+    return _ARRAY_PARAM.sub(array, sql), out
+
+
 async def execute(conn: asyncpg.Connection, writes: Sequence[Write]) -> None:
     """Run `writes` as one statement, then hand each its SELECT value."""
     if not writes:
         return
-    sql, args = statement(writes)
+    sql, args = _as_json(*statement(writes))
     row = await conn.fetchrow(sql, *args)
     values = iter(row.values() if row is not None else ())
     for write in writes:
