@@ -22,13 +22,17 @@ AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 
 
+MAX_DELAY_S = 36_525 * 86_400  # 100 years
+
+
 class SubmitTaskRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     type: TaskType
     payload: msgspec.Raw = msgspec.Raw(b"null")
     queue: Name = "default"
     priority: Priority = DEFAULT_PRIORITY
     run_at: AwareDatetime | None = None
-    delay: Annotated[float, msgspec.Meta(ge=0, le=366 * 86400)] | None = None
+    # Any horizon (timers never age out, infra/nats_conn.py): up to a century ahead.
+    delay: Annotated[float, msgspec.Meta(ge=0, le=MAX_DELAY_S)] | None = None
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
     timeout: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] | None = None
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from tests.conftest import System
+from tests.helpers import eventually
 
 
 async def _last_seq(system: System) -> int:
@@ -32,6 +35,7 @@ BAD_BODIES: list[tuple[str, bytes, int]] = [
         422,
     ),
     ("negative delay", b'{"type": "demo.echo", "delay": -1}', 422),
+    ("delay past a century", b'{"type": "demo.echo", "delay": 3155760001}', 422),
     ("zero max_attempts", b'{"type": "demo.echo", "max_attempts": 0}', 422),
     # Issue 12 part A (audit F1, F5): what PostgreSQL could not store never reaches the log.
     ("invalid utf-8 in payload", b'{"type": "demo.echo", "payload": "\xff\xfe"}', 422),
@@ -96,3 +100,21 @@ async def test_good_submit_is_202_and_readable(gateway_only: System) -> None:
     body = r.json()
     assert body["status"] == "queued"
     assert r.headers["location"] == f"/v1/tasks/{body['id']}"
+
+
+async def test_a_delay_of_400_days_is_accepted_and_scheduled_that_far_ahead(gateway_only: System) -> None:
+    """Any horizon (issue 13): timers never age out, so the API takes delays beyond a year."""
+    before = datetime.now(UTC)
+    r = await gateway_only.http.post("/v1/tasks", json={"type": "demo.echo", "delay": 400 * 86400})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] == "scheduled", body
+    path, seq = f"/v1/tasks/{body['id']}", body["seq"]
+
+    async def read() -> dict[str, Any] | None:
+        got = await gateway_only.http.get(path, params={"min_seq": seq})
+        return None if got.status_code == 503 else dict(got.json())
+
+    task = await eventually(read, timeout=60, what="the task in the read model")
+    run_at = datetime.fromisoformat(task["run_at"])
+    assert before + timedelta(days=400) <= run_at <= datetime.now(UTC) + timedelta(days=400)
