@@ -27,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Hashable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
@@ -42,7 +42,6 @@ log = logging.getLogger("ordo.gateway.live")
 _json = msgspec.json.Encoder()
 _RETRY_MIN_S = 0.2
 _RETRY_MAX_S = 5.0
-K = TypeVar("K", bound=Hashable)
 
 
 class Notifier:
@@ -117,7 +116,7 @@ def frame(entry: dict[str, Any]) -> bytes:
 
 
 class Subscriber:
-    """One stream: its filter, and the frames the hub handed it that its writer has not taken."""
+    """One stream: its filter, and the chunks the hub handed it that its writer has not taken."""
 
     def __init__(
         self,
@@ -130,47 +129,73 @@ class Subscriber:
         self.task_id = task_id
         self.queue = queue
         self.types = types  # None: every type; (): nothing can match
-        self._types = None if types is None else frozenset(types)
-        self._frames: list[bytes] = []
+        self.filter = _Filter(queue, None if types is None else frozenset(types))
+        self._chunks: list[bytes] = []
         self.buffered = 0
         self.cut = False
         self._ready = asyncio.Event()
 
     def matches(self, entry: dict[str, Any]) -> bool:
         """The task is checked by the hub's index; queue and types here."""
-        return (self.queue is None or entry["queue"] == self.queue) and (
-            self._types is None or entry["type"] in self._types
-        )
+        return self.filter.matches(entry)
 
-    def _push(self, frames: list[bytes], limit: int) -> bool:
-        """False when the client is behind: frames not yet taken, and these would pass `limit`.
+    def _push(self, chunk: bytes, limit: int) -> bool:
+        """False when the client is behind: chunks not yet taken, and this one would pass `limit`.
         An empty buffer takes one hand-out of any size (a big commit is not a slow client; the
-        frames are shared with every other stream until taken)."""
-        size = sum(len(f) for f in frames)
-        if self._frames and self.buffered + size > limit:
+        chunk is shared with every other stream of the same filter until taken)."""
+        size = len(chunk)
+        if self._chunks and self.buffered + size > limit:
             return False
-        self._frames += frames
+        self._chunks.append(chunk)
         self.buffered += size
         self._ready.set()
         return True
 
     def _end(self) -> None:
         self.cut = True
-        self._frames.clear()
+        self._chunks.clear()
         self.buffered = 0
         self._ready.set()
 
     async def take(self, timeout: float) -> bytes:
-        """Every frame handed out since the last take, joined for one write; b"" after `timeout`."""
-        if not self._frames and not self.cut:
+        """Every chunk handed out since the last take, joined for one write; b"" after `timeout`."""
+        if not self._chunks and not self.cut:
             self._ready.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._ready.wait()
-        chunk = b"".join(self._frames)
-        self._frames.clear()
+        chunks = self._chunks
+        if len(chunks) == 1:  # the usual case: one hand-out, written as the hub joined it
+            chunk = chunks[0]
+        else:
+            chunk = b"".join(chunks)
+        chunks.clear()
         self.buffered = 0
         return chunk
+
+
+@dataclass(frozen=True)
+class _Filter:
+    """What a stream selects besides tenant and task: equal filters share one hand-out."""
+
+    queue: str | None
+    types: frozenset[str] | None  # None: every type
+
+    def matches(self, entry: dict[str, Any]) -> bool:
+        return (self.queue is None or entry["queue"] == self.queue) and (
+            self.types is None or entry["type"] in self.types
+        )
+
+
+class _Group:
+    """The subscribers of one index key (a tenant, or one task) with one filter: a commit's frames
+    are matched and joined once per group, and every member gets the same bytes."""
+
+    __slots__ = ("filter", "members")
+
+    def __init__(self, flt: _Filter) -> None:
+        self.filter = flt
+        self.members: set[Subscriber] = set()
 
 
 class TailHub:
@@ -189,8 +214,9 @@ class TailHub:
         self._log = logger or log
         self.position = 0
         self._moved = Notifier()  # announces the position (resume points ahead of it wait on it)
-        self._by_tenant: dict[str, set[Subscriber]] = {}
-        self._by_task: dict[tuple[str, str], set[Subscriber]] = {}
+        # index key -> filter -> group: tenant-wide streams by tenant, per-task ones by (tenant, task)
+        self._by_tenant: dict[str, dict[_Filter, _Group]] = {}
+        self._by_task: dict[tuple[str, str], dict[_Filter, _Group]] = {}
         self._stop = asyncio.Event()
         # This hub's own counts (METRICS are process-wide).
         self.tail_queries = 0
@@ -198,7 +224,12 @@ class TailHub:
 
     @property
     def subscribers(self) -> int:
-        return sum(map(len, self._by_tenant.values())) + sum(map(len, self._by_task.values()))
+        return sum(
+            len(g.members)
+            for index in (self._by_tenant, self._by_task)
+            for groups in index.values()
+            for g in groups.values()
+        )
 
     async def start(self) -> None:
         """Begin at the committed position: earlier events reach streams through their catch-up."""
@@ -224,9 +255,10 @@ class TailHub:
     async def shutdown(self) -> None:
         """Stop reading and end every stream (its client resumes elsewhere from its last id)."""
         self._stop.set()
-        for group in (*self._by_tenant.values(), *self._by_task.values()):
-            for sub in group:
-                sub._end()
+        for groups in (*self._by_tenant.values(), *self._by_task.values()):
+            for group in groups.values():
+                for sub in group.members:
+                    sub._end()
         self._by_tenant.clear()
         self._by_task.clear()
 
@@ -301,17 +333,29 @@ class TailHub:
             self._move_to(upto)  # no await since the hand-out: joins see both or neither
 
     def _hand_out(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
-        out: dict[Subscriber, list[bytes]] = {}
+        """Match each row against each group (not each stream) of its tenant and its task, join
+        every group's frames once, then hand each member the group's bytes."""
+        out: dict[_Group, list[bytes]] = {}
+        by_tenant, by_task = self._by_tenant, self._by_task
         for tenant, entry in rows:
             encoded: bytes | None = None
-            for group in (self._by_tenant.get(tenant), self._by_task.get((tenant, entry["task_id"]))):
-                for sub in group or ():
-                    if sub.matches(entry):
+            for groups in (by_tenant.get(tenant), by_task.get((tenant, entry["task_id"]))):
+                if not groups:
+                    continue
+                for flt, group in groups.items():
+                    if flt.matches(entry):
                         if encoded is None:
                             encoded = frame(entry)
-                        out.setdefault(sub, []).append(encoded)
-        for sub, frames in out.items():
-            if not sub._push(frames, self.config.max_buffer_bytes):
+                        frames = out.get(group)
+                        if frames is None:
+                            out[group] = [encoded]
+                        else:
+                            frames.append(encoded)
+        limit = self.config.max_buffer_bytes
+        for group, frames in out.items():
+            chunk = frames[0] if len(frames) == 1 else b"".join(frames)
+            behind = [sub for sub in group.members if not sub._push(chunk, limit)]
+            for sub in behind:
                 self._leave(sub)
                 sub._end()
                 self.cuts += 1
@@ -322,21 +366,32 @@ class TailHub:
         self._moved.notify(self.position)
 
     def _join(self, sub: Subscriber) -> None:
-        if sub.task_id is None:
-            self._by_tenant.setdefault(sub.tenant, set()).add(sub)
-        else:
-            self._by_task.setdefault((sub.tenant, sub.task_id), set()).add(sub)
+        groups = self._groups(sub, create=True)
+        assert groups is not None
+        group = groups.get(sub.filter)
+        if group is None:
+            group = groups[sub.filter] = _Group(sub.filter)
+        group.members.add(sub)
 
     def _leave(self, sub: Subscriber) -> None:
+        groups = self._groups(sub, create=False)
+        group = None if groups is None else groups.get(sub.filter)
+        if groups is None or group is None:
+            return
+        group.members.discard(sub)
+        if not group.members:
+            del groups[sub.filter]
+            if not groups:
+                if sub.task_id is None:
+                    del self._by_tenant[sub.tenant]
+                else:
+                    del self._by_task[(sub.tenant, sub.task_id)]
+
+    def _groups(self, sub: Subscriber, create: bool) -> dict[_Filter, _Group] | None:
         if sub.task_id is None:
-            _discard(self._by_tenant, sub.tenant, sub)
-        else:
-            _discard(self._by_task, (sub.tenant, sub.task_id), sub)
-
-
-def _discard(index: dict[K, set[Subscriber]], key: K, sub: Subscriber) -> None:
-    group = index.get(key)
-    if group is not None:
-        group.discard(sub)
-        if not group:
-            del index[key]
+            if create:
+                return self._by_tenant.setdefault(sub.tenant, {})
+            return self._by_tenant.get(sub.tenant)
+        if create:
+            return self._by_task.setdefault((sub.tenant, sub.task_id), {})
+        return self._by_task.get((sub.tenant, sub.task_id))

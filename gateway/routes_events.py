@@ -7,14 +7,19 @@ then joins the gateway's tail reader (gateway/live.py), which reads each commit 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Header, Query
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Send
 
 from ordo.domain.errors import TaskNotFound
 from ordo.gateway import live
@@ -28,6 +33,7 @@ from ordo.infra import subjects as sj
 from ordo.projections.runner import checkpoint, last_log_seq
 
 router = APIRouter(prefix="/v1", tags=["events"])
+log = logging.getLogger("ordo.gateway.events")
 Svc = Annotated[Services, Depends(services)]
 Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
 live.METRICS.export(http_registry)
@@ -97,15 +103,13 @@ def _types(type_: str | None, status: str | None) -> tuple[str, ...] | None:
 _CUT = b": behind: this stream ends here; reconnect with Last-Event-ID to catch up\r\n\r\n"
 
 
-async def _stream(
-    svc: Services, who: Principal, after: int, flt: StreamFilter
-) -> AsyncIterator[dict[str, Any] | bytes]:
+async def _stream(svc: Services, who: Principal, after: int, flt: StreamFilter) -> AsyncIterator[bytes]:
     checked = time.monotonic()
     SSE_CLIENTS.inc(by=1)
     try:
         # The stream's starting point, as an event and as the reconnection id: a client that opened
         # "from now" and saw no event before a disconnect still resumes exactly where it began.
-        yield {"id": str(after), "event": "position", "data": str(after)}
+        yield b"id: %d\r\nevent: position\r\ndata: %d\r\n\r\n" % (after, after)
         sub = live.Subscriber(who.tenant, task_id=flt.task_id, queue=flt.queue, types=flt.types)
         async with contextlib.aclosing(svc.hub.follow(sub, after)) as frames:
             async for chunk in frames:
@@ -122,9 +126,93 @@ async def _stream(
         svc.limits.release_stream(who.key_id)
 
 
-def _response(svc: Services, who: Principal, start: int, flt: StreamFilter) -> EventSourceResponse:
+class _SendGuard:
+    """The send timeout of one response without a timer per send: `since` is when the send in
+    progress began (None between sends). One timer runs per `timeout` at most: when it fires it
+    cancels `scope` if the current send is older than `timeout`, else waits for that send's
+    deadline, or stops until the next send when none is in progress."""
+
+    def __init__(self, timeout: float | None, scope: anyio.CancelScope) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._scope = scope
+        self._timer: asyncio.TimerHandle | None = None
+        self.since: float | None = None
+        self.fired = False
+
+    def start(self) -> None:
+        self.since = now = self._loop.time()
+        if self._timer is None and self._timeout is not None:
+            self._timer = self._loop.call_at(now + self._timeout, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.since is None or self._timeout is None:
+            return
+        due = self.since + self._timeout
+        if self._loop.time() >= due:
+            self.fired = True
+            self._scope.cancel()
+        else:
+            self._timer = self._loop.call_at(due, self._check)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class StreamResponse(EventSourceResponse):
+    """sse-starlette's response for a body of ready SSE bytes (the hub encodes each frame once and
+    joins a commit's frames per filter): each chunk is sent as it is, in one ASGI send, with no
+    per-chunk encoding, logging or timer. The send timeout still holds (`_SendGuard`: a stalled
+    send ends the response with SendTimeoutError, as sse-starlette's does); pings, disconnect
+    handling and shutdown are sse-starlette's own."""
+
+    async def _stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        self._response_started = True
+        with anyio.CancelScope() as scope:
+            guard = _SendGuard(self.send_timeout, scope)
+            try:
+                async for chunk in self.body_iterator:
+                    guard.start()
+                    try:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    except BaseException:
+                        self._send_interrupted = True
+                        await self._close_body()
+                        raise
+                    guard.since = None
+            finally:
+                guard.close()
+        if guard.fired:
+            raise SendTimeoutError()
+        async with self._send_lock:  # as sse-starlette: `active` flips after the closing send
+            try:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except BaseException:
+                self._send_interrupted = True
+                raise
+            self._response_complete = True
+            self.active = False
+
+    async def _close_body(self) -> None:
+        """Run the body's cleanup (the stream's `finally`) before the error escapes, shielded and
+        bounded as sse-starlette does."""
+        aclose = getattr(self.body_iterator, "aclose", None)
+        if aclose is None:
+            return
+        with anyio.move_on_after(self._cleanup_timeout, shield=True):
+            try:
+                await aclose()
+            except Exception:
+                log.exception("closing an SSE stream after a failed send")
+
+
+def _response(svc: Services, who: Principal, start: int, flt: StreamFilter) -> StreamResponse:
     svc.limits.acquire_stream(who.key_id)  # the cap is per API key (none with auth off)
-    return EventSourceResponse(
+    return StreamResponse(
         _stream(svc, who, start, flt),
         ping=int(max(1, svc.settings.sse_ping_s)),
         send_timeout=svc.settings.sse_send_timeout_s,
@@ -146,7 +234,7 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/events/stream", response_class=EventSourceResponse, responses=_SSE_DOC)
+@router.get("/events/stream", response_class=StreamResponse, responses=_SSE_DOC)
 async def events_stream(
     svc: Svc,
     who: Viewer,
@@ -156,7 +244,7 @@ async def events_stream(
     status: EventTypes = None,
     after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> EventSourceResponse:
+) -> StreamResponse:
     """Task events of the caller's tenant as SSE, `id:` = log sequence, filtered server-side by
     task, queue, event type(s) and status(es) entered. Without a resume point: from now on."""
     if task_id is not None:
@@ -169,13 +257,13 @@ async def events_stream(
     return _response(svc, who, start, flt)
 
 
-@router.get("/tasks/{task_id}/stream", response_class=EventSourceResponse, responses=_SSE_DOC)
+@router.get("/tasks/{task_id}/stream", response_class=StreamResponse, responses=_SSE_DOC)
 async def task_stream(
     task_id: str,
     svc: Svc,
     who: Viewer,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> EventSourceResponse:
+) -> StreamResponse:
     """One task's events as SSE, from its first event unless resumed."""
     await _known_task(svc, who, task_id)
     start = _resume_point(last_event_id, None) or 0
