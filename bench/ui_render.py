@@ -1,7 +1,13 @@
 """UI render benchmark: 100,000 tasks in the store and one task with 500 events, measured in a real
 headless Chromium (Debian's `chromium`, never a downloaded browser).
 
-Run: `.venv/bin/python bench/ui_render.py [--tasks 100000] [--events 500]`
+Run: `.venv/bin/python bench/ui_render.py [--tasks 100000] [--events 500] [--seed api|sql]`
+
+With `--seed sql` (e.g. `--tasks 1000000 --seed sql`) the tasks are written straight into the read
+model's tables (bench/read_1m.py `seed_sql`: a realistic mix, one `submitted` event each) before the
+projector starts, not into the log: only the 500-event task goes through the API. The seeded rows
+take the sequences -N..-1, which no log event has and no "events after N" read (SSE) returns. It
+measures the read side at sizes the HTTP seeding cannot reach.
 
 It starts an embedded nats-server and PostgreSQL in a temporary folder, a projector and a gateway
 in this process (no worker, so tasks stay put), submits the tasks with `POST /v1/tasks:batch`, gives
@@ -34,8 +40,10 @@ from ordo.embedded.postgres import EmbeddedPostgres, PostgresConfig  # noqa: E40
 from ordo.embedded.processes import free_port  # noqa: E402
 from ordo.gateway.app import create_app  # noqa: E402
 from ordo.infra.nats_conn import connect, provision  # noqa: E402
+from ordo.infra.pg import connect as pg_connect  # noqa: E402
 from ordo.infra.settings import Settings  # noqa: E402
 from ordo.projections.runner import ProjectionRunner  # noqa: E402
+from ordo.projections.schema import migrate  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -77,6 +85,18 @@ async def seed(http: httpx.AsyncClient, n_tasks: int, n_events: int) -> tuple[st
             r.raise_for_status()
             done, last_seq = done + 1, r.json()["seq"]
     return task_id, last_seq, time.perf_counter() - t0
+
+
+async def seed_tables(settings: Settings, n_tasks: int) -> float:
+    """`n_tasks` tasks in the read model (SQL, sequences -n_tasks..-1); before the projector starts."""
+    from bench.read_1m import seed_sql
+
+    conn = await pg_connect(settings.database_url)
+    try:
+        await migrate(conn)
+        return (await seed_sql(conn, settings.tenant, n_tasks, first_seq=-n_tasks)).seconds
+    finally:
+        await conn.close()
 
 
 async def measure(base: str, task_id: str, last_seq: int, n_events: int) -> dict[str, float]:
@@ -157,6 +177,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=500)
+    parser.add_argument("--seed", choices=("api", "sql"), default="api", help="how the tasks get in")
     parser.add_argument("--verbose", action="store_true", help="print resource timings")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ordo-ui-bench-"))
@@ -168,6 +189,7 @@ async def main() -> None:
         settings = Settings(nats_url=nats.url, database_url=pg.url, tenant="bench" + uuid.uuid4().hex[:6])
         nc = await connect(settings, name="ordo-ui-bench")
         await provision(nc, settings)
+        sql_seed_s = await seed_tables(settings, args.tasks) if args.seed == "sql" else 0.0
         projector = ProjectionRunner(nc, settings.database_url)
         proj = asyncio.create_task(projector.run())
         port = free_port()
@@ -191,7 +213,9 @@ async def main() -> None:
                     return False
 
             await _until(ready, 120, "gateway ready")
-            task_id, last_seq, seed_s = await seed(http, args.tasks, args.events)
+            api_tasks = args.tasks if args.seed == "api" else 0
+            task_id, last_seq, seed_s = await seed(http, api_tasks, args.events)
+            seed_s += sql_seed_s
 
             async def caught_up() -> bool:
                 r = await http.get(f"/v1/tasks/{task_id}/events")
@@ -207,8 +231,10 @@ async def main() -> None:
             json.dumps(
                 {
                     "tasks": args.tasks,
+                    "seed": args.seed,
                     "events_on_one_task": args.events,
                     "seed_s": round(seed_s, 1),
+                    "sql_seed_s": round(sql_seed_s, 1),
                     **{k: round(v, 1) for k, v in figures.items()},
                 }
             )
