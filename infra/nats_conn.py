@@ -23,6 +23,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from ordo.infra import subjects as sj
+from ordo.infra.raw_client import RawClient
 from ordo.infra.settings import Settings
 
 MIN_SERVER = (2, 14)
@@ -91,11 +92,12 @@ async def connect(settings: Settings, name: str) -> NATS:
     an outage wait in the client's buffer and fail on their own timeouts.
     """
     outages = ConnectionLog(name)
-    nc = await nats.connect(
+    nc = RawClient()  # nats-py's client; the projector's log reader takes its messages unparsed
+    await nc.connect(
         servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()],
         name=name,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py takes seconds as a float
         connect_timeout=5,
         allow_reconnect=True,
         user=settings.nats_user or None,

@@ -1,32 +1,33 @@
 """Reading the event log in sequence order, for the live projector and for a rebuild alike.
 
-An ordered consumer (ephemeral, flow-controlled, no acks) over the whole stream, starting at a given
-sequence; messages outside the families read (dispatch copies, families not asked for) are dropped
-here. Not one filter per family: a consumer with several filters (nats-server 2.15) delivered the
-first 800 events of a 10,200-event log with 2,000 tasks' subjects at 250 per second (4 ms each, the
-reader idle), so a rebuild or a restarted projector spent seconds before its first batch; the same
-consumer on the whole stream delivers them in 0.07 s.
+Ordo's own ordered consumer (projections/log_feed.py: ephemeral, flow-controlled, no acks, messages
+handed over unparsed) over the whole stream, starting at a given sequence; messages outside the
+families read (dispatch copies, families not asked for) are dropped here. Not one filter per family:
+a consumer with several filters (nats-server 2.15) delivered the first 800 events of a 10,200-event
+log with 2,000 tasks' subjects at 250 per second (4 ms each, the reader idle), so a rebuild or a
+restarted projector spent seconds before its first batch; the same consumer on the whole stream
+delivers them in 0.07 s.
 
-PostgreSQL holds the cursor, so a reader is thrown away and recreated from the
-checkpoint after any failure. The in-memory buffer is bounded, so a rebuild of a long log applies
-back-pressure to the server instead of holding the whole log in memory. An event its family cannot
-decode is handed out as an `Undecodable` record, in its place: the runner records it as an event the
-family's projections could not apply (DESIGN Revision 2) and carries on.
+PostgreSQL holds the cursor, so a reader is thrown away and recreated from the checkpoint after any
+failure. Memory is bounded by the server's flow-control window: the feed answers a flow-control
+request only when the reader has taken what came before it. An event its family cannot decode is
+handed out as an `Undecodable` record, in its place: the runner records it as an event the family's
+projections could not apply (DESIGN Revision 2) and carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ordo.infra import subjects as sj
+from ordo.infra.raw_client import RawClient
+from ordo.projections.log_feed import Entry, LogFeed, parse_headers
 from ordo.projections.poison import Undecodable
 from ordo.projections.registry import Family
 
@@ -49,33 +50,19 @@ class LogReader:
         buffer: int = 4000,
         logger: logging.Logger | None = None,
     ) -> None:
-        self._nc = nc
+        if not isinstance(nc, RawClient):
+            raise TypeError("the log reader needs the client of ordo.infra.nats_conn.connect")
         self._families = tuple(families)
-        self._start = max(1, start_seq)
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=buffer)
-        self._held: Record | None = None
-        self._sub: Subscription | None = None
         self._log = logger or logging.getLogger("ordo.projector")
+        # `buffer` is kept for callers; the bound is the server's flow-control window.
+        self._feed = LogFeed(nc, sj.EVENTS_STREAM, max(1, start_seq), logger=self._log)
+        self._held: Record | None = None
 
     async def start(self) -> None:
-        families = self._families
-
-        async def on_msg(msg: Msg) -> None:
-            if any(f.matches(msg.subject) for f in families):
-                await self._queue.put(msg)  # blocks the subscription when full: back-pressure
-
-        self._sub = await self._nc.jetstream().subscribe(
-            ">",
-            stream=sj.EVENTS_STREAM,
-            cb=on_msg,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._start),
-        )
+        await self._feed.start()
 
     async def close(self) -> None:
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            await sub.unsubscribe()
+        await self._feed.close()
 
     async def batch(
         self,
@@ -91,37 +78,39 @@ class LogReader:
         batch is cut short (a rebuild wants full batches; the live projector wants latency).
         """
         out: list[Record] = []
-        first = await self._first(wait)
-        if first is None:
-            return out
-        record = first
-        while True:
+        record = await self._first(wait)
+        while record is not None:
             if upto is not None and record[1].seq > upto:
                 self._held = record
                 break
             out.append(record)
             if len(out) >= max_size:
                 break
-            msg = await self._next(linger_s)
-            if msg is None:
-                break
-            record = self._decode(msg)
+            record = await self._next(linger_s)
         return out
 
-    async def _next(self, linger_s: float) -> Msg | None:
-        """The next buffered message, waiting up to `linger_s` for one; None when none came."""
-        if not self._queue.empty():
-            return self._queue.get_nowait()
-        if linger_s <= 0:
-            return None
-        try:
-            return await asyncio.wait_for(self._queue.get(), linger_s)
-        except TimeoutError:
-            return None
+    async def _take(self) -> Record | None:
+        """The next record of a family read, from what has arrived; None when nothing is left."""
+        while (entry := await self._feed.take()) is not None:
+            record = self._decode(entry)
+            if record is not None:
+                return record
+        return None
+
+    async def _next(self, linger_s: float) -> Record | None:
+        """The next record, waiting up to `linger_s` for one; None when none came."""
+        record = await self._take()
+        if record is not None or linger_s <= 0:
+            return record
+        deadline = time.monotonic() + linger_s
+        while (left := deadline - time.monotonic()) > 0:
+            if await self._feed.arrival(left) and (record := await self._take()) is not None:
+                return record
+        return None
 
     def buffered(self) -> int:
         """Messages received and not yet handed out (how far behind the reader's consumer is)."""
-        return self._queue.qsize()
+        return len(self._feed)
 
     def past(self, seq: int) -> bool:
         """True when the reader holds a record beyond `seq` (everything up to `seq` was handed out)."""
@@ -131,26 +120,37 @@ class LogReader:
         if self._held is not None:
             held, self._held = self._held, None
             return held
-        if wait is None:
-            return self._decode(await self._queue.get())
-        stop = asyncio.ensure_future(wait.wait())
-        get = asyncio.ensure_future(self._queue.get())
-        done, _ = await asyncio.wait({stop, get}, return_when=asyncio.FIRST_COMPLETED)
-        if get not in done:
-            get.cancel()
-            return None
-        stop.cancel()
-        return self._decode(get.result())
+        while True:
+            record = await self._take()
+            if record is not None:
+                return record
+            if wait is not None and wait.is_set():
+                return None
+            if wait is None:
+                await self._feed.arrival(_POLL_S)
+                continue
+            stop = asyncio.ensure_future(wait.wait())
+            arrived = asyncio.ensure_future(self._feed.arrival(_POLL_S))
+            done, _ = await asyncio.wait({stop, arrived}, return_when=asyncio.FIRST_COMPLETED)
+            for fut in (stop, arrived):
+                if fut not in done:
+                    fut.cancel()
+            if stop in done and not self._feed:
+                return None
 
-    def _decode(self, msg: Msg) -> Record:
-        meta = msg.metadata
-        seq = meta.sequence.stream
-        family = next((f for f in self._families if f.matches(msg.subject)), self._families[0])
+    def _decode(self, entry: Entry) -> Record | None:
+        subject = entry.subject
+        family = next((f for f in self._families if f.matches(subject)), None)
+        if family is None:
+            return None  # a dispatch copy, or a family not read here
         try:
-            return family.name, family.decode(
-                msg.subject, msg.data, dict(msg.headers or {}), seq, meta.timestamp
-            )
+            headers = parse_headers(entry.headers) if entry.headers else {}
+            return family.name, family.decode(subject, entry.data, headers, entry.seq, entry.stored_at)
         except Exception as exc:  # noqa: BLE001 - whatever the bytes are, the record says so
-            self._log.error("undecodable event at seq %s on %s: %s", seq, msg.subject, exc)
+            self._log.error("undecodable event at seq %s on %s: %s", entry.seq, subject, exc)
             error = f"cannot decode: {type(exc).__name__}: {exc}"
-            return family.name, Undecodable(seq, msg.subject, error, meta.timestamp)
+            return family.name, Undecodable(entry.seq, subject, error, entry.stored_at)
+
+
+# How long one wait for the log lasts before the feed checks its consumer's heartbeats.
+_POLL_S = 1.0
