@@ -77,7 +77,7 @@ class HubConfig:
     tail_page: int = 2000  # rows per tail query (a bigger commit is read in several)
     catch_up_page: int = 500  # rows per catch-up query of one stream
     max_buffer_bytes: int = 1 << 20  # frames waiting for one client; past this it is cut
-    idle_s: float = 5.0  # no NOTIFY for this long: re-read the checkpoint; streams wake to check keys
+    idle_s: float = 5.0  # no NOTIFY for this long: re-read the checkpoint; idle streams wake (keys)
 
     def __post_init__(self) -> None:
         if min(self.tail_page, self.catch_up_page, self.max_buffer_bytes) < 1 or self.idle_s <= 0:
@@ -157,13 +157,12 @@ class Subscriber:
         self.buffered = 0
         self._ready.set()
 
-    async def take(self, timeout: float) -> bytes:
-        """Every chunk handed out since the last take, joined for one write; b"" after `timeout`."""
+    async def take(self) -> bytes:
+        """Every chunk handed out since the last take, joined for one write; b"" when the hub's
+        idle tick (`TailHub._ticks`) woke it with nothing."""
         if not self._chunks and not self.cut:
             self._ready.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._ready.wait()
+            await self._ready.wait()
         chunks = self._chunks
         if len(chunks) == 1:  # the usual case: one hand-out, written as the hub joined it
             chunk = chunks[0]
@@ -172,6 +171,9 @@ class Subscriber:
         chunks.clear()
         self.buffered = 0
         return chunk
+
+    def _wake(self) -> None:
+        self._ready.set()
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,14 @@ class TailHub:
 
     async def run(self) -> None:
         """Read and hand out every commit until `shutdown()`; PostgreSQL away only pauses it."""
+        ticks = asyncio.create_task(self._ticks(), name="sse-idle-ticks")
+        try:
+            await self._read_loop()
+        finally:
+            ticks.cancel()
+            await asyncio.gather(ticks, return_exceptions=True)
+
+    async def _read_loop(self) -> None:
         pause = _RETRY_MIN_S
         while not self._stop.is_set():
             try:
@@ -264,7 +274,7 @@ class TailHub:
 
     async def follow(self, sub: Subscriber, after: int) -> AsyncGenerator[bytes, None]:
         """`sub`'s frames after log sequence `after`, a chunk per write: caught up from the read
-        model, then live. Yields b"" when idle for `idle_s` (the caller may re-check its key); ends
+        model, then live. Yields b"" when idle, every `idle_s` or so (the caller may re-check its key); ends
         when `sub` is cut (a slow client) or the hub shuts down."""
         try:
             while self.position < after:  # the resume point is ahead of this gateway's view
@@ -294,12 +304,25 @@ class TailHub:
                 if sub.cut or len(page) < self.config.catch_up_page:
                     break
             while not sub.cut:
-                chunk = await sub.take(self.config.idle_s)
+                chunk = await sub.take()
                 if sub.cut:
                     return
                 yield chunk
         finally:
             self._leave(sub)
+
+    async def _ticks(self) -> None:
+        """Every `idle_s`: wake the streams with nothing to write, so that each yields b"" (its
+        caller re-checks its key). One timer per hub instead of one per stream and write."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.config.idle_s)
+            for index in (self._by_tenant, self._by_task):
+                for groups in index.values():
+                    for group in groups.values():
+                        for sub in group.members:
+                            if not sub._chunks:
+                                sub._wake()
 
     async def _next_target(self) -> int:
         """The sequence to read up to: the newest notified commit, or, after `idle_s` without one,
