@@ -13,7 +13,7 @@ import functools
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -58,8 +58,9 @@ class Runnable:
     snapshot: bytes | None = None
 
 
-@dataclass(frozen=True)
-class StoredEvent:
+class StoredEvent(msgspec.Struct, frozen=True):
+    """An event as the log holds it (a msgspec struct: the projector builds one per event read)."""
+
     seq: int
     subject: str
     tenant: str
@@ -68,7 +69,7 @@ class StoredEvent:
     name: str
     event: TaskEvent
     stored_at: datetime
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

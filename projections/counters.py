@@ -17,7 +17,7 @@ from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
 from ordo.infra.metrics import DEFAULT_BUCKETS
 from ordo.projections.batch_statement import Write, run
-from ordo.projections.memory import Memory, first_events
+from ordo.projections.memory import Memory, copy_slots, first_events
 
 NAME = "counters"
 DDL = """
@@ -64,6 +64,7 @@ def _bucket(seconds: float) -> int:
 
 class _Mark:
     __slots__ = ("queue", "type", "runnable_at", "started_at")
+    __copy__ = copy_slots
 
     def __init__(self, queue: str, task_type: str, runnable_at: datetime | None, started_at: datetime | None):
         self.queue, self.type = queue, task_type

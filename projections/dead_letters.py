@@ -19,7 +19,7 @@ from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors
 from ordo.projections.batch_statement import Write, run
-from ordo.projections.memory import Memory, fetch_tasks, presumed_new, sort_tasks
+from ordo.projections.memory import Memory, copy_fields, fetch_tasks, presumed_new, sort_tasks
 
 NAME = "dead_letters"
 
@@ -62,6 +62,7 @@ class _Task:
     last_seq: int = 0
     # What this batch does to the dead-letter row: None = nothing, "dead" = (re)insert, "gone" = delete.
     change: str | None = None
+    __copy__ = copy_fields
     reason: str = ""
     dead_at: datetime | None = None
     dead_seq: int = 0

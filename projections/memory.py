@@ -187,3 +187,20 @@ async def fetch_tasks(
             [k[1] for k in keys],
         )
     )
+
+
+def copy_slots(value: Any) -> Any:
+    """A shallow copy of an object with `__slots__` (copy.copy's generic path is ~10 times slower):
+    set as `__copy__` on the classes a projection remembers."""
+    cls = type(value)
+    out = object.__new__(cls)
+    for name in cls.__slots__:
+        object.__setattr__(out, name, getattr(value, name))
+    return out
+
+
+def copy_fields(value: Any) -> Any:
+    """`copy_slots` for a plain (non-slots) class or dataclass."""
+    out = object.__new__(type(value))
+    out.__dict__.update(value.__dict__)
+    return out

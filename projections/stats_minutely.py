@@ -20,7 +20,7 @@ import asyncpg
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
 from ordo.projections.batch_statement import Write, run
-from ordo.projections.memory import Memory, fetch_tasks, presumed_new, sort_tasks
+from ordo.projections.memory import Memory, copy_fields, fetch_tasks, presumed_new, sort_tasks
 
 NAME = "stats_minutely"
 
@@ -86,6 +86,7 @@ class _Task:
     type: str
     attempt_started_at: datetime | None
     last_seq: int
+    __copy__ = copy_fields
 
 
 @dataclass

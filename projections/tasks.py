@@ -14,7 +14,7 @@ from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors, poison
 from ordo.projections.batch_statement import Write, run
 from ordo.projections.json_text import json_text
-from ordo.projections.memory import Memory, fetch_tasks, presumed_new, sort_tasks
+from ordo.projections.memory import Memory, copy_slots, fetch_tasks, presumed_new, sort_tasks
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -92,6 +92,7 @@ tasks_known AS (
 
 class _Row:
     __slots__ = ("state", "created_at", "updated_at", "started_at", "finished_at", "last_seq")
+    __copy__ = copy_slots
 
     def __init__(self, state: TaskState, created_at: datetime | None = None) -> None:
         self.state = state
