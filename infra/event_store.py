@@ -26,6 +26,7 @@ from ordo.domain.events import SCHEMA_VERSION, Event, TaskEvent, decode_event, e
 from ordo.infra import subjects as sj
 from ordo.infra import telemetry
 from ordo.infra.dispatch import with_snapshot
+from ordo.infra.raw_client import RawClient
 
 WRONG_LAST_SEQUENCE = 10071
 # A retried atomic batch whose first try did land (its reply was lost): its Nats-Msg-Ids are known.
@@ -218,6 +219,8 @@ class EventStore:
         raise AssertionError("unreachable")
 
     async def _publish_one(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
+        if isinstance(self._nc, RawClient):
+            return _stored_seq(await self._nc.request_data(subject, data, headers, self._timeout))
         reply = await self._nc.request(subject, data, headers=headers, timeout=self._timeout)
         return _stored_seq(reply.data)
 

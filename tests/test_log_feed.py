@@ -4,15 +4,17 @@ It must hand out every message from its start in stream order, exactly once, acr
 (a log far larger than one flow-control window), a consumer lost under it (deleted on the server:
 the feed hears nothing more and starts a new one after the last entry it queued) and a gap in the
 consumer's sequence. A raw subscription is the client's only change: other subscriptions are
-nats-py's as before.
+nats-py's as before; `request_data` answers and fails as `request` does.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from ordo.infra import subjects as sj
 from ordo.infra.raw_client import RawClient
@@ -127,3 +129,24 @@ async def test_other_subscriptions_of_the_client_are_unchanged(nc: NATS) -> None
 def test_a_plain_nats_py_client_is_refused() -> None:
     with pytest.raises(TypeError):
         LogFeed(NATS(), sj.EVENTS_STREAM, 1)  # type: ignore[arg-type]
+
+
+async def test_request_data_answers_with_the_payload_and_raises_like_request(nc: NATS) -> None:
+    assert isinstance(nc, RawClient)
+
+    async def echo(msg: Msg) -> None:
+        await msg.respond(b"got " + msg.data + b" " + (msg.headers or {}).get("K", "").encode())
+
+    service = await nc.subscribe("ordo.test.echo", cb=echo)
+    replies = await asyncio.gather(
+        *(nc.request_data("ordo.test.echo", b"%d" % i, {"K": "v"}) for i in range(50))
+    )
+    assert replies == [b"got %d v" % i for i in range(50)]
+    with pytest.raises(nats.errors.NoRespondersError):
+        await nc.request_data("ordo.test.nobody", b"x", timeout=5)
+    silent = await nc.subscribe("ordo.test.silent")
+    with pytest.raises(nats.errors.TimeoutError):
+        await nc.request_data("ordo.test.silent", b"x", timeout=0.2)
+    assert not nc._replies  # nothing left waiting
+    await service.unsubscribe()
+    await silent.unsubscribe()
