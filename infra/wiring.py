@@ -24,9 +24,7 @@ def command_handler(nc: NATS, settings: Settings) -> CommandHandler:
     return CommandHandler(EventStore(nc), timers)
 
 
-def schedule_handler(
-    nc: NATS, tasks: CommandHandler, settings: Settings | None = None
-) -> ScheduleHandler:
+def schedule_handler(nc: NATS, tasks: CommandHandler, settings: Settings | None = None) -> ScheduleHandler:
     """The schedule handler on top of `tasks`; its timers take the task timers' lead and retention.
 
     Without settings the task defaults (attempts, timeout) are the built-in ones."""
