@@ -11,6 +11,11 @@ After the load the clients get `--drain` seconds to catch up; what has not arriv
 as missing (a 2-core machine may not keep up: lower --global-clients / --task-clients and say so).
 `gateway` reports the gateway's own read-model work from its /metrics over the same span: tail
 queries (one per projector commit at most, whatever the number of streams), catch-up pages, cuts.
+Exactness: each client's sequences after the start must equal its filtered log (every event once, in
+order): `exact_clients`, `inexact_clients`, `duplicates`. Per event, `first_after_commit_ms` is its
+first delivery to any global client after the commit (the tail read's part) and `first_to_last_ms`
+the time to its last global delivery (the fan-out's part). Reads are stamped on arrival and kept raw
+during the load (bench/sse.py); parsing waits until after it.
 `processes` includes `clients`, this benchmark's own process (it submits and reads every stream: its
 CPU shows when the measuring side itself is short of CPU). `--profile DIR` runs py-spy on the gateway
 and on this process and writes DIR/<name>.txt plus a DIR/<name>.summary of each.
