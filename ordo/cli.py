@@ -93,8 +93,10 @@ def _run_gateway(settings: Settings, host: str, port: int) -> None:
 
     from ordo.gateway.app import create_app
 
+    app = create_app(settings)
+    event_loop.tune_gc()  # uvicorn runs its own loop: the tuning applies to it all the same
     uvicorn.run(
-        create_app(settings), host=host, port=port, log_level="info", access_log=False,
+        app, host=host, port=port, log_level="info", access_log=False,
         # Trusted proxies' X-Forwarded-Proto makes the session cookie Secure behind TLS.
         proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
     )  # fmt: skip
