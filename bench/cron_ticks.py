@@ -64,6 +64,15 @@ def _spawn(env: dict[str, str], tmp: Path) -> list[subprocess.Popen[bytes]]:
     return procs
 
 
+def _spawn(env: dict[str, str], tmp: Path) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for cmd in ("scheduler", "worker"):
+        log = open(tmp / f"{cmd}.log", "ab")  # noqa: SIM115 - lives as long as the child
+        argv = [sys.executable, "-m", "ordo.cli", cmd]
+        procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=log))
+    return procs
+
+
 async def run(ticks: int) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="ordo-cron-"))
     server = EmbeddedNats(NatsServerConfig(data_dir=tmp / "nats"))
@@ -74,13 +83,7 @@ async def run(ticks: int) -> dict[str, object]:
     nc = await connect(settings, name="bench-cron")
     try:
         await provision(nc, settings)
-        for cmd in ("scheduler", "worker"):
-            log = open(tmp / f"{cmd}.log", "ab")  # noqa: SIM115 - lives as long as the child
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "ordo.cli", cmd], cwd=REPO, env=env, stdout=log, stderr=log
-                )
-            )
+        procs = _spawn(env, tmp)
         await asyncio.sleep(2.0)  # let the children connect and create their consumers
         schedules = schedule_handler(nc, command_handler(nc, settings), settings)
         sid = new_task_id()
