@@ -66,7 +66,7 @@ def _pct(values: list[float], p: float) -> float:
 
 
 async def run(
-    n: int, ahead_s: float, spread_s: float, delay_only: bool, concurrency: int
+    n: int, ahead_s: float, spread_s: float, delay_only: bool, concurrency: int | None
 ) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="ordo-w3-"))
     server = EmbeddedNats(NatsServerConfig(data_dir=tmp / "nats"))
@@ -76,7 +76,8 @@ async def run(
         **os.environ,
         **settings.to_env(),
         "ORDO_LOG_LEVEL": "WARNING",
-        "ORDO_WORKER_CONCURRENCY": str(concurrency),
+        # The worker's concurrency is what a user gets unless --concurrency says otherwise.
+        **({"ORDO_WORKER_CONCURRENCY": str(concurrency)} if concurrency else {}),
     }
     procs: list[subprocess.Popen[bytes]] = []
     nc = await connect(settings, name="bench")
@@ -147,7 +148,7 @@ async def run(
             "early": sum(1 for x in start_late if x < 0),
             "start_lateness_ms": _summary(start_late),
             "enqueue_lateness_ms": _summary(enq_late),
-            "worker_concurrency": concurrency,
+            "worker_concurrency": concurrency or settings.worker_concurrency,
         }  # fmt: skip
     finally:
         for p in procs:
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=None)
     ap.add_argument("--ahead", type=float, default=None, help="seconds ahead (run_at) / delay")
     ap.add_argument("--spread", type=float, default=1.0)
-    ap.add_argument("--concurrency", type=int, default=64, help="worker concurrency")
+    ap.add_argument("--concurrency", type=int, default=None, help="worker concurrency (default: a user's)")
     a = ap.parse_args(argv)
     n = a.tasks or (500 if a.delay_only else 2000)
     ahead = a.ahead or (3.0 if a.delay_only else 5.0)
