@@ -17,6 +17,20 @@ export class HttpError extends Error {
   }
 }
 
+/**
+ * `{ok, status, text}` of the `GET path` that index.html's start-up script sent before the modules
+ * loaded (each taken once), or null. Callers ask again unless `ok`: a failed or refused start-up
+ * request never stands for a later call.
+ */
+export async function takeStarted(path) {
+  return (await window.ordoBoot?.take(path)) ?? null;
+}
+
+/** Forget the start-up responses not taken yet (signed out: none may stand for a later call). */
+export function dropStarted() {
+  window.ordoBoot?.drop();
+}
+
 /** Call the API; JSON in and out. 401 raises and tells the app to show the sign-in form. */
 export async function api(method, path, body, { signal } = {}) {
   const init = { method, credentials: "same-origin", headers: { accept: "application/json" }, signal };
@@ -24,8 +38,10 @@ export async function api(method, path, body, { signal } = {}) {
     init.headers["content-type"] = "application/json";
     init.body = typeof body === "string" ? body : JSON.stringify(body);
   }
-  const r = await fetch(path, init);
-  const text = await r.text();
+  // The page's start-up script may have this GET on its way already (index.html): one request, not two.
+  const started = method === "GET" ? await takeStarted(path) : null;
+  const r = started?.ok ? started : await fetch(path, init);
+  const text = started?.ok ? started.text : await r.text();
   let data = null;
   if (text) {
     try { data = JSON.parse(text); } catch { data = { detail: text }; }

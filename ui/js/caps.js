@@ -1,6 +1,8 @@
 // What this gateway offers, read once from its OpenAPI document: panels whose routes are missing are
 // hidden or say "not available" without probing (a probe would log a 404 in the browser console).
 
+import { takeStarted } from "./api.js";
+
 let routes = null;
 
 function toRegex(template) {
@@ -8,12 +10,29 @@ function toRegex(template) {
   return new RegExp(`^${re}$`);
 }
 
+let loading = null;
+
 /** Load the route table; on failure every route counts as available (errors then surface normally). */
-export async function loadCaps() {
+export function loadCaps() {
+  loading = read();
+  return loading;
+}
+
+/** Resolves once the route table being loaded is in (at once when none is). Until then `has` says yes. */
+export function capsLoaded() {
+  return loading ?? Promise.resolve();
+}
+
+async function read() {
   try {
-    const r = await fetch("/openapi.json", { credentials: "same-origin" });
-    if (!r.ok) return;
-    const doc = await r.json();
+    const started = await takeStarted("/openapi.json"); // sent with the list's first page at start-up (index.html)
+    let doc;
+    if (started?.ok) doc = JSON.parse(started.text);
+    else {
+      const r = await fetch("/openapi.json", { credentials: "same-origin" });
+      if (!r.ok) return;
+      doc = await r.json();
+    }
     routes = [];
     for (const [path, ops] of Object.entries(doc.paths || {})) {
       const methods = new Set(Object.keys(ops).map((m) => m.toUpperCase()));

@@ -19,6 +19,8 @@ export class LiveStream {
     this.es = null;
     this.closed = false;
     this.retryTimer = null;
+    /** Called with the server's start position each time a stream (re)starts: data read before may be stale. */
+    this.onStart = null;
     this.open();
   }
 
@@ -43,6 +45,7 @@ export class LiveStream {
       // Where the server started this stream: the resume point when nothing was delivered yet.
       const seq = Number(msg.data);
       if (this.lastSeq === null && Number.isFinite(seq)) this.lastSeq = seq;
+      this.onStart?.(seq);
     });
     es.addEventListener("task_event", (msg) => {
       const seq = Number(msg.lastEventId);

@@ -1,7 +1,7 @@
 // Boot: theme, navigation, the one global live stream, keyboard shortcuts, sign-in.
 import { h, clear, toast } from "./dom.js";
 import { loadCaps } from "./caps.js";
-import { HttpError } from "./api.js";
+import { HttpError, dropStarted } from "./api.js";
 import { LiveStream } from "./live.js";
 import { parseHash, go } from "./router.js";
 import { showSignIn, exchangeTokenFromUrl, renderAccount, signedIn, renderSignedOut } from "./views/signin.js";
@@ -59,15 +59,20 @@ function renderNav() {
   }
 }
 
-function route() {
+/** The view module the current URL shows, with its name and path. */
+function target() {
   const { parts, params } = parseHash();
   const name = VIEWS[parts[0]] ? parts[0] : "overview";
   const v = VIEWS[name];
+  return { parts, params, name, v, mod: parts[1] && v.detail ? v.detail : v.mod };
+}
+
+function route() {
+  const { parts, params, name, v, mod } = target();
   for (const a of document.querySelectorAll("#nav a")) {
     a.classList.toggle("active", a.dataset.view === name);
     if (a.dataset.view === name) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
-  const mod = parts[1] && v.detail ? v.detail : v.mod;
   const key = `${name}/${parts[1] ?? ""}`;
   if (current && current.key === key && current.update) {
     current.update(params);
@@ -93,6 +98,8 @@ function startLive() {
     conn.textContent = state === "live" ? "● live" : state === "reconnecting" ? "reconnecting…" : "offline";
     conn.dataset.state = state;
   });
+  // The view's first data may have been read before the stream started (index.html sends it at once).
+  live.onStart = () => current?.onLiveStart?.();
 }
 
 // ---- help and skip link -----------------------------------------------------------------------
@@ -139,16 +146,26 @@ function setConn(state, text) { conn.textContent = text; conn.dataset.state = st
 async function onSignedIn() {
   authed = true;
   if (location.search) history.replaceState(null, "", `/${location.hash}`); // drop ?signin=link once signed in
-  await loadCaps(); // the route table is behind the key: read it again as the signed-in user
+  // The route table is behind the key: read it again as the signed-in user. A view that does not need
+  // it to start (the task list) mounts at once; the others wait for it.
+  const caps = loadCaps();
+  if (!target().mod.beforeCaps) await caps;
   current = null;
   setConn("connecting", "connecting…");
   route();
+  // The account line and the live stream wait until the view's first data is on screen (or 1 s): the
+  // gateway answers that first; a view re-reads once the stream has started (onLiveStart).
+  await Promise.race([current?.ready, new Promise((r) => setTimeout(r, 1000))]);
+  await new Promise((r) => { requestAnimationFrame(() => setTimeout(r)); setTimeout(r, 100); }); // painted (a hidden tab has no frames)
+  await caps;
+  if (!authed) return; // signed out meanwhile
   renderAccount();
   startLive();
 }
 
 function onSignedOut() {
   authed = false;
+  dropStarted();
   live?.close();
   live = null;
   current?.unmount?.();

@@ -44,10 +44,13 @@ export async function renderAccount() {
  * a signed-out page logs no error. A gateway without that route is asked `GET /v1/whoami` instead.
  */
 export async function signedIn() {
-  try {
-    const r = await fetch("/auth/state", { credentials: "same-origin", headers: { accept: "application/json" } });
-    if (r.ok) return Boolean((await r.json()).signed_in);
-  } catch { return true; } // the gateway is unreachable: the live stream will say so
+  // index.html asked at start-up already ({signed_in, auth}, {status} or null); asked afresh later on.
+  const started = window.ordoBoot?.state;
+  if (window.ordoBoot) window.ordoBoot.state = null;
+  const state = started ? await started : await fetch("/auth/state", { credentials: "same-origin", headers: { accept: "application/json" } })
+    .then(async (r) => (r.ok ? r.json() : { status: r.status })).catch(() => null);
+  if (state === null) return true; // the gateway is unreachable: the live stream will say so
+  if (state.status === undefined) return Boolean(state.signed_in);
   return fetch(WHOAMI, { credentials: "same-origin" }).then((r) => r.status !== 401, () => true);
 }
 

@@ -3,10 +3,13 @@
 // touches one of its rows, or a new task may belong on the first page.
 import { h, put, clear, statusBadge, absTime, ago, shortId, notice, toast } from "../dom.js";
 import { get, post, qs, enc, HttpError } from "../api.js";
-import { hasParam, has } from "../caps.js";
+import { hasParam, capsLoaded } from "../caps.js";
 import { coalesce } from "../live.js";
 import { go } from "../router.js";
 import { confirmAction, describeFilter } from "../confirm.js";
+
+/** Mounted before the route table is loaded (main.js): the first page is asked for at once. */
+export const beforeCaps = true;
 
 export const STATUSES = ["scheduled", "queued", "paused", "running", "retrying", "cancelling", "succeeded", "failed", "cancelled"];
 const PAGE = 50;
@@ -55,8 +58,11 @@ export function mount(root, { params }) {
   const fSearch = h("input", { type: "search", name: "q", placeholder: "search id or type  ( / )", "data-search": true });
   const fFrom = h("input", { type: "datetime-local", name: "created_after", step: 1 });
   const fTo = h("input", { type: "datetime-local", name: "created_before", step: 1 });
-  const rangeOk = hasParam("GET", "/v1/tasks", "created_after");
-  for (const el of [fFrom, fTo]) if (!rangeOk) { el.disabled = true; el.title = "time range filter not available on this gateway"; }
+  // This view mounts before the route table is in (main.js `beforeCaps`): what depends on it is decided once it is.
+  const rangeOk = () => hasParam("GET", "/v1/tasks", "created_after");
+  const applyCaps = () => { for (const el of [fFrom, fTo]) if (!rangeOk()) { el.disabled = true; el.title = "time range filter not available on this gateway"; } };
+  applyCaps();
+  capsLoaded().then(applyCaps);
   const form = h("form", { class: "filters", role: "search", onsubmit: (ev) => { ev.preventDefault(); applyFilters(); } },
     h("label", {}, "Status", fStatus), h("label", {}, "Type", fType), h("label", {}, "Queue", fQueue), h("label", {}, "Tag", fTag),
     h("label", {}, "Created from", fFrom), h("label", {}, "to", fTo),
@@ -91,7 +97,7 @@ export function mount(root, { params }) {
   /** The applied filter as API query parameters (the list, "select all matching" and the confirmation share it). */
   function filterQuery() {
     const q = { status: state.status, type: state.type, queue: state.queue, tag: state.tag, sort: state.sort, archived: state.archived };
-    if (rangeOk) { q.created_after = state.created_after; q.created_before = state.created_before; }
+    if (rangeOk()) { q.created_after = state.created_after; q.created_before = state.created_before; }
     if (state.q) q.q = state.q;
     return q;
   }
@@ -115,6 +121,9 @@ export function mount(root, { params }) {
 
   // ---- data -------------------------------------------------------------------------------
   async function load() {
+    // The route table decides how a search or a time range is asked; the plain list needs none of it.
+    if (state.q || state.created_after || state.created_before) await capsLoaded();
+    // index.html sends this first page at start-up, before the modules load: keep its keys and their order alike.
     const query = { limit: PAGE, cursor: state.cursor, ...filterQuery() };
     clear(errorBox);
     try {
@@ -250,10 +259,12 @@ export function mount(root, { params }) {
       tbody)),
     h("div", { class: "pager" }, btnPrev, btnNext)));
   fillForm();
-  load();
+  const ready = load();
 
   return {
+    ready, // the first page is on screen
     unmount() { clearInterval(ticker); },
+    onLiveStart() { refresh(); }, // a change between this page's read and the stream's start is not missed
     update(p) {
       const filterChanged = JSON.stringify({ ...p, cursor: "" }) !== JSON.stringify({ ...state, cursor: "" });
       if (filterChanged && allMatching) { selected.clear(); allMatching = false; }
