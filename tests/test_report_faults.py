@@ -19,9 +19,9 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from nats.js.errors import NotFoundError
 
-from ordo.domain.commands import StartAttempt, SubmitTask
+from ordo.domain.commands import FailAttempt, StartAttempt, SubmitTask
 from ordo.domain.decide import decide
-from ordo.domain.events import AttemptStarted, Event, LeaseExtended
+from ordo.domain.events import AttemptStarted, ErrorInfo, Event, LeaseExtended
 from ordo.domain.state import initial
 from ordo.domain.status import TaskStatus
 from ordo.infra import subjects as sj
@@ -227,3 +227,58 @@ async def test_a_lease_extension_sends_in_progress_before_its_append_is_stored(
         await asyncio.wait_for(extending, 15)
     history = await _history(store, tenant, command.task_id)
     assert isinstance(history[-1].event, LeaseExtended)
+
+
+# -- a retry timer due before its failure is stored ------------------------------------------------
+
+
+async def test_a_retry_timer_due_before_its_failure_is_stored_still_enqueues_the_retry(
+    nc: NATS, settings: Settings, handler: CommandHandler
+) -> None:
+    """The retry's timer is armed before the failure is appended; under load the timer can come due
+    while the append is still on its way and find the attempt running. It must come back, not be
+    acked away: that stranded the retry for good (the sweep leaves retrying tasks alone)."""
+    tenant = settings.tenant
+    submit = _submit(tenant)
+    await handler.execute(tenant, submit)
+    state, _, _ = await handler.load(tenant, submit.task_id)
+    now = datetime.now(UTC)
+    start = StartAttempt(
+        task_id=submit.task_id,
+        dispatch=state.dispatch,
+        worker_id="w1",
+        now=now,
+        lease_until=now + timedelta(minutes=5),
+    )
+    await handler.execute(tenant, start)
+    store = _FaultyStore(nc)
+    store.gate = asyncio.Event()  # the failure's append waits until the timer has come due
+    slow = CommandHandler(store, Timers(nc, settings.timer_lead_s))
+    fail = FailAttempt(
+        task_id=submit.task_id,
+        attempt=1,
+        worker_id="w1",
+        error=ErrorInfo(kind="Boom"),
+        retry_at=datetime.now(UTC) + timedelta(seconds=0.3),
+    )
+    scheduler = Scheduler(nc, handler, SchedulerConfig(unknown_delay_s=0.5))
+    async with _running(scheduler):
+        failing = asyncio.create_task(slow.execute(tenant, fail))
+        js = nc.jetstream()
+
+        async def came_back() -> bool:
+            try:
+                info = await js.consumer_info(sj.TIMERS_STREAM, sj.SCHEDULER_CONSUMER)
+            except NotFoundError:
+                return False
+            return (info.num_redelivered or 0) >= 1
+
+        await eventually(came_back, timeout=30, what="the early retry timer handed back, not acked away")
+        store.gate.set()
+        await asyncio.wait_for(failing, 30)
+
+        async def retried() -> bool:
+            s, _, _ = await handler.load(tenant, submit.task_id)
+            return s.status is TaskStatus.QUEUED and s.attempt == 1
+
+        await eventually(retried, timeout=30, what="the retry enqueued by its timer")

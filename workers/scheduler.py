@@ -37,6 +37,7 @@ from ordo.domain.commands import EnqueueDue
 from ordo.domain.errors import DomainError, TaskNotFound
 from ordo.domain.schedule_commands import Tick
 from ordo.domain.state import TaskState
+from ordo.domain.status import TaskStatus
 from ordo.infra import subjects as sj
 from ordo.infra import wiring
 from ordo.infra.command_handler import CommandHandler
@@ -48,6 +49,9 @@ from ordo.infra.timers import decode_due
 
 # A timer held at least this long is read ahead of its due time (see Scheduler._preload).
 _PRELOAD_MIN_S = 0.05
+# A retry timer that found its attempt still running comes back after 0.1 s, 0.2 s, ... (its failure
+# is being appended).
+_EARLY_RETRY_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -207,7 +211,14 @@ class Scheduler:
         try:
             async with self._slot(msg):
                 command = EnqueueDue(task_id=due.task_id, due_at=due.due_at)
-                await self._handler.execute(due.tenant, command, known=known)
+                out = await self._handler.execute(due.tenant, command, known=known)
+            # A retry's timer is armed before the failure that needs it is appended: a timer due
+            # before that append lands finds the attempt still running. It comes back (bounded, as
+            # for a task not visible yet) rather than being acked away: the retry would be stranded.
+            early = not out.events and out.state.status is TaskStatus.RUNNING
+            what = f"retry timer for {due.tenant}/{due.task_id}"
+            if early and await self._back_later(msg, what, "its attempt is still running", _EARLY_RETRY_S):
+                return
         except TaskNotFound:
             if await self._back_later(msg, f"timer for task {due.tenant}/{due.task_id}"):
                 return
@@ -219,14 +230,25 @@ class Scheduler:
             return
         await msg.ack()
 
-    async def _back_later(self, msg: Msg, what: str) -> bool:
-        """NAK a timer whose aggregate has no history yet (a lagging replica); True if NAKed.
+    async def _back_later(
+        self,
+        msg: Msg,
+        what: str,
+        why: str = "no history yet (a replica behind?)",
+        step_s: float | None = None,
+    ) -> bool:
+        """NAK a timer whose aggregate has no history yet (a lagging replica), or is not yet in the
+        state the timer was armed for; True if NAKed.
 
         Bounded: a timer armed for a submit whose append then failed never finds its task, and
-        is dropped (acked) after `unknown_tries` deliveries."""
+        is dropped (acked) after `unknown_tries` deliveries. With `step_s`, the n-th return comes
+        n * step_s later (at most `unknown_delay_s`): soon first, for a race expected to end soon."""
         if _deliveries(msg) < self._config.unknown_tries:
-            self._log.warning("%s: no history yet (a replica behind?); back later", what)
-            await msg.nak(delay=self._config.unknown_delay_s)
+            self._log.warning("%s: %s; back later", what, why)
+            delay = self._config.unknown_delay_s
+            if step_s is not None:
+                delay = min(delay, step_s * _deliveries(msg))
+            await msg.nak(delay=delay)
             return True
         self._log.error("%s: still no history after %d deliveries; dropped", what, _deliveries(msg))
         return False
