@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import cast
 
 import msgspec
 
@@ -100,9 +101,9 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self._request)
+        # A stream transport (uvloop's is not a subclass of asyncio.Transport: no isinstance check).
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self._request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
