@@ -17,13 +17,12 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
-import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.w3_scheduling import spawn, stop, summary
 from ordo import event_loop
 from ordo.domain import events as ev
 from ordo.domain import schedule_commands as sc
@@ -40,39 +39,6 @@ REPO = Path(__file__).resolve().parent.parent
 TENANT = "bench"
 
 
-def _pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": round(_pct(values, 50), 2),
-        "p99": round(_pct(values, 99), 2),
-        "max": round(max(values, default=float("nan")), 2),
-    }
-
-
-def _spawn(env: dict[str, str], tmp: Path) -> list[subprocess.Popen[bytes]]:
-    procs = []
-    for cmd in ("scheduler", "worker"):
-        log = open(tmp / f"{cmd}.log", "ab")  # noqa: SIM115 - lives as long as the child
-        argv = [sys.executable, "-m", "ordo.cli", cmd]
-        procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=log))
-    return procs
-
-
-def _spawn(env: dict[str, str], tmp: Path) -> list[subprocess.Popen[bytes]]:
-    procs = []
-    for cmd in ("scheduler", "worker"):
-        log = open(tmp / f"{cmd}.log", "ab")  # noqa: SIM115 - lives as long as the child
-        argv = [sys.executable, "-m", "ordo.cli", cmd]
-        procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=log))
-    return procs
-
-
 async def run(ticks: int) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="ordo-cron-"))
     server = EmbeddedNats(NatsServerConfig(data_dir=tmp / "nats"))
@@ -83,7 +49,7 @@ async def run(ticks: int) -> dict[str, object]:
     nc = await connect(settings, name="bench-cron")
     try:
         await provision(nc, settings)
-        procs = _spawn(env, tmp)
+        procs = spawn(env, tmp)
         await asyncio.sleep(2.0)  # let the children connect and create their consumers
         schedules = schedule_handler(nc, command_handler(nc, settings), settings)
         sid = new_task_id()
@@ -121,19 +87,13 @@ async def run(ticks: int) -> dict[str, object]:
             "ticks_fired": len(fired),
             "started": len(start_late),
             "early": sum(1 for x in start_late if x < 0),
-            "fire_lateness_ms": _summary(fire_late),
-            "start_lateness_ms": _summary(start_late),
+            "fire_lateness_ms": summary(fire_late),
+            "start_lateness_ms": summary(start_late),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "loadavg_end": list(os.getloadavg()),
         }
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         await nc.close()
         await asyncio.to_thread(server.stop)
 

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 TENANT = "bench"
 
 
-def _summary(values: list[float]) -> dict[str, float]:
+def summary(values: list[float]) -> dict[str, float]:
     return {
         "p50": round(_pct(values, 50), 2),
         "p99": round(_pct(values, 99), 2),
@@ -46,7 +46,19 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def _spawn(env: dict[str, str], tmp: Path) -> list[subprocess.Popen[bytes]]:
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every child, then wait for each (killed after 20 s)."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def spawn(env: dict[str, str], tmp: Path) -> list[subprocess.Popen[bytes]]:
+    """A scheduler and a worker as `python -m ordo.cli` children, logging into `tmp`."""
     procs = []
     for cmd in ("scheduler", "worker"):
         log = open(tmp / f"{cmd}.log", "ab")  # noqa: SIM115 - lives as long as the child
@@ -83,7 +95,7 @@ async def run(
     nc = await connect(settings, name="bench")
     try:
         await provision(nc, settings)
-        procs = _spawn(env, tmp)
+        procs = spawn(env, tmp)
         handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
         await asyncio.sleep(1.5)  # let the children connect and create their consumers
         ids: list[str] = []
@@ -146,18 +158,12 @@ async def run(
             "scheduled": len(run_at),
             "started": len(start_late),
             "early": sum(1 for x in start_late if x < 0),
-            "start_lateness_ms": _summary(start_late),
-            "enqueue_lateness_ms": _summary(enq_late),
+            "start_lateness_ms": summary(start_late),
+            "enqueue_lateness_ms": summary(enq_late),
             "worker_concurrency": concurrency or settings.worker_concurrency,
         }  # fmt: skip
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         await nc.close()
         await asyncio.to_thread(server.stop)
 
