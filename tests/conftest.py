@@ -27,6 +27,7 @@ from ordo.infra.timers import Timers
 from ordo.projections.runner import ProjectionRunner
 from ordo.workers.scheduler import Scheduler
 from tests.helpers import eventually
+from tests.watchdog import pytest_runtest_call  # noqa: F401  (a hook: dumps tasks before a timeout)
 
 log = logging.getLogger("tests")
 
