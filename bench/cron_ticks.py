@@ -78,9 +78,9 @@ async def run(ticks: int) -> dict[str, object]:
             if isinstance(e.event, ev.AttemptStarted) and e.task_id not in started:
                 started[e.task_id] = e.stored_at
         fire_late = [(stored - tick).total_seconds() * 1000 for tick, stored in fired.values()]
-        start_late = [
-            (started[t] - tick).total_seconds() * 1000 for t, (tick, _) in fired.items() if t in started
-        ]
+        by_tick = sorted((tick, t) for t, (tick, _) in fired.items() if t in started)
+        start_late = [(started[t] - tick).total_seconds() * 1000 for tick, t in by_tick]
+        worst = sorted(range(len(start_late)), key=lambda i: -start_late[i])[:5]
         return {
             "bench": "cron_ticks",
             "cron": spec.cron,
@@ -89,6 +89,7 @@ async def run(ticks: int) -> dict[str, object]:
             "early": sum(1 for x in start_late if x < 0),
             "fire_lateness_ms": summary(fire_late),
             "start_lateness_ms": summary(start_late),
+            "worst_starts": [{"tick": i + 1, "ms": round(start_late[i], 2)} for i in worst],
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "loadavg_end": list(os.getloadavg()),
         }

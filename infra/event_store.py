@@ -258,7 +258,17 @@ class EventStore:
 
     async def last_seq(self, subject_filter: str) -> int:
         """The sequence of the newest message matching `subject_filter` (wildcards allowed); 0: none."""
-        request = json.dumps({"last_by_subj": subject_filter}).encode()
+        return await self._seq_of({"last_by_subj": subject_filter})
+
+    async def next_seq_after(self, subject_filter: str, seq: int) -> int:
+        """The sequence of the first message matching `subject_filter` after `seq`; 0: none. The
+        server looks only at what was stored after `seq`: a cheap "changed since?" for an
+        aggregate read a moment ago."""
+        return await self._seq_of({"seq": seq + 1, "next_by_subj": subject_filter})
+
+    async def _seq_of(self, query: dict[str, Any]) -> int:
+        """The stream sequence of the one message a direct get finds; 0: none."""
+        request = json.dumps(query).encode()
         try:
             msg = await self._nc.request(sj.direct_get(sj.EVENTS_STREAM), request, timeout=self._timeout)
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:

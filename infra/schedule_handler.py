@@ -1,11 +1,12 @@
 """The schedule command handler: load -> fold -> decide -> effects -> append with the expected sequence.
 
 Mirrors infra/command_handler.py for the schedule aggregate (`ordo.sched.<tenant>.<id>.*`). The order
-of writes follows the timers rule (docs/decisions.md §4): the next tick's timer is armed before the
-event that needs it, and the tasks a tick creates are submitted (idempotently: id and idempotency key
-derived from schedule + tick) before the `fired` event, so a crash at any point leaves at worst a
-timer or a task the redelivered tick finds again — never a `fired` without its task. The overlap
-check loads the previous run's task from the event log, never from a read model.
+of writes follows the timers rule (docs/decisions.md §4): the tasks a tick creates are submitted first
+(idempotently: id and idempotency key derived from schedule + tick; they are what must start on
+time), then the next tick's timer is armed, then the `fired` event that needs both is appended. A
+crash at any point leaves at worst a timer or a task the redelivered tick finds again — never a
+`fired` without its task. The overlap check loads the previous run's task from the event log, never
+from a read model (a run read ahead as ended is not read again: an ended task stays ended).
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ class ScheduleOutcome:
 
 
 @dataclass(frozen=True)
+class Preloaded:
+    """A schedule read ahead of a tick: its state, last sequence, and its previous run if that
+    had already ended (an active one is read again at the tick)."""
+
+    state: ScheduleState
+    last_seq: int
+    previous: sc.PreviousRun | None
+
+
+@dataclass(frozen=True)
 class TaskDefaults:
     max_attempts: int = 3
     timeout_s: float = 300.0
@@ -70,17 +81,32 @@ class ScheduleHandler:
             state = evolve(state, se.decode_schedule_event(raw.data))
         return state, history, last_seq
 
-    async def execute(self, tenant: str, command: sc.AnyScheduleCommand) -> ScheduleOutcome:
-        """Run one command; on a concurrent append, reload and decide again (bounded)."""
+    async def execute(
+        self, tenant: str, command: sc.AnyScheduleCommand, known: Preloaded | None = None
+    ) -> ScheduleOutcome:
+        """Run one command; on a concurrent append, reload and decide again (bounded).
+
+        `known` is what the caller read ahead (the scheduler, while it held the tick). If nothing
+        was appended to the schedule since (one direct get over the log's tail, not a load of its
+        history), the first try decides on it; otherwise the schedule is loaded as usual.
+        """
         sid = command.schedule_id
+        ahead: list[Preloaded] = []
+        if known is not None:
+            since = await self.store.next_seq_after(sj.schedule_events_filter(tenant, sid), known.last_seq)
+            ahead = [known] if since == 0 else []
+        ended = ahead[0].previous if ahead else None
 
         async def load() -> tuple[ScheduleState, int]:
+            if ahead:
+                first = ahead.pop()
+                return first.state, first.last_seq
             state, _, last_seq = await self.load(tenant, sid)
             return state, last_seq
 
         async def decide_on(state: ScheduleState) -> list[se.ScheduleEvent]:
             if isinstance(command, sc.Tick):  # a tick decides on its previous run's state too
-                previous = await self._previous(tenant, state)
+                previous = await self._previous(tenant, state, ended)
                 return decide(msgspec.structs.replace(command, previous=previous), state)
             return decide(command, state)
 
@@ -94,9 +120,19 @@ class ScheduleHandler:
             f"schedule {sid}", load, decide_on, evolve, store, unchanged, self._max_retries
         )
 
-    async def _previous(self, tenant: str, state: ScheduleState) -> sc.PreviousRun | None:
+    async def read_ahead(self, tenant: str, schedule_id: str) -> Preloaded:
+        """The schedule and its previous run, read before a tick is due (see `execute`)."""
+        state, _, last_seq = await self.load(tenant, schedule_id)
+        previous = await self._previous(tenant, state)
+        return Preloaded(state, last_seq, previous if previous is not None and not previous.active else None)
+
+    async def _previous(
+        self, tenant: str, state: ScheduleState, ended: sc.PreviousRun | None = None
+    ) -> sc.PreviousRun | None:
         if state.last_task_id is None:
             return None
+        if ended is not None and ended.task_id == state.last_task_id:
+            return ended  # read ahead and already over: an ended task stays ended
         task, _, _ = await self.tasks.load(tenant, state.last_task_id)
         active = task.exists and not task.status.terminal
         return sc.PreviousRun(task_id=state.last_task_id, active=active)
@@ -110,21 +146,25 @@ class ScheduleHandler:
         last_seq: int,
     ) -> ScheduleOutcome:
         sid = new.schedule_id
-        try:
-            if new.next_at is not None and (new.next_at != old.next_at or not old.active):
-                await self.timers.arm(tenant, sid, new.next_at)
-        except nats.errors.Error as exc:
-            raise EventStoreUnavailable(f"arming the schedule timer failed: {exc}") from exc
         assert new.spec is not None or not any(_creates_task(e) for e in events)
-        for event in events:
-            if isinstance(event, se.ScheduleFired) and event.cancelled_task_id:
-                await self._cancel(tenant, event.cancelled_task_id)
-            if isinstance(event, (se.ScheduleFired, se.ScheduleCaughtUp)):
-                assert new.spec is not None
-                await self._submit(tenant, sid, new.spec, event.task_id, event.tick_at.isoformat())
-            elif isinstance(event, se.ScheduleTriggered):
-                assert new.spec is not None
-                await self._submit(tenant, sid, new.spec, event.task_id, "trigger:" + event.task_id)
+        # The tick's task first (it is what must start on time), then the next tick's timer (armed
+        # even if the task was refused: the chain of ticks never breaks), then the events.
+        try:
+            for event in events:
+                if isinstance(event, se.ScheduleFired) and event.cancelled_task_id:
+                    await self._cancel(tenant, event.cancelled_task_id)
+                if isinstance(event, (se.ScheduleFired, se.ScheduleCaughtUp)):
+                    assert new.spec is not None
+                    await self._submit(tenant, sid, new.spec, event.task_id, event.tick_at.isoformat())
+                elif isinstance(event, se.ScheduleTriggered):
+                    assert new.spec is not None
+                    await self._submit(tenant, sid, new.spec, event.task_id, "trigger:" + event.task_id)
+        finally:
+            try:
+                if new.next_at is not None and (new.next_at != old.next_at or not old.active):
+                    await self.timers.arm(tenant, sid, new.next_at)
+            except nats.errors.Error as exc:
+                raise EventStoreUnavailable(f"arming the schedule timer failed: {exc}") from exc
         msgs: list[tuple[str, bytes, dict[str, str]]] = [
             (
                 sj.schedule_event_subject(tenant, sid, se.schedule_event_name(e)),

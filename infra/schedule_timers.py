@@ -17,7 +17,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from ordo.infra import subjects as sj
-from ordo.infra.timers import DEFAULT_FIRED_TTL_S, schedule_header, time_token, ttl_header
+from ordo.infra.timers import DEFAULT_FIRED_TTL_S, publish_timer, time_token, ttl_header
 
 
 class SchedTick(msgspec.Struct, frozen=True):
@@ -46,14 +46,10 @@ class ScheduleTimers:
 
     async def arm(self, tenant: str, schedule_id: str, tick_at: datetime) -> None:
         """Arm the schedule's timer for `tick_at`; timers for other ticks stay as they are."""
-        headers = {
-            sj.SCHEDULE: schedule_header(tick_at - self._lead),
-            sj.SCHEDULE_TARGET: sj.schedule_due_subject(tenant, schedule_id),
-            sj.SCHEDULE_TTL: self._fired_ttl,
-        }
         data = _enc.encode(SchedTick(tenant=tenant, schedule_id=schedule_id, tick_at=tick_at))
-        subject = sj.schedule_timer_subject(tenant, schedule_id, time_token(tick_at))
-        await self._js.publish(subject, data, headers=headers)
+        timer = sj.schedule_timer_subject(tenant, schedule_id, time_token(tick_at))
+        due = sj.schedule_due_subject(tenant, schedule_id)
+        await publish_timer(self._js, timer, due, data, tick_at - self._lead, self._fired_ttl)
 
     async def disarm(self, tenant: str, schedule_id: str, tick_at: datetime) -> None:
         """Cancel the timer for `tick_at` only."""

@@ -12,7 +12,9 @@ an extra timer that fires into nothing, never a task without the timer of its st
 
 The schedule message carries no expiry: the stream has no max age, so a timer a year away survives.
 Its fired copy gets a per-message TTL (`Nats-Schedule-TTL`, `fired_ttl_s`) once the scheduler has had
-ample time to act on it (audit F3).
+ample time to act on it (audit F3). A timer due within the lead (a short retry backoff, a short delay,
+a schedule's first tick) is published as its fired copy at once (`publish_timer`): the server's
+scheduler could wait up to 250 ms before it looks at an `@at` already past.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.js.client import JetStreamContext
 
 from ordo.infra import subjects as sj
 
@@ -55,6 +58,28 @@ def time_token(at: datetime) -> str:
     return str((at - _EPOCH) // timedelta(microseconds=1))
 
 
+# A timer whose fire time is closer than this is not scheduled: the server's scheduler may wait up
+# to 250 ms to look at it (engine notes). Its fired copy is published at once instead, and the
+# scheduler holds it until the due time as it holds any other.
+FIRE_NOW_WITHIN = timedelta(milliseconds=300)
+
+
+async def publish_timer(
+    js: JetStreamContext, timer_subject: str, due_subject: str, data: bytes, fire_at: datetime, fired_ttl: str
+) -> None:
+    """Arm one timer: an `@at` schedule on `timer_subject` that fires `data` into `due_subject` at
+    `fire_at`, or, when that is (almost) now, the fired copy itself."""
+    if fire_at.replace(microsecond=0) - datetime.now(UTC) <= FIRE_NOW_WITHIN:  # the header's rounding
+        await js.publish(due_subject, data, headers={sj.MSG_TTL: fired_ttl})
+        return
+    headers = {
+        sj.SCHEDULE: schedule_header(fire_at),
+        sj.SCHEDULE_TARGET: due_subject,
+        sj.SCHEDULE_TTL: fired_ttl,
+    }
+    await js.publish(timer_subject, data, headers=headers)
+
+
 def ttl_header(seconds: float) -> str:
     """A Go duration for `Nats-Schedule-TTL` (whole seconds, at least one)."""
     return f"{max(1, int(seconds))}s"
@@ -72,13 +97,10 @@ class Timers:
 
     async def arm(self, tenant: str, task_id: str, due_at: datetime) -> None:
         """Arm the task's timer for `due_at`; timers for other due times stay as they are."""
-        headers = {
-            sj.SCHEDULE: schedule_header(due_at - self._lead),
-            sj.SCHEDULE_TARGET: sj.due_subject(tenant, task_id),
-            sj.SCHEDULE_TTL: self._fired_ttl,
-        }
         data = _enc.encode(Due(tenant=tenant, task_id=task_id, due_at=due_at))
-        await self._js.publish(sj.timer_subject(tenant, task_id, time_token(due_at)), data, headers=headers)
+        timer = sj.timer_subject(tenant, task_id, time_token(due_at))
+        due = sj.due_subject(tenant, task_id)
+        await publish_timer(self._js, timer, due, data, due_at - self._lead, self._fired_ttl)
 
     async def disarm(self, tenant: str, task_id: str, due_at: datetime) -> None:
         """Cancel the timer for `due_at` only: one armed meanwhile for another due time stays."""

@@ -53,5 +53,7 @@ async def test_the_list_does_not_wait_for_the_route_table_nor_on_a_later_visit_f
     asked = seen.index(("request", FIRST_PAGE))
     assert ("finished", "/auth/state") not in seen[:asked], seen
     assert ("finished", "/openapi.json") not in seen[:asked], seen
-    stream = next(i for i, (kind, p) in enumerate(seen) if kind == "request" and p.startswith("/v1/events/stream"))
+    stream = next(
+        i for i, (kind, p) in enumerate(seen) if kind == "request" and p.startswith("/v1/events/stream")
+    )
     assert [e for e in seen[:stream] if e == ("request", FIRST_PAGE)] == [("request", FIRST_PAGE)], seen

@@ -43,7 +43,7 @@ from ordo.infra import wiring
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import EventStoreError
 from ordo.infra.nats_conn import ensure_consumer
-from ordo.infra.schedule_handler import ScheduleHandler
+from ordo.infra.schedule_handler import Preloaded, ScheduleHandler
 from ordo.infra.schedule_timers import decode_tick
 from ordo.infra.timers import decode_due
 
@@ -63,6 +63,8 @@ class SchedulerConfig:
     # The last stretch before a due time is waited in short sleeps (see the module doc).
     final_wait_s: float = 0.002
     buffer_recheck_s: float = 0.5
+    # On shutdown, a command already under way gets this long to finish (then it is cancelled).
+    finish_s: float = 10.0
     # Commands run at once (the rest wait their turn): a burst of due timers must not flood
     # JetStream with thousands of concurrent loads and time them all out.
     max_inflight: int = 32
@@ -97,6 +99,7 @@ class Scheduler:
         self._log = logger or logging.getLogger("ordo.scheduler")
         self._stop = asyncio.Event()
         self._held: set[asyncio.Task[None]] = set()
+        self._acting: set[asyncio.Task[None]] = set()  # held timers past their due time
         self._inflight = asyncio.Semaphore(self._config.max_inflight)
 
     async def shutdown(self) -> None:
@@ -134,6 +137,13 @@ class Scheduler:
                     self._held.add(task)
                     task.add_done_callback(self._held.discard)
         finally:
+            # Timers still held are handed back at once; a command already under way (a tick's
+            # task submitted, its `fired` not yet appended) finishes first, within a bound.
+            for task in list(self._held):
+                if task not in self._acting:
+                    task.cancel()
+            if self._acting:
+                await asyncio.wait(set(self._acting), timeout=self._config.finish_s)
             for task in list(self._held):
                 task.cancel()
             await asyncio.gather(*self._held, return_exceptions=True)
@@ -185,6 +195,13 @@ class Scheduler:
             if left > 0:
                 await asyncio.sleep(left)  # the outer loop re-checks the wall clock
 
+    def _act(self) -> None:
+        """The current timer is due: from now on a shutdown lets its command finish."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._acting.add(task)
+            task.add_done_callback(self._acting.discard)
+
     async def _hold(self, msg: Msg) -> None:
         try:
             await self._hold_one(msg)
@@ -208,6 +225,7 @@ class Scheduler:
         # an append (the append expects this sequence: a change meanwhile only means a reload).
         known = await self._preload(due.tenant, due.task_id, due.due_at)
         await self._wait_until(due.due_at, msg)
+        self._act()
         try:
             async with self._slot(msg):
                 command = EnqueueDue(task_id=due.task_id, due_at=due.due_at)
@@ -262,6 +280,16 @@ class Scheduler:
             return None
         return state, last_seq
 
+    async def _read_ahead(self, tenant: str, schedule_id: str, tick_at: datetime) -> Preloaded | None:
+        """Read the schedule (and its previous run) while the tick is held: at the tick, its task
+        is then one append away (a change meanwhile only means a reload)."""
+        if (tick_at - datetime.now(UTC)).total_seconds() < _PRELOAD_MIN_S:
+            return None
+        try:
+            return await self._schedules.read_ahead(tenant, schedule_id)
+        except EventStoreError:
+            return None
+
     async def _hold_tick(self, msg: Msg) -> None:
         try:
             tick = decode_tick(msg.data)
@@ -269,13 +297,15 @@ class Scheduler:
             self._log.error("undecodable schedule tick on %s: terminated", msg.subject)
             await msg.term()
             return
+        known = await self._read_ahead(tick.tenant, tick.schedule_id, tick.tick_at)
         await self._wait_until(tick.tick_at, msg)
+        self._act()
         command = Tick(
             schedule_id=tick.schedule_id, tenant=tick.tenant, tick_at=tick.tick_at, now=datetime.now(UTC)
         )
         try:
             async with self._slot(msg):
-                outcome = await self._schedules.execute(tick.tenant, command)
+                outcome = await self._schedules.execute(tick.tenant, command, known=known)
         except DomainError as exc:
             self._log.info("tick of schedule %s ignored: %s", tick.schedule_id, exc)
         except EventStoreError as exc:

@@ -94,6 +94,7 @@ def service_permissions(service: str) -> Permissions:
                 f"{sj.WORK_PREFIX}.>",
                 f"{sj.SCHED_PREFIX}.>",
                 f"{sj.TIMER_PREFIX}.>",
+                f"{sj.DUE_PREFIX}.>",  # a timer due at once is published fired (infra/timers.py)
                 *_stream_reads(_EVENTS, _TIMERS, _WORKERS),
                 f"{_API}.STREAM.CREATE.*",
                 f"{_API}.STREAM.UPDATE.*",
@@ -136,6 +137,7 @@ def service_permissions(service: str) -> Permissions:
                 *(sj.event_subject("*", "*", "*", e) for e in WORKER_EVENTS),
                 f"{sj.WORK_PREFIX}.>",
                 f"{sj.TIMER_PREFIX}.task.>",
+                sj.due_subject("*", "*"),  # a retry due at once, published fired (infra/timers.py)
                 f"{sj.WORKER_PREFIX}.hb.>",
             ),
             subscribe=(
