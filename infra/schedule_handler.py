@@ -131,6 +131,9 @@ class ScheduleHandler:
     ) -> sc.PreviousRun | None:
         if state.last_task_id is None:
             return None
+        allow = state.spec is not None and state.spec.overlap is se.OverlapPolicy.ALLOW
+        if allow and state.buffered_at is None:
+            return None  # runs may overlap and none waits: whether the last one runs is not asked
         if ended is not None and ended.task_id == state.last_task_id:
             return ended  # read ahead and already over: an ended task stays ended
         task, _, _ = await self.tasks.load(tenant, state.last_task_id)

@@ -23,7 +23,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -49,6 +49,8 @@ from ordo.infra.timers import decode_due
 
 # A timer held at least this long is read ahead of its due time (see Scheduler._preload).
 _PRELOAD_MIN_S = 0.05
+# A task or schedule is read this long before its due time (see Scheduler._hold_tick).
+_READ_AHEAD = timedelta(milliseconds=250)
 # A retry timer that found its attempt still running comes back after 0.1 s, 0.2 s, ... (its failure
 # is being appended).
 _EARLY_RETRY_S = 0.1
@@ -223,6 +225,7 @@ class Scheduler:
             return
         # Read the task while the timer is held, so the due moment costs one append, not a load and
         # an append (the append expects this sequence: a change meanwhile only means a reload).
+        await self._wait_until(due.due_at - _READ_AHEAD, msg)  # as for a tick (see _hold_tick)
         known = await self._preload(due.tenant, due.task_id, due.due_at)
         await self._wait_until(due.due_at, msg)
         self._act()
@@ -297,6 +300,9 @@ class Scheduler:
             self._log.error("undecodable schedule tick on %s: terminated", msg.subject)
             await msg.term()
             return
+        # Read ahead shortly before the tick, not as soon as it arrives: a timer published fired
+        # arrives while the previous tick is still being stored, and would be read stale.
+        await self._wait_until(tick.tick_at - _READ_AHEAD, msg)
         known = await self._read_ahead(tick.tenant, tick.schedule_id, tick.tick_at)
         await self._wait_until(tick.tick_at, msg)
         self._act()
