@@ -49,7 +49,7 @@ from ordo.infra.timers import decode_due
 
 # A timer held at least this long is read ahead of its due time (see Scheduler._preload).
 _PRELOAD_MIN_S = 0.05
-# A task or schedule is read this long before its due time (see Scheduler._hold_tick).
+# A schedule is read this long before its tick (see Scheduler._hold_tick).
 _READ_AHEAD = timedelta(milliseconds=250)
 # A retry timer that found its attempt still running comes back after 0.1 s, 0.2 s, ... (its failure
 # is being appended).
@@ -225,7 +225,6 @@ class Scheduler:
             return
         # Read the task while the timer is held, so the due moment costs one append, not a load and
         # an append (the append expects this sequence: a change meanwhile only means a reload).
-        await self._wait_until(due.due_at - _READ_AHEAD, msg)  # as for a tick (see _hold_tick)
         known = await self._preload(due.tenant, due.task_id, due.due_at)
         await self._wait_until(due.due_at, msg)
         self._act()
