@@ -40,6 +40,7 @@ TENANT = "bench"
 
 def summary(values: list[float]) -> dict[str, float]:
     return {
+        "min": round(min(values, default=0), 2),
         "p50": round(_pct(values, 50), 2),
         "p99": round(_pct(values, 99), 2),
         "max": round(max(values, default=0), 2),
