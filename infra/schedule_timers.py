@@ -47,9 +47,11 @@ class ScheduleTimers:
     async def arm(self, tenant: str, schedule_id: str, tick_at: datetime) -> None:
         """Arm the schedule's timer for `tick_at`; timers for other ticks stay as they are."""
         data = _enc.encode(SchedTick(tenant=tenant, schedule_id=schedule_id, tick_at=tick_at))
-        timer = sj.schedule_timer_subject(tenant, schedule_id, time_token(tick_at))
-        due = sj.schedule_due_subject(tenant, schedule_id)
-        await publish_timer(self._js, timer, due, data, tick_at - self._lead, self._fired_ttl)
+        subjects = (
+            sj.schedule_timer_subject(tenant, schedule_id, time_token(tick_at)),
+            sj.schedule_due_subject(tenant, schedule_id),
+        )
+        await publish_timer(self._js, subjects, data, tick_at, self._lead, self._fired_ttl)
 
     async def disarm(self, tenant: str, schedule_id: str, tick_at: datetime) -> None:
         """Cancel the timer for `tick_at` only."""

@@ -12,9 +12,9 @@ an extra timer that fires into nothing, never a task without the timer of its st
 
 The schedule message carries no expiry: the stream has no max age, so a timer a year away survives.
 Its fired copy gets a per-message TTL (`Nats-Schedule-TTL`, `fired_ttl_s`) once the scheduler has had
-ample time to act on it (audit F3). A timer due within the lead (a short retry backoff, a short delay,
+ample time to act on it (audit F3). A timer due in under half a second (a short retry backoff or delay,
 a schedule's first tick) is published as its fired copy at once (`publish_timer`): the server's
-scheduler could wait up to 250 ms before it looks at an `@at` already past.
+scheduler may look at an `@at` up to 250 ms late.
 """
 
 from __future__ import annotations
@@ -58,22 +58,30 @@ def time_token(at: datetime) -> str:
     return str((at - _EPOCH) // timedelta(microseconds=1))
 
 
-# A timer whose fire time is closer than this is not scheduled: the server's scheduler may wait up
-# to 250 ms to look at it (engine notes). Its fired copy is published at once instead, and the
-# scheduler holds it until the due time as it holds any other.
-FIRE_NOW_WITHIN = timedelta(milliseconds=300)
+# A timer due sooner than this is not scheduled: the server's scheduler may look at an `@at` up to
+# 250 ms late under load (engine notes), which a timer armed `lead` ahead absorbs, but one due in
+# less than that would not. Its fired copy is published at once instead, and the scheduler holds it
+# until the due time as it holds any other.
+FIRE_NOW_WITHIN = timedelta(milliseconds=500)
 
 
 async def publish_timer(
-    js: JetStreamContext, timer_subject: str, due_subject: str, data: bytes, fire_at: datetime, fired_ttl: str
+    js: JetStreamContext,
+    subjects: tuple[str, str],
+    data: bytes,
+    due_at: datetime,
+    lead: timedelta,
+    fired_ttl: str,
 ) -> None:
-    """Arm one timer: an `@at` schedule on `timer_subject` that fires `data` into `due_subject` at
-    `fire_at`, or, when that is (almost) now, the fired copy itself."""
-    if fire_at.replace(microsecond=0) - datetime.now(UTC) <= FIRE_NOW_WITHIN:  # the header's rounding
+    """Arm one timer: an `@at` schedule on the timer subject (`subjects[0]`) that fires `data` into
+    the due subject (`subjects[1]`) `lead` before `due_at`, or, when `due_at` is (almost) now, the
+    fired copy itself."""
+    timer_subject, due_subject = subjects
+    if due_at - datetime.now(UTC) <= FIRE_NOW_WITHIN:
         await js.publish(due_subject, data, headers={sj.MSG_TTL: fired_ttl})
         return
     headers = {
-        sj.SCHEDULE: schedule_header(fire_at),
+        sj.SCHEDULE: schedule_header(due_at - lead),
         sj.SCHEDULE_TARGET: due_subject,
         sj.SCHEDULE_TTL: fired_ttl,
     }
@@ -98,9 +106,8 @@ class Timers:
     async def arm(self, tenant: str, task_id: str, due_at: datetime) -> None:
         """Arm the task's timer for `due_at`; timers for other due times stay as they are."""
         data = _enc.encode(Due(tenant=tenant, task_id=task_id, due_at=due_at))
-        timer = sj.timer_subject(tenant, task_id, time_token(due_at))
-        due = sj.due_subject(tenant, task_id)
-        await publish_timer(self._js, timer, due, data, due_at - self._lead, self._fired_ttl)
+        subjects = (sj.timer_subject(tenant, task_id, time_token(due_at)), sj.due_subject(tenant, task_id))
+        await publish_timer(self._js, subjects, data, due_at, self._lead, self._fired_ttl)
 
     async def disarm(self, tenant: str, task_id: str, due_at: datetime) -> None:
         """Cancel the timer for `due_at` only: one armed meanwhile for another due time stays."""
