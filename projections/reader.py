@@ -47,14 +47,13 @@ class LogReader:
         nc: NATS,
         families: Sequence[Family],
         start_seq: int,
-        buffer: int = 4000,
         logger: logging.Logger | None = None,
     ) -> None:
         if not isinstance(nc, RawClient):
             raise TypeError("the log reader needs the client of ordo.infra.nats_conn.connect")
         self._families = tuple(families)
         self._log = logger or logging.getLogger("ordo.projector")
-        # `buffer` is kept for callers; the bound is the server's flow-control window.
+        # No buffer size: memory is bounded by the server's flow-control window (log_feed.py).
         self._feed = LogFeed(nc, sj.EVENTS_STREAM, max(1, start_seq), logger=self._log)
         self._held: Record | None = None
 

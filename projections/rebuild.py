@@ -184,7 +184,7 @@ class Rebuilder:
     async def _restart_reader(self) -> None:
         if self._reader is not None:
             await self._reader.close()
-        self._reader = LogReader(self._nc, self._families, self._shadow_last + 1, 4 * self._batch, self._log)
+        self._reader = LogReader(self._nc, self._families, self._shadow_last + 1, self._log)
         await self._reader.start()
 
     async def _catch_up(self, conn: asyncpg.Connection, live: str) -> None:

@@ -171,8 +171,7 @@ class ProjectionRunner:
             start = min((await locked_checkpoints(conn, names)).values(), default=0) + 1
         self.last_seq = start - 1
         config = self._config
-        buffer = max(4 * config.batch_size, 2 * config.catch_up_batch_size)
-        reader = LogReader(self._nc, self._families, start, buffer, self._log)
+        reader = LogReader(self._nc, self._families, start, self._log)
         memories = Memories()  # a new election starts from the tables
         await reader.start()
         try:
