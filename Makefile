@@ -65,7 +65,8 @@ bench: $(VENV)/.installed
 	for run in "bare_loop --n 5000" "w1_throughput --n 2000" "w1_throughput --n 1000 --sync-always" \
 	    "w2_latency --duration 10" "w2_latency --duration 5 --sync-always" \
 	    "sse_fanout --global-clients 20 --task-clients 200 --duration 10 --drain 20" \
-	    "nats_1m --events 100000" "w3_scheduling" "delay_500" "rebuild --tasks 2000" \
+	    "nats_1m --events 100000" "timers_1m --timers 100000" "w3_scheduling" "delay_500" \
+	    "rebuild --tasks 2000" \
 	    "ui_render --tasks 10000"; do \
 	  echo ">> $(BIN)/python -m bench.$$run"; \
 	  $(BIN)/python -m bench.$$run || failed="$$failed [$$run]"; \

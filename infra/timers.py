@@ -80,12 +80,17 @@ async def publish_timer(
     if due_at - datetime.now(UTC) <= FIRE_NOW_WITHIN:
         await js.publish(due_subject, data, headers={sj.MSG_TTL: fired_ttl})
         return
-    headers = {
-        sj.SCHEDULE: schedule_header(due_at - lead),
+    await js.publish(timer_subject, data, headers=schedule_headers(due_subject, due_at - lead, fired_ttl))
+
+
+def schedule_headers(due_subject: str, fire_at: datetime, fired_ttl: str) -> dict[str, str]:
+    """The headers of a pending `@at` timer: fire at `fire_at` into `due_subject`, the fired copy
+    kept `fired_ttl` (a Go duration)."""
+    return {
+        sj.SCHEDULE: schedule_header(fire_at),
         sj.SCHEDULE_TARGET: due_subject,
         sj.SCHEDULE_TTL: fired_ttl,
     }
-    await js.publish(timer_subject, data, headers=headers)
 
 
 def ttl_header(seconds: float) -> str:
@@ -105,9 +110,17 @@ class Timers:
 
     async def arm(self, tenant: str, task_id: str, due_at: datetime) -> None:
         """Arm the task's timer for `due_at`; timers for other due times stay as they are."""
-        data = _enc.encode(Due(tenant=tenant, task_id=task_id, due_at=due_at))
-        subjects = (sj.timer_subject(tenant, task_id, time_token(due_at)), sj.due_subject(tenant, task_id))
+        subjects, data = self.message(tenant, task_id, due_at)
         await publish_timer(self._js, subjects, data, due_at, self._lead, self._fired_ttl)
+
+    def message(self, tenant: str, task_id: str, due_at: datetime) -> tuple[tuple[str, str], bytes]:
+        """(timer subject, due subject) and the body of the task's timer for `due_at`."""
+        data = _enc.encode(Due(tenant=tenant, task_id=task_id, due_at=due_at))
+        return (sj.timer_subject(tenant, task_id, time_token(due_at)), sj.due_subject(tenant, task_id)), data
+
+    @property
+    def fired_ttl(self) -> str:
+        return self._fired_ttl
 
     async def disarm(self, tenant: str, task_id: str, due_at: datetime) -> None:
         """Cancel the timer for `due_at` only: one armed meanwhile for another due time stays."""
