@@ -283,13 +283,12 @@ class Executor:
             cancelled=attempt.cancelled,
             _reporter=attempt,
         )
-        lease_loop = asyncio.create_task(attempt.run_lease_loop(), name=f"lease-{state.task_id}")
+        lease_loop = attempt.start_lease_loop()
         try:
             verdict = await supervise(attempt, _call(fn, ctx), state.timeout_s, self._settings)
         finally:
             attempt.close()
-            lease_loop.cancel()
-            await asyncio.gather(lease_loop, return_exceptions=True)
+            await lease_loop.stop()
         await self._settle(attempt, verdict, state.timeout_s)
 
     async def _settle(self, attempt: Attempt, verdict: Verdict, timeout_s: float) -> None:

@@ -29,6 +29,29 @@ from ordo.infra.settings import Settings
 from ordo.workers import consumer
 
 
+class Wake:
+    """A flag with at most one waiter (the supervisor): `set` wakes it. Cheaper than an Event
+    waited on by a task of its own, for every attempt."""
+
+    __slots__ = ("_set", "waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 class Attempt:
     """The worker's handle on one attempt of one task (the fencing token is `number`)."""
 
@@ -57,7 +80,7 @@ class Attempt:
         self.log = logger
         self.cancelled = asyncio.Event()
         # Set whenever the supervisor must look again: cancel, abandon or fence.
-        self.wake = asyncio.Event()
+        self.wake = Wake()
         self.fenced = False
         self.abandoned = False
         self._handler = handler
@@ -149,6 +172,11 @@ class Attempt:
             await asyncio.sleep(period)
             await self.extend()
 
+    def start_lease_loop(self) -> LeaseLoop:
+        """The lease loop from its first extension on: until then a timer, not a task (most
+        handlers end before it: no task to create and cancel for them)."""
+        return LeaseLoop(self)
+
     async def release(self, reason: str = "worker shutdown") -> None:
         """Give the ticket back now: store `attempt_released`, then nak for immediate redelivery.
 
@@ -179,3 +207,30 @@ class Attempt:
             task_id=self.task_id, attempt=self.number, worker_id=self.worker_id, pct=pct, note=note
         )
         await self.send(command)
+
+
+class LeaseLoop:
+    """An attempt's lease extensions, every `lease_extend_every_s` while its handler runs."""
+
+    def __init__(self, attempt: Attempt) -> None:
+        self._attempt = attempt
+        self._task: asyncio.Task[None] | None = None
+        period = attempt._settings.lease_extend_every_s
+        self._timer = asyncio.get_running_loop().call_later(period, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"lease-{self._attempt.task_id}")
+
+    async def _run(self) -> None:
+        attempt = self._attempt
+        if attempt.fenced or attempt._closed:
+            return
+        await attempt.extend()
+        await attempt.run_lease_loop()
+
+    async def stop(self) -> None:
+        self._timer.cancel()
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

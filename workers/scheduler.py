@@ -70,6 +70,9 @@ class SchedulerConfig:
     # Commands run at once (the rest wait their turn): a burst of due timers must not flood
     # JetStream with thousands of concurrent loads and time them all out.
     max_inflight: int = 32
+    # A timer read ahead while held is one append at its due time, not a load and an append: a wave
+    # of them (100 tasks due at one instant) goes out together, up to this many at once.
+    max_inflight_appends: int = 1024
     # A timer whose task (or schedule) has no history yet is a read served by a replica that is
     # behind: the timer proves the aggregate exists (armed before its first event is stored, or for
     # an event already stored). It comes back this often, this far apart, before it is dropped.
@@ -79,6 +82,8 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         if self.ack_wait_s <= 0 or self.fetch_batch < 1 or self.max_held < self.fetch_batch:
             raise ValueError("invalid scheduler config")
+        if min(self.max_inflight, self.max_inflight_appends) < 1:
+            raise ValueError("invalid scheduler config: max_inflight, max_inflight_appends >= 1")
         if self.unknown_tries < 1 or self.unknown_delay_s <= 0:
             raise ValueError("invalid scheduler config: unknown_tries >= 1, unknown_delay_s > 0")
 
@@ -103,6 +108,7 @@ class Scheduler:
         self._held: set[asyncio.Task[None]] = set()
         self._acting: set[asyncio.Task[None]] = set()  # held timers past their due time
         self._inflight = asyncio.Semaphore(self._config.max_inflight)
+        self._appends = asyncio.Semaphore(self._config.max_inflight_appends)
 
     async def shutdown(self) -> None:
         self._stop.set()
@@ -164,19 +170,24 @@ class Scheduler:
             self._log.info("fired timers not purged (next start will): %s", exc)
 
     @contextlib.asynccontextmanager
-    async def _slot(self, msg: Msg) -> AsyncIterator[None]:
-        """One of `max_inflight` command slots. While queued for one, keep the message's ack
-        deadline extended: a redelivery storm under overload would only add duplicate work."""
-        while True:
-            try:
-                await asyncio.wait_for(self._inflight.acquire(), self._config.ack_wait_s / 3)
-                break
-            except TimeoutError:
-                await msg.in_progress()
+    async def _slot(self, msg: Msg, preloaded: bool = False) -> AsyncIterator[None]:
+        """One of `max_inflight` command slots (`max_inflight_appends` for a command whose aggregate
+        was read ahead: one append). While queued for one, keep the message's ack deadline
+        extended: a redelivery storm under overload would only add duplicate work."""
+        slots = self._appends if preloaded else self._inflight
+        if slots.locked():
+            while True:
+                try:
+                    await asyncio.wait_for(slots.acquire(), self._config.ack_wait_s / 3)
+                    break
+                except TimeoutError:
+                    await msg.in_progress()
+        else:
+            await slots.acquire()  # free: no wait_for (a task and a timer per command)
         try:
             yield
         finally:
-            self._inflight.release()
+            slots.release()
 
     async def _wait_until(self, due: datetime, msg: Msg) -> None:
         """Return at `due` (wall clock), never before; extend the ack deadline while holding."""
@@ -229,7 +240,7 @@ class Scheduler:
         await self._wait_until(due.due_at, msg)
         self._act()
         try:
-            async with self._slot(msg):
+            async with self._slot(msg, preloaded=known is not None):
                 command = EnqueueDue(task_id=due.task_id, due_at=due.due_at)
                 out = await self._handler.execute(due.tenant, command, known=known)
             # A retry's timer is armed before the failure that needs it is appended: a timer due
@@ -309,7 +320,7 @@ class Scheduler:
             schedule_id=tick.schedule_id, tenant=tick.tenant, tick_at=tick.tick_at, now=datetime.now(UTC)
         )
         try:
-            async with self._slot(msg):
+            async with self._slot(msg, preloaded=known is not None):
                 outcome = await self._schedules.execute(tick.tenant, command, known=known)
         except DomainError as exc:
             self._log.info("tick of schedule %s ignored: %s", tick.schedule_id, exc)

@@ -62,20 +62,33 @@ async def supervise(
                 await _stop(task, settings.cancel_grace_s)
                 return Verdict("timed_out")
             attempt.wake.clear()
-            waker = asyncio.create_task(attempt.wake.wait())
             limit = min(deadline, cancel_deadline if cancel_deadline is not None else deadline)
-            try:
-                await asyncio.wait(
-                    {task, waker},
-                    timeout=max(0.0, limit - now),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                waker.cancel()
+            await _until(task, attempt, limit)
     finally:
         if not task.done():  # the executor itself was cancelled
             task.cancel()
         task.add_done_callback(_consume_outcome)
+
+
+async def _until(task: asyncio.Task[Any], attempt: Attempt, at: float) -> None:
+    """Return when the handler ends, the attempt's `wake` is set, or the loop's clock reaches `at`:
+    one future, a callback and a timer (no task per wait)."""
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    task.add_done_callback(wake)
+    timer = loop.call_at(at, wake)
+    attempt.wake.waiter = woken
+    try:
+        await woken
+    finally:
+        attempt.wake.waiter = None
+        timer.cancel()
+        task.remove_done_callback(wake)
 
 
 def _ended(task: asyncio.Task[Any], *, cancel_requested: bool) -> Verdict:
