@@ -15,6 +15,11 @@ How it stays exact (a stream's ids are log sequences; "contiguous" means the fil
 - The single projector commits task events in sequence order and NOTIFYs the batch's last sequence
   with the commit (projections/runner.py), so every row up to a notified sequence is visible. A
   missed notification (the LISTEN connection lost) is made up by re-reading the checkpoint when idle.
+- After the commit the projector also publishes the batch's task events, as frames, on the committed
+  feed (projections/committed_feed.py): chunks naming the log range they cover. A chunk that starts
+  at or before the hub's position is handed out without a query; a range no chunk covers (a chunk
+  lost, an isolated batch, a projector that does not publish) is read from the read model, after
+  waiting `feed_grace_s` for its chunk while the feed is alive.
 
 Slow clients: a subscriber's buffer is bounded (`max_buffer_bytes`, plus one hand-out: at most a
 tail page). Past it the subscriber is cut: its buffer is dropped and its stream ends; the client
@@ -25,6 +30,7 @@ never waits for a client.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
@@ -32,14 +38,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from ordo.infra.metrics import Counter, Registry
 from ordo.infra.pg import Pool, ReadModelUnavailable
-from ordo.projections import task_events
+from ordo.infra.raw_client import RawClient
+from ordo.projections import committed_feed, task_events
+from ordo.projections.committed_feed import Chunk, Row, frame
 from ordo.projections.runner import checkpoint
 
+__all__ = ["HubConfig", "Notifier", "Subscriber", "TailHub", "frame"]
+
 log = logging.getLogger("ordo.gateway.live")
-_json = msgspec.json.Encoder()
 _RETRY_MIN_S = 0.2
 _RETRY_MAX_S = 5.0
 
@@ -78,10 +89,17 @@ class HubConfig:
     catch_up_page: int = 500  # rows per catch-up query of one stream
     max_buffer_bytes: int = 1 << 20  # frames waiting for one client; past this it is cut
     idle_s: float = 5.0  # no NOTIFY for this long: re-read the checkpoint; idle streams wake (keys)
+    # A committed range waits this long for its chunk of the committed feed before it is read from
+    # the read model (only while the feed was heard within `feed_alive_s`).
+    feed_grace_s: float = 0.25
+    feed_alive_s: float = 60.0
+    feed_chunks: int = 256  # chunks kept ahead of the hub's position; past this the oldest go
 
     def __post_init__(self) -> None:
         if min(self.tail_page, self.catch_up_page, self.max_buffer_bytes) < 1 or self.idle_s <= 0:
             raise ValueError("tail_page, catch_up_page, max_buffer_bytes >= 1 and idle_s > 0 required")
+        if self.feed_grace_s < 0 or self.feed_alive_s < 0 or self.feed_chunks < 1:
+            raise ValueError("feed_grace_s, feed_alive_s >= 0 and feed_chunks >= 1 required")
 
 
 class HubMetrics:
@@ -97,9 +115,12 @@ class HubMetrics:
         self.cuts = Counter(
             "ordo_sse_cuts_total", "SSE streams ended because their client fell behind (they resume)"
         )
+        self.feed_chunks = Counter(
+            "ordo_sse_feed_chunks_total", "Committed ranges SSE handed out from the committed feed (no query)"
+        )
 
     def export(self, registry: Registry) -> None:
-        for attr in ("tail_queries", "catch_up_queries", "cuts"):
+        for attr in ("tail_queries", "catch_up_queries", "cuts", "feed_chunks"):
             mine: Counter = getattr(self, attr)
             shared = registry.counter(mine.name, mine.help, mine.label_names)
             for labels, value in mine.values.items():
@@ -108,11 +129,6 @@ class HubMetrics:
 
 
 METRICS = HubMetrics()
-
-
-def frame(entry: dict[str, Any]) -> bytes:
-    """One task event as an SSE frame, `id:` = its log sequence (encoded once for every stream)."""
-    return b"id: %d\r\nevent: task_event\r\ndata: %s\r\n\r\n" % (entry["seq"], _json.encode(entry))
 
 
 class Subscriber:
@@ -184,9 +200,10 @@ class _Filter:
     types: frozenset[str] | None  # None: every type
 
     def matches(self, entry: dict[str, Any]) -> bool:
-        return (self.queue is None or entry["queue"] == self.queue) and (
-            self.types is None or entry["type"] in self.types
-        )
+        return self.matches_row(entry["queue"], entry["type"])
+
+    def matches_row(self, queue: str, type_: str) -> bool:
+        return (self.queue is None or queue == self.queue) and (self.types is None or type_ in self.types)
 
 
 class _Group:
@@ -209,9 +226,16 @@ class TailHub:
         commits: Notifier,
         config: HubConfig | None = None,
         logger: logging.Logger | None = None,
+        nc: NATS | None = None,
     ) -> None:
+        """With `nc`, committed ranges come from the committed feed where it has them."""
         self._pool = pool
         self._commits = commits
+        self._nc = nc
+        self._feed: collections.deque[Chunk] = collections.deque()
+        self._fed = Notifier()  # announces the end of the newest chunk received
+        self._feed_heard = float("-inf")
+        self._feed_sub: Any = None
         self.config = config or HubConfig()
         self._log = logger or log
         self.position = 0
@@ -223,6 +247,7 @@ class TailHub:
         # This hub's own counts (METRICS are process-wide).
         self.tail_queries = 0
         self.cuts = 0
+        self.feed_chunks = 0
 
     @property
     def subscribers(self) -> int:
@@ -235,7 +260,32 @@ class TailHub:
 
     async def start(self) -> None:
         """Begin at the committed position: earlier events reach streams through their catch-up."""
+        if self._nc is not None and self._feed_sub is None:
+            if isinstance(self._nc, RawClient):
+                self._feed_sub = await self._nc.raw(committed_feed.SUBJECT, self._on_raw_chunk)
+            else:
+                self._feed_sub = await self._nc.subscribe(committed_feed.SUBJECT, cb=self._on_chunk_msg)
         self._move_to(await checkpoint(self._pool, task_events.NAME))
+
+    def _on_raw_chunk(self, _subject: bytes, _reply: bytes, data: bytes, _headers: bytes) -> None:
+        self._take_chunk(data)
+
+    async def _on_chunk_msg(self, msg: Msg) -> None:
+        self._take_chunk(msg.data)
+
+    def _take_chunk(self, data: bytes) -> None:
+        try:
+            chunk = committed_feed.decode_chunk(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._log.warning("committed feed chunk not readable (the range is read back): %s", exc)
+            return
+        if chunk.upto <= self.position:
+            return  # read already (from the read model)
+        self._feed.append(chunk)
+        while len(self._feed) > self.config.feed_chunks:
+            self._feed.popleft()  # no one took them: the range is read back if needed
+        self._feed_heard = asyncio.get_running_loop().time()
+        self._fed.notify(chunk.upto)
 
     async def run(self) -> None:
         """Read and hand out every commit until `shutdown()`; PostgreSQL away only pauses it."""
@@ -265,6 +315,12 @@ class TailHub:
     async def shutdown(self) -> None:
         """Stop reading and end every stream (its client resumes elsewhere from its last id)."""
         self._stop.set()
+        if self._feed_sub is not None:
+            with contextlib.suppress(Exception):
+                if isinstance(self._nc, RawClient):
+                    self._nc.drop_raw(self._feed_sub)
+                await self._feed_sub.unsubscribe()
+            self._feed_sub = None
         for groups in (*self._by_tenant.values(), *self._by_task.values()):
             for group in groups.values():
                 for sub in group.members:
@@ -327,9 +383,10 @@ class TailHub:
     async def _next_target(self) -> int:
         """The sequence to read up to: the newest notified commit, or, after `idle_s` without one,
         the checkpoint (a notification may have been missed while LISTEN reconnected)."""
-        if self._commits.last_seq <= self.position:
+        if max(self._commits.last_seq, self._fed.last_seq) <= self.position:
             waits = [
                 asyncio.ensure_future(self._commits.wait_beyond(self.position, self.config.idle_s)),
+                asyncio.ensure_future(self._fed.wait_beyond(self.position, self.config.idle_s)),
                 asyncio.ensure_future(self._stop.wait()),
             ]
             try:
@@ -337,38 +394,70 @@ class TailHub:
             finally:
                 for w in waits:
                     w.cancel()
-        if self._commits.last_seq > self.position or self._stop.is_set():
-            return self._commits.last_seq
+        newest = max(self._commits.last_seq, self._fed.last_seq)
+        if newest > self.position or self._stop.is_set():
+            return newest
         return await checkpoint(self._pool, task_events.NAME)
 
     async def _advance(self, target: int) -> None:
         while self.position < target and not self._stop.is_set():
             if not self._by_tenant and not self._by_task:
                 self._move_to(target)  # nobody listens: later streams catch up from the read model
+                self._drop_fed()
                 return
-            rows = await task_events.committed_between(
-                self._pool, self.position, target, self.config.tail_page
+            chunk = self._covering()
+            if chunk is None and self._feed_alive():
+                # The commit's notification may come before its chunk: give the chunk a moment.
+                await self._fed.wait_beyond(self.position, self.config.feed_grace_s)
+                chunk = self._covering()
+            if chunk is not None:
+                position = self.position
+                self._hand_out([row for row in chunk.rows if row.seq > position])
+                self._move_to(chunk.upto)  # no await since the hand-out
+                self.feed_chunks += 1
+                METRICS.feed_chunks.inc()
+                continue
+            # No chunk for this range: read it from the read model, up to where the feed resumes.
+            bound = min(target, self._feed[0].after) if self._feed else target
+            if bound <= self.position:
+                continue  # a chunk arrived meanwhile
+            recs = await task_events.committed_between(
+                self._pool, self.position, bound, self.config.tail_page
             )
             self.tail_queries += 1
             METRICS.tail_queries.inc()
-            upto = rows[-1][1]["seq"] if len(rows) == self.config.tail_page else target
-            self._hand_out(rows)
+            upto = recs[-1][1]["seq"] if len(recs) == self.config.tail_page else bound
+            self._hand_out([_row(tenant, entry) for tenant, entry in recs])
             self._move_to(upto)  # no await since the hand-out: joins see both or neither
+            self._drop_fed()
 
-    def _hand_out(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    def _covering(self) -> Chunk | None:
+        """The received chunk that continues from the hub's position, if there is one (chunks
+        wholly behind the position are dropped)."""
+        self._drop_fed()
+        if self._feed and self._feed[0].after <= self.position:
+            return self._feed.popleft()
+        return None
+
+    def _drop_fed(self) -> None:
+        while self._feed and self._feed[0].upto <= self.position:
+            self._feed.popleft()
+
+    def _feed_alive(self) -> bool:
+        return asyncio.get_running_loop().time() - self._feed_heard <= self.config.feed_alive_s
+
+    def _hand_out(self, rows: list[Row]) -> None:
         """Match each row against each group (not each stream) of its tenant and its task, join
         every group's frames once, then hand each member the group's bytes."""
         out: dict[_Group, list[bytes]] = {}
         by_tenant, by_task = self._by_tenant, self._by_task
-        for tenant, entry in rows:
-            encoded: bytes | None = None
-            for groups in (by_tenant.get(tenant), by_task.get((tenant, entry["task_id"]))):
+        for row in rows:
+            encoded = row.frame
+            for groups in (by_tenant.get(row.tenant), by_task.get((row.tenant, row.task_id))):
                 if not groups:
                     continue
                 for flt, group in groups.items():
-                    if flt.matches(entry):
-                        if encoded is None:
-                            encoded = frame(entry)
+                    if flt.matches_row(row.queue, row.type):
                         frames = out.get(group)
                         if frames is None:
                             out[group] = [encoded]
@@ -418,3 +507,8 @@ class TailHub:
         if create:
             return self._by_task.setdefault((sub.tenant, sub.task_id), {})
         return self._by_task.get((sub.tenant, sub.task_id))
+
+
+def _row(tenant: str, entry: dict[str, Any]) -> Row:
+    """A row read back from the read model, as the committed feed carries it."""
+    return Row(tenant, entry["task_id"], entry["queue"], entry["type"], entry["seq"], frame(entry))

@@ -71,7 +71,7 @@ class Services:
         schedules = wiring.schedule_handler(nc, handler, settings)
         queues = wiring.queue_controller(nc, handler, settings)
         notifier = Notifier()
-        hub = TailHub(pool, notifier)  # SSE: one reader of the projector's commits, fanned out
+        hub = TailHub(pool, notifier, nc=nc)  # SSE: one reader of the projector's commits, fanned out
         services = cls(
             settings, nc, handler, schedules, queues, pool, notifier, limits, key_cache, hub, secret
         )

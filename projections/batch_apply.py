@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -23,7 +23,7 @@ from ordo.projections.poison import Undecodable
 from ordo.projections.reader import Record
 from ordo.projections.registry import Projection
 
-__all__ = ["apply_batch", "apply_batch_committed"]
+__all__ = ["Committed", "apply_batch", "apply_batch_committed"]
 
 _log = logging.getLogger("ordo.projector")
 
@@ -62,13 +62,19 @@ async def apply_batch(
     return await _apply_batch(conn, projections, batch, None, notify, isolate=True)
 
 
+class Committed(NamedTuple):
+    applied: int  # records applied
+    skipped: int  # records skipped as duplicates
+    whole: bool  # every record was applied (none isolated as one a projection cannot apply)
+
+
 async def apply_batch_committed(
     conn: asyncpg.Connection,
     projections: Sequence[Projection],
     batch: list[Record],
     memories: Memories,
     notify: str | None = None,
-) -> tuple[int, int]:
+) -> Committed:
     """`apply_batch` in a transaction of its own, committed, and `memories` committed with it (the
     live runner). The whole batch is tried without a savepoint (two round trips fewer); when it fails
     for the data's sake the transaction is rolled back and the batch applied again, isolated, in a
@@ -77,19 +83,21 @@ async def apply_batch_committed(
         if _whole(batch):
             try:
                 async with conn.transaction():
-                    result = await _apply_batch(conn, projections, batch, memories, notify, isolate=False)
+                    applied, skipped = await _apply_batch(
+                        conn, projections, batch, memories, notify, isolate=False
+                    )
                 memories.commit()
-                return result
+                return Committed(applied, skipped, whole=True)
             except _FAILURES as exc:
                 if not _isolate_after(exc, conn, batch, memories):
                     raise
         async with conn.transaction():
-            result = await _apply_batch(conn, projections, batch, None, notify, isolate=True)
+            applied, skipped = await _apply_batch(conn, projections, batch, None, notify, isolate=True)
     except BaseException:
         memories.rollback()
         raise
     memories.commit()
-    return result
+    return Committed(applied, skipped, whole=False)
 
 
 _FAILURES: tuple[type[BaseException], ...] = (NotNew, *poison.DATA_ERRORS)

@@ -30,7 +30,7 @@ from ordo.infra import telemetry
 from ordo.infra.event_store import EventStoreUnavailable
 from ordo.infra.logs import Outage
 from ordo.infra.pg import connect, translate
-from ordo.projections import tasks
+from ordo.projections import committed_feed, task_events, tasks
 from ordo.projections.batch_apply import apply_batch, apply_batch_committed
 from ordo.projections.memory import Memories
 from ordo.projections.reader import LogReader, PoisonEvent, Record
@@ -108,6 +108,8 @@ class ProjectionRunner:
         self._families = tuple(families)
         self._log = logger or logging.getLogger("ordo.projector")
         self._after_commit = after_commit
+        # Gateways take what a batch committed to `task_events` from the committed feed.
+        self._feed = any(p.name == task_events.NAME for p in self._projections)
         self._stop = asyncio.Event()
         self.last_seq = 0
         self.active = False
@@ -190,11 +192,13 @@ class ProjectionRunner:
     ) -> None:
         """Apply and commit one batch (without `memories`, every per-task state is read back)."""
         memories = Memories() if memories is None else memories
-        last = batch[-1][1].seq
+        last, before = batch[-1][1].seq, self.last_seq
         _trace_projection(batch)
-        _, skipped = await apply_batch_committed(conn, self._projections, batch, memories, NOTIFY_CHANNEL)
-        self.skipped_duplicates += skipped
+        done = await apply_batch_committed(conn, self._projections, batch, memories, NOTIFY_CHANNEL)
+        self.skipped_duplicates += done.skipped
         self.last_seq = last
+        if self._feed and done.whole:  # an isolated batch is read back by the gateways
+            await committed_feed.publish(self._nc, before, last, batch)
         if self._after_commit is not None:
             await self._after_commit(self.last_seq)
 

@@ -4,6 +4,8 @@
   order, once: history from the read model, then live; the tail reads each commit at most once.
 - A client that stops reading is cut once its buffer is full, while the others keep receiving; it
   reconnects with Last-Event-ID and has every event exactly once.
+- Live commits come from the projector's committed feed (no read-model query); a chunk lost on the
+  way is read back from the read model, with no gap and no duplicate.
 """
 
 from __future__ import annotations
@@ -17,14 +19,19 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from nats.aio.client import Client as NATS
 
-from ordo.gateway.live import TailHub
+from ordo.gateway.live import TailHub, frame
 from ordo.gateway.routes_events import STATUS_EVENTS
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import StoredEvent
+from ordo.infra.pg import create_pool
 from ordo.infra.settings import Settings
+from ordo.projections import committed_feed, task_events
+from ordo.projections.reader import LogReader
+from ordo.projections.registry import FAMILIES
 from ordo.projections.runner import NOTIFY_CHANNEL, ProjectionRunner
 from tests.helpers import eventually
 from tests.sse import read_events
@@ -122,7 +129,7 @@ class Commits:
             await self._conn.close()
 
 
-async def test_60_clients_each_get_their_filtered_log_once_in_order_from_one_query_per_commit(
+async def test_60_clients_each_get_their_filtered_log_once_in_order_from_the_committed_feed(
     settings: Settings, nc: NATS, handler: CommandHandler
 ) -> None:
     commits = Commits()
@@ -159,7 +166,7 @@ async def test_60_clients_each_get_their_filtered_log_once_in_order_from_one_que
                 60,
                 what="60 streams caught up",
             )
-            queries, catch_up = hub.tail_queries, _catch_up_queries()
+            queries, chunks, catch_up = hub.tail_queries, hub.feed_chunks, _catch_up_queries()
             notified = len(commits.seqs)
             # Live: three events per task, sent while every stream is open.
             for verb in ("pause", "resume", "cancel"):
@@ -178,12 +185,15 @@ async def test_60_clients_each_get_their_filtered_log_once_in_order_from_one_que
                 assert c.seqs == want, (c.path, c.params, c.seqs, want)
                 assert c.connections == 1
             assert all(len(c.seqs) == 4 for c in clients[:50])  # submitted, paused, resumed, cancelled
-            # At most one read-model query per commit, for 60 streams; none of them queried again.
+            # Each commit reached the hub once, for 60 streams: as a chunk of the committed feed, or
+            # (a chunk later than its notification by more than the grace) one read-model query.
             live_commits = len(commits.seqs) - notified
-            assert 0 < hub.tail_queries - queries <= live_commits, (hub.tail_queries - queries, live_commits)
+            fed, queried = hub.feed_chunks - chunks, hub.tail_queries - queries
+            assert fed > 0 and 0 < fed + queried <= live_commits, (fed, queried, live_commits)
             assert _catch_up_queries() == catch_up
             metrics = (await http.get("/metrics")).text
             assert "ordo_sse_tail_queries_total " in metrics and "ordo_sse_cuts_total" in metrics
+            assert "ordo_sse_feed_chunks_total " in metrics
     await commits.stop()
 
 
@@ -284,6 +294,91 @@ async def test_clients_hanging_up_and_resuming_during_a_load_join_the_live_feed_
             for c, want in zip(clients, expected, strict=True):
                 assert c.seqs == want, (c.params, c.hang_up_after, c.seqs, want)
             assert sum(c.connections for c in clients) > 200  # many resumes, each a hand-over
+
+
+async def test_a_lost_chunk_of_the_committed_feed_is_read_back_without_a_gap(
+    settings: Settings, nc: NATS, handler: CommandHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every other batch's chunks never reach the gateway: those ranges come from the read model."""
+    real, batches = committed_feed.publish, []
+
+    async def lossy(nc: NATS, after: int, upto: int, batch: list[Any]) -> None:
+        batches.append(upto)
+        if len(batches) % 2:
+            await real(nc, after, upto, batch)
+
+    monkeypatch.setattr(committed_feed, "publish", lossy)
+    async with (
+        _projected_gateway(settings, nc) as gw,
+        httpx.AsyncClient(base_url=gw.base_url, timeout=60) as http,
+    ):
+        hub: TailHub = gw.app.state.services.hub
+        start = hub.position
+        clients = [
+            Client(http, "/v1/events/stream", {"after": str(start)}),
+            Client(http, "/v1/events/stream", {}),
+        ]
+        async with _clients(clients):
+            await eventually(lambda: _true(hub.subscribers == 2), 60, what="2 streams open")
+            queries, chunks = hub.tail_queries, hub.feed_chunks
+            for _ in range(12):
+                r = await http.post("/v1/tasks:batch", json={"tasks": [{"type": "x"} for _ in range(5)]})
+                assert r.status_code == 202, r.text
+                last = r.json()["items"][-1]["seq"]
+                await eventually(lambda: _true(hub.position >= last), 30, what="projected")  # noqa: B023
+            log, _ = await handler.store.load_filter(sj.tenant_events_filter(settings.tenant))
+            want = [e.seq for e in log if e.seq > start]
+
+            async def done() -> bool:
+                return len(clients[0].seqs) >= len(want)
+
+            await eventually(done, 60, what="the client saw the whole log")
+            assert clients[0].seqs == want
+            live = [s for s in clients[1].seqs if s > start]  # the second joined live: a suffix, exact
+            assert live == want[len(want) - len(live) :] and live
+            assert len(batches) >= 4
+            assert hub.feed_chunks - chunks > 0 and hub.tail_queries - queries > 0
+
+
+async def test_a_frame_of_the_committed_feed_equals_the_frame_read_back_from_the_read_model(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    payloads: list[Any] = [
+        {"text": 'é ü 日本 \u0000 "q" \\', "n": [1, -2, 3.25, 1e300, None, True], "deep": {"a": [{"b": {}}]}},
+        "plain",
+        12345678901234567890,
+    ]
+    async with _projected_gateway(settings, nc) as gw, httpx.AsyncClient(base_url=gw.base_url) as http:
+        hub: TailHub = gw.app.state.services.hub
+        start = hub.position
+        for i, payload in enumerate(payloads):
+            body = {
+                "type": "x",
+                "queue": f"q{i}",
+                "payload": payload,
+                "tags": ["t"],
+                "idempotency_key": f"k{i}",
+            }
+            r = await http.post("/v1/tasks", json=body)
+            assert r.status_code in (200, 201, 202), r.text
+            await http.post(f"/v1/tasks/{r.json()['id']}:cancel")
+        _, last = await handler.store.load_filter(sj.tenant_events_filter(settings.tenant))
+        await eventually(lambda: _true(hub.position >= last), 30, what="projected")
+        pool = await create_pool(settings.database_url)
+        try:
+            rows = await task_events.events_after(pool, settings.tenant, start, 100)
+        finally:
+            await pool.close()
+        read_back = [frame(entry) for entry in rows]
+        # The feed's frames are built from the records the projector reads (its reader's decoding).
+        reader = LogReader(nc, FAMILIES, start + 1)
+        await reader.start()
+        try:
+            batch = await reader.batch(100, upto=last)
+        finally:
+            await reader.close()
+        fed = [committed_feed.frame(committed_feed.entry_of(e)) for f, e in batch if f == "task"]
+        assert len(fed) == len(payloads) * 2 and fed == read_back
 
 
 def _catch_up_queries() -> float:

@@ -117,6 +117,7 @@ def service_permissions(service: str) -> Permissions:
                 f"{_API}.CONSUMER.DELETE.{_EVENTS}.>",
                 f"{_API}.CONSUMER.INFO.{_EVENTS}.>",
                 "$JS.FC.>",
+                "ordo.committed",  # projections/committed_feed.py: what a batch committed, to gateways
             ),
             subscribe=inbox,
         )
