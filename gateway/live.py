@@ -107,7 +107,8 @@ class HubMetrics:
 
     def __init__(self) -> None:
         self.tail_queries = Counter(
-            "ordo_sse_tail_queries_total", "Read-model queries of the SSE tail reader (one per commit)"
+            "ordo_sse_tail_queries_total",
+            "Read-model queries of the SSE tail reader (ranges the committed feed missed)",
         )
         self.catch_up_queries = Counter(
             "ordo_sse_catch_up_queries_total", "Read-model pages read by SSE streams catching up"
