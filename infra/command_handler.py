@@ -34,6 +34,16 @@ from ordo.infra.timers import Timers
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A command decided ahead on a known state, its messages encoded: at its time, one publish."""
+
+    command: TaskCommand
+    state: TaskState  # after the events
+    events: list[Event]
+    msgs: list[tuple[str, bytes, dict[str, str]]]
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What a command did: the state after it, the events it appended and their sequences."""
 
@@ -73,14 +83,22 @@ class CommandHandler:
         command: TaskCommand,
         meta: Metadata | None = None,
         known: tuple[TaskState, int] | None = None,
+        prepared: Prepared | None = None,
     ) -> Outcome:
         """Run one command; on a concurrent append, reload and decide again (bounded).
 
         `known` is the caller's latest (state, last sequence) of the task, e.g. a worker's own last
         outcome: the first try decides on it without a load. Stale, it costs nothing but a conflict
         (the append expects its sequence) and a reload; a no-op or a refusal decided on it is decided
-        again on the log, so a stale state never answers for the task.
+        again on the log, so a stale state never answers for the task. `prepared` (from `prepare`,
+        on that same `known`) is the first try already decided and encoded: it is only published.
         """
+        if prepared is not None and prepared.command is command:
+            try:
+                seqs = await self.store.publish(prepared.msgs)
+                return Outcome(prepared.state, prepared.events, seqs, seqs[-1])
+            except ConcurrencyError:
+                known = None  # the task moved since: decide again on the log
         for _ in range(self._max_retries):
             guessed = known is not None
             if known is not None:
@@ -113,6 +131,31 @@ class CommandHandler:
                 continue  # decide again on the log
             return out
         raise ConcurrencyError(f"task {command.task_id}: too many concurrent changes")
+
+    def prepare(self, tenant: str, command: TaskCommand, known: tuple[TaskState, int]) -> Prepared | None:
+        """Decide `command` on `known` and encode its append, ahead of its time (a timer held until
+        its due time: at the due time it is one publish). None when it would append nothing, be
+        refused, or need more than the append (a timer to arm, an old one to disarm): `execute`
+        then decides at the time as usual."""
+        state, last_seq = known
+        try:
+            events = decide(command, state)
+        except DomainError:
+            return None
+        if not events:
+            return None
+        new = state
+        for event in events:
+            new = evolve(new, event)
+        waits = new.status in (TaskStatus.SCHEDULED, TaskStatus.RETRYING)
+        if waits or (
+            state.due_at is not None and new.due_at != state.due_at and not isinstance(command, EnqueueDue)
+        ):
+            return None
+        msgs = self.store.messages(
+            tenant, new.queue, new.task_id, events, last_seq, runnable=_runnable(state, new, events)
+        )
+        return Prepared(command, new, events, msgs)
 
     async def submit_many(
         self, tenant: str, commands: Sequence[SubmitTask], meta: Metadata | None = None

@@ -156,11 +156,29 @@ class EventStore:
         Returns the stream sequence of each event. A lost reply is retried: a publish that did land
         is not stored twice (the retry's expected sequence no longer holds: a conflict).
         """
+        return await self.publish(self.messages(tenant, queue, task_id, events, expected_seq, runnable, meta))
+
+    def messages(
+        self,
+        tenant: str,
+        queue: str,
+        task_id: str,
+        events: list[Event],
+        expected_seq: int,
+        runnable: Runnable | None = None,
+        meta: Metadata | None = None,
+    ) -> list[tuple[str, bytes, dict[str, str]]]:
+        """The messages `append` publishes, prepared ahead (`publish` sends them)."""
         msgs = _event_messages(
             tenant, queue, task_id, events, expected_seq, runnable, lambda: self._headers(meta)
         )
         if len(msgs) > _BATCH_LIMIT:
             raise EventStoreError(f"{len(msgs)} messages exceed one atomic batch")
+        return msgs
+
+    async def publish(self, msgs: list[tuple[str, bytes, dict[str, str]]]) -> list[int]:
+        """Append messages prepared by `messages`: the stream sequence of each (ConcurrencyError
+        when the task moved past the sequence they expect)."""
         return await self._publish_all(msgs)
 
     async def append_many(self, tenant: str, items: list[AppendItem]) -> list[list[int]]:

@@ -234,15 +234,17 @@ class Scheduler:
             self._log.error("undecodable timer message on %s: terminated", msg.subject)
             await msg.term()
             return
-        # Read the task while the timer is held, so the due moment costs one append, not a load and
-        # an append (the append expects this sequence: a change meanwhile only means a reload).
+        # Read the task while the timer is held, and decide and encode its enqueue then, so the due
+        # moment costs one publish, not a load, a decision and an append (the append expects this
+        # sequence: a change meanwhile only means a reload and a new decision).
+        command = EnqueueDue(task_id=due.task_id, due_at=due.due_at)
         known = await self._preload(due.tenant, due.task_id, due.due_at)
+        prepared = None if known is None else self._handler.prepare(due.tenant, command, known)
         await self._wait_until(due.due_at, msg)
         self._act()
         try:
             async with self._slot(msg, preloaded=known is not None):
-                command = EnqueueDue(task_id=due.task_id, due_at=due.due_at)
-                out = await self._handler.execute(due.tenant, command, known=known)
+                out = await self._handler.execute(due.tenant, command, known=known, prepared=prepared)
             # A retry's timer is armed before the failure that needs it is appended: a timer due
             # before that append lands finds the attempt still running. It comes back (bounded, as
             # for a task not visible yet) rather than being acked away: the retry would be stranded.
