@@ -32,7 +32,7 @@ from ordo.infra.pg import connect
 from ordo.projections.memory import Memories
 from ordo.projections.reader import LogReader
 from ordo.projections.registry import FAMILIES, PROJECTIONS, Family, Projection
-from ordo.projections.runner import apply_batch, ensure_checkpoints, last_log_seq
+from ordo.projections.runner import RunnerConfig, apply_batch, ensure_checkpoints, last_log_seq
 from ordo.projections.schema import DDL as CHECKPOINT_DDL
 from ordo.projections.schema import migrate
 
@@ -86,7 +86,11 @@ class Rebuilder:
         self._projections = tuple(projections)
         self._names = [p.name for p in self._projections]
         self._families = tuple(f for f in families if f.name in {p.family for p in self._projections})
+        # A rebuild catches up all the way: batches of the live runner's catch-up size (five times
+        # `batch_size`: at 5,000 tasks 8,768 events/s against 5,473 with batches of 1,000); the swap
+        # waits until the shadow is within `batch_size` of the live tables.
         self._batch = batch_size
+        self._catch_up_batch = RunnerConfig(batch_size=batch_size).catch_up_batch_size
         self._lock_timeout_ms = int(lock_timeout_s * 1000)
         self._swap_attempts = swap_attempts
         self._log = logger or logging.getLogger("ordo.rebuild")
@@ -161,7 +165,7 @@ class Rebuilder:
         tick = asyncio.Event()
         timer = asyncio.get_running_loop().call_later(1.0, tick.set)
         try:
-            batch = await self._reader.batch(self._batch, upto=target, wait=tick, linger_s=0.05)
+            batch = await self._reader.batch(self._catch_up_batch, upto=target, wait=tick, linger_s=0.05)
         finally:
             timer.cancel()
         if not batch:
