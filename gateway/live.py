@@ -152,10 +152,6 @@ class Subscriber:
         self.cut = False
         self._ready = asyncio.Event()
 
-    def matches(self, entry: dict[str, Any]) -> bool:
-        """The task is checked by the hub's index; queue and types here."""
-        return self.filter.matches(entry)
-
     def _push(self, chunk: bytes, limit: int) -> bool:
         """False when the client is behind: chunks not yet taken, and this one would pass `limit`.
         An empty buffer takes one hand-out of any size (a big commit is not a slow client; the
@@ -200,10 +196,8 @@ class _Filter:
     queue: str | None
     types: frozenset[str] | None  # None: every type
 
-    def matches(self, entry: dict[str, Any]) -> bool:
-        return self.matches_row(entry["queue"], entry["type"])
-
-    def matches_row(self, queue: str, type_: str) -> bool:
+    def matches(self, queue: str, type_: str) -> bool:
+        """The task is checked by the hub's index; queue and types here."""
         return (self.queue is None or queue == self.queue) and (self.types is None or type_ in self.types)
 
 
@@ -458,7 +452,7 @@ class TailHub:
                 if not groups:
                     continue
                 for flt, group in groups.items():
-                    if flt.matches_row(row.queue, row.type):
+                    if flt.matches(row.queue, row.type):
                         frames = out.get(group)
                         if frames is None:
                             out[group] = [encoded]

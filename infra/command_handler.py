@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from ordo.domain.commands import EnqueueDue, SubmitTask, TaskCommand
 from ordo.domain.decide import decide
@@ -139,23 +140,13 @@ class CommandHandler:
         then decides at the time as usual."""
         state, last_seq = known
         try:
-            events = decide(command, state)
+            d = _decided(command, state)
         except DomainError:
             return None
-        if not events:
+        if not d.events or d.arm is not None or d.disarm is not None:
             return None
-        new = state
-        for event in events:
-            new = evolve(new, event)
-        waits = new.status in (TaskStatus.SCHEDULED, TaskStatus.RETRYING)
-        if waits or (
-            state.due_at is not None and new.due_at != state.due_at and not isinstance(command, EnqueueDue)
-        ):
-            return None
-        msgs = self.store.messages(
-            tenant, new.queue, new.task_id, events, last_seq, runnable=_runnable(state, new, events)
-        )
-        return Prepared(command, new, events, msgs)
+        msgs = self.store.messages(tenant, d.state.queue, d.state.task_id, d.events, last_seq, d.runnable)
+        return Prepared(command, d.state, d.events, msgs)
 
     async def submit_many(
         self, tenant: str, commands: Sequence[SubmitTask], meta: Metadata | None = None
@@ -210,27 +201,48 @@ class CommandHandler:
         last_seq: int,
         meta: Metadata | None,
     ) -> Outcome:
-        events = decide(command, state)
-        if not events:
+        d = _decided(command, state)
+        if not d.events:
             return Outcome(state, [], [], last_seq)
-        new = state
-        for event in events:
-            new = evolve(new, event)
-        waits = new.status in (TaskStatus.SCHEDULED, TaskStatus.RETRYING)
-        # (Re-)arm when the due time changes or the task comes back to waiting (resume): a timer
-        # that fired while the task was paused was ignored.
-        rearm = new.due_at != state.due_at or new.status is not state.status
-        if waits and new.due_at is not None and rearm:
-            await self.timers.arm(tenant, new.task_id, new.due_at)
-        runnable = _runnable(state, new, events)
+        new = d.state
+        if d.arm is not None:
+            await self.timers.arm(tenant, new.task_id, d.arm)
         seqs = await self.store.append(
-            tenant, new.queue, new.task_id, events, last_seq, runnable=runnable, meta=meta
+            tenant, new.queue, new.task_id, d.events, last_seq, runnable=d.runnable, meta=meta
         )
-        # The old due time's timer is cleaned up once the log no longer needs it (best effort: a
-        # stale timer is ignored). A timer that enqueued the task has fired already.
-        if state.due_at is not None and new.due_at != state.due_at and not isinstance(command, EnqueueDue):
-            await self.timers.disarm(tenant, new.task_id, state.due_at)
-        return Outcome(new, events, seqs, seqs[-1])
+        if d.disarm is not None:
+            await self.timers.disarm(tenant, new.task_id, d.disarm)
+        return Outcome(new, d.events, seqs, seqs[-1])
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """A command decided on a state: its events, the state after them, and what the append needs
+    around it (the timer to arm before it, the one to disarm after it)."""
+
+    events: list[Event]
+    state: TaskState
+    runnable: Runnable | None
+    arm: datetime | None
+    disarm: datetime | None
+
+
+def _decided(command: TaskCommand, state: TaskState) -> _Decision:
+    events = decide(command, state)
+    new = state
+    for event in events:
+        new = evolve(new, event)
+    waits = new.status in (TaskStatus.SCHEDULED, TaskStatus.RETRYING)
+    # (Re-)arm when the due time changes or the task comes back to waiting (resume): a timer
+    # that fired while the task was paused was ignored.
+    rearm = new.due_at != state.due_at or new.status is not state.status
+    arm = new.due_at if waits and rearm else None
+    # The old due time's timer is cleaned up once the log no longer needs it (best effort: a
+    # stale timer is ignored). A timer that enqueued the task has fired already.
+    moved = state.due_at is not None and new.due_at != state.due_at and not isinstance(command, EnqueueDue)
+    disarm = state.due_at if moved else None
+    runnable = _runnable(state, new, events) if events else None
+    return _Decision(events, new, runnable, arm, disarm)
 
 
 def _runnable(state: TaskState, new: TaskState, events: list[Event]) -> Runnable | None:

@@ -31,7 +31,6 @@ from nats.aio.subscription import Subscription
 # nats-py's header name rule (nats/aio/client.py `_HEADER_KEY_RE`), and what it strips from values.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _WHITESPACE = re.compile(r"\s")
-_UNSAFE_SUBJECT = re.compile(r"[\s]")
 
 # (subject, reply, data, header block or b"") -> None
 RawHandler = Callable[[bytes, bytes, bytes, bytes], None]
@@ -90,7 +89,7 @@ class RawClient(NATS):
             if "\r" in value or "\n" in value:
                 return None
             lines.append(f"{name}: {value.strip()}\r\n")
-        if _UNSAFE_SUBJECT.search(subject) or not subject or _UNSAFE_SUBJECT.search(reply):
+        if not subject or _WHITESPACE.search(subject) or _WHITESPACE.search(reply):
             return None
         block = ("NATS/1.0\r\n" + "".join(lines) + "\r\n").encode()
         head = f"HPUB {subject} {reply} {len(block)} {len(block) + len(payload)}\r\n".encode()

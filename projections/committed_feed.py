@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 
 from ordo.domain.events import encode_event
 from ordo.infra.event_store import StoredEvent
+from ordo.projections import task_events
 from ordo.projections.json_text import json_text
 from ordo.projections.reader import Record
 
@@ -67,18 +68,9 @@ def frame(entry: dict[str, Any]) -> bytes:
 
 def entry_of(e: StoredEvent) -> dict[str, Any]:
     """The event as `task_events.to_entry` reads it back from the row the projection writes."""
-    data = _decode_json.decode(json_text(encode_event(e.event)))
-    data.pop("event", None)
-    return {
-        "seq": e.seq,
-        "type": e.name,
-        "at": e.stored_at,
-        "task_id": e.task_id,
-        "queue": e.queue,
-        "attempt": getattr(e.event, "attempt", None),
-        "data": data,
-        "meta": dict(e.headers),
-    }
+    event = _decode_json.decode(json_text(encode_event(e.event)))
+    attempt = getattr(e.event, "attempt", None)
+    return task_events.entry(e.seq, e.name, e.stored_at, e.task_id, e.queue, attempt, event, dict(e.headers))
 
 
 def chunks(after: int, upto: int, events: Sequence[StoredEvent]) -> list[bytes]:

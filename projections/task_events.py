@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -67,17 +68,40 @@ _COLUMNS = "seq, tenant, task_id, queue, type, attempt, at, data, meta"
 
 
 def to_entry(rec: asyncpg.Record) -> dict[str, Any]:
-    data = dict(rec["data"])
+    return entry(
+        rec["seq"],
+        rec["type"],
+        rec["at"],
+        rec["task_id"],
+        rec["queue"],
+        rec["attempt"],
+        rec["data"],
+        rec["meta"],
+    )
+
+
+def entry(
+    seq: int,
+    type_: str,
+    at: datetime,
+    task_id: str,
+    queue: str,
+    attempt: int | None,
+    event: dict[str, Any],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """One task event as the API and SSE show it (`event`: the event's JSON, decoded)."""
+    data = dict(event)
     data.pop("event", None)
     return {
-        "seq": rec["seq"],
-        "type": rec["type"],
-        "at": rec["at"],
-        "task_id": rec["task_id"],
-        "queue": rec["queue"],
-        "attempt": rec["attempt"],
+        "seq": seq,
+        "type": type_,
+        "at": at,
+        "task_id": task_id,
+        "queue": queue,
+        "attempt": attempt,
         "data": data,
-        "meta": rec["meta"],
+        "meta": meta,
     }
 
 

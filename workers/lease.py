@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
+from typing import Any
 
 from nats.aio.msg import Msg
 
@@ -166,16 +167,16 @@ class Attempt:
             self._last_extended = now
             await self.send(command)
 
-    async def run_lease_loop(self) -> None:
-        period = self._settings.lease_extend_every_s
+    async def _extend_every(self, period: float) -> None:
         while not (self.fenced or self._closed):
-            await asyncio.sleep(period)
             await self.extend()
+            await asyncio.sleep(period)
 
     def start_lease_loop(self) -> LeaseLoop:
-        """The lease loop from its first extension on: until then a timer, not a task (most
-        handlers end before it: no task to create and cancel for them)."""
-        return LeaseLoop(self)
+        """Extend the lease every `lease_extend_every_s` while the handler runs: a timer until the
+        first extension, a task from then on (most handlers end before it: no task for them)."""
+        period = self._settings.lease_extend_every_s
+        return LeaseLoop(period, lambda: self._extend_every(period), f"lease-{self.task_id}")
 
     async def release(self, reason: str = "worker shutdown") -> None:
         """Give the ticket back now: store `attempt_released`, then nak for immediate redelivery.
@@ -210,23 +211,16 @@ class Attempt:
 
 
 class LeaseLoop:
-    """An attempt's lease extensions, every `lease_extend_every_s` while its handler runs."""
+    """`run()` started as a task `delay_s` from now (a timer until then), stopped by `stop()`."""
 
-    def __init__(self, attempt: Attempt) -> None:
-        self._attempt = attempt
+    def __init__(self, delay_s: float, run: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        self._run = run
+        self._name = name
         self._task: asyncio.Task[None] | None = None
-        period = attempt._settings.lease_extend_every_s
-        self._timer = asyncio.get_running_loop().call_later(period, self._start)
+        self._timer = asyncio.get_running_loop().call_later(delay_s, self._start)
 
     def _start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"lease-{self._attempt.task_id}")
-
-    async def _run(self) -> None:
-        attempt = self._attempt
-        if attempt.fenced or attempt._closed:
-            return
-        await attempt.extend()
-        await attempt.run_lease_loop()
+        self._task = asyncio.create_task(self._run(), name=self._name)
 
     async def stop(self) -> None:
         self._timer.cancel()
