@@ -373,8 +373,10 @@ async def test_a_frame_of_the_committed_feed_equals_the_frame_read_back_from_the
         # The feed's frames are built from the records the projector reads (its reader's decoding).
         reader = LogReader(nc, FAMILIES, start + 1)
         await reader.start()
+        batch: list[Any] = []
         try:
-            batch = await reader.batch(100, upto=last)
+            while not batch or batch[-1][1].seq < last:  # a batch holds what has arrived so far
+                batch += await asyncio.wait_for(reader.batch(100, upto=last), 30)
         finally:
             await reader.close()
         fed = [committed_feed.frame(committed_feed.entry_of(e)) for f, e in batch if f == "task"]
