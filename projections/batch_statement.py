@@ -10,10 +10,16 @@ of projections. The CTEs write disjoint tables, so the order PostgreSQL runs the
 A projection applied alone (a rebuild's bisection of a failing batch, tests) runs its `Write` as a
 statement of its own with `execute(conn, [write])`.
 
-Array parameters travel as JSON text: each `$n::T[]` becomes an array built in PostgreSQL from one
-JSON array (`_as_json`). asyncpg encodes an array parameter element by element (≈ 1.1 µs of the
-projector's CPU per element, ≈ 10 µs per task-event row), msgspec encodes the same list as JSON in a
-tenth of that, and the parsing moves to PostgreSQL's process. The SQL stays written with arrays.
+Array parameters travel as JSON text (`_as_json`); the SQL stays written with arrays. asyncpg encodes
+an array parameter element by element (≈ 1.1 µs of the projector's CPU per element, ≈ 10 µs per
+task-event row); msgspec encodes the same values as JSON in a tenth of that, and the parsing moves
+to PostgreSQL's process, where it is done once per row:
+  - `unnest($a::T1[], ..., $k::Tk[])` over parameters that are all lists of one length (the rows of
+    a write) becomes one parameter, a JSON array of rows, read by one `jsonb_array_elements` with a
+    cast per column. PostgreSQL parses the rows once: 5,000 rows of 10 columns insert in 17-21 ms of
+    its time against 37-40 ms for one JSON array per column (and 16 ms, but 40 ms of the
+    projector's CPU, as asyncpg's binary arrays).
+  - any other `$n::T[]` becomes an array built from one JSON array.
 """
 
 from __future__ import annotations
@@ -72,8 +78,58 @@ def _element(value: Any, kind: str) -> Any:
     return value
 
 
+_UNNEST = re.compile(
+    r"unnest\(\s*(\$\d+::[a-z][a-z ]*\[\](?:\s*,\s*\$\d+::[a-z][a-z ]*\[\])*)\s*\)(\s+AS\s+\w+)?"
+)
+_CONVERTED = ("bytea", "double precision", "timestamptz")
+
+
+def _column(values: list[Any], kind: str) -> list[Any]:
+    return [_element(v, kind) for v in values] if kind in _CONVERTED else values
+
+
+def _rows_as_json(sql: str, args: list[Any]) -> tuple[str, list[Any]]:
+    """`sql` and `args` with every `unnest` of parameter arrays of one length (the rows of a write)
+    sent as one JSON array of rows, read back by one `jsonb_array_elements`."""
+    groups: dict[int, tuple[list[tuple[int, str]], str]] = {}  # first parameter -> columns, SQL
+    grouped: set[int] = set()
+
+    def rows(m: re.Match[str]) -> str:
+        params = [(int(n), kind) for n, kind in _ARRAY_PARAM.findall(m.group(1))]
+        numbers = {n for n, _ in params}
+        values = [args[n - 1] for n, _ in params]
+        if grouped & numbers or not all(isinstance(v, list) and len(v) == len(values[0]) for v in values):
+            return m.group(0)
+        first = params[0][0]
+        casts = ", ".join(f"(e->>{i})::{kind}" for i, (_, kind) in enumerate(params))
+        alias = m.group(2) or f" AS _rows{first}"
+        groups[first] = (params, f"(SELECT {casts} FROM jsonb_array_elements(\0::jsonb) AS e){alias}")
+        grouped.update(numbers)
+        return f"\0{first}\0"
+
+    sql = _UNNEST.sub(rows, sql)
+    if not groups:
+        return sql, args
+    renumbered: dict[int, int] = {}
+    out: list[Any] = []
+    for n, value in enumerate(args, 1):
+        if n in groups:
+            columns = [_column(args[k - 1], kind) for k, kind in groups[n][0]]
+            out.append(_json.encode(list(zip(*columns, strict=True))).decode())
+        elif n in grouped:
+            continue
+        else:
+            out.append(value)
+        renumbered[n] = len(out)
+    sql = _PARAM.sub(lambda m: f"${renumbered[int(m.group(1))]}", sql)
+    for first, (_, text) in groups.items():
+        sql = sql.replace(f"\0{first}\0", text.replace("\0", f"${renumbered[first]}"))
+    return sql, out
+
+
 def _as_json(sql: str, args: list[Any]) -> tuple[str, list[Any]]:
     """`sql` and `args` with every list given for a `$n::T[]` parameter sent as one JSON array."""
+    sql, args = _rows_as_json(sql, args)
     kinds: dict[int, str] = {}
     for m in _ARRAY_PARAM.finditer(sql):
         kinds.setdefault(int(m.group(1)), m.group(2))
