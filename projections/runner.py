@@ -144,6 +144,7 @@ class ProjectionRunner:
 
     async def _run_connected(self, outage: Outage) -> None:
         conn = await connect(self._dsn)
+        await conn.execute("SET synchronous_commit = off")
         outage.back()
         try:
             await migrate(conn)
