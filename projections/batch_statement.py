@@ -16,9 +16,10 @@ task-event row); msgspec encodes the same values as JSON in a tenth of that, and
 to PostgreSQL's process, where it is done once per row:
   - `unnest($a::T1[], ..., $k::Tk[])` over parameters that are all lists of one length (the rows of
     a write) becomes one parameter, a JSON array of rows, read by one `jsonb_array_elements` with a
-    cast per column. PostgreSQL parses the rows once: 5,000 rows of 10 columns insert in 17-21 ms of
-    its time against 37-40 ms for one JSON array per column (and 16 ms, but 40 ms of the
-    projector's CPU, as asyncpg's binary arrays).
+    cast per column. PostgreSQL parses the rows once: 5,000 rows of 10 columns take 17-18 ms on its
+    side against 25-33 ms with one JSON array per column, for 1.5 ms more of the projector's CPU
+    (4.1-4.4 ms against 2.6-3.0 ms); asyncpg's binary arrays take 15-18 ms there but 26 ms of the
+    projector's CPU (`python -m bench.pg_rows`).
   - any other `$n::T[]` becomes an array built from one JSON array.
 """
 
