@@ -108,9 +108,10 @@ def _rows_as_json(sql: str, args: list[Any]) -> tuple[str, list[Any]]:
         grouped.update(numbers)
         return f"\0{first}\0"
 
-    sql = _UNNEST.sub(rows, sql)
-    if not groups:
-        return sql, args
+    rewritten = _UNNEST.sub(rows, sql)
+    if not groups or any(int(n) in grouped for n in _PARAM.findall(rewritten)):
+        return sql, args  # nothing to send as rows, or a row parameter is also used elsewhere
+    sql = rewritten
     renumbered: dict[int, int] = {}
     out: list[Any] = []
     for n, value in enumerate(args, 1):

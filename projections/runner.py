@@ -144,9 +144,9 @@ class ProjectionRunner:
 
     async def _run_connected(self, outage: Outage) -> None:
         conn = await connect(self._dsn)
-        await conn.execute("SET synchronous_commit = off")
         outage.back()
         try:
+            await conn.execute("SET synchronous_commit = off")  # decision 34
             await migrate(conn)
             if not await self._elect(conn):
                 return

@@ -100,3 +100,18 @@ async def test_two_writes_in_one_statement_with_scalars_and_arrays_around_the_ro
         for r in _ROWS
         if r[0] not in ("inf", None)  # NULL <> ALL(...) is not true
     }
+
+
+async def test_a_row_parameter_also_used_outside_its_unnest_leaves_the_statement_as_arrays(
+    conn: asyncpg.Connection,
+) -> None:
+    write = Write(
+        "c AS (INSERT INTO sent (k, t, i) SELECT 300, * FROM unnest($1::text[], $2::int[])"
+        " WHERE cardinality($2::int[]) = 2)",
+        [["x", "y"], [1, 2]],
+    )
+    sql, _ = _as_json(*statement([write]))
+    assert "jsonb_array_elements" not in sql
+    await execute(conn, [write])
+    got = await conn.fetch("SELECT t, i FROM sent WHERE k = 300 ORDER BY t")
+    assert [tuple(r) for r in got] == [("x", 1), ("y", 2)]
