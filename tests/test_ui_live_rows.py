@@ -3,6 +3,9 @@ checkbox keeps the keyboard focus and its tick, while its status changes and new
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from tests.conftest import System
 from tests.helpers import eventually
 from tests.test_ui import Page, browser, status_is, submit, ui
@@ -51,3 +54,43 @@ async def test_the_overview_feed_starts_with_the_events_already_seen(ui: Page, s
     feed = page.locator("#feed li")
     await feed.first.wait_for()
     assert await page.locator(f'#feed a[href="#/tasks/{task_id}"]').count() >= 2  # submitted ... succeeded
+
+
+async def test_a_change_committed_while_the_page_is_being_read_is_shown(ui: Page, system: System) -> None:
+    """A page read that saw the task before its success, answered only after the success reached the
+    page: the row is not on screen yet when the event comes, and the list reads again after."""
+    page = ui.page
+    await ui.open("/tasks")
+    await page.locator('#conn[data-state="live"]').wait_for()
+    sleeper: list[str] = []
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold_one_stale_read(route: Any) -> None:
+        response = await route.fetch()
+        items = (await response.json()).get("items", []) if response.ok else []
+        stale = [t for t in items if sleeper and t["id"] == sleeper[0] and t["status"] != "succeeded"]
+        if stale and not held.is_set():
+            held.set()
+            await release.wait()
+        await route.fulfill(response=response)
+
+    await page.route("**/v1/tasks?*", hold_one_stale_read)
+    sleeper.append(await submit(system, {"type": "demo.sleep", "payload": {"seconds": 1}}))
+    row = f'#tasks-table tr[data-id="{sleeper[0]}"]'
+
+    async def held_read() -> bool:
+        return held.is_set()
+
+    await eventually(held_read, timeout=60, what="a read of the page showing the task unfinished")
+    await eventually(status_is(system, sleeper[0], "succeeded"), timeout=60, what="sleep succeeded")
+    events = (await system.http.get(f"/v1/tasks/{sleeper[0]}/events")).json()["events"]
+    last = max(e["seq"] for e in events)
+
+    async def delivered() -> bool:
+        return bool(await page.evaluate("s => window.ordo.seqs.includes(s)", last))
+
+    await eventually(delivered, timeout=60, what="the success delivered to the page")
+    assert await page.locator(row).count() == 0  # the held read is the one that would show it
+    release.set()
+    await page.locator(f'{row} .badge[data-status="succeeded"]').wait_for()

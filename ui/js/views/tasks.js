@@ -120,27 +120,39 @@ export function mount(root, { params }) {
   }
 
   // ---- data -------------------------------------------------------------------------------
+  // Loads in flight, and the newest one started: an older answer arriving last is not shown.
+  let inFlight = 0;
+  let generation = 0;
   async function load() {
+    const mine = ++generation;
+    inFlight += 1;
+    try { await read(mine); } finally { inFlight -= 1; }
+  }
+  async function read(mine) {
     // The route table decides how a search or a time range is asked; the plain list needs none of it.
     if (state.q || state.created_after || state.created_before) await capsLoaded();
     // index.html sends this first page at start-up, before the modules load: keep its keys and their order alike.
     const query = { limit: PAGE, cursor: state.cursor, ...filterQuery() };
-    clear(errorBox);
+    let found, next = null, failure = null;
     try {
       if (state.q && !hasParam("GET", "/v1/tasks", "q")) {
         // Without server-side search, a search is an exact id lookup.
         const r = await fetch(`/v1/tasks/${enc(state.q)}`, { credentials: "same-origin" });
-        items = r.ok ? [await r.json()] : [];
-        nextCursor = null;
+        found = r.ok ? [await r.json()] : [];
       } else {
         const page = await get(`/v1/tasks${qs(query)}`);
-        items = page.items;
-        nextCursor = page.next_cursor;
+        found = page.items;
+        next = page.next_cursor;
       }
     } catch (e) {
-      errorBox.append(notice(e.message, "error"));
-      items = [];
+      failure = e;
+      found = [];
     }
+    if (mine !== generation) return; // a newer load (another filter, a later refresh) decides the page
+    items = found;
+    nextCursor = next;
+    clear(errorBox);
+    if (failure) errorBox.append(notice(failure.message, "error"));
     renderRows();
   }
   const refresh = coalesce(load, 250);
@@ -270,7 +282,9 @@ export function mount(root, { params }) {
       if (filterChanged && allMatching) { selected.clear(); allMatching = false; }
       state = { ...p }; fillForm(); newSince = 0; newBanner.hidden = true; cursorRow = -1; load(); },
     onEvent(e) {
-      if (rowsById.has(e.task_id)) { refresh(); return; }
+      // A page read while this event was being committed may not show it, and its rows are not on
+      // screen yet to match against: an event arriving during a load reads the page again after it.
+      if (rowsById.has(e.task_id) || inFlight > 0) { refresh(); return; }
       if (e.type === "submitted") {
         if (state.q) return;
         if (!state.cursor) refresh();
