@@ -9,6 +9,7 @@ second half, while tasks keep changing. A grep also proves the projection code n
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import sys
@@ -43,6 +44,18 @@ async def table_hashes(dsn: str, tables: tuple[str, ...]) -> dict[str, tuple[int
             )
             out[table] = (rec["n"], rec["h"])
         return out
+    finally:
+        await conn.close()
+
+
+async def index_definitions(dsn: str) -> set[tuple[str, str]]:
+    """(index name, definition) of every index in the live schema: the swapped tables keep them all."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        recs = await conn.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+        )
+        return {(r["indexname"], r["indexdef"]) for r in recs}
     finally:
         await conn.close()
 
@@ -130,6 +143,8 @@ async def test_rebuild_is_row_for_row_equal_while_the_gateway_serves(
     await caught_up(system)
     before = await table_hashes(system.settings.database_url, tables)
     oids = await table_oids(system.settings.database_url, tables)
+    indexes = await index_definitions(system.settings.database_url)
+    assert any(name == "tasks_status_newest" for name, _ in indexes)
     assert before["tasks"][0] == 1000 and before["dead_letters"][0] == 200
     assert before["task_events"][0] > 5_000
 
@@ -145,6 +160,8 @@ async def test_rebuild_is_row_for_row_equal_while_the_gateway_serves(
     assert after == before
     new_oids = await table_oids(system.settings.database_url, tables)
     assert all(new_oids[t] != oids[t] for t in tables), "the tables were not swapped"
+    # The secondary indexes, dropped while the log was replayed, were built again before the swap.
+    assert await index_definitions(system.settings.database_url) == indexes
 
     # While tasks keep changing: the rebuild catches up and swaps under the live projector, and the
     # result equals a quiet rebuild from scratch afterwards.
@@ -164,6 +181,20 @@ async def test_rebuild_is_row_for_row_equal_while_the_gateway_serves(
 async def _some_events(system: System) -> bool:
     r = await system.http.get("/v1/stats")
     return r.status_code == 200 and r.json()["by_status"]["queued"] + r.json()["by_status"]["running"] > 0
+
+
+async def test_a_rebuild_reports_its_progress(gateway_only: System, caplog: pytest.LogCaptureFixture) -> None:
+    system = gateway_only
+    await drive(system.handler, system.settings.tenant, 40)
+    await caught_up(system)
+    caplog.set_level(logging.INFO, logger="ordo.rebuild")
+    rebuilder = Rebuilder(system.nc, system.settings.database_url, batch_size=10, progress_every_s=0)
+    report = await rebuilder.run()
+    lines = [r.getMessage() for r in caplog.records if r.name == "ordo.rebuild"]
+    progress = re.compile(r"replayed \d+ events, log sequence (\d+) of")
+    done = [int(m[1]) for line in lines if (m := progress.match(line))]
+    assert len(done) >= 3 and done == sorted(done) and done[-1] >= report.checkpoint - 10, lines
+    assert any(re.fullmatch(r"built \d+ indexes in [\d.]+ s", line) for line in lines), lines
 
 
 async def test_a_second_rebuild_is_refused_and_unknown_names_are_errors(gateway_only: System) -> None:
