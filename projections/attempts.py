@@ -173,12 +173,11 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
     if not rows:
         return None
 
-    def done(_: object) -> None:
-        if memory is not None:
-            for key, row in rows.items():
-                memory.put(key, row)
-
-    return Write(_CTES, _columns(rows), None, done)
+    write = Write(_CTES, _columns(rows))
+    if memory is not None:
+        for key, row in rows.items():
+            memory.put(key, row)
+    return write
 
 
 def _from_record(rec: asyncpg.Record) -> _Attempt:

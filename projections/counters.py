@@ -134,12 +134,10 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
         [n for _, n in counts],
     ]
 
-    def done(_: object) -> None:
-        if memory is not None:
-            for key, mark in items:
-                memory.put(key, mark)
-
-    return Write(_CTES, args, None, done)
+    if memory is not None:
+        for key, mark in items:
+            memory.put(key, mark)
+    return Write(_CTES, args)
 
 
 # One statement: the tasks' marks (a `submitted` starts a task's mark afresh, queue and type too),

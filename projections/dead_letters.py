@@ -124,13 +124,16 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
         return None
     items = sorted(tasks.items(), key=lambda kt: kt[0])
 
-    def done(inserted: int) -> None:
-        presumed_new("dead-letter task", sum(1 for k, _ in items if k in new), inserted)
-        if memory is not None:
-            for key, t in items:  # what reading the row back gives: no pending change
-                memory.put(key, _Task(t.queue, t.type, t.attempts, t.error, t.last_seq))
+    expected = sum(1 for k, _ in items if k in new)
 
-    return Write(_CTES, _args(items, new), "(SELECT count(*) FROM dead_letters_fresh)", done)
+    def done(inserted: int) -> None:
+        presumed_new("dead-letter task", expected, inserted)
+
+    write = Write(_CTES, _args(items, new), "(SELECT count(*) FROM dead_letters_fresh)", done)
+    if memory is not None:
+        for key, t in items:  # what reading the row back gives: no pending change
+            memory.put(key, _Task(t.queue, t.type, t.attempts, t.error, t.last_seq))
+    return write
 
 
 _TASK_COLS = "tenant, task_id, queue, type, attempts, error, last_seq"

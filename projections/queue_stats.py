@@ -126,12 +126,14 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
         [n for _, n in changed],
     ]
 
-    def done(inserted: int) -> None:
-        presumed_new("task status", sum(1 for k, _, _, _ in rows if k in new), inserted)
-        if memory is not None:
-            for k, q, s, seq in rows:
-                memory.put(k, (q, _kept(k[1], s), seq))
+    expected = sum(1 for k, _, _, _ in rows if k in new)
 
+    def done(inserted: int) -> None:
+        presumed_new("task status", expected, inserted)
+
+    if memory is not None:
+        for k, q, s, seq in rows:
+            memory.put(k, (q, _kept(k[1], s), seq))
     return Write(_CTES, args, "(SELECT count(*) FROM queue_stats_fresh)", done)
 
 

@@ -140,13 +140,15 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
         return None
     items = sorted(tasks.items(), key=lambda kt: kt[0])
 
+    expected = sum(1 for k, _ in items if k in new)
+
     def done(inserted: int) -> None:
-        presumed_new("stats task", sum(1 for k, _ in items if k in new), inserted)
-        if memory is not None:
-            for key, kept in items:
-                memory.put(key, kept)
+        presumed_new("stats task", expected, inserted)
 
     args = _args(items, new, buckets, durations)
+    if memory is not None:
+        for key, kept in items:
+            memory.put(key, kept)
     return Write(_CTES, args, "(SELECT count(*) FROM stats_minutely_fresh)", done)
 
 

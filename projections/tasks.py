@@ -150,15 +150,17 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
     columns = [list(col) for col in zip(*params, strict=True)]
     flags = [key in new for key, _ in written]
 
-    def done(inserted: int) -> None:
-        presumed_new("task", sum(flags), inserted)
-        if memory is not None:
-            for key, row in written:
-                if _remembered_size(row.state) <= _REMEMBER_MAX_BYTES:
-                    memory.put(key, row)
-                else:
-                    memory.forget(key)
+    expected = sum(flags)
 
+    def done(inserted: int) -> None:
+        presumed_new("task", expected, inserted)
+
+    if memory is not None:
+        for key, row in written:
+            if _remembered_size(row.state) <= _REMEMBER_MAX_BYTES:
+                memory.put(key, row)
+            else:
+                memory.forget(key)
     return Write(_CTES, [*columns, flags], "(SELECT count(*) FROM tasks_fresh)", done)
 
 
