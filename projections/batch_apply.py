@@ -10,6 +10,7 @@ are found; those are recorded in `projection_errors` and skipped. An outage prop
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -23,7 +24,7 @@ from ordo.projections.poison import Undecodable
 from ordo.projections.reader import Record
 from ordo.projections.registry import Projection
 
-__all__ = ["Committed", "apply_batch", "apply_batch_committed"]
+__all__ = ["Committed", "Pipeline", "UndecodableInBatch", "apply_batch", "apply_batch_committed"]
 
 _log = logging.getLogger("ordo.projector")
 
@@ -147,6 +148,25 @@ async def _apply_batch(
     last = batch[-1][1].seq
     names = [p.name for p in projections]
     checkpoints = {r["name"]: (r["last_seq"], r["epoch"]) for r in await conn.fetch(_LOCK_CHECKPOINTS, names)}
+    writes, applied, skipped = await _plan(conn, conn, projections, batch, memories, checkpoints, isolate)
+    # Every planned write and the checkpoints: one statement.
+    await execute(conn, [*writes, _checkpoints_write(names, last, notify)])
+    return applied, skipped
+
+
+async def _plan(
+    conn: asyncpg.Connection,
+    reads: Any,
+    projections: Sequence[Projection],
+    batch: list[Record],
+    memories: Memories | None,
+    checkpoints: dict[str, tuple[int, int]],
+    isolate: bool,
+) -> tuple[list[Write], int, int]:
+    """The batch's planned writes, (records applied, records skipped); projections without a plan
+    (and every projection when isolating) are applied on `conn` on the way. Plans read through
+    `reads` (its `fetch`)."""
+    last = batch[-1][1].seq
     applied = skipped = 0
     writes: list[Write] = []
     for projection in projections:
@@ -166,14 +186,86 @@ async def _apply_batch(
         if fresh and isolate:
             await _apply_total(conn, projection, fresh)
         elif fresh and projection.plan is not None:
-            write = await projection.plan(conn, fresh, memory)
+            write = await projection.plan(reads, fresh, memory)
             if write is not None:
                 writes.append(write)
         elif fresh:
             await projection.apply(conn, fresh)
-    # Every planned write and the checkpoints: one statement.
-    await execute(conn, [*writes, _checkpoints_write(names, last, notify)])
-    return applied, skipped
+    return writes, applied, skipped
+
+
+class Pipeline:
+    """Batches applied back to back in the caller's transaction, each planned (in Python) while the
+    statement of the one before runs (in PostgreSQL): a rebuild's replay, where this process is the
+    only writer of its tables and knows their checkpoints.
+
+    `last` is where every projection's checkpoint stands. A plan that must read a table first waits
+    for the statement in flight, and so does a projection without a plan (it runs statements of its
+    own). A failure surfaces from `add` or `drain`; the caller rolls back the transaction and the
+    memories, and applies those batches again with `apply_batch`, which isolates a bad event."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        projections: Sequence[Projection],
+        memories: Memories,
+        last: int,
+    ) -> None:
+        self._conn = conn
+        self._projections = tuple(projections)
+        self._names = [p.name for p in self._projections]
+        self._planless = {p.family for p in self._projections if p.plan is None}
+        self._memories = memories
+        self.last = last
+        self._pending: asyncio.Future[None] | None = None
+
+    async def add(self, batch: list[Record]) -> int:
+        """Plan `batch` and send its statement; returns the records applied."""
+        if any(isinstance(r, Undecodable) for _, r in batch):
+            raise UndecodableInBatch(batch[0][1].seq)
+        if any(family in self._planless for family, _ in batch):
+            await self.drain()
+        checkpoints = {name: (self.last, 0) for name in self._names}
+        reads = _AfterPending(self._conn, self._pending)
+        writes, applied, _ = await _plan(
+            self._conn, reads, self._projections, batch, self._memories, checkpoints, isolate=False
+        )
+        last = batch[-1][1].seq
+        statement = [*writes, _checkpoints_write(self._names, last, None)]
+        await self.drain()
+        self._pending = asyncio.ensure_future(execute(self._conn, statement))
+        self.last = last
+        await asyncio.sleep(0)  # the statement is sent now, not when the caller next waits
+        return applied
+
+    async def drain(self) -> None:
+        """Wait for the statement in flight (its failure is raised here)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    async def close(self) -> None:
+        """After a failure: let the statement in flight end, whatever its outcome."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
+
+
+class UndecodableInBatch(Exception):
+    """A batch holds a record that cannot be decoded: it is applied by `apply_batch`, which isolates it."""
+
+
+class _AfterPending:
+    """A plan's reads: they wait for the statement in flight, whose writes they must see."""
+
+    def __init__(self, conn: asyncpg.Connection, pending: asyncio.Future[None] | None) -> None:
+        self._conn = conn
+        self._pending = pending
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        if self._pending is not None:
+            await self._pending
+        return list(await self._conn.fetch(query, *args))
 
 
 async def _apply_total(conn: asyncpg.Connection, projection: Projection, records: list[Any]) -> None:

@@ -31,14 +31,18 @@ import asyncpg
 from nats.aio.client import Client as NATS
 
 from ordo.infra.pg import connect
-from ordo.projections.memory import Memories
-from ordo.projections.reader import LogReader
+from ordo.projections import poison
+from ordo.projections.batch_apply import Pipeline, UndecodableInBatch
+from ordo.projections.memory import Memories, NotNew
+from ordo.projections.reader import LogReader, Record
 from ordo.projections.registry import FAMILIES, PROJECTIONS, Family, Projection
 from ordo.projections.runner import RunnerConfig, apply_batch, ensure_checkpoints, last_log_seq
 from ordo.projections.schema import DDL as CHECKPOINT_DDL
 from ordo.projections.schema import migrate
 
 SHADOW_SCHEMA = "ordo_rebuild"
+_CHUNK_S = 1.0  # the replay commits about once a second
+_PIPELINE_FAILURES: tuple[type[BaseException], ...] = (NotNew, UndecodableInBatch, *poison.DATA_ERRORS)
 RETIRED_SCHEMA = "ordo_retired"
 REBUILD_LOCK = 7_404_003
 
@@ -193,10 +197,11 @@ class Rebuilder:
         )
         return max((int(r["last_seq"]) for r in recs), default=0)
 
-    async def _apply_upto(self, conn: asyncpg.Connection, target: int) -> bool:
-        """Apply one batch of records <= target into the shadow; False once nothing more will come."""
+    async def _next_batch(self, target: int) -> list[Record] | None:
+        """The next batch of records <= target; [] when none came for a while; None once nothing
+        more will come."""
         if self._shadow_last >= target:
-            return False
+            return None
         assert self._reader is not None
         tick = asyncio.Event()
         timer = asyncio.get_running_loop().call_later(1.0, tick.set)
@@ -204,13 +209,15 @@ class Rebuilder:
             batch = await self._reader.batch(self._catch_up_batch, upto=target, wait=tick, linger_s=0.05)
         finally:
             timer.cancel()
-        if not batch:
-            if self._reader.past(target):
-                return False
-            # Nothing arrived for a while: is there anything newer in the log at all?
-            newest = max((await last_log_seq(self._nc, self._families)).values(), default=0)
-            return newest > self._shadow_last
-        await apply_batch(conn, self._projections, batch, self._memories)
+        if batch:
+            return batch
+        if self._reader.past(target):
+            return None
+        # Nothing arrived for a while: is there anything newer in the log at all?
+        newest = max((await last_log_seq(self._nc, self._families)).values(), default=0)
+        return [] if newest > self._shadow_last else None
+
+    async def _applied_batch(self, conn: asyncpg.Connection, batch: list[Record]) -> None:
         self._applied += len(batch)
         self._shadow_last = batch[-1][1].seq
         self._batches += 1
@@ -219,7 +226,38 @@ class Rebuilder:
             # an empty table (sequential scans per batch) and a long rebuild turns quadratic.
             for table in self._tables:
                 await conn.execute(f"ANALYZE {SHADOW_SCHEMA}.{table}")
+
+    async def _apply_upto(self, conn: asyncpg.Connection, target: int) -> bool:
+        """Apply one batch of records <= target into the shadow; False once nothing more will come."""
+        batch = await self._next_batch(target)
+        if not batch:
+            return batch is not None
+        await apply_batch(conn, self._projections, batch, self._memories)
+        await self._applied_batch(conn, batch)
         return True
+
+    async def _replay(self, conn: asyncpg.Connection, target: int) -> bool:
+        """Apply batches of records <= target in one transaction, each planned while the one before
+        is written (`Pipeline`), for about `_CHUNK_S`; False once nothing more will come."""
+        pipeline = Pipeline(conn, self._projections, self._memories, self._shadow_last)
+        ends = time.perf_counter() + _CHUNK_S
+        more = True
+        async with conn.transaction():
+            try:
+                while more and time.perf_counter() < ends:
+                    batch = await self._next_batch(target)
+                    if not batch:
+                        more = batch is not None
+                        break
+                    await pipeline.add(batch)
+                    if (self._batches + 1) & self._batches == 0:  # this batch ANALYZEs after it
+                        await pipeline.drain()
+                    await self._applied_batch(conn, batch)
+                    self._progress(target)
+                await pipeline.drain()
+            finally:
+                await pipeline.close()  # before the transaction ends: nothing may be in flight
+        return more
 
     async def _restart_reader(self) -> None:
         if self._reader is not None:
@@ -229,15 +267,32 @@ class Rebuilder:
 
     async def _catch_up(self, conn: asyncpg.Connection, live: str) -> None:
         """Replay into the shadow until it is within one batch of the live checkpoint, with a line of
-        progress every `progress_every_s`."""
+        progress every `progress_every_s`.
+
+        Batches are replayed pipelined; when that fails for the data's sake (an event a projection
+        cannot apply), the shadow goes back to its last commit and the next batch is applied alone
+        by `apply_batch`, which finds and records the bad event."""
         while True:
             target = await self._live_target(conn, live, lock=False)
             self._progress(target)
             if target - self._shadow_last <= self._batch:
                 return
+            applied = self._applied
             try:
-                async with conn.transaction():
-                    more = await self._apply_upto(conn, target)
+                more = await self._replay(conn, target)
+            except _PIPELINE_FAILURES as exc:
+                self._memories.rollback()
+                if not (isinstance(exc, UndecodableInBatch) or poison.caused_by_data(exc, conn)):
+                    raise
+                self._log.info("replay applies batches one by one from seq %d: %s", self._shadow_last, exc)
+                self._applied = applied
+                await self._rewind(conn)
+                try:
+                    async with conn.transaction():
+                        more = await self._apply_upto(conn, target)
+                except BaseException:
+                    self._memories.rollback()
+                    raise
             except BaseException:
                 self._memories.rollback()
                 raise
