@@ -24,7 +24,16 @@ from ordo.projections.poison import Undecodable
 from ordo.projections.reader import Record
 from ordo.projections.registry import Projection
 
-__all__ = ["Committed", "Pipeline", "UndecodableInBatch", "apply_batch", "apply_batch_committed"]
+__all__ = [
+    "PIPELINE_FAILURES",
+    "Committed",
+    "Pipeline",
+    "UndecodableInBatch",
+    "apply_batch",
+    "apply_batch_committed",
+    "lock_checkpoints",
+    "pipeline_gives_way",
+]
 
 _log = logging.getLogger("ordo.projector")
 
@@ -104,6 +113,11 @@ async def apply_batch_committed(
 _FAILURES: tuple[type[BaseException], ...] = (NotNew, *poison.DATA_ERRORS)
 
 
+async def lock_checkpoints(conn: asyncpg.Connection, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """name -> (sequence, epoch) of the checkpoints of `names`, locked until the transaction ends."""
+    return {r["name"]: (r["last_seq"], r["epoch"]) for r in await conn.fetch(_LOCK_CHECKPOINTS, list(names))}
+
+
 def _whole(batch: list[Record]) -> bool:
     """Whether the batch is worth trying whole (an undecodable record is known to need isolating)."""
     return not any(isinstance(r, Undecodable) for _, r in batch)
@@ -147,7 +161,7 @@ async def _apply_batch(
 ) -> tuple[int, int]:
     last = batch[-1][1].seq
     names = [p.name for p in projections]
-    checkpoints = {r["name"]: (r["last_seq"], r["epoch"]) for r in await conn.fetch(_LOCK_CHECKPOINTS, names)}
+    checkpoints = await lock_checkpoints(conn, names)
     writes, applied, skipped = await _plan(conn, conn, projections, batch, memories, checkpoints, isolate)
     # Every planned write and the checkpoints: one statement.
     await execute(conn, [*writes, _checkpoints_write(names, last, notify)])
@@ -196,47 +210,50 @@ async def _plan(
 
 class Pipeline:
     """Batches applied back to back in the caller's transaction, each planned (in Python) while the
-    statement of the one before runs (in PostgreSQL): a rebuild's replay, where this process is the
-    only writer of its tables and knows their checkpoints.
+    statement of the one before runs (in PostgreSQL): a rebuild's replay, and the live runner when it
+    is behind. The caller holds the checkpoints (`checkpoints`: name -> (sequence, epoch), locked by
+    the live runner, its own in a rebuild); each batch moves them as `apply_batch` would.
 
-    `last` is where every projection's checkpoint stands. A plan that must read a table first waits
-    for the statement in flight, and so does a projection without a plan (it runs statements of its
-    own). A failure surfaces from `add` or `drain`; the caller rolls back the transaction and the
-    memories, and applies those batches again with `apply_batch`, which isolates a bad event."""
+    A plan that must read a table first waits for the statement in flight, and so does a projection
+    without a plan (it runs statements of its own). A failure surfaces from `add` or `drain`; the
+    caller rolls back the transaction and the memories, and applies those batches again with
+    `apply_batch`, which isolates a bad event."""
 
     def __init__(
         self,
         conn: asyncpg.Connection,
         projections: Sequence[Projection],
         memories: Memories,
-        last: int,
+        checkpoints: dict[str, tuple[int, int]],
+        notify: str | None = None,
     ) -> None:
         self._conn = conn
         self._projections = tuple(projections)
         self._names = [p.name for p in self._projections]
         self._planless = {p.family for p in self._projections if p.plan is None}
         self._memories = memories
-        self.last = last
+        self._checkpoints = {name: checkpoints.get(name, (0, 0)) for name in self._names}
+        self._notify = notify
         self._pending: asyncio.Future[None] | None = None
 
-    async def add(self, batch: list[Record]) -> int:
-        """Plan `batch` and send its statement; returns the records applied."""
+    async def add(self, batch: list[Record]) -> tuple[int, int]:
+        """Plan `batch` and send its statement; returns (records applied, records skipped)."""
         if any(isinstance(r, Undecodable) for _, r in batch):
             raise UndecodableInBatch(batch[0][1].seq)
         if any(family in self._planless for family, _ in batch):
             await self.drain()
-        checkpoints = {name: (self.last, 0) for name in self._names}
         reads = _AfterPending(self._conn, self._pending)
-        writes, applied, _ = await _plan(
-            self._conn, reads, self._projections, batch, self._memories, checkpoints, isolate=False
+        writes, applied, skipped = await _plan(
+            self._conn, reads, self._projections, batch, self._memories, self._checkpoints, isolate=False
         )
         last = batch[-1][1].seq
-        statement = [*writes, _checkpoints_write(self._names, last, None)]
+        statement = [*writes, _checkpoints_write(self._names, last, self._notify)]
         await self.drain()
         self._pending = asyncio.ensure_future(execute(self._conn, statement))
-        self.last = last
+        moved = self._checkpoints.items()
+        self._checkpoints = {name: (max(done, last), epoch) for name, (done, epoch) in moved}
         await asyncio.sleep(0)  # the statement is sent now, not when the caller next waits
-        return applied
+        return applied, skipped
 
     async def drain(self) -> None:
         """Wait for the statement in flight (its failure is raised here)."""
@@ -253,6 +270,16 @@ class Pipeline:
 
 class UndecodableInBatch(Exception):
     """A batch holds a record that cannot be decoded: it is applied by `apply_batch`, which isolates it."""
+
+
+# What makes a pipeline give way to `apply_batch` (when not an outage: see `pipeline_gives_way`).
+PIPELINE_FAILURES: tuple[type[BaseException], ...] = (*_FAILURES, UndecodableInBatch)
+
+
+def pipeline_gives_way(exc: BaseException, conn: asyncpg.Connection) -> bool:
+    """After a pipeline failed with one of PIPELINE_FAILURES: True when its batches are to be applied
+    again by `apply_batch` (bad data, a presumption that did not hold); False for an outage."""
+    return isinstance(exc, (NotNew, UndecodableInBatch)) or poison.caused_by_data(exc, conn)
 
 
 class _AfterPending:

@@ -31,9 +31,8 @@ import asyncpg
 from nats.aio.client import Client as NATS
 
 from ordo.infra.pg import connect
-from ordo.projections import poison
-from ordo.projections.batch_apply import Pipeline, UndecodableInBatch
-from ordo.projections.memory import Memories, NotNew
+from ordo.projections.batch_apply import PIPELINE_FAILURES, Pipeline, pipeline_gives_way
+from ordo.projections.memory import Memories
 from ordo.projections.reader import LogReader, Record
 from ordo.projections.registry import FAMILIES, PROJECTIONS, Family, Projection
 from ordo.projections.runner import RunnerConfig, apply_batch, ensure_checkpoints, last_log_seq
@@ -42,7 +41,6 @@ from ordo.projections.schema import migrate
 
 SHADOW_SCHEMA = "ordo_rebuild"
 _CHUNK_S = 1.0  # the replay commits about once a second
-_PIPELINE_FAILURES: tuple[type[BaseException], ...] = (NotNew, UndecodableInBatch, *poison.DATA_ERRORS)
 RETIRED_SCHEMA = "ordo_retired"
 REBUILD_LOCK = 7_404_003
 
@@ -239,7 +237,8 @@ class Rebuilder:
     async def _replay(self, conn: asyncpg.Connection, target: int) -> bool:
         """Apply batches of records <= target in one transaction, each planned while the one before
         is written (`Pipeline`), for about `_CHUNK_S`; False once nothing more will come."""
-        pipeline = Pipeline(conn, self._projections, self._memories, self._shadow_last)
+        checkpoints = {p.name: (self._shadow_last, 0) for p in self._projections}
+        pipeline = Pipeline(conn, self._projections, self._memories, checkpoints)
         ends = time.perf_counter() + _CHUNK_S
         more = True
         async with conn.transaction():
@@ -280,9 +279,9 @@ class Rebuilder:
             applied = self._applied
             try:
                 more = await self._replay(conn, target)
-            except _PIPELINE_FAILURES as exc:
+            except PIPELINE_FAILURES as exc:
                 self._memories.rollback()
-                if not (isinstance(exc, UndecodableInBatch) or poison.caused_by_data(exc, conn)):
+                if not pipeline_gives_way(exc, conn):
                     raise
                 self._log.info("replay applies batches one by one from seq %d: %s", self._shadow_last, exc)
                 self._applied = applied

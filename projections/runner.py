@@ -31,7 +31,14 @@ from ordo.infra.event_store import EventStoreUnavailable
 from ordo.infra.logs import Outage
 from ordo.infra.pg import connect, translate
 from ordo.projections import committed_feed, task_events, tasks
-from ordo.projections.batch_apply import apply_batch, apply_batch_committed
+from ordo.projections.batch_apply import (
+    PIPELINE_FAILURES,
+    Pipeline,
+    apply_batch,
+    apply_batch_committed,
+    lock_checkpoints,
+    pipeline_gives_way,
+)
 from ordo.projections.memory import Memories
 from ordo.projections.reader import LogReader, PoisonEvent, Record
 from ordo.projections.registry import FAMILIES, PROJECTIONS, Family, Projection
@@ -70,7 +77,7 @@ class RunnerConfig:
         return self.max_batch_size or 5 * self.batch_size
 
 
-# A fault hook called after COMMIT with the batch's last sequence (tests crash here).
+# A fault hook called after COMMIT with the batch's last sequence, once per batch (tests crash here).
 AfterCommit = Callable[[int], Awaitable[None]]
 
 
@@ -179,10 +186,12 @@ class ProjectionRunner:
         await reader.start()
         try:
             while not self._stop.is_set():
-                # Caught up, a batch is what has arrived (small, low latency); behind, it is larger.
-                behind = reader.buffered() >= config.batch_size
-                size = config.catch_up_batch_size if behind else config.batch_size
-                batch = await reader.batch(size, wait=self._stop)
+                # Caught up, a batch is what has arrived (small, low latency); behind, larger batches
+                # are applied pipelined (each planned while the one before is written).
+                if reader.buffered() >= config.batch_size:
+                    await self._catch_up(conn, reader, memories)
+                    continue
+                batch = await reader.batch(config.batch_size, wait=self._stop)
                 if batch:
                     await self._apply(conn, batch, memories)
         finally:
@@ -202,6 +211,57 @@ class ProjectionRunner:
             await committed_feed.publish(self._nc, before, last, batch)
         if self._after_commit is not None:
             await self._after_commit(self.last_seq)
+
+    async def _catch_up(self, conn: asyncpg.Connection, reader: LogReader, memories: Memories) -> None:
+        """Behind: up to `_CHUNK_BATCHES` catch-up batches in one transaction, pipelined, committed
+        together (each batch's statement NOTIFYs its own sequence; they are delivered at the commit).
+        When that fails for the data's sake, the batches are applied again one by one by `_apply`,
+        which isolates a bad event; an outage propagates."""
+        batches: list[list[Record]] = []
+        skipped = 0
+        names = [p.name for p in self._projections]
+        try:
+            async with conn.transaction():
+                checkpoints = await lock_checkpoints(conn, names)
+                pipeline = Pipeline(conn, self._projections, memories, checkpoints, NOTIFY_CHANNEL)
+                try:
+                    while len(batches) < _CHUNK_BATCHES:
+                        if batches and reader.buffered() < self._config.batch_size:
+                            break
+                        batch = await reader.batch(self._config.catch_up_batch_size, wait=self._stop)
+                        if not batch:
+                            break
+                        batches.append(batch)
+                        _trace_projection(batch)
+                        skipped += (await pipeline.add(batch))[1]
+                    await pipeline.drain()
+                finally:
+                    await pipeline.close()  # before the transaction ends: nothing may be in flight
+        except PIPELINE_FAILURES as exc:
+            memories.rollback()
+            if not pipeline_gives_way(exc, conn):
+                raise
+            self._log.info("catch-up applies %d batches one by one: %s", len(batches), exc)
+            for batch in batches:
+                await self._apply(conn, batch, memories)
+            return
+        except BaseException:
+            memories.rollback()
+            raise
+        memories.commit()
+        self.skipped_duplicates += skipped
+        for batch in batches:  # committed together; handed on batch by batch, as `_apply` does
+            before, self.last_seq = self.last_seq, batch[-1][1].seq
+            if self._feed:
+                await committed_feed.publish(self._nc, before, self.last_seq, batch)
+            if self._after_commit is not None:
+                await self._after_commit(self.last_seq)
+
+
+# Catch-up batches per transaction: two keep PostgreSQL and the planning busy together (the second
+# is planned while the first is written) and readers see progress every two batches. W1 gave the
+# same rate with four (2,080/s) and a lower projection lag with two (p99 4.4-4.7 s against 5.1-5.8).
+_CHUNK_BATCHES = 2
 
 
 async def _close(conn: asyncpg.Connection) -> None:

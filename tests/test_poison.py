@@ -325,3 +325,40 @@ async def test_the_task_page_says_which_events_the_read_model_skipped(
             assert page.unexpected_errors() == []
         finally:
             await context.close()
+
+
+async def test_a_projector_behind_catches_up_pipelined_and_still_skips_a_bad_event(
+    settings: Settings, nc: NATS, handler: CommandHandler, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backlog is applied in pipelined catch-up transactions (projections/runner.py `_catch_up`);
+    an event the tasks projection cannot store in it makes the runner apply those batches again one
+    by one, which records and skips just that event. The tables equal a rebuild's."""
+    for i in range(0, 300, 50):
+        await handler.submit_many(settings.tenant, submissions(settings.tenant, 50))
+        if i == 150:
+            victim = submissions(settings.tenant, 1)[0]
+            await handler.submit_many(settings.tenant, [victim])
+            bad_seq = await _forge(nc, settings.tenant, victim.task_id, ev.Updated(priority=2**40))
+    caplog.set_level(logging.INFO, logger="ordo.projector")
+    runner = ProjectionRunner(nc, settings.database_url, RunnerConfig(batch_size=20))
+    running = asyncio.create_task(runner.run())
+    last = int((await nc.jetstream().stream_info(sj.EVENTS_STREAM)).state.last_seq)
+    try:
+        await eventually(lambda: _true(runner.last_seq >= last), timeout=120, what="caught up")
+    finally:
+        await runner.shutdown()
+        await asyncio.wait_for(running, 30)
+    messages = [r.getMessage() for r in caplog.records if r.name == "ordo.projector"]
+    assert any(m.startswith("catch-up applies") for m in messages), messages
+    skipped = await _skipped(settings.database_url)
+    assert [(p, s) for p, s, _, _ in skipped] == [("tasks", bad_seq)], skipped
+    tables = ("tasks", "task_events", "attempts", "dead_letters", "queue_task_status", "stats_minutely")
+    live = await table_hashes(settings.database_url, tables)
+    assert live["tasks"][0] == 301 and live["task_events"][0] == 302
+    await Rebuilder(nc, settings.database_url).run()
+    assert await table_hashes(settings.database_url, tables) == live
+    assert await _skipped(settings.database_url) == skipped
+
+
+async def _true(value: bool) -> bool:
+    return value
