@@ -76,7 +76,7 @@ async def test_a_change_committed_while_the_page_is_being_read_is_shown(ui: Page
         await route.fulfill(response=response)
 
     await page.route("**/v1/tasks?*", hold_one_stale_read)
-    sleeper.append(await submit(system, {"type": "demo.sleep", "payload": {"seconds": 1}}))
+    sleeper.append(await submit(system, {"type": "demo.sleep", "payload": {"seconds": 3}}))
     row = f'#tasks-table tr[data-id="{sleeper[0]}"]'
 
     async def held_read() -> bool:
