@@ -283,9 +283,10 @@ class Rebuilder:
                 self._memories.rollback()
                 if not pipeline_gives_way(exc, conn):
                     raise
-                self._log.info("replay applies batches one by one from seq %d: %s", self._shadow_last, exc)
                 self._applied = applied
                 await self._rewind(conn)
+                resume = self._shadow_last + 1
+                self._log.info("replay applies batches one by one from seq %d: %s", resume, exc)
                 try:
                     async with conn.transaction():
                         more = await self._apply_upto(conn, target)

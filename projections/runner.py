@@ -217,7 +217,14 @@ class ProjectionRunner:
         together (each batch's statement NOTIFYs its own sequence; they are delivered at the commit).
         When that fails for the data's sake, the batches are applied again one by one by `_apply`,
         which isolates a bad event; an outage propagates."""
-        batches: list[list[Record]] = []
+        # Read before the transaction (a wait for the log must not hold the checkpoints' locks),
+        # and the second batch only from what has already arrived.
+        first = await reader.batch(self._config.catch_up_batch_size, wait=self._stop)
+        if not first:
+            return
+        batches = [first]
+        arrived = asyncio.Event()
+        arrived.set()  # `reader.batch(wait=arrived)`: what has arrived, without waiting for more
         skipped = 0
         names = [p.name for p in self._projections]
         try:
@@ -225,10 +232,10 @@ class ProjectionRunner:
                 checkpoints = await lock_checkpoints(conn, names)
                 pipeline = Pipeline(conn, self._projections, memories, checkpoints, NOTIFY_CHANNEL)
                 try:
-                    while len(batches) < _CHUNK_BATCHES:
-                        if batches and reader.buffered() < self._config.batch_size:
-                            break
-                        batch = await reader.batch(self._config.catch_up_batch_size, wait=self._stop)
+                    _trace_projection(first)
+                    skipped += (await pipeline.add(first))[1]
+                    while len(batches) < _CHUNK_BATCHES and reader.buffered() >= self._config.batch_size:
+                        batch = await reader.batch(self._config.catch_up_batch_size, wait=arrived)
                         if not batch:
                             break
                         batches.append(batch)

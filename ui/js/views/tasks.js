@@ -121,8 +121,11 @@ export function mount(root, { params }) {
 
   // ---- data -------------------------------------------------------------------------------
   // Loads in flight, and the newest one started: an older answer arriving last is not shown.
+  // Events that come during a load are looked at once it has rendered (`arrived`): a page read
+  // while an event was being committed may not show it, and its row may not be on screen yet.
   let inFlight = 0;
   let generation = 0;
+  const arrived = [];
   async function load() {
     const mine = ++generation;
     inFlight += 1;
@@ -154,8 +157,19 @@ export function mount(root, { params }) {
     clear(errorBox);
     if (failure) errorBox.append(notice(failure.message, "error"));
     renderRows();
+    for (const e of arrived.splice(0)) onLiveEvent(e);
   }
   const refresh = coalesce(load, 250);
+
+  /** An event touching a listed row re-reads the page; a new task on the first page too, or counts on a later one. */
+  function onLiveEvent(e) {
+    if (rowsById.has(e.task_id)) { refresh(); return; }
+    if (e.type === "submitted") {
+      if (state.q) return;
+      if (!state.cursor) refresh();
+      else { newSince += 1; newBanner.hidden = false; newBanner.textContent = `${newSince} new — show newest`; }
+    }
+  }
 
   /** Attempts in words: after a replay the count passes max_attempts (each run has a fresh budget). */
   function attemptsText(t) {
@@ -282,14 +296,8 @@ export function mount(root, { params }) {
       if (filterChanged && allMatching) { selected.clear(); allMatching = false; }
       state = { ...p }; fillForm(); newSince = 0; newBanner.hidden = true; cursorRow = -1; load(); },
     onEvent(e) {
-      // A page read while this event was being committed may not show it, and its rows are not on
-      // screen yet to match against: an event arriving during a load reads the page again after it.
-      if (rowsById.has(e.task_id) || inFlight > 0) { refresh(); return; }
-      if (e.type === "submitted") {
-        if (state.q) return;
-        if (!state.cursor) refresh();
-        else { newSince += 1; newBanner.hidden = false; newBanner.textContent = `${newSince} new — show newest`; }
-      }
+      if (inFlight > 0) arrived.push(e); // looked at once the page being read is on screen
+      else onLiveEvent(e);
     },
     onKey(ev) {
       if (ev.key === "j" || ev.key === "k") {
