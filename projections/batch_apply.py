@@ -128,10 +128,10 @@ def _isolate_after(
 ) -> bool:
     """After the whole batch failed with `exc`: True when it is to be applied again, isolated (a data
     error, a key presumed new that was not); False for an outage, which propagates."""
+    if not pipeline_gives_way(exc, conn):
+        return False
     if isinstance(exc, NotNew):
         _log.info("batch up to seq %d applied again reading every key: %s", batch[-1][1].seq, exc)
-    elif not poison.caused_by_data(exc, conn):
-        return False
     if memories is not None:
         memories.clear()  # the isolated path reads every key and leaves nothing in memory
     return True
@@ -238,7 +238,7 @@ class Pipeline:
 
     async def add(self, batch: list[Record]) -> tuple[int, int]:
         """Plan `batch` and send its statement; returns (records applied, records skipped)."""
-        if any(isinstance(r, Undecodable) for _, r in batch):
+        if not _whole(batch):
             raise UndecodableInBatch(batch[0][1].seq)
         if any(family in self._planless for family, _ in batch):
             await self.drain()
@@ -277,8 +277,8 @@ PIPELINE_FAILURES: tuple[type[BaseException], ...] = (*_FAILURES, UndecodableInB
 
 
 def pipeline_gives_way(exc: BaseException, conn: asyncpg.Connection) -> bool:
-    """After a pipeline failed with one of PIPELINE_FAILURES: True when its batches are to be applied
-    again by `apply_batch` (bad data, a presumption that did not hold); False for an outage."""
+    """After a batch (or a pipeline of them) failed with one of PIPELINE_FAILURES: True when it is to
+    be applied again, isolating (bad data, a presumption that did not hold); False for an outage."""
     return isinstance(exc, (NotNew, UndecodableInBatch)) or poison.caused_by_data(exc, conn)
 
 

@@ -202,13 +202,17 @@ class ProjectionRunner:
     ) -> None:
         """Apply and commit one batch (without `memories`, every per-task state is read back)."""
         memories = Memories() if memories is None else memories
-        last, before = batch[-1][1].seq, self.last_seq
         _trace_projection(batch)
         done = await apply_batch_committed(conn, self._projections, batch, memories, NOTIFY_CHANNEL)
         self.skipped_duplicates += done.skipped
-        self.last_seq = last
-        if self._feed and done.whole:  # an isolated batch is read back by the gateways
-            await committed_feed.publish(self._nc, before, last, batch)
+        await self._committed(batch, feed=done.whole)  # an isolated batch is read back by the gateways
+
+    async def _committed(self, batch: list[Record], feed: bool = True) -> None:
+        """After the commit that holds `batch`: move `last_seq`, hand the batch to the committed feed
+        and to the after-commit hook."""
+        before, self.last_seq = self.last_seq, batch[-1][1].seq
+        if self._feed and feed:
+            await committed_feed.publish(self._nc, before, self.last_seq, batch)
         if self._after_commit is not None:
             await self._after_commit(self.last_seq)
 
@@ -258,11 +262,7 @@ class ProjectionRunner:
         memories.commit()
         self.skipped_duplicates += skipped
         for batch in batches:  # committed together; handed on batch by batch, as `_apply` does
-            before, self.last_seq = self.last_seq, batch[-1][1].seq
-            if self._feed:
-                await committed_feed.publish(self._nc, before, self.last_seq, batch)
-            if self._after_commit is not None:
-                await self._after_commit(self.last_seq)
+            await self._committed(batch)
 
 
 # Catch-up batches per transaction: two keep PostgreSQL and the planning busy together (the second
