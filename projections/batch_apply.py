@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from ordo.projections import poison
-from ordo.projections.batch_statement import Write, execute
+from ordo.projections.batch_statement import CheckpointsMoved, Write, execute
 from ordo.projections.memory import Memories, NotNew
 from ordo.projections.poison import Undecodable
 from ordo.projections.reader import Record
@@ -65,11 +65,15 @@ async def apply_batch(
     if _whole(batch):
         try:
             async with conn.transaction():  # a savepoint in the caller's transaction
-                return await _apply_batch(conn, projections, batch, memories, notify, isolate=False)
+                applied, skipped, _ = await _apply_batch(
+                    conn, projections, batch, memories, notify, isolate=False
+                )
+                return applied, skipped
         except _FAILURES as exc:
             if not _isolate_after(exc, conn, batch, memories):
                 raise
-    return await _apply_batch(conn, projections, batch, None, notify, isolate=True)
+    applied, skipped, _ = await _apply_batch(conn, projections, batch, None, notify, isolate=True)
+    return applied, skipped
 
 
 class Committed(NamedTuple):
@@ -86,28 +90,84 @@ async def apply_batch_committed(
     notify: str | None = None,
 ) -> Committed:
     """`apply_batch` in a transaction of its own, committed, and `memories` committed with it (the
-    live runner). The whole batch is tried without a savepoint (two round trips fewer); when it fails
-    for the data's sake the transaction is rolled back and the batch applied again, isolated, in a
-    new one."""
+    live runner).
+
+    When the memories know where the runner's last commit left every checkpoint, the batch is one
+    statement and nothing else: no BEGIN, no lock, no COMMIT (one round trip instead of four). The
+    statement moves the checkpoints only from exactly there and checks that it did (and every
+    presumption of its plans) before it ends, so a check that fails aborts all of it; it is then
+    applied again the long way, with the checkpoints locked. Otherwise, the whole batch is tried in a
+    transaction without a savepoint; when it fails for the data's sake the transaction is rolled back
+    and the batch applied again, isolated, in a new one."""
     try:
-        if _whole(batch):
+        whole = _whole(batch)
+        known = _known_checkpoints(projections, batch, memories) if whole else None
+        if known is not None:
+            try:
+                applied, skipped = await _apply_unlocked(conn, projections, batch, memories, notify, known)
+                memories.commit()
+                return Committed(applied, skipped, whole=True)
+            except (CheckpointsMoved, asyncpg.DeadlockDetectedError) as exc:
+                # Another writer (a rebuild's swap) moved them, or holds them while it waits on a
+                # table this statement held: start again from the locked checkpoints.
+                _log.info("batch up to seq %d applied again, checkpoints locked: %s", batch[-1][1].seq, exc)
+                memories.clear()
+            except _FAILURES as exc:
+                if not _isolate_after(exc, conn, batch, memories):
+                    raise
+                whole = False
+        if whole:
             try:
                 async with conn.transaction():
-                    applied, skipped = await _apply_batch(
+                    applied, skipped, moved = await _apply_batch(
                         conn, projections, batch, memories, notify, isolate=False
                     )
+                memories.moved_checkpoints(moved)
                 memories.commit()
                 return Committed(applied, skipped, whole=True)
             except _FAILURES as exc:
                 if not _isolate_after(exc, conn, batch, memories):
                     raise
         async with conn.transaction():
-            applied, skipped = await _apply_batch(conn, projections, batch, None, notify, isolate=True)
+            applied, skipped, moved = await _apply_batch(conn, projections, batch, None, notify, isolate=True)
     except BaseException:
         memories.rollback()
         raise
+    memories.moved_checkpoints(moved)
     memories.commit()
     return Committed(applied, skipped, whole=False)
+
+
+def _known_checkpoints(
+    projections: Sequence[Projection], batch: list[Record], memories: Memories
+) -> dict[str, tuple[int, int]] | None:
+    """Where the runner's last commit left every checkpoint, when the batch can be applied without
+    locking them: every projection it concerns plans its writes into the one statement (one that
+    runs statements of its own needs a transaction around them)."""
+    known = memories.checkpoints
+    if known is None or any(p.name not in known for p in projections):
+        return None
+    planless = {p.family for p in projections if p.plan is None}
+    if planless and any(family in planless for family, _ in batch):
+        return None
+    return known
+
+
+async def _apply_unlocked(
+    conn: asyncpg.Connection,
+    projections: Sequence[Projection],
+    batch: list[Record],
+    memories: Memories,
+    notify: str | None,
+    known: dict[str, tuple[int, int]],
+) -> tuple[int, int]:
+    """The batch as one statement outside any transaction, moving the checkpoints from `known`."""
+    last = batch[-1][1].seq
+    writes, applied, skipped = await _plan(conn, conn, projections, batch, memories, known, isolate=False)
+    moving = [(name, done, epoch) for name, (done, epoch) in known.items() if done < last]
+    await execute(conn, [*writes, _held_checkpoints_write(moving, last, notify)])
+    memories.moved_checkpoints({name: (max(done, last), epoch) for name, (done, epoch) in known.items()})
+    return applied, skipped
 
 
 _FAILURES: tuple[type[BaseException], ...] = (NotNew, *poison.DATA_ERRORS)
@@ -151,6 +211,30 @@ def _checkpoints_write(names: list[str], last: int, notify: str | None) -> Write
     return Write(_MOVE_CHECKPOINTS, [names, last, notify], "pg_notify($3, $2::text)")
 
 
+# Each checkpoint moved only from where the runner left it (sequence and epoch), and the statement
+# aborted unless every one was (projections/schema.py, `ordo_checkpoints_held`).
+_HOLD_CHECKPOINTS = """checkpoints_moved AS (
+    UPDATE projection_checkpoints c SET last_seq=$4
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS k(name, seq, epoch)
+    WHERE c.name = k.name AND c.last_seq = k.seq AND c.epoch = k.epoch
+    RETURNING 1
+)"""
+_HELD = "ordo_checkpoints_held((SELECT count(*) FROM checkpoints_moved), $5::bigint)"
+
+
+def _held_checkpoints_write(moving: list[tuple[str, int, int]], last: int, notify: str | None) -> Write:
+    args: list[Any] = [
+        [m[0] for m in moving],
+        [m[1] for m in moving],
+        [m[2] for m in moving],
+        last,
+        len(moving),
+    ]
+    if notify is None:
+        return Write(_HOLD_CHECKPOINTS, args, _HELD)
+    return Write(_HOLD_CHECKPOINTS, [*args, notify], f"{_HELD}, pg_notify($6, $4::text)")
+
+
 async def _apply_batch(
     conn: asyncpg.Connection,
     projections: Sequence[Projection],
@@ -158,14 +242,24 @@ async def _apply_batch(
     memories: Memories | None,
     notify: str | None,
     isolate: bool,
-) -> tuple[int, int]:
+) -> tuple[int, int, dict[str, tuple[int, int]] | None]:
     last = batch[-1][1].seq
     names = [p.name for p in projections]
     checkpoints = await lock_checkpoints(conn, names)
     writes, applied, skipped = await _plan(conn, conn, projections, batch, memories, checkpoints, isolate)
     # Every planned write and the checkpoints: one statement.
     await execute(conn, [*writes, _checkpoints_write(names, last, notify)])
-    return applied, skipped
+    return applied, skipped, moved_checkpoints(names, checkpoints, last)
+
+
+def moved_checkpoints(
+    names: Sequence[str], checkpoints: dict[str, tuple[int, int]], last: int
+) -> dict[str, tuple[int, int]] | None:
+    """Where moving the locked `checkpoints` of `names` to `last` leaves them (None when a row is
+    missing: the move does not create it)."""
+    if any(name not in checkpoints for name in names):
+        return None
+    return {name: (max(checkpoints[name][0], last), checkpoints[name][1]) for name in names}
 
 
 async def _plan(
@@ -254,6 +348,11 @@ class Pipeline:
         self._checkpoints = {name: (max(done, last), epoch) for name, (done, epoch) in moved}
         await asyncio.sleep(0)  # the statement is sent now, not when the caller next waits
         return applied, skipped
+
+    @property
+    def checkpoints(self) -> dict[str, tuple[int, int]]:
+        """name -> (sequence, epoch) where the batches added so far leave the checkpoints."""
+        return dict(self._checkpoints)
 
     async def drain(self) -> None:
         """Wait for the statement in flight (its failure is raised here)."""

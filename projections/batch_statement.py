@@ -36,6 +36,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from ordo.projections.memory import NotNew
+
 _PARAM = re.compile(r"\$(\d+)")
 _ARRAY_PARAM = re.compile(r"\$(\d+)::([a-z][a-z ]*)\[\]")
 _json = msgspec.json.Encoder()
@@ -205,12 +207,39 @@ def _as_json(sql: str, args: list[Any]) -> tuple[str, list[Any]]:
     return text, out
 
 
+class CheckpointsMoved(Exception):
+    """A statement that moves checkpoints from where the runner last left them found them elsewhere
+    (another writer, a rebuild's swap): nothing of it was written."""
+
+
+def presumed(select: str, expected: int, what: str) -> str:
+    """A write's SELECT expression `select` (the count of rows inserted for keys presumed new),
+    checked in the statement against parameter number `expected`: a mismatch aborts the statement
+    and `execute` raises `NotNew`."""
+    return f"ordo_presumed({select}, ${expected}::bigint, '{what}')"
+
+
+def last_param(sql: str) -> int:
+    """The highest parameter number in `sql`."""
+    return max((int(n) for n in _PARAM.findall(sql)), default=0)
+
+
 async def execute(conn: asyncpg.Connection, writes: Sequence[Write]) -> None:
-    """Run `writes` as one statement, then hand each its SELECT value."""
+    """Run `writes` as one statement, then hand each its SELECT value. A presumption the statement
+    checked (`presumed`, projections/schema.py) that did not hold raises `NotNew`, checkpoints found
+    moved `CheckpointsMoved`; either way the statement wrote nothing."""
     if not writes:
         return
     sql, args = _as_json(*statement(writes))
-    row = await conn.fetchrow(sql, *args)
+    try:
+        row = await conn.fetchrow(sql, *args)
+    except asyncpg.RaiseError as exc:
+        hint = getattr(exc, "hint", None)
+        if hint == "ordo:presumed-new":
+            raise NotNew(exc.args[0] if exc.args else str(exc)) from exc
+        if hint == "ordo:checkpoints-moved":
+            raise CheckpointsMoved(str(exc)) from exc
+        raise
     values = iter(row.values() if row is not None else ())
     for write in writes:
         value = next(values) if write.select is not None else None

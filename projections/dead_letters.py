@@ -18,8 +18,8 @@ import msgspec
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors
-from ordo.projections.batch_statement import Write, run
-from ordo.projections.memory import Memory, copy_fields, fetch_tasks, presumed_new, sort_tasks
+from ordo.projections.batch_statement import Write, last_param, presumed, run
+from ordo.projections.memory import Memory, copy_fields, fetch_tasks, sort_tasks
 
 NAME = "dead_letters"
 
@@ -125,11 +125,7 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
     items = sorted(tasks.items(), key=lambda kt: kt[0])
 
     expected = sum(1 for k, _ in items if k in new)
-
-    def done(inserted: int) -> None:
-        presumed_new("dead-letter task", expected, inserted)
-
-    write = Write(_CTES, _args(items, new), "(SELECT count(*) FROM dead_letters_fresh)", done)
+    write = Write(_CTES, [*_args(items, new), expected], _CHECK)
     if memory is not None:
         for key, t in items:  # what reading the row back gives: no pending change
             memory.put(key, _Task(t.queue, t.type, t.attempts, t.error, t.last_seq))
@@ -167,6 +163,8 @@ dead_letters_dead AS (
         dead_at=EXCLUDED.dead_at, seq=EXCLUDED.seq
 )
 """
+# The count of rows inserted for tasks presumed new, checked against the last parameter.
+_CHECK = presumed("(SELECT count(*) FROM dead_letters_fresh)", last_param(_CTES) + 1, "dead-letter task")
 
 
 def _args(items: list[tuple[tuple[str, str], _Task]], new: set[tuple[str, str]]) -> list[list[Any]]:

@@ -111,11 +111,24 @@ class Memory:
 
 
 class Memories:
-    """One `Memory` per projection name, committed, rolled back and cleared together."""
+    """One `Memory` per projection name, committed, rolled back and cleared together; and where the
+    checkpoints of every projection stand after the runner's last commit (None when not known)."""
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self._capacity = capacity
         self._by_name: dict[str, Memory] = {}
+        self._checkpoints: dict[str, Position] | None = None
+        self._staged_checkpoints: dict[str, Position] | None = None
+
+    @property
+    def checkpoints(self) -> dict[str, Position] | None:
+        """name -> (sequence, epoch) as this runner's last commit left them, or None."""
+        return self._checkpoints
+
+    def moved_checkpoints(self, checkpoints: dict[str, Position] | None) -> None:
+        """Where the batch being committed leaves the checkpoints (None: not known). A commit that was
+        not told forgets them."""
+        self._staged_checkpoints = None if checkpoints is None else dict(checkpoints)
 
     def of(self, name: str) -> Memory:
         memory = self._by_name.get(name)
@@ -126,15 +139,18 @@ class Memories:
     def commit(self) -> None:
         for memory in self._by_name.values():
             memory.commit()
+        self._checkpoints, self._staged_checkpoints = self._staged_checkpoints, None
 
     def rollback(self) -> None:
         for memory in self._by_name.values():
             memory.rollback()
+        self._staged_checkpoints = None
 
     def clear(self, names: Iterable[str] | None = None) -> None:
         for name in self._by_name if names is None else names:
             if name in self._by_name:
                 self._by_name[name].clear()
+        self._checkpoints = self._staged_checkpoints = None
 
 
 def first_events(records: Iterable[R], key: Callable[[R], K]) -> dict[K, R]:

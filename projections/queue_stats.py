@@ -18,8 +18,8 @@ import asyncpg
 from ordo.domain.state import TaskState, evolve, initial
 from ordo.domain.status import TaskStatus
 from ordo.infra.event_store import StoredEvent
-from ordo.projections.batch_statement import Write, run
-from ordo.projections.memory import Memory, fetch_tasks, presumed_new, sort_tasks
+from ordo.projections.batch_statement import Write, last_param, presumed, run
+from ordo.projections.memory import Memory, fetch_tasks, sort_tasks
 
 NAME = "queue_stats"
 
@@ -126,15 +126,12 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
         [n for _, n in changed],
     ]
 
-    expected = sum(1 for k, _, _, _ in rows if k in new)
-
-    def done(inserted: int) -> None:
-        presumed_new("task status", expected, inserted)
+    args.append(sum(1 for k, _, _, _ in rows if k in new))
 
     if memory is not None:
         for k, q, s, seq in rows:
             memory.put(k, (q, _kept(k[1], s), seq))
-    return Write(_CTES, args, "(SELECT count(*) FROM queue_stats_fresh)", done)
+    return Write(_CTES, args, _CHECK)
 
 
 _COLS = "tenant, task_id, queue, status, paused_from, archived, last_seq, attempt, lease_until"
@@ -173,6 +170,8 @@ queue_stats_counted AS (
     ON CONFLICT (tenant, queue, status) DO UPDATE SET n = d.n + EXCLUDED.n
 )
 """
+# The count of rows inserted for tasks presumed new, checked against the last parameter.
+_CHECK = presumed("(SELECT count(*) FROM queue_stats_fresh)", last_param(_CTES) + 1, "task status")
 
 
 # ---- queries -------------------------------------------------------------------------------------

@@ -246,6 +246,8 @@ class ProjectionRunner:
                         _trace_projection(batch)
                         skipped += (await pipeline.add(batch))[1]
                     await pipeline.drain()
+                    locked = all(name in checkpoints for name in names)
+                    memories.moved_checkpoints(pipeline.checkpoints if locked else None)
                 finally:
                     await pipeline.close()  # before the transaction ends: nothing may be in flight
         except PIPELINE_FAILURES as exc:

@@ -31,6 +31,28 @@ CREATE TABLE IF NOT EXISTS projection_errors (
 ALTER TABLE projection_errors ADD COLUMN IF NOT EXISTS at timestamptz;  -- first drafts lacked it
 CREATE INDEX IF NOT EXISTS projection_errors_aggregate
     ON projection_errors (tenant, family, aggregate_id);
+-- A batch's statement checks its presumptions itself, so that it can run without a transaction
+-- around it (projections/batch_statement.py): the count of rows it inserted for keys presumed new,
+-- and the checkpoints it moved from where the runner last left them. A failed check aborts the
+-- statement, and with it every write of the batch.
+CREATE OR REPLACE FUNCTION ordo_presumed(inserted bigint, expected bigint, what text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF inserted IS DISTINCT FROM expected THEN
+        RAISE EXCEPTION '% %(s) presumed new had a row', expected - inserted, what
+            USING ERRCODE = 'P0001', HINT = 'ordo:presumed-new';
+    END IF;
+    RETURN inserted;
+END $$;
+CREATE OR REPLACE FUNCTION ordo_checkpoints_held(moved bigint, expected bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF moved IS DISTINCT FROM expected THEN
+        RAISE EXCEPTION 'projection checkpoints moved since this runner last wrote them'
+            USING ERRCODE = 'P0001', HINT = 'ordo:checkpoints-moved';
+    END IF;
+    RETURN moved;
+END $$;
 """
 
 # Read models keep JSON as `json` (the text as given), never `jsonb`: jsonb cannot hold a `\u0000`

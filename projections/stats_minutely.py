@@ -19,8 +19,8 @@ import asyncpg
 
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
-from ordo.projections.batch_statement import Write, run
-from ordo.projections.memory import Memory, copy_fields, fetch_tasks, presumed_new, sort_tasks
+from ordo.projections.batch_statement import Write, last_param, presumed, run
+from ordo.projections.memory import Memory, copy_fields, fetch_tasks, sort_tasks
 
 NAME = "stats_minutely"
 
@@ -141,15 +141,11 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
     items = sorted(tasks.items(), key=lambda kt: kt[0])
 
     expected = sum(1 for k, _ in items if k in new)
-
-    def done(inserted: int) -> None:
-        presumed_new("stats task", expected, inserted)
-
-    args = _args(items, new, buckets, durations)
+    args = [*_args(items, new, buckets, durations), expected]
     if memory is not None:
         for key, kept in items:
             memory.put(key, kept)
-    return Write(_CTES, args, "(SELECT count(*) FROM stats_minutely_fresh)", done)
+    return Write(_CTES, args, _CHECK)
 
 
 _TASK_COLS = "tenant, task_id, queue, type, attempt_started_at, last_seq"
@@ -185,6 +181,8 @@ stats_minutely_timed AS (
     ON CONFLICT (seq) DO NOTHING
 )
 """  # noqa: S608 - column names are constants
+# The count of rows inserted for tasks presumed new, checked against the last parameter.
+_CHECK = presumed("(SELECT count(*) FROM stats_minutely_fresh)", last_param(_CTES) + 1, "stats task")
 
 
 def _args(

@@ -12,9 +12,9 @@ from ordo.domain import events as ev
 from ordo.domain.state import TaskState, evolve, initial
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors, poison
-from ordo.projections.batch_statement import Write, run
+from ordo.projections.batch_statement import Write, presumed, run
 from ordo.projections.json_text import json_text
-from ordo.projections.memory import Memory, copy_slots, fetch_tasks, presumed_new, sort_tasks
+from ordo.projections.memory import Memory, copy_slots, fetch_tasks, sort_tasks
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -88,6 +88,8 @@ tasks_known AS (
     ON CONFLICT (tenant, id) DO UPDATE SET {_UPDATE}
 )
 """
+# The count of rows inserted for tasks presumed new, checked against the last parameter.
+_CHECK = presumed("(SELECT count(*) FROM tasks_fresh)", len(_TYPES.split(", ")) + 1, "task")
 
 
 class _Row:
@@ -150,18 +152,13 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
     columns = [list(col) for col in zip(*params, strict=True)]
     flags = [key in new for key, _ in written]
 
-    expected = sum(flags)
-
-    def done(inserted: int) -> None:
-        presumed_new("task", expected, inserted)
-
     if memory is not None:
         for key, row in written:
             if _remembered_size(row.state) <= _REMEMBER_MAX_BYTES:
                 memory.put(key, row)
             else:
                 memory.forget(key)
-    return Write(_CTES, [*columns, flags], "(SELECT count(*) FROM tasks_fresh)", done)
+    return Write(_CTES, [*columns, flags, sum(flags)], _CHECK)
 
 
 # A task with a large payload or result is read back from its row rather than held in memory: the

@@ -189,10 +189,11 @@ async def _at(conn: asyncpg.Connection, seq: int) -> bool:
     return await checkpoint(conn) >= seq
 
 
-async def test_a_batch_is_four_statements_when_its_tasks_are_new_or_remembered(
+async def test_a_batch_is_one_statement_when_its_tasks_are_new_or_remembered(
     settings: Settings, nc: NATS, handler: CommandHandler
 ) -> None:
-    """BEGIN, the checkpoints locked, one statement for every write and the checkpoints, COMMIT."""
+    """The first batch locks the checkpoints (BEGIN, the lock, the statement, COMMIT); once the runner
+    knows where it left them, a batch is one statement for every write and the checkpoints."""
     commands = submissions(settings.tenant, 30)
     await handler.submit_many(settings.tenant, commands)
     last = 0
@@ -214,8 +215,59 @@ async def test_a_batch_is_four_statements_when_its_tasks_are_new_or_remembered(
             sent.clear()
             await apply_batch_committed(conn, PROJECTIONS, batch, memories, "ordo_events")
             counts.append(len(sent))
-        assert counts[1:] == [4, 4], [q[:60] for q in sent]
+        assert counts[1:] == [1, 1], [q[:60] for q in sent]
+        assert "FOR UPDATE" not in sent[0] and "ordo_checkpoints_held" in sent[0]
         cancelled = await conn.fetchval("SELECT count(*) FROM tasks WHERE status='cancelled'")
         assert cancelled == 10 and await checkpoint(conn, "counters") == last
     finally:
         await conn.close()
+
+
+async def test_a_batch_without_a_transaction_writes_nothing_when_a_check_fails(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """The one-statement batch checks its presumptions and the checkpoints it moves inside the
+    statement: a forged `submitted` for a task the memory no longer holds, and a checkpoint another
+    writer moved (a rebuild's swap moves the epoch), each abort the statement whole; the batch is then
+    applied the long way, once, and the tables equal a rebuild."""
+    commands = submissions(settings.tenant, 6)
+    await handler.submit_many(settings.tenant, commands)
+    forged = ev.Submitted("forged.type", "default", settings.tenant)
+    subject = sj.event_subject(settings.tenant, "default", commands[0].task_id, ev.event_name(forged))
+    await nc.jetstream().publish(subject, ev.encode_event(forged), stream=sj.EVENTS_STREAM)
+    last = (await handler.execute(settings.tenant, CancelTask(task_id=commands[1].task_id))).last_seq
+    records = await _records(nc, last)
+    first, forged_batch, cancel = records[:6], records[6:7], records[7:]
+    assert isinstance(forged_batch[0][1].event, ev.Submitted) and isinstance(cancel[0][1].event, ev.Cancelled)
+
+    conn = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+        await ensure_checkpoints(conn, PROJECTIONS)
+        memories = Memories()
+        sent: list[str] = []
+        conn.add_query_logger(lambda q: sent.append(q.query))
+        await apply_batch_committed(conn, PROJECTIONS, first, memories, "ordo_events")
+        assert memories.checkpoints is not None
+        for projection in PROJECTIONS:  # the tasks leave the memory, the checkpoints' places stay
+            memories.of(projection.name).clear()
+
+        sent.clear()
+        await apply_batch_committed(conn, PROJECTIONS, forged_batch, memories, "ordo_events")
+        # Tried unlocked, then applied again reading every task, with the checkpoints locked.
+        assert any("ordo_checkpoints_held" in q for q in sent) and any("FOR UPDATE" in q for q in sent)
+
+        await conn.execute("UPDATE projection_checkpoints SET epoch = epoch + 1")  # as a swap does
+        sent.clear()
+        await apply_batch_committed(conn, PROJECTIONS, cancel, memories, "ordo_events")
+        assert sum("ordo_checkpoints_held" in q for q in sent) == 1 and any("FOR UPDATE" in q for q in sent)
+
+        row = await conn.fetchrow("SELECT type, status FROM tasks WHERE id=$1", commands[0].task_id)
+        assert (row["type"], row["status"]) == ("demo.echo", "queued")
+        depth = {r["status"]: r["n"] for r in await conn.fetch("SELECT status, n FROM queue_depth")}
+        assert depth == {"queued": 5, "cancelled": 1}  # each counted once
+        assert await conn.fetchval("SELECT sum(cancelled) FROM stats_minutely") == 1
+        assert await conn.fetchval("SELECT min(last_seq) FROM projection_checkpoints") == last
+    finally:
+        await conn.close()
+    await _rebuilt_equal(nc, settings.database_url)
