@@ -55,6 +55,9 @@ class Settings:
     http_port: int = 8000
     # Projection batching: events applied per transaction.
     projection_batch: int = 1000
+    # While events arrive faster than this, the projector commits at most once per this interval,
+    # applying together what arrived meanwhile (0: a commit per arrival). A lone event is never held.
+    projection_commit_interval_s: float = 0.005
     # Gateway auth: API keys stored hashed in PostgreSQL. Off here (library and test default); the
     # `ordo` entry points switch it on unless ORDO_AUTH=false or `ordo up --no-auth`.
     auth: bool = False
@@ -115,6 +118,8 @@ class Settings:
             raise SettingsError("need 1 <= ORDO_MAX_BATCH <= 100000 and 1 <= ORDO_MAX_PAGE <= 10000")
         if not 0 < self.key_cache_ttl_s <= self.key_cache_max_stale_s:
             raise SettingsError("need 0 < ORDO_KEY_CACHE_TTL_S <= ORDO_KEY_CACHE_MAX_STALE_S")
+        if not 0 <= self.projection_commit_interval_s <= 1:
+            raise SettingsError("need 0 <= ORDO_PROJECTION_COMMIT_INTERVAL_S <= 1")
         if self.sse_ping_s <= 0 or self.sse_send_timeout_s <= 0 or self.consistency_wait_s < 0:
             raise SettingsError("ORDO_SSE_PING_S, ORDO_SSE_SEND_TIMEOUT_S > 0; ORDO_CONSISTENCY_WAIT_S >= 0")
 

@@ -30,7 +30,10 @@ async def _run_projector(settings: Settings) -> None:
 
     nc = await connect(settings, name="ordo-projector")
     await provision(nc, settings)
-    runner = ProjectionRunner(nc, settings.database_url, RunnerConfig(batch_size=settings.projection_batch))
+    config = RunnerConfig(
+        batch_size=settings.projection_batch, commit_interval_s=settings.projection_commit_interval_s
+    )
+    runner = ProjectionRunner(nc, settings.database_url, config)
     _install_signals(runner.shutdown)
     try:
         await runner.run()

@@ -60,15 +60,20 @@ _log = logging.getLogger("ordo.projector")
 class RunnerConfig:
     """`batch_size` bounds a batch while the runner keeps up; once a full batch more is waiting
     (a burst, a restart) batches grow to `max_batch_size` (default 5 x batch_size): fewer commits
-    and checkpoint moves per event while it catches up."""
+    and checkpoint moves per event while it catches up. `commit_interval_s`: a batch whose first
+    event comes sooner than this after the last commit waits out the rest of the interval and takes
+    what arrived meanwhile, so a steady stream of events costs at most one commit per interval
+    (each commit has a fixed cost in both processes, whatever it holds); an event after a quiet
+    spell is applied at once."""
 
     batch_size: int = 1000
     standby_poll_s: float = 1.0
     max_batch_size: int | None = None
+    commit_interval_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.standby_poll_s <= 0:
-            raise ValueError("batch_size >= 1 and standby_poll_s > 0 required")
+        if self.batch_size < 1 or self.standby_poll_s <= 0 or self.commit_interval_s < 0:
+            raise ValueError("batch_size >= 1, standby_poll_s > 0 and commit_interval_s >= 0 required")
         if self.max_batch_size is not None and self.max_batch_size < self.batch_size:
             raise ValueError("max_batch_size >= batch_size required")
 
@@ -119,6 +124,7 @@ class ProjectionRunner:
         self._feed = any(p.name == task_events.NAME for p in self._projections)
         self._stop = asyncio.Event()
         self.last_seq = 0
+        self.committed_at = 0.0  # loop time of the last commit
         self.active = False
         # Records skipped because their checkpoint had passed them (observability and tests).
         self.skipped_duplicates = 0
@@ -193,9 +199,24 @@ class ProjectionRunner:
                     continue
                 batch = await reader.batch(config.batch_size, wait=self._stop)
                 if batch:
-                    await self._apply(conn, batch, memories)
+                    await self._apply(conn, await self._paced(reader, batch), memories)
         finally:
             await reader.close()
+
+    async def _paced(self, reader: LogReader, batch: list[Record]) -> list[Record]:
+        """`batch`, and what arrives until `commit_interval_s` has passed since the last commit."""
+        loop = asyncio.get_running_loop()
+        hold = self.committed_at + self._config.commit_interval_s - loop.time()
+        room = self._config.batch_size - len(batch)
+        if hold <= 0 or room <= 0:
+            return batch
+        try:
+            await asyncio.wait_for(self._stop.wait(), hold)
+        except TimeoutError:
+            pass
+        arrived = asyncio.Event()
+        arrived.set()  # `reader.batch(wait=arrived)`: what has arrived, without waiting for more
+        return batch + await reader.batch(room, wait=arrived)
 
     async def _apply(
         self, conn: asyncpg.Connection, batch: list[Record], memories: Memories | None = None
@@ -211,6 +232,7 @@ class ProjectionRunner:
         """After the commit that holds `batch`: move `last_seq`, hand the batch to the committed feed
         and to the after-commit hook."""
         before, self.last_seq = self.last_seq, batch[-1][1].seq
+        self.committed_at = asyncio.get_running_loop().time()
         if self._feed and feed:
             await committed_feed.publish(self._nc, before, self.last_seq, batch)
         if self._after_commit is not None:

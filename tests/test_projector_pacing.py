@@ -1,0 +1,66 @@
+"""The projector's commit pacing (projections/runner.py `_paced`, ORDO_PROJECTION_COMMIT_INTERVAL_S):
+a steady stream of events is applied in at most one commit per interval, and an event after a quiet
+spell is applied at once, without being held."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client as NATS
+
+from ordo.domain.commands import CancelTask
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.settings import Settings
+from ordo.projections.runner import ProjectionRunner, RunnerConfig
+from tests.helpers import eventually
+from tests.test_projections_failover import submissions
+
+
+async def test_a_stream_of_events_is_committed_once_per_interval(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    commands = submissions(settings.tenant, 12)
+    (first,) = await handler.submit_many(settings.tenant, commands[:1])
+    commits: list[int] = []
+
+    async def committed(seq: int) -> None:
+        commits.append(seq)
+
+    interval = 2.0  # far longer than the submits below take, on any machine
+    config = RunnerConfig(batch_size=100, commit_interval_s=interval)
+    runner = ProjectionRunner(nc, settings.database_url, config, after_commit=committed)
+    running = asyncio.create_task(runner.run())
+    try:
+        await eventually(lambda: _applied(commits, first.last_seq), timeout=30, what="the first task")
+        started = asyncio.get_running_loop().time()
+        last = 0
+        for command in commands[1:]:  # one event after another, each its own arrival
+            (out,) = await handler.submit_many(settings.tenant, [command])
+            last = out.last_seq
+        sent_within = asyncio.get_running_loop().time() - started
+        await eventually(lambda: _applied(commits, last), timeout=30, what="the stream applied")
+        after_first = [seq for seq in commits if seq > first.last_seq]
+        # Eleven arrivals; without pacing, about one commit each.
+        assert len(after_first) <= int(sent_within / interval) + 2, (sent_within, commits)
+
+        # A quiet spell, then one event: applied at once (a commit of its own, not held back).
+        commits.clear()
+        loop = asyncio.get_running_loop()
+        await eventually(lambda: _quiet(runner, interval), timeout=interval + 5, what="a quiet spell")
+        cancelled = (await handler.execute(settings.tenant, CancelTask(task_id=commands[0].task_id))).last_seq
+        waited = loop.time()
+        await eventually(lambda: _applied(commits, cancelled), timeout=30, what="the lone event")
+        assert commits == [cancelled]
+        assert loop.time() - waited < interval, "a lone event was held"
+    finally:
+        await runner.shutdown()
+        await asyncio.wait_for(running, 30)
+
+
+async def _applied(commits: list[int], seq: int) -> bool:
+    return bool(commits) and commits[-1] >= seq
+
+
+async def _quiet(runner: ProjectionRunner, interval: float) -> bool:
+    """Whether the interval since the runner's last commit has passed (its own clock)."""
+    return asyncio.get_running_loop().time() - runner.committed_at >= interval
