@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -262,7 +263,8 @@ class EventStore:
         # No Nats-Msg-Id: every append states an expected sequence, which nats-server checks before
         # its duplicate window, so a retried append that landed comes back as a conflict anyway
         # (and the dedupe entries would cost server memory per event).
-        headers = {sj.EVENT_ID: uuid.uuid4().hex, sj.SCHEMA_VERSION: _SCHEMA_VERSION}
+        # 128 random bits as 32 hex digits, like a uuid4's hex, at a quarter of its cost.
+        headers = {sj.EVENT_ID: os.urandom(16).hex(), sj.SCHEMA_VERSION: _SCHEMA_VERSION}
         if meta is not None:
             if meta.correlation_id:
                 headers[sj.CORRELATION_ID] = meta.correlation_id
