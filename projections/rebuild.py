@@ -344,9 +344,11 @@ class Rebuilder:
                     await conn.execute(f"DROP SCHEMA {SHADOW_SCHEMA} CASCADE")
                     await conn.execute(f"SET search_path TO {live}")
                 return await self._live_target(conn, live, lock=False)
-            except asyncpg.LockNotAvailableError:
+            except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+                # A deadlock: the live runner's one-statement batch (decision 36) held the tables
+                # and waited on the checkpoints this swap held; whichever waited longer gave way.
                 self._log.warning(
-                    "swap attempt %d: tables busy for %d ms; retrying", attempt, self._lock_timeout_ms
+                    "swap attempt %d: tables busy (%s); retrying", attempt, type(exc).__name__
                 )
                 await self._rewind(conn)
         raise RebuildError(f"could not swap after {self._swap_attempts} attempts: tables stayed busy")

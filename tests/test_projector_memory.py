@@ -271,3 +271,54 @@ async def test_a_batch_without_a_transaction_writes_nothing_when_a_check_fails(
     finally:
         await conn.close()
     await _rebuilt_equal(nc, settings.database_url)
+
+
+async def test_a_batch_without_a_transaction_gives_way_to_a_swap_holding_the_checkpoints(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """A rebuild's swap locks the checkpoints, then the tables; the one-statement batch takes the
+    tables, then waits on the checkpoints. PostgreSQL ends the deadlock on one side: the batch gives
+    way, waits for the swap (checkpoints locked, the long way) and is applied once after it."""
+    commands = submissions(settings.tenant, 4)
+    await handler.submit_many(settings.tenant, commands)
+    last = (await handler.execute(settings.tenant, CancelTask(task_id=commands[0].task_id))).last_seq
+    records = await _records(nc, last)
+    first, cancel = records[:4], records[4:]
+    conn = await connect(settings.database_url)
+    swap = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+        await ensure_checkpoints(conn, PROJECTIONS)
+        memories = Memories()
+        await apply_batch_committed(conn, PROJECTIONS, first, memories, "ordo_events")
+        assert memories.checkpoints is not None
+
+        async with swap.transaction():  # as `Rebuilder._swap` does: the rows first, then the tables
+            await swap.execute("SELECT name FROM projection_checkpoints FOR UPDATE")
+            batch = asyncio.create_task(
+                apply_batch_committed(conn, PROJECTIONS, cancel, memories, "ordo_events")
+            )
+
+            async def waiting_on_rows() -> bool:
+                return bool(
+                    await swap.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database() AND query LIKE 'WITH %'"
+                    )
+                )
+
+            await eventually(waiting_on_rows, timeout=10, what="the batch waiting on the checkpoints")
+            await swap.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            await swap.execute("UPDATE projection_checkpoints SET epoch = epoch + 1")
+            assert not batch.done()
+        await asyncio.wait_for(batch, 30)
+
+        row = await conn.fetchrow("SELECT status FROM tasks WHERE id=$1", commands[0].task_id)
+        assert row["status"] == "cancelled"
+        assert await conn.fetchval("SELECT min(last_seq) FROM projection_checkpoints") == last
+        depth = {r["status"]: r["n"] for r in await conn.fetch("SELECT status, n FROM queue_depth")}
+        assert depth == {"queued": 3, "cancelled": 1}
+    finally:
+        await swap.close()
+        await conn.close()
+    await _rebuilt_equal(nc, settings.database_url)
