@@ -107,9 +107,9 @@ async def apply_batch_committed(
                 applied, skipped = await _apply_unlocked(conn, projections, batch, memories, notify, known)
                 memories.commit()
                 return Committed(applied, skipped, whole=True)
-            except (CheckpointsMoved, asyncpg.DeadlockDetectedError) as exc:
-                # Another writer (a rebuild's swap) moved them, or holds them while it waits on a
-                # table this statement held: start again from the locked checkpoints.
+            except (CheckpointsMoved, asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+                # Another writer (a rebuild's swap) moved them, or holds them (and may wait for a
+                # table this statement holds): start again from the locked checkpoints.
                 _log.info("batch up to seq %d applied again, checkpoints locked: %s", batch[-1][1].seq, exc)
                 memories.clear()
             except _FAILURES as exc:
@@ -212,11 +212,17 @@ def _checkpoints_write(names: list[str], last: int, notify: str | None) -> Write
 
 
 # Each checkpoint moved only from where the runner left it (sequence and epoch), and the statement
-# aborted unless every one was (projections/schema.py, `ordo_checkpoints_held`).
-_HOLD_CHECKPOINTS = """checkpoints_moved AS (
+# aborted unless every one was (projections/schema.py, `ordo_checkpoints_held`). The statement holds
+# its tables before it reaches these rows, the opposite order of a rebuild's swap (the rows, then the
+# tables): it waits for rows a swap holds at most `_ROWS_WAIT` (set for this statement alone, before
+# its first row is locked), then gives way (LockNotAvailableError) long before a deadlock would be
+# detected, and the swap goes on.
+_ROWS_WAIT = "50ms"
+_HOLD_CHECKPOINTS = f"""checkpoints_moved AS (
     UPDATE projection_checkpoints c SET last_seq=$4
     FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS k(name, seq, epoch)
     WHERE c.name = k.name AND c.last_seq = k.seq AND c.epoch = k.epoch
+      AND (SELECT set_config('lock_timeout', '{_ROWS_WAIT}', true)) IS NOT NULL
     RETURNING 1
 )"""
 _HELD = "ordo_checkpoints_held((SELECT count(*) FROM checkpoints_moved), $5::bigint)"

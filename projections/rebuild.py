@@ -345,11 +345,9 @@ class Rebuilder:
                     await conn.execute(f"SET search_path TO {live}")
                 return await self._live_target(conn, live, lock=False)
             except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
-                # A deadlock: the live runner's one-statement batch (decision 36) held the tables
-                # and waited on the checkpoints this swap held; whichever waited longer gave way.
-                self._log.warning(
-                    "swap attempt %d: tables busy (%s); retrying", attempt, type(exc).__name__
-                )
+                # A deadlock is a backstop: the live runner's one-statement batch, holding the tables,
+                # gives up waiting for the checkpoints this swap holds within 50 ms (decision 36).
+                self._log.warning("swap attempt %d: tables busy (%s); retrying", attempt, type(exc).__name__)
                 await self._rewind(conn)
         raise RebuildError(f"could not swap after {self._swap_attempts} attempts: tables stayed busy")
 
