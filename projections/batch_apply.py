@@ -166,7 +166,7 @@ async def _apply_unlocked(
     writes, applied, skipped = await _plan(conn, conn, projections, batch, memories, known, isolate=False)
     moving = [(name, done, epoch) for name, (done, epoch) in known.items() if done < last]
     await execute(conn, [*writes, _held_checkpoints_write(moving, last, notify)])
-    memories.moved_checkpoints({name: (max(done, last), epoch) for name, (done, epoch) in known.items()})
+    memories.moved_checkpoints(_moved(list(known), known, last))
     return applied, skipped
 
 
@@ -255,14 +255,14 @@ async def _apply_batch(
     writes, applied, skipped = await _plan(conn, conn, projections, batch, memories, checkpoints, isolate)
     # Every planned write and the checkpoints: one statement.
     await execute(conn, [*writes, _checkpoints_write(names, last, notify)])
-    return applied, skipped, moved_checkpoints(names, checkpoints, last)
+    return applied, skipped, _moved(names, checkpoints, last)
 
 
-def moved_checkpoints(
+def _moved(
     names: Sequence[str], checkpoints: dict[str, tuple[int, int]], last: int
 ) -> dict[str, tuple[int, int]] | None:
-    """Where moving the locked `checkpoints` of `names` to `last` leaves them (None when a row is
-    missing: the move does not create it)."""
+    """Where moving `checkpoints` of `names` to `last` leaves them (None when a row is missing: the
+    move does not create it)."""
     if any(name not in checkpoints for name in names):
         return None
     return {name: (max(checkpoints[name][0], last), checkpoints[name][1]) for name in names}
@@ -333,6 +333,7 @@ class Pipeline:
         self._planless = {p.family for p in self._projections if p.plan is None}
         self._memories = memories
         self._checkpoints = {name: checkpoints.get(name, (0, 0)) for name in self._names}
+        self._complete = all(name in checkpoints for name in self._names)
         self._notify = notify
         self._pending: asyncio.Future[None] | None = None
 
@@ -356,9 +357,10 @@ class Pipeline:
         return applied, skipped
 
     @property
-    def checkpoints(self) -> dict[str, tuple[int, int]]:
-        """name -> (sequence, epoch) where the batches added so far leave the checkpoints."""
-        return dict(self._checkpoints)
+    def checkpoints(self) -> dict[str, tuple[int, int]] | None:
+        """name -> (sequence, epoch) where the batches added so far leave the checkpoints (None when
+        a checkpoint row was missing: the moves do not create it)."""
+        return dict(self._checkpoints) if self._complete else None
 
     async def drain(self) -> None:
         """Wait for the statement in flight (its failure is raised here)."""

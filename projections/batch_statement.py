@@ -1,9 +1,9 @@
 """One statement for a batch: every projection's writes as data-modifying CTEs, and the checkpoints.
 
 A projection plans its writes for a batch as a `Write`: CTEs over `unnest` arrays (parameters
-numbered from $1, CTE names prefixed with the projection's name so they never clash), an optional
-expression for the final SELECT, and a callback that receives that expression's value once the
-statement ran (to check a presumption, to remember what was written). The runner joins the writes
+numbered from $1, CTE names prefixed with the projection's name so they never clash) and an
+optional expression for the final SELECT, which checks a presumption inside the statement
+(`presumed`) or notifies listeners. The runner joins the writes
 of every projection and the checkpoint move into one statement: one round trip, whatever the number
 of projections. The CTEs write disjoint tables, so the order PostgreSQL runs them in does not matter.
 
@@ -28,8 +28,8 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
@@ -48,7 +48,6 @@ class Write:
     ctes: str  # "name AS (...), name AS (...)"
     args: Sequence[Any]
     select: str | None = None
-    done: Callable[[Any], None] | None = field(default=None, compare=False)
 
 
 def _renumbered(sql: str, offset: int) -> str:
@@ -225,14 +224,14 @@ def last_param(sql: str) -> int:
 
 
 async def execute(conn: asyncpg.Connection, writes: Sequence[Write]) -> None:
-    """Run `writes` as one statement, then hand each its SELECT value. A presumption the statement
-    checked (`presumed`, projections/schema.py) that did not hold raises `NotNew`, checkpoints found
-    moved `CheckpointsMoved`; either way the statement wrote nothing."""
+    """Run `writes` as one statement. A presumption the statement checked (`presumed`,
+    projections/schema.py) that did not hold raises `NotNew`, checkpoints found moved
+    `CheckpointsMoved`; either way the statement wrote nothing."""
     if not writes:
         return
     sql, args = _as_json(*statement(writes))
     try:
-        row = await conn.fetchrow(sql, *args)
+        await conn.fetchrow(sql, *args)
     except asyncpg.RaiseError as exc:
         hint = getattr(exc, "hint", None)
         if hint == "ordo:presumed-new":
@@ -240,11 +239,6 @@ async def execute(conn: asyncpg.Connection, writes: Sequence[Write]) -> None:
         if hint == "ordo:checkpoints-moved":
             raise CheckpointsMoved(str(exc)) from exc
         raise
-    values = iter(row.values() if row is not None else ())
-    for write in writes:
-        value = next(values) if write.select is not None else None
-        if write.done is not None:
-            write.done(value)
 
 
 async def run(conn: asyncpg.Connection, write: Write | None) -> None:

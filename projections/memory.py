@@ -161,12 +161,6 @@ def first_events(records: Iterable[R], key: Callable[[R], K]) -> dict[K, R]:
     return out
 
 
-def presumed_new(what: str, expected: int, inserted: int) -> None:
-    """Raise NotNew unless all `expected` rows of keys presumed new were inserted."""
-    if inserted != expected:
-        raise NotNew(f"{expected - inserted} {what}(s) presumed new had a row")
-
-
 TaskKey = tuple[str, str]  # (tenant, task id)
 
 

@@ -214,9 +214,7 @@ class ProjectionRunner:
             await asyncio.wait_for(self._stop.wait(), hold)
         except TimeoutError:
             pass
-        arrived = asyncio.Event()
-        arrived.set()  # `reader.batch(wait=arrived)`: what has arrived, without waiting for more
-        return batch + await reader.batch(room, wait=arrived)
+        return batch + await reader.batch(room, wait=_arrived_only())
 
     async def _apply(
         self, conn: asyncpg.Connection, batch: list[Record], memories: Memories | None = None
@@ -249,8 +247,7 @@ class ProjectionRunner:
         if not first:
             return
         batches = [first]
-        arrived = asyncio.Event()
-        arrived.set()  # `reader.batch(wait=arrived)`: what has arrived, without waiting for more
+        arrived = _arrived_only()
         skipped = 0
         names = [p.name for p in self._projections]
         try:
@@ -268,8 +265,7 @@ class ProjectionRunner:
                         _trace_projection(batch)
                         skipped += (await pipeline.add(batch))[1]
                     await pipeline.drain()
-                    locked = all(name in checkpoints for name in names)
-                    memories.moved_checkpoints(pipeline.checkpoints if locked else None)
+                    memories.moved_checkpoints(pipeline.checkpoints)
                 finally:
                     await pipeline.close()  # before the transaction ends: nothing may be in flight
         except PIPELINE_FAILURES as exc:
@@ -287,6 +283,13 @@ class ProjectionRunner:
         self.skipped_duplicates += skipped
         for batch in batches:  # committed together; handed on batch by batch, as `_apply` does
             await self._committed(batch)
+
+
+def _arrived_only() -> asyncio.Event:
+    """A set event: `reader.batch(wait=_arrived_only())` is what has arrived, without waiting for more."""
+    arrived = asyncio.Event()
+    arrived.set()
+    return arrived
 
 
 # Catch-up batches per transaction: two keep PostgreSQL and the planning busy together (the second

@@ -12,7 +12,7 @@ from ordo.domain import events as ev
 from ordo.domain.state import TaskState, evolve, initial
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors, poison
-from ordo.projections.batch_statement import Write, presumed, run
+from ordo.projections.batch_statement import Write, last_param, presumed, run
 from ordo.projections.json_text import json_text
 from ordo.projections.memory import Memory, copy_slots, fetch_tasks, sort_tasks
 
@@ -89,7 +89,7 @@ tasks_known AS (
 )
 """
 # The count of rows inserted for tasks presumed new, checked against the last parameter.
-_CHECK = presumed("(SELECT count(*) FROM tasks_fresh)", len(_TYPES.split(", ")) + 1, "task")
+_CHECK = presumed("(SELECT count(*) FROM tasks_fresh)", last_param(_CTES) + 1, "task")
 
 
 class _Row:
