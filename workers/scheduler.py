@@ -49,8 +49,6 @@ from ordo.infra.timers import decode_due
 
 # A timer held at least this long is read ahead of its due time (see Scheduler._preload).
 _PRELOAD_MIN_S = 0.05
-# A schedule is read this long before its tick (see Scheduler._hold_tick).
-_READ_AHEAD = timedelta(milliseconds=250)
 # A retry timer that found its attempt still running comes back after 0.1 s, 0.2 s, ... (its failure
 # is being appended).
 _EARLY_RETRY_S = 0.1
@@ -65,6 +63,9 @@ class SchedulerConfig:
     # The last stretch before a due time is waited in short sleeps (see the module doc).
     final_wait_s: float = 0.002
     buffer_recheck_s: float = 0.5
+    # A schedule is read this long before its tick (see Scheduler._hold_tick), and so is a task
+    # whose timer arrived before the task was stored (see Scheduler._hold_one).
+    read_ahead_s: float = 0.25
     # On shutdown, a command already under way gets this long to finish (then it is cancelled).
     finish_s: float = 10.0
     # Commands run at once (the rest wait their turn): a burst of due timers must not flood
@@ -82,6 +83,8 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         if self.ack_wait_s <= 0 or self.fetch_batch < 1 or self.max_held < self.fetch_batch:
             raise ValueError("invalid scheduler config")
+        if self.read_ahead_s < 0:
+            raise ValueError("invalid scheduler config: read_ahead_s >= 0")
         if min(self.max_inflight, self.max_inflight_appends) < 1:
             raise ValueError("invalid scheduler config: max_inflight, max_inflight_appends >= 1")
         if self.unknown_tries < 1 or self.unknown_delay_s <= 0:
@@ -239,6 +242,12 @@ class Scheduler:
         # sequence: a change meanwhile only means a reload and a new decision).
         command = EnqueueDue(task_id=due.task_id, due_at=due.due_at)
         known = await self._preload(due.tenant, due.task_id, due.due_at)
+        if known is not None and not known[0].exists:
+            # A timer is armed before its task's first append, and a short delay's timer fires at
+            # once: it may arrive before the task is stored. Read again shortly before the due
+            # time, or the due moment costs a load (a scan of the log) instead of one publish.
+            await self._wait_until(due.due_at - timedelta(seconds=self._config.read_ahead_s), msg)
+            known = await self._preload(due.tenant, due.task_id, due.due_at)
         prepared = None if known is None else self._handler.prepare(due.tenant, command, known)
         await self._wait_until(due.due_at, msg)
         self._act()
@@ -314,7 +323,7 @@ class Scheduler:
             return
         # Read ahead shortly before the tick, not as soon as it arrives: a timer published fired
         # arrives while the previous tick is still being stored, and would be read stale.
-        await self._wait_until(tick.tick_at - _READ_AHEAD, msg)
+        await self._wait_until(tick.tick_at - timedelta(seconds=self._config.read_ahead_s), msg)
         known = await self._read_ahead(tick.tenant, tick.schedule_id, tick.tick_at)
         await self._wait_until(tick.tick_at, msg)
         self._act()
