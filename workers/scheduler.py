@@ -64,7 +64,7 @@ class SchedulerConfig:
     final_wait_s: float = 0.002
     buffer_recheck_s: float = 0.5
     # A schedule is read this long before its tick (see Scheduler._hold_tick), and so is a task
-    # whose timer arrived before the task was stored (see Scheduler._hold_one).
+    # whose timer arrived before the append it was armed for was stored (see Scheduler._hold_one).
     read_ahead_s: float = 0.25
     # On shutdown, a command already under way gets this long to finish (then it is cancelled).
     finish_s: float = 10.0
@@ -242,13 +242,15 @@ class Scheduler:
         # sequence: a change meanwhile only means a reload and a new decision).
         command = EnqueueDue(task_id=due.task_id, due_at=due.due_at)
         known = await self._preload(due.tenant, due.task_id, due.due_at)
-        if known is not None and not known[0].exists:
-            # A timer is armed before its task's first append, and a short delay's timer fires at
-            # once: it may arrive before the task is stored. Read again shortly before the due
-            # time, or the due moment costs a load (a scan of the log) instead of one publish.
+        prepared = None if known is None else self._handler.prepare(due.tenant, command, known)
+        if known is not None and prepared is None:
+            # Nothing to enqueue on what was read. A timer is armed before the append it is for (a
+            # submit's, a failure's), and one due soon fires at once: it may arrive before that
+            # append is stored. Read again shortly before the due time, or the due moment costs a
+            # load (a scan of the log) instead of one publish.
             await self._wait_until(due.due_at - timedelta(seconds=self._config.read_ahead_s), msg)
             known = await self._preload(due.tenant, due.task_id, due.due_at)
-        prepared = None if known is None else self._handler.prepare(due.tenant, command, known)
+            prepared = None if known is None else self._handler.prepare(due.tenant, command, known)
         await self._wait_until(due.due_at, msg)
         self._act()
         try:
