@@ -60,13 +60,14 @@ async def wait_for_seq(svc: Services, target: int, bound_s: float) -> None:
         await svc.notifier.wait_beyond(max(reached, target - 1), timeout=min(left, 0.5))
 
 
-def consistency(
+async def consistency(
     consistency: Annotated[str | None, Query(pattern=r"^(wait|eventual)$")] = None,
     min_seq: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     consistency_header: Annotated[str | None, Header(alias="Ordo-Consistency")] = None,
     min_seq_header: Annotated[str | None, Header(alias="Ordo-Min-Seq")] = None,
 ) -> Consistency:
-    """The dependency reading the consistency request from the query or headers."""
+    """The dependency reading the consistency request from the query or headers (async: no thread
+    pool hop)."""
     seq = min_seq
     if seq is None and min_seq_header is not None:
         if not min_seq_header.isdigit() or len(min_seq_header) > 18:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from ordo.domain.queue_control import PauseQueue, ResumeQueue
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.problems import Problem
-from ordo.gateway.services import Services, services
+from ordo.gateway.services import Services, services, services_of
 from ordo.infra.queue_control import QueueController, QueueOutcome
 from ordo.infra.settings import NAME_RE
 from ordo.projections import queue_stats, queues_state
@@ -20,9 +20,9 @@ Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 
 
-def queue_controller(request: Request) -> QueueController:
+async def queue_controller(request: Request) -> QueueController:
     """The queue controller the gateway's lifespan built (gateway/services.py)."""
-    return services(request).queues
+    return services_of(request).queues
 
 
 Controller = Annotated[QueueController, Depends(queue_controller)]

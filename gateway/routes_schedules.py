@@ -27,7 +27,7 @@ from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.body import read_limited
 from ordo.gateway.problems import Problem
 from ordo.gateway.schedule_schemas import CreateScheduleBody, InvalidBody, UpdateScheduleBody, decode_body
-from ordo.gateway.services import Services, services
+from ordo.gateway.services import Services, services, services_of
 from ordo.infra.ids import new_task_id
 from ordo.infra.schedule_handler import ScheduleHandler, ScheduleOutcome
 from ordo.projections import schedules
@@ -39,9 +39,9 @@ Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 NEXT_FIRES = 5
 
 
-def schedule_handler(request: Request) -> ScheduleHandler:
+async def schedule_handler(request: Request) -> ScheduleHandler:
     """The schedule handler the gateway's lifespan built (gateway/services.py)."""
-    return services(request).schedules
+    return services_of(request).schedules
 
 
 Handler = Annotated[ScheduleHandler, Depends(schedule_handler)]

@@ -126,6 +126,12 @@ class Services:
         await self.nc.drain()
 
 
-def services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
+
+
+async def services(request: Request) -> Services:
+    """The dependency (async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop
+    on every request)."""
+    return services_of(request)
