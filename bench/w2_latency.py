@@ -3,7 +3,8 @@ through the NATS command API (`ordo.cmd.<tenant>.submit`, request/reply) and the
 (`POST /v1/tasks`). A no-op handler (`bench.noop`, bench/noop_worker.py) records the wall-clock time
 it started. Reports, per path, submit->start p50/p95/p99, submit->reply, submit->visible in the read
 model (the projector's commit NOTIFY covering the task's `submitted` sequence) and submit->visible on
-an SSE stream (`GET /v1/events/stream`, one global client) p50/p99.
+an SSE stream (`GET /v1/events/stream`, one global client) p50/p99; and, for 200 tasks per path read
+back from the log afterwards, submit->start cut into its hops (`hops_ms`).
 
 Processes: nats-server, postgres, projector, one worker, one gateway (auth off), and this client.
 
@@ -39,6 +40,9 @@ from bench.httpclient import HttpPool
 from bench.noop_worker import TASK_TYPE
 from ordo import event_loop
 from ordo.infra import subjects as sj
+from ordo.infra.event_store import EventStore
+
+HOPS_SAMPLE = 200  # tasks per path whose events are read back for the per-hop figures
 
 TENANT = "default"  # the gateway's tenant with auth off
 BODY = json.dumps({"type": TASK_TYPE, "payload": None}).encode()
@@ -135,6 +139,7 @@ async def _phase(
     to_rm = [(v - r.t_send) * ms for r in ok if (v := visible(r.seq)) is not None]
     to_sse = [(sse_seen[r.task_id] - r.t_send) * ms for r in ok if r.task_id in sse_seen]
     errors = [r.error for r in sent if r.error]
+    hops = await _hops(nc, [r for r in ok if r.task_id in started][:HOPS_SAMPLE], started)
     return {
         "submitted": n,
         "achieved_rate": round(n / send_span, 1) if send_span else None,
@@ -145,7 +150,30 @@ async def _phase(
         "submit_to_reply_ms": summary(to_reply, 50, 95, 99),
         "submit_to_read_model_ms": summary(to_rm, 50, 99),
         "submit_to_sse_ms": summary(to_sse, 50, 99),
+        "hops_ms": hops,
     }
+
+
+async def _hops(nc: NATS, sample: list[Sent], started: dict[str, float]) -> dict[str, Any]:
+    """Where submit->start goes, from the log's stored times of the sampled tasks' events (read back
+    after the phase): client send -> `submitted` stored, `submitted` stored -> `attempt_started`
+    stored (the ticket reaches the worker, which appends the start), `attempt_started` stored ->
+    handler running (the start's PubAck reaches the worker)."""
+    store = EventStore(nc)
+    parts: dict[str, list[float]] = {
+        "send_to_stored": [],
+        "stored_to_start_stored": [],
+        "start_stored_to_handler": [],
+    }
+    for rec in sample:
+        history, _ = await store.load(TENANT, rec.task_id)
+        at = {e.name: e.stored_at.timestamp() for e in reversed(history)}  # the first of each name
+        if "submitted" not in at or "attempt_started" not in at:
+            continue
+        parts["send_to_stored"].append((at["submitted"] - rec.t_send) * 1000)
+        parts["stored_to_start_stored"].append((at["attempt_started"] - at["submitted"]) * 1000)
+        parts["start_stored_to_handler"].append((started[rec.task_id] - at["attempt_started"]) * 1000)
+    return {name: summary(values, 50, 99) for name, values in parts.items()}
 
 
 async def run(
