@@ -139,7 +139,10 @@ class Worker:
         self._pauses = QueuePauses(
             nc, handler.store, self.queues, settings, refresh_s=pause_refresh_s, logger=self._log
         )
-        self._slots = asyncio.Semaphore(settings.worker_concurrency)
+        # Free concurrency slots: a plain count (a fetch takes what is free at once, without a
+        # semaphore operation per slot) and the event that wakes a fetch loop waiting for one.
+        self._free = settings.worker_concurrency
+        self._slot_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._stopping = asyncio.Event()
@@ -254,13 +257,12 @@ class Worker:
                     until = (self._stopping, self._draining)
                     msgs = await consumer.park(pulls, free, self._fetch_wait_s, until=until)
             finally:
-                for _ in range(free - len(msgs)):
-                    self._slots.release()
+                self._release(free - len(msgs))
             if msgs and (self._draining.is_set() or self._stopping.is_set()):
                 # Drain or shutdown began during the fetch: hand these back untouched, at once.
                 for msg in msgs:
                     await consumer.nak(msg)
-                    self._slots.release()
+                    self._release()
                 continue
             for msg in msgs:
                 pair = sj.parse_work_subject(msg.subject)
@@ -268,32 +270,31 @@ class Worker:
                     try:
                         await self._pauses.hold(msg, *pair)  # the tenant paused this queue
                     finally:
-                        self._slots.release()
+                        self._release()
                     continue
                 self._spawn(msg)
 
     async def _take_slots(self, most: int) -> int:
-        """Wait for one free slot (or shutdown), then take up to `most` without waiting."""
-        acquire = asyncio.ensure_future(self._slots.acquire())
-        stop = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if not acquire.done():
-            acquire.cancel()
-            await asyncio.gather(acquire, return_exceptions=True)
-        if not acquire.done() or acquire.cancelled():
-            return 0
-        taken = 1
-        while taken < most and not self._slots.locked():
-            await self._slots.acquire()  # returns at once: a slot is free
-            taken += 1
+        """Wait for one free slot (or shutdown), then take up to `most` of the free ones."""
+        while self._free == 0 and not self._stopping.is_set():
+            self._slot_freed.clear()
+            freed = asyncio.ensure_future(self._slot_freed.wait())
+            stop = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({freed, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                freed.cancel()
+                stop.cancel()
         if self._stopping.is_set():
-            for _ in range(taken):
-                self._slots.release()
             return 0
+        taken = min(most, self._free)
+        self._free -= taken
         return taken
+
+    def _release(self, count: int = 1) -> None:
+        if count > 0:
+            self._free += count
+            self._slot_freed.set()
 
     def _spawn(self, msg: Msg) -> None:
         task = asyncio.create_task(self._execute(msg))
@@ -308,7 +309,7 @@ class Worker:
             # ticket then comes back after the ack wait.
             self._log.exception("executor failed on %s", msg.subject)
         finally:
-            self._slots.release()
+            self._release()
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
