@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 
 from ordo.domain.priority import band_for
 from ordo.infra.command_handler import CommandHandler
+from ordo.infra.nats_conn import connect
 from ordo.infra.settings import Settings
 from ordo.workers import Worker, consumer
 from ordo.workers.demo import registry as demo_registry
@@ -137,6 +138,67 @@ async def test_a_park_returns_the_first_ticket_at_once_and_a_later_one_is_kept_f
         assert await consumer.sweep(low, 16) == []
         for msg in [*got, *swept]:
             await consumer.ack(msg)
+
+
+async def test_at_a_trickle_one_park_request_brings_several_tickets(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    """A park request asks for a few tickets: tickets arriving one at a time come to the request
+    already out, with no new pull request per ticket (a no_wait pull answered 404 and a new long
+    poll each, before)."""
+    spy = await connect(settings, name="pull-spy")
+    requests: list[str] = []
+
+    async def on_request(msg: Msg) -> None:
+        requests.append(msg.subject)
+
+    try:
+        await spy.subscribe("$JS.API.CONSUMER.MSG.NEXT.>", cb=on_request)
+        await spy.flush()
+        async with band_pulls(nc, settings, queue) as pulls:
+            low = pulls[band_for(LOW)]
+            got = await _one_at_a_time(handler, settings, queue, pulls, low, consumer.PARK_SHARE - 1)
+            await spy.flush()
+            to_low = [r for r in requests if r.endswith("." + low.name)]
+            assert len(to_low) == 1, to_low  # the one park request brought every ticket ...
+            assert low.state.outstanding == 1 and low.state.parked_until > 0  # ... and is still out
+            for msg in got:
+                await consumer.ack(msg)
+    finally:
+        await spy.close()
+
+
+async def _one_at_a_time(
+    handler: CommandHandler,
+    settings: Settings,
+    queue: str,
+    pulls: list[consumer.Pull],
+    band: consumer.Pull,
+    n: int,
+) -> list[Msg]:
+    """Submit `n` tasks to `band` one at a time, each taken (park first, then sweeps) before the next."""
+    got: list[Msg] = []
+    for i in range(n):
+        task_id = await submit(handler, settings, queue, LOW)
+        if i == 0:
+            taken = await consumer.park(pulls, 16, 5.0)
+        else:
+            taken = await _swept(band, f"ticket {i}")
+        assert dispatches(taken, task_id)
+        got += taken
+    return got
+
+
+async def _swept(pull: consumer.Pull, what: str) -> list[Msg]:
+    """Sweep `pull` until it hands out something."""
+    taken: list[Msg] = []
+
+    async def swept() -> bool:
+        taken.extend(await consumer.sweep(pull, 16))
+        return bool(taken)
+
+    await eventually(swept, timeout=5, interval=0.01, what=what)
+    return taken
 
 
 async def test_a_ticket_delivered_to_a_park_request_is_handed_back_on_close(

@@ -76,6 +76,7 @@ class PullState:
 
     held: deque[Msg] = field(default_factory=deque)
     parked_until: float = 0.0  # loop time by which the park request surely ended; 0.0: none
+    outstanding: int = 0  # tickets the park request out may still deliver
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,14 +147,18 @@ async def _recreate_if_missing(pull: Pull, wait_s: float) -> None:
 # Zero-wait fetching. nats-py's fetch(batch > 1) sends no_wait with expires, which the server
 # treats as a long poll: an empty band costs the whole wait. Instead the runtime sweeps each band
 # with a bare no_wait pull (answered at once: tickets, then 404 when fewer were there), and only
-# when every band was empty parks ONE long poll of batch 1 per band and waits for the first ticket.
-# A park request outlives the call that sent it until it gets its ticket or expires (408); its
-# ticket lands in the subscription's queue and the next sweep or park hands it out, so a band holds
-# at most one ticket beyond the slots asked for. While it is out, no other is sent and the band is
-# not swept on the server either (the server would have given the park request any ticket there).
-# Statuses tell the requests apart: 404 only ends a sweep, 408 only a park request.
+# when every band was empty parks ONE long poll per band and waits for the first ticket. A park
+# request asks for a few tickets (PARK_SHARE, at most an even share of the free slots), so at a
+# trickle it stays out across tickets: each one arrives without a new request, instead of costing a
+# no_wait pull (answered 404) and a new long poll, two requests and two wake-ups per ticket.
+# A park request outlives the call that sent it until it got its tickets or expires (408); its
+# tickets land in the subscription's queue and the next sweep or park hands them out, so a band
+# holds at most PARK_SHARE tickets beyond the slots asked for. While it is out, no other is sent and
+# the band is not swept on the server either (the server would give the park request any ticket
+# there). Statuses tell the requests apart: 404 only ends a sweep, 408 only a park request.
 SWEEP_REPLY_S = 1.0  # a no_wait pull is answered at once; this only bounds a lost reply
 PARK_GRACE_S = 0.5  # a park request's 408 this late after its expiry is presumed lost
+PARK_SHARE = 4  # tickets one park request asks for, at most (and at most batch // bands)
 ERROR_PAUSE_S = 0.1  # after a failed request: the connection may be reconnecting, do not spin
 
 _NO_MESSAGES = "404"
@@ -192,13 +197,15 @@ async def park(
 ) -> list[Msg]:
     """Wait up to `wait_s` for the first ticket on any of `pulls` (all found empty by `sweep`).
 
-    Each pull without a park request out gets one: a long poll of one ticket that expires after
-    `wait_s`, renewed when it expires during the wait. Returns what arrived, up to `batch`, as soon
-    as anything did; [] after `wait_s` or as soon as one of `until` is set.
+    Each pull without a park request out gets one: a long poll of up to PARK_SHARE tickets (an even
+    share of `batch` at most, one at least) that expires after `wait_s`, renewed when it expires
+    during the wait. Returns what arrived, up to `batch`, as soon as anything did; [] after `wait_s`
+    or as soon as one of `until` is set.
     """
     got: list[Msg] = []
     if batch < 1 or not pulls:
         return got
+    share = max(1, min(PARK_SHARE, batch // len(pulls)))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     try:
@@ -208,7 +215,7 @@ async def park(
             return got
         for pull in pulls:
             if not _parked(pull):
-                await _park_one(pull, wait_s)
+                await _park_one(pull, wait_s, share)
         while not got:
             remaining = deadline - loop.time()
             if remaining <= 0 or any(event.is_set() for event in until):
@@ -216,7 +223,7 @@ async def park(
             for pull, msg in await _arrivals(pulls, remaining, until):
                 status = _sort(pull, msg)
                 if status == _TIMED_OUT and not _parked(pull) and loop.time() < deadline:
-                    await _park_one(pull, wait_s)  # its park request expired: renew it
+                    await _park_one(pull, wait_s, share)  # its park request expired: renew it
                 elif status is not None:
                     continue  # a stale 404, or a 409: the next park asks again (no spinning)
                 elif len(got) < batch:
@@ -248,11 +255,17 @@ def _taken(pull: Pull, msg: Msg) -> Msg:
 def _sort(pull: Pull, msg: Msg) -> str | None:
     """None for a ticket, else its status; notes the end of a park request; raises on an error.
 
-    A ticket while a park request is out is that request's: only a park request is out then.
+    A ticket while a park request is out is that request's: only a park request is out then. The
+    request ends with its last ticket, or with its 408 (expired) or a 409.
     """
     status = (msg.headers or {}).get("Status")
-    if status is None or status in (_TIMED_OUT, _CONFLICT):
-        pull.state.parked_until = 0.0
+    state = pull.state
+    if status is None:
+        state.outstanding -= 1
+        if state.outstanding <= 0:
+            state.parked_until, state.outstanding = 0.0, 0
+    elif status in (_TIMED_OUT, _CONFLICT):
+        state.parked_until, state.outstanding = 0.0, 0
     if status is None or status in (_NO_MESSAGES, _TIMED_OUT, _HEARTBEAT):
         return status
     if status == _CONFLICT and "deleted" not in (msg.headers or {}).get("Description", "").lower():
@@ -304,13 +317,14 @@ async def _pull_now(pull: Pull, batch: int, got: list[Msg]) -> None:
             return  # that was all there is (a 409 may be another request's: the rest stays queued)
 
 
-async def _park_one(pull: Pull, wait_s: float) -> None:
+async def _park_one(pull: Pull, wait_s: float, tickets: int) -> None:
     expires = max(int(wait_s * 1e9), 1_000_000)
     pull.state.parked_until = asyncio.get_running_loop().time() + wait_s + PARK_GRACE_S
+    pull.state.outstanding = tickets
     try:
-        await _publish(pull, {"batch": 1, "expires": expires})
+        await _publish(pull, {"batch": tickets, "expires": expires})
     except _Failed:
-        pull.state.parked_until = 0.0
+        pull.state.parked_until, pull.state.outstanding = 0.0, 0
         raise
 
 
