@@ -1,9 +1,10 @@
 """The worker runtime: the fetch loop across queues and priority bands, limits, graceful shutdown.
 
 One pull subscription per (queue, band). Bands are fetched in smooth weighted round-robin (6:3:1 by
-default), so a busy high band never starves a low one. A fetch never asks for more tickets than
-there are free concurrency slots, so every fetched ticket starts at once and no ticket waits out its
-ack deadline in a local buffer. A ticket of a tenant that paused its queue is held, not run
+default), so a busy high band never starves a low one. A sweep never asks for more tickets than
+there are free concurrency slots, so every swept ticket starts at once; a park request, sent only
+when every band was empty, may bring a band up to `consumer.PARK_SHARE` tickets beyond them, handed
+out as slots free up (and handed back at once on shutdown). A ticket of a tenant that paused its queue is held, not run
 (workers/queue_pause.py). Cancel requests arrive on core NATS (at most once; the lease loop
 also notices a `cancelling` task on its next extension).
 """
