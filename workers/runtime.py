@@ -4,9 +4,9 @@ One pull subscription per (queue, band). Bands are fetched in smooth weighted ro
 default), so a busy high band never starves a low one. A sweep never asks for more tickets than
 there are free concurrency slots, so every swept ticket starts at once; a park request, sent only
 when every band was empty, may bring a band up to `consumer.PARK_SHARE` tickets beyond them, handed
-out as slots free up (and handed back at once on shutdown). A ticket of a tenant that paused its queue is held, not run
-(workers/queue_pause.py). Cancel requests arrive on core NATS (at most once; the lease loop
-also notices a `cancelling` task on its next extension).
+out as slots free up (and handed back at once on shutdown). A ticket of a tenant that paused its
+queue is held, not run (workers/queue_pause.py). Cancel requests arrive on core NATS (at most once;
+the lease loop also notices a `cancelling` task on its next extension).
 """
 
 from __future__ import annotations
