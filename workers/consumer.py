@@ -260,10 +260,10 @@ def _sort(pull: Pull, msg: Msg) -> str | None:
     """
     status = (msg.headers or {}).get("Status")
     state = pull.state
-    if status is None:
+    if status is None and state.outstanding > 0:
         state.outstanding -= 1
-        if state.outstanding <= 0:
-            state.parked_until, state.outstanding = 0.0, 0
+        if state.outstanding == 0:
+            state.parked_until = 0.0
     elif status in (_TIMED_OUT, _CONFLICT):
         state.parked_until, state.outstanding = 0.0, 0
     if status is None or status in (_NO_MESSAGES, _TIMED_OUT, _HEARTBEAT):

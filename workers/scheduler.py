@@ -40,12 +40,12 @@ from ordo.domain.state import TaskState
 from ordo.domain.status import TaskStatus
 from ordo.infra import subjects as sj
 from ordo.infra import wiring
-from ordo.infra.command_handler import CommandHandler
+from ordo.infra.command_handler import CommandHandler, Prepared
 from ordo.infra.event_store import EventStoreError
 from ordo.infra.nats_conn import ensure_consumer
 from ordo.infra.schedule_handler import Preloaded, ScheduleHandler
 from ordo.infra.schedule_timers import decode_tick
-from ordo.infra.timers import decode_due
+from ordo.infra.timers import Due, decode_due
 
 # A timer held at least this long is read ahead of its due time (see Scheduler._preload).
 _PRELOAD_MIN_S = 0.05
@@ -241,16 +241,14 @@ class Scheduler:
         # moment costs one publish, not a load, a decision and an append (the append expects this
         # sequence: a change meanwhile only means a reload and a new decision).
         command = EnqueueDue(task_id=due.task_id, due_at=due.due_at)
-        known = await self._preload(due.tenant, due.task_id, due.due_at)
-        prepared = None if known is None else self._handler.prepare(due.tenant, command, known)
+        known, prepared = await self._prepare(due, command)
         if known is not None and prepared is None:
             # Nothing to enqueue on what was read. A timer is armed before the append it is for (a
             # submit's, a failure's), and one due soon fires at once: it may arrive before that
             # append is stored. Read again shortly before the due time, or the due moment costs a
             # load (a scan of the log) instead of one publish.
             await self._wait_until(due.due_at - timedelta(seconds=self._config.read_ahead_s), msg)
-            known = await self._preload(due.tenant, due.task_id, due.due_at)
-            prepared = None if known is None else self._handler.prepare(due.tenant, command, known)
+            known, prepared = await self._prepare(due, command)
         await self._wait_until(due.due_at, msg)
         self._act()
         try:
@@ -296,6 +294,13 @@ class Scheduler:
             return True
         self._log.error("%s: still no history after %d deliveries; dropped", what, _deliveries(msg))
         return False
+
+    async def _prepare(
+        self, due: Due, command: EnqueueDue
+    ) -> tuple[tuple[TaskState, int] | None, Prepared | None]:
+        """The task read ahead, and its enqueue decided and encoded on it (None: nothing to send)."""
+        known = await self._preload(due.tenant, due.task_id, due.due_at)
+        return known, None if known is None else self._handler.prepare(due.tenant, command, known)
 
     async def _preload(self, tenant: str, task_id: str, due_at: datetime) -> tuple[TaskState, int] | None:
         if (due_at - datetime.now(UTC)).total_seconds() < _PRELOAD_MIN_S:
