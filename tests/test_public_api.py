@@ -101,6 +101,9 @@ async def test_async_client_errors_are_typed(system: System) -> None:
         with pytest.raises(TypeError):
             await client.submit("demo.echo", None, colour="red")
         later = await client.submit("demo.echo", None, delay=3600)
+        # Read once without a time limit first: the 0.5 s below then bounds the wait itself, not the
+        # read model catching up with the submit on a busy machine.
+        assert (await client.get(later.id)).status == "scheduled"
         with pytest.raises(WaitTimeout) as waited:
             await client.wait(later.id, timeout=0.5)
         assert waited.value.last is not None and waited.value.last.status == "scheduled"
