@@ -69,8 +69,18 @@ def statement(writes: Sequence[Write]) -> tuple[str, list[Any]]:
     return _joined(tuple((w.ctes, w.select, len(w.args)) for w in writes)), args
 
 
+def combined(writes: Sequence[Write]) -> Write:
+    """One write doing what `writes` do (a projection that owns several read models plans them as
+    one): their CTEs renumbered after each other, their SELECT expressions joined."""
+    args: list[Any] = []
+    for write in writes:
+        args.extend(write.args)
+    ctes, select = _combined(tuple((w.ctes, w.select, len(w.args)) for w in writes))
+    return Write(ctes, args, select)
+
+
 @functools.lru_cache(maxsize=512)
-def _joined(shape: _Shape) -> str:
+def _combined(shape: _Shape) -> tuple[str, str | None]:
     ctes: list[str] = []
     selects: list[str] = []
     offset = 0
@@ -79,7 +89,13 @@ def _joined(shape: _Shape) -> str:
         if select is not None:
             selects.append(_renumbered(select, offset))
         offset += count
-    return f"WITH {', '.join(ctes)} SELECT {', '.join(selects) or 'NULL'}"
+    return ", ".join(ctes), ", ".join(selects) or None
+
+
+@functools.lru_cache(maxsize=512)
+def _joined(shape: _Shape) -> str:
+    ctes, select = _combined(shape)
+    return f"WITH {ctes} SELECT {select or 'NULL'}"
 
 
 def _element(value: Any, kind: str) -> Any:

@@ -2,7 +2,8 @@
 
 Kept in PostgreSQL (not in process memory) so every gateway exposes the same numbers, they survive
 restarts, and a rebuild from sequence 1 yields them again. Durations come from stored_at, never the
-wall clock.
+wall clock. What is kept per task is in the `rollups` projection's `rollup_tasks` row
+(projections/rollups.py applies this fold with the other rollups').
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import asyncpg
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
 from ordo.infra.metrics import DEFAULT_BUCKETS
-from ordo.projections.batch_statement import Write, run
-from ordo.projections.memory import Memory, copy_slots, first_events
+from ordo.projections.batch_statement import Write
+from ordo.projections.memory import TaskKey, copy_slots
 
-NAME = "counters"
 DDL = """
 CREATE TABLE IF NOT EXISTS metric_counters (
     tenant text NOT NULL, queue text NOT NULL, type text NOT NULL, metric text NOT NULL,
@@ -30,11 +30,6 @@ CREATE TABLE IF NOT EXISTS metric_histograms (
     tenant text NOT NULL, queue text NOT NULL, type text NOT NULL, metric text NOT NULL,
     bucket int NOT NULL, count bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, queue, type, metric, bucket)
-);
-CREATE TABLE IF NOT EXISTS metric_task_marks (
-    tenant text NOT NULL, task_id text NOT NULL, queue text NOT NULL, type text NOT NULL,
-    runnable_at timestamptz, started_at timestamptz,
-    PRIMARY KEY (tenant, task_id)
 );
 """
 
@@ -62,7 +57,10 @@ def _bucket(seconds: float) -> int:
     return len(BUCKETS)
 
 
-class _Mark:
+class State:
+    """What is kept per task (in `rollup_tasks`, projections/rollups.py): its queue and type, and
+    since when it has been runnable or running."""
+
     __slots__ = ("queue", "type", "runnable_at", "started_at")
     __copy__ = copy_slots
 
@@ -71,37 +69,32 @@ class _Mark:
         self.runnable_at, self.started_at = runnable_at, started_at
 
 
-async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
-    await run(conn, await plan(conn, events, None))
+COLUMNS = ("c_queue", "c_type", "c_runnable_at", "c_started_at")
+TYPES = ("text", "text", "timestamptz", "timestamptz")
 
 
-async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
-    """The batch's writes; with `memory`, the tasks' marks of earlier batches are taken from it (and
-    this batch's left there)."""
-    marks: dict[tuple[str, str], _Mark] = {}
-    unknown = []
-    for key, first in first_events(events, lambda e: (e.tenant, e.task_id)).items():
-        remembered = None if memory is None else memory.get(key)
-        if remembered is not None:
-            marks[key] = remembered
-        elif not isinstance(first.event, ev.Submitted):  # `submitted` starts a mark afresh: no read
-            unknown.append(key)
-    if unknown:
-        for r in await conn.fetch(
-            "SELECT tenant, task_id, queue, type, runnable_at, started_at FROM metric_task_marks"
-            " WHERE (tenant, task_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-            [k[0] for k in unknown],
-            [k[1] for k in unknown],
-        ):
-            kept = _Mark(r["queue"], r["type"], r["runnable_at"], r["started_at"])
-            marks[(r["tenant"], r["task_id"])] = kept
+def from_row(rec: asyncpg.Record) -> State | None:
+    if rec["c_queue"] is None:
+        return None
+    return State(rec["c_queue"], rec["c_type"], rec["c_runnable_at"], rec["c_started_at"])
+
+
+def to_row(state: State | None) -> tuple[Any, ...]:
+    if state is None:
+        return (None,) * len(COLUMNS)
+    return state.queue, state.type, state.runnable_at, state.started_at
+
+
+def fold(events: list[StoredEvent], marks: dict[TaskKey, State]) -> Write | None:
+    """Fold the batch into `marks` (each task's kept state, in place; a `submitted` starts a task's
+    mark afresh, queue and type too) and return the writes of the counters and histogram buckets."""
     counters: dict[tuple[str, str, str, str], float] = defaultdict(float)
     buckets: dict[tuple[str, str, str, str, int], int] = defaultdict(int)
     for e in events:
         key = (e.tenant, e.task_id)
         event = e.event
         if isinstance(event, ev.Submitted):
-            marks[key] = _Mark(event.queue, event.task_type, None, None)
+            marks[key] = State(event.queue, event.task_type, None, None)
         mark = marks.get(key)
         if mark is None:
             continue  # events of a task submitted before this projection existed: rebuild covers it
@@ -120,44 +113,29 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
             took = (e.stored_at - mark.started_at).total_seconds()
             _observe(counters, buckets, (e.tenant, mark.queue, mark.type, "duration"), took)
             mark.started_at = None
-    if not marks:
+    if not counters and not buckets:
         return None
-    items = sorted(marks.items(), key=lambda km: km[0])
     values = sorted(counters.items())
     counts = sorted(buckets.items())
     args = [
-        *[[k[0] for k, _ in items], [k[1] for k, _ in items], [m.queue for _, m in items]],
-        *[[m.type for _, m in items], [m.runnable_at for _, m in items], [m.started_at for _, m in items]],
         *[[k[i] for k, _ in values] for i in range(4)],
         [v for _, v in values],
         *[[k[i] for k, _ in counts] for i in range(5)],
         [n for _, n in counts],
     ]
-
-    if memory is not None:
-        for key, mark in items:
-            memory.put(key, mark)
     return Write(_CTES, args)
 
 
-# One statement: the tasks' marks (a `submitted` starts a task's mark afresh, queue and type too),
-# the counters and the histogram buckets moved by the batch.
+# The counters and the histogram buckets moved by the batch.
 _CTES = """
-counters_marked AS (
-    INSERT INTO metric_task_marks (tenant, task_id, queue, type, runnable_at, started_at)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                         $6::timestamptz[])
-    ON CONFLICT (tenant, task_id) DO UPDATE SET queue=EXCLUDED.queue, type=EXCLUDED.type,
-        runnable_at=EXCLUDED.runnable_at, started_at=EXCLUDED.started_at
-),
 counters_counted AS (
     INSERT INTO metric_counters AS c (tenant, queue, type, metric, value)
-    SELECT * FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::double precision[])
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::double precision[])
     ON CONFLICT (tenant, queue, type, metric) DO UPDATE SET value = c.value + EXCLUDED.value
 ),
 counters_histograms AS (
     INSERT INTO metric_histograms AS h (tenant, queue, type, metric, bucket, count)
-    SELECT * FROM unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::int[], $17::bigint[])
+    SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::int[], $11::bigint[])
     ON CONFLICT (tenant, queue, type, metric, bucket) DO UPDATE SET count = h.count + EXCLUDED.count
 )
 """

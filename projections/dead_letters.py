@@ -1,9 +1,9 @@
 """The `dead_letters` read model: tasks that failed for good, with a summary of why.
 
 A task enters on `dead_lettered` (which follows `failed`) and leaves on `replayed`: the list shows
-what still needs an operator. The row keeps the task's type and its last attempt error, which this
-projection remembers per task in `dead_letter_tasks` (a projection reads only its own tables, so a
-rebuild of it alone yields the same rows).
+what still needs an operator. The row keeps the task's type and its last attempt error, which are kept
+per task in the `rollups` projection's `rollup_tasks` row (projections/rollups.py applies this fold
+with the other rollups').
 """
 
 from __future__ import annotations
@@ -18,22 +18,10 @@ import msgspec
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors
-from ordo.projections.batch_statement import Write, last_param, presumed, run
-from ordo.projections.memory import Memory, copy_fields, fetch_tasks, sort_tasks
-
-NAME = "dead_letters"
+from ordo.projections.batch_statement import Write
+from ordo.projections.memory import TaskKey, copy_fields
 
 DDL = """
-CREATE TABLE IF NOT EXISTS dead_letter_tasks (
-    tenant text NOT NULL,
-    task_id text NOT NULL,
-    queue text NOT NULL,
-    type text NOT NULL,
-    attempts int NOT NULL DEFAULT 0,
-    error json,
-    last_seq bigint NOT NULL,
-    PRIMARY KEY (tenant, task_id)
-);
 CREATE TABLE IF NOT EXISTS dead_letters (
     tenant text NOT NULL,
     task_id text NOT NULL,
@@ -54,7 +42,9 @@ _json = msgspec.json.Encoder()
 
 
 @dataclass
-class _Task:
+class State:
+    """What is kept per task (in `rollup_tasks`, projections/rollups.py)."""
+
     queue: str
     type: str
     attempts: int = 0
@@ -68,7 +58,30 @@ class _Task:
     dead_seq: int = 0
 
 
-def _fold(task: _Task, stored: StoredEvent) -> None:
+COLUMNS = ("d_queue", "d_type", "d_attempts", "d_error", "d_seq")
+TYPES = ("text", "text", "int", "json", "bigint")
+
+
+def from_row(rec: asyncpg.Record) -> State | None:
+    if rec["d_seq"] is None:
+        return None
+    error = rec["d_error"]
+    return State(
+        queue=rec["d_queue"],
+        type=rec["d_type"],
+        attempts=rec["d_attempts"],
+        error=None if error is None else _json.encode(error).decode(),
+        last_seq=rec["d_seq"],
+    )
+
+
+def to_row(state: State | None) -> tuple[Any, ...]:
+    if state is None:
+        return (None,) * len(COLUMNS)
+    return state.queue, state.type, state.attempts, state.error, state.last_seq
+
+
+def _fold(task: State, stored: StoredEvent) -> None:
     event = stored.event
     match event:
         case ev.AttemptStarted():
@@ -91,94 +104,48 @@ def _fold(task: _Task, stored: StoredEvent) -> None:
     task.last_seq = stored.seq
 
 
-async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
-    await run(conn, await plan(conn, events, None))
-
-
-async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
-    """The batch's writes; with `memory`, what it keeps per task is taken from it (and this batch's
-    left there) and new tasks are not looked up."""
-    tasks: dict[tuple[str, str], _Task]
-    tasks, new, unknown = sort_tasks(events, memory)
-    if unknown:
-        for rec in await fetch_tasks(conn, "SELECT * FROM dead_letter_tasks", unknown):
-            error = rec["error"]
-            tasks[(rec["tenant"], rec["task_id"])] = _Task(
-                queue=rec["queue"],
-                type=rec["type"],
-                attempts=rec["attempts"],
-                error=None if error is None else _json.encode(error).decode(),
-                last_seq=rec["last_seq"],
-            )
+def fold(events: list[StoredEvent], tasks: dict[TaskKey, State]) -> Write | None:
+    """Fold the batch into `tasks` (each task's kept state, in place: what reading it back gives) and
+    return the writes of the dead letters that left and those that came."""
     for stored in events:
         key = (stored.tenant, stored.task_id)
         task = tasks.get(key)
         if isinstance(stored.event, ev.Submitted):
             if task is None:
-                tasks[key] = _Task(queue=stored.queue, type=stored.event.task_type, last_seq=stored.seq)
+                tasks[key] = State(queue=stored.queue, type=stored.event.task_type, last_seq=stored.seq)
             continue
         if task is None or stored.seq <= task.last_seq:
             continue  # not a task we saw submitted, or already applied
         _fold(task, stored)
-    if not tasks:
+    changed = sorted((k, t) for k, t in tasks.items() if t.change is not None)
+    for key, t in changed:  # what reading the row back gives: no pending change
+        tasks[key] = State(t.queue, t.type, t.attempts, t.error, t.last_seq)
+    if not changed:
         return None
-    items = sorted(tasks.items(), key=lambda kt: kt[0])
-
-    expected = sum(1 for k, _ in items if k in new)
-    write = Write(_CTES, [*_args(items, new), expected], _CHECK)
-    if memory is not None:
-        for key, t in items:  # what reading the row back gives: no pending change
-            memory.put(key, _Task(t.queue, t.type, t.attempts, t.error, t.last_seq))
-    return write
+    return Write(_CTES, _args(changed))
 
 
-_TASK_COLS = "tenant, task_id, queue, type, attempts, error, last_seq"
 _DEAD_COLS = "tenant, task_id, queue, type, attempts, error_kind, error, reason, dead_at, seq"
-# One statement: what this projection keeps per task (for tasks first seen in the batch only if
-# absent: the count says whether that held), the dead letters that left, and those that came.
+# The dead letters that left, and those that came.
 _CTES = f"""
-dead_letters_rows AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::json[],
-                         $7::bigint[], $8::bool[]) AS r({_TASK_COLS}, new)
-),
-dead_letters_fresh AS (
-    INSERT INTO dead_letter_tasks ({_TASK_COLS}) SELECT {_TASK_COLS} FROM dead_letters_rows WHERE new
-    ON CONFLICT (tenant, task_id) DO NOTHING RETURNING 1
-),
-dead_letters_known AS (
-    INSERT INTO dead_letter_tasks AS d ({_TASK_COLS}) SELECT {_TASK_COLS} FROM dead_letters_rows WHERE NOT new
-    ON CONFLICT (tenant, task_id) DO UPDATE SET attempts=EXCLUDED.attempts, error=EXCLUDED.error,
-        last_seq=EXCLUDED.last_seq
-    WHERE d.last_seq < EXCLUDED.last_seq
-),
 dead_letters_gone AS (
-    DELETE FROM dead_letters WHERE (tenant, task_id) IN (SELECT * FROM unnest($9::text[], $10::text[]))
+    DELETE FROM dead_letters WHERE (tenant, task_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 ),
 dead_letters_dead AS (
     INSERT INTO dead_letters ({_DEAD_COLS})
-    SELECT * FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::text[],
-                         $17::json[], $18::text[], $19::timestamptz[], $20::bigint[])
+    SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
+                         $9::json[], $10::text[], $11::timestamptz[], $12::bigint[])
     ON CONFLICT (tenant, task_id) DO UPDATE SET attempts=EXCLUDED.attempts,
         error_kind=EXCLUDED.error_kind, error=EXCLUDED.error, reason=EXCLUDED.reason,
         dead_at=EXCLUDED.dead_at, seq=EXCLUDED.seq
 )
 """
-# The count of rows inserted for tasks presumed new, checked against the last parameter.
-_CHECK = presumed("(SELECT count(*) FROM dead_letters_fresh)", last_param(_CTES) + 1, "dead-letter task")
 
 
-def _args(items: list[tuple[tuple[str, str], _Task]], new: set[tuple[str, str]]) -> list[list[Any]]:
-    gone = [k for k, t in items if t.change == "gone"]
-    dead = [(k, t) for k, t in items if t.change == "dead"]
+def _args(changed: list[tuple[TaskKey, State]]) -> list[list[Any]]:
+    gone = [k for k, t in changed if t.change == "gone"]
+    dead = [(k, t) for k, t in changed if t.change == "dead"]
     return [
-        [k[0] for k, _ in items],
-        [k[1] for k, _ in items],
-        [t.queue for _, t in items],
-        [t.type for _, t in items],
-        [t.attempts for _, t in items],
-        [t.error for _, t in items],
-        [t.last_seq for _, t in items],
-        [k in new for k, _ in items],
         [k[0] for k in gone],
         [k[1] for k in gone],
         [k[0] for k, _ in dead],

@@ -3,8 +3,8 @@
 Counting rows of `tasks` at read time grows with the table; these counters cost one upsert per
 (queue, status) touched by a batch. A task's status comes from the domain's own `evolve`, folded
 over the few fields that decide it (status, paused_from, archived, and the attempt and lease that
-`evolve` checks before it accepts a worker's event), which this projection keeps per task in
-`queue_task_status` — it reads only its own tables, so it can be rebuilt alone. Archived
+`evolve` checks before it accepts a worker's event), kept per task in the `rollups` projection's
+`rollup_tasks` row (projections/rollups.py applies this fold with the other rollups'). Archived
 tasks leave the counts (they are hidden from lists too). Rates are read from `stats_minutely`.
 """
 
@@ -12,30 +12,17 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
 from ordo.domain.state import TaskState, evolve, initial
 from ordo.domain.status import TaskStatus
 from ordo.infra.event_store import StoredEvent
-from ordo.projections.batch_statement import Write, last_param, presumed, run
-from ordo.projections.memory import Memory, fetch_tasks, sort_tasks
-
-NAME = "queue_stats"
+from ordo.projections.batch_statement import Write
+from ordo.projections.memory import TaskKey
 
 DDL = """
-CREATE TABLE IF NOT EXISTS queue_task_status (
-    tenant text NOT NULL,
-    task_id text NOT NULL,
-    queue text NOT NULL,
-    status text NOT NULL,
-    paused_from text,
-    archived boolean NOT NULL DEFAULT false,
-    last_seq bigint NOT NULL,
-    PRIMARY KEY (tenant, task_id)
-);
-ALTER TABLE queue_task_status ADD COLUMN IF NOT EXISTS attempt int NOT NULL DEFAULT 0;
-ALTER TABLE queue_task_status ADD COLUMN IF NOT EXISTS lease_until timestamptz;
 CREATE TABLE IF NOT EXISTS queue_depth (
     tenant text NOT NULL,
     queue text NOT NULL,
@@ -47,21 +34,20 @@ CREATE TABLE IF NOT EXISTS queue_depth (
 
 STATUSES = tuple(str(s) for s in TaskStatus)
 
+# What is kept per task (in `rollup_tasks`, projections/rollups.py): its queue, the fields that
+# decide its status, and the sequence of its last event applied here.
+State = tuple[str, TaskState, int]
+COLUMNS = ("q_queue", "q_status", "q_paused_from", "q_archived", "q_attempt", "q_lease_until", "q_seq")
+TYPES = ("text", "text", "text", "bool", "int", "timestamptz", "bigint")
+
 
 def _counted(state: TaskState) -> str | None:
     """The (queue-less) bucket a task counts in, None when it is not counted."""
     return None if not state.exists or state.archived else str(state.status)
 
 
-async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
-    await run(conn, await plan(conn, events, None))
-
-
-_Remembered = tuple[str, TaskState, int]  # (queue, the fields that decide the status, last_seq)
-
-
 def _kept(task_id: str, state: TaskState) -> TaskState:
-    """The fields this projection keeps of a task: what reading its row back gives."""
+    """The fields kept of a task: what reading its row back gives."""
     return TaskState(
         task_id=task_id,
         exists=True,
@@ -73,24 +59,34 @@ def _kept(task_id: str, state: TaskState) -> TaskState:
     )
 
 
-async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
-    """The batch's writes; with `memory`, the statuses of earlier batches are taken from it (and this
-    batch's left there) and new tasks are not looked up."""
-    states: dict[tuple[str, str], _Remembered]
-    states, new, unknown = sort_tasks(events, memory)
-    if unknown:
-        for rec in await fetch_tasks(conn, "SELECT * FROM queue_task_status", unknown):
-            paused = rec["paused_from"]
-            state = TaskState(
-                task_id=rec["task_id"],
-                exists=True,
-                status=TaskStatus(rec["status"]),
-                paused_from=None if paused is None else TaskStatus(paused),
-                archived=rec["archived"],
-                attempt=rec["attempt"],
-                lease_until=rec["lease_until"],
-            )
-            states[(rec["tenant"], rec["task_id"])] = (rec["queue"], state, rec["last_seq"])
+def from_row(rec: asyncpg.Record) -> State | None:
+    """The state kept in a `rollup_tasks` row (None when this task has none)."""
+    if rec["q_status"] is None:
+        return None
+    paused = rec["q_paused_from"]
+    state = TaskState(
+        task_id=rec["task_id"],
+        exists=True,
+        status=TaskStatus(rec["q_status"]),
+        paused_from=None if paused is None else TaskStatus(paused),
+        archived=rec["q_archived"],
+        attempt=rec["q_attempt"],
+        lease_until=rec["q_lease_until"],
+    )
+    return rec["q_queue"], state, rec["q_seq"]
+
+
+def to_row(state: State | None) -> tuple[Any, ...]:
+    if state is None:
+        return (None,) * len(COLUMNS)
+    queue, s, seq = state
+    paused = None if s.paused_from is None else str(s.paused_from)
+    return queue, str(s.status), paused, s.archived, s.attempt, s.lease_until, seq
+
+
+def fold(events: list[StoredEvent], states: dict[TaskKey, State]) -> Write | None:
+    """Fold the batch into `states` (each task's kept state, in place; tasks that do not exist
+    leave it) and return the depth counters' write."""
     delta: Counter[tuple[str, str, str]] = Counter()
     for stored in events:
         key = (stored.tenant, stored.task_id)
@@ -105,59 +101,25 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
             if new_bucket is not None:
                 delta[(stored.tenant, queue, new_bucket)] += 1
         states[key] = (queue, after, stored.seq)
-    rows = sorted(((k, q, s, seq) for k, (q, s, seq) in states.items() if s.exists), key=lambda r: r[0])
+    for key, (queue, state, seq) in list(states.items()):
+        if state.exists:
+            states[key] = (queue, _kept(key[1], state), seq)
+        else:
+            del states[key]
     changed = sorted((k, n) for k, n in delta.items() if n != 0)
-    if not rows and not changed:
+    if not changed:
         return None
-    args = [
-        [k[0] for k, _, _, _ in rows],
-        [k[1] for k, _, _, _ in rows],
-        [q for _, q, _, _ in rows],
-        [str(s.status) for _, _, s, _ in rows],
-        [None if s.paused_from is None else str(s.paused_from) for _, _, s, _ in rows],
-        [s.archived for _, _, s, _ in rows],
-        [seq for _, _, _, seq in rows],
-        [s.attempt for _, _, s, _ in rows],
-        [s.lease_until for _, _, s, _ in rows],
-        [k in new for k, _, _, _ in rows],
-        [k[0] for k, _ in changed],
-        [k[1] for k, _ in changed],
-        [k[2] for k, _ in changed],
-        [n for _, n in changed],
-    ]
-
-    args.append(sum(1 for k, _, _, _ in rows if k in new))
-
-    if memory is not None:
-        for k, q, s, seq in rows:
-            memory.put(k, (q, _kept(k[1], s), seq))
-    return Write(_CTES, args, _CHECK)
+    args = [[k[i] for k, _ in changed] for i in range(3)] + [[n for _, n in changed]]
+    return Write(_CTES, args)
 
 
-_COLS = "tenant, task_id, queue, status, paused_from, archived, last_seq, attempt, lease_until"
-# One statement: the tasks' statuses (those of tasks first seen in the batch only if absent: the
-# count says whether that held), and the depth counters moved by the batch. No zero rows: whether a
-# (queue, status) passed through zero must not depend on how the events were cut into batches, or a
-# rebuild would differ from the live table; a counter the batch brings to zero is deleted instead.
-_CTES = f"""
-queue_stats_rows AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
-                         $7::bigint[], $8::int[], $9::timestamptz[], $10::bool[]) AS r({_COLS}, new)
-),
-queue_stats_fresh AS (
-    INSERT INTO queue_task_status ({_COLS}) SELECT {_COLS} FROM queue_stats_rows WHERE new
-    ON CONFLICT (tenant, task_id) DO NOTHING RETURNING 1
-),
-queue_stats_known AS (
-    INSERT INTO queue_task_status AS t ({_COLS}) SELECT {_COLS} FROM queue_stats_rows WHERE NOT new
-    ON CONFLICT (tenant, task_id) DO UPDATE SET status=EXCLUDED.status,
-        paused_from=EXCLUDED.paused_from, archived=EXCLUDED.archived, last_seq=EXCLUDED.last_seq,
-        attempt=EXCLUDED.attempt, lease_until=EXCLUDED.lease_until
-    WHERE t.last_seq < EXCLUDED.last_seq
-),
+# The depth counters moved by the batch. No zero rows: whether a (queue, status) passed through zero
+# must not depend on how the events were cut into batches, or a rebuild would differ from the live
+# table; a counter the batch brings to zero is deleted instead.
+_CTES = """
 queue_stats_moved AS (
     SELECT c.tenant, c.queue, c.status, c.n, d.n + c.n = 0 AS zero
-    FROM unnest($11::text[], $12::text[], $13::text[], $14::bigint[]) AS c(tenant, queue, status, n)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS c(tenant, queue, status, n)
     LEFT JOIN queue_depth d USING (tenant, queue, status)
 ),
 queue_stats_emptied AS (
@@ -170,8 +132,6 @@ queue_stats_counted AS (
     ON CONFLICT (tenant, queue, status) DO UPDATE SET n = d.n + EXCLUDED.n
 )
 """
-# The count of rows inserted for tasks presumed new, checked against the last parameter.
-_CHECK = presumed("(SELECT count(*) FROM queue_stats_fresh)", last_param(_CTES) + 1, "task status")
 
 
 # ---- queries -------------------------------------------------------------------------------------

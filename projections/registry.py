@@ -21,12 +21,9 @@ from ordo.infra import subjects as sj
 from ordo.infra.event_store import to_stored
 from ordo.projections import (
     attempts,
-    counters,
-    dead_letters,
-    queue_stats,
     queues_state,
+    rollups,
     schedules,
-    stats_minutely,
     task_events,
     tasks,
 )
@@ -76,10 +73,7 @@ PROJECTIONS: tuple[Projection, ...] = (
     Projection(tasks.NAME, tasks.DDL, tasks.apply, plan=tasks.plan),
     Projection(task_events.NAME, task_events.DDL, task_events.apply, plan=task_events.plan),
     Projection(attempts.NAME, attempts.DDL, attempts.apply, plan=attempts.plan),
-    Projection(dead_letters.NAME, dead_letters.DDL, dead_letters.apply, plan=dead_letters.plan),
-    Projection(queue_stats.NAME, queue_stats.DDL, queue_stats.apply, plan=queue_stats.plan),
-    Projection(stats_minutely.NAME, stats_minutely.DDL, stats_minutely.apply, plan=stats_minutely.plan),
-    Projection(counters.NAME, counters.DDL, counters.apply, plan=counters.plan),
+    Projection(rollups.NAME, rollups.DDL, rollups.apply, plan=rollups.plan),
     Projection(schedules.NAME, schedules.DDL, schedules.apply, family="schedule"),
     Projection(queues_state.NAME, queues_state.DDL, queues_state.apply, family="queue"),
 )

@@ -58,8 +58,7 @@ END $$;
 # Read models keep JSON as `json` (the text as given), never `jsonb`: jsonb cannot hold a `\u0000`
 # escape, which is valid JSON that a payload or a handler's result may carry. Tables created as jsonb
 # by an older release are converted once (in whichever schema the search_path names first).
-_JSON_TABLES = ("tasks", "task_events", "attempts", "dead_letter_tasks", "dead_letters", "schedules",
-                "schedule_events")  # fmt: skip
+_JSON_TABLES = ("tasks", "task_events", "attempts", "dead_letters", "schedules", "schedule_events")
 JSON_NOT_JSONB = f"""
 DO $$
 DECLARE c record;

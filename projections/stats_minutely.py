@@ -4,9 +4,10 @@ Counters (submitted, started, succeeded, failed, attempt failures, cancelled) pe
 event's `stored_at` — the log's time, never a clock, so a rebuild at any later date gives the same
 rows. Each finished attempt's duration (its closing event's `stored_at` − its `attempt_started`'s)
 is a row of `stats_durations`; p50/p95/p99 are computed from those rows when read. The task's type
-and current attempt start are remembered per task in `stats_tasks` (a projection reads only its own
-tables). Idempotent by sequence: an event is counted only if its sequence is above its task's
-`last_seq` in `stats_tasks`, which is written in the same transaction as the counters.
+and current attempt start are kept per task in the `rollups` projection's `rollup_tasks` row
+(projections/rollups.py applies this fold with the other rollups'). Idempotent by sequence: an event
+is counted only if its sequence is above the task's `s_seq` there, which is written in the same
+statement as the counters.
 """
 
 from __future__ import annotations
@@ -19,21 +20,10 @@ import asyncpg
 
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
-from ordo.projections.batch_statement import Write, last_param, presumed, run
-from ordo.projections.memory import Memory, copy_fields, fetch_tasks, sort_tasks
-
-NAME = "stats_minutely"
+from ordo.projections.batch_statement import Write
+from ordo.projections.memory import TaskKey, copy_fields
 
 DDL = """
-CREATE TABLE IF NOT EXISTS stats_tasks (
-    tenant text NOT NULL,
-    task_id text NOT NULL,
-    queue text NOT NULL,
-    type text NOT NULL,
-    attempt_started_at timestamptz,
-    last_seq bigint NOT NULL,
-    PRIMARY KEY (tenant, task_id)
-);
 CREATE TABLE IF NOT EXISTS stats_minutely (
     tenant text NOT NULL,
     queue text NOT NULL,
@@ -81,12 +71,30 @@ _CLOSES: dict[type, str] = {
 
 
 @dataclass
-class _Task:
+class State:
+    """What is kept per task (in `rollup_tasks`, projections/rollups.py)."""
+
     queue: str
     type: str
     attempt_started_at: datetime | None
     last_seq: int
     __copy__ = copy_fields
+
+
+COLUMNS = ("s_queue", "s_type", "s_attempt_started_at", "s_seq")
+TYPES = ("text", "text", "timestamptz", "bigint")
+
+
+def from_row(rec: asyncpg.Record) -> State | None:
+    if rec["s_seq"] is None:
+        return None
+    return State(rec["s_queue"], rec["s_type"], rec["s_attempt_started_at"], rec["s_seq"])
+
+
+def to_row(state: State | None) -> tuple[Any, ...]:
+    if state is None:
+        return (None,) * len(COLUMNS)
+    return state.queue, state.type, state.attempt_started_at, state.last_seq
 
 
 @dataclass
@@ -99,19 +107,9 @@ def minute_of(at: datetime) -> datetime:
     return at.replace(second=0, microsecond=0)
 
 
-async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
-    await run(conn, await plan(conn, events, None))
-
-
-async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
-    """The batch's writes; with `memory`, what it keeps per task is taken from it (and this batch's
-    left there) and new tasks are not looked up."""
-    tasks: dict[tuple[str, str], _Task]
-    tasks, new, unknown = sort_tasks(events, memory)
-    if unknown:
-        for r in await fetch_tasks(conn, "SELECT * FROM stats_tasks", unknown):
-            kept = _Task(r["queue"], r["type"], r["attempt_started_at"], r["last_seq"])
-            tasks[(r["tenant"], r["task_id"])] = kept
+def fold(events: list[StoredEvent], tasks: dict[TaskKey, State]) -> Write | None:
+    """Fold the batch into `tasks` (each task's kept state, in place) and return the writes of the
+    minute counters and the finished attempts."""
     buckets: dict[tuple[str, datetime, str, str], _Bucket] = {}
     durations: list[tuple[int, str, str, str, datetime, str, float]] = []
     for stored in events:
@@ -119,7 +117,7 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
         event = stored.event
         task = tasks.get(key)
         if isinstance(event, ev.Submitted) and task is None:
-            task = tasks[key] = _Task(stored.queue, event.task_type, None, 0)
+            task = tasks[key] = State(stored.queue, event.task_type, None, 0)
         if task is None or stored.seq <= task.last_seq:
             continue  # never saw it submitted, or already applied
         task.last_seq = stored.seq
@@ -136,71 +134,37 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
             bucket = buckets.setdefault((stored.tenant, minute, task.queue, task.type), _Bucket())
             bucket.counts[counter] += 1
             bucket.last_seq = stored.seq
-    if not tasks:
+    if not buckets and not durations:
         return None
-    items = sorted(tasks.items(), key=lambda kt: kt[0])
-
-    expected = sum(1 for k, _ in items if k in new)
-    args = [*_args(items, new, buckets, durations), expected]
-    if memory is not None:
-        for key, kept in items:
-            memory.put(key, kept)
-    return Write(_CTES, args, _CHECK)
+    return Write(_CTES, _args(buckets, durations))
 
 
-_TASK_COLS = "tenant, task_id, queue, type, attempt_started_at, last_seq"
 _DURATION_COLS = "seq, tenant, queue, type, minute, outcome, duration_ms"
-# One statement: what this projection keeps per task (for tasks first seen in the batch only if
-# absent: the count says whether that held), the minute counters and the finished attempts.
+# The minute counters and the finished attempts moved by the batch.
 _CTES = f"""
-stats_minutely_rows AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                         $6::bigint[], $7::bool[]) AS r({_TASK_COLS}, new)
-),
-stats_minutely_fresh AS (
-    INSERT INTO stats_tasks ({_TASK_COLS}) SELECT {_TASK_COLS} FROM stats_minutely_rows WHERE new
-    ON CONFLICT (tenant, task_id) DO NOTHING RETURNING 1
-),
-stats_minutely_known AS (
-    INSERT INTO stats_tasks AS t ({_TASK_COLS}) SELECT {_TASK_COLS} FROM stats_minutely_rows WHERE NOT new
-    ON CONFLICT (tenant, task_id) DO UPDATE SET attempt_started_at=EXCLUDED.attempt_started_at,
-        last_seq=EXCLUDED.last_seq
-    WHERE t.last_seq < EXCLUDED.last_seq
-),
 stats_minutely_counted AS (
     INSERT INTO stats_minutely AS s (tenant, minute, queue, type, {", ".join(COUNTERS)}, last_seq)
-    SELECT * FROM unnest($8::text[], $9::timestamptz[], $10::text[], $11::text[], $12::bigint[],
-        $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[])
+    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[],
+        $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
     ON CONFLICT (tenant, minute, queue, type) DO UPDATE SET
         {", ".join(f"{c} = s.{c} + EXCLUDED.{c}" for c in COUNTERS)}, last_seq = EXCLUDED.last_seq
 ),
 stats_minutely_timed AS (
     INSERT INTO stats_durations ({_DURATION_COLS})
-    SELECT * FROM unnest($19::bigint[], $20::text[], $21::text[], $22::text[], $23::timestamptz[],
-                         $24::text[], $25::double precision[])
+    SELECT * FROM unnest($12::bigint[], $13::text[], $14::text[], $15::text[], $16::timestamptz[],
+                         $17::text[], $18::double precision[])
     ON CONFLICT (seq) DO NOTHING
 )
 """  # noqa: S608 - column names are constants
-# The count of rows inserted for tasks presumed new, checked against the last parameter.
-_CHECK = presumed("(SELECT count(*) FROM stats_minutely_fresh)", last_param(_CTES) + 1, "stats task")
 
 
 def _args(
-    items: list[tuple[tuple[str, str], _Task]],
-    new: set[tuple[str, str]],
     buckets: dict[tuple[str, datetime, str, str], _Bucket],
     durations: list[tuple[int, str, str, str, datetime, str, float]],
 ) -> list[list[Any]]:
     rows = sorted(buckets.items())
     timed: list[list[Any]] = [list(col) for col in zip(*durations, strict=True)] or [[] for _ in range(7)]
     return [
-        [k[0] for k, _ in items],
-        [k[1] for k, _ in items],
-        [t.queue for _, t in items],
-        [t.type for _, t in items],
-        [t.attempt_started_at for _, t in items],
-        [t.last_seq for _, t in items],
-        [k in new for k, _ in items],
         [k[0] for k, _ in rows],
         [k[1] for k, _ in rows],
         [k[2] for k, _ in rows],

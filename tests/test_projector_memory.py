@@ -176,7 +176,7 @@ async def test_a_second_submitted_for_a_known_task_is_read_not_presumed_new(
         row = await conn.fetchrow("SELECT type, status FROM tasks WHERE id=$1", task_id)
         assert (row["type"], row["status"]) == ("demo.echo", "cancelled")
         assert (
-            await conn.fetchval("SELECT type FROM dead_letter_tasks WHERE task_id=$1", task_id) == "demo.echo"
+            await conn.fetchval("SELECT d_type FROM rollup_tasks WHERE task_id=$1", task_id) == "demo.echo"
         )
         assert await conn.fetchval("SELECT sum(n) FROM queue_depth") == 1
         assert await conn.fetchval("SELECT count(*) FROM projection_errors") == 0
@@ -218,7 +218,7 @@ async def test_a_batch_is_one_statement_when_its_tasks_are_new_or_remembered(
         assert counts[1:] == [1, 1], [q[:60] for q in sent]
         assert "FOR UPDATE" not in sent[0] and "ordo_checkpoints_held" in sent[0]
         cancelled = await conn.fetchval("SELECT count(*) FROM tasks WHERE status='cancelled'")
-        assert cancelled == 10 and await checkpoint(conn, "counters") == last
+        assert cancelled == 10 and await checkpoint(conn, "rollups") == last
     finally:
         await conn.close()
 

@@ -167,7 +167,7 @@ async def test_rebuild_is_row_for_row_equal_while_the_gateway_serves(
     # result equals a quiet rebuild from scratch afterwards.
     writes = asyncio.create_task(drive(system.handler, system.settings.tenant, 500, concurrency=16))
     await eventually(lambda: _some_events(system), what="writes under way")
-    out = await rebuild_in_child(system, tmp_path, "tasks", "dead_letters", "stats_minutely")
+    out = await rebuild_in_child(system, tmp_path, "tasks", "rollups")
     assert not writes.done(), "the writes finished before the rebuild: the test proves nothing"
     await writes
     await caught_up(system)
