@@ -111,6 +111,11 @@ async def main(
                     "tables_equal": before == after,
                     "tables_differing": sorted(t for t in after if before.get(t) != after[t]),
                     "rows": {t: n for t, (n, _) in after.items()},
+                    "log": [
+                        line
+                        for line in (out.stdout + out.stderr).splitlines()
+                        if "rebuil" in line or "built" in line
+                    ],
                 }
             )
         await projector.shutdown()

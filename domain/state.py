@@ -106,17 +106,22 @@ def accepts(state: TaskState, event: ev.Event) -> bool:  # noqa: PLR0911 - one r
     return True
 
 
-def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901 - one flat match is clearest
+def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901, PLR0911, PLR0912 - one flat match
     """Apply one event. Unknown combinations leave the status alone (old streams always replay);
-    an event `decide` could not have appended in this state changes nothing (`accepts`)."""
-    s = msgspec.structs.replace(state, version=state.version + 1)
-    if not accepts(state, event):
-        return s
+    an event `decide` could not have appended in this state changes nothing (`accepts`).
+
+    Every branch makes one copy that also counts the event (`version`): the projections fold every
+    event of the log through here."""
+    v = state.version + 1
     r = msgspec.structs.replace
+    if not accepts(state, event):
+        return r(state, version=v)
+    s = state
     match event:
         case ev.Submitted():
             return _queued(
                 s,
+                version=v,
                 exists=True,
                 tenant=event.tenant,
                 queue=event.queue,
@@ -131,18 +136,18 @@ def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901 - one 
             )
         case ev.Scheduled():
             # Submitted already counted a dispatch; a scheduled task's ticket comes when it is due.
-            return r(s, status=TaskStatus.SCHEDULED, run_at=event.run_at, due_at=event.run_at)
+            return r(s, version=v, status=TaskStatus.SCHEDULED, run_at=event.run_at, due_at=event.run_at)
         case ev.Queued():
-            return _queued(s)
+            return _queued(s, version=v)
         case ev.Paused():
-            return r(s, status=TaskStatus.PAUSED, paused_from=s.status)
+            return r(s, version=v, status=TaskStatus.PAUSED, paused_from=s.status)
         case ev.Resumed():
             back = s.paused_from or TaskStatus.QUEUED
             if back is TaskStatus.QUEUED:
-                return _queued(s, paused_from=None)
-            return r(s, status=back, paused_from=None)
+                return _queued(s, version=v, paused_from=None)
+            return r(s, version=v, status=back, paused_from=None)
         case ev.Updated():
-            s = r(s, payload=event.payload if bytes(event.payload) != b"null" else s.payload)
+            s = r(s, version=v, payload=event.payload if bytes(event.payload) != b"null" else s.payload)
             s = r(s, priority=event.priority if event.priority is not None else s.priority)
             if event.run_at is not None:
                 s = r(s, run_at=event.run_at, due_at=event.run_at)
@@ -156,6 +161,7 @@ def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901 - one 
         case ev.AttemptStarted():
             return r(
                 s,
+                version=v,
                 status=TaskStatus.RUNNING,
                 attempt=event.attempt,
                 worker_id=event.worker_id,
@@ -163,36 +169,40 @@ def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901 - one 
                 progress=None,
             )
         case ev.LeaseExtended():
-            return r(s, lease_until=event.lease_until)
+            return r(s, version=v, lease_until=event.lease_until)
         case ev.Progressed():
-            return r(s, progress=event.pct if event.pct is not None else s.progress)
+            return r(s, version=v, progress=event.pct if event.pct is not None else s.progress)
         case ev.AttemptFailed():
-            return r(s, error=event.error, lease_until=None)
+            return r(s, version=v, error=event.error, lease_until=None)
         case ev.AttemptTimedOut():
             return r(
                 s,
+                version=v,
                 error=ev.ErrorInfo(kind="timed_out", message=event.reason),
                 lease_until=None,
             )
         case ev.RetryScheduled():
-            return r(s, status=TaskStatus.RETRYING, due_at=event.retry_at, worker_id=None)
+            return r(s, version=v, status=TaskStatus.RETRYING, due_at=event.retry_at, worker_id=None)
         case ev.Succeeded():
-            return r(s, status=TaskStatus.SUCCEEDED, result=event.result, error=None, lease_until=None)
+            return r(
+                s, version=v, status=TaskStatus.SUCCEEDED, result=event.result, error=None, lease_until=None
+            )
         case ev.Failed():
-            return r(s, status=TaskStatus.FAILED, lease_until=None, due_at=None)
-        case ev.DeadLettered():
-            return s
+            return r(s, version=v, status=TaskStatus.FAILED, lease_until=None, due_at=None)
         case ev.CancelRequested():
-            return r(s, status=TaskStatus.CANCELLING)
+            return r(s, version=v, status=TaskStatus.CANCELLING)
         case ev.Cancelled():
-            return r(s, status=TaskStatus.CANCELLED, lease_until=None, due_at=None, paused_from=None)
+            return r(
+                s, version=v, status=TaskStatus.CANCELLED, lease_until=None, due_at=None, paused_from=None
+            )
         case ev.AttemptReleased():
             if s.status is not TaskStatus.RUNNING:
-                return r(s, lease_until=None)  # released while cancelling: `cancelled` follows
+                return r(s, version=v, lease_until=None)  # released while cancelling: `cancelled` follows
             # Back to queued on the same dispatch number: the released ticket runs it next. The
             # hand-back is not a failed attempt, so the budget grows by one.
             return r(
                 s,
+                version=v,
                 status=TaskStatus.QUEUED,
                 budget_base=s.budget_base + 1,
                 lease_until=None,
@@ -202,6 +212,7 @@ def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901 - one 
         case ev.Replayed():
             return _queued(
                 s,
+                version=v,
                 budget_base=s.attempt,
                 error=None,
                 result=None,
@@ -211,10 +222,8 @@ def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901 - one 
                 progress=None,
             )
         case ev.Archived():
-            return r(s, archived=True)
-        case ev.ZombieRejected() | ev.Deduplicated():
-            return s
-    return s
+            return r(s, version=v, archived=True)
+    return r(s, version=v)  # DeadLettered, ZombieRejected, Deduplicated: counted, nothing else
 
 
 def fold(task_id: str, history: Iterable[ev.Event]) -> TaskState:

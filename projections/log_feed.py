@@ -56,10 +56,10 @@ class _Answer(NamedTuple):
 def parse_headers(block: bytes) -> dict[str, str]:
     """The header block's `Name: value` lines (the first line is the version)."""
     out: dict[str, str] = {}
-    for line in block.split(_CRLF)[1:]:
-        name, sep, value = line.partition(b":")
+    for line in block.decode("utf-8", "replace").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
         if sep:
-            out[name.decode("ascii", "replace").strip()] = value.decode("utf-8", "replace").strip()
+            out[name.strip()] = value.strip()
     return out
 
 

@@ -43,6 +43,7 @@ SHADOW_SCHEMA = "ordo_rebuild"
 _CHUNK_S = 1.0  # the replay commits about once a second
 RETIRED_SCHEMA = "ordo_retired"
 REBUILD_LOCK = 7_404_003
+_BUILDERS = 2  # connections building the deferred indexes at once
 
 
 class RebuildError(RuntimeError):
@@ -181,11 +182,26 @@ class Rebuilder:
     async def _build_indexes(self, conn: asyncpg.Connection, deferred: list[tuple[str, str]]) -> None:
         """Build the deferred indexes over the replayed rows, then refresh the planner's statistics."""
         started = time.perf_counter()
-        for _, definition in deferred:
-            await conn.execute(definition)
-        for table in self._tables:
-            await conn.execute(f"ANALYZE {SHADOW_SCHEMA}.{table}")
-        self._log.info("built %d indexes in %.2f s", len(deferred), time.perf_counter() - started)
+        work = [definition for _, definition in deferred]
+        work += [f"ANALYZE {SHADOW_SCHEMA}.{table}" for table in self._tables]
+        # On `_BUILDERS` connections at once (one build uses one core). The definitions name the
+        # shadow's tables as the search_path shows them, so every helper looks there too.
+        helpers = [await connect(self._dsn) for _ in range(_BUILDERS - 1)]
+        try:
+            for helper in helpers:
+                await helper.execute(f"SET search_path TO {SHADOW_SCHEMA}")
+            pending = list(work)
+
+            async def builder(on: asyncpg.Connection) -> None:
+                while pending:
+                    await on.execute(pending.pop(0))
+
+            await asyncio.gather(builder(conn), *(builder(h) for h in helpers))
+        finally:
+            for helper in helpers:
+                await helper.close()
+        took = time.perf_counter() - started
+        self._log.info("built %d indexes in %.2f s (%d connections)", len(deferred), took, _BUILDERS)
 
     async def _live_target(self, conn: asyncpg.Connection, live: str, lock: bool) -> int:
         recs = await conn.fetch(

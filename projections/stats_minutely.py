@@ -13,7 +13,7 @@ statement as the counters.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -107,11 +107,33 @@ def minute_of(at: datetime) -> datetime:
     return at.replace(second=0, microsecond=0)
 
 
+class _Minutes:
+    """`minute_of` for a batch's events, whose times mostly fall in the minute of the one before."""
+
+    __slots__ = ("start", "end")
+
+    def __init__(self) -> None:
+        self.start: datetime | None = None
+        self.end: datetime | None = None
+
+    def of(self, at: datetime) -> datetime:
+        start = self.start
+        if start is not None and start <= at < self.end:  # type: ignore[operator]
+            return start
+        self.start = start = minute_of(at)
+        self.end = start + _MINUTE
+        return start
+
+
+_MINUTE = timedelta(minutes=1)
+
+
 def fold(events: list[StoredEvent], tasks: dict[TaskKey, State]) -> Write | None:
     """Fold the batch into `tasks` (each task's kept state, in place) and return the writes of the
     minute counters and the finished attempts."""
     buckets: dict[tuple[str, datetime, str, str], _Bucket] = {}
     durations: list[tuple[int, str, str, str, datetime, str, float]] = []
+    minutes = _Minutes()
     for stored in events:
         key = (stored.tenant, stored.task_id)
         event = stored.event
@@ -121,7 +143,7 @@ def fold(events: list[StoredEvent], tasks: dict[TaskKey, State]) -> Write | None
         if task is None or stored.seq <= task.last_seq:
             continue  # never saw it submitted, or already applied
         task.last_seq = stored.seq
-        minute = minute_of(stored.stored_at)
+        minute = minutes.of(stored.stored_at)
         outcome = _CLOSES.get(type(event))
         if outcome is not None and task.attempt_started_at is not None:
             ms = (stored.stored_at - task.attempt_started_at).total_seconds() * 1000
