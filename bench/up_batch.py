@@ -1,6 +1,7 @@
 """`ordo up` with its defaults, as a new user gets it: N no-op tasks through `POST /v1/tasks:batch`.
 
     .venv/bin/python -m bench.up_batch [--n 20000] [--workers 1] [--timeout 300] [--batch 10000]
+    .venv/bin/python -m bench.up_batch --n 100 --run-in 3     # 100 tasks due at the same instant
 
 Starts `python -m ordo.cli up --no-auth --port <free port> --data-dir <fresh temp dir>` (plus
 `--workers` when it is not ordo up's default of 1) as a subprocess with no ORDO_* variable in its
@@ -20,6 +21,12 @@ and of this client while measuring (`processes`). Then `ordo up` gets SIGINT (Ct
 to exit (then SIGTERM, 10 s, then SIGKILL: only the process started here); `stop_s`, `exit_code`
 and `stray_pids` (processes of its tree still alive after it exited) say how that went. The temp
 folder is removed. One JSON line; `target_s` is the goal for N = 20,000 end to end.
+
+With `--run-in S`, every task is submitted with the same `run_at`, S seconds after the first request
+is sent (issue 13: 100 tasks due at the same instant through `ordo up` defaults). After they have
+succeeded, each task's timeline (`GET /v1/tasks/{id}/events`) gives `start_lateness_ms` (the stored
+time of its `attempt_started` minus `run_at`) and `enqueue_lateness_ms` (of its `queued`), and
+`early` counts starts before `run_at`; `target_ms` is the goal for the start's p99.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +57,7 @@ READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 POLL_EVERY_S = 0.05
 TARGET_S = 10
+TARGET_AT_ONCE_MS = 20  # start lateness p99 of tasks due at one instant (issue 13)
 _KEEP_ENV = ("ORDO_NATS_SERVER", "ORDO_PG_BIN_DIR")  # where the server binaries are, nothing else
 
 
@@ -119,11 +128,16 @@ async def _stats(client: httpx.AsyncClient) -> dict[str, int] | None:
     return by_status
 
 
-async def _measure(port: int, n: int, batch: int, timeout: float) -> dict[str, Any]:
-    item = {"type": "demo.echo", "payload": None}
+async def _measure(port: int, n: int, batch: int, timeout: float, run_in: float | None) -> dict[str, Any]:
+    item: dict[str, Any] = {"type": "demo.echo", "payload": None}
+    run_at = None
+    if run_in is not None:
+        run_at = datetime.now(UTC) + timedelta(seconds=run_in)
+        item["run_at"] = run_at.isoformat()
     bodies = [json.dumps({"tasks": [item] * min(batch, n - i)}).encode() for i in range(0, n, batch)]
     accepted = 0
     errors: list[str] = []
+    ids: list[str] = []
     headers = {"Content-Type": "application/json"}
     async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=120.0) as client:
         t0 = time.perf_counter()
@@ -134,7 +148,9 @@ async def _measure(port: int, n: int, batch: int, timeout: float) -> dict[str, A
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             if resp.status_code == 202:
-                accepted += int(resp.json()["count"])
+                answer = resp.json()
+                accepted += int(answer["count"])
+                ids += [t["id"] for t in answer["items"]]
             else:
                 errors.append(f"{resp.status_code}: {resp.text[:300]}")
         t_submitted = time.perf_counter()
@@ -151,6 +167,7 @@ async def _measure(port: int, n: int, batch: int, timeout: float) -> dict[str, A
             if by_status.get("succeeded", 0) >= accepted or t_seen > deadline:
                 break
             await asyncio.sleep(POLL_EVERY_S)
+        punctuality = {} if run_at is None else await _lateness(client, ids, run_at)
     succeeded = by_status.get("succeeded", 0)
     known = sum(by_status.values())
     e2e = t_seen - t0
@@ -172,7 +189,41 @@ async def _measure(port: int, n: int, batch: int, timeout: float) -> dict[str, A
         "by_status": {k: v for k, v in by_status.items() if v},
         "lost": n - known,
         "polls": polls,
+        **punctuality,
     }
+
+
+async def _lateness(client: httpx.AsyncClient, ids: list[str], run_at: datetime) -> dict[str, Any]:
+    """Each task's `queued` and `attempt_started` stored times against `run_at`, from its timeline."""
+    started: list[float] = []
+    queued: list[float] = []
+    for task_id in ids:
+        resp = await client.get(f"/v1/tasks/{task_id}/events")
+        resp.raise_for_status()
+        for event in resp.json()["events"]:
+            late = (datetime.fromisoformat(event["at"]) - run_at).total_seconds() * 1000
+            if event["type"] == "attempt_started" and event["attempt"] == 1:
+                started.append(late)
+            elif event["type"] == "queued":
+                queued.append(late)
+    return {
+        "run_at": run_at.isoformat(),
+        "start_lateness_ms": _percentiles(started),
+        "enqueue_lateness_ms": _percentiles(queued),
+        "early": sum(1 for late in started if late < 0),
+        "target_ms": TARGET_AT_ONCE_MS,
+    }
+
+
+def _percentiles(values: list[float]) -> dict[str, float | int]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"n": 0}
+
+    def at(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))], 2)
+
+    return {"min": at(0), "p50": at(50), "p99": at(99), "max": at(100), "n": len(ordered)}
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -189,9 +240,14 @@ def main() -> None:
     parser.add_argument(
         "--batch", type=int, default=Settings().max_batch, help="tasks per request (default: max_batch)"
     )
+    parser.add_argument(
+        "--run-in", type=float, default=None, help="every task due at one instant, this many seconds ahead"
+    )
     args = parser.parse_args()
 
     result: dict[str, Any] = {"bench": "up_batch", "n": args.n, "workers": args.workers}
+    if args.run_in is not None:
+        result["run_in_s"] = args.run_in
     result["loadavg_start"] = load_average()
     data_dir = Path(tempfile.mkdtemp(prefix="ordo-up-bench-"))
     os.chmod(data_dir, 0o755)  # the embedded PostgreSQL may run as another user
@@ -217,7 +273,7 @@ def main() -> None:
         result["ready_s"] = round(time.perf_counter() - t_start, 2)
         sampler = ProcSampler({"ordo_up": proc.pid, "bench": os.getpid()}, own_only=("bench",)).start()
         try:
-            result.update(asyncio.run(_measure(port, args.n, args.batch, args.timeout)))
+            result.update(asyncio.run(_measure(port, args.n, args.batch, args.timeout, args.run_in)))
         finally:
             result["processes"] = sampler.stop()
         failed = bool(result["timed_out"] or result["submit_errors"] or result["lost"])
