@@ -31,6 +31,7 @@ import asyncpg
 from nats.aio.client import Client as NATS
 
 from ordo.infra.pg import connect
+from ordo.projections import rollups
 from ordo.projections.batch_apply import PIPELINE_FAILURES, Pipeline, pipeline_gives_way
 from ordo.projections.memory import Memories
 from ordo.projections.reader import LogReader, Record
@@ -64,9 +65,11 @@ class RebuildReport:
 
 
 def select(names: Sequence[str] | None) -> tuple[Projection, ...]:
-    """The registered projections called `names` (all when empty); unknown names raise."""
+    """The registered projections called `names` (all when empty); unknown names raise. The names
+    of the four read models that became `rollups` (docs/decisions.md 38) select it."""
     if not names:
         return PROJECTIONS
+    names = [rollups.NAME if name in rollups.RETIRED else name for name in names]
     known = {p.name: p for p in PROJECTIONS}
     unknown = sorted(set(names) - set(known))
     if unknown:
