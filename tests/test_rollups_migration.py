@@ -25,6 +25,8 @@ from tests.helpers import eventually
 from tests.rebuild_workload import drive
 from tests.test_rebuild import all_tables, table_hashes
 
+Hashes = dict[str, tuple[int, str]]  # table -> (rows, hash), as tests.test_rebuild.table_hashes gives
+
 # The old per-task tables, as `rollup_tasks` column groups: (table, its columns <- rollup columns).
 _OLD = {
     "queue_task_status": (
@@ -110,15 +112,20 @@ async def _migrated(dsn: str) -> dict[str, int]:
         await conn.close()
 
 
+async def _workload(settings: Settings, nc: NATS, handler: CommandHandler) -> tuple[int, Hashes]:
+    """120 tasks through every lifecycle, projected: the log's last sequence and the tables' hashes."""
+    await drive(handler, settings.tenant, 120, concurrency=16)
+    last = await _projected(nc, settings.database_url)
+    before = await table_hashes(settings.database_url, all_tables())
+    assert before["dead_letters"][0] > 0 and before["rollup_tasks"][0] == 120
+    return last, before
+
+
 async def test_the_four_checkpoints_agreeing_their_tasks_are_carried_over(
     settings: Settings, nc: NATS, handler: CommandHandler
 ) -> None:
-    await drive(handler, settings.tenant, 120, concurrency=16)
-    dsn = settings.database_url
-    last = await _projected(nc, dsn)
-    tables = all_tables()
-    before = await table_hashes(dsn, tables)
-    assert before["dead_letters"][0] > 0 and before["rollup_tasks"][0] == 120
+    dsn, tables = settings.database_url, all_tables()
+    last, before = await _workload(settings, nc, handler)
 
     await _old_layout(dsn, [last] * 4)
     checkpoints = await _migrated(dsn)
@@ -133,11 +140,8 @@ async def test_the_four_checkpoints_agreeing_their_tasks_are_carried_over(
 async def test_checkpoints_that_disagree_replay_the_rollups_from_the_log(
     settings: Settings, nc: NATS, handler: CommandHandler
 ) -> None:
-    await drive(handler, settings.tenant, 120, concurrency=16)
-    dsn = settings.database_url
-    last = await _projected(nc, dsn)
-    tables = all_tables()
-    before = await table_hashes(dsn, tables)
+    dsn, tables = settings.database_url, all_tables()
+    last, before = await _workload(settings, nc, handler)
 
     await _old_layout(dsn, [last, last, last - 5, last])  # e.g. a rebuild of one of them was cut short
     checkpoints = await _migrated(dsn)
