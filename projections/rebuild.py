@@ -45,6 +45,7 @@ _CHUNK_S = 1.0  # the replay commits about once a second
 RETIRED_SCHEMA = "ordo_retired"
 REBUILD_LOCK = 7_404_003
 _BUILDERS = 2  # connections building the deferred indexes at once
+_REPLAY_STATISTICS = 10  # statistics target of the ANALYZEs during the replay (PostgreSQL's default: 100)
 
 
 class RebuildError(RuntimeError):
@@ -240,9 +241,15 @@ class Rebuilder:
         self._batches += 1
         if self._batches & (self._batches - 1) == 0:
             # Fresh tables have no statistics: without them the planner keeps choosing the plans of
-            # an empty table (sequential scans per batch) and a long rebuild turns quadratic.
-            for table in self._tables:
-                await conn.execute(f"ANALYZE {SHADOW_SCHEMA}.{table}")
+            # an empty table (sequential scans per batch) and a long rebuild turns quadratic. Rough
+            # statistics are enough for that (a sample of 3,000 rows instead of 30,000: a tenth of
+            # the time); the indexes' build at the end analyzes every table at the default.
+            await conn.execute(f"SET default_statistics_target = {_REPLAY_STATISTICS}")
+            try:
+                for table in self._tables:
+                    await conn.execute(f"ANALYZE {SHADOW_SCHEMA}.{table}")
+            finally:
+                await conn.execute("RESET default_statistics_target")
 
     async def _apply_upto(self, conn: asyncpg.Connection, target: int) -> bool:
         """Apply one batch of records <= target into the shadow; False once nothing more will come."""
