@@ -165,14 +165,14 @@ async def test_rebuild_is_row_for_row_equal_while_the_gateway_serves(
 
     # While tasks keep changing: the rebuild catches up and swaps under the live projector, and the
     # result equals a quiet rebuild from scratch afterwards.
-    writes = asyncio.create_task(drive(system.handler, system.settings.tenant, 500, concurrency=16))
+    writes = asyncio.create_task(drive(system.handler, system.settings.tenant, 1500, concurrency=16))
     await eventually(lambda: _some_events(system), what="writes under way")
     out = await rebuild_in_child(system, tmp_path, "tasks", "rollups")
     assert not writes.done(), "the writes finished before the rebuild: the test proves nothing"
     await writes
     await caught_up(system)
     live = await table_hashes(system.settings.database_url, tables)
-    assert live["tasks"][0] == 1500
+    assert live["tasks"][0] == 2500
     # Other batch boundaries than the live projector's: the rows must not depend on them.
     await rebuild_in_child(system, tmp_path, batch=37)
     assert await table_hashes(system.settings.database_url, tables) == live
