@@ -181,6 +181,12 @@ BEGIN
     END IF;
     SELECT array_agg(DISTINCT last_seq) INTO seqs FROM projection_checkpoints
     WHERE name IN ({_RETIRED_LIST});
+    IF seqs IS NULL THEN
+        -- No checkpoint of the four: nothing was projected into these tables (an older process
+        -- created them after the move, or before any projector ran). Nothing to carry or replay.
+        DROP TABLE queue_task_status, stats_tasks, metric_task_marks, dead_letter_tasks;
+        RETURN;
+    END IF;
     IF (SELECT count(*) FROM projection_checkpoints WHERE name IN ({_RETIRED_LIST})) = {len(RETIRED)}
        AND cardinality(seqs) = 1 AND NOT EXISTS (SELECT 1 FROM rollup_tasks) THEN
         EXECUTE $carry${_CARRIED}$carry$;

@@ -157,3 +157,21 @@ async def _rebuilt_equal(nc: NATS, dsn: str, tables: tuple[str, ...]) -> None:
     live = await table_hashes(dsn, tables)
     await Rebuilder(nc, dsn).run()
     assert await table_hashes(dsn, tables) == live
+
+
+async def test_tables_an_older_process_made_again_after_the_move_are_dropped_and_nothing_replayed(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """An older gateway's `migrate` creates the four per-task tables again (empty, no checkpoints):
+    the next start drops them and keeps the rollups as they are."""
+    dsn, tables = settings.database_url, all_tables()
+    last, before = await _workload(settings, nc, handler)
+    conn = await connect(dsn)
+    try:
+        for table in _OLD:
+            await conn.execute(f"CREATE TABLE {table} (tenant text, task_id text)")
+    finally:
+        await conn.close()
+    checkpoints = await _migrated(dsn)
+    assert checkpoints[rollups.NAME] == last
+    assert await table_hashes(dsn, tables) == before
