@@ -49,7 +49,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import ROOT, ProcSampler, emit, load_average, wait_ready
+from bench.common import ROOT, ProcSampler, emit, load_average, summary, wait_ready
 from ordo.embedded.processes import free_port
 from ordo.infra.settings import Settings
 
@@ -213,22 +213,11 @@ async def _lateness(client: httpx.AsyncClient, ids: list[str], run_at: datetime)
                 queued.append(late)
     return {
         "run_at": run_at.isoformat(),
-        "start_lateness_ms": _percentiles(started),
-        "enqueue_lateness_ms": _percentiles(queued),
+        "start_lateness_ms": summary(started, 50, 99),
+        "enqueue_lateness_ms": summary(queued, 50, 99),
         "early": sum(1 for late in started if late < 0),
         "target_ms": TARGET_AT_ONCE_MS,
     }
-
-
-def _percentiles(values: list[float]) -> dict[str, float | int]:
-    ordered = sorted(values)
-    if not ordered:
-        return {"n": 0}
-
-    def at(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))], 2)
-
-    return {"min": at(0), "p50": at(50), "p99": at(99), "max": at(100), "n": len(ordered)}
 
 
 def _tail(path: Path, lines: int = 40) -> str:

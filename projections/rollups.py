@@ -38,22 +38,6 @@ _COLUMNS = tuple(c for part in _PARTS for c in part.COLUMNS)
 _TYPES = tuple(t for part in _PARTS for t in part.TYPES)
 _SQL_TYPES = {"bool": "boolean"}
 
-DDL = (
-    queue_stats.DDL
-    + stats_minutely.DDL
-    + counters.DDL
-    + dead_letters.DDL
-    + f"""
-CREATE TABLE IF NOT EXISTS rollup_tasks (
-    tenant text NOT NULL,
-    task_id text NOT NULL,
-    {", ".join(f"{c} {_SQL_TYPES.get(t, t)}" for c, t in zip(_COLUMNS, _TYPES, strict=True))},
-    last_seq bigint NOT NULL,
-    PRIMARY KEY (tenant, task_id)
-);
-"""
-)
-
 
 class Marks:
     """A task's kept fields, one part per read model (None where it keeps nothing for the task)."""
@@ -208,4 +192,19 @@ BEGIN
 END $$;
 """
 
-DDL += _MIGRATION
+DDL = (
+    queue_stats.DDL
+    + stats_minutely.DDL
+    + counters.DDL
+    + dead_letters.DDL
+    + f"""
+CREATE TABLE IF NOT EXISTS rollup_tasks (
+    tenant text NOT NULL,
+    task_id text NOT NULL,
+    {", ".join(f"{c} {_SQL_TYPES.get(t, t)}" for c, t in zip(_COLUMNS, _TYPES, strict=True))},
+    last_seq bigint NOT NULL,
+    PRIMARY KEY (tenant, task_id)
+);
+"""
+    + _MIGRATION
+)

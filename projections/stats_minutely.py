@@ -13,7 +13,7 @@ statement as the counters.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -113,12 +113,11 @@ class _Minutes:
     __slots__ = ("start", "end")
 
     def __init__(self) -> None:
-        self.start: datetime | None = None
-        self.end: datetime | None = None
+        self.start = self.end = datetime.min.replace(tzinfo=UTC)  # an empty minute: no time is in it
 
     def of(self, at: datetime) -> datetime:
         start = self.start
-        if start is not None and start <= at < self.end:  # type: ignore[operator]
+        if start <= at < self.end:
             return start
         self.start = start = minute_of(at)
         self.end = start + _MINUTE
