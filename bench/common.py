@@ -235,6 +235,13 @@ class ProcSampler:
         }
 
 
+def writes(pid: int) -> int:
+    """Write system calls the process has made (sockets included), from /proc/<pid>/io."""
+    with open(f"/proc/{pid}/io") as f:
+        fields = dict(line.split(": ") for line in f.read().splitlines() if line)
+    return int(fields["syscw"])
+
+
 def server_pids(srv: Servers) -> dict[str, int]:
     out: dict[str, int] = {}
     if srv.nats.pid is not None:

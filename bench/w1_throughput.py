@@ -1,6 +1,7 @@
 """W1 throughput: N no-op tasks submitted as fast as the client allows (atomic batches), workers
 running; time from the first submit to the last task `succeeded` in the read model. Also runs the
-bare JetStream loop on the same machine and reports the ratio.
+bare JetStream loop on the same machine and reports the ratio. `log_tasks_per_s` is the write side
+alone: N over the time to the last `succeeded` stored in the log (the read model shows it later).
 
 Also reports the projection lag during the run (per task event: the projector's commit NOTIFY that
 covered its sequence minus the event's stored time in the log; max and p99) and the CPU seconds and
@@ -39,6 +40,7 @@ from bench.common import (
     server_pids,
     servers,
     summary,
+    writes,
 )
 from bench.nats_1m import publish_tasks
 from ordo import event_loop
@@ -102,6 +104,20 @@ async def _projection_lag_ms(dsn: str, tenant: str, clock: CommitClock) -> dict[
     return summary(lags, 50, 99)
 
 
+async def _last_stored(dsn: str, tenant: str) -> float:
+    """When the log stored the run's last `succeeded` (epoch seconds): the write side's end."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        at = await conn.fetchval(
+            "SELECT extract(epoch FROM max(at))::float8 FROM task_events"
+            " WHERE tenant=$1 AND type='succeeded'",
+            tenant,
+        )
+        return float(at)
+    finally:
+        await conn.close()
+
+
 async def run(nats_url: str, dsn: str, n: int, chunk: int, timeout: float) -> dict[str, Any]:
     tenant = "w1" + uuid.uuid4().hex[:6]
     settings = Settings(nats_url=nats_url, database_url=dsn, tenant=tenant)
@@ -122,7 +138,7 @@ async def run(nats_url: str, dsn: str, n: int, chunk: int, timeout: float) -> di
         )
         for _ in range(n)
     ]
-    t0 = time.perf_counter()
+    t0, t0_wall = time.perf_counter(), time.time()
     for start in range(0, n, chunk):
         await handler.submit_many(tenant, commands[start : start + chunk])
     t_submitted = time.perf_counter()
@@ -131,6 +147,7 @@ async def run(nats_url: str, dsn: str, n: int, chunk: int, timeout: float) -> di
     await asyncio.sleep(0.5)  # the last NOTIFY
     await clock.stop()
     lag = await _projection_lag_ms(dsn, tenant, clock)
+    log_end = await _last_stored(dsn, tenant) - t0_wall
     await nc.close()
     return {
         "succeeded": succeeded,
@@ -138,6 +155,8 @@ async def run(nats_url: str, dsn: str, n: int, chunk: int, timeout: float) -> di
         "tasks_per_s": round(succeeded / (t_done - t0), 2),
         "submit_per_s": round(n / (t_submitted - t0), 2),
         "wall_s": round(t_done - t0, 2),
+        # The write side alone: the last task's `succeeded` stored in the log (the read model later).
+        "log_tasks_per_s": round(succeeded / log_end, 2),
         "lost": n - total,  # tasks missing from the read model (0 also when a run timed out)
         "duplicate_succeeded": dup,
         "projection_lag_ms": lag,
@@ -220,7 +239,10 @@ def main() -> None:
                 py_pids = {k: v for k, v in pids.items() if k not in ("nats-server", "postgres")}
                 profilers = _start_profilers(args.profile, py_pids)
             sampler = ProcSampler(pids, own_only=("submitter",)).start()
+            workers = [pid for name, pid in comps.pids.items() if name.startswith("worker-")]
+            written = sum(writes(pid) for pid in workers)
             result = event_loop.run(run(srv.nats.url, srv.postgres.url, args.n, args.chunk, args.timeout))
+            written = sum(writes(pid) for pid in workers) - written
             usage = sampler.stop()
         finally:
             _stop_profilers(profilers)
@@ -241,6 +263,8 @@ def main() -> None:
             **result,
             "bare_loop_tasks_per_s": round(ceiling),
             "ratio_to_bare_loop": round(result["tasks_per_s"] / ceiling, 3),
+            # Socket writes of the workers per task (a task is 2 appends and an ack: 3 messages).
+            "worker_writes_per_task": round(written / args.n, 3),
             "processes": usage,
             "loadavg_start": load_start,
         }
