@@ -54,3 +54,30 @@ async def test_a_task_is_one_trace_from_submit_to_projection(
     hex_id = f"{trace_id:032x}"
     for event in events:
         assert hex_id in event["meta"].get("traceparent", ""), event
+
+
+def test_spans_are_the_shared_no_op_until_a_provider_is_installed() -> None:
+    """Without a provider a span costs nothing (the shared no-op context); once one is installed,
+    at any time, spans are recorded. In a process of its own: the provider is process-global."""
+    import subprocess
+    import sys
+
+    code = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from ordo.infra import telemetry
+
+assert telemetry.span("a") is telemetry._NO_SPAN
+provider = TracerProvider()
+exporter = InMemorySpanExporter()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+with telemetry.span("b", task_id="t1"):
+    pass
+assert [s.name for s in exporter.get_finished_spans()] == ["b"], exporter.get_finished_spans()
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
