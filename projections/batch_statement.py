@@ -114,11 +114,17 @@ def _element(value: Any, kind: str) -> Any:
 _UNNEST = re.compile(
     r"unnest\(\s*(\$\d+::[a-z][a-z ]*\[\](?:\s*,\s*\$\d+::[a-z][a-z ]*\[\])*)\s*\)(\s+AS\s+\w+)?"
 )
-_CONVERTED = ("bytea", "double precision", "timestamptz")
 
 
 def _column(values: list[Any], kind: str) -> list[Any]:
-    return [_element(v, kind) for v in values] if kind in _CONVERTED else values
+    """`_element` of each value (written out per kind: this runs for every value of every row)."""
+    if kind == "timestamptz":
+        return [v if v is None or v.tzinfo is not None else _element(v, kind) for v in values]
+    if kind == "double precision":
+        return [v if v is None or math.isfinite(v) else _element(v, kind) for v in values]
+    if kind == "bytea":
+        return [None if v is None else "\\x" + bytes(v).hex() for v in values]
+    return values
 
 
 Columns = tuple[tuple[int, str], ...]  # (parameter number, element type) of each column of a row group

@@ -90,7 +90,8 @@ def fold(events: list[StoredEvent], states: dict[TaskKey, State]) -> Write | Non
     delta: Counter[tuple[str, str, str]] = Counter()
     for stored in events:
         key = (stored.tenant, stored.task_id)
-        queue, before, last = states.get(key, (stored.queue, initial(stored.task_id), 0))
+        kept = states.get(key)
+        queue, before, last = (stored.queue, initial(stored.task_id), 0) if kept is None else kept
         if stored.seq <= last:
             continue
         after = evolve(before, stored.event)

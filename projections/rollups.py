@@ -20,7 +20,6 @@ emptied and replayed from the log.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import asyncpg
@@ -53,8 +52,14 @@ class Marks:
     ) -> None:
         self.queue, self.stats, self.counters, self.dead = queue, stats, marks, dead
 
-    def __copy__(self) -> Marks:  # each part a copy: the folds mutate them
-        return Marks(self.queue, copy.copy(self.stats), copy.copy(self.counters), copy.copy(self.dead))
+    def __copy__(self) -> Marks:  # each part a copy: the folds mutate them (`__copy__` of each, direct)
+        stats, marks, dead = self.stats, self.counters, self.dead
+        return Marks(
+            self.queue,
+            None if stats is None else stats.__copy__(),
+            None if marks is None else marks.__copy__(),
+            None if dead is None else dead.__copy__(),
+        )
 
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
