@@ -20,6 +20,10 @@ How it stays exact (a stream's ids are log sequences; "contiguous" means the fil
   at or before the hub's position is handed out without a query; a range no chunk covers (a chunk
   lost, an isolated batch, a projector that does not publish) is read from the read model, after
   waiting `feed_grace_s` for its chunk while the feed is alive.
+- The projector publishes the feed only while a gateway asks for it: a hub with streams sends
+  `ordo.committed.want` when its first stream joins and every `want_every_s` after. The feed counts
+  as alive only once a chunk came after the hub began asking, so the commits before the projector
+  heard the request are read from the read model at once, not after a grace wait.
 
 Slow clients: a subscriber's buffer is bounded (`max_buffer_bytes`, plus one hand-out: at most a
 tail page). Past it the subscriber is cut: its buffer is dropped and its stream ends; the client
@@ -94,12 +98,15 @@ class HubConfig:
     feed_grace_s: float = 0.25
     feed_alive_s: float = 60.0
     feed_chunks: int = 256  # chunks kept ahead of the hub's position; past this the oldest go
+    want_every_s: float = committed_feed.WANT_EVERY_S  # while it has streams, ask for the feed this often
 
     def __post_init__(self) -> None:
         if min(self.tail_page, self.catch_up_page, self.max_buffer_bytes) < 1 or self.idle_s <= 0:
             raise ValueError("tail_page, catch_up_page, max_buffer_bytes >= 1 and idle_s > 0 required")
-        if self.feed_grace_s < 0 or self.feed_alive_s < 0 or self.feed_chunks < 1:
-            raise ValueError("feed_grace_s, feed_alive_s >= 0 and feed_chunks >= 1 required")
+        if self.feed_grace_s < 0 or self.feed_alive_s < 0 or self.feed_chunks < 1 or self.want_every_s <= 0:
+            raise ValueError(
+                "feed_grace_s, feed_alive_s >= 0, feed_chunks >= 1 and want_every_s > 0 required"
+            )
 
 
 class HubMetrics:
@@ -231,6 +238,9 @@ class TailHub:
         self._fed = Notifier()  # announces the end of the newest chunk received
         self._feed_heard = float("-inf")
         self._feed_sub: Any = None
+        # Since when this hub has had streams (and asked for the feed); +inf while it has none.
+        self._wanting_since = float("inf")
+        self._want_now = asyncio.Event()
         self.config = config or HubConfig()
         self._log = logger or log
         self.position = 0
@@ -285,11 +295,28 @@ class TailHub:
     async def run(self) -> None:
         """Read and hand out every commit until `shutdown()`; PostgreSQL away only pauses it."""
         ticks = asyncio.create_task(self._ticks(), name="sse-idle-ticks")
+        wants = asyncio.create_task(self._wants(), name="sse-feed-wants")
         try:
             await self._read_loop()
         finally:
             ticks.cancel()
-            await asyncio.gather(ticks, return_exceptions=True)
+            wants.cancel()
+            await asyncio.gather(ticks, wants, return_exceptions=True)
+
+    async def _wants(self) -> None:
+        """While this hub has streams: ask for the committed feed when the first one joins, and
+        every `want_every_s` after (best effort: unheard, the commits are read back)."""
+        if self._nc is None:
+            return
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._want_now.wait(), self.config.want_every_s)
+            self._want_now.clear()
+            if self._by_tenant or self._by_task:
+                try:
+                    await self._nc.publish(committed_feed.WANT_SUBJECT, b"")
+                except Exception as exc:  # noqa: BLE001 - a lost request only means read-backs
+                    self._log.debug("committed feed not asked for: %s", exc)
 
     async def _read_loop(self) -> None:
         pause = _RETRY_MIN_S
@@ -439,7 +466,11 @@ class TailHub:
             self._feed.popleft()
 
     def _feed_alive(self) -> bool:
-        return asyncio.get_running_loop().time() - self._feed_heard <= self.config.feed_alive_s
+        """A chunk came within `feed_alive_s`, and since this hub began asking for the feed."""
+        heard = self._feed_heard
+        if heard < self._wanting_since:
+            return False
+        return asyncio.get_running_loop().time() - heard <= self.config.feed_alive_s
 
     def _hand_out(self, rows: list[Row]) -> None:
         """Match each row against each group (not each stream) of its tenant and its task, join
@@ -473,6 +504,9 @@ class TailHub:
         self._moved.notify(self.position)
 
     def _join(self, sub: Subscriber) -> None:
+        if not self._by_tenant and not self._by_task:  # the first stream: ask for the feed now
+            self._wanting_since = asyncio.get_running_loop().time()
+            self._want_now.set()
         groups = self._groups(sub, create=True)
         assert groups is not None
         group = groups.get(sub.filter)
@@ -493,6 +527,8 @@ class TailHub:
                     del self._by_tenant[sub.tenant]
                 else:
                     del self._by_task[(sub.tenant, sub.task_id)]
+                if not self._by_tenant and not self._by_task:
+                    self._wanting_since = float("inf")  # no streams: the projector may stop the feed
 
     def _groups(self, sub: Subscriber, create: bool) -> dict[_Filter, _Group] | None:
         if sub.task_id is None:

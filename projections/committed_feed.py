@@ -6,6 +6,11 @@ the log range they cover: `(after, upto]`. A gateway's SSE hub (gateway/live.py)
 to its streams without reading them back from PostgreSQL; the read model's one tail query per commit
 was most of the time from commit to delivery on a busy machine (docs/benchmarks.md).
 
+Only while someone watches: a gateway whose hub has live streams asks for the feed on
+`ordo.committed.want` at once and then every second, and the projector publishes while it was asked
+within `WANT_TTL_S`. Without a viewer nothing is encoded, sent or decoded; a hub that gets its
+first stream reads the commits before the feed resumes from the read model.
+
 Core NATS delivers at most once: a chunk lost on the way (a reconnect, a slow gateway) shows as a
 range that does not start where the hub stands, and the hub reads that range from the read model,
 as it did for every commit before. Nothing here is acknowledged or stored; the read model stays the
@@ -30,6 +35,10 @@ from ordo.projections.json_text import json_text
 from ordo.projections.reader import Record
 
 SUBJECT = "ordo.committed"
+# Gateways with live streams ask for the feed here (core NATS, empty payload), every WANT_EVERY_S.
+WANT_SUBJECT = "ordo.committed.want"
+WANT_EVERY_S = 1.0
+WANT_TTL_S = 5.0  # the projector publishes while a gateway asked within this long
 # A chunk's frames stay well under nats-server's default max_payload (1 MiB).
 MAX_CHUNK_BYTES = 256 * 1024
 

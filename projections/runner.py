@@ -16,6 +16,7 @@ its checkpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 import asyncpg
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 
 from ordo.infra import subjects as sj
@@ -30,6 +33,7 @@ from ordo.infra import telemetry
 from ordo.infra.event_store import EventStoreUnavailable
 from ordo.infra.logs import Outage
 from ordo.infra.pg import connect, translate
+from ordo.infra.raw_client import RawClient
 from ordo.projections import committed_feed, task_events, tasks
 from ordo.projections.batch_apply import (
     PIPELINE_FAILURES,
@@ -70,10 +74,14 @@ class RunnerConfig:
     standby_poll_s: float = 1.0
     max_batch_size: int | None = None
     commit_interval_s: float = 0.0
+    # The committed feed is published while a gateway asked for it within this long.
+    feed_want_ttl_s: float = committed_feed.WANT_TTL_S
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.standby_poll_s <= 0 or self.commit_interval_s < 0:
             raise ValueError("batch_size >= 1, standby_poll_s > 0 and commit_interval_s >= 0 required")
+        if self.feed_want_ttl_s <= 0:
+            raise ValueError("feed_want_ttl_s > 0 required")
         if self.max_batch_size is not None and self.max_batch_size < self.batch_size:
             raise ValueError("max_batch_size >= batch_size required")
 
@@ -120,8 +128,10 @@ class ProjectionRunner:
         self._families = tuple(families)
         self._log = logger or logging.getLogger("ordo.projector")
         self._after_commit = after_commit
-        # Gateways take what a batch committed to `task_events` from the committed feed.
+        # Gateways take what a batch committed to `task_events` from the committed feed, while one
+        # of them asks for it (loop time until which it is wanted).
         self._feed = any(p.name == task_events.NAME for p in self._projections)
+        self._feed_wanted_until = float("-inf")
         self._stop = asyncio.Event()
         self.last_seq = 0
         self.committed_at = 0.0  # loop time of the last commit
@@ -131,6 +141,11 @@ class ProjectionRunner:
 
     async def shutdown(self) -> None:
         self._stop.set()
+
+    @property
+    def feed_wanted(self) -> bool:
+        """Whether a gateway asked for the committed feed within `feed_want_ttl_s`."""
+        return asyncio.get_running_loop().time() < self._feed_wanted_until
 
     async def run(self) -> None:
         """Project until `shutdown()`.
@@ -189,6 +204,7 @@ class ProjectionRunner:
         config = self._config
         reader = LogReader(self._nc, self._families, start, self._log)
         memories = Memories()  # a new election starts from the tables
+        wants = await self._listen_for_wants() if self._feed else None
         await reader.start()
         try:
             while not self._stop.is_set():
@@ -202,6 +218,30 @@ class ProjectionRunner:
                     await self._apply(conn, await self._paced(reader, batch), memories)
         finally:
             await reader.close()
+            if wants is not None:
+                with contextlib.suppress(Exception):
+                    if isinstance(self._nc, RawClient):
+                        self._nc.drop_raw(wants)
+                    await wants.unsubscribe()
+
+    async def _listen_for_wants(self) -> Subscription | None:
+        """Subscribe to the gateways' requests for the committed feed (None if NATS refuses)."""
+        try:
+            if isinstance(self._nc, RawClient):
+                return await self._nc.raw(committed_feed.WANT_SUBJECT, self._on_want_raw)
+            return await self._nc.subscribe(committed_feed.WANT_SUBJECT, cb=self._on_want_msg)
+        except nats.errors.Error as exc:
+            self._log.warning("committed feed requests not heard (gateways read commits back): %s", exc)
+            return None
+
+    def _on_want_raw(self, _subject: bytes, _reply: bytes, _data: bytes, _headers: bytes) -> None:
+        self._wanted()
+
+    async def _on_want_msg(self, _msg: Msg) -> None:
+        self._wanted()
+
+    def _wanted(self) -> None:
+        self._feed_wanted_until = asyncio.get_running_loop().time() + self._config.feed_want_ttl_s
 
     async def _paced(self, reader: LogReader, batch: list[Record]) -> list[Record]:
         """`batch`, and what arrives until `commit_interval_s` has passed since the last commit."""
@@ -230,8 +270,8 @@ class ProjectionRunner:
         """After the commit that holds `batch`: move `last_seq`, hand the batch to the committed feed
         and to the after-commit hook."""
         before, self.last_seq = self.last_seq, batch[-1][1].seq
-        self.committed_at = asyncio.get_running_loop().time()
-        if self._feed and feed:
+        self.committed_at = now = asyncio.get_running_loop().time()
+        if self._feed and feed and now < self._feed_wanted_until:
             await committed_feed.publish(self._nc, before, self.last_seq, batch)
         if self._after_commit is not None:
             await self._after_commit(self.last_seq)

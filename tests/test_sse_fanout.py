@@ -15,6 +15,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -22,17 +23,19 @@ import httpx
 import pytest
 from nats.aio.client import Client as NATS
 
+from ordo.domain.commands import SubmitTask
 from ordo.gateway.live import TailHub, frame
 from ordo.gateway.routes_events import STATUS_EVENTS
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import StoredEvent
+from ordo.infra.ids import new_task_id
 from ordo.infra.pg import create_pool
 from ordo.infra.settings import Settings
 from ordo.projections import committed_feed, task_events
 from ordo.projections.reader import LogReader
 from ordo.projections.registry import FAMILIES
-from ordo.projections.runner import NOTIFY_CHANNEL, ProjectionRunner
+from ordo.projections.runner import NOTIFY_CHANNEL, ProjectionRunner, RunnerConfig
 from tests.helpers import eventually
 from tests.sse import read_events
 from tests.test_auth_support import Gateway, gateway_server
@@ -391,3 +394,49 @@ def _catch_up_queries() -> float:
 
 async def _true(value: Any) -> bool:
     return bool(value)
+
+
+async def test_the_committed_feed_goes_out_only_while_a_gateway_asks_for_it(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """Nobody watching: commits are not published. A gateway's request turns the feed on for
+    `feed_want_ttl_s`; once it lapses, commits stop going out again."""
+    chunks: list[committed_feed.Chunk] = []
+
+    async def on_chunk(msg: Any) -> None:
+        chunks.append(committed_feed.decode_chunk(msg.data))
+
+    def published() -> set[int]:
+        return {row.seq for c in chunks for row in c.rows if row.tenant == settings.tenant}
+
+    async def submit() -> int:
+        tenant, now = settings.tenant, datetime.now(UTC)
+        command = SubmitTask(task_id=new_task_id(), tenant=tenant, queue="default", task_type="x", now=now)
+        return (await handler.execute(settings.tenant, command)).last_seq
+
+    async def ask() -> None:
+        await nc.publish(committed_feed.WANT_SUBJECT, b"")
+        await eventually(lambda: _true(projector.feed_wanted), 10, what="the request heard")
+
+    sub = await nc.subscribe(committed_feed.SUBJECT, cb=on_chunk)
+    projector = ProjectionRunner(nc, settings.database_url, RunnerConfig(feed_want_ttl_s=0.5))
+    run = asyncio.create_task(projector.run())
+    try:
+        unseen = await submit()
+        await eventually(lambda: _true(projector.last_seq >= unseen), 30, what="projected")
+        await ask()
+        seen = await submit()
+        await eventually(lambda: _true(seen in published()), 30, what="published while asked")
+        await eventually(lambda: _true(not projector.feed_wanted), 10, what="the request lapsed")
+        lapsed = await submit()
+        await eventually(lambda: _true(projector.last_seq >= lapsed), 30, what="projected")
+        await ask()
+        # Chunks arrive in commit order: once the next one is here, an earlier one would be too.
+        barrier = await submit()
+        await eventually(lambda: _true(barrier in published()), 30, what="published while asked")
+        assert unseen not in published() and lapsed not in published()
+        assert seen in published()
+    finally:
+        await sub.unsubscribe()
+        await projector.shutdown()
+        await asyncio.wait_for(run, 30)

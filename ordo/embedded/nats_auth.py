@@ -119,7 +119,7 @@ def service_permissions(service: str) -> Permissions:
                 "$JS.FC.>",
                 "ordo.committed",  # projections/committed_feed.py: what a batch committed, to gateways
             ),
-            subscribe=inbox,
+            subscribe=("ordo.committed.want", *inbox),  # gateways asking for the feed
         )
     if service == "worker":
         return Permissions(
