@@ -62,13 +62,16 @@ _log = logging.getLogger("ordo.projector")
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    """`batch_size` bounds a batch while the runner keeps up; once a full batch more is waiting
-    (a burst, a restart) batches grow to `max_batch_size` (default 5 x batch_size): fewer commits
-    and checkpoint moves per event while it catches up. `commit_interval_s`: a batch whose first
-    event comes sooner than this after the last commit waits out the rest of the interval and takes
-    what arrived meanwhile, so a steady stream of events costs at most one commit per interval
-    (each commit has a fixed cost in both processes, whatever it holds); an event after a quiet
-    spell is applied at once."""
+    """`batch_size` bounds a batch. While the runner keeps up, a batch is one transaction; once a
+    full batch more is waiting (a burst, a restart) it catches up: batches of `batch_size` are
+    pipelined (each planned while PostgreSQL writes the one before) in one transaction of up to
+    `catch_up_events` (2 x `catch_up_batch_size`, default 10 x batch_size): fewer commits per event,
+    and the two processes stay busy together except at the transaction's first plan and last write.
+    `max_batch_size` (default 5 x batch_size) is the size of a rebuild's batches.
+    `commit_interval_s`: a batch whose first event comes sooner than this after the last commit
+    waits out the rest of the interval and takes what arrived meanwhile, so a steady stream of
+    events costs at most one commit per interval (each commit has a fixed cost in both processes,
+    whatever it holds); an event after a quiet spell is applied at once."""
 
     batch_size: int = 1000
     standby_poll_s: float = 1.0
@@ -88,6 +91,10 @@ class RunnerConfig:
     @property
     def catch_up_batch_size(self) -> int:
         return self.max_batch_size or 5 * self.batch_size
+
+    @property
+    def catch_up_events(self) -> int:
+        return 2 * self.catch_up_batch_size
 
 
 # A fault hook called after COMMIT with the batch's last sequence, once per batch (tests crash here).
@@ -277,16 +284,21 @@ class ProjectionRunner:
             await self._after_commit(self.last_seq)
 
     async def _catch_up(self, conn: asyncpg.Connection, reader: LogReader, memories: Memories) -> None:
-        """Behind: up to `_CHUNK_BATCHES` catch-up batches in one transaction, pipelined, committed
-        together (each batch's statement NOTIFYs its own sequence; they are delivered at the commit).
+        """Behind: batches of `batch_size` pipelined in one transaction of up to `catch_up_events`,
+        committed together (each batch's statement NOTIFYs its own sequence; they are delivered at
+        the commit). With a pipeline of N batches PostgreSQL and the projector overlap on N - 1 of
+        N + 1 steps: ten batches of 1,000 drained W1's backlog at 20,300 events/s, two of 5,000 at
+        17,400 (docs/benchmarks.md).
         When that fails for the data's sake, the batches are applied again one by one by `_apply`,
         which isolates a bad event; an outage propagates."""
         # Read before the transaction (a wait for the log must not hold the checkpoints' locks),
         # and the second batch only from what has already arrived.
-        first = await reader.batch(self._config.catch_up_batch_size, wait=self._stop)
+        size, budget = self._config.batch_size, self._config.catch_up_events
+        first = await reader.batch(size, wait=self._stop)
         if not first:
             return
         batches = [first]
+        events = len(first)
         arrived = _arrived_only()
         skipped = 0
         names = [p.name for p in self._projections]
@@ -297,11 +309,12 @@ class ProjectionRunner:
                 try:
                     _trace_projection(first)
                     skipped += (await pipeline.add(first))[1]
-                    while len(batches) < _CHUNK_BATCHES and reader.buffered() >= self._config.batch_size:
-                        batch = await reader.batch(self._config.catch_up_batch_size, wait=arrived)
+                    while events < budget and reader.buffered() >= size:
+                        batch = await reader.batch(min(size, budget - events), wait=arrived)
                         if not batch:
                             break
                         batches.append(batch)
+                        events += len(batch)
                         _trace_projection(batch)
                         skipped += (await pipeline.add(batch))[1]
                     await pipeline.drain()
@@ -330,12 +343,6 @@ def _arrived_only() -> asyncio.Event:
     arrived = asyncio.Event()
     arrived.set()
     return arrived
-
-
-# Catch-up batches per transaction: two keep PostgreSQL and the planning busy together (the second
-# is planned while the first is written) and readers see progress every two batches. W1 gave the
-# same rate with four (2,080/s) and a lower projection lag with two (p99 4.4-4.7 s against 5.1-5.8).
-_CHUNK_BATCHES = 2
 
 
 async def _close(conn: asyncpg.Connection) -> None:
