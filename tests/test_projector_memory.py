@@ -79,6 +79,9 @@ def test_memory_hands_out_copies_and_keeps_only_what_was_committed() -> None:
     with pytest.raises(ValueError):
         RunnerConfig(batch_size=100, max_batch_size=50)
     assert RunnerConfig(batch_size=100).catch_up_batch_size == 500
+    assert RunnerConfig(batch_size=100).catch_up_events == 1000  # ten batches per catch-up transaction
+    with pytest.raises(ValueError):
+        RunnerConfig(feed_want_ttl_s=0)
 
 
 async def _records(nc: NATS, last: int) -> list[Record]:
