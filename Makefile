@@ -66,7 +66,7 @@ bench: $(VENV)/.installed
 	    "w2_latency --duration 10" "w2_latency --duration 5 --sync-always" \
 	    "sse_fanout --global-clients 20 --task-clients 200 --duration 10 --drain 20" \
 	    "nats_1m --events 100000" "timers_1m --timers 100000" "w3_scheduling" "delay_500" \
-	    "nats_hop --n 100" "pg_rows --repeat 5" "submit_burst --n 1000" "projector_plans" \
+	    "nats_hop --n 100" "pg_rows --repeat 5" "submit_burst --n 1000" "projector_plans" "catch_up --n 5000" \
 	    "rebuild --tasks 2000" \
 	    "ui_render --tasks 10000"; do \
 	  echo ">> $(BIN)/python -m bench.$$run"; \
