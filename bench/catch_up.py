@@ -15,19 +15,16 @@ import argparse
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from bench.common import Components, ProcSampler, emit, load_average, server_pids, servers
+from bench.w1_throughput import noop_submissions
 from ordo import event_loop
-from ordo.domain.commands import SubmitTask
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import EventStore
-from ordo.infra.ids import new_task_id
 from ordo.infra.nats_conn import connect, provision
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
@@ -41,18 +38,7 @@ async def _run_tasks(nats_url: str, dsn: str, n: int) -> str:
     try:
         await provision(nc, settings)
         handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
-        now = datetime.now(UTC)
-        commands = [
-            SubmitTask(
-                task_id=new_task_id(),
-                tenant=tenant,
-                queue="default",
-                task_type="demo.echo",
-                now=now,
-                payload=msgspec.Raw(b"null"),
-            )
-            for _ in range(n)
-        ]
+        commands = noop_submissions(tenant, n)
         for start in range(0, n, 1000):
             await handler.submit_many(tenant, commands[start : start + 1000])
         js = nc.jetstream()

@@ -120,16 +120,10 @@ async def _last_stored(dsn: str, tenant: str) -> float:
         await conn.close()
 
 
-async def run(nats_url: str, dsn: str, n: int, chunk: int, timeout: float) -> dict[str, Any]:
-    tenant = "w1" + uuid.uuid4().hex[:6]
-    settings = Settings(nats_url=nats_url, database_url=dsn, tenant=tenant)
-    clock = CommitClock()
-    await clock.start(dsn)
-    nc = await connect(settings, "bench-w1")
-    await provision(nc, settings)
-    handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
+def noop_submissions(tenant: str, n: int) -> list[SubmitTask]:
+    """n submits of the demo worker's no-op `demo.echo` on the default queue."""
     now = datetime.now(UTC)
-    commands = [
+    return [
         SubmitTask(
             task_id=new_task_id(),
             tenant=tenant,
@@ -140,6 +134,17 @@ async def run(nats_url: str, dsn: str, n: int, chunk: int, timeout: float) -> di
         )
         for _ in range(n)
     ]
+
+
+async def run(nats_url: str, dsn: str, n: int, chunk: int, timeout: float) -> dict[str, Any]:
+    tenant = "w1" + uuid.uuid4().hex[:6]
+    settings = Settings(nats_url=nats_url, database_url=dsn, tenant=tenant)
+    clock = CommitClock()
+    await clock.start(dsn)
+    nc = await connect(settings, "bench-w1")
+    await provision(nc, settings)
+    handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
+    commands = noop_submissions(tenant, n)
     t0, t0_wall = time.perf_counter(), time.time()
     for start in range(0, n, chunk):
         await handler.submit_many(tenant, commands[start : start + chunk])
