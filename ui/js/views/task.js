@@ -294,9 +294,15 @@ export function mount(root, { id, params }) {
       return;
     }
     if (gone) return;
+    const after = events.length ? events[events.length - 1].seq : 0;
+    // The two reads may straddle a commit: a task read older than the events shown would stay stale,
+    // since the stream only brings what comes after them. Read it again then.
+    if (task && task.last_seq < after) {
+      try { task = await get(`/v1/tasks/${enc(id)}`); } catch { /* the stream's next event reloads it */ }
+      if (gone) return;
+    }
     renderAll();
     showAsOf();
-    const after = events.length ? events[events.length - 1].seq : 0;
     stream = new LiveStream(`/v1/events/stream?task_id=${enc(id)}`, (e) => {
       if (events.length && e.seq <= events[events.length - 1].seq) return;
       events.push(e);
