@@ -74,7 +74,7 @@ def span(
     shared no-op context: the API's no-op tracer would make the same invalid span current, at ~8 % of
     a worker's CPU per task (a generator, a context attach and detach per span)."""
     if (
-        _no_provider()
+        isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
         and (parent_headers is None or "traceparent" not in parent_headers)
         and not trace.get_current_span().get_span_context().is_valid
     ):
@@ -83,19 +83,6 @@ def span(
 
 
 _NO_SPAN = nullcontext(trace.INVALID_SPAN)
-# The API keeps the installed provider in a module global that `get_tracer_provider` reads after an
-# environment lookup (the provider may be named there); read it directly when that lookup cannot
-# matter, i.e. unless the variable is set or this API version has no such global.
-_READ_GLOBAL = "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ and hasattr(trace, "_TRACER_PROVIDER")
-
-
-def _no_provider() -> bool:
-    """No tracer provider installed: what `isinstance(trace.get_tracer_provider(),
-    ProxyTracerProvider)` answers, without the environment lookup that call makes every time no
-    provider is set (a few % of a worker's CPU at W1's rate)."""
-    if _READ_GLOBAL:
-        return trace._TRACER_PROVIDER is None
-    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 @contextmanager
