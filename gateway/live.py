@@ -48,6 +48,7 @@ from nats.aio.msg import Msg
 from ordo.infra.metrics import Counter, Registry
 from ordo.infra.pg import Pool, ReadModelUnavailable
 from ordo.infra.raw_client import RawClient
+from ordo.infra.tasks import cancel_and_wait
 from ordo.projections import committed_feed, task_events
 from ordo.projections.committed_feed import Chunk, Row, frame
 from ordo.projections.runner import checkpoint
@@ -299,9 +300,7 @@ class TailHub:
         try:
             await self._read_loop()
         finally:
-            ticks.cancel()
-            wants.cancel()
-            await asyncio.gather(ticks, wants, return_exceptions=True)
+            await cancel_and_wait(ticks, wants)
 
     async def _wants(self) -> None:
         """While this hub has streams: ask for the committed feed when the first one joins, and

@@ -22,6 +22,7 @@ from ordo.infra.pg import connect as pg_connect
 from ordo.infra.queue_control import QueueController
 from ordo.infra.schedule_handler import ScheduleHandler
 from ordo.infra.settings import Settings
+from ordo.infra.tasks import cancel_and_wait
 from ordo.projections.runner import NOTIFY_CHANNEL
 from ordo.projections.schema import migrate
 
@@ -112,8 +113,7 @@ class Services:
     async def close(self) -> None:
         self._closing = True
         if self._relisten is not None:
-            self._relisten.cancel()
-            await asyncio.gather(self._relisten, return_exceptions=True)
+            await cancel_and_wait(self._relisten)
         await self.keys.shutdown()
         await self.hub.shutdown()
         if self._tail is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ordo.embedded.processes import child_preexec, kill_stale, remove_pidfile, write_pidfile
+from ordo.infra.tasks import cancel_and_wait
 
 __all__ = ["ChildSpec", "Supervisor"]
 
@@ -176,10 +177,7 @@ class Supervisor:
                 self.logger.warning("children still alive after %.0fs: SIGKILL", _SHUTDOWN_GRACE)
                 self._signal_all(signal.SIGKILL)
                 await asyncio.wait(pending, timeout=5.0)
-            for task in self._tasks:
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancel_and_wait(*self._tasks)
         for spec in self.specs:
             remove_pidfile(self._pidfile(spec.name))
         self._procs.clear()

@@ -29,6 +29,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from ordo.infra.raw_client import RawClient
+from ordo.infra.tasks import cancel_and_wait
 
 _log = logging.getLogger("ordo.projector")
 
@@ -107,9 +108,7 @@ class LogFeed:
     async def close(self) -> None:
         self._closed = True
         if self._reset is not None:
-            self._reset.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reset
+            await cancel_and_wait(self._reset)
         await self._drop()
 
     def __len__(self) -> int:

@@ -178,9 +178,7 @@ async def test_a_second_submitted_for_a_known_task_is_read_not_presumed_new(
     try:
         row = await conn.fetchrow("SELECT type, status FROM tasks WHERE id=$1", task_id)
         assert (row["type"], row["status"]) == ("demo.echo", "cancelled")
-        assert (
-            await conn.fetchval("SELECT d_type FROM rollup_tasks WHERE task_id=$1", task_id) == "demo.echo"
-        )
+        assert await conn.fetchval("SELECT d_type FROM rollup_tasks WHERE task_id=$1", task_id) == "demo.echo"
         assert await conn.fetchval("SELECT sum(n) FROM queue_depth") == 1
         assert await conn.fetchval("SELECT count(*) FROM projection_errors") == 0
     finally:

@@ -35,9 +35,24 @@ from tests.conftest import System
 from tests.helpers import eventually
 
 DOCUMENTED = {
-    "AsyncClient", "Client", "Conflict", "Fail", "InvalidPayload", "InvalidRequest", "NotFound", "OrdoError",
-    "RateLimited", "Registry", "Retry", "Submitted", "Task", "TaskContext", "TaskEvent", "Unauthorized",
-    "Unavailable", "WaitTimeout",
+    "AsyncClient",
+    "Client",
+    "Conflict",
+    "Fail",
+    "InvalidPayload",
+    "InvalidRequest",
+    "NotFound",
+    "OrdoError",
+    "RateLimited",
+    "Registry",
+    "Retry",
+    "Submitted",
+    "Task",
+    "TaskContext",
+    "TaskEvent",
+    "Unauthorized",
+    "Unavailable",
+    "WaitTimeout",
 }
 
 
@@ -176,8 +191,13 @@ async def test_a_payload_that_does_not_fit_fails_the_task_without_retry(
             await handler.execute(
                 settings.tenant,
                 SubmitTask(
-                    task_id=ids[name], tenant=settings.tenant, queue="default", task_type="shop.order",
-                    now=datetime.now(UTC), payload=msgspec.Raw(msgspec.json.encode(payload)), max_attempts=3,
+                    task_id=ids[name],
+                    tenant=settings.tenant,
+                    queue="default",
+                    task_type="shop.order",
+                    now=datetime.now(UTC),
+                    payload=msgspec.Raw(msgspec.json.encode(payload)),
+                    max_attempts=3,
                 ),
             )
 

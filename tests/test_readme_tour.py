@@ -31,8 +31,6 @@ def tour_block() -> str:
     return str(blocks[0])
 
 
-
-
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the tour uses curl")
 def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     port = free_port()
@@ -42,7 +40,10 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     with log_path.open("wb") as log:
         up = subprocess.Popen(
             [sys.executable, "-m", "ordo.cli", "up", "--data-dir", str(data), "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
     try:
         wait_for(lambda: "Admin API key" in log_path.read_text(), 120, "the admin key")

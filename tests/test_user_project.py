@@ -27,8 +27,6 @@ from tests.helpers import wait_for
 REPO = Path(__file__).resolve().parent.parent
 
 
-
-
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new virtualenv with Ordo installed from a wheel built from this checkout."""
@@ -37,17 +35,30 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     py = venv / "bin" / "python"
     site = subprocess.run(
         [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     # The dependencies come from this environment, on the path after the venv's own packages.
     (Path(site) / "ordo_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     wheels = tmp_path_factory.mktemp("wheels")
     # Built from a copy: setuptools writes build/ and *.egg-info next to the sources it builds.
     source = tmp_path_factory.mktemp("source") / "ordo"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".ordo", "build", "dist", "*.egg-info", "__pycache__", "node_modules",
-        "test-artifacts",
-    ))
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            ".ordo",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            "node_modules",
+            "test-artifacts",
+        ),
+    )
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
         check=True,
@@ -60,9 +71,16 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_installs_only_the_ordo_package(fresh_venv: Path) -> None:
     py = fresh_venv / "bin" / "python"
     out = subprocess.run(
-        [str(py), "-c", "import ordo, ordo.domain, ordo.ui, ordo.gateway.app; print(ordo.__file__);"
-         "print(ordo.domain.__file__); print(ordo.ui.__file__)"],
-        check=True, capture_output=True, text=True, cwd="/",
+        [
+            str(py),
+            "-c",
+            "import ordo, ordo.domain, ordo.ui, ordo.gateway.app; print(ordo.__file__);"
+            "print(ordo.domain.__file__); print(ordo.ui.__file__)",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd="/",
     ).stdout.split()
     site = str(Path(out[0]).parent.parent)
     assert all(p.startswith(site + "/ordo/") for p in out), out
@@ -84,9 +102,20 @@ def test_ordo_up_runs_the_users_handlers(fresh_venv: Path, tmp_path: Path) -> No
     out = tmp_path / "up.log"
     with out.open("wb") as log:
         proc = subprocess.Popen(
-            [str(fresh_venv / "bin" / "ordo"), "up", "--app", "myapp.tasks:registry",
-             "--data-dir", str(tmp_path / "data"), "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=project,
+            [
+                str(fresh_venv / "bin" / "ordo"),
+                "up",
+                "--app",
+                "myapp.tasks:registry",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=project,
         )
     try:
         key = wait_for(
@@ -102,7 +131,11 @@ def test_ordo_up_runs_the_users_handlers(fresh_venv: Path, tmp_path: Path) -> No
         wait_for(ready, 120, "ready")
         done = subprocess.run(
             [str(fresh_venv / "bin" / "python"), "submit.py", base, key, "Ada"],
-            cwd=project, env=env, capture_output=True, text=True, timeout=120,
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr + out.read_text()[-3000:]
         task = json.loads(done.stdout.strip().splitlines()[-1])
@@ -123,6 +156,10 @@ def test_a_bad_app_path_fails_fast_with_a_clear_message(fresh_venv: Path, tmp_pa
     ):
         done = subprocess.run(
             [str(fresh_venv / "bin" / "ordo"), "worker", "--app", app],
-            cwd=tmp_path / "project", env=env, capture_output=True, text=True, timeout=60,
+            cwd=tmp_path / "project",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode == 2 and says in done.stderr, (app, done.stderr)

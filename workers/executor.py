@@ -44,6 +44,7 @@ from ordo.infra.command_handler import CommandHandler
 from ordo.infra.dispatch import Dispatch, read_dispatch
 from ordo.infra.event_store import EventStoreError
 from ordo.infra.settings import Settings
+from ordo.infra.tasks import cancel_and_wait
 from ordo.workers import consumer
 from ordo.workers.context import TaskContext
 from ordo.workers.handlers import Fail, HandlerFn, InvalidPayload, Registry, Retry
@@ -390,8 +391,7 @@ class Executor:
             attempt.log.error("%s never stored: the ticket will come back", name)
         finally:
             if keep is not None:
-                keep.cancel()
-                await asyncio.gather(keep, return_exceptions=True)
+                await cancel_and_wait(keep)
 
     async def _keep_in_progress(self, attempt: Attempt) -> None:
         """+WPI every third of the ack wait while the last word is retried (stops once fenced)."""

@@ -27,6 +27,7 @@ from ordo.domain.status import TaskStatus
 from ordo.infra.command_handler import CommandHandler, Outcome
 from ordo.infra.event_store import EventStoreError
 from ordo.infra.settings import Settings
+from ordo.infra.tasks import cancel_and_wait
 from ordo.workers import consumer
 
 
@@ -224,7 +225,5 @@ class LeaseLoop:
 
     async def stop(self) -> None:
         self._timer.cancel()
-        task = self._task
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        if self._task is not None:
+            await cancel_and_wait(self._task)

@@ -37,6 +37,7 @@ from ordo.domain.queue_control import QueueState, decode_queue_event, evolve
 from ordo.infra import subjects as sj
 from ordo.infra.event_store import EventStore, EventStoreError
 from ordo.infra.settings import Settings
+from ordo.infra.tasks import cancel_and_wait
 from ordo.workers import consumer
 
 DEFAULT_REFRESH_S = 1.0
@@ -132,9 +133,7 @@ class QueuePauses:
     async def stop(self) -> None:
         task, self._loop_task = self._loop_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()

@@ -36,6 +36,7 @@ from ordo.workers.stats import ProcessSampler, WorkerStats
 
 log = logging.getLogger("ordo.worker.registry")
 
+
 class Reporting(Protocol):
     """What the announcer reads from the worker, and the one thing it can ask of it."""
 

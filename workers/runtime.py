@@ -30,6 +30,7 @@ from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.heartbeats import DEFAULT_HEARTBEAT_S
 from ordo.infra.settings import NAME_RE, Settings
+from ordo.infra.tasks import cancel_and_wait
 from ordo.workers import consumer
 from ordo.workers.executor import Executor, utc_now
 from ordo.workers.handlers import Registry
@@ -332,7 +333,4 @@ class Worker:
         self._log.warning("handing back %d tasks still running after %gs", count, grace)
         # Abandoning cancels each handler (up to cancel_grace_s) and stores the lease release.
         _, stuck = await asyncio.wait(pending, timeout=self._settings.cancel_grace_s + 5.0)
-        for task in stuck:
-            task.cancel()
-        if stuck:
-            await asyncio.gather(*stuck, return_exceptions=True)
+        await cancel_and_wait(*stuck)

@@ -45,6 +45,7 @@ from ordo.infra.event_store import EventStoreError
 from ordo.infra.nats_conn import ensure_consumer
 from ordo.infra.schedule_handler import Preloaded, ScheduleHandler
 from ordo.infra.schedule_timers import decode_tick
+from ordo.infra.tasks import cancel_and_wait
 from ordo.infra.timers import Due, decode_due
 
 # A timer held at least this long is read ahead of its due time (see Scheduler._preload).
@@ -155,9 +156,7 @@ class Scheduler:
                     task.cancel()
             if self._acting:
                 await asyncio.wait(set(self._acting), timeout=self._config.finish_s)
-            for task in list(self._held):
-                task.cancel()
-            await asyncio.gather(*self._held, return_exceptions=True)
+            await cancel_and_wait(*self._held)
             await sub.unsubscribe()
 
     async def _purge_done(self, js: JetStreamContext) -> None:

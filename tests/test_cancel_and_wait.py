@@ -1,0 +1,86 @@
+"""Stopping a task that swallows its cancel (Python 3.11's wait_for does, CPython gh-86296).
+
+Before `cancel_and_wait`, one cancel and an `await` of the task hung for good when the cancel was
+swallowed: a worker's lease loop stopped in the same turn as its append's PubAck arrived (in the
+same socket read as the completion's) kept extending, and the worker's shutdown hung.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from ordo.infra.tasks import cancel_and_wait
+from ordo.workers.lease import LeaseLoop
+
+
+async def stubborn(running: asyncio.Event | None = None) -> None:
+    """A loop that swallows the first cancel it gets, as a library's wait_for may."""
+    swallowed = False
+    while True:
+        if running is not None:
+            running.set()
+        try:
+            await asyncio.sleep(0.005)
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed = True
+
+
+async def test_a_task_that_swallows_one_cancel_still_ends() -> None:
+    running = asyncio.Event()
+    task = asyncio.create_task(stubborn(running))
+    await running.wait()
+    await asyncio.wait_for(cancel_and_wait(task), 2)
+    assert task.cancelled()
+
+
+async def test_the_wait_for_of_python_3_11_swallowing_a_cancel_does_not_hang_the_stop() -> None:
+    """The real mechanism: the awaited result and the cancel land in the same loop turn."""
+    replies: list[asyncio.Future[int]] = []
+
+    async def requests() -> None:
+        while True:
+            reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            replies.append(reply)
+            await asyncio.wait_for(reply, 5)
+
+    task = asyncio.create_task(requests())
+    await asyncio.sleep(0)
+    replies[-1].set_result(1)  # the reply arrives ...
+    await asyncio.wait_for(cancel_and_wait(task), 2)  # ... and the stop cancels in the same turn
+    assert task.done()
+
+
+async def test_a_lease_loop_stops_even_when_its_append_swallowed_the_cancel() -> None:
+    running = asyncio.Event()
+    loop = LeaseLoop(0.0, lambda: stubborn(running), "lease-test")
+    await running.wait()
+    await asyncio.wait_for(loop.stop(), 2)
+
+
+async def test_outcomes_are_consumed_and_a_cancelled_caller_cancels_the_tasks_again() -> None:
+    async def boom() -> None:
+        raise ValueError("consumed, not raised")
+
+    failed = asyncio.create_task(boom())
+    await asyncio.sleep(0)
+    await cancel_and_wait(failed)  # already ended with an exception: nothing raised
+
+    task = asyncio.create_task(stubborn())
+    event = asyncio.Event()
+
+    async def stopper() -> Any:
+        event.set()
+        await cancel_and_wait(task)
+
+    outer = asyncio.create_task(stopper())
+    await event.wait()
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    await asyncio.wait_for(cancel_and_wait(task), 2)
+    assert task.cancelled()
