@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import Components, ProcSampler, emit, load_average, server_pids, servers
+from bench.common import Components, ProcSampler, emit, load_average, server_pids, servers, succeeded_shown
 from bench.w1_throughput import noop_submissions
 from ordo import event_loop
 from ordo.infra import subjects as sj
@@ -70,11 +70,9 @@ async def _drained(dsn: str, tenant: str, n: int) -> tuple[float, int, float]:
                     )
                     if seq:
                         first = (time.perf_counter(), int(seq))
-                done = await conn.fetchval(
-                    "SELECT count(*) FROM tasks WHERE tenant=$1 AND status='succeeded'", tenant
-                )
+                done = await succeeded_shown(conn, tenant, n)
             except asyncpg.UndefinedTableError:
-                done = 0  # the projector has not created its tables yet
+                done = 0  # the projector has not created its checkpoints yet
             if done >= n and first is not None:
                 return first[0], first[1], time.perf_counter()
             await asyncio.sleep(0.02)

@@ -41,6 +41,7 @@ from bench.common import (
     proc_usage,
     server_pids,
     servers,
+    succeeded_shown,
     summary,
     writes,
 )
@@ -65,12 +66,7 @@ async def _wait_projected(dsn: str, tenant: str, n: int, timeout: float) -> tupl
     deadline = time.perf_counter() + timeout
     try:
         while True:
-            try:
-                done = await conn.fetchval(
-                    "SELECT count(*) FROM tasks WHERE tenant=$1 AND status='succeeded'", tenant
-                )
-            except asyncpg.UndefinedTableError:
-                done = 0  # the projector has not created its tables yet
+            done = await succeeded_shown(conn, tenant, n)
             if done >= n or time.perf_counter() > deadline:
                 return time.perf_counter(), int(done)
             await asyncio.sleep(0.05)
