@@ -34,26 +34,13 @@ from ordo.workers.runtime import Worker
 from tests.conftest import System
 from tests.helpers import eventually
 
+# fmt: off
 DOCUMENTED = {
-    "AsyncClient",
-    "Client",
-    "Conflict",
-    "Fail",
-    "InvalidPayload",
-    "InvalidRequest",
-    "NotFound",
-    "OrdoError",
-    "RateLimited",
-    "Registry",
-    "Retry",
-    "Submitted",
-    "Task",
-    "TaskContext",
-    "TaskEvent",
-    "Unauthorized",
-    "Unavailable",
-    "WaitTimeout",
+    "AsyncClient", "Client", "Conflict", "Fail", "InvalidPayload", "InvalidRequest", "NotFound", "OrdoError",
+    "RateLimited", "Registry", "Retry", "Submitted", "Task", "TaskContext", "TaskEvent", "Unauthorized",
+    "Unavailable", "WaitTimeout",
 }
+# fmt: on
 
 
 def test_the_exported_names_are_exactly_the_documented_ones() -> None:
