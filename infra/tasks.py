@@ -3,9 +3,9 @@
 `task.cancel()` asks once, and a task can swallow the request. Python 3.11's `asyncio.wait_for`,
 which nats-py awaits for every request and every PubAck, does so when the cancel lands in the same
 loop turn as the result it waits for (CPython gh-86296, fixed in 3.12): it returns the result, and
-a loop task goes on as if never cancelled. An `await task` after one cancel then waits for good (a
-worker's lease loop whose append was answered in the same read as the completion it was stopped
-for hung a shutdown that way). `cancel_and_wait` cancels again until the task ends.
+a loop task goes on as if never cancelled. An `await task` after one cancel then waits as long as
+the loop lives: for good for a loop with no flag of its own to see (the worker's queue-pause
+refresh loop). `cancel_and_wait` cancels again until the task ends (docs/decisions.md, 42).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Stopping a task that swallows its cancel (Python 3.11's wait_for does, CPython gh-86296).
 
-Before `cancel_and_wait`, one cancel and an `await` of the task hung for good when the cancel was
-swallowed: a worker's lease loop stopped in the same turn as its append's PubAck arrived (in the
-same socket read as the completion's) kept extending, and the worker's shutdown hung.
+Before `cancel_and_wait`, one cancel and an `await` of the task waited as long as the task lived
+when the cancel was swallowed: for good for a loop with no flag of its own (the worker's queue-pause
+refresh loop, whose log read may be answered in the same turn as the worker's shutdown stops it).
 """
 
 from __future__ import annotations
