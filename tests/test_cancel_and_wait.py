@@ -8,12 +8,17 @@ refresh loop, whose log read may be answered in the same turn as the worker's sh
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
+from nats.aio.client import Client as NATS
 
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.settings import Settings
 from ordo.infra.tasks import cancel_and_wait
 from ordo.workers.lease import LeaseLoop
+from ordo.workers.queue_pause import QueuePauses
 
 
 async def stubborn(running: asyncio.Event | None = None) -> None:
@@ -84,3 +89,32 @@ async def test_outcomes_are_consumed_and_a_cancelled_caller_cancels_the_tasks_ag
         await outer
     await asyncio.wait_for(cancel_and_wait(task), 2)
     assert task.cancelled()
+
+
+async def test_the_queue_pause_loop_stops_when_a_refresh_swallows_the_cancel(
+    nc: NATS, handler: CommandHandler, settings: Settings
+) -> None:
+    """A worker's queue-pause loop (real NATS) whose log read swallows the cancel of its stop."""
+    pauses = QueuePauses(nc, handler.store, ["q" + uuid.uuid4().hex[:8]], settings, refresh_s=0.01)
+    await pauses.start()
+    reading = asyncio.Event()
+    swallowed: list[bool] = []
+    real_refresh = pauses.refresh
+
+    async def refresh() -> None:
+        reading.set()
+        try:
+            await real_refresh()
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed.append(True)  # the read's answer and the stop's cancel in one turn
+
+    pauses.refresh = refresh  # type: ignore[method-assign]
+    await reading.wait()
+    # asyncio.wait, not wait_for: the old stop() suppressed the cancel of a wait_for's timeout too.
+    stop = asyncio.create_task(pauses.stop())
+    done, _ = await asyncio.wait({stop}, timeout=5)
+    await cancel_and_wait(stop)
+    assert stop in done, "stop() hung on the swallowed cancel"
+    assert swallowed == [True]
