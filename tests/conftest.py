@@ -23,6 +23,7 @@ from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import EventStore
 from ordo.infra.nats_conn import connect, provision
 from ordo.infra.settings import Settings
+from ordo.infra.tasks import cancel_and_wait
 from ordo.infra.timers import Timers
 from ordo.projections.runner import ProjectionRunner
 from ordo.workers.scheduler import Scheduler
@@ -146,9 +147,7 @@ async def run_system(
             if wk is not None:
                 await _bounded(wk.shutdown(), 30, "worker shutdown")
             await _bounded(asyncio.gather(*tasks, return_exceptions=True), 30, "system tasks")
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
 
 
 async def _bounded(awaitable: Awaitable[object], timeout: float, what: str) -> None:

@@ -18,6 +18,7 @@ from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import StoredEvent
 from ordo.infra.settings import Settings
+from ordo.infra.tasks import cancel_and_wait
 from ordo.projections.runner import ProjectionRunner, checkpoint
 from tests.helpers import eventually
 from tests.sse import read_events
@@ -145,9 +146,7 @@ async def test_100_clients_resume_exactly_across_gateways_while_the_projection_l
         for c, want in zip(clients, expected, strict=True):
             assert c.seqs == want, (c.flt, len(c.seqs), len(want))
         assert sum(1 for c in clients if c.flt) == 50
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         # A stalled client on gateway B (tiny receive window, never reads) following a queue of big
         # tasks, and ten healthy clients following another queue on the same gateway.
         stalled = socket.socket()
@@ -195,9 +194,7 @@ async def test_100_clients_resume_exactly_across_gateways_while_the_projection_l
     finally:
         for sock in sockets:  # a gateway does not finish shutting down while a stalled stream is open
             sock.close()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         await stack.aclose()
         await projector.shutdown()
         await asyncio.gather(*runs, return_exceptions=True)

@@ -32,6 +32,7 @@ from ordo.infra.event_store import StoredEvent
 from ordo.infra.ids import new_task_id
 from ordo.infra.pg import create_pool
 from ordo.infra.settings import Settings
+from ordo.infra.tasks import cancel_and_wait
 from ordo.projections import committed_feed, task_events
 from ordo.projections.reader import LogReader
 from ordo.projections.registry import FAMILIES
@@ -111,9 +112,7 @@ async def _clients(clients: list[Client]) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
 
 
 class Commits:
