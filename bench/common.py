@@ -62,12 +62,12 @@ class Servers:
 
 
 @contextlib.contextmanager
-def servers(sync_always: bool = False) -> Iterator[Servers]:
+def servers(sync_always: bool = False, pg_settings: tuple[tuple[str, str], ...] = ()) -> Iterator[Servers]:
     with tempfile.TemporaryDirectory(prefix="ordo-bench-") as tmp:
         root = Path(tmp)
         os.chmod(root, 0o755)
         nats = EmbeddedNats(NatsServerConfig(data_dir=root / "nats", sync_always=sync_always))
-        pg = EmbeddedPostgres(PostgresConfig(data_dir=root / "pg", fsync=True))
+        pg = EmbeddedPostgres(PostgresConfig(data_dir=root / "pg", fsync=True, settings=pg_settings))
         nats.start()
         pg.start()
         try:

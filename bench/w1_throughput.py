@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from bench import pg_statements
 from bench.bare_loop import bare_loop
 from bench.common import (
     CommitClock,
@@ -238,9 +239,14 @@ def main() -> None:
     parser.add_argument("--sync-always", action="store_true", help="nats-server sync_interval: always")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the last task")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output folder")
+    parser.add_argument(
+        "--pg-statements", action="store_true", help="report PostgreSQL's top statements (a diagnostic)"
+    )
     args = parser.parse_args()
     load_start = load_average()
-    with servers(sync_always=args.sync_always) as srv:
+    statements: list[dict[str, Any]] = []
+    pg_settings = pg_statements.SETTINGS if args.pg_statements else ()
+    with servers(sync_always=args.sync_always, pg_settings=pg_settings) as srv:
         ceiling = bare_loop(srv.nats.url, args.n)
         preloaded: dict[str, Any] = {}
         if args.preload:
@@ -264,7 +270,11 @@ def main() -> None:
             sampler = ProcSampler(pids, own_only=("submitter",)).start()
             workers = [pid for name, pid in comps.pids.items() if name.startswith("worker-")]
             written = sum(writes(pid) for pid in workers)
+            if args.pg_statements:
+                event_loop.run(pg_statements.reset(srv.postgres.url))
             result = event_loop.run(run(srv.nats.url, srv.postgres.url, args.n, args.chunk, args.timeout))
+            if args.pg_statements:
+                statements = event_loop.run(pg_statements.top(srv.postgres.url))
             written = sum(writes(pid) for pid in workers) - written
             usage = sampler.stop()
         finally:
@@ -284,6 +294,7 @@ def main() -> None:
             "sync_always": args.sync_always,
             "preload": preloaded,
             **result,
+            **({"pg_statements": statements} if args.pg_statements else {}),
             "bare_loop_tasks_per_s": round(ceiling),
             "ratio_to_bare_loop": round(result["tasks_per_s"] / ceiling, 3),
             # Socket writes of the workers per task (a task is 2 appends and an ack: 3 messages).

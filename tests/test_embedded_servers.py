@@ -127,10 +127,11 @@ def test_postgres_start_query_stop_restart(tmp_path: Path) -> None:
     assert wait_pid_gone(pid, 5)
     pg.stop()  # idempotent
 
-    pg2 = EmbeddedPostgres(PostgresConfig(data_dir=data, fsync=False))
+    # Restarted with a setting of its own (how a benchmark loads pg_stat_statements).
+    pg2 = EmbeddedPostgres(PostgresConfig(data_dir=data, fsync=False, settings=(("work_mem", "7MB"),)))
     pg2.start()
     try:
-        assert _pg_exec(pg2.url, "SELECT v FROM kept") == [42]
+        assert _pg_exec(pg2.url, "SELECT v FROM kept", "SHOW work_mem") == [42, "7MB"]
     finally:
         pg2.stop()
 

@@ -62,6 +62,8 @@ class PostgresConfig:
     host: str = "127.0.0.1"
     port: int = 0
     fsync: bool = True
+    # More server settings (`-c name=value`), e.g. a diagnostic extension a benchmark loads.
+    settings: tuple[tuple[str, str], ...] = ()
 
 
 def find_pg_bin_dir() -> Path:
@@ -289,6 +291,7 @@ class EmbeddedPostgres:
             "unix_socket_directories": str(sock_dir),
             "fsync": "on" if self.config.fsync else "off",
             "max_connections": "200",
+            **dict(self.config.settings),
         }
         argv = [str(self._bin / "postgres"), "-D", str(self.data_dir)]
         for key, value in settings.items():
