@@ -83,17 +83,19 @@ def span(
 
 
 _NO_SPAN = nullcontext(trace.INVALID_SPAN)
-# Set when the API may load a provider named in the environment on first use: then ask it each time.
-_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+# The API keeps the installed provider in a module global that `get_tracer_provider` reads after an
+# environment lookup (the provider may be named there); read it directly when that lookup cannot
+# matter, i.e. unless the variable is set or this API version has no such global.
+_READ_GLOBAL = "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ and hasattr(trace, "_TRACER_PROVIDER")
 
 
 def _no_provider() -> bool:
     """No tracer provider installed: what `isinstance(trace.get_tracer_provider(),
     ProxyTracerProvider)` answers, without the environment lookup that call makes every time no
-    provider is set (about 3 % of a worker's CPU at W1's rate)."""
-    if _PROVIDER_FROM_ENV:
-        return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-    return trace._TRACER_PROVIDER is None  # the API's own global, read as get_tracer_provider does
+    provider is set (a few % of a worker's CPU at W1's rate)."""
+    if _READ_GLOBAL:
+        return trace._TRACER_PROVIDER is None
+    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 @contextmanager
