@@ -43,11 +43,10 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from ordo.infra.metrics import Counter, Registry
 from ordo.infra.pg import Pool, ReadModelUnavailable
-from ordo.infra.raw_client import RawClient
+from ordo.infra.raw_client import subscribe_payloads, unsubscribe
 from ordo.infra.tasks import cancel_and_wait
 from ordo.projections import committed_feed, task_events
 from ordo.projections.committed_feed import Chunk, Row, frame
@@ -267,17 +266,8 @@ class TailHub:
     async def start(self) -> None:
         """Begin at the committed position: earlier events reach streams through their catch-up."""
         if self._nc is not None and self._feed_sub is None:
-            if isinstance(self._nc, RawClient):
-                self._feed_sub = await self._nc.raw(committed_feed.SUBJECT, self._on_raw_chunk)
-            else:
-                self._feed_sub = await self._nc.subscribe(committed_feed.SUBJECT, cb=self._on_chunk_msg)
+            self._feed_sub = await subscribe_payloads(self._nc, committed_feed.SUBJECT, self._take_chunk)
         self._move_to(await checkpoint(self._pool, task_events.NAME))
-
-    def _on_raw_chunk(self, _subject: bytes, _reply: bytes, data: bytes, _headers: bytes) -> None:
-        self._take_chunk(data)
-
-    async def _on_chunk_msg(self, msg: Msg) -> None:
-        self._take_chunk(msg.data)
 
     def _take_chunk(self, data: bytes) -> None:
         try:
@@ -336,11 +326,8 @@ class TailHub:
     async def shutdown(self) -> None:
         """Stop reading and end every stream (its client resumes elsewhere from its last id)."""
         self._stop.set()
-        if self._feed_sub is not None:
-            with contextlib.suppress(Exception):
-                if isinstance(self._nc, RawClient):
-                    self._nc.drop_raw(self._feed_sub)
-                await self._feed_sub.unsubscribe()
+        if self._feed_sub is not None and self._nc is not None:
+            await unsubscribe(self._nc, self._feed_sub)
             self._feed_sub = None
         for groups in (*self._by_tenant.values(), *self._by_task.values()):
             for group in groups.values():

@@ -20,12 +20,14 @@ pyproject.toml and `tests/test_log_feed.py` checks that a raw subscription recei
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import re
 from collections.abc import Callable
 
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 # nats-py's header name rule (nats/aio/client.py `_HEADER_KEY_RE`), and what it strips from values.
@@ -158,3 +160,23 @@ class RawClient(NATS):
             await super()._process_msg(sid, subject, reply, data, headers)
             return
         handler(subject, reply, data, headers or b"")
+
+
+async def subscribe_payloads(nc: NATS, subject: str, on_data: Callable[[bytes], None]) -> Subscription:
+    """Subscribe to `subject`, handing `on_data` each message's payload: unparsed on a `RawClient`,
+    through nats-py's callback otherwise. `on_data` must not block. Undo with `unsubscribe`."""
+    if isinstance(nc, RawClient):
+        return await nc.raw(subject, lambda _subject, _reply, data, _headers: on_data(data))
+
+    async def handle(msg: Msg) -> None:
+        on_data(msg.data)
+
+    return await nc.subscribe(subject, cb=handle)
+
+
+async def unsubscribe(nc: NATS, sub: Subscription) -> None:
+    """End a `subscribe_payloads` subscription (best effort: a closed connection has ended it)."""
+    with contextlib.suppress(Exception):
+        if isinstance(nc, RawClient):
+            nc.drop_raw(sub)
+        await sub.unsubscribe()

@@ -16,7 +16,6 @@ its checkpoint.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from dataclasses import dataclass
 import asyncpg
 import nats.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 
@@ -33,7 +31,7 @@ from ordo.infra import telemetry
 from ordo.infra.event_store import EventStoreUnavailable
 from ordo.infra.logs import Outage
 from ordo.infra.pg import connect, translate
-from ordo.infra.raw_client import RawClient
+from ordo.infra.raw_client import subscribe_payloads, unsubscribe
 from ordo.projections import committed_feed, task_events, tasks
 from ordo.projections.batch_apply import (
     PIPELINE_FAILURES,
@@ -226,28 +224,17 @@ class ProjectionRunner:
         finally:
             await reader.close()
             if wants is not None:
-                with contextlib.suppress(Exception):
-                    if isinstance(self._nc, RawClient):
-                        self._nc.drop_raw(wants)
-                    await wants.unsubscribe()
+                await unsubscribe(self._nc, wants)
 
     async def _listen_for_wants(self) -> Subscription | None:
         """Subscribe to the gateways' requests for the committed feed (None if NATS refuses)."""
         try:
-            if isinstance(self._nc, RawClient):
-                return await self._nc.raw(committed_feed.WANT_SUBJECT, self._on_want_raw)
-            return await self._nc.subscribe(committed_feed.WANT_SUBJECT, cb=self._on_want_msg)
+            return await subscribe_payloads(self._nc, committed_feed.WANT_SUBJECT, self._wanted)
         except nats.errors.Error as exc:
             self._log.warning("committed feed requests not heard (gateways read commits back): %s", exc)
             return None
 
-    def _on_want_raw(self, _subject: bytes, _reply: bytes, _data: bytes, _headers: bytes) -> None:
-        self._wanted()
-
-    async def _on_want_msg(self, _msg: Msg) -> None:
-        self._wanted()
-
-    def _wanted(self) -> None:
+    def _wanted(self, _data: bytes) -> None:
         self._feed_wanted_until = asyncio.get_running_loop().time() + self._config.feed_want_ttl_s
 
     async def _paced(self, reader: LogReader, batch: list[Record]) -> list[Record]:
