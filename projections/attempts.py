@@ -17,7 +17,7 @@ import msgspec
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
 from ordo.projections.batch_statement import Write, run
-from ordo.projections.memory import Memory, copy_fields, first_events
+from ordo.projections.memory import Memory, first_events
 
 NAME = "attempts"
 
@@ -71,7 +71,6 @@ class _Attempt:
     lease_extensions: int = 0
     progress: float | None = None
     last_seq: int = 0
-    __copy__ = copy_fields
 
 
 def _error(error: ev.ErrorInfo) -> str:

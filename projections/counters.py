@@ -18,7 +18,7 @@ from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
 from ordo.infra.metrics import DEFAULT_BUCKETS
 from ordo.projections.batch_statement import Write
-from ordo.projections.memory import TaskKey, copy_slots
+from ordo.projections.memory import TaskKey
 
 DDL = """
 CREATE TABLE IF NOT EXISTS metric_counters (
@@ -62,7 +62,6 @@ class State:
     since when it has been runnable or running."""
 
     __slots__ = ("queue", "type", "runnable_at", "started_at")
-    __copy__ = copy_slots
 
     def __init__(self, queue: str, task_type: str, runnable_at: datetime | None, started_at: datetime | None):
         self.queue, self.type = queue, task_type

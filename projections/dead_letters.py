@@ -19,7 +19,7 @@ from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors
 from ordo.projections.batch_statement import Write
-from ordo.projections.memory import TaskKey, copy_fields
+from ordo.projections.memory import TaskKey
 
 DDL = """
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -52,7 +52,6 @@ class State:
     last_seq: int = 0
     # What this batch does to the dead-letter row: None = nothing, "dead" = (re)insert, "gone" = delete.
     change: str | None = None
-    __copy__ = copy_fields
     reason: str = ""
     dead_at: datetime | None = None
     dead_seq: int = 0

@@ -52,15 +52,6 @@ class Marks:
     ) -> None:
         self.queue, self.stats, self.counters, self.dead = queue, stats, marks, dead
 
-    def __copy__(self) -> Marks:  # each part a copy: the folds mutate them (`__copy__` of each, direct)
-        stats, marks, dead = self.stats, self.counters, self.dead
-        return Marks(
-            self.queue,
-            None if stats is None else stats.__copy__(),
-            None if marks is None else marks.__copy__(),
-            None if dead is None else dead.__copy__(),
-        )
-
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
     await run(conn, await plan(conn, events, None))

@@ -21,7 +21,7 @@ import asyncpg
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
 from ordo.projections.batch_statement import Write
-from ordo.projections.memory import TaskKey, copy_fields
+from ordo.projections.memory import TaskKey
 
 DDL = """
 CREATE TABLE IF NOT EXISTS stats_minutely (
@@ -78,7 +78,6 @@ class State:
     type: str
     attempt_started_at: datetime | None
     last_seq: int
-    __copy__ = copy_fields
 
 
 COLUMNS = ("s_queue", "s_type", "s_attempt_started_at", "s_seq")

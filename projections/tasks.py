@@ -14,7 +14,7 @@ from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors, poison
 from ordo.projections.batch_statement import Write, last_param, presumed, run
 from ordo.projections.json_text import json_text
-from ordo.projections.memory import Memory, copy_slots, fetch_tasks, sort_tasks
+from ordo.projections.memory import Memory, fetch_tasks, sort_tasks
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -94,7 +94,6 @@ _CHECK = presumed("(SELECT count(*) FROM tasks_fresh)", last_param(_CTES) + 1, "
 
 class _Row:
     __slots__ = ("state", "created_at", "updated_at", "started_at", "finished_at", "last_seq")
-    __copy__ = copy_slots
 
     def __init__(self, state: TaskState, created_at: datetime | None = None) -> None:
         self.state = state

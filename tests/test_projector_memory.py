@@ -39,7 +39,7 @@ from tests.test_projections_failover import submissions
 from tests.test_rebuild import all_tables, table_hashes
 
 
-def test_memory_hands_out_copies_and_keeps_only_what_was_committed() -> None:
+def test_memory_keeps_only_what_was_committed() -> None:
     memory = Memory(capacity=2)
     memory.align((10, 0))
     memory.put("a", {"n": 1})
@@ -50,12 +50,22 @@ def test_memory_hands_out_copies_and_keeps_only_what_was_committed() -> None:
     memory.put("a", row)
     memory.moved((20, 0))
     memory.commit()
-    copy = memory.get("a")
-    assert copy == row and copy is not row  # a fold may mutate what it got
+    assert memory.get("a") is row  # handed out as it is: the batch may change it
+    memory.rollback()
+    assert memory.get("a") is None  # a failed batch may have changed it: read from the table again
+    memory.put("a", row)
+    memory.commit()
+    memory.forget("a")
+    memory.rollback()  # a forget undone; nothing was handed out: still there
+    assert memory.get("a") is row
+    memory.commit()  # a batch that was handed a state and committed keeps it as the batch left it
+    assert memory.get("a") is row and len(memory) == 1
+    memory.commit()
     memory.put("b", 2)
     memory.put("c", 3)
     memory.commit()
     assert memory.get("a") is None and memory.get("c") == 3  # least recently used evicted
+    memory.commit()
     memory.forget("c")
     assert memory.get("c") is None
     memory.rollback()
