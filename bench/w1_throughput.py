@@ -11,7 +11,7 @@ submitting client), sampled from /proc. `--profile DIR` runs py-spy on the worke
 and the submitter for the whole run and writes collapsed stacks plus a text summary to DIR.
 
     .venv/bin/python -m bench.w1_throughput [--n 20000] [--workers 1] [--concurrency N] [--sync-always]
-        [--preload 1000000]
+        [--preload 1000000] [--rounds K]
 """
 
 from __future__ import annotations
@@ -240,11 +240,17 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the last task")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output folder")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run W1 this many times on the same servers and processes, one result line each (the"
+        " last line is the last round): later rounds measure a system past its first run's transients",
+    )
+    parser.add_argument(
         "--pg-statements", action="store_true", help="report PostgreSQL's top statements (a diagnostic)"
     )
     args = parser.parse_args()
     load_start = load_average()
-    statements: list[dict[str, Any]] = []
     pg_settings = pg_statements.SETTINGS if args.pg_statements else ()
     with servers(sync_always=args.sync_always, pg_settings=pg_settings) as srv:
         ceiling = bare_loop(srv.nats.url, args.n)
@@ -261,22 +267,27 @@ def main() -> None:
         for i in range(args.workers):
             comps.start(f"worker-{i + 1}", "worker")
         profilers: list[subprocess.Popen[bytes]] = []
+        rounds: list[dict[str, Any]] = []
         try:
             time.sleep(2.0)  # let the components connect and provision (not timed either way)
             pids = {**server_pids(srv), **comps.pids, "submitter": os.getpid()}
             if args.profile is not None:
                 py_pids = {k: v for k, v in pids.items() if k not in ("nats-server", "postgres")}
                 profilers = _start_profilers(args.profile, py_pids)
-            sampler = ProcSampler(pids, own_only=("submitter",)).start()
-            workers = [pid for name, pid in comps.pids.items() if name.startswith("worker-")]
-            written = sum(writes(pid) for pid in workers)
-            if args.pg_statements:
-                event_loop.run(pg_statements.reset(srv.postgres.url))
-            result = event_loop.run(run(srv.nats.url, srv.postgres.url, args.n, args.chunk, args.timeout))
-            if args.pg_statements:
-                statements = event_loop.run(pg_statements.top(srv.postgres.url))
-            written = sum(writes(pid) for pid in workers) - written
-            usage = sampler.stop()
+            for _ in range(args.rounds):
+                sampler = ProcSampler(pids, own_only=("submitter",)).start()
+                workers = [pid for name, pid in comps.pids.items() if name.startswith("worker-")]
+                written = sum(writes(pid) for pid in workers)
+                if args.pg_statements:
+                    event_loop.run(pg_statements.reset(srv.postgres.url))
+                result = event_loop.run(run(srv.nats.url, srv.postgres.url, args.n, args.chunk, args.timeout))
+                if args.pg_statements:
+                    result["pg_statements"] = event_loop.run(pg_statements.top(srv.postgres.url))
+                written = sum(writes(pid) for pid in workers) - written
+                result["processes"] = sampler.stop()
+                # Socket writes of the workers per task (a task is 2 appends and an ack: 3 messages).
+                result["worker_writes_per_task"] = round(written / args.n, 3)
+                rounds.append(result)
         finally:
             _stop_profilers(profilers)
             comps.stop()
@@ -285,24 +296,23 @@ def main() -> None:
 
         for name in sorted(args.profile.glob("*.txt")):
             (args.profile / f"{name.stem}.summary").write_text(summarise(name))
-    emit(
-        {
-            "bench": "w1_throughput",
-            "n": args.n,
-            "workers": args.workers,
-            "concurrency": args.concurrency or Settings().worker_concurrency,
-            "sync_always": args.sync_always,
-            "preload": preloaded,
-            **result,
-            **({"pg_statements": statements} if args.pg_statements else {}),
-            "bare_loop_tasks_per_s": round(ceiling),
-            "ratio_to_bare_loop": round(result["tasks_per_s"] / ceiling, 3),
-            # Socket writes of the workers per task (a task is 2 appends and an ack: 3 messages).
-            "worker_writes_per_task": round(written / args.n, 3),
-            "processes": usage,
-            "loadavg_start": load_start,
-        }
-    )
+    for number, result in enumerate(rounds, 1):
+        emit(
+            {
+                "bench": "w1_throughput",
+                "n": args.n,
+                "workers": args.workers,
+                "concurrency": args.concurrency or Settings().worker_concurrency,
+                "sync_always": args.sync_always,
+                "preload": preloaded,
+                "round": number,
+                "rounds": args.rounds,
+                **result,
+                "bare_loop_tasks_per_s": round(ceiling),
+                "ratio_to_bare_loop": round(result["tasks_per_s"] / ceiling, 3),
+                "loadavg_start": load_start,
+            }
+        )
 
 
 if __name__ == "__main__":
