@@ -72,6 +72,14 @@ class StoredEvent(msgspec.Struct, frozen=True):
     event: TaskEvent
     stored_at: datetime
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    # The event's JSON as the log holds it (b"" when the event was not read from the log): the read
+    # models store it as it came instead of encoding the decoded event again.
+    data: bytes = b""
+
+    @property
+    def raw(self) -> bytes:
+        """The event's JSON: as the log holds it, or encoded from the event."""
+        return self.data or encode_event(self.event)
 
 
 @dataclass(frozen=True)
@@ -467,4 +475,5 @@ def to_stored(
         event=decode_event(data),
         stored_at=stored_at,
         headers={k: v for k, v in headers.items() if not k.startswith("Nats-")},
+        data=data,
     )

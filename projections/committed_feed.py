@@ -28,7 +28,6 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from ordo.domain.events import encode_event
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import task_events
 from ordo.projections.json_text import json_text
@@ -77,7 +76,7 @@ def frame(entry: dict[str, Any]) -> bytes:
 
 def entry_of(e: StoredEvent) -> dict[str, Any]:
     """The event as `task_events.to_entry` reads it back from the row the projection writes."""
-    event = _decode_json.decode(json_text(encode_event(e.event)))
+    event = _decode_json.decode(json_text(e.raw))
     attempt = getattr(e.event, "attempt", None)
     return task_events.entry(e.seq, e.name, e.stored_at, e.task_id, e.queue, attempt, event, dict(e.headers))
 

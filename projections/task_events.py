@@ -8,7 +8,6 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ordo.domain.events import encode_event
 from ordo.infra.event_store import StoredEvent
 from ordo.projections.batch_statement import Write, run
 from ordo.projections.json_text import json_text
@@ -58,7 +57,7 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
         [e.name for e in events],
         [getattr(e.event, "attempt", None) for e in events],
         [e.stored_at for e in events],
-        [json_text(encode_event(e.event)) for e in events],
+        [json_text(e.raw) for e in events],
         [_json.encode(e.headers).decode() for e in events],
     ]
     return Write(_CTES, args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ordo.infra import subjects as sj
 from ordo.infra.pg import connect as pg_connect
 from ordo.projections import attempts
 from tests.conftest import System
@@ -122,3 +123,28 @@ async def test_stats_window_is_validated(gateway_only: System) -> None:
     assert (await http.get("/v1/stats", params={"minutes": 0})).status_code == 422
     body = (await http.get("/v1/stats")).json()
     assert body["by_status"]["queued"] == 0 and body["series"] == [] and body["totals"]["p50_ms"] is None
+
+
+async def test_a_task_event_is_shown_as_the_log_holds_it(system: System) -> None:
+    """The timeline stores each event's JSON as it came (issue 14), not a re-encoding of what the
+    projector decoded: a field this version does not know and the writer's spacing are kept."""
+    http = system.http
+    task_id = (await http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600})).json()["id"]
+    assert (await http.post(f"/v1/tasks/{task_id}:cancel")).status_code == 202
+    raw = b'{ "event" : "archived",  "note": "from a newer writer" }'
+    subject = sj.event_subject(system.settings.tenant, "default", task_id, "archived")
+    seq = (await system.nc.jetstream().publish(subject, raw, stream=sj.EVENTS_STREAM)).seq
+
+    async def shown() -> dict[str, Any] | None:
+        r = await http.get(f"/v1/tasks/{task_id}/events")
+        events = r.json()["events"] if r.status_code == 200 else []  # 404 until the task is projected
+        return next((e for e in events if e["seq"] == seq), None)
+
+    entry = await eventually(shown, timeout=30, what="the forged event in the timeline")
+    assert entry["type"] == "archived" and entry["data"] == {"note": "from a newer writer"}
+    conn = await pg_connect(system.settings.database_url)
+    try:
+        stored = await conn.fetchval("SELECT data::text FROM task_events WHERE seq = $1", seq)
+    finally:
+        await conn.close()
+    assert stored == raw.decode()
