@@ -8,6 +8,7 @@ wall clock. What is kept per task is in the `rollups` projection's `rollup_tasks
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -51,10 +52,8 @@ _FINISHED = (ev.Succeeded, ev.AttemptFailed, ev.AttemptTimedOut)
 
 
 def _bucket(seconds: float) -> int:
-    for i, bound in enumerate(BUCKETS):
-        if seconds <= bound:
-            return i
-    return len(BUCKETS)
+    """The index of the first bucket whose bound is >= seconds (len(BUCKETS): above them all)."""
+    return bisect.bisect_left(BUCKETS, seconds)
 
 
 class State:

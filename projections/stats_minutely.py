@@ -151,7 +151,10 @@ def fold(events: list[StoredEvent], tasks: dict[TaskKey, State]) -> Write | None
             task.attempt_started_at = stored.stored_at
         counter = _COUNTER_OF.get(type(event))
         if counter is not None:
-            bucket = buckets.setdefault((stored.tenant, minute, task.queue, task.type), _Bucket())
+            at = (stored.tenant, minute, task.queue, task.type)
+            bucket = buckets.get(at)
+            if bucket is None:  # (not setdefault: that builds a bucket for every event)
+                bucket = buckets[at] = _Bucket()
             bucket.counts[counter] += 1
             bucket.last_seq = stored.seq
     if not buckets and not durations:
