@@ -17,7 +17,9 @@ _SURROGATE_ESCAPES = ("\\ud8", "\\ud9", "\\uda", "\\udb", "\\udc", "\\udd", "\\u
 
 def json_text(data: bytes | msgspec.Raw) -> str:
     text = bytes(data).decode("utf-8", errors="replace")
-    lowered = text.lower() if "\\u" in text else ""
+    if "\\u" not in text:  # no escape at all: most texts
+        return text
+    lowered = text.lower()
     if any(escape in lowered for escape in _SURROGATE_ESCAPES):
         try:
             msgspec.json.decode(text)
