@@ -77,6 +77,12 @@ LIVES: dict[str, list[ev.Event]] = {
 }
 
 
+def _stored(seq: int, task_id: str, event: ev.Event, at: datetime) -> StoredEvent:
+    name = ev.event_name(event)
+    subject = f"ordo.evt.acme.default.n.{task_id}.{name}"
+    return StoredEvent(seq, subject, "acme", "default", task_id, name, event, at)  # type: ignore[arg-type]
+
+
 async def _row_state(conn: asyncpg.Connection, task_id: str) -> TaskState:
     rec = await conn.fetchrow(tasks._SELECT_STATE + " WHERE tenant='acme' AND id=$1", task_id)
     assert rec is not None
@@ -92,21 +98,10 @@ async def test_every_state_the_projector_folds_comes_back_from_the_row(database_
             folded = initial(task_id)
             for i, event in enumerate(life):
                 seq += 1
-                name = ev.event_name(event)
-                stored = StoredEvent(
-                    seq=seq,
-                    subject=f"ordo.evt.acme.default.n.{task_id}.{name}",
-                    tenant="acme",
-                    queue="default",
-                    task_id=task_id,
-                    name=name,
-                    event=event,  # type: ignore[arg-type]
-                    stored_at=_at(i),
-                )
-                async with conn.transaction():
-                    await tasks.apply(conn, [stored])  # no memory: the row is read back first
+                async with conn.transaction():  # no memory: the row is read back first
+                    await tasks.apply(conn, [_stored(seq, task_id, event, _at(i))])
                 folded = evolve(folded, event)
-                assert await _row_state(conn, task_id) == folded, (task_id, name)
+                assert await _row_state(conn, task_id) == folded, (task_id, ev.event_name(event))
     finally:
         await conn.close()
 
@@ -116,18 +111,8 @@ async def test_a_row_written_with_the_whole_state_is_read_as_written(database_ur
     try:
         await migrate(conn)
         submitted = LIVES["rich"][0]
-        stored = StoredEvent(
-            seq=1,
-            subject="ordo.evt.acme.reports.n.old.submitted",
-            tenant="acme",
-            queue="reports",
-            task_id="old",
-            name="submitted",
-            event=submitted,  # type: ignore[arg-type]
-            stored_at=T0,
-        )
         async with conn.transaction():
-            await tasks.apply(conn, [stored])
+            await tasks.apply(conn, [_stored(1, "old", submitted, T0)])
         whole = evolve(initial("old"), submitted)
         await conn.execute("UPDATE tasks SET state=$1 WHERE id='old'", msgspec.json.encode(whole))
         assert await _row_state(conn, "old") == whole
