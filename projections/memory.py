@@ -8,7 +8,7 @@ It must never disagree with the tables, so it only ever holds what was committed
   - a batch `put`s into a staged layer; `commit()` (after the transaction committed) promotes it,
     `rollback()` (after any failure) drops it;
   - `get` hands out the committed state itself, not a copy (copying every state a batch touched was
-    about a tenth of the projector's CPU under W1): a fold may mutate it, so `rollback()` also
+    about 8 % of the projector's CPU under W1): a fold may mutate it, so `rollback()` also
     forgets every committed state handed out since the last commit (read from the table next time);
   - the runner `clear()`s everything when it is (re)elected and when a checkpoint is not where its
     own last commit left it or its epoch moved (another writer, a rebuild's swap).

@@ -84,7 +84,7 @@ def _stored(seq: int, task_id: str, event: ev.Event, at: datetime) -> StoredEven
 
 
 async def _row_state(conn: asyncpg.Connection, task_id: str) -> TaskState:
-    rec = await conn.fetchrow(tasks._SELECT_STATE + " WHERE tenant='acme' AND id=$1", task_id)
+    rec = await conn.fetchrow(tasks.SELECT_STATE + " WHERE tenant='acme' AND id=$1", task_id)
     assert rec is not None
     return tasks.state_of(rec)
 
