@@ -11,7 +11,7 @@ submitting client), sampled from /proc. `--profile DIR` runs py-spy on the worke
 and the submitter for the whole run and writes collapsed stacks plus a text summary to DIR.
 
     .venv/bin/python -m bench.w1_throughput [--n 20000] [--workers 1] [--concurrency N] [--sync-always]
-        [--preload 1000000] [--rounds K]
+        [--preload 1000000] [--rounds K] [--rate R]
 """
 
 from __future__ import annotations
@@ -117,6 +117,10 @@ async def _last_stored(dsn: str, tenant: str) -> float:
         await conn.close()
 
 
+# With `--rate`, the tasks are submitted in this many chunks a second.
+_PACED_CHUNKS_PER_S = 100
+
+
 def noop_submissions(tenant: str, n: int) -> list[SubmitTask]:
     """n submits of the demo worker's no-op `demo.echo` on the default queue."""
     now = datetime.now(UTC)
@@ -133,7 +137,9 @@ def noop_submissions(tenant: str, n: int) -> list[SubmitTask]:
     ]
 
 
-async def run(nats_url: str, dsn: str, n: int, chunk: int, timeout: float) -> dict[str, Any]:
+async def run(
+    nats_url: str, dsn: str, n: int, chunk: int, timeout: float, rate: float | None = None
+) -> dict[str, Any]:
     tenant = "w1" + uuid.uuid4().hex[:6]
     settings = Settings(nats_url=nats_url, database_url=dsn, tenant=tenant)
     clock = CommitClock()
@@ -143,7 +149,11 @@ async def run(nats_url: str, dsn: str, n: int, chunk: int, timeout: float) -> di
     handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
     commands = noop_submissions(tenant, n)
     t0, t0_wall = time.perf_counter(), time.time()
+    if rate is not None:
+        chunk = max(1, int(rate) // _PACED_CHUNKS_PER_S)  # an even stream, not a burst
     for start in range(0, n, chunk):
+        if rate is not None and (ahead := t0 + start / rate - time.perf_counter()) > 0:
+            await asyncio.sleep(ahead)  # pacing: the next chunk's time has not come yet
         await handler.submit_many(tenant, commands[start : start + chunk])
     t_submitted = time.perf_counter()
     t_done, succeeded = await _wait_projected(dsn, tenant, n, timeout)
@@ -234,6 +244,13 @@ def main() -> None:
     )
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="submit at this many tasks/s (in 100 chunks a second) instead of as fast as possible:"
+        " the projection lag of a steady load below the system's capacity",
+    )
+    parser.add_argument(
         "--preload", type=int, default=0, help="tasks of another tenant already in the log (read side done)"
     )
     parser.add_argument("--sync-always", action="store_true", help="nats-server sync_interval: always")
@@ -280,7 +297,9 @@ def main() -> None:
                 written = sum(writes(pid) for pid in workers)
                 if args.pg_statements:
                     event_loop.run(pg_statements.reset(srv.postgres.url))
-                result = event_loop.run(run(srv.nats.url, srv.postgres.url, args.n, args.chunk, args.timeout))
+                result = event_loop.run(
+                    run(srv.nats.url, srv.postgres.url, args.n, args.chunk, args.timeout, args.rate)
+                )
                 if args.pg_statements:
                     result["pg_statements"] = event_loop.run(pg_statements.top(srv.postgres.url))
                 written = sum(writes(pid) for pid in workers) - written
@@ -304,6 +323,7 @@ def main() -> None:
                 "workers": args.workers,
                 "concurrency": args.concurrency or Settings().worker_concurrency,
                 "sync_always": args.sync_always,
+                "rate": args.rate,
                 "preload": preloaded,
                 "round": number,
                 "rounds": args.rounds,
