@@ -94,7 +94,7 @@ async def submit(svc: Services, who: Principal, body: bytes) -> tuple[int, dict[
 
 async def submit_batch(svc: Services, who: Principal, body: bytes) -> dict[str, Any]:
     """Validate every item first (422 listing each bad one by index, nothing appended), then append
-    in atomic chunks. Items with the same idempotency key and body are one task."""
+    in chunks (CommandHandler.submit_many). Items with the same idempotency key and body are one task."""
     try:
         raw_items = decode_batch_items(body)
     except InvalidBody as exc:

@@ -27,6 +27,7 @@ from ordo.infra.event_store import (
     AppendItem,
     ConcurrencyError,
     EventStore,
+    EventStoreError,
     Metadata,
     Runnable,
     StoredEvent,
@@ -151,11 +152,14 @@ class CommandHandler:
     async def submit_many(
         self, tenant: str, commands: Sequence[SubmitTask], meta: Metadata | None = None
     ) -> list[Outcome]:
-        """Submit new tasks in atomic chunks of at most MAX_ATOMIC_BATCH messages.
+        """Submit new tasks in chunks of at most MAX_ATOMIC_BATCH messages.
 
-        Every task still appends with expected sequence 0. A chunk that conflicts (an idempotency
-        key already used, or our own earlier write whose reply was lost) stored nothing, so it is
-        replayed task by task through `execute`, which decides each against its real history.
+        Every task appends with expected sequence 0. A chunk of one-event tasks (a submit that is
+        not delayed) goes out as pipelined single messages, each task stored or not by itself; a
+        chunk holding a task of several events (a delayed submit) is one atomic batch. What
+        conflicts (an idempotency key already used, or our own earlier write whose reply was lost)
+        is replayed task by task through `execute`, which decides each against its real history
+        (a conflicting atomic chunk stored nothing: all of it is replayed).
         The caller validated every command (decide raises nothing for a new task).
         """
         outcomes: list[Outcome] = []
@@ -187,11 +191,38 @@ class CommandHandler:
         for _, new, _, _ in chunk:
             if new.status in (TaskStatus.SCHEDULED, TaskStatus.RETRYING) and new.due_at is not None:
                 await self.timers.arm(tenant, new.task_id, new.due_at)
+        if all(len(events) == 1 for _, _, events, _ in chunk):
+            return await self._flush_singles(tenant, chunk, meta)
         try:
             seqs = await self.store.append_many(tenant, [item for *_, item in chunk])
         except ConcurrencyError:
             return [await self.execute(tenant, command, meta) for command, *_ in chunk]
         return [Outcome(new, events, s, s[-1]) for (_, new, events, _), s in zip(chunk, seqs, strict=True)]
+
+    async def _flush_singles(
+        self,
+        tenant: str,
+        chunk: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]],
+        meta: Metadata | None,
+    ) -> list[Outcome]:
+        """A chunk of one-event submits: each task its own message, all pipelined (decision 45).
+        A task that conflicts (its id already used, or our own write whose reply was lost) is decided
+        again through `execute`; any other failure is raised once every append has answered (what
+        was stored stays stored: a retried request finds those tasks and reports them)."""
+        results = await self.store.append_singles(tenant, [item for *_, item in chunk])
+        failed = next(
+            (r for r in results if isinstance(r, EventStoreError) and not isinstance(r, ConcurrencyError)),
+            None,
+        )
+        if failed is not None:
+            raise failed
+        outcomes = []
+        for (command, new, events, _), result in zip(chunk, results, strict=True):
+            if isinstance(result, EventStoreError):
+                outcomes.append(await self.execute(tenant, command, meta))
+            else:
+                outcomes.append(Outcome(new, events, result, result[-1]))
+        return outcomes
 
     async def _apply(
         self,

@@ -93,7 +93,7 @@ class Metadata:
 
 @dataclass(frozen=True)
 class AppendItem:
-    """One task's part of a multi-task atomic append."""
+    """One task's part of a multi-task append (`append_many`, `append_singles`)."""
 
     queue: str
     task_id: str
@@ -218,6 +218,39 @@ class EventStore:
             raise EventStoreError(f"{len(msgs)} messages exceed one atomic batch")
         seqs = await self._publish_all(msgs, always_batch=True)
         return [[seqs[i] for i in slot] for slot in slots]
+
+    async def append_singles(self, tenant: str, items: list[AppendItem]) -> list[list[int] | EventStoreError]:
+        """Append several tasks' events, each task on its own, every item ONE message: all are
+        published at once (pipelined on the connection, the PubAcks gathered), none waits for
+        another, and each is stored or not by itself (its own expected-sequence check).
+
+        Returns each item's sequence (a one-element list), or the error that item met
+        (ConcurrencyError: the task moved past its expected sequence). Cheaper than `append_many`
+        for what needs no atomicity across tasks: nats-server stages an atomic batch in a store of its
+        own, about 3 ms of its CPU per batch whatever its size (decision 45).
+        """
+
+        async def one(item: AppendItem) -> list[int]:
+            msgs = _event_messages(
+                tenant,
+                item.queue,
+                item.task_id,
+                item.events,
+                item.expected_seq,
+                item.runnable,
+                functools.partial(self._headers, item.meta),
+            )
+            if len(msgs) != 1:
+                raise ValueError(f"append_singles takes one-message items, {item.task_id} has {len(msgs)}")
+            return await self._publish_all(msgs)
+
+        results = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
+        out: list[list[int] | EventStoreError] = []
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, EventStoreError):
+                raise result
+            out.append(result)
+        return out
 
     async def _publish_all(
         self, msgs: list[tuple[str, bytes, dict[str, str]]], always_batch: bool = False

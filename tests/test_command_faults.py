@@ -1,8 +1,9 @@
-"""Command paths under faults (audit F6): a submit whose JetStream reply was lost.
+"""Command paths under faults (audit F6): a submit whose JetStream reply was lost, a batch submit
+that fails for one of its tasks.
 
 The event store under test is the real one on a real nats-server; only the reply is lost: the
-atomic batch is committed, then the commit's reply is dropped as if it had timed out, so the store
-retries with the same Nats-Msg-Ids exactly as it would after a real lost reply.
+message (or atomic batch) is stored, then its reply is dropped as if it had timed out, so the store
+retries with the same messages exactly as it would after a real lost reply.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ordo.domain.commands import SubmitTask
 from ordo.domain.events import Scheduled, Submitted
 from ordo.domain.status import TaskStatus
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.event_store import EventStore
+from ordo.infra.event_store import EventStore, EventStoreUnavailable
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 
@@ -110,3 +111,67 @@ async def test_another_task_with_the_same_id_is_still_a_conflict(nc: NATS, setti
     except TaskAlreadyExists:
         return
     raise AssertionError("a different task under an existing id must be refused")
+
+
+class _FailsFor(EventStore):
+    """Refuses (as an outage would) the one-message appends of the tasks named, storing nothing."""
+
+    def __init__(self, nc: NATS, task_ids: set[str]) -> None:
+        super().__init__(nc)
+        self.task_ids = task_ids
+
+    async def _publish_one(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
+        if any(subject.endswith(f".{task_id}.submitted") for task_id in self.task_ids):
+            raise EventStoreUnavailable("injected: no reply from JetStream")
+        return await super()._publish_one(subject, data, headers)
+
+
+async def test_a_batch_with_a_task_already_stored_stores_the_others_once(
+    nc: NATS, settings: Settings
+) -> None:
+    """Each task of a batch of plain submits is its own message: one that exists conflicts alone."""
+    tenant = settings.tenant
+    store = EventStore(nc)
+    handler = CommandHandler(store, Timers(nc, settings.timer_lead_s))
+    commands = [_submit(tenant) for _ in range(5)]
+    await handler.execute(tenant, commands[2])
+    outcomes = await handler.submit_many(tenant, commands)
+    assert [o.state.status for o in outcomes] == [TaskStatus.QUEUED] * 5
+    assert all(o.events and o.last_seq >= o.seqs[-1] for o in outcomes)
+    for command in commands:
+        assert await _submitted(store, tenant, command.task_id) == ["submitted"], "stored once"
+
+
+async def test_a_batch_that_fails_for_one_task_keeps_the_others_and_a_retry_reports_all(
+    nc: NATS, settings: Settings
+) -> None:
+    tenant = settings.tenant
+    commands = [_submit(tenant) for _ in range(6)]
+    failing = _FailsFor(nc, {commands[4].task_id})
+    try:
+        await CommandHandler(failing, Timers(nc, settings.timer_lead_s)).submit_many(tenant, commands)
+    except EventStoreUnavailable:
+        pass
+    else:
+        raise AssertionError("the failed append must reach the caller (a 503, not a silent loss)")
+    stored = [await _submitted(failing, tenant, c.task_id) for c in commands]
+    assert stored == [["submitted"]] * 4 + [[]] + [["submitted"]], "the others are stored, each by itself"
+    retry = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
+    outcomes = await retry.submit_many(tenant, commands)  # the client sends the same request again
+    assert [bool(o.events) for o in outcomes] == [True] * 6, "every task reported, as created"
+    for command in commands:
+        assert await _submitted(failing, tenant, command.task_id) == ["submitted"], "none twice"
+
+
+async def test_a_batch_with_a_delayed_task_is_one_atomic_batch(nc: NATS, settings: Settings) -> None:
+    """A delayed submit is two events that land together: its chunk stays one atomic batch."""
+    tenant = settings.tenant
+    commands = [
+        _submit(tenant),
+        _submit(tenant, run_at=datetime.now(UTC) + timedelta(hours=1)),
+        _submit(tenant),
+    ]
+    failing = _FailsFor(nc, {commands[0].task_id})  # single publishes fail: a batch does not use them
+    outcomes = await CommandHandler(failing, Timers(nc, settings.timer_lead_s)).submit_many(tenant, commands)
+    assert [o.state.status for o in outcomes] == [TaskStatus.QUEUED, TaskStatus.SCHEDULED, TaskStatus.QUEUED]
+    assert await _submitted(failing, tenant, commands[1].task_id) == ["submitted", "scheduled"]

@@ -32,7 +32,7 @@ from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 
 TASKS = 300
-CHUNK = 10  # one atomic batch (and one fsync'ed write) per 10 submits
+CHUNK = 10  # ten pipelined submits per round trip
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path("/dev/loop-control").exists() or shutil.which("losetup") is None,
