@@ -11,8 +11,12 @@ from ordo.domain import events as ev
 from ordo.domain.status import WAITING, TaskStatus
 
 
-class TaskState(msgspec.Struct, frozen=True, kw_only=True):
-    """The decider's view of one task. `exists` is False before `submitted`."""
+class TaskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The decider's view of one task. `exists` is False before `submitted`.
+
+    Not tracked by Python's cycle collector (`gc=False`): its fields are immutable values that cannot
+    lead back to it, and the projector keeps tens of thousands of them in memory, which every
+    collection would otherwise walk."""
 
     task_id: str
     exists: bool = False

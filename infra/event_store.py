@@ -60,8 +60,9 @@ class Runnable:
     snapshot: bytes | None = None
 
 
-class StoredEvent(msgspec.Struct, frozen=True):
-    """An event as the log holds it (a msgspec struct: the projector builds one per event read)."""
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
+    """An event as the log holds it (a msgspec struct: the projector builds one per event read).
+    Not tracked by the cycle collector (`gc=False`): nothing it holds refers back to it."""
 
     seq: int
     subject: str
