@@ -65,7 +65,8 @@ async def submit_batch(request: Request, svc: Svc, who: Submitter) -> dict[str, 
     """Submit up to `max_batch` tasks. Every item is validated first: one bad item answers 422
     listing the bad items by index and nothing is submitted. Each task is then stored by itself (a
     delayed task with the others of its chunk of 1,000), so a request answered with an error may
-    have stored some of its tasks: give items an `idempotency_key` to make sending it again safe."""
+    have stored some of its tasks: give items an `idempotency_key` to make sending it again safe, or
+    send `"atomic": true` to store every task or none (at most 1,000 events, a delayed task is two)."""
     body = await read_limited(request, svc.settings.max_body_bytes)
     return await task_service.submit_batch(svc, who, body)
 

@@ -115,6 +115,7 @@ class UpdateTaskRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True)
 
 class _BatchEnvelope(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     tasks: list[msgspec.Raw]
+    atomic: bool = False
 
 
 _update_decoder = msgspec.json.Decoder(UpdateTaskRequest)
@@ -130,10 +131,11 @@ def decode_update(body: bytes) -> UpdateTaskRequest:
     return req
 
 
-def decode_batch_items(body: bytes) -> list[msgspec.Raw]:
-    """The raw items of `{"tasks": [...]}`; each is decoded on its own to report errors by index."""
+def decode_batch_items(body: bytes) -> tuple[list[msgspec.Raw], bool]:
+    """The raw items of `{"tasks": [...], "atomic": false}` (each is decoded on its own to report
+    errors by index) and whether the batch is to be stored all or nothing."""
     envelope: _BatchEnvelope = _decode(_batch_decoder, body)
-    return envelope.tasks
+    return envelope.tasks, envelope.atomic
 
 
 def batch_schema(max_items: int) -> dict[str, Any]:
@@ -143,7 +145,15 @@ def batch_schema(max_items: int) -> dict[str, Any]:
             "type": "object",
             "required": ["tasks"],
             "additionalProperties": False,
-            "properties": {"tasks": {"type": "array", "minItems": 1, "maxItems": max_items, "items": item}},
+            "properties": {
+                "tasks": {"type": "array", "minItems": 1, "maxItems": max_items, "items": item},
+                "atomic": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Store every task or none (at most 1,000 events: a delayed task is"
+                    " two). Without it each task is stored by itself.",
+                },
+            },
         }
     }
 

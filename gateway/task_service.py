@@ -35,7 +35,7 @@ from ordo.gateway.schemas import (
 )
 from ordo.gateway.services import Services
 from ordo.infra import telemetry
-from ordo.infra.command_handler import Outcome
+from ordo.infra.command_handler import AtomicBatchTooLarge, Outcome
 from ordo.infra.ids import new_task_id, task_id_for_key
 from ordo.projections import poison, tasks
 
@@ -96,7 +96,7 @@ async def submit_batch(svc: Services, who: Principal, body: bytes) -> dict[str, 
     """Validate every item first (422 listing each bad one by index, nothing appended), then append
     in chunks (CommandHandler.submit_many). Items with the same idempotency key and body are one task."""
     try:
-        raw_items = decode_batch_items(body)
+        raw_items, atomic = decode_batch_items(body)
     except InvalidBody as exc:
         raise Problem(422, "invalid-request", str(exc)) from exc
     limit = svc.settings.max_batch
@@ -139,7 +139,10 @@ async def submit_batch(svc: Services, who: Principal, body: bytes) -> dict[str, 
     for command in commands:
         unique.setdefault(command.task_id, command)
     await _check_keys(svc, who.tenant, commands)
-    outcomes = await svc.handler.submit_many(who.tenant, list(unique.values()))
+    try:
+        outcomes = await svc.handler.submit_many(who.tenant, list(unique.values()), atomic=atomic)
+    except AtomicBatchTooLarge as exc:
+        raise Problem(422, "atomic-batch-too-large", str(exc)) from exc
     result = {c.task_id: o for c, o in zip(unique.values(), outcomes, strict=True)}
     items = [
         {**accepted(result[c.task_id], c.task_id), "created": bool(result[c.task_id].events)}

@@ -35,6 +35,17 @@ from ordo.infra.event_store import (
 from ordo.infra.timers import Timers
 
 
+class AtomicBatchTooLarge(ValueError):
+    """An atomic submit of more messages than one atomic batch holds (nothing was appended)."""
+
+    def __init__(self, messages: int) -> None:
+        super().__init__(
+            f"an atomic batch holds at most {MAX_ATOMIC_BATCH} events, these tasks are {messages}"
+            " (a delayed task is two)"
+        )
+        self.messages = messages
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A command decided ahead on a known state, its messages encoded: at its time, one publish."""
@@ -150,9 +161,17 @@ class CommandHandler:
         return Prepared(command, d.state, d.events, msgs)
 
     async def submit_many(
-        self, tenant: str, commands: Sequence[SubmitTask], meta: Metadata | None = None
+        self,
+        tenant: str,
+        commands: Sequence[SubmitTask],
+        meta: Metadata | None = None,
+        *,
+        atomic: bool = False,
     ) -> list[Outcome]:
         """Submit new tasks in chunks of at most MAX_ATOMIC_BATCH messages.
+
+        `atomic`: all of them in one atomic batch, stored together or not at all (AtomicBatchTooLarge,
+        before anything is appended, when they are more than MAX_ATOMIC_BATCH messages).
 
         Every task appends with expected sequence 0. A chunk of one-event tasks (a submit that is
         not delayed) goes out as pipelined single messages, each task stored or not by itself; a
@@ -165,6 +184,10 @@ class CommandHandler:
         outcomes: list[Outcome] = []
         chunk: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]] = []
         size = 0
+        if atomic:
+            messages = sum(len(decide(command, initial(command.task_id))) for command in commands)
+            if messages > MAX_ATOMIC_BATCH:
+                raise AtomicBatchTooLarge(messages)
         for command in commands:
             state = initial(command.task_id)
             events = decide(command, state)
@@ -174,12 +197,12 @@ class CommandHandler:
             item = AppendItem(new.queue, new.task_id, events, 0, _runnable(state, new, events), meta)
             count = len(events)
             if chunk and size + count > MAX_ATOMIC_BATCH:
-                outcomes += await self._flush(tenant, chunk, meta)
+                outcomes += await self._flush(tenant, chunk, meta, atomic)
                 chunk, size = [], 0
             chunk.append((command, new, events, item))
             size += count
         if chunk:
-            outcomes += await self._flush(tenant, chunk, meta)
+            outcomes += await self._flush(tenant, chunk, meta, atomic)
         return outcomes
 
     async def _flush(
@@ -187,17 +210,34 @@ class CommandHandler:
         tenant: str,
         chunk: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]],
         meta: Metadata | None,
+        atomic: bool,
     ) -> list[Outcome]:
         for _, new, _, _ in chunk:
             if new.status in (TaskStatus.SCHEDULED, TaskStatus.RETRYING) and new.due_at is not None:
                 await self.timers.arm(tenant, new.task_id, new.due_at)
-        if all(len(events) == 1 for _, _, events, _ in chunk):
+        if not atomic and all(len(events) == 1 for _, _, events, _ in chunk):
             return await self._flush_singles(tenant, chunk, meta)
         try:
             seqs = await self.store.append_many(tenant, [item for *_, item in chunk])
         except ConcurrencyError:
+            if atomic:
+                return await self._atomic_again(tenant, [command for command, *_ in chunk], meta)
             return [await self.execute(tenant, command, meta) for command, *_ in chunk]
         return [Outcome(new, events, s, s[-1]) for (_, new, events, _), s in zip(chunk, seqs, strict=True)]
+
+    async def _atomic_again(
+        self, tenant: str, commands: list[SubmitTask], meta: Metadata | None
+    ) -> list[Outcome]:
+        """An atomic batch that conflicted stored nothing. The tasks that exist now are answered first
+        through `execute` (a repeated key or our own write whose reply was lost appends nothing; a
+        clash raises before anything is stored), then the others go out again as one atomic batch."""
+        exists = {c.task_id for c in commands if (await self.load(tenant, c.task_id))[0].exists}
+        answered = {c.task_id: await self.execute(tenant, c, meta) for c in commands if c.task_id in exists}
+        fresh = [c for c in commands if c.task_id not in exists]
+        if fresh:
+            outcomes = await self.submit_many(tenant, fresh, meta, atomic=True)
+            answered.update((c.task_id, o) for c, o in zip(fresh, outcomes, strict=True))
+        return [answered[c.task_id] for c in commands]
 
     async def _flush_singles(
         self,

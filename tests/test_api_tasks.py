@@ -55,6 +55,22 @@ async def test_batch_of_2500_lands_in_chunks_and_every_task_is_readable(gateway_
     assert seen == {i["id"] for n, i in enumerate(body["items"]) if n % 3 == 1}
 
 
+async def test_an_atomic_batch_is_all_or_nothing_within_one_atomic_batch(gateway_only: System) -> None:
+    http = gateway_only.http
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    before = await _last_seq(gateway_only)
+    delayed = [{"type": "demo.echo", "run_at": later, "payload": i} for i in range(500)]  # two events each
+    r = await http.post("/v1/tasks:batch", json={"tasks": [*delayed, {"type": "demo.echo"}], "atomic": True})
+    assert r.status_code == 422, r.text
+    assert r.json()["type"].endswith("atomic-batch-too-large") and "1001" in r.json()["detail"]
+    assert (await http.post("/v1/tasks:batch", json={"tasks": delayed, "atomic": "yes"})).status_code == 422
+    assert await _last_seq(gateway_only) == before, "nothing appended"
+    r = await http.post("/v1/tasks:batch", json={"tasks": delayed, "atomic": True})
+    assert r.status_code == 202, r.text
+    assert all(i["created"] and i["status"] == "scheduled" for i in r.json()["items"])
+    assert await _last_seq(gateway_only) == before + 1000 == r.json()["seq"]
+
+
 async def test_an_invalid_item_rejects_the_whole_batch_listing_each_bad_index(gateway_only: System) -> None:
     before = await _last_seq(gateway_only)
     tasks: list[Any] = [{"type": "demo.echo"} for _ in range(10)]

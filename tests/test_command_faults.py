@@ -175,3 +175,61 @@ async def test_a_batch_with_a_delayed_task_is_one_atomic_batch(nc: NATS, setting
     outcomes = await CommandHandler(failing, Timers(nc, settings.timer_lead_s)).submit_many(tenant, commands)
     assert [o.state.status for o in outcomes] == [TaskStatus.QUEUED, TaskStatus.SCHEDULED, TaskStatus.QUEUED]
     assert await _submitted(failing, tenant, commands[1].task_id) == ["submitted", "scheduled"]
+
+
+async def test_an_atomic_batch_meeting_a_stored_task_stores_the_others_together(
+    nc: NATS, settings: Settings
+) -> None:
+    """`atomic`: the server refuses the whole batch when one task exists; the task that exists is
+    answered as it is (our own, e.g. a resend after a lost answer) and the others go out again as
+    one atomic batch: consecutive sequences, each stored once."""
+    tenant = settings.tenant
+    store = EventStore(nc)
+    handler = CommandHandler(store, Timers(nc, settings.timer_lead_s))
+    commands = [_submit(tenant) for _ in range(4)]
+    await handler.execute(tenant, commands[1])
+    outcomes = await handler.submit_many(tenant, commands, atomic=True)
+    assert all(o.events for o in outcomes) and [o.state.status for o in outcomes] == [TaskStatus.QUEUED] * 4
+    fresh = sorted(o.seqs[0] for i, o in enumerate(outcomes) if i != 1)
+    assert fresh == list(range(fresh[0], fresh[0] + 3)), "the three others in one batch"
+    for command in commands:
+        assert await _submitted(store, tenant, command.task_id) == ["submitted"], "stored once"
+
+
+async def test_an_atomic_batch_that_clashes_with_another_task_stores_nothing(
+    nc: NATS, settings: Settings
+) -> None:
+    from ordo.domain.errors import TaskAlreadyExists
+
+    tenant = settings.tenant
+    store = EventStore(nc)
+    handler = CommandHandler(store, Timers(nc, settings.timer_lead_s))
+    commands = [_submit(tenant) for _ in range(3)]
+    await handler.execute(tenant, _submit(tenant, task_id=commands[2].task_id, task_type="demo.other"))
+    try:
+        await handler.submit_many(tenant, commands, atomic=True)
+    except TaskAlreadyExists:
+        pass
+    else:
+        raise AssertionError("another task under one of the ids must refuse the atomic batch")
+    assert [await _submitted(store, tenant, c.task_id) for c in commands[:2]] == [[], []], "none stored"
+
+
+async def test_an_atomic_batch_beyond_one_atomic_batch_is_refused_before_any_append(
+    nc: NATS, settings: Settings
+) -> None:
+    from ordo.infra.command_handler import AtomicBatchTooLarge
+    from ordo.infra.event_store import MAX_ATOMIC_BATCH
+
+    tenant = settings.tenant
+    store = EventStore(nc)
+    handler = CommandHandler(store, Timers(nc, settings.timer_lead_s))
+    later = datetime.now(UTC) + timedelta(hours=1)
+    commands = [_submit(tenant, run_at=later) for _ in range(MAX_ATOMIC_BATCH // 2)] + [_submit(tenant)]
+    try:
+        await handler.submit_many(tenant, commands, atomic=True)
+    except AtomicBatchTooLarge as exc:
+        assert exc.messages == MAX_ATOMIC_BATCH + 1
+    else:
+        raise AssertionError("1,001 events cannot be one atomic batch")
+    assert await _submitted(store, tenant, commands[0].task_id) == []
