@@ -91,16 +91,21 @@ class AsyncClient:
         self._written = max(self._written, sub.seq)
         return sub
 
-    async def submit_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[Submitted]:
+    async def submit_many(
+        self, tasks: Iterable[Mapping[str, Any]], *, atomic: bool = False
+    ) -> list[Submitted]:
         """Submit many tasks in one request: each item is a dict with `type`, `payload` and options.
-        All are validated first; an invalid item rejects the whole request (InvalidRequest)."""
+        All are validated first; an invalid item rejects the whole request (InvalidRequest). Each
+        task is then stored by itself; `atomic=True` stores all of them or none (at most 1,000
+        events, a delayed task being two)."""
         items = [
             _task_body(
                 t["type"], t.get("payload"), {k: v for k, v in t.items() if k not in ("type", "payload")}
             )
             for t in tasks
         ]
-        response = await self._request("POST", "/v1/tasks:batch", json={"tasks": items})
+        body: dict[str, Any] = {"tasks": items, "atomic": True} if atomic else {"tasks": items}
+        response = await self._request("POST", "/v1/tasks:batch", json=body)
         doc = msgspec.json.decode(response.content)
         self._written = max(self._written, int(doc.get("seq", 0)))
         return [
@@ -270,9 +275,9 @@ class Client:
         """See AsyncClient.submit."""
         return self._call(self._async.submit(type, payload, **options))
 
-    def submit_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[Submitted]:
+    def submit_many(self, tasks: Iterable[Mapping[str, Any]], *, atomic: bool = False) -> list[Submitted]:
         """See AsyncClient.submit_many."""
-        return self._call(self._async.submit_many(list(tasks)))
+        return self._call(self._async.submit_many(list(tasks), atomic=atomic))
 
     def cancel(self, task_id: str) -> Submitted:
         return self._call(self._async.cancel(task_id))

@@ -91,6 +91,12 @@ async def test_async_client_submits_waits_and_reads(system: System) -> None:
         assert len({s.id for s in many}) == 5
         results = [await client.wait(s.id, timeout=30) for s in many]
         assert [t.result for t in results] == list(range(5))
+        together = await client.submit_many(
+            [{"type": "demo.echo", "payload": i} for i in range(3)], atomic=True
+        )
+        assert [(await client.wait(s.id, timeout=30)).result for s in together] == [0, 1, 2]
+        with pytest.raises(InvalidRequest):  # more than one atomic batch holds
+            await client.submit_many([{"type": "demo.echo"}] * 1001, atomic=True)
 
 
 async def test_async_client_errors_are_typed(system: System) -> None:
