@@ -203,15 +203,7 @@ class EventStore:
         slots: list[list[int]] = []
         for item in items:
             start = len(msgs)
-            msgs += _event_messages(
-                tenant,
-                item.queue,
-                item.task_id,
-                item.events,
-                item.expected_seq,
-                item.runnable,
-                functools.partial(self._headers, item.meta),
-            )
+            msgs += self._item_messages(tenant, item)
             slots.append(list(range(start, len(msgs))))
         if not msgs:
             return [[] for _ in items]
@@ -232,15 +224,7 @@ class EventStore:
         """
 
         async def one(item: AppendItem) -> list[int]:
-            msgs = _event_messages(
-                tenant,
-                item.queue,
-                item.task_id,
-                item.events,
-                item.expected_seq,
-                item.runnable,
-                functools.partial(self._headers, item.meta),
-            )
+            msgs = self._item_messages(tenant, item)
             if len(msgs) != 1:
                 raise ValueError(f"append_singles takes one-message items, {item.task_id} has {len(msgs)}")
             return await self._publish_all(msgs)
@@ -252,6 +236,17 @@ class EventStore:
                 raise result
             out.append(result)
         return out
+
+    def _item_messages(self, tenant: str, item: AppendItem) -> list[tuple[str, bytes, dict[str, str]]]:
+        return _event_messages(
+            tenant,
+            item.queue,
+            item.task_id,
+            item.events,
+            item.expected_seq,
+            item.runnable,
+            functools.partial(self._headers, item.meta),
+        )
 
     async def _publish_all(
         self, msgs: list[tuple[str, bytes, dict[str, str]]], always_batch: bool = False
