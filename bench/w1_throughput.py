@@ -50,12 +50,10 @@ from bench.nats_1m import publish_tasks
 from ordo import event_loop
 from ordo.domain.commands import SubmitTask
 from ordo.infra import subjects as sj
-from ordo.infra.command_handler import CommandHandler
-from ordo.infra.event_store import EventStore
+from ordo.infra import wiring
 from ordo.infra.ids import new_task_id
 from ordo.infra.nats_conn import connect, provision
 from ordo.infra.settings import Settings
-from ordo.infra.timers import Timers
 from ordo.projections.registry import PROJECTIONS
 from ordo.projections.runner import ensure_checkpoints
 from ordo.projections.schema import migrate
@@ -138,15 +136,21 @@ def noop_submissions(tenant: str, n: int) -> list[SubmitTask]:
 
 
 async def run(
-    nats_url: str, dsn: str, n: int, chunk: int, timeout: float, rate: float | None = None
+    nats_url: str,
+    dsn: str,
+    n: int,
+    chunk: int,
+    timeout: float,
+    rate: float | None = None,
+    sync_always: bool = False,
 ) -> dict[str, Any]:
     tenant = "w1" + uuid.uuid4().hex[:6]
-    settings = Settings(nats_url=nats_url, database_url=dsn, tenant=tenant)
+    settings = Settings(nats_url=nats_url, database_url=dsn, tenant=tenant, sync_always=sync_always)
     clock = CommitClock()
     await clock.start(dsn)
     nc = await connect(settings, "bench-w1")
     await provision(nc, settings)
-    handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
+    handler = wiring.command_handler(nc, settings)  # as the gateway builds it
     commands = noop_submissions(tenant, n)
     t0, t0_wall = time.perf_counter(), time.time()
     if rate is not None:
@@ -298,7 +302,15 @@ def main() -> None:
                 if args.pg_statements:
                     event_loop.run(pg_statements.reset(srv.postgres.url))
                 result = event_loop.run(
-                    run(srv.nats.url, srv.postgres.url, args.n, args.chunk, args.timeout, args.rate)
+                    run(
+                        srv.nats.url,
+                        srv.postgres.url,
+                        args.n,
+                        args.chunk,
+                        args.timeout,
+                        args.rate,
+                        args.sync_always,
+                    )
                 )
                 if args.pg_statements:
                     result["pg_statements"] = event_loop.run(pg_statements.top(srv.postgres.url))

@@ -19,9 +19,10 @@ from ordo.infra.timers import Timers
 
 
 def command_handler(nc: NATS, settings: Settings) -> CommandHandler:
-    """The task command handler: the event store plus the task timers."""
+    """The task command handler: the event store plus the task timers. Where nats-server fsyncs
+    every write (`ORDO_SYNC_ALWAYS`), batch submits go out as atomic batches (decision 45)."""
     timers = Timers(nc, settings.timer_lead_s, fired_ttl_s=settings.timer_fired_ttl_s)
-    return CommandHandler(EventStore(nc), timers)
+    return CommandHandler(EventStore(nc), timers, pipelined_batches=not settings.sync_always)
 
 
 def schedule_handler(nc: NATS, tasks: CommandHandler, settings: Settings | None = None) -> ScheduleHandler:

@@ -212,3 +212,20 @@ async def test_an_atomic_batch_beyond_one_atomic_batch_is_refused_before_any_app
         await handler.submit_many(tenant, commands, atomic=True)
     assert refused.value.messages == MAX_ATOMIC_BATCH + 1
     assert await _submitted(store, tenant, commands[0].task_id) == []
+
+
+async def test_where_every_write_is_fsynced_a_plain_batch_is_one_atomic_batch(
+    nc: NATS, settings: Settings
+) -> None:
+    """With `sync_interval: always` each single message is an fsync of its own: `ORDO_SYNC_ALWAYS`
+    makes the processes send a batch submit as one atomic batch (one fsync) instead."""
+    from ordo.infra import wiring
+
+    assert wiring.command_handler(nc, Settings(sync_always=True)).pipelined_batches is False
+    assert wiring.command_handler(nc, Settings()).pipelined_batches is True
+    tenant = settings.tenant
+    commands = [_submit(tenant) for _ in range(3)]
+    failing = _FailsFor(nc, {c.task_id for c in commands})  # a single publish of any of them fails
+    handler = CommandHandler(failing, Timers(nc, settings.timer_lead_s), pipelined_batches=False)
+    seqs = [o.seqs[0] for o in await handler.submit_many(tenant, commands)]
+    assert seqs == list(range(seqs[0], seqs[0] + 3)), "one batch, in order"
