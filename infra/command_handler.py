@@ -188,13 +188,7 @@ class CommandHandler:
         (a conflicting atomic chunk stored nothing: all of it is replayed).
         The caller validated every command (decide raises nothing for a new task).
         """
-        outcomes: list[Outcome] = []
-        chunk: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]] = []
-        size = 0
-        if atomic:
-            messages = sum(len(decide(command, initial(command.task_id))) for command in commands)
-            if messages > MAX_ATOMIC_BATCH:
-                raise AtomicBatchTooLarge(messages)
+        decided: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]] = []
         for command in commands:
             state = initial(command.task_id)
             events = decide(command, state)
@@ -202,11 +196,18 @@ class CommandHandler:
             for event in events:
                 new = evolve(new, event)
             item = AppendItem(new.queue, new.task_id, events, 0, _runnable(state, new, events), meta)
-            count = len(events)
+            decided.append((command, new, events, item))
+        if atomic and (messages := sum(len(events) for _, _, events, _ in decided)) > MAX_ATOMIC_BATCH:
+            raise AtomicBatchTooLarge(messages)
+        outcomes: list[Outcome] = []
+        chunk: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]] = []
+        size = 0
+        for entry in decided:
+            count = len(entry[2])
             if chunk and size + count > MAX_ATOMIC_BATCH:
                 outcomes += await self._flush(tenant, chunk, meta, atomic)
                 chunk, size = [], 0
-            chunk.append((command, new, events, item))
+            chunk.append(entry)
             size += count
         if chunk:
             outcomes += await self._flush(tenant, chunk, meta, atomic)
