@@ -2,7 +2,7 @@
 
 Kept in PostgreSQL (not in process memory) so every gateway exposes the same numbers, they survive
 restarts, and a rebuild from sequence 1 yields them again. Durations come from stored_at, never the
-wall clock. What is kept per task is in the `rollups` projection's `rollup_tasks` row
+wall clock. What is kept per task is part of the `rollups` projection's marks
 (projections/rollups.py applies this fold with the other rollups').
 """
 
@@ -57,7 +57,7 @@ def _bucket(seconds: float) -> int:
 
 
 class State:
-    """What is kept per task (in `rollup_tasks`, projections/rollups.py): its queue and type, and
+    """What is kept per task (its part of the marks, projections/rollups.py): its queue and type, and
     since when it has been runnable or running."""
 
     __slots__ = ("queue", "type", "runnable_at", "started_at")
@@ -65,22 +65,6 @@ class State:
     def __init__(self, queue: str, task_type: str, runnable_at: datetime | None, started_at: datetime | None):
         self.queue, self.type = queue, task_type
         self.runnable_at, self.started_at = runnable_at, started_at
-
-
-COLUMNS = ("c_queue", "c_type", "c_runnable_at", "c_started_at")
-TYPES = ("text", "text", "timestamptz", "timestamptz")
-
-
-def from_row(rec: asyncpg.Record) -> State | None:
-    if rec["c_queue"] is None:
-        return None
-    return State(rec["c_queue"], rec["c_type"], rec["c_runnable_at"], rec["c_started_at"])
-
-
-def to_row(state: State | None) -> tuple[Any, ...]:
-    if state is None:
-        return (None,) * len(COLUMNS)
-    return state.queue, state.type, state.runnable_at, state.started_at
 
 
 def fold(events: list[StoredEvent], marks: dict[TaskKey, State]) -> Write | None:

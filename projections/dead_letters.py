@@ -2,8 +2,8 @@
 
 A task enters on `dead_lettered` (which follows `failed`) and leaves on `replayed`: the list shows
 what still needs an operator. The row keeps the task's type and its last attempt error, which are kept
-per task in the `rollups` projection's `rollup_tasks` row (projections/rollups.py applies this fold
-with the other rollups').
+per task in the `rollups` projection's marks (projections/rollups.py applies this fold with the
+other rollups').
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ _json = msgspec.json.Encoder()
 
 @dataclass
 class State:
-    """What is kept per task (in `rollup_tasks`, projections/rollups.py)."""
+    """What is kept per task (its part of the marks, projections/rollups.py)."""
 
     queue: str
     type: str
@@ -55,29 +55,6 @@ class State:
     reason: str = ""
     dead_at: datetime | None = None
     dead_seq: int = 0
-
-
-COLUMNS = ("d_queue", "d_type", "d_attempts", "d_error", "d_seq")
-TYPES = ("text", "text", "int", "json", "bigint")
-
-
-def from_row(rec: asyncpg.Record) -> State | None:
-    if rec["d_seq"] is None:
-        return None
-    error = rec["d_error"]
-    return State(
-        queue=rec["d_queue"],
-        type=rec["d_type"],
-        attempts=rec["d_attempts"],
-        error=None if error is None else _json.encode(error).decode(),
-        last_seq=rec["d_seq"],
-    )
-
-
-def to_row(state: State | None) -> tuple[Any, ...]:
-    if state is None:
-        return (None,) * len(COLUMNS)
-    return state.queue, state.type, state.attempts, state.error, state.last_seq
 
 
 def _fold(task: State, stored: StoredEvent) -> None:

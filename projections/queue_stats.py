@@ -4,7 +4,7 @@ Counting rows of `tasks` at read time grows with the table; these counters cost 
 (queue, status) touched by a batch. A task's status comes from the domain's own `evolve`, folded
 over the few fields that decide it (status, paused_from, archived, and the attempt and lease that
 `evolve` checks before it accepts a worker's event), kept per task in the `rollups` projection's
-`rollup_tasks` row (projections/rollups.py applies this fold with the other rollups'). Archived
+marks (projections/rollups.py applies this fold with the other rollups'). Archived
 tasks leave the counts (they are hidden from lists too). Rates are read from `stats_minutely`.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
@@ -34,11 +33,9 @@ CREATE TABLE IF NOT EXISTS queue_depth (
 
 STATUSES = tuple(str(s) for s in TaskStatus)
 
-# What is kept per task (in `rollup_tasks`, projections/rollups.py): its queue, the fields that
+# What is kept per task (its part of the marks, projections/rollups.py): its queue, the fields that
 # decide its status, and the sequence of its last event applied here.
 State = tuple[str, TaskState, int]
-COLUMNS = ("q_queue", "q_status", "q_paused_from", "q_archived", "q_attempt", "q_lease_until", "q_seq")
-TYPES = ("text", "text", "text", "bool", "int", "timestamptz", "bigint")
 
 
 def _counted(state: TaskState) -> str | None:
@@ -57,31 +54,6 @@ def _kept(task_id: str, state: TaskState) -> TaskState:
         attempt=state.attempt,
         lease_until=state.lease_until,
     )
-
-
-def from_row(rec: asyncpg.Record) -> State | None:
-    """The state kept in a `rollup_tasks` row (None when this task has none)."""
-    if rec["q_status"] is None:
-        return None
-    paused = rec["q_paused_from"]
-    state = TaskState(
-        task_id=rec["task_id"],
-        exists=True,
-        status=TaskStatus(rec["q_status"]),
-        paused_from=None if paused is None else TaskStatus(paused),
-        archived=rec["q_archived"],
-        attempt=rec["q_attempt"],
-        lease_until=rec["q_lease_until"],
-    )
-    return rec["q_queue"], state, rec["q_seq"]
-
-
-def to_row(state: State | None) -> tuple[Any, ...]:
-    if state is None:
-        return (None,) * len(COLUMNS)
-    queue, s, seq = state
-    paused = None if s.paused_from is None else str(s.paused_from)
-    return queue, str(s.status), paused, s.archived, s.attempt, s.lease_until, seq
 
 
 def fold(events: list[StoredEvent], states: dict[TaskKey, State]) -> Write | None:

@@ -66,8 +66,9 @@ class RebuildReport:
 
 
 def select(names: Sequence[str] | None) -> tuple[Projection, ...]:
-    """The registered projections called `names` (all when empty); unknown names raise. The names
-    of the four read models that became `rollups` (docs/decisions.md 38) select it."""
+    """The registered projections called `names` (all when empty) and those they need, in the
+    registry's order; unknown names raise. The names of the four read models that became `rollups`
+    (docs/decisions.md 38) select it."""
     if not names:
         return PROJECTIONS
     names = [rollups.NAME if name in rollups.RETIRED else name for name in names]
@@ -75,7 +76,10 @@ def select(names: Sequence[str] | None) -> tuple[Projection, ...]:
     unknown = sorted(set(names) - set(known))
     if unknown:
         raise RebuildError(f"unknown projection(s) {unknown}; known: {sorted(known)}")
-    return tuple(known[n] for n in dict.fromkeys(names))
+    wanted = set(names)
+    for name in names:
+        wanted.update(known[name].needs)
+    return tuple(p for p in PROJECTIONS if p.name in wanted)
 
 
 class Rebuilder:

@@ -3,9 +3,10 @@
 A family is one kind of aggregate in the event log (tasks; later schedules, queues), with its subject
 filter and decoder. A projection applies the records of one family. Add yours here.
 
-Rules every projection keeps (so `ordo rebuild` can replay it alone into a shadow schema):
-its DDL and SQL name tables without a schema (the connection's search_path picks live or shadow),
-its apply reads and writes only its own tables, and nothing in it reads the clock.
+Rules every projection keeps (so `ordo rebuild` can replay it into a shadow schema): its DDL and SQL
+name tables without a schema (the connection's search_path picks live or shadow), its apply writes
+only its own tables and reads only those and the tables of the projections it `needs` (rebuilt with
+it, and listed before it here: a batch is applied in this order), and nothing in it reads the clock.
 """
 
 from __future__ import annotations
@@ -54,13 +55,15 @@ class Projection:
 
     `plan`, when given, does what `apply` does as a `Write` joined into the batch's one statement, and
     takes its per-key states from a `Memory` and leaves them there; `apply` alone reads them from the
-    tables and runs its own statement (the bisection of a failing batch, tests)."""
+    tables and runs its own statement (the bisection of a failing batch, tests). `needs` names the
+    projections whose tables it reads: they hold at least what it applied (see projections/rollups.py)."""
 
     name: str
     ddl: str
     apply: ApplyFn
     family: str = "task"
     plan: PlanFn | None = None
+    needs: tuple[str, ...] = ()
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -73,7 +76,7 @@ PROJECTIONS: tuple[Projection, ...] = (
     Projection(tasks.NAME, tasks.DDL, tasks.apply, plan=tasks.plan),
     Projection(task_events.NAME, task_events.DDL, task_events.apply, plan=task_events.plan),
     Projection(attempts.NAME, attempts.DDL, attempts.apply, plan=attempts.plan),
-    Projection(rollups.NAME, rollups.DDL, rollups.apply, plan=rollups.plan),
+    Projection(rollups.NAME, rollups.DDL, rollups.apply, plan=rollups.plan, needs=rollups.NEEDS),
     Projection(schedules.NAME, schedules.DDL, schedules.apply, family="schedule"),
     Projection(queues_state.NAME, queues_state.DDL, queues_state.apply, family="queue"),
 )

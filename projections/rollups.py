@@ -1,21 +1,27 @@
-"""The `rollups` projection: the read models that count and summarise tasks, with one row per task.
+"""The `rollups` projection: the read models that count and summarise tasks, from marks kept per task.
 
 Four read models fold a task's events into a few fields of their own and write only totals: the
 queue depths (projections/queue_stats.py), the minute statistics (projections/stats_minutely.py),
 the metric counters and histograms (projections/counters.py) and the dead letters
-(projections/dead_letters.py). Each needs its task's fields from earlier batches; they are kept
-together in one `rollup_tasks` row per task (a column group each, NULL where a read model keeps
-nothing for the task), written once per batch, and in the runner's memory as one `Marks`. Four
-separate per-task tables cost four index-maintained upserts per task and batch: about a third of
-PostgreSQL's time under W1 (docs/benchmarks.md).
+(projections/dead_letters.py). Each needs its task's fields from earlier batches (a `Marks`, one
+part per read model). They are one projection: one checkpoint, rebuilt together (`ordo rebuild
+rollups`), and an event one of them cannot apply is recorded once, under `rollups`, and skipped by
+all four.
 
-They are one projection: one checkpoint, rebuilt together (`ordo rebuild rollups`), and an event
-one of them cannot apply is recorded once, under `rollups`, and skipped by all four.
+A task's marks are a fold of its events, so they are not stored (decision 46): the elected runner
+keeps them in memory, and a task it does not remember (after a restart, an election, a task evicted
+from the memory) has its marks folded again from its history in `task_events`, the events before
+its first one in the batch, less those `rollups` skipped as ones it cannot apply. Writing a row of
+marks for every task at every batch (`rollup_tasks`, decision 38) cost PostgreSQL about a seventh of
+its time under W1. `rollups` therefore reads `task_events` (`Projection.needs`): the runner applies
+both in one statement per batch, a rebuild of `rollups` rebuilds `task_events` with it, and a rebuild
+swaps its tables in only once they are at the live checkpoint, so the history below a checkpoint of
+`rollups` is always there. A task first seen in a batch by its `submitted` is presumed to have no
+history; the batch's statement checks it in `task_events` (`memory.NotNew` otherwise).
 
 A deployment that kept the four as projections of their own moves on its first start
-(`_MIGRATION`): when their checkpoints agree (the runner moves them in one statement), their per-task
-tables are joined into `rollup_tasks` and the checkpoint carried over; otherwise their totals are
-emptied and replayed from the log.
+(`_MIGRATION`): when their checkpoints agree, the checkpoint is carried over; otherwise their totals
+are emptied and replayed from the log. `rollup_tasks` is dropped.
 """
 
 from __future__ import annotations
@@ -24,18 +30,15 @@ from typing import Any
 
 import asyncpg
 
+from ordo.domain.events import decode_event
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import counters, dead_letters, queue_stats, stats_minutely
-from ordo.projections.batch_statement import Write, combined, last_param, presumed, run
-from ordo.projections.memory import Memory, TaskKey, fetch_tasks, sort_tasks
+from ordo.projections.batch_statement import Write, combined, presumed, run
+from ordo.projections.memory import Memory, TaskKey, sort_tasks
 
 NAME = "rollups"
+NEEDS = ("task_events",)  # a task's history, for the marks of a task not remembered
 RETIRED = ("dead_letters", "queue_stats", "stats_minutely", "counters")  # the four, before the merge
-
-_PARTS = (queue_stats, stats_minutely, counters, dead_letters)
-_COLUMNS = tuple(c for part in _PARTS for c in part.COLUMNS)
-_TYPES = tuple(t for part in _PARTS for t in part.TYPES)
-_SQL_TYPES = {"bool": "boolean"}
 
 
 class Marks:
@@ -59,97 +62,96 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:
 
 async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memory | None) -> Write | None:
     """The batch's writes; with `memory`, the tasks' marks of earlier batches are taken from it (and
-    this batch's left there) and new tasks are not looked up."""
+    this batch's left there) and tasks first seen by their `submitted` are not looked up."""
     marks: dict[TaskKey, Marks]
     marks, new, unknown = sort_tasks(events, memory)
-    if unknown:
-        for rec in await fetch_tasks(conn, "SELECT * FROM rollup_tasks", unknown):
-            marks[(rec["tenant"], rec["task_id"])] = Marks(
-                queue_stats.from_row(rec),
-                stats_minutely.from_row(rec),
-                counters.from_row(rec),
-                dead_letters.from_row(rec),
-            )
     queues = {k: m.queue for k, m in marks.items() if m.queue is not None}
     stats = {k: m.stats for k, m in marks.items() if m.stats is not None}
     marked = {k: m.counters for k, m in marks.items() if m.counters is not None}
     dead = {k: m.dead for k, m in marks.items() if m.dead is not None}
+    if unknown:  # their marks as their history left them (the totals' writes are not wanted)
+        history = await _history(conn, unknown, events)
+        queue_stats.fold(history, queues)
+        stats_minutely.fold(history, stats)
+        counters.fold(history, marked)
+        dead_letters.fold(history, dead)
     totals = [
         queue_stats.fold(events, queues),
         stats_minutely.fold(events, stats),
         counters.fold(events, marked),
         dead_letters.fold(events, dead),
     ]
-    last = {(e.tenant, e.task_id): e.seq for e in events}
-    keys = sorted(queues.keys() | stats.keys() | marked.keys() | dead.keys())
-    rows = [
-        (
-            key[0],
-            key[1],
-            *queue_stats.to_row(queues.get(key)),
-            *stats_minutely.to_row(stats.get(key)),
-            *counters.to_row(marked.get(key)),
-            *dead_letters.to_row(dead.get(key)),
-            last[key],
-            key in new,
-        )
-        for key in keys
-    ]
     if memory is not None:
-        for key in keys:
+        for key in queues.keys() | stats.keys() | marked.keys() | dead.keys():
             memory.put(key, Marks(queues.get(key), stats.get(key), marked.get(key), dead.get(key)))
-    if not rows:
-        return None
-    columns: list[Any] = [list(col) for col in zip(*rows, strict=True)]
-    expected = sum(1 for key in keys if key in new)
-    return combined([Write(_CTES, [*columns, expected], _CHECK), *(w for w in totals if w is not None)])
+    writes = [w for w in totals if w is not None]
+    if new:
+        firsts = _firsts(events, new)
+        args: list[Any] = [[k[0] for k in firsts], [k[1] for k in firsts], list(firsts.values()), len(firsts)]
+        writes.insert(0, Write(_UNSEEN, args, _CHECK))
+    return combined(writes) if writes else None
 
 
-_COLS = ", ".join(("tenant", "task_id", *_COLUMNS, "last_seq"))
-_PARAMS = ", ".join(f"${i}::{t}[]" for i, t in enumerate(("text", "text", *_TYPES, "bigint", "bool"), 1))
-_UPDATE = ", ".join(f"{c}=EXCLUDED.{c}" for c in (*_COLUMNS, "last_seq"))
-# The tasks' rows: of tasks first seen in the batch only if absent (the count says whether that held).
-_CTES = f"""
-rollups_rows AS (SELECT * FROM unnest({_PARAMS}) AS r({_COLS}, new)),
-rollups_fresh AS (
-    INSERT INTO rollup_tasks ({_COLS}) SELECT {_COLS} FROM rollups_rows WHERE new
-    ON CONFLICT (tenant, task_id) DO NOTHING RETURNING 1
-),
-rollups_known AS (
-    INSERT INTO rollup_tasks AS t ({_COLS}) SELECT {_COLS} FROM rollups_rows WHERE NOT new
-    ON CONFLICT (tenant, task_id) DO UPDATE SET {_UPDATE}
-    WHERE t.last_seq < EXCLUDED.last_seq
+def _firsts(events: list[StoredEvent], keys: set[TaskKey]) -> dict[TaskKey, int]:
+    """The sequence of each of `keys`' first event in the batch."""
+    out: dict[TaskKey, int] = {}
+    for e in events:
+        key = (e.tenant, e.task_id)
+        if key in keys and key not in out:
+            out[key] = e.seq
+    return out
+
+
+async def _history(conn: Any, keys: list[TaskKey], events: list[StoredEvent]) -> list[StoredEvent]:
+    """The events of the tasks `keys` that `rollups` applied before this batch, in sequence order:
+    those `task_events` holds before each task's first event in the batch, less the ones `rollups`
+    recorded as events it cannot apply. `conn` has `fetch` (a plan's reads in a pipeline)."""
+    firsts = _firsts(events, set(keys))
+    rows = await conn.fetch(
+        _HISTORY, [k[0] for k in firsts], [k[1] for k in firsts], list(firsts.values()), NAME
+    )
+    return [
+        StoredEvent(
+            seq=r["seq"],
+            subject="",
+            tenant=r["tenant"],
+            queue=r["queue"],
+            task_id=r["task_id"],
+            name=r["type"],
+            event=decode_event(r["data"].encode()),
+            stored_at=r["at"],
+        )
+        for r in rows
+    ]
+
+
+_HISTORY = """
+SELECT e.seq, e.tenant, e.task_id, e.queue, e.type, e.at, e.data::text AS data
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(tenant, task_id, first_seq)
+JOIN task_events e ON e.tenant = k.tenant AND e.task_id = k.task_id AND e.seq < k.first_seq
+WHERE NOT EXISTS (SELECT 1 FROM projection_errors p WHERE p.projection = $4 AND p.seq = e.seq)
+ORDER BY e.seq
+"""
+# Tasks presumed new (first seen by their `submitted`, not remembered): none may have an event before
+# it in `task_events` (of an earlier batch: the statement does not see its own rows).
+_UNSEEN = """
+rollups_unseen AS (
+    SELECT count(*) AS n FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(tenant, task_id, first_seq)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM task_events e
+        WHERE e.tenant = k.tenant AND e.task_id = k.task_id AND e.seq < k.first_seq
+    )
 )
-"""  # noqa: S608 - column names are constants
-_CHECK = presumed("(SELECT count(*) FROM rollups_fresh)", last_param(_CTES) + 1, "rollup task")
+"""
+_CHECK = presumed("(SELECT n FROM rollups_unseen)", 4, "rollup task")
 
 
 # ---- moving a deployment from the four projections to this one ----------------------------------
 
 _RETIRED_LIST = ", ".join(f"'{name}'" for name in RETIRED)
-_CARRIED = """
-INSERT INTO rollup_tasks (tenant, task_id,
-    q_queue, q_status, q_paused_from, q_archived, q_attempt, q_lease_until, q_seq,
-    s_queue, s_type, s_attempt_started_at, s_seq,
-    c_queue, c_type, c_runnable_at, c_started_at,
-    d_queue, d_type, d_attempts, d_error, d_seq, last_seq)
-SELECT k.tenant, k.task_id,
-    q.queue, q.status, q.paused_from, q.archived, q.attempt, q.lease_until, q.last_seq,
-    s.queue, s.type, s.attempt_started_at, s.last_seq,
-    m.queue, m.type, m.runnable_at, m.started_at,
-    d.queue, d.type, d.attempts, d.error, d.last_seq,
-    greatest(q.last_seq, s.last_seq, d.last_seq, 0)
-FROM (SELECT tenant, task_id FROM queue_task_status UNION SELECT tenant, task_id FROM stats_tasks
-      UNION SELECT tenant, task_id FROM metric_task_marks
-      UNION SELECT tenant, task_id FROM dead_letter_tasks) k
-LEFT JOIN queue_task_status q USING (tenant, task_id)
-LEFT JOIN stats_tasks s USING (tenant, task_id)
-LEFT JOIN metric_task_marks m USING (tenant, task_id)
-LEFT JOIN dead_letter_tasks d USING (tenant, task_id)
-ON CONFLICT (tenant, task_id) DO NOTHING
-"""
 # Runs in `migrate`'s transaction, after the checkpoints' DDL, in whichever schema the search_path
-# names (a rebuild's shadow schema never holds the retired tables, so it does nothing there).
+# names (a rebuild's shadow schema never holds the retired tables, so it does nothing there). The
+# four's per-task tables are not carried: the marks are folded from `task_events` when needed.
 _MIGRATION = f"""
 DO $$
 DECLARE
@@ -168,8 +170,8 @@ BEGIN
         RETURN;
     END IF;
     IF (SELECT count(*) FROM projection_checkpoints WHERE name IN ({_RETIRED_LIST})) = {len(RETIRED)}
-       AND cardinality(seqs) = 1 AND NOT EXISTS (SELECT 1 FROM rollup_tasks) THEN
-        EXECUTE $carry${_CARRIED}$carry$;
+       AND cardinality(seqs) = 1
+       AND NOT EXISTS (SELECT 1 FROM projection_checkpoints WHERE name = '{NAME}') THEN
         INSERT INTO projection_checkpoints (name, last_seq) VALUES ('{NAME}', seqs[1])
         ON CONFLICT (name) DO NOTHING;
         INSERT INTO projection_errors
@@ -179,7 +181,7 @@ BEGIN
         ON CONFLICT DO NOTHING;
     ELSE
         TRUNCATE queue_depth, stats_minutely, stats_durations, metric_counters, metric_histograms,
-                 dead_letters, rollup_tasks;
+                 dead_letters;
         DELETE FROM projection_checkpoints WHERE name = '{NAME}';
     END IF;
     DELETE FROM projection_errors WHERE projection IN ({_RETIRED_LIST});
@@ -193,14 +195,7 @@ DDL = (
     + stats_minutely.DDL
     + counters.DDL
     + dead_letters.DDL
-    + f"""
-CREATE TABLE IF NOT EXISTS rollup_tasks (
-    tenant text NOT NULL,
-    task_id text NOT NULL,
-    {", ".join(f"{c} {_SQL_TYPES.get(t, t)}" for c, t in zip(_COLUMNS, _TYPES, strict=True))},
-    last_seq bigint NOT NULL,
-    PRIMARY KEY (tenant, task_id)
-);
-"""
     + _MIGRATION
+    # The marks' table of decision 38: folded from `task_events` instead (decision 46).
+    + "DROP TABLE IF EXISTS rollup_tasks;\n"
 )

@@ -4,10 +4,9 @@ Counters (submitted, started, succeeded, failed, attempt failures, cancelled) pe
 event's `stored_at` — the log's time, never a clock, so a rebuild at any later date gives the same
 rows. Each finished attempt's duration (its closing event's `stored_at` − its `attempt_started`'s)
 is a row of `stats_durations`; p50/p95/p99 are computed from those rows when read. The task's type
-and current attempt start are kept per task in the `rollups` projection's `rollup_tasks` row
-(projections/rollups.py applies this fold with the other rollups'). Idempotent by sequence: an event
-is counted only if its sequence is above the task's `s_seq` there, which is written in the same
-statement as the counters.
+and current attempt start are kept per task in the `rollups` projection's marks
+(projections/rollups.py applies this fold with the other rollups'). Idempotent by sequence: an
+event is counted only if its sequence is above the task's `last_seq` there.
 """
 
 from __future__ import annotations
@@ -72,28 +71,12 @@ _CLOSES: dict[type, str] = {
 
 @dataclass
 class State:
-    """What is kept per task (in `rollup_tasks`, projections/rollups.py)."""
+    """What is kept per task (its part of the marks, projections/rollups.py)."""
 
     queue: str
     type: str
     attempt_started_at: datetime | None
     last_seq: int
-
-
-COLUMNS = ("s_queue", "s_type", "s_attempt_started_at", "s_seq")
-TYPES = ("text", "text", "timestamptz", "bigint")
-
-
-def from_row(rec: asyncpg.Record) -> State | None:
-    if rec["s_seq"] is None:
-        return None
-    return State(rec["s_queue"], rec["s_type"], rec["s_attempt_started_at"], rec["s_seq"])
-
-
-def to_row(state: State | None) -> tuple[Any, ...]:
-    if state is None:
-        return (None,) * len(COLUMNS)
-    return state.queue, state.type, state.attempt_started_at, state.last_seq
 
 
 @dataclass

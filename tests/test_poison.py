@@ -352,7 +352,7 @@ async def test_a_projector_behind_catches_up_pipelined_and_still_skips_a_bad_eve
     assert any(m.startswith("catch-up applies") for m in messages), messages
     skipped = await _skipped(settings.database_url)
     assert [(p, s) for p, s, _, _ in skipped] == [("tasks", bad_seq)], skipped
-    tables = ("tasks", "task_events", "attempts", "dead_letters", "rollup_tasks", "stats_minutely")
+    tables = ("tasks", "task_events", "attempts", "dead_letters", "queue_depth", "stats_minutely")
     live = await table_hashes(settings.database_url, tables)
     assert live["tasks"][0] == 301 and live["task_events"][0] == 302
     await Rebuilder(nc, settings.database_url).run()

@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -21,6 +22,7 @@ from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.pg import connect
 from ordo.infra.settings import Settings
+from ordo.projections import poison, rollups
 from ordo.projections.batch_apply import apply_batch_committed
 from ordo.projections.memory import Memories, Memory
 from ordo.projections.reader import LogReader, Record
@@ -188,8 +190,8 @@ async def test_a_second_submitted_for_a_known_task_is_read_not_presumed_new(
     try:
         row = await conn.fetchrow("SELECT type, status FROM tasks WHERE id=$1", task_id)
         assert (row["type"], row["status"]) == ("demo.echo", "cancelled")
-        assert await conn.fetchval("SELECT d_type FROM rollup_tasks WHERE task_id=$1", task_id) == "demo.echo"
-        assert await conn.fetchval("SELECT sum(n) FROM queue_depth") == 1
+        depths = await conn.fetch("SELECT queue, status, n FROM queue_depth")
+        assert [tuple(r) for r in depths] == [("default", "cancelled", 1)]
         assert await conn.fetchval("SELECT count(*) FROM projection_errors") == 0
     finally:
         await conn.close()
@@ -338,3 +340,64 @@ async def test_a_batch_without_a_transaction_gives_way_to_a_swap_holding_the_che
         await swap.close()
         await conn.close()
     await _rebuilt_equal(nc, settings.database_url)
+
+
+async def test_a_task_not_remembered_has_its_marks_folded_from_its_history_less_skipped_events(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """`rollups` keeps no per-task row (decision 46): a task it does not remember is folded again from
+    `task_events`, up to its first event in the batch and without the events `rollups` skipped."""
+    first, second = submissions(settings.tenant, 2)
+    await handler.submit_many(settings.tenant, [first, second])
+    cancelled = await handler.execute(settings.tenant, CancelTask(task_id=first.task_id))
+    records = await _records(nc, cancelled.last_seq)
+    conn = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+        await ensure_checkpoints(conn, PROJECTIONS)
+        await apply_batch_committed(conn, PROJECTIONS, records, Memories())
+        await poison.record(conn, rollups.NAME, "task", records[-1][1], "an event rollups cannot apply")
+        later = [
+            msgspec.structs.replace(r, seq=cancelled.last_seq + 1 + i) for i, (_, r) in enumerate(records)
+        ]
+        history = await rollups._history(
+            conn, [(settings.tenant, first.task_id), (settings.tenant, second.task_id)], later
+        )
+        assert [(e.task_id, e.name) for e in history] == [
+            (first.task_id, "submitted"),
+            (second.task_id, "submitted"),
+        ]
+        # Up to the task's first event in the batch: the cancel itself is not history of the batch
+        # that holds it.
+        cancel = [r for _, r in records if r.name == "cancelled"]
+        history = await rollups._history(conn, [(settings.tenant, first.task_id)], cancel)
+        assert [e.name for e in history] == ["submitted"]
+    finally:
+        await conn.close()
+
+
+async def test_rollups_without_the_tasks_projection_checks_a_task_presumed_new_in_task_events(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """A rebuild of `rollups` runs with `task_events` alone (no `tasks` projection to catch a forged
+    second `submitted`): its own check, in the batch's statement, finds the task's history."""
+    (command,) = submissions(settings.tenant, 1)
+    (out,) = await handler.submit_many(settings.tenant, [command])
+    forged = ev.Submitted("forged.type", "default", settings.tenant)
+    subject = sj.event_subject(settings.tenant, "default", command.task_id, ev.event_name(forged))
+    await nc.jetstream().publish(subject, ev.encode_event(forged), stream=sj.EVENTS_STREAM)
+    cancelled = await handler.execute(settings.tenant, CancelTask(task_id=command.task_id))
+    records = await _records(nc, cancelled.last_seq)
+    pair = tuple(p for p in PROJECTIONS if p.name in ("task_events", rollups.NAME))
+    conn = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+        await ensure_checkpoints(conn, pair)
+        first = [r for r in records if r[1].seq <= out.last_seq]
+        await apply_batch_committed(conn, pair, first, Memories())
+        # A freshly elected runner: the forged `submitted` is the task's first event in its batch.
+        await apply_batch_committed(conn, pair, records[len(first) :], Memories())
+        depths = await conn.fetch("SELECT queue, status, n FROM queue_depth")
+        assert [tuple(r) for r in depths] == [("default", "cancelled", 1)]
+    finally:
+        await conn.close()

@@ -216,8 +216,14 @@ async def test_a_second_rebuild_is_refused_and_unknown_names_are_errors(gateway_
         assert "nope" in str(exc)
     else:
         raise AssertionError("an unknown projection was accepted")
-    # The read models that became one projection (docs/decisions.md 38) select it by their old names.
-    assert [p.name for p in select(["dead_letters", "counters", "tasks"])] == ["rollups", "tasks"]
+    # The read models that became one projection (docs/decisions.md 38) select it by their old names;
+    # it brings the projection it reads (`needs`, decision 46), and the order is the registry's.
+    assert [p.name for p in select(["dead_letters", "counters", "tasks"])] == [
+        "tasks",
+        "task_events",
+        "rollups",
+    ]
+    assert [p.name for p in select(["rollups"])] == ["task_events", "rollups"]
 
 
 _CLOCK_READS = re.compile(
