@@ -15,6 +15,13 @@ It must never disagree with the tables, so it only ever holds what was committed
 The memory also notes the checkpoint (sequence, epoch) its states reflect; `align` clears it when the
 checkpoint row says otherwise.
 
+A state `put` with `pin=True` is kept outside the least-recently-used order, up to `capacity` pinned
+keys more: a projection pins the keys whose next events are certain and whose reading back costs
+more than a row (the rollups' marks of a running task, folded again from its whole history, which
+grows by a `lease_extended` every few seconds: decision 46). Under a load that touches more than
+`capacity` keys between two of a running task's heartbeats, an unpinned task would be read back at
+every heartbeat.
+
 A key the memory does not hold is read from the table, as before. A key whose first event in a batch
 creates it (`submitted`) is presumed new and not read at all; the projection's write checks the
 presumption and raises `NotNew` when a row was there after all (a forged second `submitted`), and the
@@ -54,13 +61,15 @@ class Memory:
             raise ValueError("capacity >= 1 required")
         self._capacity = capacity
         self._committed: OrderedDict[Hashable, Any] = OrderedDict()
+        self._pinned: dict[Hashable, Any] = {}  # committed, outside the LRU order (oldest pin first)
         self._staged: dict[Hashable, Any] = {}
+        self._staged_pins: set[Hashable] = set()
         self._lent: list[Hashable] = []  # committed states handed out since the last commit
         self._position: Position | None = None
         self._staged_position: Position | None = None
 
     def __len__(self) -> int:
-        return len(self._committed)
+        return len(self._committed) + len(self._pinned)
 
     def get(self, key: Hashable) -> Any | None:
         """The state of `key` as this batch left it so far, or as last committed; None when it is
@@ -69,12 +78,19 @@ class Memory:
             staged = self._staged[key]
             return None if staged is _FORGOTTEN else staged
         value = self._committed.get(key)
+        if value is None:
+            value = self._pinned.get(key)
         if value is not None:
             self._lent.append(key)
         return value
 
-    def put(self, key: Hashable, value: Any) -> None:
+    def put(self, key: Hashable, value: Any, pin: bool = False) -> None:
+        """Stage `key`'s state; `pin`: keep it out of the least-recently-used eviction once committed."""
         self._staged[key] = value
+        if pin:
+            self._staged_pins.add(key)
+        else:
+            self._staged_pins.discard(key)
 
     def align(self, position: Position) -> None:
         """Forget everything unless the committed states reflect exactly the checkpoint `position`."""
@@ -94,30 +110,43 @@ class Memory:
     def commit(self) -> None:
         if self._staged_position is not None:
             self._position, self._staged_position = self._staged_position, None
+        committed, pinned = self._committed, self._pinned
         for key, value in self._staged.items():
             if value is _FORGOTTEN:
-                self._committed.pop(key, None)
-                continue
-            self._committed[key] = value
-            self._committed.move_to_end(key)
+                committed.pop(key, None)
+                pinned.pop(key, None)
+            elif key in self._staged_pins:
+                committed.pop(key, None)
+                pinned.pop(key, None)
+                pinned[key] = value
+            else:
+                pinned.pop(key, None)
+                committed[key] = value
+                committed.move_to_end(key)
         self._staged.clear()
+        self._staged_pins.clear()
         self._lent.clear()
-        while len(self._committed) > self._capacity:
-            self._committed.popitem(last=False)
+        while len(committed) > self._capacity:
+            committed.popitem(last=False)
+        while len(pinned) > self._capacity:
+            del pinned[next(iter(pinned))]
 
     def rollback(self) -> None:
         """Drop the batch's states, and forget the committed ones it was handed (it may have
         changed them)."""
-        committed = self._committed
+        committed, pinned = self._committed, self._pinned
         for key in self._lent:
             committed.pop(key, None)
+            pinned.pop(key, None)
         self._lent.clear()
         self._staged.clear()
+        self._staged_pins.clear()
         self._staged_position = None
 
     def clear(self) -> None:
         self.rollback()
         self._committed.clear()
+        self._pinned.clear()
         self._position = None
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from ordo.domain.events import decode_event
+from ordo.domain.status import TaskStatus
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import counters, dead_letters, queue_stats, stats_minutely
 from ordo.projections.batch_statement import Write, combined, presumed, run
@@ -39,6 +40,9 @@ from ordo.projections.memory import Memory, TaskKey, sort_tasks
 NAME = "rollups"
 NEEDS = ("task_events",)  # a task's history, for the marks of a task not remembered
 RETIRED = ("dead_letters", "queue_stats", "stats_minutely", "counters")  # the four, before the merge
+# A task in one of these has an attempt running: its history grows by a heartbeat every few seconds,
+# so its marks are pinned in the memory rather than folded again from that history (decision 46).
+_IN_ATTEMPT = (TaskStatus.RUNNING, TaskStatus.CANCELLING)
 
 
 class Marks:
@@ -83,7 +87,9 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
     ]
     if memory is not None:
         for key in queues.keys() | stats.keys() | marked.keys() | dead.keys():
-            memory.put(key, Marks(queues.get(key), stats.get(key), marked.get(key), dead.get(key)))
+            queue = queues.get(key)
+            running = queue is not None and queue[1].status in _IN_ATTEMPT  # heartbeats to come
+            memory.put(key, Marks(queue, stats.get(key), marked.get(key), dead.get(key)), pin=running)
     writes = [w for w in totals if w is not None]
     if new:
         firsts = _firsts(events, new)

@@ -9,6 +9,7 @@ second submit, not remembered by a freshly elected runner), a checkpoint moved u
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -17,7 +18,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from ordo.domain import events as ev
-from ordo.domain.commands import CancelTask
+from ordo.domain.commands import CancelTask, ExtendLease, StartAttempt
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.pg import connect
@@ -399,5 +400,66 @@ async def test_rollups_without_the_tasks_projection_checks_a_task_presumed_new_i
         await apply_batch_committed(conn, pair, records[len(first) :], Memories())
         depths = await conn.fetch("SELECT queue, status, n FROM queue_depth")
         assert [tuple(r) for r in depths] == [("default", "cancelled", 1)]
+    finally:
+        await conn.close()
+
+
+def test_a_pinned_state_is_kept_out_of_the_least_recently_used_eviction() -> None:
+    memory = Memory(capacity=2)
+    memory.put("run", 1, pin=True)
+    for key in ("a", "b", "c"):
+        memory.put(key, key)
+    memory.commit()
+    assert memory.get("run") == 1 and memory.get("a") is None and len(memory) == 3  # b, c and the pin
+    memory.commit()
+    memory.put("run", 2)  # no longer pinned: back in the LRU order, and the oldest there goes
+    memory.commit()
+    assert memory.get("run") == 2 and memory.get("b") is None
+    for key in ("p1", "p2", "p3"):
+        memory.put(key, key, pin=True)
+    memory.commit()
+    assert memory.get("p1") is None and memory.get("p3") == "p3"  # at most `capacity` pins
+    memory.rollback()  # p3 was handed out: forgotten, pinned or not
+    assert memory.get("p3") is None and memory.get("p2") == "p2"
+    memory.commit()
+    memory.forget("p2")
+    memory.commit()
+    assert memory.get("p2") is None
+    memory.put("p4", 4, pin=True)
+    memory.clear()
+    assert len(memory) == 0
+
+
+async def test_a_running_task_is_remembered_however_many_tasks_pass_between_its_heartbeats(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """Its marks are pinned: its heartbeats do not make `rollups` fold its history again."""
+    tenant = settings.tenant
+    (command,) = submissions(tenant, 1)
+    await handler.submit_many(tenant, [command])
+    now = datetime.now(UTC)
+    lease = now + timedelta(seconds=30)
+    start = StartAttempt(task_id=command.task_id, dispatch=1, worker_id="w", now=now, lease_until=lease)
+    await handler.execute(tenant, start)
+    started = await _records(nc, (await handler.load(tenant, command.task_id))[2])
+    others = submissions(tenant, 10)
+    await handler.submit_many(tenant, others)
+    extend = ExtendLease(task_id=command.task_id, attempt=1, worker_id="w", lease_until=lease)
+    last = (await handler.execute(tenant, extend)).last_seq
+    records = await _records(nc, last)
+    conn = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+        await ensure_checkpoints(conn, PROJECTIONS)
+        memories = Memories(capacity=2)  # the ten other tasks push the running one out of the LRU order
+        sent: list[str] = []
+        conn.add_query_logger(lambda q: sent.append(q.query))
+        n = len(started)
+        for batch in (records[:n], records[n:-1], records[-1:]):
+            sent.clear()
+            await apply_batch_committed(conn, PROJECTIONS, batch, memories, "ordo_events")
+        assert not [q for q in sent if "JOIN task_events" in q], "the running task's history was read"
+        running = await conn.fetchval("SELECT n FROM queue_depth WHERE status = 'running'")
+        assert running == 1
     finally:
         await conn.close()
