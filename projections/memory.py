@@ -112,17 +112,10 @@ class Memory:
             self._position, self._staged_position = self._staged_position, None
         committed, pinned = self._committed, self._pinned
         for key, value in self._staged.items():
-            if value is _FORGOTTEN:
-                committed.pop(key, None)
-                pinned.pop(key, None)
-            elif key in self._staged_pins:
-                committed.pop(key, None)
-                pinned.pop(key, None)
-                pinned[key] = value
-            else:
-                pinned.pop(key, None)
-                committed[key] = value
-                committed.move_to_end(key)
+            committed.pop(key, None)
+            pinned.pop(key, None)
+            if value is not _FORGOTTEN:  # (re)inserted: the most recent of its kind
+                (pinned if key in self._staged_pins else committed)[key] = value
         self._staged.clear()
         self._staged_pins.clear()
         self._lent.clear()

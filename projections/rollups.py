@@ -35,7 +35,7 @@ from ordo.domain.status import TaskStatus
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import counters, dead_letters, queue_stats, stats_minutely
 from ordo.projections.batch_statement import Write, combined, presumed, run
-from ordo.projections.memory import Memory, TaskKey, sort_tasks
+from ordo.projections.memory import Memory, TaskKey, first_events, sort_tasks
 
 NAME = "rollups"
 NEEDS = ("task_events",)  # a task's history, for the marks of a task not remembered
@@ -100,12 +100,7 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
 
 def _firsts(events: list[StoredEvent], keys: set[TaskKey]) -> dict[TaskKey, int]:
     """The sequence of each of `keys`' first event in the batch."""
-    out: dict[TaskKey, int] = {}
-    for e in events:
-        key = (e.tenant, e.task_id)
-        if key in keys and key not in out:
-            out[key] = e.seq
-    return out
+    return {k: e.seq for k, e in first_events(events, lambda e: (e.tenant, e.task_id)).items() if k in keys}
 
 
 async def _history(conn: Any, keys: list[TaskKey], events: list[StoredEvent]) -> list[StoredEvent]:
