@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ordo.embedded.nats import EmbeddedNats, NatsServerConfig  # noqa: E402
 from ordo.embedded.postgres import EmbeddedPostgres, PostgresConfig  # noqa: E402
 from ordo.embedded.processes import free_port  # noqa: E402
-from ordo.gateway.app import create_app  # noqa: E402
+from ordo.gateway.app import KEEP_ALIVE_S, create_app  # noqa: E402
 from ordo.infra.nats_conn import connect, provision  # noqa: E402
 from ordo.infra.pg import connect as pg_connect  # noqa: E402
 from ordo.infra.settings import Settings  # noqa: E402
@@ -200,6 +200,7 @@ async def main() -> None:
                 port=port,
                 log_level="warning",
                 timeout_graceful_shutdown=1,
+                timeout_keep_alive=KEEP_ALIVE_S,
             )
         )
         serving = asyncio.create_task(server.serve())

@@ -30,6 +30,13 @@ from ordo.infra.settings import Settings
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 
+# How long an idle HTTP connection stays open. A client drops a connection it has kept idle for its
+# own expiry (httpx: 5 s, uvicorn's own default here too). If the server closes at that same moment,
+# a request already on its way reads end-of-file instead of a response, and the client reports an
+# error for a request the gateway never saw. The gateway keeps idle connections longer than common
+# clients do, so the client is the one that closes them.
+KEEP_ALIVE_S = 75
+
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager

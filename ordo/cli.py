@@ -94,12 +94,12 @@ async def _run_scheduler(settings: Settings) -> None:
 def _run_gateway(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
-    from ordo.gateway.app import create_app
+    from ordo.gateway.app import KEEP_ALIVE_S, create_app
 
     app = create_app(settings)
     event_loop.tune_gc()  # uvicorn runs its own loop: the tuning applies to it all the same
     uvicorn.run(
-        app, host=host, port=port, log_level="info", access_log=False,
+        app, host=host, port=port, log_level="info", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
         # Trusted proxies' X-Forwarded-Proto makes the session cookie Secure behind TLS.
         proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
     )  # fmt: skip

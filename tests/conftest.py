@@ -108,7 +108,7 @@ class System:
 async def run_system(
     settings: Settings, nc: NATS, handler: CommandHandler, worker: bool = True
 ) -> AsyncIterator[System]:
-    from ordo.gateway.app import create_app
+    from ordo.gateway.app import KEEP_ALIVE_S, create_app
 
     tasks: list[asyncio.Task[None]] = []
     projector = ProjectionRunner(nc, settings.database_url)
@@ -125,7 +125,14 @@ async def run_system(
         tasks.append(asyncio.create_task(wk.run()))
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
     )
     tasks.append(asyncio.create_task(server.serve()))
     base = f"http://127.0.0.1:{port}"

@@ -65,14 +65,14 @@ class Gateway:
 @contextlib.asynccontextmanager
 async def gateway_server(settings: Settings) -> AsyncIterator[Gateway]:
     """One more gateway process-equivalent (its own app, pool and NATS connection) on a free port."""
-    from ordo.gateway.app import create_app
+    from ordo.gateway.app import KEEP_ALIVE_S, create_app
 
     port = free_port()
     app = create_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-            timeout_graceful_shutdown=1,
+            timeout_graceful_shutdown=1, timeout_keep_alive=KEEP_ALIVE_S,
         )
     )  # fmt: skip
     task = asyncio.create_task(server.serve())

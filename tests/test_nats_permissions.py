@@ -96,7 +96,7 @@ async def _raw(url: str, user: str, errors: Errors, **kw: Any) -> NATS:
 @contextlib.asynccontextmanager
 async def _services(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """Gateway, scheduler, projector and a worker, each connected as its own NATS user."""
-    from ordo.gateway.app import create_app
+    from ordo.gateway.app import KEEP_ALIVE_S, create_app
     from ordo.workers.demo import registry
     from ordo.workers.runtime import Worker
 
@@ -117,7 +117,13 @@ async def _services(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     projector = ProjectionRunner(proj_nc, settings.database_url)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(_as(settings, "gateway")), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            create_app(_as(settings, "gateway")),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
     )
     tasks = [asyncio.create_task(x) for x in (worker.run(), scheduler.run(), projector.run(), server.serve())]
     try:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -133,12 +134,26 @@ def _postgres_refuses_local_users_without_the_password(data_dir: Path) -> None:
         loop.close()
 
 
+def _idle_connection_outlives_the_clients_expiry(port: int) -> None:
+    """An idle keep-alive connection is still open after httpx's own 5 s expiry, so the client, not
+    the gateway, closes it: a gateway closing at that same moment cuts a request already sent (the
+    client reads end-of-file and reports an error for a request the gateway never saw)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: ordo\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.settimeout(6.0)
+        with pytest.raises(TimeoutError):
+            closed = sock.recv(1) == b""
+            raise AssertionError(f"the gateway closed the idle connection (eof={closed})")
+
+
 def test_up_serves_runs_a_task_and_stops_leaving_nothing(data_dir: Path) -> None:
     up = Up(data_dir, free_port())
     try:
         _wait(up.ready, READY_TIMEOUT, "ordo up ready")
         _run_echo(up.base)
         _postgres_refuses_local_users_without_the_password(data_dir)
+        _idle_connection_outlives_the_clients_expiry(up.port)
         pids = _recorded_pids(data_dir)
         assert any("nats" in k for k in pids) and "postmaster" in pids, pids
         assert all(_alive(p) for p in pids.values()), pids

@@ -14,7 +14,7 @@ import uvicorn
 
 from ordo.embedded.processes import free_port
 from ordo.gateway import keys
-from ordo.gateway.app import create_app
+from ordo.gateway.app import KEEP_ALIVE_S, create_app
 from ordo.infra.settings import Settings
 from tests.conftest import System
 from tests.helpers import eventually
@@ -40,6 +40,7 @@ async def gateway(settings: Settings, port: int) -> AsyncIterator[str]:
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=1,
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
     )
     serving = asyncio.create_task(server.serve())
