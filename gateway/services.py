@@ -16,7 +16,7 @@ from ordo.gateway.limits import Limits
 from ordo.gateway.live import Notifier, TailHub
 from ordo.infra import wiring
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.nats_conn import connect, provision
+from ordo.infra.nats_conn import connect, disconnect, provision
 from ordo.infra.pg import Pool, ReadModelUnavailable, create_pool
 from ordo.infra.pg import connect as pg_connect
 from ordo.infra.queue_control import QueueController
@@ -123,7 +123,7 @@ class Services:
         if self._listener is not None:
             await self._listener.close()
         await self.pool.close()
-        await self.nc.drain()
+        await disconnect(self.nc)
 
 
 def services_of(request: Request) -> Services:

@@ -114,6 +114,16 @@ async def connect(settings: Settings, name: str) -> NATS:
     return nc
 
 
+async def disconnect(nc: NATS) -> None:
+    """Drain the connection (pending publishes flushed, subscriptions ended), or close it at once
+    when it cannot drain: a process stopping while NATS is away must still stop cleanly."""
+    try:
+        await nc.drain()
+    except nats.errors.Error as exc:
+        logging.getLogger("ordo.nats").info("NATS connection closed without draining: %s", exc)
+        await nc.close()
+
+
 def events_stream_config(settings: Settings) -> StreamConfig:
     return StreamConfig(
         name=sj.EVENTS_STREAM,

@@ -25,7 +25,7 @@ def _install_signals(stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 async def _run_projector(settings: Settings) -> None:
-    from ordo.infra.nats_conn import connect, provision
+    from ordo.infra.nats_conn import connect, disconnect, provision
     from ordo.projections.runner import ProjectionRunner, RunnerConfig
 
     nc = await connect(settings, name="ordo-projector")
@@ -38,11 +38,11 @@ async def _run_projector(settings: Settings) -> None:
     try:
         await runner.run()
     finally:
-        await nc.drain()
+        await disconnect(nc)
 
 
 async def _run_rebuild(settings: Settings, names: list[str]) -> int:
-    from ordo.infra.nats_conn import connect, provision
+    from ordo.infra.nats_conn import connect, disconnect, provision
     from ordo.projections.rebuild import RebuildError, rebuild
 
     nc = await connect(settings, name="ordo-rebuild")
@@ -53,7 +53,7 @@ async def _run_rebuild(settings: Settings, names: list[str]) -> int:
         print(f"ordo rebuild: {exc}", file=sys.stderr)
         return 1
     finally:
-        await nc.drain()
+        await disconnect(nc)
     print(
         f"rebuilt {', '.join(report.projections)}: {report.events} events in {report.seconds:.2f} s"
         f" ({report.events_per_s:.0f} events/s), checkpoint {report.checkpoint}"
@@ -63,7 +63,7 @@ async def _run_rebuild(settings: Settings, names: list[str]) -> int:
 
 async def _run_scheduler(settings: Settings) -> None:
     from ordo.infra import wiring
-    from ordo.infra.nats_conn import connect, provision
+    from ordo.infra.nats_conn import connect, disconnect, provision
     from ordo.workers.scheduler import Scheduler
 
     nc = await connect(settings, name="ordo-scheduler")
@@ -88,7 +88,7 @@ async def _run_scheduler(settings: Settings) -> None:
     try:
         await asyncio.gather(*(component.run() for component in components))
     finally:
-        await nc.drain()
+        await disconnect(nc)
 
 
 def _run_gateway(settings: Settings, host: str, port: int) -> None:

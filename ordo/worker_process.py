@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ordo.infra import wiring
-from ordo.infra.nats_conn import connect, provision
+from ordo.infra.nats_conn import connect, disconnect, provision
 from ordo.infra.settings import Settings
 from ordo.workers.handlers import Registry
 from ordo.workers.limits import parse_type_limits
@@ -77,4 +77,4 @@ async def run_worker(
                     loop.remove_signal_handler(sig)
             await worker.shutdown()
     finally:
-        await nc.drain()
+        await disconnect(nc)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -138,13 +138,18 @@ def _idle_connection_outlives_the_clients_expiry(port: int) -> None:
     """An idle keep-alive connection is still open after httpx's own 5 s expiry, so the client, not
     the gateway, closes it: a gateway closing at that same moment cuts a request already sent (the
     client reads end-of-file and reports an error for a request the gateway never saw)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: ordo\r\n\r\n")
-        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-        sock.settimeout(6.0)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        assert response.status == 200 and response.read() and not response.will_close
+        assert conn.sock is not None
+        conn.sock.settimeout(6.0)
         with pytest.raises(TimeoutError):
-            closed = sock.recv(1) == b""
-            raise AssertionError(f"the gateway closed the idle connection (eof={closed})")
+            closed = conn.sock.recv(1) == b""
+            raise AssertionError(f"the idle connection did not stay quiet (end of file: {closed})")
+    finally:
+        conn.close()
 
 
 def test_up_serves_runs_a_task_and_stops_leaving_nothing(data_dir: Path) -> None:
