@@ -289,12 +289,17 @@ async def scheduled_before(
     conn: asyncpg.Connection | asyncpg.Pool, before: datetime, limit: int
 ) -> list[tuple[str, str]]:
     """(tenant, id) of scheduled tasks whose run_at is before `before`, oldest first: the timer
-    sweep's candidates (workers/timer_sweep.py), checked against the log before anything is done."""
-    rows = await conn.fetch(
-        "SELECT tenant, id FROM tasks WHERE status = 'scheduled' AND run_at < $1 ORDER BY run_at LIMIT $2",
-        before,
-        limit,
-    )
+    sweep's candidates (workers/timer_sweep.py), checked against the log before anything is done.
+    None before the projector first created the table (a fresh install starting up)."""
+    try:
+        rows = await conn.fetch(
+            "SELECT tenant, id FROM tasks WHERE status = 'scheduled' AND run_at < $1"
+            " ORDER BY run_at LIMIT $2",
+            before,
+            limit,
+        )
+    except asyncpg.UndefinedTableError:
+        return []
     return [(r["tenant"], r["id"]) for r in rows]
 
 

@@ -382,3 +382,23 @@ async def test_the_sweep_rearms_a_scheduled_task_left_without_a_timer(
         await scheduler.shutdown()
         await asyncio.wait_for(asyncio.gather(*running), 30)
         await pool.close()
+
+
+async def test_a_sweep_before_the_projector_created_its_tables_finds_nothing_quietly(
+    settings: Settings, handler: CommandHandler
+) -> None:
+    """A fresh install starts the scheduler's sweep before the projector has made the read model:
+    that round finds nothing to re-arm and is not reported as a failure."""
+    pools: list[asyncpg.Pool] = []
+
+    async def open_pool() -> asyncpg.Pool:
+        pools.append(await create_pool(settings.database_url))
+        return pools[-1]
+
+    sweep = TimerSweep(open_pool, handler, overdue=scheduled_before)
+    try:
+        assert await sweep.sweep_once() == 0  # not UndefinedTableError
+        assert await pools[0].fetchval("SELECT to_regclass('tasks')") is None  # no read model yet
+    finally:
+        for pool in pools:
+            await pool.close()
