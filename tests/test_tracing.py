@@ -81,3 +81,28 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_without_a_provider_a_carried_trace_still_goes_on_into_the_next_event() -> None:
+    """Without a provider, `inject` writes nothing until a trace is carried on from a message; inside
+    the span that carries it, the next event's headers get that same trace. Own process, as above."""
+    import subprocess
+    import sys
+
+    code = """
+from ordo.infra import telemetry
+
+tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+headers = {}
+telemetry.inject(headers)
+assert headers == {}, headers
+with telemetry.span("ordo.attempt", parent_headers={"traceparent": tp}):
+    telemetry.inject(headers)
+assert headers.get("traceparent", "").split("-")[1] == tp.split("-")[1], headers
+after = {}
+telemetry.inject(after)
+assert after == {}, after
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
