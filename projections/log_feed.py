@@ -54,14 +54,21 @@ class _Answer(NamedTuple):
     subject: str
 
 
-def parse_headers(block: bytes) -> dict[str, str]:
-    """The header block's `Name: value` lines (the first line is the version)."""
+def own_headers(block: bytes) -> dict[str, str]:
+    """The header block's `Name: value` lines (the first line is the version), less the server's own
+    (`Nats-…`, e.g. an append's expected sequence, stored with every event): what a stored event
+    keeps. Those lines are skipped undecoded."""
     out: dict[str, str] = {}
-    for line in block.decode("utf-8", "replace").split("\r\n")[1:]:
-        name, sep, value = line.partition(":")
+    for line in block.split(_CRLF)[1:]:
+        if line.startswith(_SERVER_HEADER):
+            continue
+        name, sep, value = line.partition(b":")
         if sep:
-            out[name.strip()] = value.strip()
+            out[name.strip().decode("utf-8", "replace")] = value.strip().decode("utf-8", "replace")
     return out
+
+
+_SERVER_HEADER = b"Nats-"
 
 
 def _header(block: bytes, name: bytes) -> bytes | None:

@@ -27,7 +27,7 @@ from nats.aio.client import Client as NATS
 
 from ordo.infra import subjects as sj
 from ordo.infra.raw_client import RawClient
-from ordo.projections.log_feed import Entry, LogFeed, parse_headers
+from ordo.projections.log_feed import Entry, LogFeed, own_headers
 from ordo.projections.poison import Undecodable
 from ordo.projections.registry import Family
 
@@ -143,7 +143,7 @@ class LogReader:
         if family is None:
             return None  # a dispatch copy, or a family not read here
         try:
-            headers = parse_headers(entry.headers) if entry.headers else {}
+            headers = own_headers(entry.headers) if entry.headers else {}
             return family.name, family.decode(subject, entry.data, headers, entry.seq, entry.stored_at)
         except Exception as exc:  # noqa: BLE001 - whatever the bytes are, the record says so
             self._log.error("undecodable event at seq %s on %s: %s", entry.seq, subject, exc)

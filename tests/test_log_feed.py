@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from ordo.infra import subjects as sj
 from ordo.infra.raw_client import RawClient
 from ordo.infra.settings import Settings
-from ordo.projections.log_feed import Entry, LogFeed, parse_headers
+from ordo.projections.log_feed import Entry, LogFeed, own_headers
 from tests.helpers import eventually
 
 BODY = b'{"x": "' + b"y" * 900 + b'"}'  # ~1 KB: 3,000 of them span many flow-control requests
@@ -71,7 +71,7 @@ async def test_every_message_in_order_once_across_flow_control(nc: NATS, setting
     assert [e.seq for e in entries] == list(range(start, seqs[-1] + 1))
     ours = [e for e in entries if e.subject.startswith(f"ordo.evt.{settings.tenant}.")]
     assert len(ours) == 3000 and all(e.data == BODY for e in ours)
-    assert parse_headers(ours[7].headers)["Ordo-Event-Id"] == "e7"
+    assert own_headers(ours[7].headers)["Ordo-Event-Id"] == "e7"
     assert feed.resets == 0
 
 
@@ -121,7 +121,7 @@ async def test_other_subscriptions_of_the_client_are_unchanged(nc: NATS) -> None
     msg = await normal.next_msg(timeout=5)
     assert msg.data == b"b" and msg.headers == {"K": "v"}
     await eventually(lambda: asyncio.sleep(0, bool(raw)), timeout=5, what="the raw message")
-    assert parse_headers(raw[0]) == {"K": "v"}
+    assert own_headers(raw[0]) == {"K": "v"}
     nc.drop_raw(sub)
     await sub.unsubscribe()
 
@@ -150,3 +150,11 @@ async def test_request_data_answers_with_the_payload_and_raises_like_request(nc:
     assert not nc._replies  # nothing left waiting
     await service.unsubscribe()
     await silent.unsubscribe()
+
+
+def test_own_headers_keep_ordos_and_skip_the_servers() -> None:
+    block = (
+        b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: 3\r\nOrdo-Event-Id:  e1 \r\n"
+        b"traceparent: 00-ab-cd-01\r\nbad line\r\nX: caf\xc3\xa9\r\n\r\n"
+    )
+    assert own_headers(block) == {"Ordo-Event-Id": "e1", "traceparent": "00-ab-cd-01", "X": "caf\u00e9"}
