@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -92,6 +93,19 @@ def handler(nc: NATS, settings: Settings) -> CommandHandler:
     return CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
 
 
+def uvicorn_gateway(settings: Settings, port: int, **options: Any) -> uvicorn.Server:
+    """The gateway app of `settings` as a uvicorn server on 127.0.0.1:`port`, configured the way
+    `ordo gateway` runs it where that matters to a test (its idle-connection time); `options` are
+    more of uvicorn's settings."""
+    from ordo.gateway.app import KEEP_ALIVE_S, create_app
+
+    config: dict[str, Any] = {"log_level": "warning", "lifespan": "on", **options}
+    app = create_app(settings)
+    return uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, timeout_keep_alive=KEEP_ALIVE_S, **config)
+    )
+
+
 @dataclass
 class System:
     """Gateway, projector, scheduler and a worker running in this test's event loop."""
@@ -108,8 +122,6 @@ class System:
 async def run_system(
     settings: Settings, nc: NATS, handler: CommandHandler, worker: bool = True
 ) -> AsyncIterator[System]:
-    from ordo.gateway.app import KEEP_ALIVE_S, create_app
-
     tasks: list[asyncio.Task[None]] = []
     projector = ProjectionRunner(nc, settings.database_url)
     scheduler = Scheduler(nc, handler)
@@ -124,16 +136,7 @@ async def run_system(
     if wk is not None:
         tasks.append(asyncio.create_task(wk.run()))
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="on",
-            timeout_keep_alive=KEEP_ALIVE_S,
-        )
-    )
+    server = uvicorn_gateway(settings, port)
     tasks.append(asyncio.create_task(server.serve()))
     base = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:

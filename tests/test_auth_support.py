@@ -18,7 +18,7 @@ from ordo.embedded.processes import free_port
 from ordo.gateway import keys
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.settings import Settings
-from tests.conftest import System, run_system
+from tests.conftest import System, run_system, uvicorn_gateway
 from tests.helpers import eventually
 
 
@@ -65,16 +65,9 @@ class Gateway:
 @contextlib.asynccontextmanager
 async def gateway_server(settings: Settings) -> AsyncIterator[Gateway]:
     """One more gateway process-equivalent (its own app, pool and NATS connection) on a free port."""
-    from ordo.gateway.app import KEEP_ALIVE_S, create_app
-
     port = free_port()
-    app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-            timeout_graceful_shutdown=1, timeout_keep_alive=KEEP_ALIVE_S,
-        )
-    )  # fmt: skip
+    server = uvicorn_gateway(settings, port, timeout_graceful_shutdown=1)
+    app = server.config.app
     task = asyncio.create_task(server.serve())
     base = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:

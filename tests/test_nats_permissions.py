@@ -19,7 +19,6 @@ import nats
 import nats.errors
 import nats.js.errors
 import pytest
-import uvicorn
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
@@ -36,6 +35,7 @@ from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 from ordo.projections.runner import ProjectionRunner
 from ordo.workers.scheduler import Scheduler
+from tests.conftest import uvicorn_gateway
 from tests.helpers import eventually
 
 TENANT = "perm"
@@ -96,7 +96,6 @@ async def _raw(url: str, user: str, errors: Errors, **kw: Any) -> NATS:
 @contextlib.asynccontextmanager
 async def _services(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """Gateway, scheduler, projector and a worker, each connected as its own NATS user."""
-    from ordo.gateway.app import KEEP_ALIVE_S, create_app
     from ordo.workers.demo import registry
     from ordo.workers.runtime import Worker
 
@@ -116,15 +115,7 @@ async def _services(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     scheduler = Scheduler(sched_nc, handler_on(sched_nc))
     projector = ProjectionRunner(proj_nc, settings.database_url)
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(_as(settings, "gateway")),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            timeout_keep_alive=KEEP_ALIVE_S,
-        )
-    )
+    server = uvicorn_gateway(_as(settings, "gateway"), port)
     tasks = [asyncio.create_task(x) for x in (worker.run(), scheduler.run(), projector.run(), server.serve())]
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:

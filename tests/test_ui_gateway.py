@@ -10,13 +10,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import uvicorn
 
 from ordo.embedded.processes import free_port
 from ordo.gateway import keys
-from ordo.gateway.app import KEEP_ALIVE_S, create_app
 from ordo.infra.settings import Settings
-from tests.conftest import System
+from tests.conftest import System, uvicorn_gateway
 from tests.helpers import eventually
 from tests.test_ui import UI_TIMEOUT_MS, Page, browser, status_is, submit
 
@@ -32,17 +30,7 @@ NET_ERRORS = [
 @contextlib.asynccontextmanager
 async def gateway(settings: Settings, port: int) -> AsyncIterator[str]:
     """A gateway (API + UI) on `port` until the block ends; SSE streams are cut after 1 s."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="on",
-            timeout_graceful_shutdown=1,
-            timeout_keep_alive=KEEP_ALIVE_S,
-        )
-    )
+    server = uvicorn_gateway(settings, port, timeout_graceful_shutdown=1)
     serving = asyncio.create_task(server.serve())
 
     async def started() -> bool:
