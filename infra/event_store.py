@@ -395,7 +395,13 @@ class EventStore:
         convert = convert or to_stored
         request = {"seq": seq, "next_by_subj": subject_filter, "batch": _LOAD_PAGE}
         page, more = await direct_get_batch(self._nc, sj.EVENTS_STREAM, request, self._timeout)
-        return [convert(r.subject, r.data, r.headers, r.seq, r.stored_at) for r in page], more
+        return [convert(r.subject, r.data, _own(r.headers), r.seq, r.stored_at) for r in page], more
+
+
+def _own(headers: dict[str, str]) -> dict[str, str]:
+    """A stored message's own headers: without the server's (`Nats-…`: the reply's sequence, subject
+    and time, the append's expected sequence)."""
+    return {k: v for k, v in headers.items() if not k.startswith("Nats-")}
 
 
 class _ApiError(msgspec.Struct):
@@ -492,7 +498,8 @@ class RawStored:
 def to_stored(
     subject: str, data: bytes, headers: dict[str, str], seq: int, stored_at: datetime
 ) -> StoredEvent:
-    """A stored event from a direct-get reply or a consumer message."""
+    """A stored event from a direct-get reply or the log; `headers` are the message's own, without
+    the server's `Nats-…` (left out by the reader of either)."""
     tenant, queue, task_id, name = sj.parse_event_subject(subject)
     return StoredEvent(
         seq=seq,
@@ -503,6 +510,6 @@ def to_stored(
         name=name,
         event=decode_event(data),
         stored_at=stored_at,
-        headers={k: v for k, v in headers.items() if not k.startswith("Nats-")},
+        headers=headers,
         data=data,
     )

@@ -120,7 +120,7 @@ async def disconnect(nc: NATS) -> None:
     try:
         await nc.drain()
     except nats.errors.Error as exc:
-        logging.getLogger("ordo.nats").info("NATS connection closed without draining: %s", exc)
+        log.info("NATS connection closed without draining: %s", exc)
         await nc.close()
 
 
