@@ -10,17 +10,19 @@ servers; a restart on the same data folder finds every task.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 from ordo.embedded.cluster import EmbeddedCluster
 from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.embedded.nats_auth import app_user_name, load_or_create_passwords, render_authorization, users_for
 from ordo.embedded.postgres import EmbeddedPostgres, PostgresConfig
-from ordo.embedded.processes import kill_stale, remove_pidfile, write_pidfile
+from ordo.embedded.processes import kill_stale, read_pidfile, remove_pidfile, write_pidfile
 from ordo.embedded.watch import Server, ServerWatch
 from ordo.infra.nats_conn import connect
 from ordo.infra.settings import Settings
@@ -58,10 +60,33 @@ async def _local_admin(settings: Settings, database_url: str, data_dir: Path) ->
     return secret, f"/auth/token?t={token}"
 
 
+def _claim(data_dir: Path) -> BinaryIO | None:
+    """An exclusive lock on the data folder for as long as this process lives (the kernel drops it
+    when the process ends, however it ends; children do not inherit it); None when another
+    `ordo up` holds it."""
+    handle = open(data_dir / "ordo-up.lock", "ab")  # noqa: SIM115 - held open for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 async def run_local(settings: Settings, data_dir: Path, port: int, workers: int, cluster: int = 1) -> int:
-    """Run until SIGINT/SIGTERM. `data_dir` must exist (the caller creates it)."""
+    """Run until SIGINT/SIGTERM. `data_dir` must exist (the caller creates it). A second `ordo up` on
+    the same data folder is refused (exit 1); what a killed one left behind is cleaned up."""
     own_pid = data_dir / "ordo-up.pid"
-    kill_stale(own_pid)
+    lock = _claim(data_dir)
+    if lock is None:
+        holder = read_pidfile(own_pid)
+        log.error(
+            "another `ordo up` (pid %s) is running on %s: stop it first, or use another --data-dir",
+            holder.pid if holder is not None else "unknown",
+            data_dir,
+        )
+        return 1
+    kill_stale(own_pid)  # an `ordo up` that was killed: its lock is gone, its servers may not be
     write_pidfile(own_pid, os.getpid(), sys.argv[0])
     nats_server: EmbeddedNats | EmbeddedCluster | None = None
     postgres: EmbeddedPostgres | None = None
@@ -163,3 +188,4 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
         if watch is not None:
             await watch.shutdown()  # idempotent: stops whichever servers were started
         remove_pidfile(own_pid)
+        lock.close()

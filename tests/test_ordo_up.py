@@ -152,6 +152,25 @@ def _idle_connection_outlives_the_clients_expiry(port: int) -> None:
         conn.close()
 
 
+def _a_second_up_on_the_same_data_folder_is_refused(up: Up, data_dir: Path) -> None:
+    """A second `ordo up` on a data folder in use exits 1 with a message, and leaves the first one's
+    servers and children as they were (it used to stop them as leftovers)."""
+    before = _recorded_pids(data_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDO_")}
+    second = subprocess.run(
+        [sys.executable, "-m", "ordo.cli", "up", "--data-dir", str(data_dir), "--port", str(free_port())],
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1 and "another `ordo up`" in second.stderr, second.stderr[-2000:]
+    assert _recorded_pids(data_dir) == before
+    assert all(_alive(p) for p in before.values()), before
+    assert up.ready()
+
+
 def test_up_serves_runs_a_task_and_stops_leaving_nothing(data_dir: Path) -> None:
     up = Up(data_dir, free_port())
     try:
@@ -159,6 +178,7 @@ def test_up_serves_runs_a_task_and_stops_leaving_nothing(data_dir: Path) -> None
         _run_echo(up.base)
         _postgres_refuses_local_users_without_the_password(data_dir)
         _idle_connection_outlives_the_clients_expiry(up.port)
+        _a_second_up_on_the_same_data_folder_is_refused(up, data_dir)
         pids = _recorded_pids(data_dir)
         assert any("nats" in k for k in pids) and "postmaster" in pids, pids
         assert all(_alive(p) for p in pids.values()), pids
