@@ -337,6 +337,8 @@ async def measure(
         "queue_reports": {"queue": "reports"},
         "queue_billing_failed": {"queue": "billing", "status": "failed"},
         "tag_billing": {"tag": "billing"},
+        "tag_nothing": {"tag": "no-such-tag"},
+        "type_and_queue_nothing": {"type": "audit.export", "queue": "no-such-queue"},
         "search_type_word": {"q": "invoice"},
         "search_id": {"q": some_id},
         "search_nothing": {"q": "no-such-task"},

@@ -91,7 +91,10 @@ async def list_tasks(
     sort: Annotated[str, Query(pattern=r"^-?(created_at|updated_at)$")] = "-created_at",
 ) -> dict[str, Any]:
     """Tasks of the caller's tenant (newest first by default) with an opaque cursor to the next page.
-    `status` takes a comma-separated list. Archived tasks are listed only with `archived=true`."""
+    `status` takes a comma-separated list. Archived tasks are listed only with `archived=true`.
+    A filter no index serves (`q`, `tag`, a second of status, type and queue, the other column's
+    time range) is checked on at most 20,000 tasks per page: such a page may hold fewer than `limit`
+    tasks, or none, and still have a `next_cursor`. The list ends where `next_cursor` is null."""
     if limit > svc.settings.max_page:
         raise Problem(422, "page-too-large", f"limit is at most {svc.settings.max_page}")
     await rc.ensure(svc, who.tenant)

@@ -347,6 +347,13 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+# The rows one page of a list examines at most when a filter is not served by an index (a text
+# search, a tag, a second equality, a time range on the other column): the page holds the matches
+# among them and, when it is not full, a cursor past the last row examined. A rare match costs a
+# few short pages instead of a scan of the whole table (about 1 s at 1,000,000 tasks).
+SCAN_WINDOW = 20_000
+
+
 async def list_tasks(
     conn: asyncpg.Connection | asyncpg.Pool,
     tenant: str,
@@ -365,11 +372,20 @@ async def list_tasks(
     search: str | None = None,
     archived: bool = False,
     sort: str = "-created_at",
+    window: int | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page (`next_cursor` is None on the last). Every value is a bind parameter; `sort` is
-    looked up in SORTS (KeyError for an unknown one). `search` matches id or type, case-insensitive."""
+    looked up in SORTS (KeyError for an unknown one). `search` matches id or type, case-insensitive.
+
+    The conditions an index serves in the list's order (the tenant, the sort column's range and
+    cursor, and one of status, type or queue when sorting by creation) drive the scan; any other
+    condition is checked on at most `window` (default SCAN_WINDOW) rows of that scan per page. Such
+    a page may hold fewer than `limit` tasks (none, even) and still have a `next_cursor`: the pages
+    together are exactly the matching tasks in order."""
     column, direction = SORTS[sort]
+    window = window or SCAN_WINDOW
     where = ["tenant=$1", "archived" if archived else "NOT archived"]
+    checks: list[str] = []  # conditions no index of the scan serves: checked within the window
     args: list[Any] = [tenant]
 
     def bind(value: Any) -> str:
@@ -381,16 +397,18 @@ async def list_tasks(
         op = "<" if direction == "DESC" else ">"
         where.append(f"({column}, id) {op} ({bind(at)}, {bind(task_id)})")
     all_statuses = sorted(set(statuses) | ({status} if status is not None else set()))
-    merged = len(all_statuses) > 1 and column == "created_at"
+    equalities: list[str] = []
     if len(all_statuses) == 1:
-        where.append(f"status = {bind(all_statuses[0])}")
-    elif all_statuses and not merged:
-        where.append(f"status = ANY({bind(all_statuses)}::text[])")
+        equalities.append(f"status = {bind(all_statuses[0])}")
     for col, value in (("type", task_type), ("queue", queue)):
         if value is not None:
-            where.append(f"{col}={bind(value)}")
+            equalities.append(f"{col}={bind(value)}")
+    # Each of status, type and queue has an index in creation order; by update time none has.
+    indexed = 1 if column == "created_at" else 0
+    where += equalities[:indexed]
+    checks += equalities[indexed:]
     if tag is not None:
-        where.append(f"{bind(tag)} = ANY(tags)")
+        checks.append(f"{bind(tag)} = ANY(tags)")
     ranges: tuple[tuple[str, str, datetime | None], ...] = (
         ("created_at", ">=", created_after),
         ("created_at", "<", created_before),
@@ -399,22 +417,32 @@ async def list_tasks(
     )
     for col, op, moment in ranges:
         if moment is not None:
-            where.append(f"{col} {op} {bind(moment)}")
+            (where if col == column else checks).append(f"{col} {op} {bind(moment)}")
     if search:
         pattern = bind(_like(search))
-        where.append(f"(id ILIKE {pattern} OR type ILIKE {pattern})")
-    order = f"ORDER BY {column} {direction}, id {direction} LIMIT {bind(limit + 1)}"
+        checks.append(f"(id ILIKE {pattern} OR type ILIKE {pattern})")
+    merged = len(all_statuses) > 1 and column == "created_at" and not checks and not equalities
+    if len(all_statuses) > 1 and not merged:
+        checks.append(f"status = ANY({bind(all_statuses)}::text[])")
+    order = f"ORDER BY {column} {direction}, id {direction}"
+    page = f"{order} LIMIT {bind(limit + 1)}"
     if merged:
         # Several statuses: one index scan per status (tasks_status_newest), each stopping after a
         # page, merged here; `status = ANY(...)` would read every task of the statuses and sort them.
         wanted = bind(all_statuses)
         query = (
             f"SELECT {_COLUMNS} FROM unnest({wanted}::text[]) AS s(wanted) CROSS JOIN LATERAL"
-            f" (SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} AND status = s.wanted {order}) t"
-            f" {order}"
+            f" (SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} AND status = s.wanted {page}) t"
+            f" {page}"
+        )
+    elif checks:
+        scan = f"FROM tasks WHERE {' AND '.join(where)} {order}"
+        query = (
+            f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS}, {' AND '.join(checks)} AS hit {scan}"
+            f" LIMIT {bind(window)}) w WHERE hit {page}"
         )
     else:
-        query = f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} {order}"
+        query = f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} {page}"
     recs = await conn.fetch(query, *args)
     items = [to_resource(r) for r in recs[:limit]]
     await _mark_skipped(conn, tenant, items)
@@ -422,4 +450,14 @@ async def list_tasks(
     if len(recs) > limit:
         last = recs[limit - 1]
         next_cursor = encode_cursor(last[column], last["id"], sort)
+    elif checks:
+        # Not a full page: the rest of the list begins after the window's last row, if it was full.
+        # The same parameters, less the page's limit and the window's size (the last two), plus an
+        # offset; the checks are selected (unused) so that every parameter keeps its type.
+        args[-2:] = [window - 1]
+        end = await conn.fetchrow(
+            f"SELECT {column}, id, {' AND '.join(checks)} AS hit {scan} OFFSET ${len(args)} LIMIT 1", *args
+        )
+        if end is not None:
+            next_cursor = encode_cursor(end[column], end["id"], sort)
     return items, next_cursor

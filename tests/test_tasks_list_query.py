@@ -77,3 +77,75 @@ async def test_pages_of_a_status_list_match_a_plain_filter_and_sort(database_url
         assert await _all_pages(pool, 10, statuses=("no-such", "other")) == []
     finally:
         await pool.close()
+
+
+def _matches(r: Any, kw: dict[str, Any]) -> bool:
+    wanted = set(kw.get("statuses", ())) | ({kw["status"]} if "status" in kw else set())
+    needle = kw.get("search", "").lower()
+    return (
+        (not wanted or r["status"] in wanted)
+        and r["archived"] == kw.get("archived", False)
+        and kw.get("task_type", r["type"]) == r["type"]
+        and (kw.get("tag") is None or kw["tag"] in r["tags"])
+        and (kw.get("updated_after") is None or r["updated_at"] >= kw["updated_after"])
+        and (kw.get("created_before") is None or r["created_at"] < kw["created_before"])
+        and (needle in r["id"].lower() or needle in r["type"].lower())
+    )
+
+
+async def test_filters_no_index_serves_examine_a_window_per_page_and_the_pages_are_still_exact(
+    database_url: str,
+) -> None:
+    """A search, a tag, a second equality or the other column's range is checked on at most `window`
+    rows per page: a page can be short or empty with a cursor, and the pages together are exactly
+    the matching tasks in order."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn)
+        await conn.execute("DELETE FROM tasks")
+        await conn.execute(_SEED)
+        await conn.execute("UPDATE tasks SET tags = ARRAY['vip'] WHERE last_seq % 11 = 0")
+        rows = await conn.fetch(
+            "SELECT id, status, type, tags, created_at, updated_at, archived FROM tasks"
+            " WHERE tenant = 'default'"
+        )
+        rare = await conn.fetchval(
+            "SELECT id FROM tasks WHERE tenant = 'default' AND NOT archived ORDER BY created_at, id LIMIT 1"
+        )
+    finally:
+        await conn.close()
+    some_time = sorted(r["updated_at"] for r in rows)[len(rows) // 2]
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        cases: list[dict[str, Any]] = [
+            {"search": "MAIL"},
+            {"search": "a1"},
+            {"search": rare[-5:]},
+            {"tag": "vip"},
+            {"status": "failed", "task_type": "email.send"},
+            {"statuses": ("failed", "queued"), "task_type": "report.build"},
+            {"statuses": ("succeeded", "cancelled"), "search": "echo", "archived": True},
+            {"updated_after": some_time, "search": "o"},
+            {"created_before": some_time, "tag": "vip", "sort": "-updated_at"},
+            {"status": "running", "sort": "updated_at"},
+        ]
+        for case in cases:
+            for sort in ("-created_at", "created_at") if "sort" not in case else (case["sort"],):
+                kw = {**case, "sort": sort}
+                column = tasks.SORTS[sort][0]
+                expected = sorted(
+                    (r for r in rows if _matches(r, kw)),
+                    key=lambda r, c=column: (r[c], r["id"]),
+                    reverse=sort.startswith("-"),
+                )
+                assert expected, case
+                for limit, window in ((37, 45), (10, 400), (50, 10_000)):
+                    got = await _all_pages(pool, limit, window=window, **kw)
+                    assert got == [r["id"] for r in expected], (kw, limit, window)
+        # The oldest task, searched for by its id among the newest 100 rows: nothing on this page,
+        # and a cursor to the rest of the list; following it finds the task.
+        items, cursor = await tasks.list_tasks(pool, "default", 20, search=rare, window=100)
+        assert items == [] and cursor is not None
+        assert await _all_pages(pool, 20, search=rare, window=100) == [rare]
+    finally:
+        await pool.close()

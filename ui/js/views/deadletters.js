@@ -61,6 +61,7 @@ export function mount(root, { params }) {
         h("td", { title: absTime(d.dead_at), "data-label": "dead since" }, ago(d.dead_at)),
         h("td", { "data-label": "" }, h("button", { "data-action": "replay", "aria-label": `replay ${d.task_id}`, onclick: () => replay(d.task_id) }, "Replay"))))))),
       next ? h("div", { class: "pager" }, h("button", { onclick: () => { cursor = next; load(); } }, "Older →")) : null]
+      : next ? [notice("No matches among the tasks searched so far."), h("div", { class: "pager" }, h("button", { onclick: () => { cursor = next; load(); } }, "Older →"))]
       : notice("No dead letters match."));
   }
   async function replay(id) {

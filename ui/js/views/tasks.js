@@ -221,8 +221,12 @@ export function mount(root, { params }) {
       if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
     });
     for (const [id, tr] of rowsById) if (!seen.has(id)) { tr.remove(); rowsById.delete(id); }
-    const empty = tbody.querySelector("tr.empty");
-    if (!items.length) { if (!empty) tbody.append(h("tr", { class: "empty" }, h("td", { colspan: 9, class: "muted" }, "No tasks match."))); }
+    // A filter no index serves is checked on a stretch of the list per page: an empty page with a
+    // cursor means none matched in that stretch, not that none match at all.
+    const emptyText = nextCursor ? "No matches among the tasks searched so far: Older → searches further." : "No tasks match.";
+    let empty = tbody.querySelector("tr.empty");
+    if (empty && empty.textContent !== emptyText) { empty.remove(); empty = null; }
+    if (!items.length) { if (!empty) tbody.append(h("tr", { class: "empty" }, h("td", { colspan: 9, class: "muted" }, emptyText))); }
     else empty?.remove();
     setText(info, `${items.length} task${items.length === 1 ? "" : "s"} on this page`);
     btnPrev.disabled = !state.cursor;
