@@ -91,6 +91,11 @@ class Notifier:
 class HubConfig:
     tail_page: int = 2000  # rows per tail query (a bigger commit is read in several)
     catch_up_page: int = 500  # rows per catch-up query of one stream
+    # Log sequences one catch-up query of a stream without a task examines at most: the tenant,
+    # queue and type filters are checked on the rows of that stretch (no index serves them in
+    # sequence order), so a filter that matches little costs queries of bounded size, not one scan
+    # of every event since the resume point.
+    catch_up_stretch: int = 20_000
     max_buffer_bytes: int = 1 << 20  # frames waiting for one client; past this it is cut
     idle_s: float = 5.0  # no NOTIFY for this long: re-read the checkpoint; idle streams wake (keys)
     # A committed range waits this long for its chunk of the committed feed before it is read from
@@ -101,8 +106,13 @@ class HubConfig:
     want_every_s: float = committed_feed.WANT_EVERY_S  # while it has streams, ask for the feed this often
 
     def __post_init__(self) -> None:
-        if min(self.tail_page, self.catch_up_page, self.max_buffer_bytes) < 1 or self.idle_s <= 0:
-            raise ValueError("tail_page, catch_up_page, max_buffer_bytes >= 1 and idle_s > 0 required")
+        if (
+            min(self.tail_page, self.catch_up_page, self.catch_up_stretch, self.max_buffer_bytes) < 1
+            or self.idle_s <= 0
+        ):
+            raise ValueError(
+                "tail_page, catch_up_page, catch_up_stretch, max_buffer_bytes >= 1 and idle_s > 0 required"
+            )
         if self.feed_grace_s < 0 or self.feed_alive_s < 0 or self.feed_chunks < 1 or self.want_every_s <= 0:
             raise ValueError(
                 "feed_grace_s, feed_alive_s >= 0, feed_chunks >= 1 and want_every_s > 0 required"
@@ -351,6 +361,10 @@ class TailHub:
             reached = self.position
             self._join(sub)  # from here the hub buffers every match past `reached` for `sub`
             while after < reached and sub.types != ():
+                # A task's events are read by its index; any other stream a stretch at a time.
+                upto = (
+                    reached if sub.task_id is not None else min(reached, after + self.config.catch_up_stretch)
+                )
                 page = await task_events.events_after(
                     self._pool,
                     sub.tenant,
@@ -359,14 +373,15 @@ class TailHub:
                     task_id=sub.task_id,
                     queue=sub.queue,
                     types=sub.types,
-                    upto=reached,
+                    upto=upto,
                 )
                 METRICS.catch_up_queries.inc()
                 if page:
-                    after = page[-1]["seq"]
                     yield b"".join(frame(e) for e in page)
-                if sub.cut or len(page) < self.config.catch_up_page:
+                if sub.cut:
                     break
+                # A full page goes on after its last event; a short one read its whole stretch.
+                after = page[-1]["seq"] if len(page) == self.config.catch_up_page else upto
             while not sub.cut:
                 chunk = await sub.take()
                 if sub.cut:
