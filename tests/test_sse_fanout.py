@@ -460,12 +460,17 @@ async def test_a_filtered_stream_catches_up_a_stretch_of_the_log_per_query_exact
         await eventually(lambda: _true(hub.position >= last), 30, what="submits projected")
         hub.config = replace(hub.config, catch_up_stretch=5)
         log, _ = await handler.store.load_filter(sj.tenant_events_filter(settings.tenant))
-        for params in ({"queue": "rare"}, {}, {"queue": "q1", "type": "submitted"}):
-            params = {**params, "after": str(before)}
+        filters: list[dict[str, str]] = [{"queue": "rare"}, {}, {"queue": "q1", "type": "submitted"}]
+        for only in filters:
+            params = {**only, "after": str(before)}
             want = [e.seq for e in log if before < e.seq <= last and _matcher("/v1/events/stream", params)(e)]
             client = Client(http, "/v1/events/stream", params)
             queries = _catch_up_queries()
+
+            async def caught_up(c: Client = client, w: list[int] = want) -> bool:
+                return len(c.seqs) >= len(w)
+
             async with _clients([client]):
-                await eventually(lambda c=client, w=want: _true(len(c.seqs) >= len(w)), 30, what="caught up")
+                await eventually(caught_up, 30, what="caught up")
             assert client.seqs == want, params
             assert _catch_up_queries() - queries >= (last - before) // 5, params  # a stretch each
