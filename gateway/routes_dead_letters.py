@@ -94,7 +94,9 @@ async def list_dead_letters(
     dead_after: datetime | None = None,
     dead_before: datetime | None = None,
 ) -> dict[str, Any]:
-    """Dead letters of the caller's tenant, newest first, with an opaque cursor to the next page."""
+    """Dead letters of the caller's tenant, newest first, with an opaque cursor to the next page.
+    A filter is checked on at most 20,000 dead letters per page: a filtered page may hold fewer than
+    `limit`, or none, and still have a `next_cursor`. The list ends where `next_cursor` is null."""
     where = DeadLetterFilter(
         queue, type, error_kind, _aware(dead_after, "dead_after"), _aware(dead_before, "dead_before")
     )

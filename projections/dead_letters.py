@@ -186,26 +186,52 @@ def decode_cursor(cursor: str) -> int:
     return int(seq)
 
 
+# Rows one page examines at most when filtered (only the newest-first order has an index): the
+# page holds the matches among them and, when not full, a cursor past the last one examined.
+SCAN_WINDOW = 20_000
+
+
 async def list_dead_letters(
     conn: asyncpg.Connection | asyncpg.Pool,
     tenant: str,
     limit: int,
     cursor: str | None = None,
     where: DeadLetterFilter = DeadLetterFilter(),
+    window: int | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Newest dead letter first; `next_cursor` is None on the last page."""
+    """Newest dead letter first; `next_cursor` is None on the last page. A filter is checked on at
+    most `window` (default SCAN_WINDOW) dead letters per page, so a filtered page may hold fewer
+    than `limit`, or none, and still have a `next_cursor` (as the task list, decision 47)."""
     clauses, args = where.where(tenant)
+    scan = ["tenant=$1"]
     if cursor is not None:
         args.append(decode_cursor(cursor))
-        clauses.append(f"seq<${len(args)}")
+        scan.append(f"seq<${len(args)}")
+    checks = clauses[1:]  # past the tenant's
+    order = f"FROM dead_letters WHERE {' AND '.join(scan)} ORDER BY seq DESC"
     args.append(limit + 1)
-    recs = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM dead_letters WHERE {' AND '.join(clauses)}"
-        f" ORDER BY seq DESC LIMIT ${len(args)}",
-        *args,
-    )
+    if not checks:
+        recs = await conn.fetch(f"SELECT {_COLUMNS} {order} LIMIT ${len(args)}", *args)
+    else:
+        hit = " AND ".join(checks)
+        args.append(window or SCAN_WINDOW)
+        recs = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS}, {hit} AS hit {order} LIMIT ${len(args)}) w"
+            f" WHERE hit ORDER BY seq DESC LIMIT ${len(args) - 1}",
+            *args,
+        )
     items = [dict(r) for r in recs[:limit]]
-    return items, (encode_cursor(recs[limit - 1]["seq"]) if len(recs) > limit else None)
+    if len(recs) > limit:
+        return items, encode_cursor(recs[limit - 1]["seq"])
+    if not checks:
+        return items, None
+    # Not a full page: the rest begins after the window's last row, if the window was full. The
+    # same parameters less the page's limit and the window's size, plus an offset.
+    args[-2:] = [(window or SCAN_WINDOW) - 1]
+    end = await conn.fetchval(
+        f"SELECT seq FROM (SELECT seq, {hit} AS hit {order} OFFSET ${len(args)} LIMIT 1) e", *args
+    )
+    return items, (encode_cursor(end) if end is not None else None)
 
 
 async def get_dead_letter(
