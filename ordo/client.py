@@ -131,6 +131,53 @@ class AsyncClient:
         response = await self._request("GET", f"/v1/tasks/{task_id}/events", headers=self._min_seq())
         return msgspec.json.decode(response.content, type=_Timeline).events
 
+    async def tasks(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        type: str | None = None,  # noqa: A002 - the API's name
+        queue: str | None = None,
+        tag: str | None = None,
+        search: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        archived: bool = False,
+        sort: str = "-created_at",
+        page_size: int = 100,
+    ) -> AsyncGenerator[Task, None]:
+        """The caller's tasks that match, newest first by default (`sort`: `±created_at`,
+        `±updated_at`), read a page at a time (GET /v1/tasks). `search` is text in the id or type;
+        `status` one status or several. The iterator follows the pages' cursors to the end of the
+        list, also past pages that a filter without an index left short or empty."""
+        params: dict[str, str] = {"limit": str(page_size), "sort": sort}
+        if status is not None:
+            params["status"] = status if isinstance(status, str) else ",".join(status)
+        for name, value in (("type", type), ("queue", queue), ("tag", tag), ("q", search)):
+            if value is not None:
+                params[name] = value
+        for name, moment in (
+            ("created_after", created_after),
+            ("created_before", created_before),
+            ("updated_after", updated_after),
+            ("updated_before", updated_before),
+        ):
+            if moment is not None:
+                params[name] = moment.isoformat()
+        if archived:
+            params["archived"] = "true"
+        cursor: str | None = None
+        while True:
+            query = {**params, "cursor": cursor} if cursor is not None else params
+            response = await self._request("GET", "/v1/tasks", params=query, headers=self._min_seq())
+            page = msgspec.json.decode(response.content, type=_TaskPage)
+            for task in page.items:
+                yield task
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
     async def wait(self, task_id: str, timeout: float = 60.0) -> Task:
         """Wait until the task is succeeded, failed or cancelled and return it (WaitTimeout if not).
 
@@ -196,10 +243,16 @@ class AsyncClient:
         return {"Ordo-Min-Seq": str(self._written)} if self._written else {}
 
     async def _request(
-        self, method: str, path: str, *, json: Any = None, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         try:
-            response = await self._http.request(method, path, json=json, headers=headers)
+            response = await self._http.request(method, path, json=json, headers=headers, params=params)
         except httpx.TransportError as exc:
             raise Unavailable(0, "connection-failed", "gateway unreachable", str(exc), None) from exc
         if response.status_code >= 400:
@@ -211,6 +264,11 @@ class AsyncClient:
 
 class _Timeline(msgspec.Struct, frozen=True):
     events: list[TaskEvent]
+
+
+class _TaskPage(msgspec.Struct, frozen=True):
+    items: list[Task]
+    next_cursor: str | None = None
 
 
 async def _sse_frames(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str | None, str, str]]:
@@ -288,6 +346,18 @@ class Client:
     def events(self, task_id: str) -> list[TaskEvent]:
         return self._call(self._async.events(task_id))
 
+    def tasks(self, **filters: Any) -> Iterator[Task]:
+        """See AsyncClient.tasks (the same keyword filters); pages are read as the loop goes."""
+        tasks: AsyncGenerator[Task, None] = self._async.tasks(**filters)
+        try:
+            while True:
+                yield self._call(_next(tasks))
+        except StopAsyncIteration:
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                self._call(tasks.aclose())
+
     def wait(self, task_id: str, timeout: float = 60.0) -> Task:
         """See AsyncClient.wait."""
         return self._call(self._async.wait(task_id, timeout))
@@ -314,8 +384,8 @@ class Client:
                 self._call(events.aclose())
 
 
-async def _next(events: AsyncIterator[TaskEvent]) -> TaskEvent:
-    return await events.__anext__()
+async def _next(items: AsyncIterator[T]) -> T:
+    return await items.__anext__()
 
 
 __all__ = ["AsyncClient", "Client", "OrdoError"]

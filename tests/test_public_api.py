@@ -138,6 +138,35 @@ async def test_stream_follows_a_task_and_resumes_from_an_id(system: System) -> N
         assert [e.seq for e in resumed] == [e.seq for e in seen[1:]]
 
 
+async def test_the_client_lists_tasks_across_short_and_empty_pages(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tasks()` follows the cursors to the end, also past the short and empty pages a filter
+    without an index gives (here a tag, checked on 2 rows per page)."""
+    from ordo.projections import tasks as task_list
+
+    tag = "list-" + uuid.uuid4().hex[:8]
+    async with AsyncClient(system.base_url) as client:
+        subs = [await client.submit("demo.echo", i, tags=[tag]) for i in range(5)]
+        for sub in subs:
+            await client.wait(sub.id, timeout=30)
+        await client.submit("demo.echo", "untagged")
+        monkeypatch.setattr(task_list, "SCAN_WINDOW", 2)
+        newest_first = [t async for t in client.tasks(tag=tag, page_size=2)]
+        assert [t.id for t in newest_first] == [s.id for s in reversed(subs)]
+        assert {t.status for t in newest_first} == {"succeeded"} and newest_first[0].tags == [tag]
+        oldest_first = [t.id async for t in client.tasks(tag=tag, sort="created_at", status=["succeeded"])]
+        assert oldest_first == [s.id for s in subs]
+        monkeypatch.setattr(task_list, "SCAN_WINDOW", 500)
+        assert [t.id async for t in client.tasks(search=subs[2].id)] == [subs[2].id]
+
+    def use() -> list[str]:
+        with Client(system.base_url) as sync:
+            return [t.id for t in sync.tasks(tag=tag, page_size=3)]
+
+    assert await asyncio.to_thread(use) == [s.id for s in reversed(subs)]
+
+
 async def test_sync_client_does_the_same_without_await(system: System) -> None:
     def use() -> tuple[str, Any]:
         with Client(system.base_url) as client:
