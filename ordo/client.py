@@ -348,15 +348,7 @@ class Client:
 
     def tasks(self, **filters: Any) -> Iterator[Task]:
         """See AsyncClient.tasks (the same keyword filters); pages are read as the loop goes."""
-        tasks: AsyncGenerator[Task, None] = self._async.tasks(**filters)
-        try:
-            while True:
-                yield self._call(_next(tasks))
-        except StopAsyncIteration:
-            return
-        finally:
-            with contextlib.suppress(Exception):
-                self._call(tasks.aclose())
+        return self._iterate(self._async.tasks(**filters))
 
     def wait(self, task_id: str, timeout: float = 60.0) -> Task:
         """See AsyncClient.wait."""
@@ -371,17 +363,20 @@ class Client:
         last_event_id: int | None = None,
     ) -> Iterator[TaskEvent]:
         """See AsyncClient.stream; closing the iterator (or leaving the for loop) ends the stream."""
-        events: AsyncGenerator[TaskEvent, None] = self._async.stream(
-            task_id=task_id, queue=queue, types=types, last_event_id=last_event_id
+        return self._iterate(
+            self._async.stream(task_id=task_id, queue=queue, types=types, last_event_id=last_event_id)
         )
+
+    def _iterate(self, items: AsyncGenerator[T, None]) -> Iterator[T]:
+        """An async generator of the private loop as a plain iterator; closing it closes that one."""
         try:
             while True:
-                yield self._call(_next(events))
+                yield self._call(_next(items))
         except StopAsyncIteration:
             return
         finally:
             with contextlib.suppress(Exception):
-                self._call(events.aclose())
+                self._call(items.aclose())
 
 
 async def _next(items: AsyncIterator[T]) -> T:
