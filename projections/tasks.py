@@ -10,7 +10,7 @@ import msgspec
 
 from ordo.domain import events as ev
 from ordo.domain.state import TaskState, evolve, initial
-from ordo.domain.status import TaskStatus
+from ordo.domain.status import TERMINAL, TaskStatus
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors, poison
 from ordo.projections.batch_statement import Write, last_param, presumed, run
@@ -347,6 +347,8 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+_TERMINAL = frozenset(s.value for s in TERMINAL)
+
 # The rows one page of a list examines at most when a filter is not served by an index (a text
 # search, a tag, a second equality, a time range on the other column): the page holds the matches
 # among them and, when it is not full, a cursor past the last row examined. A rare match costs a
@@ -378,7 +380,8 @@ async def list_tasks(
     looked up in SORTS (KeyError for an unknown one). `search` matches id or type, case-insensitive.
 
     The conditions an index serves in the list's order (the tenant, the sort column's range and
-    cursor, and one of status, type or queue when sorting by creation) drive the scan; any other
+    cursor, and one of status, type or queue when sorting by creation: an active status, else the
+    type, the queue, a terminal status) drive the scan; any other
     condition is checked on at most `window` (default SCAN_WINDOW) rows of that scan per page. Such
     a page may hold fewer than `limit` tasks (none, even) and still have a `next_cursor`: the pages
     together are exactly the matching tasks in order."""
@@ -397,12 +400,19 @@ async def list_tasks(
         op = "<" if direction == "DESC" else ">"
         where.append(f"({column}, id) {op} ({bind(at)}, {bind(task_id)})")
     all_statuses = sorted(set(statuses) | ({status} if status is not None else set()))
+    # The scan is driven by the equality likely to match the fewest tasks: an active status (a small
+    # set at any time), else the type, the queue, and last a terminal status (the bulk of a table).
+    single = all_statuses[0] if len(all_statuses) == 1 else None
+    active = single is not None and single not in _TERMINAL
     equalities: list[str] = []
-    if len(all_statuses) == 1:
-        equalities.append(f"status = {bind(all_statuses[0])}")
-    for col, value in (("type", task_type), ("queue", queue)):
+    for col, value in (
+        ("status", single if active else None),
+        ("type", task_type),
+        ("queue", queue),
+        ("status", single if not active else None),
+    ):
         if value is not None:
-            equalities.append(f"{col}={bind(value)}")
+            equalities.append(f"{col} = {bind(value)}")
     # Each of status, type and queue has an index in creation order; by update time none has.
     indexed = 1 if column == "created_at" else 0
     where += equalities[:indexed]

@@ -149,3 +149,40 @@ async def test_filters_no_index_serves_examine_a_window_per_page_and_the_pages_a
         assert await _all_pages(pool, 20, search=rare, window=100) == [rare]
     finally:
         await pool.close()
+
+
+async def test_the_likeliest_rarest_equality_drives_the_scan(database_url: str) -> None:
+    """With a window of one row, a page examines one row of the driving scan, so the number of pages
+    tells which equality drove it: an active status before the type, the type before a terminal
+    status."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn)
+        await conn.execute("DELETE FROM tasks")
+        await conn.execute(_SEED)
+        # As in a table that has run a while: most tasks succeeded.
+        await conn.execute(
+            "UPDATE tasks SET status = 'succeeded' WHERE status IN ('queued', 'scheduled', 'retrying')"
+        )
+        live = "tenant = 'default' AND NOT archived"
+        by_type = await conn.fetchval(f"SELECT count(*) FROM tasks WHERE {live} AND type = 'email.send'")
+        running = await conn.fetchval(f"SELECT count(*) FROM tasks WHERE {live} AND status = 'running'")
+        succeeded = await conn.fetchval(f"SELECT count(*) FROM tasks WHERE {live} AND status = 'succeeded'")
+    finally:
+        await conn.close()
+    pool = await create_pool(database_url, max_size=2)
+
+    async def pages(**kw: Any) -> int:
+        n, cursor = 0, None
+        while True:
+            _, cursor = await tasks.list_tasks(pool, "default", 10, cursor, window=1, **kw)
+            n += 1
+            if cursor is None:
+                return n
+
+    try:
+        assert running < by_type < succeeded
+        assert await pages(status="running", task_type="email.send") <= running + 1
+        assert by_type <= await pages(status="succeeded", task_type="email.send") <= by_type + 1
+    finally:
+        await pool.close()
