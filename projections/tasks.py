@@ -381,10 +381,10 @@ async def list_tasks(
 
     The conditions an index serves in the list's order (the tenant, the sort column's range and
     cursor, and one of status, type or queue when sorting by creation: an active status, else the
-    type, the queue, a terminal status) drive the scan; any other
-    condition is checked on at most `window` (default SCAN_WINDOW) rows of that scan per page. Such
-    a page may hold fewer than `limit` tasks (none, even) and still have a `next_cursor`: the pages
-    together are exactly the matching tasks in order."""
+    type, the queue, a terminal status) drive the scan; any other condition is checked on at most
+    `window` (default SCAN_WINDOW) rows of that scan per page. Such a page may hold fewer than
+    `limit` tasks (none, even) and still have a `next_cursor`: the pages together are exactly the
+    matching tasks in order."""
     column, direction = SORTS[sort]
     window = window or SCAN_WINDOW
     where = ["tenant=$1", "archived" if archived else "NOT archived"]
