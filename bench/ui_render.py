@@ -13,8 +13,9 @@ It starts an embedded nats-server and PostgreSQL in a temporary folder, a projec
 in this process (no worker, so tasks stay put), submits the tasks with `POST /v1/tasks:batch`, gives
 one task 500 events (pause/resume of a delayed task), waits for the read model, then times in the
 browser, from navigation start (or the user's action) until the view shows the data:
-task list first page, a filtered list, the next page; the 500-event timeline (chart + list), one
-scrubber step (as_of_seq), switching to the raw JSON view. Prints one JSON line.
+task list first page, a filtered list, a search that finds nothing, the next page; the 500-event
+timeline (chart + list), one scrubber step (as_of_seq), switching to the raw JSON view. Prints one
+JSON line.
 """
 
 from __future__ import annotations
@@ -140,6 +141,15 @@ async def measure(base: str, task_id: str, last_seq: int, n_events: int) -> dict
                 '#tasks-table tr[data-status="scheduled"]',
                 lambda: page.select_option("select[name=status]", "scheduled"),
             )
+            await page.goto(f"{base}/#/tasks")
+            await page.locator("#tasks-table tr[data-id]").first.wait_for()
+
+            async def search_nothing() -> None:
+                await page.fill("input[name=q]", "no-such-task")
+                await page.press("input[name=q]", "Enter")
+
+            # A search that matches nothing: one stretch of the list, then its message (decision 47).
+            out["task_list_search_nothing_ms"] = await action("#tasks-table tr.empty", search_nothing)
             await page.goto(f"{base}/#/tasks")
             await page.locator("#tasks-table tr[data-id]").first.wait_for()
             first = await page.get_attribute("#tasks-table tr[data-id]", "data-id")
