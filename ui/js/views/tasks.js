@@ -13,6 +13,7 @@ export const beforeCaps = true;
 
 export const STATUSES = ["scheduled", "queued", "paused", "running", "retrying", "cancelling", "succeeded", "failed", "cancelled"];
 const PAGE = 50;
+const EMPTY_STRETCHES = 9; // empty pages of a search or tag gone through by itself (20,000 tasks each)
 const MAX_SELECT = 10_000;
 const STATUS_GROUPS = [["waiting (scheduled, queued, paused, retrying)", "scheduled,queued,paused,retrying"],
   ["active (running, cancelling)", "running,cancelling"], ["finished (succeeded, failed, cancelled)", "succeeded,failed,cancelled"],
@@ -143,7 +144,13 @@ export function mount(root, { params }) {
         const r = await fetch(`/v1/tasks/${enc(state.q)}`, { credentials: "same-origin" });
         found = r.ok ? [await r.json()] : [];
       } else {
-        const page = await get(`/v1/tasks${qs(query)}`);
+        let page = await get(`/v1/tasks${qs(query)}`);
+        // A filter no index serves reads the list a stretch at a time: an empty page with a cursor
+        // found nothing in its stretch. Go on by itself for a few stretches before showing one.
+        for (let more = EMPTY_STRETCHES; more > 0 && !page.items.length && page.next_cursor && mine === generation; more -= 1) {
+          setText(info, "searching older tasks…");
+          page = await get(`/v1/tasks${qs({ ...query, cursor: page.next_cursor })}`);
+        }
         found = page.items;
         next = page.next_cursor;
       }
