@@ -20,6 +20,7 @@ from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors
 from ordo.projections.batch_statement import Write
 from ordo.projections.memory import TaskKey
+from ordo.projections.scan_window import SCAN_WINDOW, windowed_page
 
 DDL = """
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -186,11 +187,6 @@ def decode_cursor(cursor: str) -> int:
     return int(seq)
 
 
-# Rows one page examines at most when filtered (only the newest-first order has an index): the
-# page holds the matches among them and, when not full, a cursor past the last one examined.
-SCAN_WINDOW = 20_000
-
-
 async def list_dead_letters(
     conn: asyncpg.Connection | asyncpg.Pool,
     tenant: str,
@@ -208,30 +204,18 @@ async def list_dead_letters(
         args.append(decode_cursor(cursor))
         scan.append(f"seq<${len(args)}")
     checks = clauses[1:]  # past the tenant's
-    order = f"FROM dead_letters WHERE {' AND '.join(scan)} ORDER BY seq DESC"
-    args.append(limit + 1)
-    if not checks:
-        recs = await conn.fetch(f"SELECT {_COLUMNS} {order} LIMIT ${len(args)}", *args)
-    else:
-        hit = " AND ".join(checks)
-        args.append(window or SCAN_WINDOW)
-        recs = await conn.fetch(
-            f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS}, {hit} AS hit {order} LIMIT ${len(args)}) w"
-            f" WHERE hit ORDER BY seq DESC LIMIT ${len(args) - 1}",
-            *args,
+    rows, order = f"FROM dead_letters WHERE {' AND '.join(scan)}", "ORDER BY seq DESC"
+    end = None
+    if checks:
+        recs, end = await windowed_page(
+            conn, _COLUMNS, rows, order, checks, args, limit, window or SCAN_WINDOW, "seq"
         )
+    else:
+        recs = await conn.fetch(f"SELECT {_COLUMNS} {rows} {order} LIMIT ${len(args) + 1}", *args, limit + 1)
     items = [dict(r) for r in recs[:limit]]
     if len(recs) > limit:
         return items, encode_cursor(recs[limit - 1]["seq"])
-    if not checks:
-        return items, None
-    # Not a full page: the rest begins after the window's last row, if the window was full. The
-    # same parameters less the page's limit and the window's size, plus an offset.
-    args[-2:] = [(window or SCAN_WINDOW) - 1]
-    end = await conn.fetchval(
-        f"SELECT seq FROM (SELECT seq, {hit} AS hit {order} OFFSET ${len(args)} LIMIT 1) e", *args
-    )
-    return items, (encode_cursor(end) if end is not None else None)
+    return items, (encode_cursor(end["seq"]) if end is not None else None)
 
 
 async def get_dead_letter(

@@ -16,6 +16,7 @@ from ordo.projections import cursors, poison
 from ordo.projections.batch_statement import Write, last_param, presumed, run
 from ordo.projections.json_text import json_text
 from ordo.projections.memory import Memory, fetch_tasks, sort_tasks
+from ordo.projections.scan_window import SCAN_WINDOW, windowed_page
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -349,12 +350,6 @@ def _like(text: str) -> str:
 
 _TERMINAL = frozenset(s.value for s in TERMINAL)
 
-# The rows one page of a list examines at most when a filter is not served by an index (a text
-# search, a tag, a second equality, a time range on the other column): the page holds the matches
-# among them and, when it is not full, a cursor past the last row examined. A rare match costs a
-# few short pages instead of a scan of the whole table (about 1 s at 1,000,000 tasks).
-SCAN_WINDOW = 20_000
-
 
 async def list_tasks(
     conn: asyncpg.Connection | asyncpg.Pool,
@@ -435,39 +430,28 @@ async def list_tasks(
     if len(all_statuses) > 1 and not merged:
         checks.append(f"status = ANY({bind(all_statuses)}::text[])")
     order = f"ORDER BY {column} {direction}, id {direction}"
-    page = f"{order} LIMIT {bind(limit + 1)}"
-    if merged:
+    end = None
+    if checks:
+        rows = f"FROM tasks WHERE {' AND '.join(where)}"
+        recs, end = await windowed_page(
+            conn, _COLUMNS, rows, order, checks, args, limit, window, f"{column}, id"
+        )
+    elif merged:
         # Several statuses: one index scan per status (tasks_status_newest), each stopping after a
         # page, merged here; `status = ANY(...)` would read every task of the statuses and sort them.
+        page = f"{order} LIMIT {bind(limit + 1)}"
         wanted = bind(all_statuses)
-        query = (
+        recs = await conn.fetch(
             f"SELECT {_COLUMNS} FROM unnest({wanted}::text[]) AS s(wanted) CROSS JOIN LATERAL"
             f" (SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} AND status = s.wanted {page}) t"
-            f" {page}"
-        )
-    elif checks:
-        scan = f"FROM tasks WHERE {' AND '.join(where)} {order}"
-        query = (
-            f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS}, {' AND '.join(checks)} AS hit {scan}"
-            f" LIMIT {bind(window)}) w WHERE hit {page}"
+            f" {page}",
+            *args,
         )
     else:
-        query = f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} {page}"
-    recs = await conn.fetch(query, *args)
+        recs = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} {order} LIMIT {bind(limit + 1)}", *args
+        )
     items = [to_resource(r) for r in recs[:limit]]
     await _mark_skipped(conn, tenant, items)
-    next_cursor = None
-    if len(recs) > limit:
-        last = recs[limit - 1]
-        next_cursor = encode_cursor(last[column], last["id"], sort)
-    elif checks:
-        # Not a full page: the rest of the list begins after the window's last row, if it was full.
-        # The same parameters, less the page's limit and the window's size (the last two), plus an
-        # offset; the checks are selected (unused) so that every parameter keeps its type.
-        args[-2:] = [window - 1]
-        end = await conn.fetchrow(
-            f"SELECT {column}, id, {' AND '.join(checks)} AS hit {scan} OFFSET ${len(args)} LIMIT 1", *args
-        )
-        if end is not None:
-            next_cursor = encode_cursor(end[column], end["id"], sort)
-    return items, next_cursor
+    last = recs[limit - 1] if len(recs) > limit else end
+    return items, (encode_cursor(last[column], last["id"], sort) if last is not None else None)
