@@ -463,3 +463,33 @@ async def test_a_running_task_is_remembered_however_many_tasks_pass_between_its_
         assert running == 1
     finally:
         await conn.close()
+
+
+async def test_the_presumed_new_check_probes_task_events_by_index_whatever_its_statistics(
+    database_url: str,
+) -> None:
+    """The check that tasks first seen by their `submitted` have no earlier event looks each one up in
+    `task_events_task`. Written as a join, PostgreSQL (which takes a batch's rows for 100) read the
+    whole of `task_events` for it in every batch while the table was small, and a table growing
+    faster than its statistics stays small to the planner (W1: 5-9 ms a batch at 20,000 rows)."""
+    from ordo.projections.batch_statement import Write, _as_json, statement
+
+    conn = await connect(database_url)
+    try:
+        await migrate(conn)
+        fill = (
+            "INSERT INTO task_events (seq, tenant, task_id, queue, type, at, data)"
+            " SELECT g, 't', 'task-' || g, 'default', 'submitted', now(), '{}'"
+            " FROM generate_series($1::bigint, $2::bigint) g"
+        )
+        await conn.execute(fill, 1, 5000)
+        await conn.execute("ANALYZE task_events")
+        await conn.execute(fill, 5001, 20_000)  # the table grew faster than its statistics
+        keys = [("t", f"new-{i}", 60_000 + i) for i in range(1000)]
+        args = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], len(keys)]
+        sql, params = _as_json(*statement([Write(rollups._UNSEEN, args, rollups._CHECK)]))
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *params))
+        assert "task_events_task" in plan and "Seq Scan on task_events" not in plan, plan
+        assert await conn.fetchval(sql, *params) is not None  # and it passes: none of them has history
+    finally:
+        await conn.close()
