@@ -140,6 +140,36 @@ async def test_a_park_returns_the_first_ticket_at_once_and_a_later_one_is_kept_f
             await consumer.ack(msg)
 
 
+async def test_a_park_waits_on_one_future_and_a_cancelled_one_takes_nothing(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    """A park waits for every band and its stop events with one future and a timer, not a task per
+    band and per event (made and cancelled for every ticket at a trickle: a fifth of an idle
+    worker's time from a ticket's arrival to its start). A stop event ends it at once; cancelled,
+    it has taken nothing, and a ticket arriving then is handed out by the next sweep."""
+    async with band_pulls(nc, settings, queue) as pulls:
+        low = pulls[band_for(LOW)]
+        stop = asyncio.Event()
+        before = len(asyncio.all_tasks())
+        parked = asyncio.create_task(consumer.park(pulls, 16, 5.0, until=[stop]))
+        await eventually(lambda: _true(all(p.state.parked_until > 0 for p in pulls)), 10, 0.005, "parked")
+        await asyncio.sleep(0.05)  # fully waiting: anything it would start is running by now
+        assert len(asyncio.all_tasks()) == before + 1  # the park itself, nothing per band or event
+        stop.set()
+        assert await asyncio.wait_for(parked, 1.0) == []
+        parked = asyncio.create_task(consumer.park(pulls, 16, 5.0))
+        waiting = consumer._getters(consumer._pending(low))
+        await eventually(lambda: _true(len(waiting) > 0), 5, 0.005, "the park waiting")
+        parked.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await parked
+        assert not waiting  # its future left the queue's waiters
+        task_id = await submit(handler, settings, queue, LOW)
+        swept = await _swept(low, "the ticket after a cancelled park")
+        assert dispatches(swept, task_id)
+        await consumer.ack(swept[0])
+
+
 async def test_at_a_trickle_one_park_request_brings_several_tickets(
     nc: NATS, handler: CommandHandler, settings: Settings, queue: str
 ) -> None:

@@ -333,28 +333,51 @@ async def _arrivals(
 ) -> list[tuple[Pull, Msg]]:
     """The first message(s) on any of `pulls` within `timeout`, or [] (also once `until` is set).
 
-    Nothing is lost: a get cancelled before it took its message leaves it queued, and one that
-    took it returns it here (or, when this is cancelled, keeps it in its pull's `held`).
+    One future waits for all of them: it is put among the waiters of each pull's queue and of each
+    event, which wake it as they wake a `get()` or a `wait()`, and a timer ends the wait. No task
+    per queue and per event is made and cancelled on every wake-up (on an idle worker that was a
+    fifth of the time from a ticket's arrival to its start). Messages are taken off the queues only
+    after the wait, so a cancelled wait takes nothing: nothing is lost.
     """
-    gets = {asyncio.ensure_future(_pending(pull).get()): pull for pull in pulls}
-    stops = [asyncio.ensure_future(event.wait()) for event in until]
+    loop = asyncio.get_running_loop()
+    if not any(_pending(pull).qsize() for pull in pulls) and not any(e.is_set() for e in until):
+        woken: asyncio.Future[None] = loop.create_future()
+        queues = [_getters(_pending(pull)) for pull in pulls]
+        events = [_waiters(event) for event in until]
+        for waiters in (*queues, *events):
+            waiters.append(woken)
+        timer = loop.call_later(timeout, _wake, woken)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+            for waiters in (*queues, *events):
+                with contextlib.suppress(ValueError):
+                    waiters.remove(woken)
+            if not woken.done():
+                woken.cancel()
     out: list[tuple[Pull, Msg]] = []
-    waited = False
-    try:
-        await asyncio.wait([*gets, *stops], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        waited = True
-    finally:
-        for future in (*gets, *stops):
-            future.cancel()
-        await asyncio.gather(*gets, *stops, return_exceptions=True)
-        for future, pull in gets.items():
-            if future.done() and not future.cancelled():
-                out.append((pull, _taken(pull, future.result())))
-        if not waited:  # cancelled: keep the tickets taken for the next sweep
-            for pull, msg in out:
-                if (msg.headers or {}).get("Status") is None:
-                    pull.state.held.append(msg)
+    for pull in pulls:
+        if not _pending(pull).empty():
+            out.append((pull, _taken(pull, _pending(pull).get_nowait())))
     return out
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _getters(queue: asyncio.Queue[Msg]) -> deque[asyncio.Future[None]]:
+    """The futures a put wakes (the first not done): asyncio.Queue's own, a CPython detail."""
+    getters: deque[asyncio.Future[None]] = queue._getters  # type: ignore[attr-defined]
+    return getters
+
+
+def _waiters(event: asyncio.Event) -> deque[asyncio.Future[None]]:
+    """The futures `set()` wakes: asyncio.Event's own, a CPython detail."""
+    waiters: deque[asyncio.Future[None]] = event._waiters
+    return waiters
 
 
 async def _failed(failed: _Failed, pause: bool) -> None:

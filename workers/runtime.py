@@ -275,6 +275,12 @@ class Worker:
                         self._release()
                     continue
                 self._spawn(msg)
+            if msgs:
+                # The attempts just spawned run first, up to their start's append (one turn of the
+                # loop), and the client's flusher writes those appends (the next turn), before this
+                # loop prepares and sends its next pull request.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
 
     async def _take_slots(self, most: int) -> int:
         """Wait for one free slot (or shutdown), then take up to `most` of the free ones."""
