@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
@@ -56,15 +57,14 @@ def _bucket(seconds: float) -> int:
     return bisect.bisect_left(BUCKETS, seconds)
 
 
-class State:
+class State(msgspec.Struct, gc=False):
     """What is kept per task (its part of the marks, projections/rollups.py): its queue and type, and
     since when it has been runnable or running."""
 
-    __slots__ = ("queue", "type", "runnable_at", "started_at")
-
-    def __init__(self, queue: str, task_type: str, runnable_at: datetime | None, started_at: datetime | None):
-        self.queue, self.type = queue, task_type
-        self.runnable_at, self.started_at = runnable_at, started_at
+    queue: str
+    type: str
+    runnable_at: datetime | None
+    started_at: datetime | None
 
 
 def fold(events: list[StoredEvent], marks: dict[TaskKey, State]) -> Write | None:

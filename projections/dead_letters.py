@@ -42,8 +42,7 @@ CREATE INDEX IF NOT EXISTS dead_letters_newest ON dead_letters (tenant, seq DESC
 _json = msgspec.json.Encoder()
 
 
-@dataclass
-class State:
+class State(msgspec.Struct, gc=False):
     """What is kept per task (its part of the marks, projections/rollups.py)."""
 
     queue: str

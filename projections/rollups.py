@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from ordo.domain.events import decode_event
 from ordo.domain.status import TaskStatus
@@ -45,19 +46,14 @@ RETIRED = ("dead_letters", "queue_stats", "stats_minutely", "counters")  # the f
 _IN_ATTEMPT = (TaskStatus.RUNNING, TaskStatus.CANCELLING)
 
 
-class Marks:
-    """A task's kept fields, one part per read model (None where it keeps nothing for the task)."""
+class Marks(msgspec.Struct, gc=False):
+    """A task's kept fields, one part per read model (None where it keeps nothing for the task).
+    Like each part, not tracked by the garbage collector (see projections/tasks.py `_Row`)."""
 
-    __slots__ = ("queue", "stats", "counters", "dead")
-
-    def __init__(
-        self,
-        queue: queue_stats.State | None,
-        stats: stats_minutely.State | None,
-        marks: counters.State | None,
-        dead: dead_letters.State | None,
-    ) -> None:
-        self.queue, self.stats, self.counters, self.dead = queue, stats, marks, dead
+    queue: queue_stats.State | None
+    stats: stats_minutely.State | None
+    counters: counters.State | None
+    dead: dead_letters.State | None
 
 
 async def apply(conn: asyncpg.Connection, events: list[StoredEvent]) -> None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from ordo.domain import events as ev
 from ordo.infra.event_store import StoredEvent
@@ -69,8 +70,7 @@ _CLOSES: dict[type, str] = {
 }
 
 
-@dataclass
-class State:
+class State(msgspec.Struct, gc=False):
     """What is kept per task (its part of the marks, projections/rollups.py)."""
 
     queue: str
