@@ -493,3 +493,22 @@ async def test_the_presumed_new_check_probes_task_events_by_index_whatever_its_s
         assert await conn.fetchval(sql, *params) is not None  # and it passes: none of them has history
     finally:
         await conn.close()
+
+
+def test_the_states_the_projector_remembers_are_not_walked_by_the_garbage_collector() -> None:
+    """Tens of thousands of these stay in the memory between batches; they hold no reference cycles,
+    so the collector need not walk them on every young collection (6-8 % of the projector's CPU)."""
+    import gc
+
+    from ordo.domain.state import initial
+    from ordo.projections import counters, dead_letters, stats_minutely, tasks
+
+    row = tasks._Row(initial("t"))
+    marks = rollups.Marks(
+        ("default", initial("t"), 1),
+        stats_minutely.State("default", "demo.echo", None, 1),
+        counters.State("default", "demo.echo", None, None),
+        dead_letters.State("default", "demo.echo"),
+    )
+    kept = (row, marks, marks.stats, marks.counters, marks.dead)
+    assert not any(gc.is_tracked(state) for state in kept)
