@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -11,6 +12,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ordo.infra import subjects as sj
 from tests.conftest import System
+from tests.helpers import eventually
 
 
 async def _call(nc: Any, tenant: str, verb: str, body: Any) -> tuple[int, str, Any]:
@@ -68,3 +70,43 @@ async def test_a_service_submits_cancels_and_follows_events_over_nats(gateway_on
         assert (await _call(service, "othertenant", "get", {"id": task["id"]}))[:2] == (404, "not-found")
     finally:
         await service.close()
+
+
+async def test_requests_past_the_ones_in_flight_wait_in_order_then_get_a_503_busy(
+    gateway_only: System, monkeypatch: Any
+) -> None:
+    """The command API serves up to its in-flight bound, keeps the next ones waiting in arrival
+    order, and answers a request past that at once with 503 `busy` (not silence, not a drop)."""
+    from ordo.gateway import nats_api
+    from ordo.gateway.auth import Role
+
+    release = asyncio.Event()
+    served: list[str] = []
+
+    async def slow_get(svc: Any, who: Any, data: bytes) -> tuple[int, Any]:
+        served.append(json.loads(data)["id"])
+        await release.wait()
+        return 200, {"id": served[-1]}
+
+    monkeypatch.setitem(nats_api.VERBS, "get", (Role.VIEWER, slow_get))
+    monkeypatch.setattr(nats_api, "MAX_WAITING", 2)
+    in_flight = 64  # NatsApi's default bound
+    tenant = gateway_only.settings.tenant
+    service = await nats.connect(gateway_only.settings.nats_url, name="busy-service")
+    try:
+        calls = [
+            asyncio.create_task(_call(service, tenant, "get", {"id": f"t{i}"})) for i in range(in_flight + 2)
+        ]
+        await eventually(lambda: _true(len(served) == in_flight), 10, 0.01, "the in-flight bound reached")
+        status, error, problem = await _call(service, tenant, "get", {"id": "one-too-many"})
+        assert (status, error) == (503, "busy") and problem["type"].endswith("/busy")
+        release.set()
+        answers = await asyncio.gather(*calls)
+        assert [a[0] for a in answers] == [200] * (in_flight + 2)
+        assert served[in_flight:] == [f"t{in_flight}", f"t{in_flight + 1}"]  # the waiting ones, in order
+    finally:
+        await service.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
