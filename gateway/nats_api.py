@@ -86,9 +86,11 @@ class _Request(msgspec.Struct, gc=False):
     headers: dict[str, str]
 
 
-# Requests past the ones in flight wait in arrival order, up to this many; beyond, a request is
-# answered 503 at once instead of being held (or dropped) without a word.
+# Requests past the ones in flight wait in arrival order, up to this many and this many bytes of
+# bodies (nats-py's own bound on a subscription's backlog); beyond, a request is answered 503 at
+# once instead of being held (or dropped) without a word.
 MAX_WAITING = 10_000
+MAX_WAITING_BYTES = 64 * 1024 * 1024
 
 
 class NatsApi:
@@ -97,13 +99,15 @@ class NatsApi:
     The subscription's messages come unparsed from the client's read loop (`RawClient.raw`): no
     `Msg`, no header dict built by nats-py, no task of nats-py's between the socket and this API (on
     an idle gateway a fifth of the time from a submit's arrival to its append). Up to
-    `max_in_flight` are served at once, the next `MAX_WAITING` wait their turn in order."""
+    `max_in_flight` are served at once, the next `MAX_WAITING` (and `MAX_WAITING_BYTES`) wait their turn
+    in order."""
 
     def __init__(self, svc: Services, max_in_flight: int = 64) -> None:
         self._svc = svc
         self._sub: Subscription | None = None
         self._max_in_flight = max_in_flight
         self._waiting: deque[_Request] = deque()
+        self._waiting_bytes = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -121,6 +125,7 @@ class NatsApi:
                 nc.drop_raw(sub)
             await sub.unsubscribe()
         self._waiting.clear()
+        self._waiting_bytes = 0
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -134,8 +139,9 @@ class NatsApi:
         )
         if len(self._tasks) < self._max_in_flight:
             self._spawn(self._serve(request))
-        elif len(self._waiting) < MAX_WAITING:
+        elif len(self._waiting) < MAX_WAITING and self._waiting_bytes + len(data) <= MAX_WAITING_BYTES:
             self._waiting.append(request)
+            self._waiting_bytes += len(data)
         else:
             busy = Problem(
                 503, "busy", "too many command requests waiting; retry shortly", {"Retry-After": "1"}
@@ -150,7 +156,9 @@ class NatsApi:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if self._waiting and len(self._tasks) < self._max_in_flight:
-            self._spawn(self._serve(self._waiting.popleft()))
+            request = self._waiting.popleft()
+            self._waiting_bytes -= len(request.data)
+            self._spawn(self._serve(request))
 
     async def _serve(self, msg: _Request) -> None:
         try:

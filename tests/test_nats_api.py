@@ -89,7 +89,8 @@ async def test_requests_past_the_ones_in_flight_wait_in_order_then_get_a_503_bus
         return 200, {"id": served[-1]}
 
     monkeypatch.setitem(nats_api.VERBS, "get", (Role.VIEWER, slow_get))
-    monkeypatch.setattr(nats_api, "MAX_WAITING", 2)
+    monkeypatch.setattr(nats_api, "MAX_WAITING", 3)
+    monkeypatch.setattr(nats_api, "MAX_WAITING_BYTES", 40)
     in_flight = 64  # NatsApi's default bound
     tenant = gateway_only.settings.tenant
     service = await nats.connect(gateway_only.settings.nats_url, name="busy-service")
@@ -98,12 +99,21 @@ async def test_requests_past_the_ones_in_flight_wait_in_order_then_get_a_503_bus
             asyncio.create_task(_call(service, tenant, "get", {"id": f"t{i}"})) for i in range(in_flight + 2)
         ]
         await eventually(lambda: _true(len(served) == in_flight), 10, 0.01, "the in-flight bound reached")
-        status, error, problem = await _call(service, tenant, "get", {"id": "one-too-many"})
+        # Two wait (26 bytes of bodies): a third of 40 bytes is past the bytes' bound, one of 11 is not.
+        status, error, problem = await _call(service, tenant, "get", {"id": "x" * 28})
         assert (status, error) == (503, "busy") and problem["type"].endswith("/busy")
+        inbox = service.new_inbox()
+        third = await service.subscribe(inbox, max_msgs=1)
+        await service.publish(sj.cmd_subject(tenant, "get"), b'{"id": "s"}', reply=inbox)
+        await service.flush()  # the server has passed it on before the next request
+        status, error, _ = await _call(service, tenant, "get", {"id": "one-too-many"})  # the count's bound
+        assert (status, error) == (503, "busy")
         release.set()
         answers = await asyncio.gather(*calls)
         assert [a[0] for a in answers] == [200] * (in_flight + 2)
-        assert served[in_flight:] == [f"t{in_flight}", f"t{in_flight + 1}"]  # the waiting ones, in order
+        assert (await third.next_msg(timeout=10)).headers == {sj.REPLY_STATUS: "200"}
+        waited = [f"t{in_flight}", f"t{in_flight + 1}", "s"]
+        assert served[in_flight:] == waited  # the waiting ones, in arrival order
     finally:
         await service.close()
 
