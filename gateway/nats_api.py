@@ -98,7 +98,7 @@ class NatsApi:
 
     The subscription's messages come unparsed from the client's read loop (`RawClient.raw`): no
     `Msg`, no header dict built by nats-py, no task of nats-py's between the socket and this API (on
-    an idle gateway a fifth of the time from a submit's arrival to its append). Up to
+    an idle gateway 40 µs of the 270 from a submit's arrival to its append). Up to
     `max_in_flight` are served at once, the next `MAX_WAITING` (and `MAX_WAITING_BYTES`) wait their turn
     in order."""
 
