@@ -103,7 +103,10 @@ class NatsApi:
     in order."""
 
     def __init__(self, svc: Services, max_in_flight: int = 64) -> None:
+        if not isinstance(svc.nc, RawClient):
+            raise TypeError("the NATS command API needs the client of ordo.infra.nats_conn.connect")
         self._svc = svc
+        self._nc = svc.nc
         self._sub: Subscription | None = None
         self._max_in_flight = max_in_flight
         self._waiting: deque[_Request] = deque()
@@ -112,17 +115,12 @@ class NatsApi:
 
     async def start(self) -> None:
         if self._sub is None:
-            nc = self._svc.nc
-            if not isinstance(nc, RawClient):
-                raise TypeError("the NATS command API needs the client of ordo.infra.nats_conn.connect")
-            self._sub = await nc.raw(sj.cmd_filter(), self._on_raw, queue=sj.CMD_QUEUE_GROUP)
+            self._sub = await self._nc.raw(sj.cmd_filter(), self._on_raw, queue=sj.CMD_QUEUE_GROUP)
 
     async def stop(self) -> None:
         if self._sub is not None:
             sub, self._sub = self._sub, None
-            nc = self._svc.nc
-            if isinstance(nc, RawClient):
-                nc.drop_raw(sub)
+            self._nc.drop_raw(sub)
             await sub.unsubscribe()
         self._waiting.clear()
         self._waiting_bytes = 0
@@ -179,9 +177,8 @@ class NatsApi:
         await self._send(msg, _json.encode(problem_body(problem)), headers)
 
     async def _send(self, msg: _Request, body: bytes, headers: dict[str, str]) -> None:
-        nc = self._svc.nc
-        if msg.reply and isinstance(nc, RawClient):
-            await nc.publish_fast(msg.reply, body, headers)
+        if msg.reply:
+            await self._nc.publish_fast(msg.reply, body, headers)
 
     async def _answer(self, msg: _Request) -> tuple[int, Any]:
         svc = self._svc
@@ -194,7 +191,7 @@ class NatsApi:
         if len(msg.data) > svc.settings.max_body_bytes:
             raise Problem(413, "body-too-large", f"request exceeds {svc.settings.max_body_bytes} bytes")
         if svc.settings.auth:
-            who = await authenticate(svc, (msg.headers or {}).get(sj.AUTHORIZATION))
+            who = await authenticate(svc, msg.headers.get(sj.AUTHORIZATION))
         else:
             who = Principal(tenant=svc.settings.tenant, role=Role.ADMIN)
         if who.tenant != tenant:
