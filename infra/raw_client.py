@@ -13,8 +13,9 @@ breaks is joined in one step (anything else goes through nats-py's `publish`). R
 blocks are parsed as nats-py does, checking names for whitespace in one call instead of per
 character (both were among the worker's largest costs per task).
 
-The override is of one private method of nats-py (`_process_msg`), so the version is pinned in
-pyproject.toml and `tests/test_log_feed.py` checks that a raw subscription receives its messages.
+The override is of one private method of nats-py (`_process_msg`) and of its protocol parser
+(infra/wire_parser.py, which calls a raw handler itself), so the version is pinned in pyproject.toml;
+`tests/test_log_feed.py` and `tests/test_wire_parser.py` check that both still read what nats-py reads.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+from ordo.infra.wire_parser import WireParser
 
 # nats-py's header name rule (nats/aio/client.py `_HEADER_KEY_RE`), and what it strips from values.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -49,6 +52,7 @@ class RawClient(NATS):
         self._tokens = itertools.count(1)
         self._reply_lock = asyncio.Lock()
         self._header_names: set[str] = set()  # names already found valid
+        self._ps = WireParser(self)
 
     async def request_data(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None, timeout: float = 2.0
