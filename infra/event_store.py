@@ -223,19 +223,45 @@ class EventStore:
         own, about 3 ms of its CPU per batch whatever its size (decision 45).
         """
 
-        async def one(item: AppendItem) -> list[int]:
-            msgs = self._item_messages(tenant, item)
-            if len(msgs) != 1:
-                raise ValueError(f"append_singles takes one-message items, {item.task_id} has {len(msgs)}")
-            return await self._publish_all(msgs)
-
-        results = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
+        msgs = []
+        for item in items:
+            item_msgs = self._item_messages(tenant, item)
+            if len(item_msgs) != 1:
+                count = len(item_msgs)
+                raise ValueError(f"append_singles takes one-message items, {item.task_id} has {count}")
+            msgs.append(item_msgs[0])
+        if not isinstance(self._nc, RawClient):
+            results = await asyncio.gather(*(self._publish_all([m]) for m in msgs), return_exceptions=True)
+            return [_single(result) for result in results]
+        # All written at once and their PubAcks awaited together (no task per message); a message
+        # whose reply did not come goes the way of any other append: retried, so a lost reply shows
+        # as a conflict and the caller decides again.
+        replies = await self._publish_singles(msgs)
         out: list[list[int] | EventStoreError] = []
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, EventStoreError):
-                raise result
-            out.append(result)
+        again: dict[int, asyncio.Future[list[int]]] = {}
+        for i, (msg, reply) in enumerate(zip(msgs, replies, strict=True)):
+            if isinstance(reply, bytes):
+                try:
+                    out.append([_stored_seq(reply)])
+                except APIError as exc:
+                    out.append(_refused(exc))
+                continue
+            if not isinstance(reply, nats.errors.TimeoutError | nats.errors.NoRespondersError):
+                raise reply
+            out.append(EventStoreUnavailable("no reply from JetStream"))
+            again[i] = asyncio.ensure_future(self._publish_all([msg], first_try=1))
+        if again:
+            retried = await asyncio.gather(*again.values(), return_exceptions=True)
+            for i, result in zip(again, retried, strict=True):
+                out[i] = _single(result)
         return out
+
+    async def _publish_singles(
+        self, msgs: list[tuple[str, bytes, dict[str, str]]]
+    ) -> list[bytes | nats.errors.Error]:
+        """Publish each message by itself, all at once: each one's reply, or the error it met."""
+        assert isinstance(self._nc, RawClient)
+        return await self._nc.request_many(msgs, self._timeout)
 
     def _item_messages(self, tenant: str, item: AppendItem) -> list[tuple[str, bytes, dict[str, str]]]:
         return _event_messages(
@@ -249,15 +275,17 @@ class EventStore:
         )
 
     async def _publish_all(
-        self, msgs: list[tuple[str, bytes, dict[str, str]]], always_batch: bool = False
+        self, msgs: list[tuple[str, bytes, dict[str, str]]], always_batch: bool = False, first_try: int = 0
     ) -> list[int]:
         """Publish one message, or several as one atomic batch; the stream sequence of each.
 
         A lost reply is retried with the same messages, so what did land is never stored twice: its
         expected sequence no longer holds, the retry is reported as a conflict, and the caller
-        reloads.
+        reloads. `first_try`: tries already made (of three), after a pause for each.
         """
-        for attempt in range(3):
+        if first_try:
+            await asyncio.sleep(0.1 * first_try)
+        for attempt in range(first_try, 3):
             try:
                 if len(msgs) == 1 and not always_batch:
                     return [await self._publish_one(*msgs[0])]
@@ -265,9 +293,7 @@ class EventStore:
                 first = last - len(msgs) + 1
                 return [first + i for i in range(len(msgs))]
             except APIError as exc:
-                if exc.err_code in _CONFLICTS:
-                    raise ConcurrencyError(str(exc.description)) from exc
-                raise EventStoreUnavailable(str(exc)) from exc
+                raise _refused(exc) from exc
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
                 if attempt == 2:
                     raise EventStoreUnavailable("no reply from JetStream") from exc
@@ -416,6 +442,20 @@ class _PubAck(msgspec.Struct):
 
 
 _pub_ack = msgspec.json.Decoder(_PubAck)
+
+
+def _refused(exc: APIError) -> EventStoreError:
+    """The store's error for a publish the server refused: a conflict, or unavailable."""
+    if exc.err_code in _CONFLICTS:
+        return ConcurrencyError(str(exc.description))
+    return EventStoreUnavailable(str(exc))
+
+
+def _single(result: list[int] | BaseException) -> list[int] | EventStoreError:
+    """One `append_singles` item's outcome: its sequences or its store error (anything else raised)."""
+    if isinstance(result, BaseException) and not isinstance(result, EventStoreError):
+        raise result
+    return result
 
 
 def _stored_seq(reply: bytes) -> int:

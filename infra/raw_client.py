@@ -73,6 +73,44 @@ class RawClient(NATS):
             expire.cancel()
             self._replies.pop(token, None)
 
+    async def request_many(
+        self, msgs: list[tuple[str, bytes, dict[str, str]]], timeout: float = 2.0
+    ) -> list[bytes | nats.errors.Error]:
+        """`request_data` for many messages at once: all are written (pipelined on the connection),
+        then their replies are awaited together, one deadline for all: no task and no timer per
+        message. Each message's reply payload, or the error its request met (nats-py's
+        NoRespondersError or TimeoutError). A failed write raises, as `publish` does."""
+        if not self._reply_prefix:
+            await self._reply_inbox()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[bytes]] = []
+        tokens: list[bytes] = []
+        try:
+            for subject, payload, headers in msgs:
+                token = str(next(self._tokens)).encode()
+                future: asyncio.Future[bytes] = loop.create_future()
+                self._replies[token] = future
+                tokens.append(token)
+                futures.append(future)
+                reply = (self._reply_prefix + token).decode()
+                await self.publish_fast(subject, payload, headers, reply=reply)
+            if futures:
+                await asyncio.wait(futures, timeout=timeout)
+            out: list[bytes | nats.errors.Error] = []
+            for future in futures:
+                if not future.done():
+                    out.append(nats.errors.TimeoutError())
+                elif isinstance(error := future.exception(), nats.errors.Error):
+                    out.append(error)  # no responders (_on_reply sets no other error)
+                else:
+                    out.append(future.result())
+            return out
+        finally:
+            for token, future in zip(tokens, futures, strict=True):
+                self._replies.pop(token, None)
+                if not future.done():
+                    future.cancel()
+
     async def publish_fast(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None, reply: str = ""
     ) -> None:

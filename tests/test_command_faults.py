@@ -45,6 +45,19 @@ class _LostReplies(EventStore):
             raise nats.errors.TimeoutError
         return seq
 
+    async def _publish_singles(
+        self, msgs: list[tuple[str, bytes, dict[str, str]]]
+    ) -> list[bytes | nats.errors.Error]:
+        replies = await super()._publish_singles(msgs)  # every message stored
+        out: list[bytes | nats.errors.Error] = []
+        for reply in replies:
+            if self.lose > 0 and isinstance(reply, bytes):
+                self.lose -= 1
+                out.append(nats.errors.TimeoutError())
+            else:
+                out.append(reply)
+        return out
+
 
 def _submit(tenant: str, **changes: object) -> SubmitTask:
     fields: dict[str, object] = {
@@ -126,10 +139,22 @@ class _FailsFor(EventStore):
         super().__init__(nc)
         self.task_ids = task_ids
 
+    def _failing(self, subject: str) -> bool:
+        return any(subject.endswith(f".{task_id}.submitted") for task_id in self.task_ids)
+
     async def _publish_one(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
-        if any(subject.endswith(f".{task_id}.submitted") for task_id in self.task_ids):
+        if self._failing(subject):
             raise EventStoreUnavailable("injected: no reply from JetStream")
         return await super()._publish_one(subject, data, headers)
+
+    async def _publish_singles(
+        self, msgs: list[tuple[str, bytes, dict[str, str]]]
+    ) -> list[bytes | nats.errors.Error]:
+        # The named tasks' messages are not sent (as if no server answered); they are retried one by
+        # one through _publish_one, which refuses them.
+        sent = [m for m in msgs if not self._failing(m[0])]
+        replies = iter(await super()._publish_singles(sent))
+        return [nats.errors.NoRespondersError() if self._failing(m[0]) else next(replies) for m in msgs]
 
 
 async def test_a_batch_that_fails_for_one_task_keeps_the_others_and_a_retry_reports_all(

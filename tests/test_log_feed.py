@@ -152,6 +152,30 @@ async def test_request_data_answers_with_the_payload_and_raises_like_request(nc:
     await silent.unsubscribe()
 
 
+async def test_request_many_answers_each_message_in_its_place(nc: NATS) -> None:
+    assert isinstance(nc, RawClient)
+
+    async def echo(msg: Msg) -> None:
+        await msg.respond(b"got " + msg.data + b" " + (msg.headers or {}).get("K", "").encode())
+
+    service = await nc.subscribe("ordo.test.echo", cb=echo)
+    silent = await nc.subscribe("ordo.test.silent")
+    subjects = ["ordo.test.echo", "ordo.test.nobody", "ordo.test.silent"]
+    msgs = [(subjects[i % 3], b"%d" % i, {"K": "v"}) for i in range(300)]
+    replies = await nc.request_many(msgs, timeout=0.5)
+    for i, reply in enumerate(replies):
+        if i % 3 == 0:
+            assert reply == b"got %d v" % i
+        elif i % 3 == 1:
+            assert isinstance(reply, nats.errors.NoRespondersError)
+        else:
+            assert isinstance(reply, nats.errors.TimeoutError)
+    assert await nc.request_many([]) == []
+    assert not nc._replies  # nothing left waiting
+    await service.unsubscribe()
+    await silent.unsubscribe()
+
+
 def test_own_headers_keep_ordos_and_skip_the_servers() -> None:
     block = (
         b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: 3\r\nOrdo-Event-Id:  e1 \r\n"
