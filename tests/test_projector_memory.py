@@ -495,6 +495,37 @@ async def test_the_presumed_new_check_probes_task_events_by_index_whatever_its_s
         await conn.close()
 
 
+async def test_a_rebuild_keeps_the_index_the_presumed_new_check_probes(nc: NATS, database_url: str) -> None:
+    """A rebuild drops the shadow's secondary indexes while it replays, but not `task_events_task`:
+    without it the check above reads the whole of `task_events` once per task, and a rebuild of
+    W1's 102,000 events ran at 587 events/s instead of 26,000."""
+    from ordo.projections.batch_statement import Write, _as_json, statement
+    from ordo.projections.rebuild import SHADOW_SCHEMA
+
+    conn = await connect(database_url)
+    try:
+        await migrate(conn)
+        rebuilder = Rebuilder(nc, database_url)
+        await rebuilder._prepare_shadow(conn)  # the session's search_path is the shadow's now
+        deferred = {name for name, _ in await rebuilder._defer_indexes(conn)}
+        assert "tasks_status_newest" in deferred and "task_events_task" not in deferred, deferred
+        fill = (
+            "INSERT INTO task_events (seq, tenant, task_id, queue, type, at, data)"
+            " SELECT g, 't', 'task-' || g, 'default', 'submitted', now(), '{}'"
+            " FROM generate_series(1, 20000) g"
+        )
+        await conn.execute(fill)
+        await conn.execute("ANALYZE task_events")
+        keys = [("t", f"new-{i}", 60_000 + i) for i in range(1000)]
+        args = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], len(keys)]
+        sql, params = _as_json(*statement([Write(rollups._UNSEEN, args, rollups._CHECK)]))
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *params))
+        assert "task_events_task" in plan and "Seq Scan on task_events" not in plan, plan
+        await conn.execute(f"DROP SCHEMA {SHADOW_SCHEMA} CASCADE")
+    finally:
+        await conn.close()
+
+
 def test_the_states_the_projector_remembers_are_not_walked_by_the_garbage_collector() -> None:
     """Tens of thousands of these stay in the memory between batches; they hold no reference cycles,
     so the collector need not walk them on every young collection (6-8 % of the projector's CPU)."""
