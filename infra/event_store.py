@@ -238,8 +238,8 @@ class EventStore:
         # as a conflict and the caller decides again.
         replies = await self._publish_singles(msgs)
         out: list[list[int] | EventStoreError] = []
-        again: dict[int, asyncio.Future[list[int]]] = {}
-        for i, (msg, reply) in enumerate(zip(msgs, replies, strict=True)):
+        again: list[int] = []
+        for i, reply in enumerate(replies):
             if isinstance(reply, bytes):
                 try:
                     out.append([_stored_seq(reply)])
@@ -248,10 +248,12 @@ class EventStore:
                 continue
             if not isinstance(reply, nats.errors.TimeoutError | nats.errors.NoRespondersError):
                 raise reply
-            out.append(EventStoreUnavailable("no reply from JetStream"))
-            again[i] = asyncio.ensure_future(self._publish_all([msg], first_try=1))
+            out.append(EventStoreUnavailable("no reply from JetStream"))  # until retried below
+            again.append(i)
         if again:
-            retried = await asyncio.gather(*again.values(), return_exceptions=True)
+            retried = await asyncio.gather(
+                *(self._publish_all([msgs[i]], first_try=1) for i in again), return_exceptions=True
+            )
             for i, result in zip(again, retried, strict=True):
                 out[i] = _single(result)
         return out
