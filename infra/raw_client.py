@@ -61,13 +61,10 @@ class RawClient(NATS):
         header dict, no task per wait. Raises nats-py's NoRespondersError and TimeoutError."""
         if not self._reply_prefix:
             await self._reply_inbox()
-        token = str(next(self._tokens)).encode()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
-        self._replies[token] = future
-        expire = loop.call_later(timeout, self._expire, token)
+        token, reply, future = self._expect_reply()
+        expire = asyncio.get_running_loop().call_later(timeout, self._expire, token)
         try:
-            await self.publish_fast(subject, payload, headers, reply=(self._reply_prefix + token).decode())
+            await self.publish_fast(subject, payload, headers, reply=reply)
             return await future
         finally:
             expire.cancel()
@@ -82,17 +79,13 @@ class RawClient(NATS):
         NoRespondersError or TimeoutError). A failed write raises, as `publish` does."""
         if not self._reply_prefix:
             await self._reply_inbox()
-        loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[bytes]] = []
         tokens: list[bytes] = []
         try:
             for subject, payload, headers in msgs:
-                token = str(next(self._tokens)).encode()
-                future: asyncio.Future[bytes] = loop.create_future()
-                self._replies[token] = future
+                token, reply, future = self._expect_reply()
                 tokens.append(token)
                 futures.append(future)
-                reply = (self._reply_prefix + token).decode()
                 await self.publish_fast(subject, payload, headers, reply=reply)
             if futures:
                 await asyncio.wait(futures, timeout=timeout)
@@ -110,6 +103,14 @@ class RawClient(NATS):
                 self._replies.pop(token, None)
                 if not future.done():
                     future.cancel()
+
+    def _expect_reply(self) -> tuple[bytes, str, asyncio.Future[bytes]]:
+        """A new request's token, its reply subject and the future its reply resolves (registered;
+        the caller removes it from `_replies`). The reply inbox must be subscribed."""
+        token = str(next(self._tokens)).encode()
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._replies[token] = future
+        return token, (self._reply_prefix + token).decode(), future
 
     async def publish_fast(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None, reply: str = ""
