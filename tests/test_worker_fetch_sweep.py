@@ -287,3 +287,40 @@ async def test_tasks_submitted_while_the_worker_is_parked_all_run_across_a_resta
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_ticket_s_stream_sequence_and_deliveries_are_read_as_nats_py_reads_them(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    """`consumer.delivery` (the executor's reading of a ticket) agrees with nats-py's `metadata` on
+    real deliveries, a first one and a redelivery, and on both ack subject layouts."""
+    async with band_pulls(nc, settings, queue) as pulls:
+        pull = pulls[band_for(5)]
+        task_id = await submit(handler, settings, queue)
+        first: list[Msg] = []
+
+        async def swept(into: list[Msg]) -> bool:
+            into.extend(await consumer.sweep(pull, 16))
+            return bool(into)
+
+        await eventually(lambda: swept(first), timeout=5, interval=0.01, what="the ticket")
+        assert dispatches(first, task_id)
+        await consumer.nak(first[0])
+        again: list[Msg] = []
+        await eventually(lambda: swept(again), timeout=5, interval=0.01, what="the redelivery")
+        for msg, times in ((first[0], 1), (again[0], 2)):
+            meta = msg.metadata
+            assert consumer.delivery(msg) == (meta.sequence.stream, meta.num_delivered)
+            assert meta.num_delivered == times
+        await consumer.ack(again[0])
+    # The layout with a domain and an account hash (11 tokens, or 12 with a random token), as
+    # nats-py reads it; anything else is not a delivery.
+    for reply in (
+        "$JS.ACK.dom.HASH.ORDO_EVENTS.work.3.41.7.1764950000000000000.0",
+        "$JS.ACK.dom.HASH.ORDO_EVENTS.work.3.41.7.1764950000000000000.0.tok",
+        "$JS.ACK.ORDO_EVENTS.work.3.41.7.1764950000000000000.0",
+    ):
+        msg = Msg(nc, subject="s", reply=reply)
+        assert consumer.delivery(msg) == (msg.metadata.sequence.stream, msg.metadata.num_delivered) == (41, 3)
+    for reply in ("", "_INBOX.abc", "$JS.ACK.too.short", "$JS.NAK.a.b.3.41.7.1.0", "$JS.ACK.S.C.x.41.7.1.0"):
+        assert consumer.delivery(Msg(nc, subject="s", reply=reply)) is None

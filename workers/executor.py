@@ -410,17 +410,15 @@ class Executor:
 
 
 def _deliveries(msg: Msg) -> int:
-    try:
-        return int(msg.metadata.num_delivered)
-    except Exception:  # noqa: BLE001 - not a JetStream message: count it as its first delivery
-        return 1
+    """How often the ticket was delivered; a message that is not a JetStream delivery counts as its
+    first."""
+    got = consumer.delivery(msg)
+    return 1 if got is None else got[1]
 
 
 def _stream_seq(msg: Msg) -> int | None:
-    try:
-        return int(msg.metadata.sequence.stream)
-    except Exception:  # noqa: BLE001 - not a JetStream message (or no metadata): just unknown
-        return None
+    got = consumer.delivery(msg)
+    return None if got is None else got[0]
 
 
 async def _call(fn: HandlerFn, ctx: TaskContext) -> Any:
