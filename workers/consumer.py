@@ -352,7 +352,7 @@ async def _arrivals(
         finally:
             timer.cancel()
             for waiters in (*queues, *events):
-                with contextlib.suppress(ValueError):
+                if woken in waiters:  # not in the one whose wake-up took it out: no ValueError
                     waiters.remove(woken)
             if not woken.done():
                 woken.cancel()

@@ -225,11 +225,11 @@ class Executor:
             self._log.warning("start of %s not stored, ticket back: %s", d.task_id, exc)
             await consumer.nak(msg, delay=self._settings.backoff_base_s)
             return None
-        event = next((e for e in out.events if isinstance(e, AttemptStarted)), None)
-        if event is None:
-            await consumer.ack(msg)  # stale ticket, or the task is already over
-            return None
-        return _Started(out.state, event, out.last_seq)
+        for event in out.events:  # a loop, not next() over a generator: that one is closed with
+            if isinstance(event, AttemptStarted):  # an exception on every start
+                return _Started(out.state, event, out.last_seq)
+        await consumer.ack(msg)  # stale ticket, or the task is already over
+        return None
 
     async def _forwarded(self, msg: Msg, d: Dispatch) -> bool:
         """Move the dispatch of a limited type to its lane (see workers.limits); True if handled."""
