@@ -56,8 +56,11 @@ class Settings:
     # Projection batching: events applied per transaction.
     projection_batch: int = 1000
     # While events arrive faster than this, the projector commits at most once per this interval,
-    # applying together what arrived meanwhile (0: a commit per arrival). A lone event is never held.
+    # applying together what arrived meanwhile (0: a commit per arrival).
     projection_commit_interval_s: float = 0.005
+    # After a quiet spell the projector holds the first event this long, with what arrives meanwhile,
+    # before applying it: the worker's start of the task goes first (decision 50). 0: at once.
+    projection_linger_s: float = 0.003
     # Gateway auth: API keys stored hashed in PostgreSQL. Off here (library and test default); the
     # `ordo` entry points switch it on unless ORDO_AUTH=false or `ordo up --no-auth`.
     auth: bool = False
@@ -118,8 +121,10 @@ class Settings:
             raise SettingsError("need 1 <= ORDO_MAX_BATCH <= 100000 and 1 <= ORDO_MAX_PAGE <= 10000")
         if not 0 < self.key_cache_ttl_s <= self.key_cache_max_stale_s:
             raise SettingsError("need 0 < ORDO_KEY_CACHE_TTL_S <= ORDO_KEY_CACHE_MAX_STALE_S")
-        if not 0 <= self.projection_commit_interval_s <= 1:
-            raise SettingsError("need 0 <= ORDO_PROJECTION_COMMIT_INTERVAL_S <= 1")
+        if not 0 <= self.projection_commit_interval_s <= 1 or not 0 <= self.projection_linger_s <= 1:
+            raise SettingsError(
+                "need 0 <= ORDO_PROJECTION_COMMIT_INTERVAL_S <= 1 and 0 <= ORDO_PROJECTION_LINGER_S <= 1"
+            )
         if self.sse_ping_s <= 0 or self.sse_send_timeout_s <= 0 or self.consistency_wait_s < 0:
             raise SettingsError("ORDO_SSE_PING_S, ORDO_SSE_SEND_TIMEOUT_S > 0; ORDO_CONSISTENCY_WAIT_S >= 0")
 

@@ -31,7 +31,9 @@ async def _run_projector(settings: Settings) -> None:
     nc = await connect(settings, name="ordo-projector")
     await provision(nc, settings)
     config = RunnerConfig(
-        batch_size=settings.projection_batch, commit_interval_s=settings.projection_commit_interval_s
+        batch_size=settings.projection_batch,
+        commit_interval_s=settings.projection_commit_interval_s,
+        linger_s=settings.projection_linger_s,
     )
     runner = ProjectionRunner(nc, settings.database_url, config)
     _install_signals(runner.shutdown)

@@ -1,6 +1,7 @@
-"""The projector's commit pacing (projections/runner.py `_paced`, ORDO_PROJECTION_COMMIT_INTERVAL_S):
-a steady stream of events is applied in at most one commit per interval, and an event after a quiet
-spell is applied at once, without being held."""
+"""The projector's commit pacing (projections/runner.py `_paced`): a steady stream of events is applied
+in at most one commit per interval (ORDO_PROJECTION_COMMIT_INTERVAL_S); an event after a quiet spell
+is applied at once when there is no linger, and after the linger (ORDO_PROJECTION_LINGER_S) together
+with what arrived meanwhile when there is one."""
 
 from __future__ import annotations
 
@@ -64,3 +65,39 @@ async def _applied(commits: list[int], seq: int) -> bool:
 async def _quiet(runner: ProjectionRunner, interval: float) -> bool:
     """Whether the interval since the runner's last commit has passed (its own clock)."""
     return asyncio.get_running_loop().time() - runner.committed_at >= interval
+
+
+async def test_after_a_quiet_spell_the_first_event_lingers_and_takes_what_comes_meanwhile(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """ORDO_PROJECTION_LINGER_S: the first event after a quiet spell is held for the linger and
+    committed together with what arrived during it (decision 50)."""
+    commands = submissions(settings.tenant, 2)
+    outs = await handler.submit_many(settings.tenant, commands)
+    commits: list[int] = []
+    committed_at: dict[int, float] = {}
+    loop = asyncio.get_running_loop()
+
+    async def committed(seq: int) -> None:
+        commits.append(seq)
+        committed_at[seq] = loop.time()
+
+    linger = 1.0  # far longer than the two appends below take, on any machine
+    config = RunnerConfig(batch_size=100, commit_interval_s=0.01, linger_s=linger)
+    runner = ProjectionRunner(nc, settings.database_url, config, after_commit=committed)
+    running = asyncio.create_task(runner.run())
+    try:
+        last = max(out.last_seq for out in outs)
+        await eventually(lambda: _applied(commits, last), timeout=30, what="the submits")
+        await eventually(lambda: _quiet(runner, 0.01), timeout=5, what="a quiet spell")
+        commits.clear()
+        appended = loop.time()
+        first = (await handler.execute(settings.tenant, CancelTask(task_id=commands[0].task_id))).last_seq
+        second = (await handler.execute(settings.tenant, CancelTask(task_id=commands[1].task_id))).last_seq
+        await eventually(lambda: _applied(commits, second), timeout=30, what="both events")
+        assert first < second
+        assert commits == [second], "the first event was not held for the one after it"
+        assert committed_at[second] - appended >= 0.8 * linger, "the first event did not linger"
+    finally:
+        await runner.shutdown()
+        await asyncio.wait_for(running, 30)
