@@ -7,7 +7,12 @@ apply and skipped: DESIGN Revision 2, docs/decisions.md "A poison event is recor
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import asyncpg
+
+_log = logging.getLogger("ordo.schema")
 
 DDL = """  -- shared by every projection
 CREATE TABLE IF NOT EXISTS projection_checkpoints (
@@ -74,14 +79,39 @@ END $$;
 """
 
 _LOCK = 7_404_001  # serialises concurrent migrations
+# A migration takes table locks one statement after another (an index's ShareLock, a column's
+# AccessExclusiveLock) while the live projector's transaction takes its own in another order: the
+# two can deadlock. Each lock a migration waits for is given up after this long, less than
+# PostgreSQL's deadlock_timeout (1 s by default), so in a cycle it is the migration that steps back
+# (and tries again), never the projector's batch or a gateway's read.
+MIGRATION_LOCK_WAIT_MS = 500
+MIGRATION_TRIES = 30
+_STEP_BACK = (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError)
 
 
 async def migrate(conn: asyncpg.Connection) -> None:
-    """Create every projection's tables (idempotent; concurrent callers are serialised)."""
+    """Create every projection's tables (idempotent; concurrent callers are serialised). A
+    migration that meets live writers' locks steps back and tries again (up to MIGRATION_TRIES,
+    pausing 0.05 s, doubling up to 2 s); the last failure is raised."""
+    pause = 0.05
+    for attempt in range(1, MIGRATION_TRIES + 1):
+        try:
+            await _migrate_once(conn)
+            return
+        except _STEP_BACK as exc:
+            if attempt == MIGRATION_TRIES:
+                raise
+            _log.info("schema migration met a live writer's lock (%s); again in %.2fs", exc, pause)
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, 2.0)
+
+
+async def _migrate_once(conn: asyncpg.Connection) -> None:
     from ordo.projections.registry import PROJECTIONS
 
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)  # waits for another migration
+        await conn.execute(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_WAIT_MS}")
         await conn.execute(DDL)
         for projection in PROJECTIONS:
             await conn.execute(projection.ddl)
