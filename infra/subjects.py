@@ -279,6 +279,16 @@ def direct_get(stream: str) -> str:
     return f"{DIRECT_GET_API}.{stream}"
 
 
+def ack_delivered_at(tokens: int) -> int | None:
+    """Where the delivery count sits in a JetStream delivery's ack subject of `tokens` dot-separated
+    tokens (the stream sequence, consumer sequence and timestamp follow it); None when no ack subject
+    has that many. `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`
+    (9 tokens), or with a domain and an account hash after `ACK` (11, or 12 with a random token)."""
+    if tokens == 9:
+        return 4
+    return 6 if tokens >= 11 else None
+
+
 # -- Workers: registry heartbeats, control, per-type limit lanes, the local pool ------------------
 # Stream ORDO_WORKERS (limits, one message kept per subject): the last heartbeat of each worker.
 #   ordo.worker.hb.<worker_id>                     a worker's announcement + heartbeat (JSON)

@@ -28,6 +28,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from ordo.infra import subjects as sj
 from ordo.infra.raw_client import RawClient
 from ordo.infra.tasks import cancel_and_wait
 
@@ -212,12 +213,10 @@ class LogFeed:
             self._on_status(reply, headers)
             return
         tokens = reply.split(b".")
-        if len(tokens) == 9:
-            sseq, dseq, ts = tokens[5], tokens[6], tokens[7]
-        elif len(tokens) >= 11:
-            sseq, dseq, ts = tokens[7], tokens[8], tokens[9]
-        else:
+        at = sj.ack_delivered_at(len(tokens))
+        if at is None:
             return  # not a JetStream delivery
+        sseq, dseq, ts = tokens[at + 1], tokens[at + 2], tokens[at + 3]
         if int(dseq) != self._dseq:
             self._restart(f"consumer sequence {int(dseq)}, expected {self._dseq}")
             return

@@ -407,27 +407,15 @@ def delivery(msg: Msg) -> tuple[int, int] | None:
 
     Read off the ack subject as nats-py's `msg.metadata` reads them, without the rest it builds for
     every call site's first look (a datetime, a sequence pair, the names): on an idle worker that
-    was 30 µs of the path from a ticket's arrival to its start's append. Both subject layouts:
-    `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...` (9 tokens) and the one with a domain
-    and an account hash before the stream (11 or more)."""
+    was 30 µs of the path from a ticket's arrival to its start's append."""
     tokens = (msg.reply or "").split(".")
-    count = len(tokens)
-    if count == _ACK_TOKENS_V1:
-        at = 4
-    elif count >= _ACK_TOKENS_V2:
-        at = 6
-    else:
-        return None
-    if tokens[0] != "$JS" or tokens[1] != "ACK":
+    at = sj.ack_delivered_at(len(tokens))
+    if at is None or tokens[0] != "$JS" or tokens[1] != "ACK":
         return None
     try:
         return int(tokens[at + 1]), int(tokens[at])
     except ValueError:
         return None
-
-
-_ACK_TOKENS_V1 = 9
-_ACK_TOKENS_V2 = 11  # nats-py accepts the 12-token layout without its last token too
 
 
 async def ack(msg: Msg) -> bool:
