@@ -5,7 +5,8 @@ alone: N over the time to the last `succeeded` stored in the log (the read model
 `catch_up_s` is the time from there until the read model shows every task succeeded.
 
 Also reports the projection lag during the run (per task event: the projector's commit NOTIFY that
-covered its sequence minus the event's stored time in the log; max and p99) and the CPU seconds and
+covered its sequence minus the event's stored time in the log; max and p99, and a `timeline`: per
+quarter second, the events stored, the events committed and the worst lag) and the CPU seconds and
 peak RSS of every process (nats-server, postgres with its backends, projector, workers, and this
 submitting client), sampled from /proc. `--profile DIR` runs py-spy on the worker, the projector
 and the submitter for the whole run and writes collapsed stacks plus a text summary to DIR.
@@ -87,8 +88,9 @@ async def _counts(dsn: str, tenant: str) -> tuple[int, int]:
         await conn.close()
 
 
-async def _projection_lag_ms(dsn: str, tenant: str, clock: CommitClock) -> dict[str, float | None]:
-    """Per task event: when the projector's commit covering it was announced minus its stored time."""
+async def _projection_lag_ms(dsn: str, tenant: str, clock: CommitClock) -> dict[str, Any]:
+    """Per task event: when the projector's commit covering it was announced minus its stored time;
+    and the run in windows of `_WINDOW_S` (`timeline`)."""
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(
@@ -97,8 +99,31 @@ async def _projection_lag_ms(dsn: str, tenant: str, clock: CommitClock) -> dict[
     finally:
         await conn.close()
     visible = clock.visible_at()
-    lags = [(v - r["at"]) * 1000.0 for r in rows if (v := visible(r["seq"])) is not None]
-    return summary(lags, 50, 99)
+    stamped = [(float(r["at"]), visible(r["seq"])) for r in rows]
+    lags = [(v - at) * 1000.0 for at, v in stamped if v is not None]
+    return {**summary(lags, 50, 99), "timeline": lag_timeline(stamped)}
+
+
+# The timeline's window (seconds).
+_WINDOW_S = 0.25
+
+
+def lag_timeline(stamped: list[tuple[float, float | None]]) -> list[list[float]]:
+    """Where a lag comes from: per window of `_WINDOW_S` from the first event stored, [window start
+    (s), events stored in it, events committed in it, the largest lag (ms) of those stored in it].
+    Stored faster than committed, the events wait behind the ones before them."""
+    if not stamped:
+        return []
+    t0 = min(at for at, _ in stamped)
+    width = int((max(v or at for at, v in stamped) - t0) / _WINDOW_S) + 1
+    stored, committed, worst = [0] * width, [0] * width, [0.0] * width
+    for at, v in stamped:
+        i = int((at - t0) / _WINDOW_S)
+        stored[i] += 1
+        if v is not None:
+            committed[int((v - t0) / _WINDOW_S)] += 1
+            worst[i] = max(worst[i], (v - at) * 1000.0)
+    return [[round(i * _WINDOW_S, 2), stored[i], committed[i], round(worst[i], 1)] for i in range(width)]
 
 
 async def _last_stored(dsn: str, tenant: str) -> float:
