@@ -16,6 +16,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from nats.js.errors import NotFoundError
+
 from ordo.domain import schedule_commands as sc
 from ordo.domain import schedule_events as se
 from ordo.domain.schedule_cron import normalize
@@ -81,6 +83,17 @@ async def test_two_schedulers_fire_once_and_catch_up_exactly_after_a_full_stop(t
         await provision(nc, settings)
         store = EventStore(nc)
         handler = ScheduleHandler(CommandHandler(store, Timers(nc, 0.5)), ScheduleTimers(nc, 0.5))
+        js = nc.jetstream()
+
+        async def both_pulling() -> bool:
+            """Both schedulers started and waiting for timers: a slow start would miss the first ticks."""
+            try:
+                info = await js.consumer_info(sj.TIMERS_STREAM, sj.SCHEDULER_CONSUMER)
+            except NotFoundError:
+                return False  # no scheduler has created its consumer yet
+            return (info.num_waiting or 0) >= 2
+
+        await eventually(both_pulling, timeout=60, what="both schedulers pulling")
         cron = normalize("* * * * * *")
         now = datetime.now(UTC)
         for sid, policy in (("once", se.CatchupPolicy.RUN_ONCE), ("skip", se.CatchupPolicy.SKIP)):

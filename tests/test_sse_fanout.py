@@ -417,6 +417,12 @@ async def test_the_committed_feed_goes_out_only_while_a_gateway_asks_for_it(
         await nc.publish(committed_feed.WANT_SUBJECT, b"")
         await eventually(lambda: _true(projector.feed_wanted), 10, what="the request heard")
 
+    async def published_while_asked(seq: int) -> bool:
+        """Whether `seq` was published; asks again meanwhile, as a gateway's hub does while it has a
+        stream (a request lasts only `feed_want_ttl_s`, shorter than a slow commit)."""
+        await nc.publish(committed_feed.WANT_SUBJECT, b"")
+        return seq in published()
+
     sub = await nc.subscribe(committed_feed.SUBJECT, cb=on_chunk)
     projector = ProjectionRunner(nc, settings.database_url, RunnerConfig(feed_want_ttl_s=0.5))
     run = asyncio.create_task(projector.run())
@@ -425,14 +431,14 @@ async def test_the_committed_feed_goes_out_only_while_a_gateway_asks_for_it(
         await eventually(lambda: _true(projector.last_seq >= unseen), 30, what="projected")
         await ask()
         seen = await submit()
-        await eventually(lambda: _true(seen in published()), 30, what="published while asked")
+        await eventually(lambda: published_while_asked(seen), 30, what="published while asked")
         await eventually(lambda: _true(not projector.feed_wanted), 10, what="the request lapsed")
         lapsed = await submit()
         await eventually(lambda: _true(projector.last_seq >= lapsed), 30, what="projected")
         await ask()
         # Chunks arrive in commit order: once the next one is here, an earlier one would be too.
         barrier = await submit()
-        await eventually(lambda: _true(barrier in published()), 30, what="published while asked")
+        await eventually(lambda: published_while_asked(barrier), 30, what="published while asked")
         assert unseen not in published() and lapsed not in published()
         assert seen in published()
     finally:

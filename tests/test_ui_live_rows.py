@@ -14,7 +14,8 @@ __all__ = ["browser", "ui"]
 
 
 async def test_a_listed_row_survives_live_refreshes(ui: Page, system: System) -> None:
-    sleeper = await submit(system, {"type": "demo.sleep", "payload": {"seconds": 3}})
+    # Running long enough for the page to load and show it running (seconds on a loaded machine).
+    sleeper = await submit(system, {"type": "demo.sleep", "payload": {"seconds": 6}})
     await eventually(status_is(system, sleeper, "running"), timeout=60, what="sleep running")
     page = ui.page
     await ui.open("/tasks")

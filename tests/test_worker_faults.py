@@ -110,7 +110,8 @@ async def test_sigkill_mid_twenty_tasks_every_task_completes_once(
     """Point 1: kill -9 a worker running 20 demo.sleep tasks; all complete once on another worker."""
     a = spawn(procs, settings, queue, "victim", tmp_path)
     await a.ready(nc)
-    ids = [await submit(handler, settings, queue, "demo.sleep", {"seconds": 4}) for _ in range(20)]
+    # Long enough to outlast the rescuer's start (a process: seconds on a loaded machine).
+    ids = [await submit(handler, settings, queue, "demo.sleep", {"seconds": 8}) for _ in range(20)]
 
     async def all_running_on_a() -> bool:
         h = await histories(handler, settings)

@@ -388,7 +388,8 @@ async def test_registry_lists_workers_and_drain_stops_taking_work(
         row = await eventually(listed, timeout=20, what="worker listed")
         assert row is not None and "demo.sleep" in row["handlers"] and row["queues"] == [queue]
         assert row["concurrency"] == settings.worker_concurrency and row["rss_bytes"] > 0
-        sleep = {"type": "demo.sleep", "payload": {"seconds": 1.5}, "queue": queue}
+        # Running long enough to be seen in flight by a heartbeat and a read on a loaded machine.
+        sleep = {"type": "demo.sleep", "payload": {"seconds": 4}, "queue": queue}
         r = await http.post("/v1/tasks", json=sleep)
         first = r.json()["id"]
         await until(handler, settings, first, "attempt_started")
