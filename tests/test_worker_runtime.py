@@ -263,7 +263,12 @@ async def test_shutdown_hands_running_tasks_to_another_worker(
             s, _, _ = await handler.load(settings.tenant, task_id)
             return s.attempt == 2 and s.worker_id == "second"
 
-        await eventually(second_started, timeout=settings.ack_wait_s, what="hand-over")
+        await eventually(second_started, timeout=30, what="hand-over")
+        _, after, _ = await handler.load(settings.tenant, task_id)
+        released = next(e for e in after if e.name == "attempt_released")
+        restarted = next(e for e in after if e.name == "attempt_started" and e.seq > released.seq)
+        # Timed from the release in the log, not from the second worker's start (slow when loaded).
+        assert (restarted.stored_at - released.stored_at).total_seconds() < settings.ack_wait_s
         await handler.execute(settings.tenant, CancelTask(task_id=task_id))
         await until_status(handler, settings.tenant, task_id, TaskStatus.CANCELLED, within=10)
     assert "lease_extended" in names(history)
