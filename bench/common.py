@@ -156,7 +156,8 @@ class ProcSampler:
 
     `cpu_s` is the CPU used between `start()` and `stop()` (including reaped children); `peak_rss_mb`
     the largest sampled sum of the tree's RSS (for PostgreSQL this counts shared buffers once per
-    backend that touched them, so it overstates); `hwm_mb` the root process's own peak (VmHWM)."""
+    backend that touched them, so it overstates); `hwm_mb` the root process's own peak (VmHWM).
+    `series` holds every sample (wall time, CPU seconds so far per name), for `cores_between`."""
 
     def __init__(
         self, roots: dict[str, int], every: float = 1.0, rescan: float = 5.0, own_only: tuple[str, ...] = ()
@@ -165,6 +166,7 @@ class ProcSampler:
         self.every = every
         self.rescan = rescan
         self.own_only = set(own_only)
+        self.series: list[tuple[float, dict[str, float]]] = []
         self._members: dict[str, list[int]] = {name: [pid] for name, pid in self.roots.items()}
         self._scanned = 0.0
         self._cpu0: dict[str, float] = {}
@@ -206,6 +208,27 @@ class ProcSampler:
         for name, (cpu, rss) in sample.items():
             self._cpu[name] = max(self._cpu.get(name, 0.0), cpu)
             self._rss[name] = max(self._rss.get(name, 0), rss)
+        self.series.append((time.time(), dict(self._cpu)))
+
+    def cores_between(self, start: float, end: float) -> dict[str, float]:
+        """The cores each name used on average from wall time `start` to `end` (the CPU seconds so
+        far interpolated between the samples around each instant)."""
+        return {
+            name: round((self._cpu_at(name, end) - self._cpu_at(name, start)) / (end - start), 2)
+            for name in self.roots
+            if name in self._cpu
+        }
+
+    def _cpu_at(self, name: str, at: float) -> float:
+        before = (self.series[0][0], self._cpu0.get(name, 0.0))
+        for t, cpu in self.series:
+            value = cpu.get(name, before[1])
+            if t >= at:
+                if t == before[0]:
+                    return value
+                return before[1] + (value - before[1]) * (at - before[0]) / (t - before[0])
+            before = (t, value)
+        return before[1]
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):

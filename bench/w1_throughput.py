@@ -6,9 +6,10 @@ alone: N over the time to the last `succeeded` stored in the log (the read model
 
 Also reports the projection lag during the run (per task event: the projector's commit NOTIFY that
 covered its sequence minus the event's stored time in the log; max and p99, and a `timeline`: per
-quarter second, the events stored, the events committed and the worst lag) and the CPU seconds and
-peak RSS of every process (nats-server, postgres with its backends, projector, workers, and this
-submitting client), sampled from /proc. `--profile DIR` runs py-spy on the worker, the projector
+quarter second, the events stored, the events committed and the worst lag, and `cores`: per
+quarter second, the cores each process used) and the CPU seconds and peak RSS of every process
+(nats-server, postgres with its backends, projector, workers, and this submitting client), sampled
+from /proc. `--profile DIR` runs py-spy on the worker, the projector
 and the submitter for the whole run and writes collapsed stacks plus a text summary to DIR.
 
     .venv/bin/python -m bench.w1_throughput [--n 20000] [--workers 1] [--concurrency N] [--sync-always]
@@ -101,11 +102,24 @@ async def _projection_lag_ms(dsn: str, tenant: str, clock: CommitClock) -> dict[
     visible = clock.visible_at()
     stamped = [(float(r["at"]), visible(r["seq"])) for r in rows]
     lags = [(v - at) * 1000.0 for at, v in stamped if v is not None]
-    return {**summary(lags, 50, 99), "timeline": lag_timeline(stamped)}
+    first = min((at for at, _ in stamped), default=None)
+    return {**summary(lags, 50, 99), "timeline": lag_timeline(stamped), "timeline_t0": first}
 
 
 # The timeline's window (seconds).
 _WINDOW_S = 0.25
+
+
+def cores_timeline(sampler: ProcSampler, t0: float, windows: int) -> dict[str, Any]:
+    """Who had the cores while the lag built up: per window of the lag's `timeline` (the same
+    starts), the cores each process used on average."""
+    names = [name for name in sampler.roots if name in sampler.cores_between(t0, t0 + _WINDOW_S)]
+    rows = []
+    for i in range(windows):
+        start = t0 + i * _WINDOW_S
+        cores = sampler.cores_between(start, start + _WINDOW_S)
+        rows.append([round(i * _WINDOW_S, 2), *(cores[name] for name in names)])
+    return {"names": names, "windows": rows}
 
 
 def lag_timeline(stamped: list[tuple[float, float | None]]) -> list[list[float]]:
@@ -321,7 +335,7 @@ def main() -> None:
                 py_pids = {k: v for k, v in pids.items() if k not in ("nats-server", "postgres")}
                 profilers = _start_profilers(args.profile, py_pids)
             for _ in range(args.rounds):
-                sampler = ProcSampler(pids, own_only=("submitter",)).start()
+                sampler = ProcSampler(pids, every=_WINDOW_S, own_only=("submitter",)).start()
                 workers = [pid for name, pid in comps.pids.items() if name.startswith("worker-")]
                 written = sum(writes(pid) for pid in workers)
                 if args.pg_statements:
@@ -341,6 +355,10 @@ def main() -> None:
                     result["pg_statements"] = event_loop.run(pg_statements.top(srv.postgres.url))
                 written = sum(writes(pid) for pid in workers) - written
                 result["processes"] = sampler.stop()
+                lag = result["projection_lag_ms"]
+                t0 = lag.pop("timeline_t0")
+                if t0 is not None:
+                    lag["cores"] = cores_timeline(sampler, t0, len(lag["timeline"]))
                 # Socket writes of the workers per task (a task is 2 appends and an ack: 3 messages).
                 result["worker_writes_per_task"] = round(written / args.n, 3)
                 rounds.append(result)
