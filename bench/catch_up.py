@@ -6,7 +6,7 @@ showing every task succeeded, and the CPU of the projector and PostgreSQL meanwh
 This is the last part of W1 (`catch_up_s` there): once the workers are done, the backlog is all
 that is left, and how fast it drains decides when the read model has caught up.
 
-    .venv/bin/python -m bench.catch_up [--n 20000]
+    .venv/bin/python -m bench.catch_up [--n 20000] [--payload-bytes 0]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 
 
-async def _run_tasks(nats_url: str, dsn: str, n: int) -> str:
+async def _run_tasks(nats_url: str, dsn: str, n: int, payload_bytes: int) -> str:
     """Submit n no-op tasks and wait until the log holds all their events (the worker is running)."""
     tenant = "c" + uuid.uuid4().hex[:6]
     settings = Settings(nats_url=nats_url, database_url=dsn, tenant=tenant)
@@ -38,7 +38,7 @@ async def _run_tasks(nats_url: str, dsn: str, n: int) -> str:
     try:
         await provision(nc, settings)
         handler = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
-        commands = noop_submissions(tenant, n)
+        commands = noop_submissions(tenant, n, payload_bytes)
         for start in range(0, n, 1000):
             await handler.submit_many(tenant, commands[start : start + 1000])
         js = nc.jetstream()
@@ -83,6 +83,7 @@ async def _drained(dsn: str, tenant: str, n: int) -> tuple[float, int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20000, help="tasks (three events each)")
+    parser.add_argument("--payload-bytes", type=int, default=0, help="each task's payload (and result) size")
     args = parser.parse_args()
     load_start = load_average()
     result: dict[str, Any] = {}
@@ -91,7 +92,7 @@ def main() -> None:
         comps.start("worker", "worker")
         try:
             time.sleep(2.0)  # the worker connects and provisions
-            tenant = event_loop.run(_run_tasks(srv.nats.url, srv.postgres.url, args.n))
+            tenant = event_loop.run(_run_tasks(srv.nats.url, srv.postgres.url, args.n, args.payload_bytes))
             comps.procs["worker"].terminate()
             comps.procs["worker"].wait(timeout=30)
             comps.start("projector", "projector")
@@ -107,7 +108,8 @@ def main() -> None:
         "events_per_s": round(events / (t_done - t_first)),
         "processes": usage,
     }
-    emit({"bench": "catch_up", "n": args.n, **result, "loadavg_start": load_start})
+    sizes = {"n": args.n, "payload_bytes": args.payload_bytes}
+    emit({"bench": "catch_up", **sizes, **result, "loadavg_start": load_start})
 
 
 if __name__ == "__main__":

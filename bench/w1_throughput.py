@@ -158,9 +158,11 @@ async def _last_stored(dsn: str, tenant: str) -> float:
 _PACED_CHUNKS_PER_S = 100
 
 
-def noop_submissions(tenant: str, n: int) -> list[SubmitTask]:
-    """n submits of the demo worker's no-op `demo.echo` on the default queue."""
+def noop_submissions(tenant: str, n: int, payload_bytes: int = 0) -> list[SubmitTask]:
+    """n submits of the demo worker's no-op `demo.echo` on the default queue; with `payload_bytes`,
+    each carries a JSON object of about that size (echoed back as its result)."""
     now = datetime.now(UTC)
+    payload = msgspec.Raw(b"null") if payload_bytes <= 0 else sized_payload(payload_bytes)
     return [
         SubmitTask(
             task_id=new_task_id(),
@@ -168,10 +170,23 @@ def noop_submissions(tenant: str, n: int) -> list[SubmitTask]:
             queue="default",
             task_type="demo.echo",
             now=now,
-            payload=msgspec.Raw(b"null"),
+            payload=payload,
         )
         for _ in range(n)
     ]
+
+
+def sized_payload(size: int) -> msgspec.Raw:
+    """A JSON object of about `size` bytes: numbers and short words, as a task's arguments are."""
+    items: list[str] = []
+    length = 2
+    i = 0
+    while length < size:
+        item = f'"k{i}":{{"id":{1000003 * i % 999983},"name":"item-{i}","ok":{"true" if i % 3 else "false"}}}'
+        items.append(item)
+        length += len(item) + 1
+        i += 1
+    return msgspec.Raw(("{" + ",".join(items) + "}").encode())
 
 
 async def run(
