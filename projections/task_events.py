@@ -10,7 +10,7 @@ import msgspec
 
 from ordo.infra.event_store import StoredEvent
 from ordo.projections.batch_statement import Write, run
-from ordo.projections.json_text import json_text
+from ordo.projections.json_text import inline_or_apart
 from ordo.projections.memory import Memory
 
 DDL = """
@@ -38,6 +38,19 @@ task_events_inserted AS (
     ON CONFLICT (seq) DO NOTHING
 )
 """
+# A batch with a long event sends its JSON apart from its row (projections/json_text.py
+# `inline_or_apart`), the row naming its place instead.
+_CTES_APART = """
+task_events_inserted AS (
+    INSERT INTO task_events (seq, tenant, task_id, queue, type, attempt, at, data, meta)
+    SELECT r.seq, r.tenant, r.task_id, r.queue, r.type, r.attempt, r.at, COALESCE(d.value, r.data), r.meta
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                $7::timestamptz[], $8::json[], $9::json[], $10::int[])
+         AS r(seq, tenant, task_id, queue, type, attempt, at, data, meta, data_at)
+    LEFT JOIN json_array_elements($11::json) WITH ORDINALITY AS d(value, n) ON d.n = r.data_at
+    ON CONFLICT (seq) DO NOTHING
+)
+"""
 _json = msgspec.json.Encoder()
 
 
@@ -49,7 +62,7 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
     """The batch's rows, as a write the runner joins into the batch's statement (nothing to remember)."""
     if not events:
         return None
-    args = [
+    args: list[Any] = [
         [e.seq for e in events],
         [e.tenant for e in events],
         [e.task_id for e in events],
@@ -57,10 +70,13 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
         [e.name for e in events],
         [getattr(e.event, "attempt", None) for e in events],
         [e.stored_at for e in events],
-        [json_text(e.raw) for e in events],
-        [_json.encode(e.headers).decode() for e in events],
     ]
-    return Write(_CTES, args)
+    apart: list[msgspec.Raw] = []
+    data = [inline_or_apart(e.raw, apart) for e in events]
+    args += [[text for text, _ in data], [_json.encode(e.headers).decode() for e in events]]
+    if not apart:
+        return Write(_CTES, args)
+    return Write(_CTES_APART, [*args, [at for _, at in data], _json.encode(apart).decode()])
 
 
 _COLUMNS = "seq, tenant, task_id, queue, type, attempt, at, data, meta"

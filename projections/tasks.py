@@ -14,7 +14,7 @@ from ordo.domain.status import TERMINAL, TaskStatus
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors, poison
 from ordo.projections.batch_statement import Write, last_param, presumed, run
-from ordo.projections.json_text import json_text
+from ordo.projections.json_text import inline_or_apart
 from ordo.projections.memory import Memory, fetch_tasks, sort_tasks
 from ordo.projections.scan_window import SCAN_WINDOW, windowed_page
 
@@ -96,12 +96,35 @@ _TYPES = (
 )
 # `tags` travels as a JSON array (unnest cannot carry an array per row).
 _FROM_ROWS = _COLS.replace("tags", "ARRAY(SELECT json_array_elements_text(r.tags))")
-_UPDATE = ", ".join(f"{c}=EXCLUDED.{c}" for c in _COLS.split(", ") if c not in ("tenant", "id", "created_at"))
+# A row version keeps the payload it had when the batch sends none (NULL: a task's payload is never
+# NULL): the stored value, out of line when large, is carried over instead of encoded, parsed and
+# stored again with every version.
+_KEPT = {"payload": "COALESCE(EXCLUDED.payload, tasks.payload)"}
+_UPDATE = ", ".join(
+    f"{c}={_KEPT.get(c, f'EXCLUDED.{c}')}"
+    for c in _COLS.split(", ")
+    if c not in ("tenant", "id", "created_at")
+)
 _PARAMS = ", ".join(f"${i}::{t}" for i, t in enumerate(_TYPES.split(", "), 1))
+# A batch with a long payload or result sends it apart from its row (projections/json_text.py
+# `inline_or_apart`), the row naming its place in the batch's payloads (results) instead.
+_ROW_TYPES = _TYPES.split(", ")[:-1]  # the columns'; then the places apart and `new`
+_APART_PARAMS = ", ".join(f"${i}::{t}" for i, t in enumerate([*_ROW_TYPES, "int[]", "int[]", "bool[]"], 1))
+_PAYLOADS, _RESULTS = len(_ROW_TYPES) + 4, len(_ROW_TYPES) + 5
+_APART = {"payload": "p", "result": "q"}
+_APART_ROWS = ", ".join(
+    f"COALESCE({_APART[c]}.value, r.{c}) AS {c}" if c in _APART else f"r.{c}" for c in _COLS.split(", ")
+)
+_ROWS = f"tasks_rows AS (SELECT * FROM unnest({_PARAMS}) AS r({_COLS}, new)),"
+_ROWS_APART = f"""tasks_rows AS (
+    SELECT {_APART_ROWS}, r.new
+    FROM unnest({_APART_PARAMS}) AS r({_COLS}, payload_at, result_at, new)
+    LEFT JOIN json_array_elements(${_PAYLOADS}::json) WITH ORDINALITY AS p(value, n) ON p.n = r.payload_at
+    LEFT JOIN json_array_elements(${_RESULTS}::json) WITH ORDINALITY AS q(value, n) ON q.n = r.result_at
+),"""
 # Rows of tasks first seen in this batch are inserted only if absent; the count of those inserted
 # tells whether the presumption held (memory.NotNew otherwise).
-_CTES = f"""
-tasks_rows AS (SELECT * FROM unnest({_PARAMS}) AS r({_COLS}, new)),
+_WRITES = f"""
 tasks_fresh AS (
     INSERT INTO tasks ({_COLS}) SELECT {_FROM_ROWS} FROM tasks_rows r WHERE new
     ON CONFLICT (tenant, id) DO NOTHING RETURNING 1
@@ -111,8 +134,11 @@ tasks_known AS (
     ON CONFLICT (tenant, id) DO UPDATE SET {_UPDATE}
 )
 """
+_CTES = f"{_ROWS}{_WRITES}"
+_CTES_APART = f"{_ROWS_APART}{_WRITES}"
 # The count of rows inserted for tasks presumed new, checked against the last parameter.
 _CHECK = presumed("(SELECT count(*) FROM tasks_fresh)", last_param(_CTES) + 1, "task")
+_CHECK_APART = presumed("(SELECT count(*) FROM tasks_fresh)", last_param(_CTES_APART) + 1, "task")
 
 
 class _Row(msgspec.Struct, gc=False):
@@ -162,6 +188,7 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
             loaded = _Row(state_of(rec), rec["created_at"])
             loaded.started_at, loaded.finished_at = rec["started_at"], rec["finished_at"]
             rows[(rec["tenant"], rec["id"])] = loaded
+    in_table = {key: row.state.payload for key, row in rows.items()}  # the payloads the table holds
     for stored in events:
         key = (stored.tenant, stored.task_id)
         row = rows.get(key)
@@ -171,7 +198,9 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
     written = sorted(((k, r) for k, r in rows.items() if r.state.exists), key=lambda kr: kr[0])
     if not written:
         return None
-    params = [_params(tenant, row) for (tenant, _), row in written]
+    payloads: list[msgspec.Raw] = []
+    results: list[msgspec.Raw] = []
+    params = [_params(key[0], row, in_table.get(key), payloads, results) for key, row in written]
     columns = [list(col) for col in zip(*params, strict=True)]
     flags = [key in new for key, _ in written]
 
@@ -181,7 +210,10 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
                 memory.put(key, row)
             else:
                 memory.forget(key)
-    return Write(_CTES, [*columns, flags, sum(flags)], _CHECK)
+    if not payloads and not results:
+        return Write(_CTES, [*columns[:-2], flags, sum(flags)], _CHECK)
+    apart = [_json.encode(payloads).decode(), _json.encode(results).decode()]
+    return Write(_CTES_APART, [*columns, flags, *apart, sum(flags)], _CHECK_APART)
 
 
 # A task with a large payload or result is read back from its row rather than held in memory: the
@@ -244,19 +276,25 @@ def _remembered_size(state: TaskState) -> int:
     return len(state.payload) + (0 if state.result is None else len(state.result))
 
 
-def _raw(value: msgspec.Raw | None) -> str | None:
-    return None if value is None else json_text(value)
-
-
-def _params(tenant: str, row: _Row) -> tuple[Any, ...]:
+def _params(
+    tenant: str,
+    row: _Row,
+    stored: msgspec.Raw | None,
+    payloads: list[msgspec.Raw],
+    results: list[msgspec.Raw],
+) -> tuple[Any, ...]:
+    """The row's columns, and the places of its payload and result when they go apart to `payloads`
+    and `results`. No payload when it is the one the table holds (`stored`)."""
     s = row.state
+    payload, payload_at = (None, None) if s.payload is stored else inline_or_apart(s.payload, payloads)
+    result, result_at = (None, None) if s.result is None else inline_or_apart(s.result, results)
     return (
         tenant, s.task_id, s.task_type, s.queue, s.priority, str(s.status), s.attempt,
-        s.max_attempts, s.timeout_s, _raw(s.payload), _raw(s.result),
+        s.max_attempts, s.timeout_s, payload, result,
         None if s.error is None else _json.encode(s.error).decode(), _json.encode(s.tags).decode(), s.run_at,
         s.worker_id, s.lease_until, s.progress, s.archived, s.idempotency_key,
         row.created_at, row.updated_at, row.started_at, row.finished_at, row.last_seq,
-        _rest(s),
+        _rest(s), payload_at, result_at,
     )  # fmt: skip
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from ordo.infra import subjects as sj
 from ordo.infra.pg import connect as pg_connect
 from ordo.projections import attempts
+from ordo.projections.rebuild import Rebuilder
 from tests.conftest import System
 from tests.helpers import eventually
+from tests.test_rebuild import table_hashes
 
 
 async def _dead(system: System, **params: Any) -> dict[str, Any]:
@@ -148,3 +152,85 @@ async def test_a_task_event_is_shown_as_the_log_holds_it(system: System) -> None
     finally:
         await conn.close()
     assert stored == raw.decode()
+
+
+class _Result(msgspec.Struct):
+    result: msgspec.Raw = msgspec.Raw(b"")
+
+
+def _long_json(tag: str, size: int = 3000) -> str:
+    """A JSON object of about `size` characters as a client might send it: spacing, key order, an
+    escape and text beyond ASCII, none of which a re-encoding would keep."""
+    items = ", ".join(f'"k{i:04d}" : {{"n": {i}, "s": "{tag}-é-\\u00e9-{i}"}}' for i in range(size // 40))
+    return "{ " + items + ' , "nul": "a\\u0000b" }'
+
+
+async def test_a_long_payload_and_result_are_stored_as_given_in_every_row_version(system: System) -> None:
+    """Long payloads and results travel to PostgreSQL apart from their rows (projections/json_text.py
+    `inline_or_apart`) and a row version that does not change the payload does not send it: the
+    tables hold each text exactly as the log does, through every version, and a rebuild gives the
+    same tables."""
+    http = system.http
+    payload = _long_json("p")
+    body = '{"type": "demo.echo", "payload": ' + payload + "}"
+    r = await http.post("/v1/tasks", content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 202, r.text
+    echoed = r.json()["id"]
+    # A task updated before it runs: its payload replaced by another long one, then cancelled.
+    r = await http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600, "payload": {"first": 1}})
+    updated = r.json()["id"]
+    second = _long_json("u")
+    r = await http.patch(
+        f"/v1/tasks/{updated}",
+        content=('{"payload": ' + second + "}").encode(),
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 202, r.text
+    assert (await http.post(f"/v1/tasks/{updated}:cancel")).status_code == 202
+
+    async def status(task_id: str, wanted: str) -> bool:
+        r = await http.get(f"/v1/tasks/{task_id}")
+        return r.status_code == 200 and r.json()["status"] == wanted
+
+    await eventually(lambda: status(echoed, "succeeded"), timeout=60, what="the echo task succeeded")
+    await eventually(lambda: status(updated, "cancelled"), timeout=60, what="the updated task cancelled")
+    conn = await pg_connect(system.settings.database_url)
+    try:
+        rows = {
+            r["id"]: r
+            for r in await conn.fetch(
+                "SELECT id, payload::text AS payload, result::text AS result, last_seq FROM tasks"
+                " WHERE id = ANY($1::text[])",
+                [echoed, updated],
+            )
+        }
+        logged = {
+            r["seq"]: r["data"]
+            for r in await conn.fetch(
+                "SELECT seq, data::text AS data FROM task_events WHERE task_id = ANY($1::text[])",
+                [echoed, updated],
+            )
+        }
+    finally:
+        await conn.close()
+    assert rows[echoed]["payload"] == payload
+    assert rows[updated]["payload"] == second and rows[updated]["result"] is None
+    # Every event as the log holds it; the result as the handler's `succeeded` holds it.
+    js = system.nc.jetstream()
+    results = []
+    for seq, data in logged.items():
+        msg = await js.get_msg(sj.EVENTS_STREAM, seq)
+        assert data == (msg.data or b"").decode(), seq
+        if result := bytes(msgspec.json.decode(data, type=_Result).result):
+            results.append(result.decode())
+    assert any(payload in data for data in logged.values())
+    assert results == [rows[echoed]["result"]] and len(results[0]) > 2000
+    # The API reads them back as the JSON they are.
+    shown = (await http.get(f"/v1/tasks/{echoed}")).json()
+    assert shown["payload"]["nul"] == "a\x00b" and shown["result"]["k0001"]["s"] == "p-é-é-1"
+
+    tables = ("tasks", "task_events")
+    live = await table_hashes(system.settings.database_url, tables)
+    await system.projector.shutdown()
+    await Rebuilder(system.nc, system.settings.database_url, batch_size=2).run()
+    assert await table_hashes(system.settings.database_url, tables) == live
