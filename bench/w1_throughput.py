@@ -13,7 +13,7 @@ from /proc. `--profile DIR` runs py-spy on the worker, the projector
 and the submitter for the whole run and writes collapsed stacks plus a text summary to DIR.
 
     .venv/bin/python -m bench.w1_throughput [--n 20000] [--workers 1] [--concurrency N] [--sync-always]
-        [--preload 1000000] [--rounds K] [--rate R]
+        [--preload 1000000] [--rounds K] [--rate R] [--payload-bytes B]
 """
 
 from __future__ import annotations
@@ -197,6 +197,7 @@ async def run(
     timeout: float,
     rate: float | None = None,
     sync_always: bool = False,
+    payload_bytes: int = 0,
 ) -> dict[str, Any]:
     tenant = "w1" + uuid.uuid4().hex[:6]
     settings = Settings(nats_url=nats_url, database_url=dsn, tenant=tenant, sync_always=sync_always)
@@ -205,7 +206,7 @@ async def run(
     nc = await connect(settings, "bench-w1")
     await provision(nc, settings)
     handler = wiring.command_handler(nc, settings)  # as the gateway builds it
-    commands = noop_submissions(tenant, n)
+    commands = noop_submissions(tenant, n, payload_bytes)
     t0, t0_wall = time.perf_counter(), time.time()
     if rate is not None:
         chunk = max(1, int(rate) // _PACED_CHUNKS_PER_S)  # an even stream, not a burst
@@ -312,6 +313,7 @@ def main() -> None:
         "--preload", type=int, default=0, help="tasks of another tenant already in the log (read side done)"
     )
     parser.add_argument("--sync-always", action="store_true", help="nats-server sync_interval: always")
+    parser.add_argument("--payload-bytes", type=int, default=0, help="each task's payload (and result) size")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the last task")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output folder")
     parser.add_argument(
@@ -364,6 +366,7 @@ def main() -> None:
                         args.timeout,
                         args.rate,
                         args.sync_always,
+                        args.payload_bytes,
                     )
                 )
                 if args.pg_statements:
@@ -393,6 +396,7 @@ def main() -> None:
                 "workers": args.workers,
                 "concurrency": args.concurrency or Settings().worker_concurrency,
                 "sync_always": args.sync_always,
+                "payload_bytes": args.payload_bytes,
                 "rate": args.rate,
                 "preload": preloaded,
                 "round": number,
