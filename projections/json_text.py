@@ -7,7 +7,7 @@ lone surrogate escape (`"\\ud800"`), which the API could not decode again, raise
 runner then records the event as one this projection cannot apply. A `\\u0000` escape is fine:
 `json` columns keep the text as given.
 
-A long text goes to a write apart from its row (`inline_or_apart`): one JSON array of such texts,
+A long text goes to a write apart from its row (`taken_apart`): one JSON array of such texts,
 embedded as they are, which PostgreSQL reads once (`json_array_elements` keeps escapes as written),
 the row naming its place there. Inside the rows' JSON a text is a string: escaped by the projector,
 unescaped by PostgreSQL's parse of the rows and read again by the cast to `json`, three passes over
@@ -16,6 +16,8 @@ than the join that finds it apart.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import msgspec
 
@@ -36,11 +38,28 @@ def json_text(data: bytes | msgspec.Raw) -> str:
     return text
 
 
-def inline_or_apart(data: bytes | msgspec.Raw, apart: list[msgspec.Raw]) -> tuple[str | None, int | None]:
-    """`data`'s JSON text for its row, or None and its place (from 1) in `apart`, where it is added
-    when it is long."""
-    text = json_text(data)
-    if len(text) < APART_CHARS:
-        return text, None
-    apart.append(msgspec.Raw(text.encode()))
-    return None, len(apart)
+class Apart(NamedTuple):
+    """A column of JSON texts with its long ones taken out (`apart`)."""
+
+    texts: list[str | None]  # the column, None where a text went apart
+    places: list[int | None]  # each row's place (from 1) in `apart`, None where it stayed
+    apart: list[msgspec.Raw]  # the long texts, to embed as they are
+
+
+def taken_apart(texts: list[str | None]) -> Apart | None:
+    """The column `texts` with its long texts taken out; None when none is long (the usual case,
+    checked without touching the texts one by one in Python)."""
+    if max(map(len, filter(None, texts)), default=0) < APART_CHARS:
+        return None
+    kept: list[str | None] = []
+    places: list[int | None] = []
+    apart: list[msgspec.Raw] = []
+    for text in texts:
+        if text is not None and len(text) >= APART_CHARS:
+            apart.append(msgspec.Raw(text.encode()))
+            kept.append(None)
+            places.append(len(apart))
+        else:
+            kept.append(text)
+            places.append(None)
+    return Apart(kept, places, apart)

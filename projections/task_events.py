@@ -10,7 +10,7 @@ import msgspec
 
 from ordo.infra.event_store import StoredEvent
 from ordo.projections.batch_statement import Write, run
-from ordo.projections.json_text import inline_or_apart
+from ordo.projections.json_text import json_text, taken_apart
 from ordo.projections.memory import Memory
 
 DDL = """
@@ -39,7 +39,7 @@ task_events_inserted AS (
 )
 """
 # A batch with a long event sends its JSON apart from its row (projections/json_text.py
-# `inline_or_apart`), the row naming its place instead.
+# `taken_apart`), the row naming its place instead.
 _CTES_APART = """
 task_events_inserted AS (
     INSERT INTO task_events (seq, tenant, task_id, queue, type, attempt, at, data, meta)
@@ -71,12 +71,12 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
         [getattr(e.event, "attempt", None) for e in events],
         [e.stored_at for e in events],
     ]
-    apart: list[msgspec.Raw] = []
-    data = [inline_or_apart(e.raw, apart) for e in events]
-    args += [[text for text, _ in data], [_json.encode(e.headers).decode() for e in events]]
-    if not apart:
-        return Write(_CTES, args)
-    return Write(_CTES_APART, [*args, [at for _, at in data], _json.encode(apart).decode()])
+    data: list[str | None] = [json_text(e.raw) for e in events]
+    meta = [_json.encode(e.headers).decode() for e in events]
+    long = taken_apart(data)
+    if long is None:
+        return Write(_CTES, [*args, data, meta])
+    return Write(_CTES_APART, [*args, long.texts, meta, long.places, _json.encode(long.apart).decode()])
 
 
 _COLUMNS = "seq, tenant, task_id, queue, type, attempt, at, data, meta"

@@ -14,7 +14,7 @@ from ordo.domain.status import TERMINAL, TaskStatus
 from ordo.infra.event_store import StoredEvent
 from ordo.projections import cursors, poison
 from ordo.projections.batch_statement import Write, last_param, presumed, run
-from ordo.projections.json_text import inline_or_apart
+from ordo.projections.json_text import json_text, taken_apart
 from ordo.projections.memory import Memory, fetch_tasks, sort_tasks
 from ordo.projections.scan_window import SCAN_WINDOW, windowed_page
 
@@ -107,8 +107,9 @@ _UPDATE = ", ".join(
 )
 _PARAMS = ", ".join(f"${i}::{t}" for i, t in enumerate(_TYPES.split(", "), 1))
 # A batch with a long payload or result sends it apart from its row (projections/json_text.py
-# `inline_or_apart`), the row naming its place in the batch's payloads (results) instead.
+# `taken_apart`), the row naming its place in the batch's payloads (results) instead.
 _ROW_TYPES = _TYPES.split(", ")[:-1]  # the columns'; then the places apart and `new`
+_PAYLOAD, _RESULT = _COLS.split(", ").index("payload"), _COLS.split(", ").index("result")
 _APART_PARAMS = ", ".join(f"${i}::{t}" for i, t in enumerate([*_ROW_TYPES, "int[]", "int[]", "bool[]"], 1))
 _PAYLOADS, _RESULTS = len(_ROW_TYPES) + 4, len(_ROW_TYPES) + 5
 _APART = {"payload": "p", "result": "q"}
@@ -198,9 +199,7 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
     written = sorted(((k, r) for k, r in rows.items() if r.state.exists), key=lambda kr: kr[0])
     if not written:
         return None
-    payloads: list[msgspec.Raw] = []
-    results: list[msgspec.Raw] = []
-    params = [_params(key[0], row, in_table.get(key), payloads, results) for key, row in written]
+    params = [_params(key[0], row, in_table.get(key)) for key, row in written]
     columns = [list(col) for col in zip(*params, strict=True)]
     flags = [key in new for key, _ in written]
 
@@ -210,10 +209,20 @@ async def plan(conn: asyncpg.Connection, events: list[StoredEvent], memory: Memo
                 memory.put(key, row)
             else:
                 memory.forget(key)
-    if not payloads and not results:
-        return Write(_CTES, [*columns[:-2], flags, sum(flags)], _CHECK)
-    apart = [_json.encode(payloads).decode(), _json.encode(results).decode()]
-    return Write(_CTES_APART, [*columns, flags, *apart, sum(flags)], _CHECK_APART)
+    payloads, results = taken_apart(columns[_PAYLOAD]), taken_apart(columns[_RESULT])
+    if payloads is None and results is None:
+        return Write(_CTES, [*columns, flags, sum(flags)], _CHECK)
+    places: list[list[Any]] = []
+    apart: list[str] = []
+    for column, long in ((_PAYLOAD, payloads), (_RESULT, results)):
+        if long is None:
+            places.append([None] * len(written))
+            apart.append("[]")
+        else:
+            columns[column] = long.texts
+            places.append(long.places)
+            apart.append(_json.encode(long.apart).decode())
+    return Write(_CTES_APART, [*columns, *places, flags, *apart, sum(flags)], _CHECK_APART)
 
 
 # A task with a large payload or result is read back from its row rather than held in memory: the
@@ -276,25 +285,17 @@ def _remembered_size(state: TaskState) -> int:
     return len(state.payload) + (0 if state.result is None else len(state.result))
 
 
-def _params(
-    tenant: str,
-    row: _Row,
-    stored: msgspec.Raw | None,
-    payloads: list[msgspec.Raw],
-    results: list[msgspec.Raw],
-) -> tuple[Any, ...]:
-    """The row's columns, and the places of its payload and result when they go apart to `payloads`
-    and `results`. No payload when it is the one the table holds (`stored`)."""
+def _params(tenant: str, row: _Row, stored: msgspec.Raw | None) -> tuple[Any, ...]:
+    """The row's columns; no payload when it is the one the table holds (`stored`)."""
     s = row.state
-    payload, payload_at = (None, None) if s.payload is stored else inline_or_apart(s.payload, payloads)
-    result, result_at = (None, None) if s.result is None else inline_or_apart(s.result, results)
     return (
         tenant, s.task_id, s.task_type, s.queue, s.priority, str(s.status), s.attempt,
-        s.max_attempts, s.timeout_s, payload, result,
+        s.max_attempts, s.timeout_s, None if s.payload is stored else json_text(s.payload),
+        None if s.result is None else json_text(s.result),
         None if s.error is None else _json.encode(s.error).decode(), _json.encode(s.tags).decode(), s.run_at,
         s.worker_id, s.lease_until, s.progress, s.archived, s.idempotency_key,
         row.created_at, row.updated_at, row.started_at, row.finished_at, row.last_seq,
-        _rest(s), payload_at, result_at,
+        _rest(s),
     )  # fmt: skip
 
 

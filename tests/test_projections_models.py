@@ -167,7 +167,7 @@ def _long_json(tag: str, size: int = 3000) -> str:
 
 async def test_a_long_payload_and_result_are_stored_as_given_in_every_row_version(system: System) -> None:
     """Long payloads and results travel to PostgreSQL apart from their rows (projections/json_text.py
-    `inline_or_apart`) and a row version that does not change the payload does not send it: the
+    `taken_apart`) and a row version that does not change the payload does not send it: the
     tables hold each text exactly as the log does, through every version, and a rebuild gives the
     same tables."""
     http = system.http
