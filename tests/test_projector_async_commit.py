@@ -20,7 +20,7 @@ import pytest
 from ordo.domain.commands import SubmitTask
 from ordo.embedded.nats import EmbeddedNats
 from ordo.embedded.postgres import EmbeddedPostgres, PostgresConfig, _postgres_pids_in
-from ordo.embedded.processes import free_port
+from ordo.embedded.processes import free_port, wait_pid_gone
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import EventStore
 from ordo.infra.nats_conn import connect, provision
@@ -42,9 +42,14 @@ def killable_pg(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
 
 
 def _kill_all(pg: EmbeddedPostgres) -> int:
+    """SIGKILL every process of the server, and wait until each is gone: a process still dying (a
+    loaded machine, a write in progress) would look running to `pg.start()`, which then returns
+    without starting a server."""
     pids = _postgres_pids_in(pg.data_dir)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        assert wait_pid_gone(pid, 30.0), f"postgres process {pid} still alive 30 s after SIGKILL"
     return len(pids)
 
 
