@@ -113,7 +113,7 @@ _WINDOW_S = 0.25
 def cores_timeline(sampler: ProcSampler, t0: float, windows: int) -> dict[str, Any]:
     """Who had the cores while the lag built up: per window of the lag's `timeline` (the same
     starts), the cores each process used on average."""
-    names = [name for name in sampler.roots if name in sampler.cores_between(t0, t0 + _WINDOW_S)]
+    names = list(sampler.cores_between(t0, t0 + _WINDOW_S))  # the processes sampled, in order
     rows = []
     for i in range(windows):
         start = t0 + i * _WINDOW_S
