@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -67,9 +68,54 @@ def _queued(state: TaskState, **changes: object) -> TaskState:
 
 _LIVE = (TaskStatus.RUNNING, TaskStatus.CANCELLING)
 _CANCELLABLE = (*WAITING, TaskStatus.PAUSED, TaskStatus.CANCELLING)
+_replace = msgspec.structs.replace
+
+# One rule and one step per event kind, looked up by the event's type: the projector folds every
+# event of the log through `evolve` (twice: the tasks table and the queue counters), and a `match`
+# tried the kinds one after another (a `succeeded`, twelfth, took 2.0 µs; looked up, 1.0 µs).
 
 
-def accepts(state: TaskState, event: ev.Event) -> bool:  # noqa: PLR0911 - one rule per event kind
+def _starts(state: TaskState, event: ev.AttemptStarted) -> bool:
+    # From queued, or from running once the previous attempt timed out (its lease lapsed).
+    restart = state.status is TaskStatus.RUNNING and state.lease_until is None
+    return event.attempt == state.attempt + 1 and (state.status is TaskStatus.QUEUED or restart)
+
+
+def _in_attempt(state: TaskState, event: ev.LeaseExtended) -> bool:
+    return state.status in _LIVE and event.attempt == state.attempt
+
+
+def _after_report(state: TaskState, event: ev.Failed) -> bool:
+    # Only right after the running attempt's own failure report (which clears the lease).
+    reported = state.status is TaskStatus.RUNNING and state.lease_until is None
+    return reported and event.attempt == state.attempt
+
+
+def _cancels(state: TaskState, event: ev.Cancelled) -> bool:
+    return state.status in _CANCELLABLE and event.attempt == state.attempt
+
+
+def _dead_letters(state: TaskState, event: ev.DeadLettered) -> bool:
+    return state.status is TaskStatus.FAILED  # always right after `failed`
+
+
+_Rule = Callable[[TaskState, Any], bool]
+_RULES: dict[type, _Rule] = {
+    ev.AttemptStarted: _starts,
+    ev.LeaseExtended: _in_attempt,
+    ev.Progressed: _in_attempt,
+    ev.AttemptFailed: _in_attempt,
+    ev.AttemptTimedOut: _in_attempt,
+    ev.Succeeded: _in_attempt,
+    ev.AttemptReleased: _in_attempt,
+    ev.RetryScheduled: _after_report,
+    ev.Failed: _after_report,
+    ev.Cancelled: _cancels,
+    ev.DeadLettered: _dead_letters,
+}
+
+
+def accepts(state: TaskState, event: ev.Event) -> bool:
     """Whether `decide` could have appended `event` to a task in `state`.
 
     Workers append their attempt events with optimistic concurrency, but NATS cannot make the
@@ -84,150 +130,196 @@ def accepts(state: TaskState, event: ev.Event) -> bool:  # noqa: PLR0911 - one r
         return not state.exists
     if not state.exists:
         return False
-    status, current = state.status, state.attempt
-    match event:
-        case ev.AttemptStarted():
-            # From queued, or from running once the previous attempt timed out (its lease lapsed).
-            restart = status is TaskStatus.RUNNING and state.lease_until is None
-            return event.attempt == current + 1 and (status is TaskStatus.QUEUED or restart)
-        case (
-            ev.LeaseExtended()
-            | ev.Progressed()
-            | ev.AttemptFailed()
-            | ev.AttemptTimedOut()
-            | ev.Succeeded()
-            | ev.AttemptReleased()
-        ):
-            return status in _LIVE and event.attempt == current
-        case ev.RetryScheduled() | ev.Failed():
-            # Only right after the running attempt's own failure report (which clears the lease).
-            reported = status is TaskStatus.RUNNING and state.lease_until is None
-            return reported and event.attempt == current
-        case ev.Cancelled():
-            return status in _CANCELLABLE and event.attempt == current
-        case ev.DeadLettered():
-            return status is TaskStatus.FAILED  # always right after `failed`
-    return True
+    rule = _of(_RULES, event)
+    return True if rule is None else rule(state, event)
 
 
-def evolve(state: TaskState, event: ev.Event) -> TaskState:  # noqa: C901, PLR0911, PLR0912 - one flat match
+def _submitted(s: TaskState, event: ev.Submitted, v: int) -> TaskState:
+    return _queued(
+        s,
+        version=v,
+        exists=True,
+        tenant=event.tenant,
+        queue=event.queue,
+        task_type=event.task_type,
+        priority=event.priority,
+        payload=event.payload,
+        tags=event.tags,
+        max_attempts=event.max_attempts,
+        timeout_s=event.timeout_s,
+        idempotency_key=event.idempotency_key,
+        body_hash=event.body_hash,
+    )
+
+
+def _scheduled(s: TaskState, event: ev.Scheduled, v: int) -> TaskState:
+    # Submitted already counted a dispatch; a scheduled task's ticket comes when it is due.
+    return _replace(s, version=v, status=TaskStatus.SCHEDULED, run_at=event.run_at, due_at=event.run_at)
+
+
+def _queued_again(s: TaskState, event: ev.Queued, v: int) -> TaskState:
+    return _queued(s, version=v)
+
+
+def _paused(s: TaskState, event: ev.Paused, v: int) -> TaskState:
+    return _replace(s, version=v, status=TaskStatus.PAUSED, paused_from=s.status)
+
+
+def _resumed(s: TaskState, event: ev.Resumed, v: int) -> TaskState:
+    back = s.paused_from or TaskStatus.QUEUED
+    if back is TaskStatus.QUEUED:
+        return _queued(s, version=v, paused_from=None)
+    return _replace(s, version=v, status=back, paused_from=None)
+
+
+def _updated(s: TaskState, event: ev.Updated, v: int) -> TaskState:
+    r = _replace
+    s = r(s, version=v, payload=event.payload if bytes(event.payload) != b"null" else s.payload)
+    s = r(s, priority=event.priority if event.priority is not None else s.priority)
+    if event.run_at is not None:
+        s = r(s, run_at=event.run_at, due_at=event.run_at)
+        if s.status is TaskStatus.PAUSED and s.paused_from is TaskStatus.QUEUED:
+            # It now waits for its run_at: resume returns it to scheduled.
+            s = r(s, paused_from=TaskStatus.SCHEDULED)
+    if s.status is TaskStatus.QUEUED:
+        # A queued task's old ticket carries old data: a fresh ticket replaces it.
+        return _queued(s)
+    return s
+
+
+def _attempt_started(s: TaskState, event: ev.AttemptStarted, v: int) -> TaskState:
+    return _replace(
+        s,
+        version=v,
+        status=TaskStatus.RUNNING,
+        attempt=event.attempt,
+        worker_id=event.worker_id,
+        lease_until=event.lease_until,
+        progress=None,
+    )
+
+
+def _lease_extended(s: TaskState, event: ev.LeaseExtended, v: int) -> TaskState:
+    return _replace(s, version=v, lease_until=event.lease_until)
+
+
+def _progressed(s: TaskState, event: ev.Progressed, v: int) -> TaskState:
+    return _replace(s, version=v, progress=event.pct if event.pct is not None else s.progress)
+
+
+def _attempt_failed(s: TaskState, event: ev.AttemptFailed, v: int) -> TaskState:
+    return _replace(s, version=v, error=event.error, lease_until=None)
+
+
+def _attempt_timed_out(s: TaskState, event: ev.AttemptTimedOut, v: int) -> TaskState:
+    error = ev.ErrorInfo(kind="timed_out", message=event.reason)
+    return _replace(s, version=v, error=error, lease_until=None)
+
+
+def _retry_scheduled(s: TaskState, event: ev.RetryScheduled, v: int) -> TaskState:
+    return _replace(s, version=v, status=TaskStatus.RETRYING, due_at=event.retry_at, worker_id=None)
+
+
+def _succeeded(s: TaskState, event: ev.Succeeded, v: int) -> TaskState:
+    return _replace(
+        s, version=v, status=TaskStatus.SUCCEEDED, result=event.result, error=None, lease_until=None
+    )
+
+
+def _failed(s: TaskState, event: ev.Failed, v: int) -> TaskState:
+    return _replace(s, version=v, status=TaskStatus.FAILED, lease_until=None, due_at=None)
+
+
+def _cancel_requested(s: TaskState, event: ev.CancelRequested, v: int) -> TaskState:
+    return _replace(s, version=v, status=TaskStatus.CANCELLING)
+
+
+def _cancelled(s: TaskState, event: ev.Cancelled, v: int) -> TaskState:
+    return _replace(
+        s, version=v, status=TaskStatus.CANCELLED, lease_until=None, due_at=None, paused_from=None
+    )
+
+
+def _attempt_released(s: TaskState, event: ev.AttemptReleased, v: int) -> TaskState:
+    if s.status is not TaskStatus.RUNNING:
+        return _replace(s, version=v, lease_until=None)  # released while cancelling: `cancelled` follows
+    # Back to queued on the same dispatch number: the released ticket runs it next. The
+    # hand-back is not a failed attempt, so the budget grows by one.
+    return _replace(
+        s,
+        version=v,
+        status=TaskStatus.QUEUED,
+        budget_base=s.budget_base + 1,
+        lease_until=None,
+        worker_id=None,
+        progress=None,
+    )
+
+
+def _replayed(s: TaskState, event: ev.Replayed, v: int) -> TaskState:
+    return _queued(
+        s,
+        version=v,
+        budget_base=s.attempt,
+        error=None,
+        result=None,
+        archived=False,
+        worker_id=None,
+        lease_until=None,
+        progress=None,
+    )
+
+
+def _archived(s: TaskState, event: ev.Archived, v: int) -> TaskState:
+    return _replace(s, version=v, archived=True)
+
+
+_Step = Callable[[TaskState, Any, int], TaskState]
+# DeadLettered, ZombieRejected, Deduplicated have no step: counted, nothing else.
+_STEPS: dict[type, _Step] = {
+    ev.Submitted: _submitted,
+    ev.Scheduled: _scheduled,
+    ev.Queued: _queued_again,
+    ev.Paused: _paused,
+    ev.Resumed: _resumed,
+    ev.Updated: _updated,
+    ev.AttemptStarted: _attempt_started,
+    ev.LeaseExtended: _lease_extended,
+    ev.Progressed: _progressed,
+    ev.AttemptFailed: _attempt_failed,
+    ev.AttemptTimedOut: _attempt_timed_out,
+    ev.RetryScheduled: _retry_scheduled,
+    ev.Succeeded: _succeeded,
+    ev.Failed: _failed,
+    ev.CancelRequested: _cancel_requested,
+    ev.Cancelled: _cancelled,
+    ev.AttemptReleased: _attempt_released,
+    ev.Replayed: _replayed,
+    ev.Archived: _archived,
+}
+
+_T = TypeVar("_T")
+
+
+def _of(table: dict[type, _T], event: ev.Event) -> _T | None:
+    """`table`'s entry for the event's kind (a subclass of a kind takes the kind's)."""
+    found = table.get(type(event))
+    if found is None:
+        found = next((table[k] for k in type(event).__mro__ if k in table), None)
+    return found
+
+
+def evolve(state: TaskState, event: ev.Event) -> TaskState:
     """Apply one event. Unknown combinations leave the status alone (old streams always replay);
     an event `decide` could not have appended in this state changes nothing (`accepts`).
 
-    Every branch makes one copy that also counts the event (`version`): the projections fold every
+    Every step makes one copy that also counts the event (`version`): the projections fold every
     event of the log through here."""
     v = state.version + 1
-    r = msgspec.structs.replace
     if not accepts(state, event):
-        return r(state, version=v)
-    s = state
-    match event:
-        case ev.Submitted():
-            return _queued(
-                s,
-                version=v,
-                exists=True,
-                tenant=event.tenant,
-                queue=event.queue,
-                task_type=event.task_type,
-                priority=event.priority,
-                payload=event.payload,
-                tags=event.tags,
-                max_attempts=event.max_attempts,
-                timeout_s=event.timeout_s,
-                idempotency_key=event.idempotency_key,
-                body_hash=event.body_hash,
-            )
-        case ev.Scheduled():
-            # Submitted already counted a dispatch; a scheduled task's ticket comes when it is due.
-            return r(s, version=v, status=TaskStatus.SCHEDULED, run_at=event.run_at, due_at=event.run_at)
-        case ev.Queued():
-            return _queued(s, version=v)
-        case ev.Paused():
-            return r(s, version=v, status=TaskStatus.PAUSED, paused_from=s.status)
-        case ev.Resumed():
-            back = s.paused_from or TaskStatus.QUEUED
-            if back is TaskStatus.QUEUED:
-                return _queued(s, version=v, paused_from=None)
-            return r(s, version=v, status=back, paused_from=None)
-        case ev.Updated():
-            s = r(s, version=v, payload=event.payload if bytes(event.payload) != b"null" else s.payload)
-            s = r(s, priority=event.priority if event.priority is not None else s.priority)
-            if event.run_at is not None:
-                s = r(s, run_at=event.run_at, due_at=event.run_at)
-                if s.status is TaskStatus.PAUSED and s.paused_from is TaskStatus.QUEUED:
-                    # It now waits for its run_at: resume returns it to scheduled.
-                    s = r(s, paused_from=TaskStatus.SCHEDULED)
-            if s.status is TaskStatus.QUEUED:
-                # A queued task's old ticket carries old data: a fresh ticket replaces it.
-                return _queued(s)
-            return s
-        case ev.AttemptStarted():
-            return r(
-                s,
-                version=v,
-                status=TaskStatus.RUNNING,
-                attempt=event.attempt,
-                worker_id=event.worker_id,
-                lease_until=event.lease_until,
-                progress=None,
-            )
-        case ev.LeaseExtended():
-            return r(s, version=v, lease_until=event.lease_until)
-        case ev.Progressed():
-            return r(s, version=v, progress=event.pct if event.pct is not None else s.progress)
-        case ev.AttemptFailed():
-            return r(s, version=v, error=event.error, lease_until=None)
-        case ev.AttemptTimedOut():
-            return r(
-                s,
-                version=v,
-                error=ev.ErrorInfo(kind="timed_out", message=event.reason),
-                lease_until=None,
-            )
-        case ev.RetryScheduled():
-            return r(s, version=v, status=TaskStatus.RETRYING, due_at=event.retry_at, worker_id=None)
-        case ev.Succeeded():
-            return r(
-                s, version=v, status=TaskStatus.SUCCEEDED, result=event.result, error=None, lease_until=None
-            )
-        case ev.Failed():
-            return r(s, version=v, status=TaskStatus.FAILED, lease_until=None, due_at=None)
-        case ev.CancelRequested():
-            return r(s, version=v, status=TaskStatus.CANCELLING)
-        case ev.Cancelled():
-            return r(
-                s, version=v, status=TaskStatus.CANCELLED, lease_until=None, due_at=None, paused_from=None
-            )
-        case ev.AttemptReleased():
-            if s.status is not TaskStatus.RUNNING:
-                return r(s, version=v, lease_until=None)  # released while cancelling: `cancelled` follows
-            # Back to queued on the same dispatch number: the released ticket runs it next. The
-            # hand-back is not a failed attempt, so the budget grows by one.
-            return r(
-                s,
-                version=v,
-                status=TaskStatus.QUEUED,
-                budget_base=s.budget_base + 1,
-                lease_until=None,
-                worker_id=None,
-                progress=None,
-            )
-        case ev.Replayed():
-            return _queued(
-                s,
-                version=v,
-                budget_base=s.attempt,
-                error=None,
-                result=None,
-                archived=False,
-                worker_id=None,
-                lease_until=None,
-                progress=None,
-            )
-        case ev.Archived():
-            return r(s, version=v, archived=True)
-    return r(s, version=v)  # DeadLettered, ZombieRejected, Deduplicated: counted, nothing else
+        return _replace(state, version=v)
+    step = _of(_STEPS, event)
+    return _replace(state, version=v) if step is None else step(state, event, v)
 
 
 def fold(task_id: str, history: Iterable[ev.Event]) -> TaskState:
