@@ -135,8 +135,13 @@ def accepts(state: TaskState, event: ev.Event) -> bool:
 
 
 def _submitted(s: TaskState, event: ev.Submitted, v: int) -> TaskState:
-    return _queued(
+    # What `_queued` does, in one call: every submitted task passes here (its kwargs passed on
+    # took 1.6 µs of a fold, one call 0.3 µs).
+    return _replace(
         s,
+        status=TaskStatus.QUEUED,
+        dispatch=s.dispatch + 1,
+        due_at=None,
         version=v,
         exists=True,
         tenant=event.tenant,
