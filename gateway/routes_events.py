@@ -22,6 +22,7 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Send
 
 from ordo.domain.errors import TaskNotFound
+from ordo.domain.events import EVENT_NAMES
 from ordo.gateway import live
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.metrics import SSE_CLIENTS, http_registry
@@ -90,13 +91,26 @@ class StreamFilter:
 
 
 def _types(type_: str | None, status: str | None) -> tuple[str, ...] | None:
+    """The event types a stream's `type` and `status` filters select; a name that is neither an
+    event type nor a status is a 422 (a misspelt filter would select nothing, and the stream stay
+    silent)."""
     wanted: set[str] | None = None
     if type_ is not None:
         wanted = set(type_.split(","))
+        _known("event type", wanted, EVENT_NAMES)
     if status is not None:
-        by_status = {e for s in status.split(",") for e in STATUS_EVENTS.get(s, ())}
+        statuses = set(status.split(","))
+        _known("status", statuses, tuple(STATUS_EVENTS))
+        by_status = {e for s in statuses for e in STATUS_EVENTS[s]}
         wanted = by_status if wanted is None else wanted & by_status
     return None if wanted is None else tuple(sorted(wanted))
+
+
+def _known(what: str, names: set[str], known: tuple[str, ...]) -> None:
+    unknown = sorted(names.difference(known))
+    if unknown:
+        detail = f"unknown {what} {', '.join(unknown)}; one of {', '.join(known)}"
+        raise Problem(422, "invalid-request", detail)
 
 
 # Sent when a stream ends because its client fell behind: EventSource reconnects with its last id.

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from ordo.domain.errors import TaskNotFound
+from ordo.domain.status import TaskStatus as Status
 from ordo.gateway import task_service
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.body import read_limited
@@ -33,6 +34,7 @@ Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
 Submitter = Annotated[Principal, Depends(require(Role.SUBMITTER))]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 TaskStatus = Annotated[str, Query(pattern=r"^[a-z]{1,20}(,[a-z]{1,20}){0,9}$")]
+_STATUSES = frozenset(str(s) for s in Status)
 _MAX_BATCH = Settings().max_batch
 
 
@@ -97,11 +99,16 @@ async def list_tasks(
     tasks, or none, and still have a `next_cursor`. The list ends where `next_cursor` is null."""
     if limit > svc.settings.max_page:
         raise Problem(422, "page-too-large", f"limit is at most {svc.settings.max_page}")
+    statuses = tuple(status.split(",")) if status else ()
+    unknown = sorted(set(statuses) - _STATUSES)
+    if unknown:  # a misspelt status would list nothing, as if no task had it
+        raise Problem(
+            422, "invalid-request", f"unknown status {', '.join(unknown)}; one of {', '.join(Status)}"
+        )
     await rc.ensure(svc, who.tenant)
     try:
         items, next_cursor = await tasks.list_tasks(
-            svc.pool, who.tenant, limit, cursor, None, type, queue,
-            statuses=tuple(status.split(",")) if status else (), tag=tag,
+            svc.pool, who.tenant, limit, cursor, None, type, queue, statuses=statuses, tag=tag,
             created_after=created_after, created_before=created_before,
             updated_after=updated_after, updated_before=updated_before,
             search=q, archived=archived, sort=sort,

@@ -94,6 +94,23 @@ async def test_unknown_task_is_404_problem(gateway_only: System) -> None:
         assert r.headers["content-type"].startswith("application/problem+json")
 
 
+async def test_an_unknown_status_or_event_type_in_a_filter_is_422_naming_it(gateway_only: System) -> None:
+    """A misspelt filter is named in a 422, not answered with an empty list or a silent stream."""
+    for path, params, named in (
+        ("/v1/tasks", {"status": "succeded"}, "succeded"),
+        ("/v1/tasks", {"status": "failed,nope"}, "nope"),
+        ("/v1/events/stream", {"status": "done"}, "done"),
+        ("/v1/events/stream", {"type": "succeeded,finished"}, "finished"),
+        ("/v1/events/stream", {"type": "succeeded", "status": "queued,ok"}, "ok"),
+    ):
+        r = await gateway_only.http.get(path, params=params)
+        assert r.status_code == 422, (path, params, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert "unknown" in r.json()["detail"] and named in r.json()["detail"], r.text
+    r = await gateway_only.http.get("/v1/tasks", params={"status": "failed,succeeded"})
+    assert r.status_code == 200, r.text
+
+
 async def test_good_submit_is_202_and_readable(gateway_only: System) -> None:
     r = await gateway_only.http.post("/v1/tasks", json={"type": "demo.echo", "payload": {"x": 1}})
     assert r.status_code == 202, r.text
