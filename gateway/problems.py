@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -112,3 +113,11 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         return problem_response(exc.status_code, slug, str(exc.detail))
+
+
+def aware(value: datetime | None, name: str) -> datetime | None:
+    """`value` when it names its time zone (or is None); a 422 otherwise: a time without an offset
+    could be any of 24 instants."""
+    if value is not None and value.tzinfo is None:
+        raise Problem(422, "invalid-request", f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)")
+    return value

@@ -17,7 +17,7 @@ from ordo.domain.errors import DomainError, TaskNotFound
 from ordo.domain.status import TaskStatus
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.body import read_limited
-from ordo.gateway.problems import Problem
+from ordo.gateway.problems import Problem, aware
 from ordo.gateway.resources import Accepted, problems
 from ordo.gateway.services import Services, services
 from ordo.projections import dead_letters
@@ -76,12 +76,6 @@ class BulkReplayed(_Model):
     skipped: list[Skipped]
 
 
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise Problem(422, "invalid-request", f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)")
-    return value
-
-
 @router.get("/dead-letters", response_model=DeadLetterList, responses=problems(400, 422, 503))
 async def list_dead_letters(
     svc: Svc,
@@ -98,7 +92,7 @@ async def list_dead_letters(
     A filter is checked on at most 20,000 dead letters per page: a filtered page may hold fewer than
     `limit`, or none, and still have a `next_cursor`. The list ends where `next_cursor` is null."""
     where = DeadLetterFilter(
-        queue, type, error_kind, _aware(dead_after, "dead_after"), _aware(dead_before, "dead_before")
+        queue, type, error_kind, aware(dead_after, "dead_after"), aware(dead_before, "dead_before")
     )
     try:
         items, next_cursor = await dead_letters.list_dead_letters(svc.pool, who.tenant, limit, cursor, where)
@@ -159,8 +153,8 @@ async def replay_dead_letters(request: Request, svc: Svc, who: Operator) -> dict
         body.queue,
         body.type,
         body.error_kind,
-        _aware(body.dead_after, "dead_after"),
-        _aware(body.dead_before, "dead_before"),
+        aware(body.dead_after, "dead_after"),
+        aware(body.dead_before, "dead_before"),
     )
     replayed: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []

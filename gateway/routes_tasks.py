@@ -14,7 +14,7 @@ from ordo.gateway import task_service
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.body import read_limited
 from ordo.gateway.consistency import ReadConsistency
-from ordo.gateway.problems import Problem
+from ordo.gateway.problems import Problem, aware
 from ordo.gateway.resources import (
     Accepted,
     BatchAccepted,
@@ -109,8 +109,10 @@ async def list_tasks(
     try:
         items, next_cursor = await tasks.list_tasks(
             svc.pool, who.tenant, limit, cursor, None, type, queue, statuses=statuses, tag=tag,
-            created_after=created_after, created_before=created_before,
-            updated_after=updated_after, updated_before=updated_before,
+            created_after=aware(created_after, "created_after"),
+            created_before=aware(created_before, "created_before"),
+            updated_after=aware(updated_after, "updated_after"),
+            updated_before=aware(updated_before, "updated_before"),
             search=q, archived=archived, sort=sort,
         )  # fmt: skip
     except ValueError as exc:

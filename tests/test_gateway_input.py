@@ -111,6 +111,17 @@ async def test_an_unknown_status_or_event_type_in_a_filter_is_422_naming_it(gate
     assert r.status_code == 200, r.text
 
 
+async def test_a_time_filter_without_a_time_zone_is_422(gateway_only: System) -> None:
+    """`2026-01-01T00:00:00` could be any of 24 instants: the task list asks for the offset, as the
+    dead letters' list does."""
+    for name in ("created_after", "created_before", "updated_after", "updated_before"):
+        r = await gateway_only.http.get("/v1/tasks", params={name: "2026-01-01T00:00:00"})
+        assert r.status_code == 422, (name, r.text)
+        assert name in r.json()["detail"] and "time zone" in r.json()["detail"]
+        r = await gateway_only.http.get("/v1/tasks", params={name: "2026-01-01T00:00:00Z"})
+        assert r.status_code == 200, (name, r.text)
+
+
 async def test_good_submit_is_202_and_readable(gateway_only: System) -> None:
     r = await gateway_only.http.post("/v1/tasks", json={"type": "demo.echo", "payload": {"x": 1}})
     assert r.status_code == 202, r.text
