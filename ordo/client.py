@@ -149,8 +149,9 @@ class AsyncClient:
     ) -> AsyncGenerator[Task, None]:
         """The caller's tasks that match, newest first by default (`sort`: `±created_at`,
         `±updated_at`), read a page at a time (GET /v1/tasks). `search` is text in the id or type;
-        `status` one status or several. The iterator follows the pages' cursors to the end of the
-        list, also past pages that a filter without an index left short or empty."""
+        `status` one status or several. The times need a time zone (a naive datetime is an
+        `InvalidRequest`, as a `run_at` is). The iterator follows the pages' cursors to the end of
+        the list, also past pages that a filter without an index left short or empty."""
         params: dict[str, str] = {"limit": str(page_size), "sort": sort}
         if status is not None:
             params["status"] = status if isinstance(status, str) else ",".join(status)
