@@ -6,10 +6,13 @@ most MAX_DEPTH containers deep. A `\\u0000` escape inside a payload is allowed: 
 JSON as `json` text, so it round-trips. Every other string of a request (tags, idempotency keys,
 descriptions, cron expressions...) lands in a `text` column, which cannot hold NUL: refused.
 Deeper-than-msgspec nesting (about 1000 levels) surfaces as RecursionError; the decoders map it too.
+A time must name its offset (the schemas say so) and fall within years 1-9999 once in UTC
+(`9999-12-31T23:59:59-05:00` is valid RFC 3339, but no UTC time of Python or of the log).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -68,3 +71,14 @@ def check_text(value: Any, where: str = "body") -> None:
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             check_text(item, f"{where}[{index}]")
+
+
+def check_instants(**times: object) -> None:
+    """Each of `times` that is a datetime can be told in UTC (ValueError naming it otherwise): called
+    from the request bodies' `__post_init__`, so msgspec reports it as it reports a wrong type."""
+    for name, value in times.items():
+        if isinstance(value, datetime):
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                raise ValueError(f"{name} is out of range: in UTC it must fall within years 1-9999") from None

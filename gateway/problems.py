@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -116,8 +116,17 @@ def install(app: FastAPI) -> None:
 
 
 def aware(value: datetime | None, name: str) -> datetime | None:
-    """`value` when it names its time zone (or is None); a 422 otherwise: a time without an offset
-    could be any of 24 instants."""
-    if value is not None and value.tzinfo is None:
+    """`value` when it names its time zone and can be told in UTC (or is None); a 422 otherwise: a
+    time without an offset could be any of 24 instants, and `9999-12-31T23:59:59-05:00` is no UTC
+    time Python or PostgreSQL's driver can hold."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
         raise Problem(422, "invalid-request", f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)")
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise Problem(
+            422, "invalid-request", f"{name} is out of range: in UTC it must fall within years 1-9999"
+        ) from None
     return value

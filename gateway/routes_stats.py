@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict
 
 from ordo.gateway.auth import Principal, Role, require
-from ordo.gateway.problems import Problem
+from ordo.gateway.problems import Problem, aware
 from ordo.gateway.resources import problems
 from ordo.gateway.services import Services, services
 from ordo.projections import queue_stats, stats_minutely
@@ -67,9 +67,7 @@ class Stats(_Model):
 
 
 def _window(minutes: int, since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise Problem(422, "invalid-request", f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)")
+    since, until = aware(since, "since"), aware(until, "until")
     if until is None:
         now = datetime.now(UTC)
         until = now.replace(second=0, microsecond=0) + timedelta(minutes=1)

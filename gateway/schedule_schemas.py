@@ -13,7 +13,7 @@ import msgspec
 
 from ordo.domain.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from ordo.domain.schedule_events import CatchupPolicy, OverlapPolicy, ScheduleSpec, TaskTemplate
-from ordo.gateway.json_bounds import MAX_DEPTH, UnsafeJson, check_text, decoded
+from ordo.gateway.json_bounds import MAX_DEPTH, UnsafeJson, check_instants, check_text, decoded
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,64}$")]
 TaskType = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -59,6 +59,9 @@ class CreateScheduleBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True
     misfire_grace_s: Seconds = 60.0
     description: Annotated[str, msgspec.Meta(max_length=500)] = ""
 
+    def __post_init__(self) -> None:
+        check_instants(start_at=self.start_at, end_at=self.end_at)
+
     def spec(self) -> ScheduleSpec:
         return ScheduleSpec(
             cron=self.cron,
@@ -87,6 +90,9 @@ class UpdateScheduleBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True
     catchup_window_s: Seconds | msgspec.UnsetType = msgspec.UNSET
     misfire_grace_s: Seconds | msgspec.UnsetType = msgspec.UNSET
     description: Annotated[str, msgspec.Meta(max_length=500)] | msgspec.UnsetType = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        check_instants(start_at=self.start_at, end_at=self.end_at)
 
     def merged(self, spec: ScheduleSpec) -> ScheduleSpec:
         changes: dict[str, Any] = {}

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import msgspec
 
 from ordo.domain.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
-from ordo.gateway.json_bounds import MAX_DEPTH, UnsafeJson, check_text, decoded
+from ordo.gateway.json_bounds import MAX_DEPTH, UnsafeJson, check_instants, check_text, decoded
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,64}$")]
 TaskType = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -37,6 +37,9 @@ class SubmitTaskRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True)
     timeout: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] | None = None
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     tags: Annotated[list[Tag], msgspec.Meta(max_length=20)] = []
+
+    def __post_init__(self) -> None:
+        check_instants(run_at=self.run_at)
 
     def body_hash(self) -> str:
         """A hash of what the task will be, for idempotency-key conflict checks.
@@ -111,6 +114,9 @@ class UpdateTaskRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True)
     payload: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     priority: Priority | None = None
     run_at: AwareDatetime | None = None
+
+    def __post_init__(self) -> None:
+        check_instants(run_at=self.run_at)
 
 
 class _BatchEnvelope(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -1,9 +1,9 @@
 """Input bounds at every door (issue 12 part A: audit F5, F15, F16).
 
 Nested JSON deeper than 64 levels is a 422 on tasks, batches, task updates, schedules and the NATS
-command API, never a 500 or a reset; an SSE resume point that is not a log sequence is a 400, one
-beyond the log a 422; the same JSON re-submitted under an idempotency key with other whitespace or
-key order is the same task (200).
+command API, never a 500 or a reset; so is a time that has no UTC form within years 1-9999; an SSE
+resume point that is not a log sequence is a 400, one beyond the log a 422; the same JSON
+re-submitted under an idempotency key with other whitespace or key order is the same task (200).
 """
 
 from __future__ import annotations
@@ -60,6 +60,52 @@ async def test_deep_json_is_422_at_every_door(gateway_only: System) -> None:
         ):
             msg = await service.request(sj.cmd_subject(gateway_only.settings.tenant, verb), body, timeout=10)
             assert (msg.headers or {}).get(sj.REPLY_STATUS) == "422", (verb, msg.data[:200])
+    finally:
+        await service.close()
+    assert await _log_seq(gateway_only) == before
+
+
+async def test_a_time_beyond_utc_range_is_422_at_every_door(gateway_only: System) -> None:
+    """`9999-12-31T23:59:59-05:00` is valid RFC 3339 but falls in year 10000 in UTC (and
+    `0001-01-01T00:00:00+05:00` in year 0): a 422 naming the field, never a 500."""
+    http = gateway_only.http
+    ok = await http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600})
+    assert ok.status_code == 202, ok.text
+    task_id = ok.json()["id"]
+    before = await _log_seq(gateway_only)
+    for late in ("9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00"):
+        bodies = [
+            ("POST", "/v1/tasks", {"type": "demo.echo", "run_at": late}, "run_at"),
+            ("POST", "/v1/tasks:batch", {"tasks": [{"type": "demo.echo", "run_at": late}]}, "run_at"),
+            ("PATCH", f"/v1/tasks/{task_id}", {"run_at": late}, "run_at"),
+            (
+                "POST",
+                "/v1/schedules",
+                {"cron": "0 * * * *", "task": {"type": "x"}, "start_at": late},
+                "start_at",
+            ),
+            ("POST", "/v1/schedules", {"cron": "0 * * * *", "task": {"type": "x"}, "end_at": late}, "end_at"),
+            ("POST", "/v1/dead-letters:replay", {"dead_after": late}, "dead_after"),
+        ]
+        for method, path, body, named in bodies:
+            r = await http.request(method, path, json=body)
+            assert r.status_code == 422, (method, path, late, r.status_code, r.text[:300])
+            assert named in r.text, r.text[:300]
+        for path, name in (
+            ("/v1/tasks", "created_after"),
+            ("/v1/tasks", "updated_before"),
+            ("/v1/dead-letters", "dead_before"),
+            ("/v1/stats", "since"),
+        ):
+            r = await http.get(path, params={name: late})
+            assert r.status_code == 422, (path, name, late, r.status_code, r.text[:300])
+            assert name in r.json()["detail"], r.text[:300]
+    assert await _log_seq(gateway_only) == before
+    service = await nats.connect(gateway_only.settings.nats_url, name="far-time")
+    try:
+        body = b'{"type":"demo.echo","run_at":"9999-12-31T23:59:59-05:00"}'
+        msg = await service.request(sj.cmd_subject(gateway_only.settings.tenant, "submit"), body, timeout=10)
+        assert (msg.headers or {}).get(sj.REPLY_STATUS) == "422", msg.data[:200]
     finally:
         await service.close()
     assert await _log_seq(gateway_only) == before
