@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ordo.domain import errors as de
+from ordo.gateway.json_bounds import check_instants
 from ordo.infra.event_store import ConcurrencyError, EventStoreUnavailable
 from ordo.infra.pg import ReadModelUnavailable
 
@@ -124,9 +125,7 @@ def aware(value: datetime | None, name: str) -> datetime | None:
     if value.tzinfo is None:
         raise Problem(422, "invalid-request", f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)")
     try:
-        value.astimezone(UTC)
-    except OverflowError:
-        raise Problem(
-            422, "invalid-request", f"{name} is out of range: in UTC it must fall within years 1-9999"
-        ) from None
+        check_instants(**{name: value})
+    except ValueError as exc:
+        raise Problem(422, "invalid-request", str(exc)) from None
     return value
