@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from nats.aio.subscription import Subscription
@@ -31,7 +31,7 @@ _json = msgspec.json.Encoder()
 
 class _IdRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     id: str
-    as_of_seq: int | None = None
+    as_of_seq: Annotated[int, msgspec.Meta(ge=0, le=2**62)] | None = None  # as GET /v1/tasks/{id}
 
 
 _id_decoder = msgspec.json.Decoder(_IdRequest)

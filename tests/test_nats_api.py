@@ -40,6 +40,9 @@ async def test_a_service_submits_cancels_and_follows_events_over_nats(gateway_on
         # Read from the log at the write's sequence: no wait for the read model.
         status, _, got = await _call(service, tenant, "get", {"id": task["id"], "as_of_seq": task["seq"]})
         assert status == 200 and got["status"] == "scheduled"
+        for bad in (-1, 2**62 + 1, 10**30, "1"):  # the bounds of GET /v1/tasks/{id}?as_of_seq=
+            response = await _call(service, tenant, "get", {"id": task["id"], "as_of_seq": bad})
+            assert response[:2] == (422, "invalid-request"), (bad, response)
         status, _, cancelled = await _call(service, tenant, "cancel", {"id": task["id"]})
         assert status == 202 and cancelled["status"] == "cancelled"
         seen: list[tuple[str, str]] = []
