@@ -103,6 +103,7 @@ class TimelineEntry(_Model):
 
 class Timeline(_Model):
     events: list[TimelineEntry]
+    next_after: int | None = None  # the next page's `after`; null: the last page
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -36,6 +36,7 @@ Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 TaskStatus = Annotated[str, Query(pattern=r"^[a-z]{1,20}(,[a-z]{1,20}){0,9}$")]
 _STATUSES = frozenset(str(s) for s in Status)
 _MAX_BATCH = Settings().max_batch
+TIMELINE_PAGE = 10_000  # events per page of a task's timeline
 
 
 def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -136,15 +137,26 @@ async def get_task(
     return await task_service.get(svc, who, task_id, as_of_seq)
 
 
-@router.get("/tasks/{task_id}/events", response_model=Timeline, responses=problems(404, 503))
-async def task_timeline(task_id: str, svc: Svc, who: Viewer, rc: ReadConsistency) -> dict[str, Any]:
-    """The task's events in sequence order (from the read model)."""
+@router.get("/tasks/{task_id}/events", response_model=Timeline, responses=problems(404, 422, 503))
+async def task_timeline(
+    task_id: str,
+    svc: Svc,
+    who: Viewer,
+    rc: ReadConsistency,
+    after: Annotated[int, Query(ge=0, le=2**62, description="events after this log sequence")] = 0,
+    limit: Annotated[int, Query(ge=1, le=TIMELINE_PAGE)] = TIMELINE_PAGE,
+) -> dict[str, Any]:
+    """The task's events in sequence order (from the read model), up to `limit` after `after`.
+    `next_after` is where the next page starts (pass it as `after`), null at the end: a task that
+    heartbeats for days has more events than one page holds."""
     task_service.check_id(task_id)
     await rc.ensure(svc, who.tenant, task_id)
-    events = await task_events.timeline(svc.pool, who.tenant, task_id)
-    if not events:
+    events = await task_events.timeline(svc.pool, who.tenant, task_id, limit + 1, after)
+    if not events and (after == 0 or not await task_events.timeline(svc.pool, who.tenant, task_id, 1)):
         raise TaskNotFound(task_id)
-    return {"events": events}
+    more = len(events) > limit
+    events = events[:limit]
+    return {"events": events, "next_after": events[-1]["seq"] if more else None}
 
 
 @router.patch(

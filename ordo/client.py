@@ -126,10 +126,21 @@ class AsyncClient:
         response = await self._request("GET", f"/v1/tasks/{task_id}", headers=self._min_seq())
         return msgspec.json.decode(response.content, type=Task)
 
-    async def events(self, task_id: str) -> list[TaskEvent]:
-        """The task's whole history, oldest first."""
-        response = await self._request("GET", f"/v1/tasks/{task_id}/events", headers=self._min_seq())
-        return msgspec.json.decode(response.content, type=_Timeline).events
+    async def events(self, task_id: str, page_size: int = 10_000) -> list[TaskEvent]:
+        """The task's whole history, oldest first (read `page_size` events at a time)."""
+        out: list[TaskEvent] = []
+        after: int | None = 0
+        while after is not None:
+            response = await self._request(
+                "GET",
+                f"/v1/tasks/{task_id}/events",
+                params={"after": str(after), "limit": str(page_size)},
+                headers=self._min_seq(),
+            )
+            page = msgspec.json.decode(response.content, type=_Timeline)
+            out.extend(page.events)
+            after = page.next_after
+        return out
 
     async def tasks(
         self,
@@ -265,6 +276,7 @@ class AsyncClient:
 
 class _Timeline(msgspec.Struct, frozen=True):
     events: list[TaskEvent]
+    next_after: int | None = None
 
 
 class _TaskPage(msgspec.Struct, frozen=True):
@@ -344,8 +356,8 @@ class Client:
     def get(self, task_id: str) -> Task:
         return self._call(self._async.get(task_id))
 
-    def events(self, task_id: str) -> list[TaskEvent]:
-        return self._call(self._async.events(task_id))
+    def events(self, task_id: str, page_size: int = 10_000) -> list[TaskEvent]:
+        return self._call(self._async.events(task_id, page_size))
 
     def tasks(self, **filters: Any) -> Iterator[Task]:
         """See AsyncClient.tasks (the same keyword filters); pages are read as the loop goes."""

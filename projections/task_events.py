@@ -121,13 +121,15 @@ def entry(
 
 
 async def timeline(
-    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, task_id: str, limit: int = 10_000
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, task_id: str, limit: int = 10_000, after: int = 0
 ) -> list[dict[str, Any]]:
+    """Up to `limit` of the task's events with seq > `after`, in sequence order."""
     recs = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM task_events WHERE tenant=$1 AND task_id=$2 ORDER BY seq LIMIT $3",
+        f"SELECT {_COLUMNS} FROM task_events WHERE tenant=$1 AND task_id=$2 AND seq>$4 ORDER BY seq LIMIT $3",
         tenant,
         task_id,
         limit,
+        after,
     )
     return [to_entry(r) for r in recs]
 

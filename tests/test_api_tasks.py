@@ -137,6 +137,32 @@ async def test_as_of_seq_folds_the_log_up_to_that_sequence(gateway_only: System)
     assert before.status_code == 404
 
 
+async def test_a_timeline_reads_a_page_at_a_time_to_its_end(gateway_only: System) -> None:
+    """A task that heartbeats for days has more events than one page holds: `next_after` leads on."""
+    http = gateway_only.http
+    sub = (await http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600})).json()
+    await http.post(f"/v1/tasks/{sub['id']}:pause")
+    await http.post(f"/v1/tasks/{sub['id']}:resume")
+    last = (await http.post(f"/v1/tasks/{sub['id']}:cancel")).json()["seq"]
+    path = f"/v1/tasks/{sub['id']}/events"
+    whole = (await http.get(path, params={"min_seq": last})).json()
+    kinds = [e["type"] for e in whole["events"]]
+    assert kinds == ["submitted", "scheduled", "paused", "resumed", "cancelled"]
+    assert whole["next_after"] is None
+    pages, after = [], 0
+    while after is not None:
+        page = (await http.get(path, params={"after": after, "limit": 2})).json()
+        pages.append([e["seq"] for e in page["events"]])
+        after = page["next_after"]
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [seq for p in pages for seq in p] == [e["seq"] for e in whole["events"]]
+    end = await http.get(path, params={"after": last})
+    assert end.status_code == 200 and end.json() == {"events": [], "next_after": None}
+    assert (await http.get("/v1/tasks/nope/events", params={"after": 5})).status_code == 404
+    for bad in ({"limit": 0}, {"limit": 10_001}, {"after": -1}):
+        assert (await http.get(path, params=bad)).status_code == 422, bad
+
+
 async def test_update_before_start_then_409_once_running(system: System) -> None:
     http = system.http
     run_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()

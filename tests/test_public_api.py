@@ -84,6 +84,8 @@ async def test_async_client_submits_waits_and_reads(system: System) -> None:
         assert task.status == "succeeded" and task.result == {"hello": "world"} and task.done
         assert (await client.get(sub.id)).tags == ["api"]
         assert [e.type for e in await client.events(sub.id)] == ["submitted", "attempt_started", "succeeded"]
+        paged = await client.events(sub.id, page_size=1)  # a page at a time, to the end
+        assert [e.type for e in paged] == ["submitted", "attempt_started", "succeeded"]
         again = await client.submit("demo.echo", {"hello": "world"}, idempotency_key="k1")
         same = await client.submit("demo.echo", {"hello": "world"}, idempotency_key="k1")
         assert same.id == again.id and again.created and not same.created
