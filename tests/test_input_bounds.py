@@ -72,6 +72,9 @@ async def test_a_time_beyond_utc_range_is_422_at_every_door(gateway_only: System
     ok = await http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600})
     assert ok.status_code == 202, ok.text
     task_id = ok.json()["id"]
+    made = await http.post("/v1/schedules", json={"cron": "0 * * * *", "task": {"type": "x"}})
+    assert made.status_code == 201, made.text
+    schedule_id = made.json()["id"]
     before = await _log_seq(gateway_only)
     for late in ("9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00"):
         bodies = [
@@ -85,6 +88,7 @@ async def test_a_time_beyond_utc_range_is_422_at_every_door(gateway_only: System
                 "start_at",
             ),
             ("POST", "/v1/schedules", {"cron": "0 * * * *", "task": {"type": "x"}, "end_at": late}, "end_at"),
+            ("PATCH", f"/v1/schedules/{schedule_id}", {"end_at": late}, "end_at"),
             ("POST", "/v1/dead-letters:replay", {"dead_after": late}, "dead_after"),
         ]
         for method, path, body, named in bodies:
