@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -129,3 +130,13 @@ def aware(value: datetime | None, name: str) -> datetime | None:
     except ValueError as exc:
         raise Problem(422, "invalid-request", str(exc)) from None
     return value
+
+
+def known(what: str, names: Iterable[str], choices: Iterable[str]) -> None:
+    """A 422 naming every one of `names` that is not among `choices` (a filter's values: a misspelt
+    one would select nothing and say nothing)."""
+    allowed = list(choices)
+    unknown = sorted(set(names).difference(allowed))
+    if unknown:
+        detail = f"unknown {what} {', '.join(unknown)}; one of {', '.join(allowed)}"
+        raise Problem(422, "invalid-request", detail)

@@ -26,7 +26,7 @@ from ordo.domain.events import EVENT_NAMES
 from ordo.gateway import live
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.metrics import SSE_CLIENTS, http_registry
-from ordo.gateway.problems import Problem
+from ordo.gateway.problems import Problem, known
 from ordo.gateway.resources import problems
 from ordo.gateway.services import Services, services
 from ordo.gateway.task_service import check_id
@@ -97,20 +97,13 @@ def _types(type_: str | None, status: str | None) -> tuple[str, ...] | None:
     wanted: set[str] | None = None
     if type_ is not None:
         wanted = set(type_.split(","))
-        _known("event type", wanted, EVENT_NAMES)
+        known("event type", wanted, EVENT_NAMES)
     if status is not None:
         statuses = set(status.split(","))
-        _known("status", statuses, tuple(STATUS_EVENTS))
+        known("status", statuses, STATUS_EVENTS)
         by_status = {e for s in statuses for e in STATUS_EVENTS[s]}
         wanted = by_status if wanted is None else wanted & by_status
     return None if wanted is None else tuple(sorted(wanted))
-
-
-def _known(what: str, names: set[str], known: tuple[str, ...]) -> None:
-    unknown = sorted(names.difference(known))
-    if unknown:
-        detail = f"unknown {what} {', '.join(unknown)}; one of {', '.join(known)}"
-        raise Problem(422, "invalid-request", detail)
 
 
 # Sent when a stream ends because its client fell behind: EventSource reconnects with its last id.

@@ -14,7 +14,7 @@ from ordo.gateway import task_service
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.body import read_limited
 from ordo.gateway.consistency import ReadConsistency
-from ordo.gateway.problems import Problem, aware
+from ordo.gateway.problems import Problem, aware, known
 from ordo.gateway.resources import (
     Accepted,
     BatchAccepted,
@@ -34,7 +34,6 @@ Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
 Submitter = Annotated[Principal, Depends(require(Role.SUBMITTER))]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 TaskStatus = Annotated[str, Query(pattern=r"^[a-z]{1,20}(,[a-z]{1,20}){0,9}$")]
-_STATUSES = frozenset(str(s) for s in Status)
 _MAX_BATCH = Settings().max_batch
 TIMELINE_PAGE = 10_000  # events per page of a task's timeline
 
@@ -101,11 +100,7 @@ async def list_tasks(
     if limit > svc.settings.max_page:
         raise Problem(422, "page-too-large", f"limit is at most {svc.settings.max_page}")
     statuses = tuple(status.split(",")) if status else ()
-    unknown = sorted(set(statuses) - _STATUSES)
-    if unknown:  # a misspelt status would list nothing, as if no task had it
-        raise Problem(
-            422, "invalid-request", f"unknown status {', '.join(unknown)}; one of {', '.join(Status)}"
-        )
+    known("status", statuses, Status)
     await rc.ensure(svc, who.tenant)
     try:
         items, next_cursor = await tasks.list_tasks(
