@@ -28,6 +28,7 @@ from ordo.gateway.body import read_limited
 from ordo.gateway.problems import Problem
 from ordo.gateway.schedule_schemas import CreateScheduleBody, InvalidBody, UpdateScheduleBody, decode_body
 from ordo.gateway.services import Services, services, services_of
+from ordo.gateway.timeline_pages import TimelinePage
 from ordo.infra.ids import new_task_id
 from ordo.infra.schedule_handler import ScheduleHandler, ScheduleOutcome
 from ordo.projections import schedules
@@ -188,9 +189,16 @@ async def delete_schedule(schedule_id: str, handler: Handler, who: Operator) -> 
 
 
 @router.get("/schedules/{schedule_id}/events")
-async def schedule_timeline(schedule_id: str, svc: Svc, who: Viewer) -> dict[str, Any]:
-    """The schedule's events in sequence order: created, fired (task id), skipped, missed, ..."""
-    events = await schedules.timeline(svc.pool, who.tenant, _check_id(schedule_id))
-    if not events:
+async def schedule_timeline(schedule_id: str, svc: Svc, who: Viewer, page: TimelinePage) -> dict[str, Any]:
+    """The schedule's events in sequence order: created, fired (task id), skipped, missed, ...;
+    a page at a time, as a task's (`after`, `limit`, `order`, `next_after`): a schedule that fires
+    every second has 86,400 of them a day."""
+    schedule_id = _check_id(schedule_id)
+
+    async def read(limit: int, after: int | None, newest_first: bool) -> list[dict[str, Any]]:
+        return await schedules.timeline(svc.pool, who.tenant, schedule_id, limit, after, newest_first)
+
+    events, next_after = await page.read(read)
+    if not events and (page.after is None or not await read(1, None, False)):
         raise Problem(404, "schedule-not-found", f"schedule {schedule_id} does not exist")
-    return {"events": events}
+    return {"events": events, "next_after": next_after}

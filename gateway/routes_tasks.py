@@ -25,6 +25,7 @@ from ordo.gateway.resources import (
 )
 from ordo.gateway.schemas import batch_schema, submit_schema, update_schema
 from ordo.gateway.services import Services, services
+from ordo.gateway.timeline_pages import TimelinePage
 from ordo.infra.settings import Settings
 from ordo.projections import task_events, tasks
 
@@ -35,7 +36,6 @@ Submitter = Annotated[Principal, Depends(require(Role.SUBMITTER))]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 TaskStatus = Annotated[str, Query(pattern=r"^[a-z]{1,20}(,[a-z]{1,20}){0,9}$")]
 _MAX_BATCH = Settings().max_batch
-TIMELINE_PAGE = 10_000  # events per page of a task's timeline
 
 
 def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -134,24 +134,21 @@ async def get_task(
 
 @router.get("/tasks/{task_id}/events", response_model=Timeline, responses=problems(404, 422, 503))
 async def task_timeline(
-    task_id: str,
-    svc: Svc,
-    who: Viewer,
-    rc: ReadConsistency,
-    after: Annotated[int, Query(ge=0, le=2**62, description="events after this log sequence")] = 0,
-    limit: Annotated[int, Query(ge=1, le=TIMELINE_PAGE)] = TIMELINE_PAGE,
+    task_id: str, svc: Svc, who: Viewer, rc: ReadConsistency, page: TimelinePage
 ) -> dict[str, Any]:
-    """The task's events in sequence order (from the read model), up to `limit` after `after`.
-    `next_after` is where the next page starts (pass it as `after`), null at the end: a task that
-    heartbeats for days has more events than one page holds."""
+    """The task's events in sequence order (from the read model), a page at a time: up to `limit`
+    from `after` on, oldest first (`order=desc`: newest first). `next_after` is the next page's
+    `after`, null at the end: a task that heartbeats for days has more events than one page holds."""
     task_service.check_id(task_id)
     await rc.ensure(svc, who.tenant, task_id)
-    events = await task_events.timeline(svc.pool, who.tenant, task_id, limit + 1, after)
-    if not events and (after == 0 or not await task_events.timeline(svc.pool, who.tenant, task_id, 1)):
+
+    async def read(limit: int, after: int | None, newest_first: bool) -> list[dict[str, Any]]:
+        return await task_events.timeline(svc.pool, who.tenant, task_id, limit, after, newest_first)
+
+    events, next_after = await page.read(read)
+    if not events and (page.after is None or not await read(1, None, False)):
         raise TaskNotFound(task_id)
-    more = len(events) > limit
-    events = events[:limit]
-    return {"events": events, "next_after": events[-1]["seq"] if more else None}
+    return {"events": events, "next_after": next_after}
 
 
 @router.patch(

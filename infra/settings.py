@@ -9,6 +9,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+# The largest page of a timeline a gateway may be set to serve (`timeline_page`).
+TIMELINE_PAGE_MAX = 10_000
 
 
 class SettingsError(ValueError):
@@ -85,6 +87,8 @@ class Settings:
     sse_max_per_key: int = 20
     max_batch: int = 10_000
     max_page: int = 500
+    # Events per page of a task's or a schedule's timeline: the default and the largest `limit`.
+    timeline_page: int = 10_000
     # Read-your-writes: how long a `consistency=wait` read may wait for the read model.
     consistency_wait_s: float = 5.0
     # SSE: keep-alive comment interval; a client that does not take a write for this long is dropped.
@@ -119,6 +123,8 @@ class Settings:
             )
         if not 1 <= self.max_batch <= 100_000 or not 1 <= self.max_page <= 10_000:
             raise SettingsError("need 1 <= ORDO_MAX_BATCH <= 100000 and 1 <= ORDO_MAX_PAGE <= 10000")
+        if not 1 <= self.timeline_page <= TIMELINE_PAGE_MAX:
+            raise SettingsError(f"need 1 <= ORDO_TIMELINE_PAGE <= {TIMELINE_PAGE_MAX}")
         if not 0 < self.key_cache_ttl_s <= self.key_cache_max_stale_s:
             raise SettingsError("need 0 < ORDO_KEY_CACHE_TTL_S <= ORDO_KEY_CACHE_MAX_STALE_S")
         if not 0 <= self.projection_commit_interval_s <= 1 or not 0 <= self.projection_linger_s <= 1:

@@ -126,15 +126,17 @@ class AsyncClient:
         response = await self._request("GET", f"/v1/tasks/{task_id}", headers=self._min_seq())
         return msgspec.json.decode(response.content, type=Task)
 
-    async def events(self, task_id: str, page_size: int = 10_000) -> list[TaskEvent]:
-        """The task's whole history, oldest first (read `page_size` events at a time)."""
+    async def events(self, task_id: str, page_size: int | None = None) -> list[TaskEvent]:
+        """The task's whole history, oldest first, read `page_size` events at a time (default: the
+        gateway's page, `ORDO_TIMELINE_PAGE`)."""
         out: list[TaskEvent] = []
         after: int | None = 0
+        size = {} if page_size is None else {"limit": str(page_size)}
         while after is not None:
             response = await self._request(
                 "GET",
                 f"/v1/tasks/{task_id}/events",
-                params={"after": str(after), "limit": str(page_size)},
+                params={"after": str(after), **size},
                 headers=self._min_seq(),
             )
             page = msgspec.json.decode(response.content, type=_Timeline)
@@ -356,7 +358,7 @@ class Client:
     def get(self, task_id: str) -> Task:
         return self._call(self._async.get(task_id))
 
-    def events(self, task_id: str, page_size: int = 10_000) -> list[TaskEvent]:
+    def events(self, task_id: str, page_size: int | None = None) -> list[TaskEvent]:
         return self._call(self._async.events(task_id, page_size))
 
     def tasks(self, **filters: Any) -> Iterator[Task]:

@@ -1,4 +1,5 @@
-"""The one cursor format of the paged lists (tasks, schedules, dead letters).
+"""The one cursor format of the paged lists (tasks, schedules, dead letters), and the timelines' pages
+(by log sequence, `page_bounds`).
 
 A cursor is opaque to clients: base64url of `kind|part|part...`, where `kind` names the list and its
 order (a task list's sort, `schedules`, `dead_letters`), so a cursor issued for one list or sort is
@@ -27,3 +28,10 @@ def decode_cursor(cursor: str, kind: str, count: int) -> list[str]:
     if issued != kind:
         raise ValueError(f"the cursor was issued for {issued!r}, not {kind!r}")
     return parts
+
+
+def page_bounds(after: int | None, newest_first: bool, arg: int) -> tuple[str, str]:
+    """A timeline page's `AND seq …` condition (`after` as parameter number `arg`, none without it)
+    and its `ORDER BY`, for the timelines of tasks (projections/task_events.py) and schedules."""
+    where = "" if after is None else f" AND seq {'<' if newest_first else '>'} ${arg}"
+    return where, "seq DESC" if newest_first else "seq"

@@ -17,7 +17,7 @@ import msgspec
 from ordo.domain import schedule_events as se
 from ordo.domain.schedule_state import ScheduleState, evolve, initial
 from ordo.infra import subjects as sj
-from ordo.projections.cursors import decode_cursor, encode_cursor
+from ordo.projections.cursors import decode_cursor, encode_cursor, page_bounds
 from ordo.projections.json_text import json_text
 
 NAME = "schedules"
@@ -207,15 +207,23 @@ async def list_schedules(
 
 
 async def timeline(
-    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, schedule_id: str, limit: int = 10_000
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant: str,
+    schedule_id: str,
+    limit: int = 10_000,
+    after: int | None = None,
+    newest_first: bool = False,
 ) -> list[dict[str, Any]]:
-    """The schedule's events in sequence order."""
+    """Up to `limit` of the schedule's events past `after`, oldest or newest first (as a task's:
+    projections/task_events.py `timeline`)."""
+    where, order = page_bounds(after, newest_first, 4)
     recs = await conn.fetch(
-        "SELECT seq, type, at, data FROM schedule_events WHERE tenant=$1 AND schedule_id=$2"
-        " ORDER BY seq LIMIT $3",
+        f"SELECT seq, type, at, data FROM schedule_events WHERE tenant=$1 AND schedule_id=$2{where}"
+        f" ORDER BY {order} LIMIT $3",
         tenant,
         schedule_id,
         limit,
+        *(() if after is None else (after,)),
     )
     out = []
     for r in recs:

@@ -10,6 +10,7 @@ import msgspec
 
 from ordo.infra.event_store import StoredEvent
 from ordo.projections.batch_statement import Write, run
+from ordo.projections.cursors import page_bounds
 from ordo.projections.json_text import json_text, taken_apart
 from ordo.projections.memory import Memory
 
@@ -121,15 +122,23 @@ def entry(
 
 
 async def timeline(
-    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, task_id: str, limit: int = 10_000, after: int = 0
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant: str,
+    task_id: str,
+    limit: int = 10_000,
+    after: int | None = None,
+    newest_first: bool = False,
 ) -> list[dict[str, Any]]:
-    """Up to `limit` of the task's events with seq > `after`, in sequence order."""
+    """Up to `limit` of the task's events past `after` in the order read: oldest first (seq >
+    `after`), or with `newest_first` newest first (seq < `after`); None starts at the beginning, or
+    at the end."""
+    where, order = page_bounds(after, newest_first, 4)
     recs = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM task_events WHERE tenant=$1 AND task_id=$2 AND seq>$4 ORDER BY seq LIMIT $3",
+        f"SELECT {_COLUMNS} FROM task_events WHERE tenant=$1 AND task_id=$2{where} ORDER BY {order} LIMIT $3",
         tenant,
         task_id,
         limit,
-        after,
+        *(() if after is None else (after,)),
     )
     return [to_entry(r) for r in recs]
 
