@@ -141,6 +141,9 @@ function list(root) {
   refresh();
   return { onEvent(e) { if (e.type === "submitted") refresh(); } };
 }
+// How many of a schedule's latest decisions its page shows.
+const DECISIONS = 200;
+
 function detail(root, id) {
   const head = h("div");
   const editHost = h("div");
@@ -148,11 +151,16 @@ function detail(root, id) {
   const table = h("div");
   root.append(h("h1", { class: "page-title" }, "Schedule ", h("span", { class: "mono" }, id)), h("div", { class: "panel" }, head), h("div", { class: "panel", style: "margin-top:1rem" }, h("h2", {}, "Decisions"), chart, table));
   async function load() {
-    let sc, decisions;
+    let sc, decisions, older = false;
     try {
       sc = await get(`/v1/schedules/${enc(id)}`);
       decisions = sc.decisions ?? sc.history ?? null;
-      if (!decisions && has("GET", "/v1/schedules/{id}/events")) decisions = (await get(`/v1/schedules/${enc(id)}/events`)).events;
+      if (!decisions && has("GET", "/v1/schedules/{id}/events")) {
+        // The latest decisions, newest first: a schedule that fires every second has 86,400 a day.
+        const page = await get(`/v1/schedules/${enc(id)}/events?order=desc&limit=${DECISIONS}`);
+        older = page.next_after != null;
+        decisions = page.events.reverse();
+      }
     } catch (e) { put(head, notice(e.message, "error")); return; }
     put(head, h("div", { class: "row" }, h("h2", {}, sc.name ?? sc.id), statusBadge(stateOf(sc)), h("span", { class: "spacer" }),
       actions(sc, load, () => go(["schedules"]))),
@@ -172,7 +180,7 @@ function detail(root, id) {
       const d = e.data ?? e;
       return { kind: e.type ?? d.event ?? d.decision, at: d.tick_at ?? d.first_at ?? e.at, task_id: d.task_id ?? d.running_task_id, d };
     });
-    put(chart, decisionChart(rows));
+    put(chart, decisionChart(rows), older ? h("p", { id: "decisions-shown", class: "small muted" }, `The latest ${rows.length} decisions; the schedule's counts above are of all of them.`) : null);
     put(table, h("table", { id: "decisions", class: "cards", "aria-label": "decisions" }, h("thead", {}, h("tr", {}, ["time", "decision", "task", "detail"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, rows.slice().reverse().map((r) => h("tr", {}, h("td", { "data-label": "time" }, absTime(r.at)), h("td", { "data-label": "decision" }, statusBadge(r.kind)),
         h("td", { "data-label": "task" }, r.task_id ? h("a", { class: "mono", href: `#/tasks/${enc(r.task_id)}` }, shortId(r.task_id)) : ""),

@@ -288,7 +288,14 @@ export function mount(root, { id, params }) {
     try {
       // A link opened right after a submit may beat the projector: wait (bounded) for it.
       const rc = hasParam("GET", "/v1/tasks/{task_id}", "consistency") ? "?consistency=wait" : "";
-      [task, { events }] = await Promise.all([get(`/v1/tasks/${enc(id)}${rc}`), get(`/v1/tasks/${enc(id)}/events${rc}`)]);
+      let page;
+      [task, page] = await Promise.all([get(`/v1/tasks/${enc(id)}${rc}`), get(`/v1/tasks/${enc(id)}/events${rc}`)]);
+      events = page.events;
+      // A long-lived task's timeline comes in pages: read them all, in order, before the live stream.
+      while (page.next_after != null && !gone) {
+        page = await get(`/v1/tasks/${enc(id)}/events?after=${page.next_after}`);
+        for (const e of page.events) events.push(e);
+      }
     } catch (e) {
       put(errorBox, notice(e instanceof HttpError && e.status === 404 ? `No task ${id}.` : e.message, "error"));
       return;
