@@ -31,6 +31,15 @@ def tour_block() -> str:
     return str(blocks[0])
 
 
+def key_block() -> str:
+    """The HTTP API section's example of a key for an application (it reuses the tour's `$AUTH`)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## HTTP API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert len(blocks) == 1, "the HTTP API section has one shell block"
+    return str(blocks[0])
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the tour uses curl")
 def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     port = free_port()
@@ -66,6 +75,12 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
         assert "event: task_event" in out and '"type":"succeeded"' in out, out
         assert "unauthorized" not in out and "internal error" not in out, out
         assert not (tmp_path / "task.json").exists()
+        auth = script.split("\n", 1)[0]  # AUTH=...
+        key = subprocess.run(
+            ["bash", "-u", "-c", auth + "\n" + key_block().replace("localhost:8000", f"127.0.0.1:{port}")],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert key.returncode == 0 and '"role":"submitter"' in key.stdout and '"key":"' in key.stdout, key
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(timeout=60)
