@@ -116,14 +116,17 @@ def next_after(expression: str, tz: ZoneInfo, after: datetime) -> datetime | Non
     # Iterate naive wall-clock times; map each to an instant with fold=0 (first occurrence, or
     # shifted forward across a gap) and keep the first one after `after`. In the repeated hour of
     # a fall-back, wall times map to the first occurrence (already past), so they are skipped.
-    wall = after.astimezone(tz).replace(tzinfo=None)
+    try:
+        wall = after.astimezone(tz).replace(tzinfo=None)
+    except OverflowError:  # `after` at the edge of year 9999 in that zone
+        return None
     it = croniter(expression, wall, second_at_beginning=True)
     for _ in range(_MAX_SKIPS):
         try:
             candidate: datetime = it.get_next(datetime)
-        except Exception:  # noqa: BLE001 - croniter raises its own errors for impossible dates
+            instant = candidate.replace(tzinfo=tz, fold=0).astimezone(UTC)
+        except Exception:  # noqa: BLE001 - croniter's own errors for impossible dates; past year 9999
             return None
-        instant = candidate.replace(tzinfo=tz, fold=0).astimezone(UTC)
         if instant > after:
             return instant
     return None

@@ -9,7 +9,7 @@ the optimistic-concurrency check on the schedule lets only one `fired` land.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -73,11 +73,15 @@ def validate_spec(spec: se.ScheduleSpec) -> se.ScheduleSpec:
     return msgspec.structs.replace(spec, cron=cron)
 
 
+# The earliest instant a datetime holds (nothing fires before it).
+_FIRST_INSTANT = datetime.min.replace(tzinfo=UTC)
+
+
 def next_fire(spec: se.ScheduleSpec, after: datetime) -> datetime | None:
     """The schedule's first fire time strictly after `after`, within start/end."""
     base = after
     if spec.start_at is not None and base < spec.start_at:
-        base = spec.start_at - timedelta(microseconds=1)
+        base = spec.start_at - timedelta(microseconds=1) if spec.start_at > _FIRST_INSTANT else spec.start_at
     t = next_after(spec.cron, zone(spec.timezone), base)
     if t is None or (spec.end_at is not None and t > spec.end_at):
         return None
@@ -108,9 +112,10 @@ def decide(command: sc.AnyScheduleCommand, state: ScheduleState) -> list[se.Sche
         case sc.UpdateSchedule():
             _must_exist(command.schedule_id, state)
             spec = validate_spec(command.spec)
-            return [
-                se.ScheduleUpdated(spec=spec, next_at=None if state.paused else next_fire(spec, command.now))
-            ]
+            first = next_fire(spec, command.now)
+            if first is None:  # as at its creation: a schedule that can never fire again is refused
+                raise InvalidSchedule("the schedule would never fire (past its end, or an impossible date)")
+            return [se.ScheduleUpdated(spec=spec, next_at=None if state.paused else first)]
         case sc.PauseSchedule():
             _must_exist(command.schedule_id, state)
             return [] if state.paused else [se.SchedulePaused(reason=command.reason)]

@@ -25,6 +25,7 @@ from ordo.gateway import (
     routes_workers,
 )
 from ordo.gateway.nats_api import NatsApi
+from ordo.gateway.nul_guard import RefuseNul
 from ordo.gateway.services import Services
 from ordo.infra.settings import Settings
 
@@ -75,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes_stats.router)
     app.include_router(routes_workers.router)
     app.include_router(metrics.router)
-    app.add_middleware(metrics.HttpMetrics)
+    app.add_middleware(RefuseNul)
+    app.add_middleware(metrics.HttpMetrics)  # the outermost: it counts the refusals too
     app.mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui")
     return app

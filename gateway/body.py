@@ -9,7 +9,7 @@ from ordo.gateway.problems import Problem
 
 async def read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise Problem(413, "body-too-large", f"request body exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0

@@ -70,7 +70,7 @@ async def consistency(
     pool hop)."""
     seq = min_seq
     if seq is None and min_seq_header is not None:
-        if not min_seq_header.isdigit() or len(min_seq_header) > 18:
+        if not (min_seq_header.isascii() and min_seq_header.isdigit()) or len(min_seq_header) > 18:
             raise Problem(400, "invalid-request", "Ordo-Min-Seq must be a non-negative integer")
         seq = int(min_seq_header)
     mode = consistency or (consistency_header or "").strip().lower() or None

@@ -12,6 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+# A request's free text: anything but NUL, which PostgreSQL's text and jsonb cannot hold.
+NO_NUL = r"^[^\x00]*$"
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -21,7 +21,7 @@ from ordo.gateway import keys, sessions
 from ordo.gateway.auth import Principal, Role, check_same_site, require
 from ordo.gateway.body import read_limited
 from ordo.gateway.problems import Problem
-from ordo.gateway.resources import problems
+from ordo.gateway.resources import NO_NUL, problems
 from ordo.gateway.services import Services, services
 
 router = APIRouter(tags=["auth"])
@@ -52,7 +52,7 @@ class KeyInfo(BaseModel):
 class NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: str = Field(pattern=r"^(viewer|submitter|operator|admin)$")
-    name: str = Field(default="", max_length=200)
+    name: str = Field(default="", max_length=200, pattern=NO_NUL)
 
 
 class CreatedKey(KeyInfo):

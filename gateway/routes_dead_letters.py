@@ -18,7 +18,7 @@ from ordo.domain.status import TaskStatus
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.body import read_limited
 from ordo.gateway.problems import Problem, aware
-from ordo.gateway.resources import Accepted, problems
+from ordo.gateway.resources import NO_NUL, Accepted, problems
 from ordo.gateway.services import Services, services
 from ordo.projections import dead_letters
 from ordo.projections.dead_letters import DeadLetterFilter
@@ -58,12 +58,12 @@ class BulkReplay(_Model):
     """Which dead letters to replay: all given fields must match; at most `limit`, oldest first."""
 
     queue: str | None = Field(default=None, pattern=r"^[a-z0-9_-]{1,64}$")
-    type: str | None = Field(default=None, min_length=1, max_length=200)
-    error_kind: str | None = Field(default=None, min_length=1, max_length=200)
+    type: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)
+    error_kind: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)
     dead_after: datetime | None = None
     dead_before: datetime | None = None
     limit: int = Field(default=100, ge=1, le=MAX_BULK)
-    reason: str = Field(default="bulk replay", max_length=500)
+    reason: str = Field(default="bulk replay", max_length=500, pattern=NO_NUL)
 
 
 class Skipped(_Model):

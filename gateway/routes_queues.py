@@ -29,7 +29,7 @@ Controller = Annotated[QueueController, Depends(queue_controller)]
 
 
 def _check(queue: str) -> str:
-    if not NAME_RE.match(queue):
+    if not NAME_RE.fullmatch(queue):
         raise Problem(422, "invalid-queue", f"queue name must match {NAME_RE.pattern}")
     return queue
 

@@ -72,7 +72,10 @@ def _window(minutes: int, since: datetime | None, until: datetime | None) -> tup
         now = datetime.now(UTC)
         until = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     if since is None:
-        since = until - timedelta(minutes=minutes)
+        try:
+            since = until - timedelta(minutes=minutes)
+        except OverflowError:  # an `until` near year 1
+            raise Problem(422, "invalid-request", "the window starts before year 1") from None
     if since >= until:
         raise Problem(422, "invalid-request", "since must be before until")
     if until - since > timedelta(days=31):

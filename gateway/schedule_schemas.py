@@ -14,9 +14,8 @@ import msgspec
 from ordo.domain.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from ordo.domain.schedule_events import CatchupPolicy, OverlapPolicy, ScheduleSpec, TaskTemplate
 from ordo.gateway.json_bounds import MAX_DEPTH, UnsafeJson, check_instants, check_text, decoded
+from ordo.gateway.schemas import Name, TaskType
 
-Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,64}$")]
-TaskType = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Priority = Annotated[int, msgspec.Meta(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 Cron = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -92,6 +91,8 @@ class UpdateScheduleBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True
     description: Annotated[str, msgspec.Meta(max_length=500)] | msgspec.UnsetType = msgspec.UNSET
 
     def __post_init__(self) -> None:
+        if all(getattr(self, f) is msgspec.UNSET for f in self.__struct_fields__):
+            raise ValueError("give at least one field to change")  # as a task's update
         check_instants(start_at=self.start_at, end_at=self.end_at)
 
     def merged(self, spec: ScheduleSpec) -> ScheduleSpec:

@@ -15,8 +15,10 @@ import msgspec
 from ordo.domain.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from ordo.gateway.json_bounds import MAX_DEPTH, UnsafeJson, check_instants, check_text, decoded
 
-Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,64}$")]
-TaskType = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# `\Z`, not `$`: msgspec matches with Python's `re`, where `$` also matches before a final line
+# break ("default\n" would pass). The OpenAPI document says `$` (`documented`): there it is the end.
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,64}\Z")]
+TaskType = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+\Z")]
 Priority = Annotated[int, msgspec.Meta(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
@@ -105,7 +107,19 @@ def submit_schema() -> dict[str, Any]:
             fields.append((f.name, f.type, f.default))
     doc = msgspec.defstruct("SubmitTaskRequest", fields, forbid_unknown_fields=True, kw_only=True)
     (_,), components = msgspec.json.schema_components([doc])
-    return {"schema": components["SubmitTaskRequest"]}
+    return {"schema": documented(components["SubmitTaskRequest"])}
+
+
+def documented(schema: Any) -> Any:
+    r"""A msgspec JSON schema with its patterns as JSON Schema reads them (`\Z` is `$` there)."""
+    if isinstance(schema, dict):
+        return {
+            k: v[:-2] + "$" if k == "pattern" and isinstance(v, str) and v.endswith("\\Z") else documented(v)
+            for k, v in schema.items()
+        }
+    if isinstance(schema, list):
+        return [documented(v) for v in schema]
+    return schema
 
 
 class UpdateTaskRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -133,6 +147,8 @@ def decode_update(body: bytes) -> UpdateTaskRequest:
     if req.payload is msgspec.UNSET and req.priority is None and req.run_at is None:
         raise InvalidBody("give at least one of payload, priority, run_at")
     if not isinstance(req.payload, msgspec.UnsetType):
+        if bytes(req.payload) == b"null":  # an `updated` event's null payload means "unchanged"
+            raise InvalidBody("payload cannot be changed to null (leave it out to keep the payload)")
         _payload(req.payload)
     return req
 

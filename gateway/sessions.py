@@ -35,7 +35,9 @@ def sign(secret: bytes, key_id: str, ttl_s: float, now: float | None = None) -> 
 
 def verify(secret: bytes, cookie: str, now: float | None = None) -> Session | None:
     """The session of a valid, unexpired cookie; None otherwise."""
-    if len(cookie) > 300:
+    # A cookie this gateway signed is ASCII; `compare_digest` raises on other text, and `isdigit`
+    # takes "²" for a digit where `int` does not.
+    if len(cookie) > 300 or not cookie.isascii():
         return None
     parts = cookie.split(".")
     if len(parts) != 4 or not parts[2].isdigit():

@@ -96,7 +96,7 @@ class Settings:
     sse_send_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if not NAME_RE.match(self.tenant):
+        if not NAME_RE.fullmatch(self.tenant):
             raise SettingsError(f"ORDO_TENANT {self.tenant!r} must match {NAME_RE.pattern}")
         if self.ack_wait_s <= 0:
             raise SettingsError("ORDO_ACK_WAIT_S must be > 0")

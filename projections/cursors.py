@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import UTC, datetime
 
 
 def encode_cursor(kind: str, *parts: str) -> str:
@@ -23,11 +24,31 @@ def decode_cursor(cursor: str, kind: str, count: int) -> list[str]:
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise ValueError("malformed cursor") from exc
     issued, *parts = text.split("|", count)
-    if len(parts) != count or not all(parts):
+    if len(parts) != count or not all(parts) or "\x00" in text:  # PostgreSQL's text holds no NUL
         raise ValueError("malformed cursor")
     if issued != kind:
         raise ValueError(f"the cursor was issued for {issued!r}, not {kind!r}")
     return parts
+
+
+def cursor_time(text: str) -> datetime:
+    """A cursor's time part: an instant PostgreSQL's driver can hold (ValueError otherwise: a cursor
+    is the client's to send, and `9999-12-31T23:59:59-05:00` has no UTC form)."""
+    try:
+        at = datetime.fromisoformat(text)
+        if at.tzinfo is None:
+            raise ValueError("no time zone")
+        at.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError("malformed cursor") from exc
+    return at
+
+
+def cursor_seq(text: str) -> int:
+    """A cursor's log sequence part (ValueError unless a bigint's digits)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise ValueError("malformed cursor")
+    return int(text)
 
 
 def page_bounds(after: int | None, newest_first: bool, arg: int) -> tuple[str, str]:

@@ -181,9 +181,7 @@ def encode_cursor(seq: int) -> str:
 def decode_cursor(cursor: str) -> int:
     """Raises ValueError for a cursor this server did not issue."""
     (seq,) = cursors.decode_cursor(cursor, "dead_letters", 1)
-    if not seq.isdigit():
-        raise ValueError("malformed cursor")
-    return int(seq)
+    return cursors.cursor_seq(seq)
 
 
 async def list_dead_letters(

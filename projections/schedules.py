@@ -17,7 +17,7 @@ import msgspec
 from ordo.domain import schedule_events as se
 from ordo.domain.schedule_state import ScheduleState, evolve, initial
 from ordo.infra import subjects as sj
-from ordo.projections.cursors import decode_cursor, encode_cursor, page_bounds
+from ordo.projections.cursors import cursor_time, decode_cursor, encode_cursor, page_bounds
 from ordo.projections.json_text import json_text
 
 NAME = "schedules"
@@ -173,10 +173,7 @@ def _cursor(created_at: datetime, sid: str) -> str:
 
 def _parse_cursor(cursor: str) -> tuple[datetime, str]:
     at, sid = decode_cursor(cursor, "schedules", 2)
-    try:
-        return datetime.fromisoformat(at), sid
-    except ValueError as exc:
-        raise ValueError("malformed cursor") from exc
+    return cursor_time(at), sid
 
 
 async def list_schedules(

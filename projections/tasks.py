@@ -379,10 +379,7 @@ def encode_cursor(created_at: datetime, task_id: str, sort: str = "-created_at")
 def decode_cursor(cursor: str, sort: str = "-created_at") -> tuple[datetime, str]:
     """Raises ValueError for a cursor this server did not issue (or issued for another sort)."""
     at, task_id = cursors.decode_cursor(cursor, sort, 2)
-    try:
-        return datetime.fromisoformat(at), task_id
-    except ValueError as exc:
-        raise ValueError("malformed cursor") from exc
+    return cursors.cursor_time(at), task_id
 
 
 def _like(text: str) -> str:

@@ -27,6 +27,9 @@ BAD_BODIES: list[tuple[str, bytes, int]] = [
     ("missing type", b'{"payload": {}}', 422),
     ("priority too high", b'{"type": "demo.echo", "priority": 10}', 422),
     ("bad queue name", b'{"type": "demo.echo", "queue": "Bad.Queue"}', 422),
+    # Python's `$` also matches before a final line break: names must end where their pattern does.
+    ("queue name with a final line break", b'{"type": "demo.echo", "queue": "default\\n"}', 422),
+    ("type with a final line break", b'{"type": "demo.echo\\n"}', 422),
     ("run_at without offset", b'{"type": "demo.echo", "run_at": "2030-01-01T10:00:00"}', 422),
     ("run_at not a date", b'{"type": "demo.echo", "run_at": "tomorrow"}', 422),
     (

@@ -110,12 +110,12 @@ class Worker:
         if not queues:
             raise ValueError("a worker needs at least one queue")
         for queue in queues:
-            if not NAME_RE.match(queue):
+            if not NAME_RE.fullmatch(queue):
                 raise ValueError(f"queue {queue!r} must match {NAME_RE.pattern}")
         if fetch_wait_s <= 0:
             raise ValueError("fetch_wait_s must be > 0")
         self.worker_id = worker_id or default_worker_id()
-        if not WORKER_ID_RE.match(self.worker_id):
+        if not WORKER_ID_RE.fullmatch(self.worker_id):
             raise ValueError(f"worker id {self.worker_id!r} must match {WORKER_ID_RE.pattern}")
         self.queues = tuple(dict.fromkeys(queues))
         self._registry = registry

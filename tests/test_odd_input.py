@@ -1,0 +1,156 @@
+"""Odd input a user sent while trying the API (2026-12-06), each once a 500 or a 2xx that changed
+something wrongly: now a 4xx problem+json that names the problem, with nothing appended to the log."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from nats.aio.client import Client as NATS
+
+from ordo.domain.schedule_commands import DeleteSchedule
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.schedule_handler import ScheduleHandler
+from ordo.infra.schedule_timers import ScheduleTimers
+from ordo.infra.settings import Settings
+from tests.conftest import System
+
+
+@pytest.fixture(autouse=True)
+async def _delete_schedules_after(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> AsyncIterator[None]:
+    """A schedule these tests created (or wrongly got created) must not fire into the session's log."""
+    yield
+    created, _ = await handler.store.load_raw(f"{sj.SCHED_PREFIX}.{settings.tenant}.*.created")
+    schedules = ScheduleHandler(handler, ScheduleTimers(nc, settings.timer_lead_s))
+    for raw in created:
+        _, sid, _ = sj.parse_schedule_subject(raw.subject)
+        await schedules.execute(settings.tenant, DeleteSchedule(schedule_id=sid))
+
+
+async def _last_seq(system: System) -> int:
+    info = await system.nc.jetstream().stream_info(sj.EVENTS_STREAM)
+    return int(info.state.last_seq)
+
+
+def _problem(r: httpx.Response, *statuses: int) -> dict[str, Any]:
+    assert r.status_code in statuses, (r.request.method, str(r.request.url), r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/problem+json"), r.headers
+    body: dict[str, Any] = r.json()
+    assert body["detail"]
+    return body
+
+
+def _cursor(*parts: str) -> str:
+    return base64.urlsafe_b64encode("|".join(parts).encode()).decode()
+
+
+async def test_a_nul_in_a_path_or_a_query_is_a_422(gateway_only: System) -> None:
+    http = gateway_only.http
+    before = await _last_seq(gateway_only)
+    for method, url in [
+        ("GET", "/v1/tasks?type=a%00"),
+        ("GET", "/v1/tasks?queue=a%00"),
+        ("GET", "/v1/tasks?tag=a%00"),
+        ("GET", "/v1/tasks?q=%00"),
+        ("GET", "/v1/dead-letters?type=a%00"),
+        ("GET", "/v1/dead-letters?error_kind=a%00"),
+        ("GET", "/v1/stats?type=a%00"),
+        ("GET", "/v1/tasks/a%00b"),
+        ("POST", "/v1/tasks/a%00b:cancel"),
+        ("DELETE", "/v1/keys/k%00x"),
+    ]:
+        body = _problem(await http.request(method, url), 422)
+        assert "NUL" in body["detail"], body
+    assert await _last_seq(gateway_only) == before
+
+
+async def test_a_nul_in_a_key_name_or_a_bulk_replay_filter_is_a_422(gateway_only: System) -> None:
+    http = gateway_only.http
+    _problem(await http.post("/v1/keys", json={"role": "viewer", "name": "a\x00b"}), 422)
+    names = [k["name"] for k in (await http.get("/v1/keys")).json()["items"]]
+    assert "a\x00b" not in names
+    for field in ("type", "error_kind", "reason"):
+        _problem(await http.post("/v1/dead-letters:replay", json={field: "a\x00"}), 422)
+
+
+async def test_a_cursor_the_gateway_did_not_issue_is_a_400(gateway_only: System) -> None:
+    http = gateway_only.http
+    for path, cursor in [
+        ("/v1/tasks", _cursor("-created_at", "9999-12-31T23:59:59-05:00", "x")),
+        ("/v1/tasks", _cursor("-created_at", "0001-01-01T00:00:00+05:00", "x")),
+        ("/v1/tasks", _cursor("-created_at", "2026-01-01T00:00:00", "x")),  # no time zone
+        ("/v1/tasks", _cursor("-created_at", "2026-01-01T00:00:00+00:00", "a\x00")),
+        ("/v1/dead-letters", _cursor("dead_letters", "9" * 30)),
+        ("/v1/dead-letters", _cursor("dead_letters", "\u00b2")),
+        ("/v1/schedules", _cursor("schedules", "9999-12-31T23:59:59-05:00", "x")),
+    ]:
+        _problem(await http.get(path, params={"cursor": cursor}), 400)
+
+
+async def test_odd_headers_and_cookies_are_refused_not_failed(gateway_only: System) -> None:
+    http = gateway_only.http
+    seq = await http.get("/v1/tasks", headers={"Ordo-Min-Seq": b"\xb2"})
+    _problem(seq, 400)
+    # A session cookie that is not ASCII is no session: the request is unauthenticated, not a 500.
+    async with httpx.AsyncClient(base_url=gateway_only.base_url) as anonymous:
+        for path in ("/v1/tasks", "/auth/state"):
+            r = await anonymous.get(path, headers={"Cookie": b"ordo_session=a.b.1.\xe9"})
+            assert r.status_code in (200, 401), (path, r.status_code, r.text)
+
+
+async def test_names_that_end_in_a_line_break_are_refused_everywhere(gateway_only: System) -> None:
+    http = gateway_only.http
+    before = await _last_seq(gateway_only)
+    _problem(await http.post("/v1/queues/q1%0A:pause"), 422)
+    task = {"type": "demo.echo"}
+    _problem(await http.post("/v1/tasks:batch", json={"tasks": [{**task, "queue": "default\n"}]}), 422)
+    sched = {"cron": "0 0 1 1 *", "task": task}
+    _problem(await http.post("/v1/schedules", json={**sched, "id": "sx\n"}), 422)
+    _problem(await http.post("/v1/schedules", json={**sched, "task": {**task, "queue": "default\n"}}), 422)
+    _problem(await http.post("/v1/schedules", json={**sched, "task": {"type": "demo.echo\n"}}), 422)
+    assert await _last_seq(gateway_only) == before
+
+
+async def test_schedule_changes_that_cannot_fire_or_change_nothing_are_a_422(gateway_only: System) -> None:
+    http = gateway_only.http
+    before = await _last_seq(gateway_only)
+    far = {
+        "cron": "59 23 31 12 *",
+        "timezone": "America/New_York",
+        "start_at": "9999-12-30T00:00:00Z",
+        "task": {"type": "demo.echo"},
+    }
+    _problem(await http.post("/v1/schedules", json=far), 422)
+    assert await _last_seq(gateway_only) == before
+    created = await http.post("/v1/schedules", json={"cron": "0 0 1 1 *", "task": {"type": "demo.echo"}})
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    before = await _last_seq(gateway_only)
+    _problem(await http.patch(f"/v1/schedules/{sid}", json={"end_at": "2020-01-01T00:00:00Z"}), 422)
+    _problem(await http.patch(f"/v1/schedules/{sid}", json={}), 422)
+    _problem(await http.patch(f"/v1/schedules/{sid}", json={"start_at": "9999-12-30T00:00:00Z",
+                                                              "timezone": "America/New_York",
+                                                              "cron": "59 23 31 12 *"}), 422)  # fmt: skip
+    assert await _last_seq(gateway_only) == before
+
+
+async def test_a_stats_window_before_year_one_is_a_422(gateway_only: System) -> None:
+    r = await gateway_only.http.get("/v1/stats", params={"until": "0001-01-01T00:30:00Z"})
+    _problem(r, 422)
+
+
+async def test_a_task_update_to_a_null_payload_is_a_422_not_a_silent_no_op(gateway_only: System) -> None:
+    http = gateway_only.http
+    sub = (
+        await http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600, "payload": {"a": 1}})
+    ).json()
+    before = await _last_seq(gateway_only)
+    body = _problem(await http.patch(f"/v1/tasks/{sub['id']}", json={"payload": None}), 422)
+    assert "null" in body["detail"]
+    assert await _last_seq(gateway_only) == before
