@@ -95,12 +95,12 @@ async def test_a_cursor_the_gateway_did_not_issue_is_a_400(gateway_only: System)
 
 async def test_odd_headers_and_cookies_are_refused_not_failed(gateway_only: System) -> None:
     http = gateway_only.http
-    seq = await http.get("/v1/tasks", headers={"Ordo-Min-Seq": b"\xb2"})
+    seq = await http.get("/v1/tasks", headers={b"Ordo-Min-Seq": b"\xb2"})
     _problem(seq, 400)
     # A session cookie that is not ASCII is no session: the request is unauthenticated, not a 500.
     async with httpx.AsyncClient(base_url=gateway_only.base_url) as anonymous:
         for path in ("/v1/tasks", "/auth/state"):
-            r = await anonymous.get(path, headers={"Cookie": b"ordo_session=a.b.1.\xe9"})
+            r = await anonymous.get(path, headers={b"Cookie": b"ordo_session=a.b.1.\xe9"})
             assert r.status_code in (200, 401), (path, r.status_code, r.text)
 
 
