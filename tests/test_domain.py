@@ -9,6 +9,7 @@ import pytest
 
 from ordo.domain import commands as c
 from ordo.domain import events as ev
+from ordo.domain.backoff import backoff_seconds
 from ordo.domain.decide import decide
 from ordo.domain.errors import DomainError, IdempotencyConflict
 from ordo.domain.state import TaskState, accepts, evolve, fold
@@ -456,3 +457,12 @@ def test_recorded_old_payloads_still_decode() -> None:
     ]
     history = [ev.decode_event(f) for f in fixtures]
     assert fold("a", history).status is TaskStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 30, 1024, 1025, 10**6])
+def test_backoff_is_capped_at_any_attempt_a_replayed_task_reaches(attempt: int) -> None:
+    """A task replayed again and again counts attempts past 1,024, where 2.0 ** (attempt - 1) raised
+    in the worker, so the handler's error was lost and the attempt sat out its lease."""
+    delay = backoff_seconds(attempt, base=1.0, cap=300.0, jitter=0.5)  # jitter 0.5: no spread
+    assert delay == min(300.0, 2.0 ** min(attempt - 1, 20))
+    assert 0 < backoff_seconds(attempt, base=400.0, cap=500.0, jitter=0.99) <= 600.0
