@@ -150,6 +150,6 @@ async def metrics(request: Request, who: Annotated[Principal, Depends(require(Ro
     """The caller's tenant's task metrics plus this gateway's own (scrape with an operator key)."""
     svc = request.app.state.services
     async with svc.pool.acquire() as conn:
-        snapshot = await counters.snapshot(conn, who.tenant)
+        snapshot = await counters.snapshot(conn, who.tenant, svc.settings.metrics_types)
     body = _task_metrics(snapshot) + await _gauges(request, who.tenant) + http_registry.render()
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -89,6 +89,8 @@ class Settings:
     max_page: int = 500
     # Events per page of a task's or a schedule's timeline: the default and the largest `limit`.
     timeline_page: int = 10_000
+    # /metrics: task series of their own for this many task types (the busiest); the rest summed.
+    metrics_types: int = 100
     # Read-your-writes: how long a `consistency=wait` read may wait for the read model.
     consistency_wait_s: float = 5.0
     # SSE: keep-alive comment interval; a client that does not take a write for this long is dropped.
@@ -123,6 +125,8 @@ class Settings:
             )
         if not 1 <= self.max_batch <= 100_000 or not 1 <= self.max_page <= 10_000:
             raise SettingsError("need 1 <= ORDO_MAX_BATCH <= 100000 and 1 <= ORDO_MAX_PAGE <= 10000")
+        if not 1 <= self.metrics_types <= 10_000:
+            raise SettingsError("need 1 <= ORDO_METRICS_TYPES <= 10000")
         if not 1 <= self.timeline_page <= TIMELINE_PAGE_MAX:
             raise SettingsError(f"need 1 <= ORDO_TIMELINE_PAGE <= {TIMELINE_PAGE_MAX}")
         if not 0 < self.key_cache_ttl_s <= self.key_cache_max_stale_s:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 
-from tests.conftest import System
+import pytest
+from nats.aio.client import Client as NATS
+
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.settings import Settings
+from tests.conftest import System, run_system
 from tests.helpers import eventually
 
 
@@ -45,3 +51,30 @@ async def test_metrics_count_a_small_workload(system: System) -> None:
         _value(text, "ordo_http_request_duration_seconds_count", route="/v1/tasks", method="POST") is not None
     )
     assert "# TYPE ordo_task_duration_seconds histogram" in text
+
+
+@pytest.fixture
+async def two_types(settings: Settings, nc: NATS, handler: CommandHandler) -> AsyncIterator[System]:
+    """No worker; /metrics with task series of their own for the two busiest types."""
+    async with run_system(settings.with_(metrics_types=2), nc, handler, worker=False) as sys_:
+        yield sys_
+
+
+async def test_the_task_types_beyond_the_busiest_are_summed_under_other(two_types: System) -> None:
+    """Every distinct type added its series to every scrape for good: one batch of 10,000 types made
+    /metrics about 40 MB. Beyond `ORDO_METRICS_TYPES` types they are summed as type="(other)"."""
+    tenant = two_types.settings.tenant
+    counts = {"busy.a": 3, "busy.b": 2, "rare.c": 1, "rare.d": 1, "rare.e": 1}
+    tasks = [{"type": t, "delay": 3600} for t, n in counts.items() for _ in range(n)]
+    assert (await two_types.http.post("/v1/tasks:batch", json={"tasks": tasks})).status_code == 202
+
+    async def settled() -> str | None:
+        text = (await two_types.http.get("/metrics")).text
+        other = _value(text, "ordo_tasks_submitted_total", tenant=tenant, type="(other)")
+        return text if other == 3 else None
+
+    text = await eventually(settled, timeout=60, what="the rare types summed")
+    assert _value(text, "ordo_tasks_submitted_total", tenant=tenant, type="busy.a") == 3
+    assert _value(text, "ordo_tasks_submitted_total", tenant=tenant, type="busy.b") == 2
+    types = set(re.findall(r'ordo_tasks_submitted_total\{[^}]*type="([^"]*)"', text))
+    assert types == {"busy.a", "busy.b", "(other)"}, types
