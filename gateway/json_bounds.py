@@ -12,6 +12,7 @@ A time must name its offset (the schemas say so) and fall within years 1-9999 on
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,23 @@ class UnsafeJson(ValueError):
     """The JSON is well formed but cannot be accepted (too deep, undecodable text, NUL)."""
 
 
+# A `\uD800`-`\uDBFF` escape not followed by a `\uDC00`-`\uDFFF` one, or the second without the first.
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def why_undecodable(data: bytes, exc: Exception) -> str:
+    """What is wrong with JSON msgspec could not decode: its own words, unless they mislead (it says
+    "Input data was truncated" for an empty body and for a lone surrogate escape alike)."""
+    if not data.strip():
+        return "the body is empty: send a JSON value"
+    if _LONE_SURROGATE.search(data):
+        return "malformed JSON: a \\uD800-\\uDFFF escape without its pair (a lone surrogate is no character)"
+    return f"malformed JSON: {exc}"
+
+
 def decoded(raw: msgspec.Raw | bytes, where: str = "payload") -> Any:
     """The value `raw` holds, once it is known to be storable; raises UnsafeJson."""
     data = bytes(raw)
@@ -32,7 +50,7 @@ def decoded(raw: msgspec.Raw | bytes, where: str = "payload") -> Any:
     except RecursionError as exc:
         raise UnsafeJson(f"{where} nests deeper than {MAX_DEPTH} levels") from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise UnsafeJson(f"{where} is not storable JSON: {exc}") from exc
+        raise UnsafeJson(f"{where} is not storable JSON: {why_undecodable(data, exc)}") from exc
     # A value cannot nest deeper than it has opening brackets (brackets in strings only overcount).
     if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
         raise UnsafeJson(f"{where} nests deeper than {MAX_DEPTH} levels")

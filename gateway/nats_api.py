@@ -191,7 +191,7 @@ class NatsApi:
         if len(msg.data) > svc.settings.max_body_bytes:
             raise Problem(413, "body-too-large", f"request exceeds {svc.settings.max_body_bytes} bytes")
         if svc.settings.auth:
-            who = await authenticate(svc, msg.headers.get(sj.AUTHORIZATION))
+            who = await authenticate(svc, _authorization(msg.headers))
         else:
             who = Principal(tenant=svc.settings.tenant, role=Role.ADMIN)
         if who.tenant != tenant:
@@ -201,3 +201,11 @@ class NatsApi:
         if who.role < role:
             raise Problem(403, "forbidden", f"{verb} needs the {role.name.lower()} role")
         return await handler(svc, who, msg.data)
+
+
+def _authorization(headers: dict[str, str]) -> str | None:
+    """The `Authorization` header in any case, as HTTP reads it (NATS keeps a header's case)."""
+    value = headers.get(sj.AUTHORIZATION)
+    if value is not None:
+        return value
+    return next((v for k, v in headers.items() if k.lower() == "authorization"), None)

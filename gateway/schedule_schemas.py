@@ -13,7 +13,14 @@ import msgspec
 
 from ordo.domain.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from ordo.domain.schedule_events import CatchupPolicy, OverlapPolicy, ScheduleSpec, TaskTemplate
-from ordo.gateway.json_bounds import MAX_DEPTH, UnsafeJson, check_instants, check_text, decoded
+from ordo.gateway.json_bounds import (
+    MAX_DEPTH,
+    UnsafeJson,
+    check_instants,
+    check_text,
+    decoded,
+    why_undecodable,
+)
 from ordo.gateway.schemas import Name, TaskType
 
 Priority = Annotated[int, msgspec.Meta(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
@@ -122,7 +129,7 @@ def decode_body(body: bytes, kind: type[T]) -> T:
     except msgspec.ValidationError as exc:
         raise InvalidBody(str(exc)) from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise InvalidBody(f"malformed JSON: {exc}") from exc
+        raise InvalidBody(why_undecodable(body, exc)) from exc
     except RecursionError as exc:
         raise InvalidBody(f"JSON nests deeper than {MAX_DEPTH} levels") from exc
     except UnsafeJson as exc:

@@ -13,7 +13,14 @@ from typing import Annotated, Any
 import msgspec
 
 from ordo.domain.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
-from ordo.gateway.json_bounds import MAX_DEPTH, UnsafeJson, check_instants, check_text, decoded
+from ordo.gateway.json_bounds import (
+    MAX_DEPTH,
+    UnsafeJson,
+    check_instants,
+    check_text,
+    decoded,
+    why_undecodable,
+)
 
 # `\Z`, not `$`: msgspec matches with Python's `re`, where `$` also matches before a final line
 # break ("default\n" would pass). The OpenAPI document says `$` (`documented`): there it is the end.
@@ -69,7 +76,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     except msgspec.ValidationError as exc:
         raise InvalidBody(str(exc)) from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise InvalidBody(f"malformed JSON: {exc}") from exc
+        raise InvalidBody(why_undecodable(body, exc)) from exc
     except RecursionError as exc:
         raise InvalidBody(f"JSON nests deeper than {MAX_DEPTH} levels") from exc
     except UnsafeJson as exc:

@@ -107,6 +107,10 @@ async def test_a_role_below_the_action_is_403(tenants: Tenants) -> None:
     assert (status, error) == (403, "forbidden")
     status, _, _ = await _nats(nc, tenants.a, "cancel", {"id": task["id"]}, tenants.key["a:submitter"])
     assert status == 403
+    # A header's name in any case, as over HTTP (NATS keeps the case it was sent in).
+    lower = {"authorization": f"Bearer {tenants.key['a:viewer']}"}
+    msg = await nc.request(sj.cmd_subject(tenants.a, "submit"), b'{"type":"x"}', timeout=10, headers=lower)
+    assert (msg.headers or {}).get(sj.REPLY_ERROR) == "forbidden"  # known, and only a viewer
 
 
 async def test_another_tenants_ids_are_404_on_every_endpoint_stream_and_subject(tenants: Tenants) -> None:

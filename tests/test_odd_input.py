@@ -154,3 +154,19 @@ async def test_a_task_update_to_a_null_payload_is_a_422_not_a_silent_no_op(gatew
     body = _problem(await http.patch(f"/v1/tasks/{sub['id']}", json={"payload": None}), 422)
     assert "null" in body["detail"]
     assert await _last_seq(gateway_only) == before
+
+
+async def test_an_empty_body_or_a_lone_surrogate_is_named_as_such(gateway_only: System) -> None:
+    """msgspec says "Input data was truncated" for both: the answer says what is wrong."""
+    http = gateway_only.http
+    headers = {"content-type": "application/json"}
+    empty = _problem(await http.post("/v1/tasks", content=b"", headers=headers), 422)
+    assert "empty" in empty["detail"], empty
+    for body in (b'{"type": "demo\\ud800"}', b'{"type": "demo.echo", "payload": "\\udc00"}'):
+        lone = _problem(await http.post("/v1/tasks", content=body, headers=headers), 422)
+        assert "surrogate" in lone["detail"], lone
+    sched = b'{"cron": "\\ud800", "task": {"type": "demo.echo"}}'
+    assert (
+        "surrogate"
+        in _problem(await http.post("/v1/schedules", content=sched, headers=headers), 422)["detail"]
+    )
