@@ -24,6 +24,7 @@ from ordo.gateway import (
     routes_ui_session,
     routes_workers,
 )
+from ordo.gateway.head import HeadAsGet
 from ordo.gateway.nats_api import NatsApi
 from ordo.gateway.nul_guard import RefuseNul
 from ordo.gateway.services import Services
@@ -77,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes_workers.router)
     app.include_router(metrics.router)
     app.add_middleware(RefuseNul)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(metrics.HttpMetrics)  # the outermost: it counts the refusals too
     app.mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui")
     return app

@@ -170,3 +170,15 @@ async def test_an_empty_body_or_a_lone_surrogate_is_named_as_such(gateway_only: 
         "surrogate"
         in _problem(await http.post("/v1/schedules", content=sched, headers=headers), 422)["detail"]
     )
+
+
+async def test_head_answers_as_get_without_a_body(gateway_only: System) -> None:
+    """HEAD fell through to the UI's static files: a 404 for every API route."""
+    http = gateway_only.http
+    for path in ("/v1/tasks?limit=1", "/healthz", "/readyz", "/v1/queues"):
+        get, head = await http.get(path), await http.head(path)
+        assert head.status_code == get.status_code == 200, (path, head.status_code)
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+    assert (await http.head("/v1/tasks/0190aaaa-0000-7000-8000-000000000000")).status_code == 404
+    stream = await http.head("/v1/events/stream")
+    assert stream.status_code == 405 and stream.headers["allow"] == "GET"
