@@ -72,7 +72,10 @@ async def scale_workers(request: Request, svc: Svc, who: Admin) -> dict[str, Any
     """Local mode: run `count` worker processes (new ones start, extra ones stop gracefully)."""
     body = await read_limited(request, 1024)
     try:
-        count = json.loads(body)["count"]
+        fields = json.loads(body, object_pairs_hook=_one_count)
+        if not isinstance(fields, dict):
+            raise TypeError("not an object")
+        (count,) = fields.values()
     except (ValueError, KeyError, TypeError) as exc:
         raise Problem(422, "invalid-request", 'body must be {"count": N}') from exc
     if type(count) is not int or not 0 <= count <= MAX_LOCAL_WORKERS:
@@ -87,6 +90,14 @@ async def kill_worker(worker_id: str, svc: Svc, who: Admin) -> dict[str, Any]:
     known = await _known(svc, who, worker_id)
     reply = await _request(svc, sj.LOCAL_CONTROL, {"op": "kill", "pid": known["pid"]}, "not-local-mode")
     return {"id": worker_id, "pid": known["pid"], "killed": bool(reply.get("killed"))}
+
+
+def _one_count(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`{"count": N}` and nothing else: a second `count` (`{"count": 1, "count": 2}`) is ambiguous,
+    and the number of processes started is no place to guess which one was meant."""
+    if [name for name, _ in pairs] != ["count"]:
+        raise ValueError("expected one count")
+    return dict(pairs)
 
 
 async def _known(svc: Services, who: Principal, worker_id: str) -> dict[str, Any]:

@@ -428,4 +428,7 @@ async def test_registry_lists_workers_and_drain_stops_taking_work(
     r = await http.post("/v1/workers:scale", json={"count": 2})
     assert r.status_code == 409 and r.json()["type"].endswith("not-local-mode")
     assert (await http.post("/v1/workers:scale", json={"count": -1})).status_code == 422
+    for body in (b'{"count": 1, "count": 2}', b'{"count": 1, "workers": 2}', b"[1]", b"{}"):
+        r = await http.post("/v1/workers:scale", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (body, r.text)  # ambiguous or not {"count": N}: nothing started
     await handler.execute(settings.tenant, CancelTask(task_id=second))
