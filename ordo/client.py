@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -25,6 +26,7 @@ import httpx
 import msgspec
 
 from ordo.client_types import (
+    NotFound,
     OrdoError,
     Submitted,
     Task,
@@ -115,7 +117,7 @@ class AsyncClient:
 
     async def cancel(self, task_id: str) -> Submitted:
         """Ask to cancel a task (a running one is told through its context and stops soon)."""
-        response = await self._request("POST", f"/v1/tasks/{task_id}:cancel")
+        response = await self._request("POST", f"/v1/tasks/{_path(task_id)}:cancel")
         doc = msgspec.json.decode(response.content)
         self._written = max(self._written, int(doc["seq"]))
         return Submitted(id=doc["id"], status=doc["status"], seq=doc["seq"], created=False)
@@ -123,7 +125,7 @@ class AsyncClient:
     # ------------------------------------------------------------------------------------- reads
     async def get(self, task_id: str) -> Task:
         """The task as the read model shows it, at least as new as this client's last write."""
-        response = await self._request("GET", f"/v1/tasks/{task_id}", headers=self._min_seq())
+        response = await self._request("GET", f"/v1/tasks/{_path(task_id)}", headers=self._min_seq())
         return msgspec.json.decode(response.content, type=Task)
 
     async def events(self, task_id: str, page_size: int | None = None) -> list[TaskEvent]:
@@ -135,7 +137,7 @@ class AsyncClient:
         while after is not None:
             response = await self._request(
                 "GET",
-                f"/v1/tasks/{task_id}/events",
+                f"/v1/tasks/{_path(task_id)}/events",
                 params={"after": str(after), **size},
                 headers=self._min_seq(),
             )
@@ -203,12 +205,14 @@ class AsyncClient:
                 last = await self.get(task_id)
                 if last.done:
                     return last
-                async for event in self.stream(task_id=task_id, last_event_id=last.last_seq):
-                    if event.type in ("succeeded", "failed", "cancelled"):
-                        self._written = max(self._written, event.seq)
-                        last = await self.get(task_id)
-                        if last.done:
-                            return last
+                events = self.stream(task_id=task_id, last_event_id=last.last_seq)
+                async with contextlib.aclosing(events):  # the stream's connection ends with the wait
+                    async for event in events:
+                        if event.type in ("succeeded", "failed", "cancelled"):
+                            self._written = max(self._written, event.seq)
+                            last = await self.get(task_id)
+                            if last.done:
+                                return last
         except TimeoutError:
             pass
         raise WaitTimeout(task_id, timeout, last)
@@ -276,6 +280,19 @@ class AsyncClient:
         return response
 
 
+def _path(task_id: str) -> str:
+    """A task id as one path segment. The gateway makes every id of 1-64 letters, digits, `_` and
+    `-`; anything else (`../dead-letters:replay`, an id with a `/`, which the server would read as
+    two segments even quoted) is no task, answered here as the gateway would, without a request."""
+    if not (1 <= len(task_id) <= 64) or not set(task_id) <= _ID_CHARS:
+        detail = f"task {task_id[:64]!r} does not exist"
+        raise NotFound(404, "https://ordo.dev/problems/not-found", "not found", detail)
+    return urllib.parse.quote(task_id, safe="")
+
+
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
 class _Timeline(msgspec.Struct, frozen=True):
     events: list[TaskEvent]
     next_after: int | None = None
@@ -340,6 +357,7 @@ class Client:
         if self._loop.is_closed():
             return
         self._call(self._async.aclose())
+        self._call(self._loop.shutdown_asyncgens())  # a stream left unfinished ends here, quietly
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()

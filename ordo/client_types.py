@@ -40,7 +40,12 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     error: dict[str, Any] | None = None
     tags: list[str] = []
     run_at: datetime | None = None
+    worker_id: str | None = None
+    lease_until: datetime | None = None
+    progress: float | None = None
+    archived: bool = False
     created_at: datetime | None = None
+    updated_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     last_seq: int = 0
@@ -79,13 +84,30 @@ class TaskEvent(msgspec.Struct, frozen=True, kw_only=True):
 class OrdoError(Exception):
     """An error answer from the gateway (problem+json), or a failure to reach it."""
 
-    def __init__(self, status: int, type_: str, title: str, detail: str, retry_after: float | None = None):
+    def __init__(
+        self,
+        status: int,
+        type_: str,
+        title: str,
+        detail: str,
+        retry_after: float | None = None,
+        problem: dict[str, Any] | None = None,
+    ):
         super().__init__(f"{status} {title}: {detail}" if detail else f"{status} {title}")
         self.status = status
         self.type = type_
         self.title = title
         self.detail = detail
         self.retry_after = retry_after
+        # The whole problem+json answer: its other members, e.g. a rejected batch's `errors`
+        # ([{"index", "detail"}]) or a field's `errors` ([{"loc", "msg"}]).
+        self.problem = problem or {}
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """The answer's `errors`: which items or fields were refused, and why ([] if it names none)."""
+        errors = self.problem.get("errors")
+        return errors if isinstance(errors, list) else []
 
 
 class InvalidRequest(OrdoError):
@@ -156,4 +178,5 @@ def error_from_response(status: int, body: bytes, retry_after: str | None) -> Or
         str(doc.get("title", "error")),
         str(doc.get("detail", body[:200].decode(errors="replace"))),
         wait,
+        doc,
     )

@@ -119,6 +119,38 @@ async def test_async_client_errors_are_typed(system: System) -> None:
         assert waited.value.last is not None and waited.value.last.status == "scheduled"
         await client.cancel(later.id)
         assert (await client.wait(later.id, timeout=30)).status == "cancelled"
+        # The gateway's reasons come with the error: which batch items were refused, and why.
+        with pytest.raises(InvalidRequest) as batch:
+            await client.submit_many([{"type": "demo.echo"}, {"type": ""}], atomic=True)
+        assert [e["index"] for e in batch.value.errors] == [1] and batch.value.problem["status"] == 422
+
+
+async def test_a_task_id_is_one_path_segment_whatever_it_holds(system: System) -> None:
+    """An id from an application's own user must not lead the client to another route with its key."""
+    async with AsyncClient(system.base_url) as client:
+        replays = len((await system.http.get("/v1/dead-letters")).json()["items"])
+        for odd in ("../dead-letters:replay?x=", "../../v1/whoami", "a/b", "%2e%2e"):
+            with pytest.raises((NotFound, InvalidRequest)):
+                await client.cancel(odd)
+            with pytest.raises((NotFound, InvalidRequest)):
+                await client.get(odd)
+            with pytest.raises((NotFound, InvalidRequest)):
+                await client.events(odd)
+        assert len((await system.http.get("/v1/dead-letters")).json()["items"]) == replays
+
+
+async def test_the_client_task_shows_progress_and_the_worker(system: System) -> None:
+    async with AsyncClient(system.base_url) as client:
+        sub = await client.submit("demo.sleep", {"seconds": 30})
+
+        async def running() -> ordo.Task | None:
+            task = await client.get(sub.id)
+            return task if task.status == "running" and task.worker_id else None
+
+        task = await eventually(running, timeout=60, what="the sleep running")
+        assert task.lease_until is not None and task.updated_at is not None and not task.archived
+        await client.cancel(sub.id)
+        assert (await client.wait(sub.id, timeout=60)).status == "cancelled"
 
 
 async def test_stream_follows_a_task_and_resumes_from_an_id(system: System) -> None:
