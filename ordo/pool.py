@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ordo.infra import subjects as sj
-from ordo.supervisor import ChildSpec, Supervisor
+from ordo.supervisor import SHUTDOWN_GRACE_S, ChildSpec, Supervisor
 
 MAX_WORKERS = 32
 
@@ -35,9 +35,16 @@ class WorkerPool:
     """Worker processes numbered 1..count; `spec_for(n)` builds the n-th one's command line."""
 
     def __init__(
-        self, spec_for: Callable[[int], ChildSpec], logger: logging.Logger, *, pid_dir: Path
+        self,
+        spec_for: Callable[[int], ChildSpec],
+        logger: logging.Logger,
+        *,
+        pid_dir: Path,
+        shutdown_grace_s: float = SHUTDOWN_GRACE_S,
     ) -> None:
         self._spec_for = spec_for
+        # A stopping worker lets its handlers finish, then hands back the rest: it gets that long.
+        self._grace_s = shutdown_grace_s
         self._log = logger
         self._pid_dir = pid_dir
         self._slots: list[tuple[Supervisor, asyncio.Task[None]]] = []
@@ -62,7 +69,7 @@ class WorkerPool:
         async with self._lock:
             while len(self._slots) < count:
                 spec = self._spec_for(len(self._slots) + 1)
-                sup = Supervisor([spec], self._log, pid_dir=self._pid_dir)
+                sup = Supervisor([spec], self._log, pid_dir=self._pid_dir, shutdown_grace_s=self._grace_s)
                 self._slots.append((sup, asyncio.create_task(sup.run(), name=f"pool-{spec.name}")))
             extra = self._slots[count:]
             del self._slots[count:]

@@ -22,7 +22,7 @@ from ordo.infra.tasks import cancel_and_wait
 
 __all__ = ["ChildSpec", "Supervisor"]
 
-_SHUTDOWN_GRACE = 10.0
+SHUTDOWN_GRACE_S = 10.0  # how long children have between SIGTERM and SIGKILL, unless told otherwise
 _HEALTHY_RUN = 30.0  # a child that ran this long gets its backoff reset
 
 
@@ -53,6 +53,7 @@ class Supervisor:
         restart_backoff_max: float = 10.0,
         *,
         pid_dir: Path,
+        shutdown_grace_s: float = SHUTDOWN_GRACE_S,
     ) -> None:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
@@ -62,6 +63,7 @@ class Supervisor:
         self.backoff_initial = restart_backoff_initial
         self.backoff_max = restart_backoff_max
         self.pid_dir = pid_dir
+        self.shutdown_grace_s = shutdown_grace_s
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._restarts: dict[str, int] = {s.name: 0 for s in specs}
         self._tasks: list[asyncio.Task[None]] = []
@@ -158,7 +160,7 @@ class Supervisor:
                     proc.send_signal(sig)
 
     async def shutdown(self) -> None:
-        """SIGTERM all children, SIGKILL those alive after 10 s, remove pid files.
+        """SIGTERM all children, SIGKILL those alive after `shutdown_grace_s`, remove pid files.
 
         Idempotent and safe to call concurrently; :meth:`run` returns once done.
         """
@@ -172,9 +174,9 @@ class Supervisor:
         stop_event.set()
         self._signal_all(signal.SIGTERM)
         if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=_SHUTDOWN_GRACE)
+            _, pending = await asyncio.wait(self._tasks, timeout=self.shutdown_grace_s)
             if pending:
-                self.logger.warning("children still alive after %.0fs: SIGKILL", _SHUTDOWN_GRACE)
+                self.logger.warning("children still alive after %.0fs: SIGKILL", self.shutdown_grace_s)
                 self._signal_all(signal.SIGKILL)
                 await asyncio.wait(pending, timeout=5.0)
             await cancel_and_wait(*self._tasks)

@@ -73,6 +73,14 @@ def _claim(data_dir: Path) -> BinaryIO | None:
     return handle
 
 
+def worker_stop_s(settings: Settings) -> float:
+    """How long a stopping worker gets before SIGKILL: its handlers' grace, then the cancel grace of
+    those it hands back, then storing their release (workers/runtime.py `_drain`), with room to spare.
+    A SIGKILL at the worker's own grace (both were 10 s) raced the hand-back: the task then waited
+    out its lease and lost an attempt."""
+    return settings.shutdown_grace_s + settings.cancel_grace_s + 10.0
+
+
 async def run_local(settings: Settings, data_dir: Path, port: int, workers: int, cluster: int = 1) -> int:
     """Run until SIGINT/SIGTERM. `data_dir` must exist (the caller creates it). A second `ordo up` on
     the same data folder is refused (exit 1); what a killed one left behind is cleaned up."""
@@ -149,7 +157,10 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
         # Workers run in a pool that the gateway can scale and kill from (POST /v1/workers:scale).
         worker_env = env("worker")
         pool = WorkerPool(
-            lambda n: _child(f"worker-{n}", "worker", env=worker_env), log, pid_dir=data_dir / "pids"
+            lambda n: _child(f"worker-{n}", "worker", env=worker_env),
+            log,
+            pid_dir=data_dir / "pids",
+            shutdown_grace_s=worker_stop_s(settings),
         )
         admin = {"nats_user": "admin", "nats_password": passwords["admin"]} if passwords else {}
         nc = await connect(settings.with_(nats_url=nats_url, **admin), name="ordo-up")

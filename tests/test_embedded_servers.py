@@ -19,11 +19,13 @@ import asyncpg
 import nats
 import pytest
 
-from ordo import supervisor as supervisor_mod
 from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.embedded.postgres import EmbeddedPostgres, PostgresConfig
 from ordo.embedded.processes import process_alive, wait_pid_gone, write_pidfile
+from ordo.infra.settings import Settings
+from ordo.pool import WorkerPool
 from ordo.supervisor import ChildSpec, Supervisor
+from ordo.up import worker_stop_s
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -343,10 +345,9 @@ def test_supervisor_restarts_and_shuts_down(tmp_path: Path) -> None:
 
 
 def test_supervisor_kills_child_ignoring_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(supervisor_mod, "_SHUTDOWN_GRACE", 0.5)
     ready = tmp_path / "ready"
     spec = ChildSpec("stubborn", [sys.executable, "-c", _STUBBORN, str(ready)], {})
-    sup = Supervisor([spec], logging.getLogger("test.sup"), pid_dir=tmp_path / "pids")
+    sup = Supervisor([spec], logging.getLogger("test.sup"), pid_dir=tmp_path / "pids", shutdown_grace_s=0.5)
 
     async def scenario() -> int:
         runner = asyncio.create_task(sup.run())
@@ -359,3 +360,29 @@ def test_supervisor_kills_child_ignoring_sigterm(tmp_path: Path, monkeypatch: py
     pid = run_async(scenario())
     assert wait_pid_gone(pid, 5)
     assert sup.restart_count("stubborn") == 0
+
+
+def test_ordo_up_gives_a_stopping_worker_time_to_hand_back_its_tasks() -> None:
+    """The supervisor's SIGKILL came at the worker's own shutdown grace (both 10 s): it raced the
+    hand-back of the tasks still running, which then waited out their lease and lost an attempt."""
+    settings = Settings(shutdown_grace_s=7.0, cancel_grace_s=3.0)
+    assert worker_stop_s(settings) >= settings.shutdown_grace_s + settings.cancel_grace_s + 5.0
+
+
+def test_the_worker_pool_stops_its_workers_with_the_grace_it_was_given(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    spec = ChildSpec("worker-1", [sys.executable, "-c", _STUBBORN, str(ready)], {})
+    pool = WorkerPool(lambda n: spec, logging.getLogger("test.pool"), pid_dir=tmp_path / "pids",
+                      shutdown_grace_s=0.5)  # fmt: skip
+
+    async def scenario() -> tuple[int, float]:
+        await pool.scale(1)
+        await _async_wait(ready.exists, 15, "stubborn worker ready")
+        (pid,) = pool.pids
+        started = time.monotonic()
+        await pool.shutdown()  # SIGTERM is ignored: SIGKILL after the pool's grace, not 10 s
+        return pid, time.monotonic() - started
+
+    pid, took = run_async(scenario())
+    assert wait_pid_gone(pid, 5)
+    assert took < 5.0, took
