@@ -20,7 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ordo.workers.context import TaskContext
-from ordo.workers.handlers import HandlerFn, Registry
+from ordo.workers.handlers import HandlerFn, Registry, awaited
+from ordo.workers.results import UnstorableResult, stored_result
 
 
 @dataclass
@@ -78,9 +79,12 @@ async def run_handler(
     attempt: int = 1,
     timeout: float = 300.0,
     task_id: str = "test-task",
+    max_result_message: int | None = None,
 ) -> HandlerRun:
     """Run one attempt of a handler (a registry plus a task type, or the handler function itself)
-    with `payload`, bounded by `timeout` seconds, and return what it did."""
+    with `payload`, bounded by `timeout` seconds, and return what it did. A result the worker could
+    not store raises `UnstorableResult`: one that is not JSON, or one too large for an event of
+    `max_result_message` bytes (your NATS server's max_payload; None: not checked)."""
     if isinstance(handler, Registry):
         if task_type is None:
             raise TypeError("run_handler(registry, task_type, payload): the task type is missing")
@@ -99,8 +103,10 @@ async def run_handler(
         timeout=timeout,
         run=run,
     )
-    run.result = await asyncio.wait_for(fn(ctx), timeout)
+    result = await asyncio.wait_for(awaited(fn(ctx), ctx.task_type), timeout)
+    stored_result(result, max_result_message)  # as the worker stores it: JSON, and within the limit
+    run.result = result
     return run
 
 
-__all__ = ["HandlerRun", "make_context", "run_handler"]
+__all__ = ["HandlerRun", "UnstorableResult", "make_context", "run_handler"]

@@ -47,9 +47,10 @@ from ordo.infra.settings import Settings
 from ordo.infra.tasks import cancel_and_wait
 from ordo.workers import consumer
 from ordo.workers.context import TaskContext
-from ordo.workers.handlers import Fail, HandlerFn, InvalidPayload, Registry, Retry
+from ordo.workers.handlers import Fail, HandlerFn, InvalidPayload, Registry, Retry, awaited
 from ordo.workers.lease import Attempt
 from ordo.workers.limits import TypeLimits, is_lane_message
+from ordo.workers.results import UnstorableResult, stored_result
 from ordo.workers.stats import WorkerStats
 from ordo.workers.supervise import Verdict, supervise
 
@@ -61,8 +62,6 @@ _REPORT_TRIES = 10
 # A ticket whose task has no history yet is retried this often, this far apart, before it is poison.
 _UNKNOWN_TASK_TRIES = 20
 _UNKNOWN_TASK_DELAY_S = 1.0
-
-_result_encoder = msgspec.json.Encoder()
 
 
 def utc_now() -> datetime:
@@ -312,10 +311,9 @@ class Executor:
         exc = verdict.error
         if exc is None:
             try:
-                result = msgspec.Raw(_result_encoder.encode(verdict.result))
-            except (TypeError, msgspec.EncodeError) as err:
-                error = ErrorInfo(kind="ResultNotSerialisable", message=str(err))
-                return self._fail(attempt, error, retryable=False)
+                result = stored_result(verdict.result, self._nc.max_payload if self._nc is not None else None)
+            except UnstorableResult as err:
+                return self._fail(attempt, ErrorInfo(kind=err.kind, message=str(err)), retryable=False)
             return CompleteAttempt(
                 task_id=attempt.task_id,
                 attempt=attempt.number,
@@ -423,4 +421,4 @@ def _stream_seq(msg: Msg) -> int | None:
 
 async def _call(fn: HandlerFn, ctx: TaskContext) -> Any:
     with telemetry.span("ordo.handler", task_id=ctx.task_id, task_type=ctx.task_type, attempt=ctx.attempt):
-        return await fn(ctx)
+        return await awaited(fn(ctx), ctx.task_type)

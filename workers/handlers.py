@@ -13,6 +13,7 @@ On cancellation the handler sees `ctx.cancelled` set; it may stop by returning o
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -74,6 +75,12 @@ class Registry:
     def register(self, name: str, fn: HandlerFn, *, payload: type[Any] | None = None) -> None:
         if not name:
             raise ValueError("a task type name must not be empty")
+        plain = inspect.unwrap(fn)
+        if inspect.isfunction(plain) and not inspect.iscoroutinefunction(plain):
+            # A plain `def` would run (its side effects too) and then fail on `await`, every attempt.
+            raise TypeError(
+                f"the handler of {name!r} must be an async function: `async def {plain.__name__}`"
+            )
         if name in self._handlers:
             raise ValueError(f"task type {name!r} is already registered")
         self._handlers[name] = fn
@@ -105,3 +112,14 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._handlers)
+
+
+async def awaited(outcome: Any, task_type: str) -> Any:
+    """What a handler's call gave, awaited; a handler that gave no awaitable (a sync callable that
+    got past `register`) fails the task at once, saying why, instead of a TypeError retried."""
+    if not inspect.isawaitable(outcome):
+        raise Fail(
+            f"the handler of {task_type!r} returned {type(outcome).__name__}, not an awaitable:"
+            " handlers are async functions"
+        )
+    return await outcome
