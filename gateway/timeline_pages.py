@@ -38,7 +38,7 @@ class PageAsked:
         return events, events[-1]["seq"] if len(rows) > self.limit else None
 
 
-def page_asked(
+async def page_asked(
     svc: Annotated[Services, Depends(services)],
     after: Annotated[
         int | None,
@@ -49,6 +49,7 @@ def page_asked(
     ] = None,
     order: Annotated[Literal["asc", "desc"], Query(description="oldest or newest first")] = "asc",
 ) -> PageAsked:
+    """The page asked for (async: a plain function dependency would run in the thread pool)."""
     most = svc.settings.timeline_page
     return PageAsked(after, most if limit is None else min(limit, most), order == "desc")
 
