@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = settings.with_(auth=False)
         return _cmd_up(settings, args)
     if not settings.nats_url or not settings.database_url and args.command != "worker":
-        print("ordo: set ORDO_NATS_URL and ORDO_DATABASE_URL (or use `ordo up`)", file=sys.stderr)
+        needs = "ORDO_NATS_URL" if args.command == "worker" else "ORDO_NATS_URL and ORDO_DATABASE_URL"
+        print(f"ordo: set {needs} (or use `ordo up`)", file=sys.stderr)
         return 2
     if args.command == "gateway":
         _run_gateway(settings, args.host or settings.http_host, args.port or settings.http_port)

@@ -173,6 +173,7 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: loop.create_task(stop()))
         print(f"UI: http://{settings.http_host}:{port}/", flush=True)
+        print(f"NATS: {nats_url} (for workers of your own: ORDO_NATS_URL)", flush=True)
         if settings.auth:
             print(f"Admin API key (tenant {settings.tenant}): {admin_key}", flush=True)
             print(f"One-time UI sign-in link (10 min): http://{settings.http_host}:{port}{link}", flush=True)
