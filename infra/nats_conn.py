@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import timedelta
@@ -25,6 +26,7 @@ from nats.js.errors import APIError, NotFoundError
 from ordo.infra import subjects as sj
 from ordo.infra.raw_client import RawClient
 from ordo.infra.settings import Settings
+from ordo.infra.tasks import cancel_and_wait
 
 MIN_SERVER = (2, 14)
 log = logging.getLogger("ordo.nats")
@@ -93,25 +95,53 @@ async def connect(settings: Settings, name: str) -> NATS:
     """
     outages = ConnectionLog(name)
     nc = RawClient()  # nats-py's client; the projector's log reader takes its messages unparsed
-    await nc.connect(
-        servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()],
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py takes seconds as a float
-        connect_timeout=5,
-        allow_reconnect=True,
-        user=settings.nats_user or None,
-        password=settings.nats_password or None,
-        error_cb=outages.error,
-        disconnected_cb=outages.disconnected,
-        reconnected_cb=outages.reconnected,
+    refused = asyncio.Event()
+
+    async def on_error(exc: Exception) -> None:
+        if not refused.is_set() and _refuses_credentials(exc):
+            refused.set()  # before the first connection: a wrong user or password, not an outage
+        await outages.error(exc)
+
+    connecting = asyncio.ensure_future(
+        nc.connect(
+            servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()],
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py takes seconds as a float
+            connect_timeout=5,
+            allow_reconnect=True,
+            user=settings.nats_user or None,
+            password=settings.nats_password or None,
+            error_cb=on_error,
+            disconnected_cb=outages.disconnected,
+            reconnected_cb=outages.reconnected,
+        )
     )
+    refusal = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait({connecting, refusal}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refusal.cancel()
+    if not connecting.done():  # nats-py would try again forever, logging the refusal each time
+        await cancel_and_wait(connecting)
+        with contextlib.suppress(Exception):
+            await nc.close()
+        who = f"user {settings.nats_user!r}" if settings.nats_user else "a connection without a user"
+        raise ProvisioningError(
+            f"NATS at {settings.nats_url} refuses {who}: check ORDO_NATS_USER and ORDO_NATS_PASSWORD"
+            " (`ordo up` keeps its users' passwords in <data-dir>/nats-users.json)"
+        )
+    connecting.result()
     outages.attach(nc)
     version = nc.connected_server_version
     if (version.major, version.minor) < MIN_SERVER:
         await nc.close()
         raise ProvisioningError(f"nats-server {version.major}.{version.minor} is too old: Ordo needs >= 2.14")
     return nc
+
+
+def _refuses_credentials(exc: Exception) -> bool:
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()
 
 
 async def disconnect(nc: NATS) -> None:

@@ -197,22 +197,29 @@ def main(argv: list[str] | None = None) -> int:
         needs = "ORDO_NATS_URL" if args.command == "worker" else "ORDO_NATS_URL and ORDO_DATABASE_URL"
         print(f"ordo: set {needs} (or use `ordo up`)", file=sys.stderr)
         return 2
-    if args.command == "gateway":
-        _run_gateway(settings, args.host or settings.http_host, args.port or settings.http_port)
-    elif args.command == "worker":
-        from ordo.worker_process import run_worker
+    from ordo.infra.nats_conn import ProvisioningError
 
-        queues = tuple(q for q in args.queues.split(",") if q)
-        from ordo.workers.limits import parse_type_limits
+    try:
+        if args.command == "gateway":
+            _run_gateway(settings, args.host or settings.http_host, args.port or settings.http_port)
+        elif args.command == "worker":
+            from ordo.worker_process import run_worker
 
-        limits = parse_type_limits(",".join(args.type_limit))
-        event_loop.run(run_worker(settings, queues, args.concurrency or settings.worker_concurrency, limits))
-    elif args.command == "projector":
-        event_loop.run(_run_projector(settings))
-    elif args.command == "rebuild":
-        return event_loop.run(_run_rebuild(settings, args.projection))
-    elif args.command == "scheduler":
-        event_loop.run(_run_scheduler(settings))
+            queues = tuple(q for q in args.queues.split(",") if q)
+            from ordo.workers.limits import parse_type_limits
+
+            limits = parse_type_limits(",".join(args.type_limit))
+            concurrency = args.concurrency or settings.worker_concurrency
+            event_loop.run(run_worker(settings, queues, concurrency, limits))
+        elif args.command == "projector":
+            event_loop.run(_run_projector(settings))
+        elif args.command == "rebuild":
+            return event_loop.run(_run_rebuild(settings, args.projection))
+        elif args.command == "scheduler":
+            event_loop.run(_run_scheduler(settings))
+    except ProvisioningError as exc:  # e.g. NATS refuses the user: say so and stop, no traceback
+        print(f"ordo: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -30,7 +30,7 @@ from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import EventStore
 from ordo.infra.ids import new_task_id
-from ordo.infra.nats_conn import connect, provision
+from ordo.infra.nats_conn import ProvisioningError, connect, provision
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 from ordo.projections.runner import ProjectionRunner
@@ -403,3 +403,15 @@ def test_ordo_up_writes_the_passwords_owner_only(tmp_path: Path) -> None:
     assert set(first) == {*SERVICES, app_user_name(TENANT)}
     assert path.stat().st_mode & 0o777 == 0o600
     assert load_or_create_passwords(path, TENANT) == first  # kept across restarts
+
+
+async def test_a_wrong_password_stops_the_process_at_once_saying_so(settings: Settings) -> None:
+    """nats-py tries again forever, logging the refusal each time: a worker started with the wrong
+    password looked like one waiting for its server."""
+    for user, password in (("worker", "not-the-password"), ("", "")):
+        wrong = settings.with_(nats_user=user, nats_password=password)
+        with pytest.raises(ProvisioningError, match="ORDO_NATS_PASSWORD"):
+            await asyncio.wait_for(connect(wrong, name="wrong-password"), 10)
+    right = await connect(settings.with_(nats_user="worker", nats_password=PASSWORDS["worker"]), name="ok")
+    assert right.is_connected
+    await right.close()
