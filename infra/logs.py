@@ -40,6 +40,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """One line per record, ending with the task or schedule it is about (`task=… attempt=…`), so
+    a busy worker's "handler timed out" says which task timed out."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        about = [
+            f"{label}={value}"
+            for label, name in (("task", "task_id"), ("attempt", "attempt"), ("schedule", "schedule_id"))
+            if (value := getattr(record, name, None)) is not None
+        ]
+        if not about:
+            return line
+        first, newline, rest = line.partition("\n")  # after the message, before a traceback
+        return f"{first} [{' '.join(about)}]{newline}{rest}"
+
+
 class OncePerOutage(logging.Filter):
     """One line per outage for a library's own retry loop.
 
@@ -130,7 +150,7 @@ def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
