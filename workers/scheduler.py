@@ -225,6 +225,13 @@ class Scheduler:
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
+        except Exception:  # noqa: BLE001 - one timer's failure must not go unseen nor stop the others
+            # E.g. a schedule stored before its task's queue name was checked: its task cannot be
+            # published. Said once per delivery, then the timer comes back later, less often each time.
+            delay = min(_FAILED_TIMER_MAX_S, 2.0 ** min(_deliveries(msg), 8))
+            self._log.exception("timer on %s failed; it comes back in %gs", msg.subject, delay)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=delay)
 
     async def _hold_one(self, msg: Msg) -> None:
         if sj.is_schedule_due(msg.subject):
@@ -353,6 +360,10 @@ class Scheduler:
                 await msg.nak(delay=self._config.buffer_recheck_s)  # waits for the running task
                 return
         await msg.ack()
+
+
+# The longest a failed timer waits before it is tried again.
+_FAILED_TIMER_MAX_S = 60.0
 
 
 def _deliveries(msg: Msg) -> int:
