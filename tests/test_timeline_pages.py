@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,7 +40,7 @@ async def _read_all(http: httpx.AsyncClient, path: str, **params: Any) -> list[l
         body = (await http.get(path, params={**params, "after": body["next_after"]})).json()
 
 
-async def _task_with_five_events(http: httpx.AsyncClient) -> tuple[str, int]:
+async def task_with_five_events(http: httpx.AsyncClient) -> tuple[str, int]:
     sub = (await http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600})).json()
     await http.post(f"/v1/tasks/{sub['id']}:pause")
     await http.post(f"/v1/tasks/{sub['id']}:resume")
@@ -49,7 +50,7 @@ async def _task_with_five_events(http: httpx.AsyncClient) -> tuple[str, int]:
 
 async def test_a_task_timeline_pages_by_the_setting_oldest_or_newest_first(paged: System) -> None:
     http = paged.http
-    task_id, last = await _task_with_five_events(http)
+    task_id, last = await task_with_five_events(http)
     path = f"/v1/tasks/{task_id}/events"
     first = await http.get(path, params={"min_seq": last})  # the default page is the setting's
     assert first.status_code == 200 and len(first.json()["events"]) == PAGE
@@ -70,7 +71,7 @@ async def test_a_task_timeline_pages_by_the_setting_oldest_or_newest_first(paged
 
 async def test_a_page_beyond_the_setting_is_cut_to_it_and_bad_paging_is_a_422(paged: System) -> None:
     http = paged.http
-    task_id, _ = await _task_with_five_events(http)
+    task_id, _ = await task_with_five_events(http)
     path = f"/v1/tasks/{task_id}/events"
     big = (await http.get(path, params={"limit": 10_000})).json()  # a client set for other gateways
     assert len(big["events"]) == PAGE and big["next_after"] == big["events"][-1]["seq"]
@@ -80,26 +81,39 @@ async def test_a_page_beyond_the_setting_is_cut_to_it_and_bad_paging_is_a_422(pa
         assert r.headers["content-type"].startswith("application/problem+json")
 
 
-async def test_a_schedule_timeline_pages_like_a_task_s(
-    paged: System, settings: Settings, nc: NATS, handler: CommandHandler
-) -> None:
-    http = paged.http
+@contextlib.asynccontextmanager
+async def schedule_with_four_decisions(
+    system: System, sid: str, settings: Settings, nc: NATS, handler: CommandHandler
+) -> AsyncIterator[str]:
+    """A yearly schedule `sid` created, paused, resumed and triggered, its trigger in the read
+    model; deleted afterwards."""
+    http = system.http
     created = await http.post(
-        "/v1/schedules", json={"cron": "0 0 1 1 *", "task": {"type": "demo.echo"}, "id": "paged-timeline"}
+        "/v1/schedules", json={"cron": "0 0 1 1 *", "task": {"type": "demo.echo"}, "id": sid}
     )
     assert created.status_code == 201, created.text
-    sid = created.json()["id"]
     try:
         await http.post(f"/v1/schedules/{sid}:pause")
         await http.post(f"/v1/schedules/{sid}:resume")
         last = (await http.post(f"/v1/schedules/{sid}:trigger")).json()["seq"]
-        path = f"/v1/schedules/{sid}/events"
 
         async def shown() -> bool:
-            r = await http.get(path, params={"order": "desc", "limit": 1})
+            r = await http.get(f"/v1/schedules/{sid}/events", params={"order": "desc", "limit": 1})
             return r.status_code == 200 and r.json()["events"][0]["seq"] >= last
 
         await eventually(shown, timeout=60, what="the trigger in the schedule's timeline")
+        yield sid
+    finally:
+        schedules = ScheduleHandler(handler, ScheduleTimers(nc, settings.timer_lead_s))
+        await schedules.execute(settings.tenant, DeleteSchedule(schedule_id=sid))
+
+
+async def test_a_schedule_timeline_pages_like_a_task_s(
+    paged: System, settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    http = paged.http
+    async with schedule_with_four_decisions(paged, "paged-timeline", settings, nc, handler) as sid:
+        path = f"/v1/schedules/{sid}/events"
         oldest = await _read_all(http, path)
         seqs = [s for p in oldest for s in p]
         assert [len(p) for p in oldest][:2] == [2, 2] and seqs == sorted(seqs)
@@ -109,9 +123,6 @@ async def test_a_schedule_timeline_pages_like_a_task_s(
         assert types[0] == "triggered", types
         assert len((await http.get(path, params={"limit": PAGE + 1})).json()["events"]) == PAGE
         assert (await http.get("/v1/schedules/no-such-schedule/events")).status_code == 404
-    finally:
-        schedules = ScheduleHandler(handler, ScheduleTimers(nc, settings.timer_lead_s))
-        await schedules.execute(settings.tenant, DeleteSchedule(schedule_id=sid))
 
 
 def test_the_timeline_page_setting_is_checked() -> None:

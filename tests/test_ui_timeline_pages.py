@@ -10,13 +10,10 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from ordo.domain.schedule_commands import DeleteSchedule
 from ordo.infra.command_handler import CommandHandler
-from ordo.infra.schedule_handler import ScheduleHandler
-from ordo.infra.schedule_timers import ScheduleTimers
 from ordo.infra.settings import Settings
 from tests.conftest import System, run_system
-from tests.helpers import eventually
+from tests.test_timeline_pages import schedule_with_four_decisions, task_with_five_events
 from tests.test_ui import UI_TIMEOUT_MS, Page, browser
 
 __all__ = ["browser"]
@@ -40,13 +37,10 @@ async def ui(browser: Any, paged: System) -> AsyncIterator[Page]:
 
 async def test_a_task_page_reads_every_page_of_its_timeline(ui: Page, paged: System) -> None:
     http = paged.http
-    sub = (await http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600})).json()
-    await http.post(f"/v1/tasks/{sub['id']}:pause")
-    await http.post(f"/v1/tasks/{sub['id']}:resume")
-    last = (await http.post(f"/v1/tasks/{sub['id']}:cancel")).json()["seq"]
-    events = (await http.get(f"/v1/tasks/{sub['id']}/events", params={"min_seq": last})).json()
+    task_id, last = await task_with_five_events(http)
+    events = (await http.get(f"/v1/tasks/{task_id}/events", params={"min_seq": last})).json()
     assert len(events["events"]) == 2 and events["next_after"] is not None  # the gateway pages by 2
-    await ui.open(f"/tasks/{sub['id']}")
+    await ui.open(f"/tasks/{task_id}")
     await ui.page.locator(f'tr.ev[data-seq="{last}"]').wait_for()
     kinds = await ui.page.eval_on_selector_all("tr.ev .ev-type", "cells => cells.map(c => c.textContent)")
     assert kinds == ["submitted", "scheduled", "paused", "resumed", "cancelled"]
@@ -56,22 +50,7 @@ async def test_a_task_page_reads_every_page_of_its_timeline(ui: Page, paged: Sys
 async def test_a_schedule_page_shows_its_latest_decisions_first(
     ui: Page, paged: System, settings: Settings, nc: NATS, handler: CommandHandler
 ) -> None:
-    http = paged.http
-    created = await http.post(
-        "/v1/schedules", json={"cron": "0 0 1 1 *", "task": {"type": "demo.echo"}, "id": "ui-paged-timeline"}
-    )
-    assert created.status_code == 201, created.text
-    sid = created.json()["id"]
-    try:
-        await http.post(f"/v1/schedules/{sid}:pause")
-        await http.post(f"/v1/schedules/{sid}:resume")
-        last = (await http.post(f"/v1/schedules/{sid}:trigger")).json()["seq"]
-
-        async def shown() -> bool:
-            r = await http.get(f"/v1/schedules/{sid}/events", params={"order": "desc", "limit": 1})
-            return r.status_code == 200 and r.json()["events"][0]["seq"] >= last
-
-        await eventually(shown, timeout=60, what="the trigger in the schedule's timeline")
+    async with schedule_with_four_decisions(paged, "ui-paged-timeline", settings, nc, handler) as sid:
         await ui.open(f"/schedules/{sid}")
         await ui.page.locator("#decisions-shown").wait_for()
         rows = await ui.page.eval_on_selector_all(
@@ -79,6 +58,3 @@ async def test_a_schedule_page_shows_its_latest_decisions_first(
         )
         assert rows == ["triggered", "resumed"], rows  # the newest two, newest first
         assert ui.unexpected_errors() == []
-    finally:
-        schedules = ScheduleHandler(handler, ScheduleTimers(nc, settings.timer_lead_s))
-        await schedules.execute(settings.tenant, DeleteSchedule(schedule_id=sid))
