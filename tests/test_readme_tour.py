@@ -23,21 +23,22 @@ from tests.helpers import wait_for
 REPO = Path(__file__).resolve().parent.parent
 
 
-def tour_block() -> str:
+def shell_block(heading: str) -> str:
+    """The one shell block of the README's section `heading`."""
     readme = (REPO / "README.md").read_text()
-    section = readme.split("## A two-minute tour", 1)[1].split("\n## ", 1)[0]
+    section = readme.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
-    assert len(blocks) == 1, "the tour has exactly one shell block"
+    assert len(blocks) == 1, f"the section {heading!r} has exactly one shell block"
     return str(blocks[0])
+
+
+def tour_block() -> str:
+    return shell_block("A two-minute tour")
 
 
 def key_block() -> str:
     """The HTTP API section's example of a key for an application (it reuses the tour's `$AUTH`)."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## HTTP API", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
-    assert len(blocks) == 1, "the HTTP API section has one shell block"
-    return str(blocks[0])
+    return shell_block("HTTP API")
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the tour uses curl")
