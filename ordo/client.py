@@ -117,7 +117,26 @@ class AsyncClient:
 
     async def cancel(self, task_id: str) -> Submitted:
         """Ask to cancel a task (a running one is told through its context and stops soon)."""
-        response = await self._request("POST", f"/v1/tasks/{_path(task_id)}:cancel")
+        return await self._command(task_id, "cancel")
+
+    async def retry(self, task_id: str) -> Submitted:
+        """Run a failed (dead-lettered) or cancelled task again, with a fresh attempt budget."""
+        return await self._command(task_id, "retry")
+
+    async def pause(self, task_id: str) -> Submitted:
+        """Hold a scheduled, queued or retrying task until `resume`."""
+        return await self._command(task_id, "pause")
+
+    async def resume(self, task_id: str) -> Submitted:
+        return await self._command(task_id, "resume")
+
+    async def archive(self, task_id: str) -> Submitted:
+        """Hide a finished task from the task list (it stays readable by id)."""
+        return await self._command(task_id, "archive")
+
+    async def _command(self, task_id: str, verb: str) -> Submitted:
+        """A task command; Conflict when the task's status refuses it."""
+        response = await self._request("POST", f"/v1/tasks/{_path(task_id)}:{verb}")
         doc = msgspec.json.decode(response.content)
         self._written = max(self._written, int(doc["seq"]))
         return Submitted(id=doc["id"], status=doc["status"], seq=doc["seq"], created=False)
@@ -372,6 +391,18 @@ class Client:
 
     def cancel(self, task_id: str) -> Submitted:
         return self._call(self._async.cancel(task_id))
+
+    def retry(self, task_id: str) -> Submitted:
+        return self._call(self._async.retry(task_id))
+
+    def pause(self, task_id: str) -> Submitted:
+        return self._call(self._async.pause(task_id))
+
+    def resume(self, task_id: str) -> Submitted:
+        return self._call(self._async.resume(task_id))
+
+    def archive(self, task_id: str) -> Submitted:
+        return self._call(self._async.archive(task_id))
 
     def get(self, task_id: str) -> Task:
         return self._call(self._async.get(task_id))

@@ -15,6 +15,7 @@ import ordo
 from ordo import (
     AsyncClient,
     Client,
+    Conflict,
     Fail,
     InvalidPayload,
     InvalidRequest,
@@ -123,6 +124,21 @@ async def test_async_client_errors_are_typed(system: System) -> None:
         with pytest.raises(InvalidRequest) as batch:
             await client.submit_many([{"type": "demo.echo"}, {"type": ""}], atomic=True)
         assert [e["index"] for e in batch.value.errors] == [1] and batch.value.problem["status"] == 422
+
+
+async def test_the_client_pauses_resumes_retries_and_archives(system: System) -> None:
+    async with AsyncClient(system.base_url) as client:
+        sub = await client.submit("demo.echo", {"x": 1}, delay=3600)
+        assert (await client.pause(sub.id)).status == "paused"
+        assert (await client.resume(sub.id)).status == "scheduled"
+        await client.cancel(sub.id)
+        assert (await client.wait(sub.id, timeout=30)).status == "cancelled"
+        with pytest.raises(Conflict):
+            await client.pause(sub.id)  # a cancelled task cannot be paused
+        await client.retry(sub.id)  # runs now, with a fresh attempt budget
+        assert (await client.wait(sub.id, timeout=60)).result == {"x": 1}
+        await client.archive(sub.id)
+        assert (await client.get(sub.id)).archived
 
 
 async def test_a_task_id_is_one_path_segment_whatever_it_holds(system: System) -> None:
