@@ -67,6 +67,7 @@ class WorkerPool:
         if not 0 <= count <= MAX_WORKERS:
             raise ValueError(f"worker count must be within 0..{MAX_WORKERS}")
         async with self._lock:
+            before = len(self._slots)
             while len(self._slots) < count:
                 spec = self._spec_for(len(self._slots) + 1)
                 sup = Supervisor([spec], self._log, pid_dir=self._pid_dir, shutdown_grace_s=self._grace_s)
@@ -77,7 +78,8 @@ class WorkerPool:
             self._log.info("scaling down: stopping %d worker(s)", len(extra))
             await asyncio.gather(*(sup.shutdown() for sup, _ in extra))
             await asyncio.gather(*(task for _, task in extra), return_exceptions=True)
-        self._log.info("worker pool at %d", len(self._slots))
+        if len(self._slots) != before:  # a second shutdown (signal, then exit) says nothing new
+            self._log.info("worker pool at %d", len(self._slots))
         return len(self._slots)
 
     def kill(self, pid: int) -> bool:
