@@ -110,10 +110,12 @@ def decide(command: sc.AnyScheduleCommand, state: ScheduleState) -> list[se.Sche
                 raise InvalidSchedule("the schedule never fires (past its end, or an impossible date)")
             return [se.ScheduleCreated(spec=spec, next_at=first)]
         case sc.UpdateSchedule():
-            _must_exist(command.schedule_id, state)
+            before = _must_exist(command.schedule_id, state)
             spec = validate_spec(command.spec)
             first = next_fire(spec, command.now)
-            if first is None:  # as at its creation: a schedule that can never fire again is refused
+            # As at its creation, a change that leaves a schedule unable to fire is refused; a schedule
+            # already past its end may still be edited (its description, say).
+            if first is None and next_fire(before, command.now) is not None:
                 raise InvalidSchedule("the schedule would never fire (past its end, or an impossible date)")
             return [se.ScheduleUpdated(spec=spec, next_at=None if state.paused else first)]
         case sc.PauseSchedule():

@@ -208,3 +208,19 @@ def test_pause_resume_delete_and_trigger() -> None:
     state = evolve(state, decide(sc.DeleteSchedule(schedule_id="s1"), state)[0])
     assert decide(sc.DeleteSchedule(schedule_id="s1"), state) == []
     assert not state.exists and state.next_at is None
+
+
+def test_an_update_that_leaves_a_schedule_unable_to_fire_is_refused_but_an_ended_one_may_be_edited() -> None:
+    t0 = utc(2024, 1, 1)
+    state = created(every_second(end_at=utc(2024, 1, 2)), t0)
+
+    def update(now: datetime, **changes: object) -> list[se.ScheduleEvent]:
+        spec = every_second(**{"end_at": utc(2024, 1, 2), **changes})
+        return decide(sc.UpdateSchedule(schedule_id="s1", spec=spec, now=now), state)
+
+    with pytest.raises(InvalidSchedule, match="never fire"):
+        update(t0 + timedelta(hours=1), end_at=utc(2023, 1, 1))  # was firing; would not
+    assert update(t0 + timedelta(hours=1), description="hourly report")  # still fires: fine
+    after_end = utc(2024, 1, 3)  # already past its end: its description may still change
+    (edited,) = update(after_end, description="retired")
+    assert isinstance(edited, se.ScheduleUpdated) and edited.next_at is None
