@@ -120,6 +120,9 @@ async def connect(settings: Settings, name: str) -> NATS:
     refusal = asyncio.ensure_future(refused.wait())
     try:
         await asyncio.wait({connecting, refusal}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the caller stopped (cancelled) while connecting: so does the connect
+        connecting.cancel()
+        raise
     finally:
         refusal.cancel()
     if not connecting.done():  # nats-py would try again forever, logging the refusal each time
