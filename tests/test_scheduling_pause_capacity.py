@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ordo.domain.commands import SubmitTask
+from ordo.domain.commands import ResumeTask, SubmitTask
 from ordo.domain.status import TaskStatus
 from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.infra import subjects as sj
@@ -164,3 +164,25 @@ async def test_pause_a_queue_lets_running_tasks_finish_and_starts_nothing_until_
 
     await eventually(listed_resumed, timeout=90, what="GET /v1/queues shows the resume")
     assert (await system.http.post("/v1/queues/Bad!:pause")).status_code == 422
+
+
+class _SlowArm(Timers):
+    """Timers whose arm returns late, so the append it is for comes late: a busy host's timing."""
+
+    async def arm(self, tenant: str, task_id: str, due_at: datetime) -> None:
+        await super().arm(tenant, task_id, due_at)
+        await asyncio.sleep(1.5)  # the fired copy is out; the append waits
+
+
+async def test_a_resume_whose_timer_comes_before_its_append_still_runs_the_task(system: System) -> None:
+    """Resumed past its due time, a task's timer fires at once, before `resumed` is appended. On a
+    loaded host (CI, 2026-12-06) the scheduler found the task still paused, acked the timer away,
+    and the resumed task waited for ever."""
+    r = await system.http.post("/v1/tasks", json={"type": "demo.echo", "delay": 1.0})
+    task_id = r.json()["id"]
+    assert (await system.http.post(f"/v1/tasks/{task_id}:pause")).status_code == 202
+    later = (await system.http.post("/v1/tasks", json={"type": "demo.echo", "delay": 2.5})).json()["id"]
+    await _wait_status(system, later, "succeeded")  # past the paused task's due time
+    slow = CommandHandler(EventStore(system.nc), _SlowArm(system.nc, system.settings.timer_lead_s))
+    await slow.execute(system.settings.tenant, ResumeTask(task_id=task_id))
+    await _wait_status(system, task_id, "succeeded", timeout=30)

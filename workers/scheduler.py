@@ -53,6 +53,10 @@ _PRELOAD_MIN_S = 0.05
 # A retry timer that found its attempt still running comes back after 0.1 s, 0.2 s, ... (its failure
 # is being appended).
 _EARLY_RETRY_S = 0.1
+# A timer that finds its task paused comes back after 0.25, 0.5, ... s, this many times in all
+# (about 4 s): a resume's timer can arrive before the resume is stored.
+_PAUSED_TRIES = 6
+_PAUSED_STEP_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,14 @@ class Scheduler:
             early = not out.events and out.state.status is TaskStatus.RUNNING
             what = f"retry timer for {due.tenant}/{due.task_id}"
             if early and await self._back_later(msg, what, "its attempt is still running", _EARLY_RETRY_S):
+                return
+            # A resume past the due time arms a timer that fires at once, before the `resumed` it
+            # is for is appended: on a busy host it can find the task still paused, and acked away
+            # it would leave the resumed task waiting for ever. A paused task's own timer comes back
+            # a few times too, and is dropped quietly.
+            held = not out.events and out.state.status is TaskStatus.PAUSED and out.state.due_at == due.due_at
+            if held and _deliveries(msg) < _PAUSED_TRIES:
+                await msg.nak(delay=_PAUSED_STEP_S * _deliveries(msg))
                 return
         except TaskNotFound:
             if await self._back_later(msg, f"timer for task {due.tenant}/{due.task_id}"):
