@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -35,6 +35,9 @@ class Principal:
     tenant: str
     role: Role
     key_id: str | None = None
+    # A browser's session (the cookie's), whose logout or expiry ends what it opened (live streams).
+    session_id: str | None = None
+    session_expires: int | None = None
 
 
 _UNAUTHORISED = {"WWW-Authenticate": 'Bearer realm="ordo"'}
@@ -124,7 +127,8 @@ async def principal(request: Request) -> Principal:
             check_same_site(request)
         except Problem as exc:
             raise Problem(403, "forbidden", "cross-origin request with a session cookie") from exc
-    return _principal_of(svc, key)
+    assert session is not None  # a key was found through it
+    return replace(_principal_of(svc, key), session_id=session.id, session_expires=session.expires)
 
 
 def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:

@@ -126,11 +126,18 @@ async def _stream(svc: Services, who: Principal, after: int, flt: StreamFilter) 
                     checked = time.monotonic()
                     if await svc.keys.by_id(who.key_id) is None:  # the gateway's key table
                         return  # the key was revoked: end its streams
+                    if who.session_id is not None and _session_over(svc, who):
+                        return  # the browser signed out (or its session expired): end its streams
         if sub.cut:
             yield _CUT
     finally:
         SSE_CLIENTS.inc(by=-1)
         svc.limits.release_stream(who.key_id)
+
+
+def _session_over(svc: Services, who: Principal) -> bool:
+    expired = who.session_expires is not None and who.session_expires < time.time()
+    return expired or (who.session_id is not None and svc.keys.session_ended(who.session_id))
 
 
 class _SendGuard:

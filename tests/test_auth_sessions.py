@@ -268,3 +268,29 @@ async def test_a_sign_in_link_followed_from_another_site_is_refused_and_not_spen
             # Pasted into the address bar (or opened by the UI itself): signed in.
             r = await browser.get(url, headers={"Sec-Fetch-Site": "none"})
             assert r.status_code == 303 and "ordo_session" in browser.cookies
+
+
+async def test_signing_out_ends_the_browser_s_live_streams(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """A stream opened with the session cookie went on after the logout (another tab of the UI
+    stayed live): streams re-check their session as they re-check their key."""
+    async with auth_system(settings, nc, handler) as t:
+        browser = httpx.AsyncClient(base_url=t.system.base_url, timeout=40)
+        assert (await browser.post("/auth/session", json={"key": t.key["a:viewer"]})).status_code == 204
+
+        async def read_until_closed() -> int:
+            lines = 0
+            async with browser.stream("GET", "/v1/events/stream") as s:
+                assert s.status_code == 200
+                async for _ in s.aiter_lines():
+                    lines += 1
+                    if lines == 1:
+                        out = await browser.post("/auth/logout")
+                        assert out.status_code == 204
+            return lines
+
+        try:
+            assert await asyncio.wait_for(read_until_closed(), 40) >= 1
+        finally:
+            await browser.aclose()

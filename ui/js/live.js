@@ -71,7 +71,7 @@ export class LiveStream {
 export function coalesce(fn, minGapMs = 0) {
   let running = false;
   let dirty = false;
-  let lastRun = 0;
+  let lastRun = -Infinity; // the first run goes at once (0 held a view's first load for up to minGapMs)
   const run = async () => {
     running = true;
     dirty = false;
