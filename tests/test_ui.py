@@ -352,3 +352,24 @@ async def test_overview_shows_counts_and_the_chart(ui: Page, system: System) -> 
         return int(await page.inner_text('#counts a[data-status="succeeded"] .n')) > before
 
     await eventually(grew, timeout=30, what="live count")
+
+
+async def test_the_keyboard_cursor_stays_on_its_task_when_new_tasks_arrive(ui: Page, system: System) -> None:
+    """j/k moved a row position: a task arriving at the top slid the cursor onto another task, and
+    `x` (select, for a bulk cancel) or Enter then took that one."""
+    tasks = [await submit(system, {"type": "demo.echo", "delay": 3600}) for _ in range(2)]
+    page = ui.page
+    await ui.open("/tasks")
+    await page.locator(f'#tasks-table tr[data-id="{tasks[0]}"]').wait_for()
+    await page.locator("body").press("j")  # the newest task: the top row
+    on = page.locator("#tasks-table tr.cursor")
+    await on.wait_for()
+    first = await on.get_attribute("data-id")
+    arrived = await submit(system, {"type": "demo.echo", "delay": 3600})
+    await page.locator(f'#tasks-table tbody tr[data-id="{arrived}"]').wait_for()
+    assert await page.locator("#tasks-table tbody tr[data-id]").first.get_attribute("data-id") == arrived
+    assert await on.get_attribute("data-id") == first  # still on its task, now the second row
+    await page.locator("body").press("x")
+    await page.locator(f'#tasks-table tr.selected[data-id="{first}"]').wait_for()
+    assert await page.locator(f'#tasks-table tr.selected[data-id="{arrived}"]').count() == 0
+    assert ui.unexpected_errors() == []

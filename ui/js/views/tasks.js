@@ -26,7 +26,7 @@ export function mount(root, { params }) {
   let nextCursor = null;
   const prevCursors = [];
   const selected = new Set();
-  let cursorRow = -1;
+  let cursorId = null; // the task under the j/k cursor: a task, not a row position, so rows arriving above do not move it onto another task
   let newSince = 0;
   const rowsById = new Map();
 
@@ -223,7 +223,7 @@ export function mount(root, { params }) {
       patchRow(tr, t);
       if (tr.dataset.status !== t.status) tr.dataset.status = t.status;
       tr.classList.toggle("selected", selected.has(t.id));
-      tr.classList.toggle("cursor", i === cursorRow);
+      tr.classList.toggle("cursor", t.id === cursorId);
       if (prevStatus && prevStatus !== t.status) { tr.classList.remove("flash"); void tr.offsetWidth; tr.classList.add("flash"); }
       if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
     });
@@ -305,21 +305,22 @@ export function mount(root, { params }) {
     update(p) {
       const filterChanged = JSON.stringify({ ...p, cursor: "" }) !== JSON.stringify({ ...state, cursor: "" });
       if (filterChanged && allMatching) { selected.clear(); allMatching = false; }
-      state = { ...p }; fillForm(); newSince = 0; newBanner.hidden = true; cursorRow = -1; load(); },
+      state = { ...p }; fillForm(); newSince = 0; newBanner.hidden = true; cursorId = null; load(); },
     onEvent(e) {
       if (inFlight > 0) arrived.push(e); // looked at once the page being read is on screen
       else onLiveEvent(e);
     },
     onKey(ev) {
+      const at = items.findIndex((t) => t.id === cursorId);
       if (ev.key === "j" || ev.key === "k") {
-        cursorRow = Math.max(0, Math.min(items.length - 1, cursorRow + (ev.key === "j" ? 1 : -1)));
+        const next = Math.max(0, Math.min(items.length - 1, at + (ev.key === "j" ? 1 : -1)));
+        cursorId = items[next]?.id ?? null;
         renderRows();
-        tbody.children[cursorRow]?.scrollIntoView({ block: "nearest" });
-      } else if (ev.key === "Enter" && items[cursorRow]) {
-        go(["tasks", items[cursorRow].id]);
-      } else if (ev.key === "x" && items[cursorRow]) {
-        const id = items[cursorRow].id;
-        selected.has(id) ? selected.delete(id) : selected.add(id);
+        tbody.children[next]?.scrollIntoView({ block: "nearest" });
+      } else if (ev.key === "Enter" && at >= 0) {
+        go(["tasks", cursorId]);
+      } else if (ev.key === "x" && at >= 0) {
+        selected.has(cursorId) ? selected.delete(cursorId) : selected.add(cursorId);
         renderRows();
       }
     },
