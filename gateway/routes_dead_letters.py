@@ -20,6 +20,7 @@ from ordo.gateway.body import read_limited
 from ordo.gateway.problems import Problem, aware
 from ordo.gateway.resources import NO_NUL, Accepted, problems
 from ordo.gateway.services import Services, services
+from ordo.gateway.task_service import check_id
 from ordo.projections import dead_letters
 from ordo.projections.dead_letters import DeadLetterFilter
 
@@ -101,12 +102,6 @@ async def list_dead_letters(
     return {"items": items, "next_cursor": next_cursor}
 
 
-def _check_id(task_id: str) -> str:
-    if not (1 <= len(task_id) <= 64) or not all(c.isalnum() or c in "_-" for c in task_id):
-        raise TaskNotFound(task_id)
-    return task_id
-
-
 async def _replay(svc: Services, tenant: str, task_id: str, reason: str) -> dict[str, Any]:
     state, _, _ = await svc.handler.load(tenant, task_id)
     if not state.exists:
@@ -125,7 +120,7 @@ async def _replay(svc: Services, tenant: str, task_id: str, reason: str) -> dict
 )
 async def replay_dead_letter(task_id: str, svc: Svc, who: Operator) -> dict[str, Any]:
     """Run a failed task again: same id, a fresh attempt budget; it leaves the dead-letter list."""
-    return await _replay(svc, who.tenant, _check_id(task_id), "dead letter replay")
+    return await _replay(svc, who.tenant, check_id(task_id), "dead letter replay")
 
 
 @router.post(

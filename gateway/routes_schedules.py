@@ -198,7 +198,4 @@ async def schedule_timeline(schedule_id: str, svc: Svc, who: Viewer, page: Timel
     async def read(limit: int, after: int | None, newest_first: bool) -> list[dict[str, Any]]:
         return await schedules.timeline(svc.pool, who.tenant, schedule_id, limit, after, newest_first)
 
-    events, next_after = await page.read(read)
-    if not events and (page.after is None or not await read(1, None, False)):
-        raise Problem(404, "schedule-not-found", f"schedule {schedule_id} does not exist")
-    return {"events": events, "next_after": next_after}
+    return await page.read(read, Problem(404, "schedule-not-found", f"schedule {schedule_id} does not exist"))

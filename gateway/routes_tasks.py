@@ -145,10 +145,7 @@ async def task_timeline(
     async def read(limit: int, after: int | None, newest_first: bool) -> list[dict[str, Any]]:
         return await task_events.timeline(svc.pool, who.tenant, task_id, limit, after, newest_first)
 
-    events, next_after = await page.read(read)
-    if not events and (page.after is None or not await read(1, None, False)):
-        raise TaskNotFound(task_id)
-    return {"events": events, "next_after": next_after}
+    return await page.read(read, TaskNotFound(task_id))
 
 
 @router.patch(

@@ -36,15 +36,13 @@ from ordo.gateway.schemas import (
 from ordo.gateway.services import Services
 from ordo.infra import telemetry
 from ordo.infra.command_handler import AtomicBatchTooLarge, Outcome
-from ordo.infra.ids import new_task_id, task_id_for_key
+from ordo.infra.ids import could_be_task_id, new_task_id, task_id_for_key
 from ordo.projections import poison, tasks
-
-ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
 def check_id(task_id: str) -> str:
     """A task id that cannot be one of ours is simply not found (never a 500, never a subject)."""
-    if not (1 <= len(task_id) <= 64) or not set(task_id) <= ID_CHARS:
+    if not could_be_task_id(task_id):
         raise TaskNotFound(task_id[:64])
     return task_id
 

@@ -31,11 +31,14 @@ class PageAsked:
     limit: int
     newest_first: bool
 
-    async def read(self, read: Read) -> tuple[list[dict[str, Any]], int | None]:
-        """The page (one row more is read to know whether another follows) and its `next_after`."""
+    async def read(self, read: Read, missing: Exception) -> dict[str, Any]:
+        """The page (one row more is read to know whether another follows) and its `next_after`;
+        `missing` raised when the timeline has no event at all (no such task or schedule)."""
         rows = await read(self.limit + 1, self.after, self.newest_first)
         events = rows[: self.limit]
-        return events, events[-1]["seq"] if len(rows) > self.limit else None
+        if not events and (self.after is None or not await read(1, None, False)):
+            raise missing
+        return {"events": events, "next_after": events[-1]["seq"] if len(rows) > self.limit else None}
 
 
 async def page_asked(

@@ -21,3 +21,12 @@ def new_task_id() -> str:
 def task_id_for_key(tenant: str, key: str) -> str:
     """The same (tenant, key) always names the same task, across gateways and restarts."""
     return uuid.uuid5(_NAMESPACE, f"{tenant}\x00{key}").hex
+
+
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def could_be_task_id(text: str) -> bool:
+    """Whether `text` has the form of an Ordo task id (1-64 letters, digits, `_`, `-`): one that does
+    not names no task, and may reach neither a subject nor a URL path."""
+    return 1 <= len(text) <= 64 and set(text) <= _ID_CHARS

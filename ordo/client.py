@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -35,6 +34,7 @@ from ordo.client_types import (
     WaitTimeout,
     error_from_response,
 )
+from ordo.infra.ids import could_be_task_id
 
 T = TypeVar("T")
 _STREAM_RETRY_S = 0.5
@@ -301,15 +301,13 @@ class AsyncClient:
 
 def _path(task_id: str) -> str:
     """A task id as one path segment. The gateway makes every id of 1-64 letters, digits, `_` and
-    `-`; anything else (`../dead-letters:replay`, an id with a `/`, which the server would read as
-    two segments even quoted) is no task, answered here as the gateway would, without a request."""
-    if not (1 <= len(task_id) <= 64) or not set(task_id) <= _ID_CHARS:
+    `-`, none of which a URL path quotes; anything else (`../dead-letters:replay`, an id with a `/`,
+    which the server would read as two segments even quoted) is no task, answered here as the
+    gateway would, without a request."""
+    if not could_be_task_id(task_id):
         detail = f"task {task_id[:64]!r} does not exist"
         raise NotFound(404, "https://ordo.dev/problems/not-found", "not found", detail)
-    return urllib.parse.quote(task_id, safe="")
-
-
-_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+    return task_id
 
 
 class _Timeline(msgspec.Struct, frozen=True):

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ordo.workers.context import TaskContext
-from ordo.workers.handlers import HandlerFn, Registry, awaited
+from ordo.workers.handlers import HandlerFn, Registry, awaitable
 from ordo.workers.results import UnstorableResult, stored_result
 
 
@@ -103,7 +103,7 @@ async def run_handler(
         timeout=timeout,
         run=run,
     )
-    result = await asyncio.wait_for(awaited(fn(ctx), ctx.task_type), timeout)
+    result = await asyncio.wait_for(awaitable(fn(ctx), ctx.task_type), timeout)
     stored_result(result, max_result_message)  # as the worker stores it: JSON, and within the limit
     run.result = result
     return run

@@ -47,7 +47,7 @@ from ordo.infra.settings import Settings
 from ordo.infra.tasks import cancel_and_wait
 from ordo.workers import consumer
 from ordo.workers.context import TaskContext
-from ordo.workers.handlers import Fail, HandlerFn, InvalidPayload, Registry, Retry, awaited
+from ordo.workers.handlers import Fail, HandlerFn, InvalidPayload, Registry, Retry, awaitable
 from ordo.workers.lease import Attempt
 from ordo.workers.limits import TypeLimits, is_lane_message
 from ordo.workers.results import UnstorableResult, stored_result
@@ -421,4 +421,4 @@ def _stream_seq(msg: Msg) -> int | None:
 
 async def _call(fn: HandlerFn, ctx: TaskContext) -> Any:
     with telemetry.span("ordo.handler", task_id=ctx.task_id, task_type=ctx.task_type, attempt=ctx.attempt):
-        return await awaited(fn(ctx), ctx.task_type)
+        return await awaitable(fn(ctx), ctx.task_type)
