@@ -57,4 +57,14 @@ async def test_a_schedule_page_shows_its_latest_decisions_first(
             "#decisions tbody tr", "rows => rows.map(r => r.cells[1].textContent)"
         )
         assert rows == ["triggered", "resumed"], rows  # the newest two, newest first
+        await ui.page.click("#decisions-older")
+        await ui.page.locator("#decisions-shown", has_text="older decisions").wait_for()
+        rows = await ui.page.eval_on_selector_all(
+            "#decisions tbody tr", "rows => rows.map(r => r.cells[1].textContent)"
+        )
+        assert rows == ["paused", "created"], rows
+        assert await ui.page.is_disabled("#decisions-older")  # the oldest page
+        await ui.page.click("#decisions-newer")
+        await ui.page.locator("#decisions-shown", has_text="The latest").wait_for()
+        assert await ui.page.is_disabled("#decisions-newer")
         assert ui.unexpected_errors() == []

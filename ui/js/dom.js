@@ -5,7 +5,7 @@ export function h(tag, attrs = {}, ...children) {
   const el = tag === "svg" || attrs?.svg ? document.createElementNS("http://www.w3.org/2000/svg", tag) : document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === null || v === undefined || v === false || k === "svg") continue;
-    if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+    if (k.startsWith("on") && typeof v === "function") listen(el, k.slice(2), v);
     else if (k === "dataset") Object.assign(el.dataset, v);
     else if (k === "text") el.textContent = v;
     else el.setAttribute(k, v === true ? "" : String(v));
@@ -30,6 +30,95 @@ function append(el, children) {
 export function clear(el) {
   while (el.firstChild) el.firstChild.remove();
   return el;
+}
+
+// The listeners h() added, per element: patch() moves them from a freshly built node onto the one it keeps.
+const LISTENERS = new WeakMap();
+
+function listen(el, type, fn) {
+  el.addEventListener(type, fn);
+  let mine = LISTENERS.get(el);
+  if (!mine) LISTENERS.set(el, (mine = new Map()));
+  mine.set(type, fn);
+}
+
+/**
+ * Make an element's children those given, like put(), but keep the nodes already there where they
+ * match: the same tag and, for rows and other keyed elements, the same key (`id`, `data-key`,
+ * `data-id`, `data-queue`). Only what changed is written. A live view re-rendered every second thus
+ * keeps keyboard focus, an open <details>, a text selection and a click in progress (a node replaced
+ * between mousedown and mouseup loses the click). Views that patch must not keep references to the
+ * nodes they build for it: the nodes kept are the old ones.
+ */
+export function patch(el, ...children) {
+  const next = [];
+  collect(children, next);
+  patchChildren(el, next);
+  return el;
+}
+
+function collect(children, out) {
+  for (const c of children) {
+    if (c === null || c === undefined || c === false) continue;
+    if (Array.isArray(c)) collect(c, out);
+    else out.push(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+}
+
+const KEYS = ["id", "data-key", "data-id", "data-queue"];
+function keyOf(n) {
+  if (n.nodeType !== Node.ELEMENT_NODE) return null;
+  for (const k of KEYS) { const v = n.getAttribute(k); if (v !== null) return `${n.nodeName}\u0000${k}\u0000${v}`; }
+  return null;
+}
+const sameKind = (a, b) => a.nodeType === b.nodeType && a.nodeName === b.nodeName
+  && (a.nodeName !== "INPUT" || a.getAttribute("type") === b.getAttribute("type"));
+
+function patchChildren(parent, next) {
+  const kept = new Set(next.filter((n) => n.parentNode === parent)); // nodes passed in again as they are
+  const keyed = new Map();
+  const loose = [];
+  for (const n of parent.childNodes) {
+    if (kept.has(n)) continue;
+    const k = keyOf(n);
+    if (k !== null && !keyed.has(k)) keyed.set(k, n); else loose.push(n);
+  }
+  let li = 0;
+  const plan = next.map((n) => {
+    if (kept.has(n)) return n;
+    const k = keyOf(n);
+    let old = null;
+    if (k !== null) { old = keyed.get(k) ?? null; if (old && sameKind(old, n)) keyed.delete(k); else old = null; }
+    else {
+      while (li < loose.length && (keyOf(loose[li]) !== null || !sameKind(loose[li], n))) li += 1;
+      if (li < loose.length) old = loose[li++];
+    }
+    return old ? patchNode(old, n) : n;
+  });
+  // Remove what is not kept first, so the nodes kept move only where the order really changed (a node
+  // moved in the DOM loses focus).
+  const used = new Set(plan);
+  for (const n of [...parent.childNodes]) if (!used.has(n)) n.remove();
+  plan.forEach((n, i) => { const at = parent.childNodes[i]; if (at !== n) parent.insertBefore(n, at ?? null); });
+}
+
+function patchNode(old, fresh) {
+  if (old.nodeType !== Node.ELEMENT_NODE) {
+    if (old.nodeValue !== fresh.nodeValue) old.nodeValue = fresh.nodeValue;
+    return old;
+  }
+  for (const a of [...old.attributes]) {
+    if (a.name === "open" && old.nodeName === "DETAILS") continue; // the reader opened or closed it
+    if (!fresh.hasAttribute(a.name)) old.removeAttribute(a.name);
+  }
+  for (const a of fresh.attributes) if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
+  const before = LISTENERS.get(old), after = LISTENERS.get(fresh);
+  if (before) for (const [type, fn] of before) old.removeEventListener(type, fn);
+  LISTENERS.delete(old);
+  if (after) for (const [type, fn] of after) listen(old, type, fn);
+  if (old.nodeName === "INPUT" && old !== document.activeElement) { old.checked = fresh.checked; old.value = fresh.value; }
+  patchChildren(old, [...fresh.childNodes]);
+  return old;
 }
 
 /** Replace an element's children (arrays flattened, null/false skipped). */

@@ -1,6 +1,6 @@
 // Overview: counts by status, the last hour's throughput and failure rate, queue depths, workers
 // online, projection lag. Re-read when events arrive (coalesced), never on a timer.
-import { h, put, clear, notice, statusBadge, shortId, absTime, dur, toast } from "../dom.js";
+import { h, patch, clear, notice, statusBadge, shortId, absTime, dur, toast } from "../dom.js";
 import { getOptional, post, enc } from "../api.js";
 import { confirmAction } from "../confirm.js";
 import { has } from "../caps.js";
@@ -68,13 +68,13 @@ export function mount(root, { recent = [] } = {}) {
     ]);
     stats = st;
     if (!st) {
-      put(countsBox, notice("Stats are not available on this gateway (GET /v1/stats)."));
-      put(chartBox, notice("Throughput is not available on this gateway (GET /v1/stats)."));
+      patch(countsBox, notice("Stats are not available on this gateway (GET /v1/stats)."));
+      patch(chartBox, notice("Throughput is not available on this gateway (GET /v1/stats)."));
     } else {
       const by = st.by_status || {};
       const total = Object.values(by).reduce((a, b) => a + Number(b || 0), 0);
       totalBox.textContent = total.toLocaleString();
-      put(countsBox, STATUSES.map((s) => h("a", { href: `#/tasks?status=${s}`, "data-status": s },
+      patch(countsBox, STATUSES.map((s) => h("a", { href: `#/tasks?status=${s}`, "data-status": s },
         h("span", { class: "n" }, Number(by[s] || 0).toLocaleString()), statusBadge(s))));
       const pts = series(st);
       const done = pts.reduce((a, p) => a + p.succeeded + p.failed, 0);
@@ -90,12 +90,12 @@ export function mount(root, { recent = [] } = {}) {
     const workerItems = workers ? workers.items ?? workers : null;
     if (workerItems) workersBox.textContent = String(workerItems.filter((w) => (w.status ?? "online") === "online").length);
     else workersBox.textContent = "n/a";
-    if (!queues) { put(queuesBox, notice("Queue depths are not available on this gateway (GET /v1/queues).")); return; }
+    if (!queues) { patch(queuesBox, notice("Queue depths are not available on this gateway (GET /v1/queues).")); return; }
     const items = queues.items ?? queues;
     // A queue with waiting tasks that no online worker consumes: say so, it will not drain by itself.
     const served = new Set((workerItems || []).filter((w) => ["online", "draining"].includes(w.status ?? "online")).flatMap((w) => w.queues || []));
     const canPause = has("POST", "/v1/queues/{queue}:pause");
-    put(queuesBox, h("div", { class: "table-wrap" }, h("table", { id: "queues-table", class: "cards", "aria-label": "queues" }, h("thead", {}, h("tr", {},
+    patch(queuesBox, h("div", { class: "table-wrap" }, h("table", { id: "queues-table", class: "cards", "aria-label": "queues" }, h("thead", {}, h("tr", {},
       ["queue", "depth", "running", "state", "actions"].map((c, i) => h("th", { scope: "col", class: i === 1 || i === 2 ? "num" : "" }, c)))),
     h("tbody", {}, items.map((q) => {
       const name = q.name ?? q.queue;
@@ -117,7 +117,7 @@ export function mount(root, { recent = [] } = {}) {
     catch (e) { toast(e.message, "error"); }
     refresh();
   }
-  function drawChart() { if (stats) put(chartBox, throughputChart(series(stats), { width: Math.max(300, Math.round(chartBox.clientWidth || 720)) })); }
+  function drawChart() { if (stats) patch(chartBox, throughputChart(series(stats), { width: Math.max(300, Math.round(chartBox.clientWidth || 720)) })); }
   function showEvent(e) {
     feed.prepend(h("li", { "data-seq": e.seq }, h("span", { class: "seq" }, `#${e.seq}`), h("time", { class: "small muted", datetime: e.at }, absTime(e.at).slice(11, 19)),
       h("span", { class: "ev-type" }, e.type), h("a", { class: "mono", href: `#/tasks/${enc(e.task_id)}` }, shortId(e.task_id))));
@@ -132,5 +132,6 @@ export function mount(root, { recent = [] } = {}) {
       refresh();
     },
     onTheme() { drawChart(); },
+    onLiveStart() { refresh(); }, // a change between the first read and the live stream's start is not missed
   };
 }

@@ -1,7 +1,7 @@
 // Schedules: the list with next fire times (in the schedule's own zone, local time beside) and its
 // policies; a schedule's page shows its decisions (fired / skipped / missed ...) as a timeline linking
 // to the tasks it created; create, edit, delete, pause / resume / trigger.
-import { h, put, s, clear, statusBadge, absTime, ago, dur, notice, shortId, toast } from "../dom.js";
+import { h, put, patch, s, clear, statusBadge, absTime, ago, dur, notice, shortId, toast } from "../dom.js";
 import { get, post, api, enc } from "../api.js";
 import { has } from "../caps.js";
 import { coalesce } from "../live.js";
@@ -124,9 +124,9 @@ function list(root) {
   if (!has("GET", "/v1/schedules")) { box.append(notice("Schedules are not available on this gateway (GET /v1/schedules).")); return {}; }
   async function load() {
     let items;
-    try { items = (await get("/v1/schedules?limit=500")).items; } catch (e) { put(box, notice(e.message, "error")); return; }
-    if (!items.length) { put(box, notice("No schedules yet.")); return; }
-    put(box, h("div", { class: "table-wrap" }, h("table", { id: "schedules-table", class: "cards", "aria-label": "schedules" },
+    try { items = (await get("/v1/schedules?limit=500")).items; } catch (e) { patch(box, notice(e.message, "error")); return; }
+    if (!items.length) { patch(box, notice("No schedules yet.")); return; }
+    patch(box, h("div", { class: "table-wrap" }, h("table", { id: "schedules-table", class: "cards", "aria-label": "schedules" },
       h("thead", {}, h("tr", {}, ["schedule", "cron", "task type", "state", "next fire", "policies", "last fired", "actions"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, items.map((sc) => h("tr", { "data-id": sc.id },
         h("td", { "data-label": "schedule" }, h("a", { href: `#/schedules/${enc(sc.id)}` }, sc.name ?? sc.id), field(sc, "description") ? h("div", { class: "small muted" }, field(sc, "description")) : null),
@@ -134,61 +134,86 @@ function list(root) {
         h("td", { "data-label": "task type" }, sc.task?.type ?? sc.spec?.task?.type ?? ""), h("td", { "data-label": "state" }, statusBadge(stateOf(sc))),
         h("td", { class: "wrap small", "data-label": "next fire", title: absTime(nextOf(sc)) }, nextOf(sc) ? [zoned(nextOf(sc), zoneOf(sc)), h("div", { class: "muted" }, ago(nextOf(sc)))] : "—"),
         h("td", { class: "wrap small", "data-label": "policies" }, policies(sc)),
-        h("td", { "data-label": "last fired" }, sc.last_tick_at ? ago(sc.last_tick_at) : "", sc.last_task_id ? [" → ", h("a", { class: "mono", href: `#/tasks/${enc(sc.last_task_id)}` }, shortId(sc.last_task_id))] : ""),
+        h("td", { "data-label": "last fired" }, sc.last_tick_at ? ago(sc.last_tick_at) : sc.last_task_id ? "triggered" : "", sc.last_task_id ? [" → ", h("a", { class: "mono", href: `#/tasks/${enc(sc.last_task_id)}` }, shortId(sc.last_task_id))] : ""),
         h("td", { "data-label": "", class: "actions" }, actions(sc, refresh))))))));
   }
   const refresh = coalesce(load, 1000);
   refresh();
-  return { onEvent(e) { if (e.type === "submitted") refresh(); } };
+  // onLiveStart: a change between the first read and the live stream's start is not missed.
+  return { onEvent(e) { if (fromSchedule(e)) refresh(); }, onLiveStart() { refresh(); } };
 }
-// How many of a schedule's latest decisions its page shows.
-const DECISIONS = 200;
+
+/** A task a schedule created (its `submitted` carries the tag `schedule:<id>`): of any schedule, or of `id`. */
+function fromSchedule(e, id = null) {
+  if (e.type !== "submitted") return false;
+  const tags = e.data?.tags ?? [];
+  return id === null ? tags.some((t) => String(t).startsWith("schedule:")) : tags.includes(`schedule:${id}`);
+}
+// A page of a schedule's decisions, newest first (a schedule that fires every second has 86,400 a day).
+const DECISIONS = 20;
 
 function detail(root, id) {
   const head = h("div");
   const editHost = h("div");
   const chart = h("div", { class: "gantt-wrap" });
+  const shown = h("div");
   const table = h("div");
-  root.append(h("h1", { class: "page-title" }, "Schedule ", h("span", { class: "mono" }, id)), h("div", { class: "panel" }, head), h("div", { class: "panel", style: "margin-top:1rem" }, h("h2", {}, "Decisions"), chart, table));
+  // Paging: `after` is the page shown (null: the latest, kept live); `newer` the pages before it.
+  let after = null, nextAfter = null, generation = 0, editedAt;
+  const newer = [];
+  const btnNewer = h("button", { id: "decisions-newer", disabled: true, onclick: () => { after = newer.pop() ?? null; load(); } }, "← Newer");
+  const btnOlder = h("button", { id: "decisions-older", disabled: true, onclick: () => { newer.push(after); after = nextAfter; load(); } }, "Older →");
+  root.append(h("h1", { class: "page-title" }, "Schedule ", h("span", { class: "mono" }, id)), h("div", { class: "panel" }, head),
+    h("div", { class: "panel", style: "margin-top:1rem" }, h("h2", {}, "Decisions"), chart, shown, table, h("div", { class: "pager" }, btnNewer, btnOlder)));
   async function load() {
-    let sc, decisions, older = false;
+    const mine = ++generation;
+    let sc, decisions, more = false;
     try {
       sc = await get(`/v1/schedules/${enc(id)}`);
       decisions = sc.decisions ?? sc.history ?? null;
       if (!decisions && has("GET", "/v1/schedules/{id}/events")) {
-        // The latest decisions, newest first: a schedule that fires every second has 86,400 a day.
-        const page = await get(`/v1/schedules/${enc(id)}/events?order=desc&limit=${DECISIONS}`);
-        older = page.next_after != null;
-        decisions = page.events.reverse();
+        const page = await get(`/v1/schedules/${enc(id)}/events?order=desc&limit=${DECISIONS}${after === null ? "" : `&after=${after}`}`);
+        more = page.next_after != null;
+        nextAfter = page.next_after ?? null;
+        decisions = page.events; // newest first
       }
-    } catch (e) { put(head, notice(e.message, "error")); return; }
-    put(head, h("div", { class: "row" }, h("h2", {}, sc.name ?? sc.id), statusBadge(stateOf(sc)), h("span", { class: "spacer" }),
+    } catch (e) { if (mine === generation) patch(head, notice(e.message, "error")); return; }
+    if (mine !== generation) return; // a later page or refresh decides what is shown
+    patch(head, h("div", { class: "row" }, sc.name ? h("h2", {}, sc.name) : null, statusBadge(stateOf(sc)), h("span", { class: "spacer" }),
       actions(sc, load, () => go(["schedules"]))),
-    h("dl", { class: "kv" }, h("dt", {}, "cron"), h("dd", { class: "mono" }, `${field(sc, "cron")} (${zoneOf(sc)})`),
+    h("dl", { class: "kv" }, field(sc, "description") ? [h("dt", {}, "description"), h("dd", { id: "description" }, field(sc, "description"))] : null,
+      h("dt", {}, "cron"), h("dd", { class: "mono" }, `${field(sc, "cron")} (${zoneOf(sc)})`),
       h("dt", {}, "next fire"), h("dd", { id: "next-fire" }, nextOf(sc) ? `${zoned(nextOf(sc), zoneOf(sc))} (${ago(nextOf(sc))})` : "—"),
       h("dt", {}, "upcoming"), h("dd", {}, (sc.next_fire_times || []).map((t) => h("div", {}, zoned(t, zoneOf(sc))))),
       h("dt", {}, "policies"), h("dd", { id: "policies" }, policies(sc)),
-      h("dt", {}, "decisions"), h("dd", {}, `${sc.fired ?? 0} fired · ${sc.skipped ?? 0} skipped · ${sc.missed ?? 0} missed`),
+      h("dt", {}, "decisions"), h("dd", { title: "ticks of the cron; Trigger now runs are listed below, not counted here" },
+        `${sc.fired ?? 0} fired · ${sc.skipped ?? 0} skipped · ${sc.missed ?? 0} missed`),
       h("dt", {}, "task"), h("dd", { class: "mono small" }, JSON.stringify(sc.task ?? sc.spec?.task ?? {}))),
     editHost);
-    // The edit form is rebuilt only while closed: a refresh never throws away what is being typed.
-    if (has("PATCH", "/v1/schedules/{id}") && !editHost.querySelector("details[open]")) {
-      put(editHost, h("details", { class: "create" }, h("summary", {}, "Edit"), scheduleForm(sc, () => { put(editHost); load(); })));
+    // The edit form is built again only when the schedule changed and the form is closed: a refresh
+    // never throws away what is being typed, nor the focus on its summary.
+    if (has("PATCH", "/v1/schedules/{id}") && !editHost.querySelector("details[open]") && sc.updated_at !== editedAt) {
+      editedAt = sc.updated_at;
+      put(editHost, h("details", { class: "create" }, h("summary", {}, "Edit"), scheduleForm(sc, () => { put(editHost); editedAt = undefined; load(); })));
     }
-    if (!decisions) { put(chart, notice("This gateway does not list a schedule's decisions.")); clear(table); return; }
+    btnNewer.disabled = after === null;
+    btnOlder.disabled = !more;
+    if (!decisions) { patch(chart, notice("This gateway does not list a schedule's decisions.")); clear(table); clear(shown); return; }
     const rows = decisions.map((e) => {
       const d = e.data ?? e;
-      return { kind: e.type ?? d.event ?? d.decision, at: d.tick_at ?? d.first_at ?? e.at, task_id: d.task_id ?? d.running_task_id, d };
+      return { seq: e.seq, kind: e.type ?? d.event ?? d.decision, at: d.tick_at ?? d.first_at ?? e.at, task_id: d.task_id ?? d.running_task_id, d };
     });
-    put(chart, decisionChart(rows), older ? h("p", { id: "decisions-shown", class: "small muted" }, `The latest ${rows.length} decisions; the schedule's counts above are of all of them.`) : null);
-    put(table, h("table", { id: "decisions", class: "cards", "aria-label": "decisions" }, h("thead", {}, h("tr", {}, ["time", "decision", "task", "detail"].map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", {}, rows.slice().reverse().map((r) => h("tr", {}, h("td", { "data-label": "time" }, absTime(r.at)), h("td", { "data-label": "decision" }, statusBadge(r.kind)),
+    patch(chart, decisionChart(rows));
+    patch(shown, more || after !== null ? h("p", { id: "decisions-shown", class: "small muted" },
+      after === null ? `The latest ${rows.length} decisions, newest first; the counts above are of all of them.` : `${rows.length} older decisions, newest first.`) : null);
+    patch(table, h("table", { id: "decisions", class: "cards", "aria-label": "decisions" }, h("thead", {}, h("tr", {}, ["time", "decision", "task", "detail"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, rows.map((r) => h("tr", { "data-key": r.seq ?? null }, h("td", { "data-label": "time" }, absTime(r.at)), h("td", { "data-label": "decision" }, statusBadge(r.kind)),
         h("td", { "data-label": "task" }, r.task_id ? h("a", { class: "mono", href: `#/tasks/${enc(r.task_id)}` }, shortId(r.task_id)) : ""),
         h("td", { class: "small muted", "data-label": "detail" }, r.d.reason ?? (r.d.count ? `${r.d.count} ticks` : "")))))));
   }
-  const refresh = coalesce(load, 1000);
+  const refresh = coalesce(() => (after === null ? load() : null), 1000); // an older page does not change
   load();
-  return { onEvent(e) { if (e.type === "submitted") refresh(); } };
+  return { onEvent(e) { if (fromSchedule(e, id)) refresh(); }, onLiveStart() { refresh(); } };
 }
 
 /** Ticks on a time line, one colour per decision; a fired tick links to its task. */

@@ -1,7 +1,7 @@
 // Workers: online / draining / lost, heartbeats, in-flight tasks, processed and failed counts; drain,
 // and (under `ordo up`, local mode) scale the pool and kill a worker process — the resilience demo.
 // Heartbeats are not task events, so the list is re-read every 5 s as well as on task events.
-import { h, put, statusBadge, ago, absTime, notice, shortId, toast } from "../dom.js";
+import { h, patch, statusBadge, ago, absTime, notice, shortId, toast } from "../dom.js";
 import { get, post, enc } from "../api.js";
 import { has } from "../caps.js";
 import { coalesce } from "../live.js";
@@ -42,15 +42,15 @@ export function mount(root) {
   }
   async function load() {
     let items;
-    try { items = (await get("/v1/workers")).items; } catch (e) { put(box, notice(e.message, "error")); return; }
+    try { items = (await get("/v1/workers")).items; } catch (e) { patch(box, notice(e.message, "error")); return; }
     online = items.filter((w) => w.status === "online").length;
     const count = document.getElementById("scale-count");
     if (count && document.activeElement !== count && !count.value) count.value = String(online);
-    if (!items.length) { put(box, notice("No worker has reported a heartbeat yet.")); return; }
+    if (!items.length) { patch(box, notice("No worker has reported a heartbeat yet.")); return; }
     // Running workers first; stopped and lost ones fold away under a count (they pile up otherwise).
     const gone = items.filter((w) => ["offline", "lost"].includes(w.status));
     const running = items.filter((w) => !gone.includes(w));
-    put(box, table(running, "workers-table", "workers"),
+    patch(box, table(running, "workers-table", "workers"),
       gone.length ? h("details", { class: "create", id: "workers-gone" }, h("summary", {}, `${gone.length} stopped or lost worker${gone.length === 1 ? "" : "s"}`),
         table(gone, "workers-gone-table", "stopped or lost workers")) : null);
   }
@@ -77,6 +77,7 @@ export function mount(root) {
   const poll = setInterval(refresh, 5000);
   return {
     unmount() { clearInterval(poll); },
+    onLiveStart() { refresh(); },
     onEvent(e) { if (e.type.startsWith("attempt_") || e.type === "succeeded") refresh(); },
   };
 }

@@ -1,0 +1,99 @@
+"""Live views re-rendered by events keep what the reader is doing: the focused control stays focused
+(and a click in progress lands) because a refresh patches the rows in place instead of building the
+table again. A schedule's page refreshes for its own tasks only. Real Chromium, real system."""
+
+from __future__ import annotations
+
+from tests.conftest import System
+from tests.helpers import eventually
+from tests.test_ui import Page, browser, submit, ui
+
+__all__ = ["browser", "ui"]
+
+# The focused control: its data-action (or tag) and the row it is in (a task, schedule or queue).
+FOCUSED = """() => {
+  const a = document.activeElement, row = a?.closest("tr");
+  return [a?.dataset.action ?? a?.tagName, row?.dataset.id ?? row?.dataset.queue ?? null];
+}"""
+
+
+async def _schedule(system: System, sid: str) -> None:
+    r = await system.http.post(
+        "/v1/schedules", json={"cron": "0 0 1 1 *", "task": {"type": "demo.echo"}, "id": sid}
+    )
+    assert r.status_code == 201, r.text
+
+
+async def _trigger(system: System, sid: str) -> str:
+    r = await system.http.post(f"/v1/schedules/{sid}:trigger")
+    assert r.status_code == 202, r.text
+    return str(r.json()["task_id"])
+
+
+async def test_the_schedule_list_keeps_the_focus_through_live_refreshes(ui: Page, system: System) -> None:
+    await _schedule(system, "patch-list-a")
+    await _schedule(system, "patch-list-b")
+    page = ui.page
+    await ui.open("/schedules")
+    button = page.locator('#schedules-table tr[data-id="patch-list-a"] button[data-action="trigger"]')
+    await button.focus()
+    for sid in (
+        "patch-list-b",
+        "patch-list-a",
+    ):  # each trigger submits a task tagged with its schedule: the list re-reads
+        task_id = await _trigger(system, sid)
+        await page.locator(f'#schedules-table tr[data-id="{sid}"] a[href="#/tasks/{task_id}"]').wait_for()
+        assert await page.evaluate(FOCUSED) == ["trigger", "patch-list-a"]
+    assert (
+        await page.locator(
+            '#schedules-table tr[data-id="patch-list-b"] td[data-label="last fired"]'
+        ).inner_text()
+        != ""
+    )
+
+
+async def test_a_schedule_page_keeps_the_focus_and_reads_again_only_for_its_own_tasks(
+    ui: Page, system: System
+) -> None:
+    await _schedule(system, "patch-page")
+    await _schedule(system, "patch-other")
+    page = ui.page
+    reads: list[str] = []
+    page.on("request", lambda r: reads.append(r.url) if "/v1/schedules/patch-page" in r.url else None)
+    await ui.open("/schedules/patch-page")
+    await page.locator("#decisions tbody tr").first.wait_for()
+    await page.wait_for_function("window.ordo.lastSeq !== null")  # the live stream has started
+    await page.locator('button[data-action="trigger"]').focus()
+    task_id = await _trigger(system, "patch-page")
+    await page.locator(f'#decisions a[href="#/tasks/{task_id}"]').wait_for()
+    assert await page.evaluate(FOCUSED) == ["trigger", None]
+    # Another schedule's task reaches the page's live stream: nothing of this page changed.
+    other = await _trigger(system, "patch-other")
+
+    async def projected() -> bool:
+        r = await system.http.get(f"/v1/tasks/{other}/events")
+        return r.status_code == 200 and bool(r.json()["events"])
+
+    await eventually(projected, timeout=60, what="the other schedule's task in the read model")
+    seq = (await system.http.get(f"/v1/tasks/{other}/events")).json()["events"][0]["seq"]
+    await page.wait_for_function("seq => (window.ordo.lastSeq ?? 0) >= seq", arg=seq)
+    settled = len(reads)
+    mine = await _trigger(system, "patch-page")
+    await page.locator(f'#decisions a[href="#/tasks/{mine}"]').wait_for()
+    # One refresh (the schedule and its page of decisions) for this schedule's task; before, any
+    # task's `submitted` read the page again, and the other schedule's made a second refresh.
+    assert len(reads[settled:]) == 2, reads[settled:]
+    assert await page.evaluate(FOCUSED) == ["trigger", None]
+
+
+async def test_the_overview_queue_table_keeps_the_focus(ui: Page, system: System) -> None:
+    page = ui.page
+    await submit(system, {"type": "demo.echo", "queue": "patch-q"})  # unserved: it stays queued
+    await ui.open("/overview")
+    button = page.locator('#queues-table tr[data-queue="patch-q"] button[data-action="pause"]')
+    await button.focus()
+    await submit(system, {"type": "demo.echo", "queue": "patch-q"})
+    await page.locator(
+        '#queues-table tr[data-queue="patch-q"] td[data-label="depth"]', has_text="2"
+    ).wait_for()
+    assert await page.evaluate(FOCUSED) == ["pause", "patch-q"]
