@@ -1,6 +1,6 @@
 // Task detail: the attempt chart, the event list (full / compact / raw), payload/result/error, the
 // time-travel scrubber and the actions, live over the task's own event stream (resumed by sequence).
-import { h, put, clear, statusBadge, absTime, dur, jsonView, notice, copyText, toast } from "../dom.js";
+import { h, put, patch, clear, statusBadge, absTime, dur, jsonView, notice, copyText, toast } from "../dom.js";
 import { api, get, post, enc, HttpError } from "../api.js";
 import { has, hasParam } from "../caps.js";
 import { LiveStream, coalesce } from "../live.js";
@@ -9,6 +9,13 @@ import { drawGantt, layout, LEGEND } from "./gantt.js";
 import { confirmAction } from "../confirm.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+// Which commands a status allows: the buttons and the keyboard shortcuts ask the same.
+const ALLOWED = {
+  cancel: (st) => !TERMINAL.has(st) && st !== "cancelling",
+  retry: (st) => st === "failed" || st === "cancelled",
+  pause: (st) => ["queued", "scheduled", "retrying"].includes(st),
+  resume: (st) => st === "paused",
+};
 const ROW_H = 30;
 
 export function mount(root, { id, params }) {
@@ -36,7 +43,10 @@ export function mount(root, { id, params }) {
   const errorBox = h("div");
   const skippedBox = h("div", { id: "task-skipped" });
 
-  root.append(h("h1", { class: "page-title" }, "Task ", h("span", { class: "id mono", id: "task-id" }, id)), errorBox, skippedBox,
+  // Everything about the task: hidden when there is no such task, so the page says only that.
+  const body = h("div", { id: "task-body" });
+  root.append(h("h1", { class: "page-title" }, "Task ", h("span", { class: "id mono", id: "task-id" }, id)), errorBox, skippedBox, body);
+  body.append(
     h("div", { class: "panel" }, head, clock, actions, editBox),
     h("div", { class: "grid cols-main-side", style: "margin-top:1rem" },
       h("div", { class: "panel" }, h("h2", {}, "Attempts"), ganttBox,
@@ -53,18 +63,20 @@ export function mount(root, { id, params }) {
   // ---- header, details, actions -----------------------------------------------------------
   function renderHead() {
     if (!task) return;
-    put(head, 
+    // Patched, not rebuilt: a task's events re-render the head, and a focused button stays focused.
+    patch(head,
       h("span", { id: "task-status", title: "status now" }, statusBadge(task.status)),
+      task.archived ? h("span", { class: "badge", id: "task-archived", title: "archived: listed only with the task list's archived filter" }, "archived") : null,
       headAsOf,
       h("span", {}, h("b", {}, task.type)),
       h("span", { class: "muted" }, `queue ${task.queue} · priority ${task.priority} · ${task.attempts > task.max_attempts ? `${task.attempts} attempts in all (a replay gives ${task.max_attempts} more)` : `attempt ${task.attempts}/${task.max_attempts}`}`));
     const st = task.status;
     const act = (label, action, enabled, key, cls) => h("button", { class: cls, "data-action": action, disabled: !enabled, title: key ? `${label} (${key})` : label,
       onclick: () => command(action) }, label);
-    put(actions, 
-      act("Cancel", "cancel", !TERMINAL.has(st) && st !== "cancelling", "c", "danger"),
-      act("Retry", "retry", st === "failed" || st === "cancelled", "r"),
-      st === "paused" ? act("Resume", "resume", true, "p") : act("Pause", "pause", ["queued", "scheduled", "retrying"].includes(st), "p"),
+    patch(actions,
+      act("Cancel", "cancel", ALLOWED.cancel(st), "c", "danger"),
+      act("Retry", "retry", ALLOWED.retry(st), "r"),
+      st === "paused" ? act("Resume", "resume", true, "p") : act("Pause", "pause", ALLOWED.pause(st), "p"),
       ["scheduled", "queued", "paused"].includes(st) && has("PATCH", "/v1/tasks/{task_id}")
         ? h("button", { "data-action": "edit", onclick: () => toggleEdit() }, "Edit…") : null,
       TERMINAL.has(st) && has("POST", "/v1/tasks/{task_id}:archive") && !task.archived
@@ -79,8 +91,8 @@ export function mount(root, { id, params }) {
     const skipped = task.projection_errors || [];
     put(skippedBox, skipped.length ? notice(`The read model skipped ${skipped.length} event(s) of this task, so what this page shows may be incomplete (time travel folds the whole log): `
       + skipped.map((s) => `seq ${s.seq} ${s.event} in ${s.projection}: ${s.error}`).join("; "), "error") : null);
-    put(details, kv.filter(([, v]) => v !== "" && v !== null && v !== undefined).map(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
-    put(ioBox,
+    patch(details, kv.filter(([, v]) => v !== "" && v !== null && v !== undefined).map(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
+    patch(ioBox,
       h("div", { class: "panel" }, h("h3", {}, "Payload"), jsonView(task.payload)),
       h("div", { class: "panel", id: "result" }, ...resultPanel()));
   }
@@ -144,7 +156,9 @@ export function mount(root, { id, params }) {
     const runAt = h("input", { name: "run_at", type: "datetime-local", step: 1 });
     if (task.run_at) { const d = new Date(task.run_at); runAt.value = new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19); }
     const msg = h("div", { class: "error-text", role: "alert" });
-    put(editBox, h("form", { class: "submit", onsubmit: async (ev) => {
+    // A message is about the values it was given: it goes once they change (the browser's own checks,
+    // such as a priority above 9, stop a submit before this handler could say anything newer).
+    put(editBox, h("form", { class: "submit", oninput: () => { msg.textContent = ""; }, onsubmit: async (ev) => {
       ev.preventDefault();
       let body;
       try { body = { payload: JSON.parse(payload.value || "null"), priority: Number(priority.value) }; } catch (e) { msg.textContent = `payload is not valid JSON: ${e.message}`; return; }
@@ -228,8 +242,9 @@ export function mount(root, { id, params }) {
   // ---- event list -------------------------------------------------------------------------
   function renderTabs() {
     put(tabs, ["full", "compact", "raw"].map((v, i) => h("button", { "aria-pressed": String(v === view), "data-view": v, title: `${i + 1}`,
-      onclick: () => { view = v; replaceParams({ ...params, view, seq: cursor ?? "" }); renderTabs(); renderList(); } }, v)));
+      onclick: () => setView(v) }, v)));
   }
+  function setView(v) { view = v; replaceParams({ ...params, view, seq: cursor ?? "" }); renderTabs(); renderList(); }
   let scroller = null;
   const narrow = () => matchMedia("(max-width: 640px)").matches; // phones: seq, type, +Δ, attempt only
   function renderList() {
@@ -297,7 +312,9 @@ export function mount(root, { id, params }) {
         for (const e of page.events) events.push(e);
       }
     } catch (e) {
-      put(errorBox, notice(e instanceof HttpError && e.status === 404 ? `No task ${id}.` : e.message, "error"));
+      const missing = e instanceof HttpError && e.status === 404;
+      put(errorBox, notice(missing ? `No task ${id}.` : e.message, "error"));
+      body.hidden = missing;
       return;
     }
     if (gone) return;
@@ -328,10 +345,12 @@ export function mount(root, { id, params }) {
       const idx = cursor === null ? events.length - 1 : events.findIndex((e) => e.seq === cursor);
       if (ev.key === "[" || ev.key === "k") scrubTo(events[Math.max(0, idx - 1)]?.seq ?? null);
       else if (ev.key === "]" || ev.key === "j") scrubTo(idx + 1 >= events.length ? null : events[idx + 1].seq);
-      else if (["1", "2", "3"].includes(ev.key)) { view = ["full", "compact", "raw"][Number(ev.key) - 1]; renderTabs(); renderList(); }
-      else if (ev.key === "c" && task && !TERMINAL.has(task.status)) command("cancel");
-      else if (ev.key === "r") command("retry");
-      else if (ev.key === "p" && task) command(task.status === "paused" ? "resume" : "pause");
+      else if (["1", "2", "3"].includes(ev.key)) setView(["full", "compact", "raw"][Number(ev.key) - 1]);
+      else if (!task) return;
+      // A shortcut does what its button would, and nothing when its button is disabled.
+      else if (ev.key === "c" && ALLOWED.cancel(task.status)) command("cancel");
+      else if (ev.key === "r" && ALLOWED.retry(task.status)) command("retry");
+      else if (ev.key === "p") { const a = task.status === "paused" ? "resume" : "pause"; if (ALLOWED[a](task.status)) command(a); }
     },
   };
 }

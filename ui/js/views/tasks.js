@@ -29,6 +29,7 @@ export function mount(root, { params }) {
   let cursorId = null; // the task under the j/k cursor: a task, not a row position, so rows arriving above do not move it onto another task
   let newSince = 0;
   const rowsById = new Map();
+  const statusById = new Map(); // the last status seen of every task listed or selected: the bulk confirmation counts with it
 
   const tbody = h("tbody");
   const info = h("span", { class: "muted small", id: "tasks-info" });
@@ -110,7 +111,7 @@ export function mount(root, { params }) {
     try {
       do {
         const page = await get(`/v1/tasks${qs({ ...filterQuery(), limit: 500, cursor })}`);
-        for (const t of page.items) selected.add(t.id);
+        for (const t of page.items) { selected.add(t.id); statusById.set(t.id, t.status); }
         cursor = page.next_cursor;
       } while (cursor && selected.size < MAX_SELECT);
       allMatching = true;
@@ -160,6 +161,7 @@ export function mount(root, { params }) {
     }
     if (mine !== generation) return; // a newer load (another filter, a later refresh) decides the page
     items = found;
+    for (const t of items) statusById.set(t.id, t.status);
     nextCursor = next;
     clear(errorBox);
     if (failure) errorBox.append(notice(failure.message, "error"));
@@ -261,10 +263,15 @@ export function mount(root, { params }) {
     const ids = [...selected];
     if (!ids.length) return;
     const verb = action === "cancel" ? "Cancel" : "Retry";
+    // Tasks whose last status seen does not allow the command: the gateway refuses each of them.
+    const can = action === "cancel" ? (st) => !["succeeded", "failed", "cancelled", "cancelling"].includes(st) : (st) => st === "failed" || st === "cancelled";
+    const refused = ids.filter((id) => statusById.has(id) && !can(statusById.get(id))).length;
     const confirmed = await confirmAction({
       title: `${verb} ${ids.length.toLocaleString()} selected task${ids.length === 1 ? "" : "s"}?`,
       lines: [`${allMatching ? "All tasks matching" : "Selected from the list filtered by"}: ${scopeText()}.`,
-        action === "cancel" ? "Running tasks are asked to stop; queued and scheduled ones never run." : "Failed and cancelled tasks run again from attempt 1."],
+        action === "cancel" ? "Running tasks are asked to stop; queued and scheduled ones never run." : "Failed and cancelled tasks run again from attempt 1.",
+        refused ? (action === "cancel" ? `${refused === ids.length ? "All" : refused.toLocaleString()} of them ${refused === 1 ? "has" : "have"} finished or ${refused === 1 ? "is" : "are"} being cancelled: ${refused === 1 ? "it" : "they"} cannot be cancelled and will be refused.`
+          : `${refused === ids.length ? "All" : refused.toLocaleString()} of them ${refused === 1 ? "has" : "have"} not failed or been cancelled: ${refused === 1 ? "it" : "they"} cannot be retried and will be refused.`) : null].filter(Boolean),
       action: `${verb} ${ids.length.toLocaleString()}`, danger: action === "cancel",
     });
     if (!confirmed) return;
@@ -305,6 +312,10 @@ export function mount(root, { params }) {
     update(p) {
       const filterChanged = JSON.stringify({ ...p, cursor: "" }) !== JSON.stringify({ ...state, cursor: "" });
       if (filterChanged && allMatching) { selected.clear(); allMatching = false; }
+      // Back and Forward change the page without the buttons: the pages before it stay those before it.
+      const back = prevCursors.indexOf(p.cursor || "");
+      if (!p.cursor) prevCursors.length = 0;
+      else if (back >= 0) prevCursors.length = back;
       state = { ...p }; fillForm(); newSince = 0; newBanner.hidden = true; cursorId = null; load(); },
     onEvent(e) {
       if (inFlight > 0) arrived.push(e); // looked at once the page being read is on screen

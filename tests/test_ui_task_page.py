@@ -1,0 +1,138 @@
+"""The task page and the task list as a keyboard and mouse user meets them: shortcuts do only what
+their buttons allow, the view key is kept in the URL, a missing task shows only that, a stale error
+goes once the values change, an archived task says so, the actions keep the focus through the
+task's events, "Newer" after the browser's Back, and a bulk cancel that names the tasks it cannot
+cancel. Real Chromium, real system."""
+
+from __future__ import annotations
+
+from tests.conftest import System
+from tests.helpers import eventually
+from tests.test_ui import Page, browser, status_is, submit, task, ui
+from tests.test_ui_operations import _confirm
+
+__all__ = ["browser", "ui"]
+
+# Every fetch the page starts, in order, recorded as it is called (a command's POST is sent at once).
+RECORD = """
+window.__calls = [];
+const fetch_ = window.fetch;
+window.fetch = (url, init) => { window.__calls.push(`${init?.method ?? "GET"} ${url}`); return fetch_(url, init); };
+"""
+FOCUSED_ACTION = "() => document.activeElement?.dataset.action ?? document.activeElement?.tagName"
+
+
+async def test_shortcuts_do_only_what_their_buttons_allow_and_the_view_key_is_kept(
+    ui: Page, system: System
+) -> None:
+    done = await submit(system, {"type": "demo.echo"})
+    waiting = await submit(system, {"type": "demo.echo", "delay": 3600})
+    await eventually(status_is(system, done, "succeeded"), timeout=60, what="succeeded")
+    await eventually(status_is(system, waiting, "scheduled"), timeout=60, what="scheduled")
+    page = ui.page
+    await page.add_init_script(RECORD)
+    await ui.open(f"/tasks/{done}")
+    await page.locator('#task-status .badge[data-status="succeeded"]').wait_for()
+    assert await page.is_disabled('#task-actions button[data-action="retry"]')
+    for key in ("r", "p", "c"):  # Retry, Pause and Cancel are disabled for a succeeded task
+        await page.keyboard.press(key)
+    await page.keyboard.press("2")
+    await page.wait_for_function("location.hash.includes('view=compact')")  # as a click on the tab does
+    assert await page.evaluate("window.__calls.filter((c) => c.startsWith('POST'))") == []
+    await ui.open(f"/tasks/{waiting}")
+    await page.locator('#task-status .badge[data-status="scheduled"]').wait_for()
+    await page.keyboard.press("p")  # its Pause button is enabled: the shortcut pauses it
+    await eventually(status_is(system, waiting, "paused"), timeout=60, what="paused by the shortcut")
+
+
+async def test_a_missing_task_shows_only_that(ui: Page, system: System) -> None:
+    ui.allowed.append("404")  # the two reads of the task answer 404: the browser logs each
+    page = ui.page
+    await ui.open("/tasks/0123456789abcdef0123456789abcdef")
+    await page.locator(".notice.error", has_text="No task 0123456789abcdef0123456789abcdef").wait_for()
+    for panel in ("Attempts", "Details", "Time travel", "Events"):  # no empty skeleton around the notice
+        assert await page.locator("h2", has_text=panel).is_hidden(), panel
+
+
+async def test_the_edit_form_drops_a_stale_error_and_the_actions_keep_the_focus(
+    ui: Page, system: System
+) -> None:
+    waiting = await submit(system, {"type": "demo.echo", "delay": 3600, "priority": 5})
+    await eventually(status_is(system, waiting, "scheduled"), timeout=60, what="scheduled")
+    page = ui.page
+    await ui.open(f"/tasks/{waiting}")
+    await page.click('#task-actions button[data-action="edit"]')
+    await page.fill("#task-edit textarea[name=payload]", "{bad")
+    await page.click("#task-edit button[type=submit]")
+    message = page.locator("#task-edit .error-text")
+    assert "not valid JSON" in await message.inner_text()
+    await page.fill("#task-edit textarea[name=payload]", "{}")
+    assert await message.inner_text() == ""  # the error was about the old text
+    await page.click("#task-edit button[type=button]")  # Close
+    # An event of the task re-renders its head: the focused button stays focused.
+    await page.locator('#task-actions button[data-action="pause"]').focus()
+    r = await system.http.patch(f"/v1/tasks/{waiting}", json={"priority": 7})
+    assert r.status_code == 202, r.text
+    await page.locator(".task-head", has_text="priority 7").wait_for()
+    assert await page.evaluate(FOCUSED_ACTION) == "pause"
+
+
+async def test_an_archived_task_says_so(ui: Page, system: System) -> None:
+    done = await submit(system, {"type": "demo.echo"})
+    await eventually(status_is(system, done, "succeeded"), timeout=60, what="succeeded")
+    assert (await system.http.post(f"/v1/tasks/{done}:archive")).status_code == 202
+
+    async def archived() -> bool:
+        return (await task(system, done)).get("archived") is True
+
+    await eventually(archived, timeout=60, what="archived in the read model")
+    await ui.open(f"/tasks/{done}")
+    await ui.page.locator("#task-archived").wait_for()
+
+
+async def test_newer_after_the_browser_back_goes_to_the_newer_page(ui: Page, system: System) -> None:
+    queue = "ui-pages-back"
+    r = await system.http.post(
+        "/v1/tasks:batch", json={"tasks": [{"type": "demo.echo", "queue": queue}] * 120}
+    )
+    assert r.status_code == 202, r.text
+    ids = [t["id"] for t in r.json()["items"]]
+
+    async def listed() -> bool:
+        items = (await system.http.get("/v1/tasks", params={"queue": queue, "limit": 500})).json()["items"]
+        return len(items) == len(ids)
+
+    await eventually(listed, timeout=60, what="120 tasks listed")
+    page = ui.page
+    rows = page.locator("#tasks-table tbody tr[data-id]")
+    await ui.open(f"/tasks?queue={queue}")
+    await page.locator("#tasks-info", has_text="50 tasks on this page").wait_for()
+    first = await rows.first.get_attribute("data-id")
+    for _ in range(2):  # to the third page
+        before = page.url
+        await page.click("text=Older →")
+        await page.wait_for_function("u => location.href !== u", arg=before)
+        await page.locator("#tasks-info", has_text="task").wait_for()
+    await page.locator("#tasks-info", has_text="20 tasks on this page").wait_for()
+    await page.go_back()  # the second page
+    await page.locator("#tasks-info", has_text="50 tasks on this page").wait_for()
+    await page.wait_for_function(
+        "f => document.querySelector('#tasks-table tbody tr[data-id]')?.dataset.id !== f", arg=first
+    )
+    await page.click("text=← Newer")  # one click: the first page
+    await page.wait_for_function(
+        "f => document.querySelector('#tasks-table tbody tr[data-id]')?.dataset.id === f", arg=first
+    )
+    assert await page.is_disabled("text=← Newer")
+
+
+async def test_a_bulk_cancel_names_the_tasks_it_cannot_cancel(ui: Page, system: System) -> None:
+    done = await submit(system, {"type": "demo.echo", "tags": ["ui-bulk-done"]})
+    await eventually(status_is(system, done, "succeeded"), timeout=60, what="succeeded")
+    page = ui.page
+    await ui.open("/tasks?tag=ui-bulk-done")
+    await page.locator(f'#tasks-table tr[data-id="{done}"]').wait_for()
+    await page.check(f'#tasks-table tr[data-id="{done}"] input[type=checkbox]')
+    await page.click('button[data-bulk="cancel"]')
+    text = await _confirm(page, answer="no")
+    assert "cannot be cancelled" in text, text
