@@ -17,7 +17,10 @@ __all__ = ["browser", "ui"]
 RECORD = """
 window.__calls = [];
 const fetch_ = window.fetch;
-window.fetch = (url, init) => { window.__calls.push(`${init?.method ?? "GET"} ${url}`); return fetch_(url, init); };
+window.fetch = (url, init) => {
+  window.__calls.push(`${init?.method ?? "GET"} ${url}`);
+  return fetch_(url, init);
+};
 """
 FOCUSED_ACTION = "() => document.activeElement?.dataset.action ?? document.activeElement?.tagName"
 
