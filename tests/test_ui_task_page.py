@@ -139,3 +139,30 @@ async def test_a_bulk_cancel_names_the_tasks_it_cannot_cancel(ui: Page, system: 
     await page.click('button[data-bulk="cancel"]')
     text = await _confirm(page, answer="no")
     assert "cannot be cancelled" in text, text
+
+
+async def test_dead_letter_pages_are_in_the_url_with_newer_and_older(ui: Page, system: System) -> None:
+    kind = "ui.no-such-handler"  # no worker has it: each task is dead-lettered at once
+    r = await system.http.post("/v1/tasks:batch", json={"tasks": [{"type": kind}] * 105})
+    assert r.status_code == 202, r.text
+
+    async def dead() -> bool:
+        page = (await system.http.get("/v1/dead-letters", params={"type": kind, "limit": 500})).json()
+        return len(page["items"]) == 105
+
+    await eventually(dead, timeout=90, what="105 dead letters")
+    page = ui.page
+    rows = page.locator("#dl-table tbody tr[data-id]")
+    await ui.open(f"/dead-letters?type={kind}")
+    await page.locator('button[data-page="older"]').wait_for()
+    assert await rows.count() == 100 and await page.locator('button[data-page="newer"]').count() == 0
+    await page.click('button[data-page="older"]')
+    await page.wait_for_function("() => location.hash.includes('cursor=')")
+    await page.locator('button[data-page="newer"]').wait_for()
+    assert await rows.count() == 5
+    await page.reload()  # the page is in the URL
+    await page.locator('button[data-page="newer"]').wait_for()
+    assert await rows.count() == 5
+    await page.click('button[data-page="newer"]')
+    await page.locator('button[data-page="older"]').wait_for()
+    assert await rows.count() == 100 and "cursor=" not in page.url

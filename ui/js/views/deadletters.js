@@ -1,8 +1,9 @@
 // Dead letters: tasks that exhausted their attempts, with error summaries; replay one, or every one
 // matching a filter. Without the dead-letter routes, failed tasks are listed and retried instead.
 // The URL is the applied filter: the form is refilled from it on every change (Back included), and
-// "Replay all matching" acts on it only while the form shows exactly that filter.
-import { h, put, absTime, ago, notice, shortId, toast } from "../dom.js";
+// "Replay all matching" acts on it only while the form shows exactly that filter. The page shown is in
+// the URL too (`cursor`): a reload or a shared link lands on it, and Back returns to the page before.
+import { h, patch, absTime, ago, notice, shortId, toast } from "../dom.js";
 import { get, post, qs, enc } from "../api.js";
 import { has } from "../caps.js";
 import { coalesce } from "../live.js";
@@ -21,15 +22,15 @@ export function mount(root, { params }) {
   const bulkBtn = h("button", { type: "button", class: "danger", "data-action": "replay-all", onclick: replayAll }, "Replay all matching…");
   const dirtyNote = h("span", { class: "small muted", id: "dl-dirty", hidden: true }, "Apply the filter first: the list shows the applied one.");
   const form = h("form", { class: "filters", role: "search", "aria-label": "dead-letter filter",
-    onsubmit: (ev) => { ev.preventDefault(); go(["dead-letters"], formFilter()); } },
+    onsubmit: (ev) => { ev.preventDefault(); go(["dead-letters"], { ...formFilter(), cursor: "" }); } },
     h("label", {}, "Queue", fQueue), h("label", {}, "Type", fType), h("label", {}, "Error kind", fKind),
     h("button", { type: "submit", class: "primary" }, "Filter"), h("span", { class: "spacer" }), dirtyNote, bulkBtn);
   form.addEventListener("input", syncDirty);
   root.append(h("div", { class: "panel" }, h("h1", {}, "Dead letters"),
     native ? null : notice("The dead-letter routes are not available on this gateway: showing failed tasks; replay uses the task's retry."),
     form, box));
-  let cursor = null;
   let shown = 0;
+  const newer = []; // the cursors of the pages before this one ("" = the first)
 
   const applied = () => ({ queue: state.queue || "", type: state.type || "", error_kind: native ? state.error_kind || "" : "" });
   const formFilter = () => ({ queue: fQueue.value.trim(), type: fType.value.trim(), error_kind: native ? fKind.value.trim() : "" });
@@ -42,17 +43,22 @@ export function mount(root, { params }) {
   }
   const apiFilter = () => Object.fromEntries(Object.entries(applied()).filter(([, v]) => v));
 
+  const toPage = (cursor) => go(["dead-letters"], { ...applied(), cursor });
+  const older = (next) => h("button", { "data-page": "older", onclick: () => { newer.push(state.cursor || ""); toPage(next); } }, "Older →");
+  const newerButton = () => (state.cursor ? h("button", { "data-page": "newer", onclick: () => toPage(newer.pop() ?? "") }, "← Newer") : null);
   async function load() {
+    const cursor = state.cursor || null;
     let items, next;
     try {
       if (native) ({ items, next_cursor: next } = await get(`/v1/dead-letters${qs({ ...apiFilter(), limit: 100, cursor })}`));
       else ({ items, next_cursor: next } = await get(`/v1/tasks${qs({ status: "failed", queue: state.queue, type: state.type, limit: 100, cursor })}`));
-    } catch (e) { put(box, notice(e.message, "error")); return; }
+    } catch (e) { patch(box, notice(e.message, "error")); return; }
     const rows = items.map((d) => native ? d : { task_id: d.id, type: d.type, queue: d.queue, attempts: d.attempts,
       error_kind: d.error?.kind ?? "", error: d.error, dead_at: d.finished_at ?? d.updated_at });
     shown = rows.length;
     syncDirty();
-    put(box, rows.length ? [h("div", { class: "table-wrap" }, h("table", { id: "dl-table", class: "cards", "aria-label": "dead letters" },
+    // Patched in place: a refresh keeps the focus on a Replay button and a click in progress.
+    patch(box, rows.length ? [h("div", { class: "table-wrap" }, h("table", { id: "dl-table", class: "cards", "aria-label": "dead letters" },
       h("thead", {}, h("tr", {}, ["task", "type", "queue", "attempts", "error", "dead since", "action"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, rows.map((d) => h("tr", { "data-id": d.task_id },
         h("td", { class: "mono", "data-label": "task" }, h("a", { href: `#/tasks/${enc(d.task_id)}`, title: d.task_id }, shortId(d.task_id))),
@@ -60,9 +66,9 @@ export function mount(root, { params }) {
         h("td", { class: "wrap small", "data-label": "error" }, h("b", {}, d.error_kind || d.error?.kind || ""), " ", d.error?.message ?? d.reason ?? ""),
         h("td", { title: absTime(d.dead_at), "data-label": "dead since" }, ago(d.dead_at)),
         h("td", { "data-label": "" }, h("button", { "data-action": "replay", "aria-label": `replay ${d.task_id}`, onclick: () => replay(d.task_id) }, "Replay"))))))),
-      next ? h("div", { class: "pager" }, h("button", { onclick: () => { cursor = next; load(); } }, "Older →")) : null]
-      : next ? [notice("No matches among the tasks searched so far."), h("div", { class: "pager" }, h("button", { onclick: () => { cursor = next; load(); } }, "Older →"))]
-      : notice("No dead letters match."));
+      next || cursor ? h("div", { class: "pager" }, newerButton(), next ? older(next) : null) : null]
+      : next ? [notice("No matches among the tasks searched so far."), h("div", { class: "pager" }, newerButton(), older(next))]
+      : [notice(cursor ? "No more dead letters on this page." : "No dead letters match."), cursor ? h("div", { class: "pager" }, newerButton()) : null]);
   }
   async function replay(id) {
     try {
@@ -110,7 +116,14 @@ export function mount(root, { params }) {
   fillForm();
   load();
   return {
-    update(p) { state = { ...p }; cursor = null; fillForm(); load(); },
+    update(p) {
+      // Back and Forward change the page without the buttons: the pages before it stay those before it.
+      const back = newer.indexOf(p.cursor || "");
+      if (!p.cursor) newer.length = 0;
+      else if (back >= 0) newer.length = back;
+      state = { ...p }; fillForm(); load();
+    },
     onEvent(e) { if (["dead_lettered", "failed", "replayed"].includes(e.type)) refresh(); },
+    onLiveStart() { refresh(); },
   };
 }

@@ -1,6 +1,8 @@
 // Workers: online / draining / lost, heartbeats, in-flight tasks, processed and failed counts; drain,
 // and (under `ordo up`, local mode) scale the pool and kill a worker process — the resilience demo.
-// Heartbeats are not task events, so the list is re-read every 5 s as well as on task events.
+// Heartbeats are not task events, so the list is re-read every 5 s as well as on task events. A worker
+// whose heartbeat is overdue is marked late before the registry calls it lost (3 periods); one killed
+// from here shows as killed, without its buttons, until the registry sees it gone.
 import { h, patch, statusBadge, ago, absTime, notice, shortId, toast } from "../dom.js";
 import { get, post, enc } from "../api.js";
 import { has } from "../caps.js";
@@ -18,6 +20,7 @@ export function mount(root) {
   const canKill = has("POST", "/v1/workers/{worker_id}:kill");
   const canScale = has("POST", "/v1/workers:scale");
   let online = 0;
+  const killed = new Set(); // killed from this page, still online in the registry (its heartbeat has not lapsed yet)
   if (canScale) {
     const count = h("input", { type: "number", min: 0, max: 64, name: "count", id: "scale-count", "aria-label": "worker processes", style: "width:5rem" });
     tools.append(h("form", { class: "row", onsubmit: async (ev) => {
@@ -38,7 +41,12 @@ export function mount(root) {
         : `1 worker, ${w.in_flight ?? 0} task(s) in flight: it finishes them, takes no new work, then stops.`],
       action: kill ? "Kill" : "Drain" });
     if (!ok) return;
-    try { await post(`/v1/workers/${enc(w.id)}:${action}`); toast(`${kill ? "killed" : "draining"} ${w.id}`); refresh(); } catch (e) { toast(e.message, "error"); }
+    try {
+      await post(`/v1/workers/${enc(w.id)}:${action}`);
+      if (kill) killed.add(w.id);
+      toast(`${kill ? "killed" : "draining"} ${w.id}`);
+      refresh();
+    } catch (e) { toast(e.message, "error"); }
   }
   async function load() {
     let items;
@@ -49,6 +57,7 @@ export function mount(root) {
     if (!items.length) { patch(box, notice("No worker has reported a heartbeat yet.")); return; }
     // Running workers first; stopped and lost ones fold away under a count (they pile up otherwise).
     const gone = items.filter((w) => ["offline", "lost"].includes(w.status));
+    for (const w of gone) killed.delete(w.id);
     const running = items.filter((w) => !gone.includes(w));
     patch(box, table(running, "workers-table", "workers"),
       gone.length ? h("details", { class: "create", id: "workers-gone" }, h("summary", {}, `${gone.length} stopped or lost worker${gone.length === 1 ? "" : "s"}`),
@@ -60,17 +69,26 @@ export function mount(root) {
         .map((c, i) => h("th", { scope: "col", class: i >= 4 && i <= 9 ? "num" : "" }, c)))),
       h("tbody", {}, items.map((w) => h("tr", { "data-id": w.id },
         cell("worker", { class: "mono", title: `${w.host ?? ""} pid ${w.pid ?? ""}` }, w.id),
-        cell("status", {}, statusBadge(w.status)),
-        cell("heartbeat", { title: absTime(w.last_heartbeat) }, ago(w.last_heartbeat)),
+        cell("status", {}, statusBadge(killed.has(w.id) ? "killed" : w.status)),
+        cell("heartbeat", { title: absTime(w.last_heartbeat) }, ago(w.last_heartbeat), lateNote(w)),
         cell("queues", { class: "wrap" }, (w.queues || []).join(", ")),
         cell("in flight", { class: "num wrap" }, `${w.in_flight ?? 0}/${w.concurrency ?? "?"}`,
           (w.tasks || []).slice(0, 5).map((t) => [" ", h("a", { class: "mono small", href: `#/tasks/${enc(t.task_id)}` }, shortId(t.task_id))])),
         cell("processed", { class: "num" }, w.processed ?? ""), cell("succeeded", { class: "num" }, w.succeeded ?? ""), cell("failed", { class: "num" }, w.failed ?? ""),
         cell("cpu", { class: "num" }, w.cpu_pct !== undefined && w.cpu_pct !== null ? `${Number(w.cpu_pct).toFixed(0)}%` : ""),
         cell("memory", { class: "num" }, w.rss_bytes ? `${(w.rss_bytes / 1048576).toFixed(0)} MiB` : ""),
-        cell("", { class: "actions" }, h("span", { class: "row" },
+        cell("", { class: "actions" }, killed.has(w.id) ? null : h("span", { class: "row" },
           canDrain && w.status === "online" ? h("button", { "data-action": "drain", onclick: () => act(w, "drain") }, "Drain…") : null,
           canKill && w.pid && ["online", "draining"].includes(w.status) ? h("button", { class: "danger", "data-action": "kill", onclick: () => act(w, "kill") }, "Kill…") : null)))))));
+  }
+  /** "late" when a live worker's heartbeat is more than one and a half periods old: killed, hung or cut off. */
+  function lateNote(w) {
+    if (!["online", "draining"].includes(w.status)) return null;
+    const every = Number(w.heartbeat_every_s) || 5;
+    const age = (Date.now() - new Date(w.last_heartbeat).getTime()) / 1000;
+    if (!(age > 1.5 * every)) return null;
+    return h("div", { class: "warn-text small", "data-late": "", title: `a heartbeat is due every ${every}s; the worker is called lost after ${3 * every}s without one` },
+      "late: killed, hung or cut off?");
   }
   const refresh = coalesce(load, 1000);
   refresh();
