@@ -203,7 +203,7 @@ function detail(root, id) {
       const d = e.data ?? e;
       return { seq: e.seq, kind: e.type ?? d.event ?? d.decision, at: d.tick_at ?? d.first_at ?? e.at, task_id: d.task_id ?? d.running_task_id, d };
     });
-    patch(chart, decisionChart(rows));
+    patch(chart, decisionChart(rows, Math.max(300, Math.round(chart.clientWidth || 1000))));
     patch(shown, more || after !== null ? h("p", { id: "decisions-shown", class: "small muted" },
       after === null ? `The latest ${rows.length} decisions, newest first; the counts above are of all of them.` : `${rows.length} older decisions, newest first.`) : null);
     patch(table, h("table", { id: "decisions", class: "cards", "aria-label": "decisions" }, h("thead", {}, h("tr", {}, ["time", "decision", "task", "detail"].map((c) => h("th", { scope: "col" }, c)))),
@@ -217,8 +217,8 @@ function detail(root, id) {
 }
 
 /** Ticks on a time line, one colour per decision; a fired tick links to its task. */
-function decisionChart(rows) {
-  const width = 1000, height = 70, left = 10, right = 10;
+function decisionChart(rows, width = 1000) {
+  const height = 70, left = 10, right = 10; // drawn at the box's own width: its labels stay readable on a phone
   const ts = rows.map((r) => new Date(r.at).getTime()).filter((t) => !Number.isNaN(t));
   const svg = s("svg", { class: "gantt", viewBox: `0 0 ${width} ${height}` });
   if (!ts.length) return svg;
