@@ -59,7 +59,8 @@ async def test_a_schedule_page_shows_its_latest_decisions_first(
         assert rows == ["triggered", "resumed"], rows  # the newest two, newest first
         # The chart is drawn at its box's width (a fixed 1,000 units shrank its labels to 4 px on a phone).
         drawn, box = await ui.page.evaluate(
-            "() => { const c = document.querySelector('.gantt-wrap svg'); return [c.viewBox.baseVal.width, c.parentNode.clientWidth]; }"
+            "() => { const c = document.querySelector('.gantt-wrap svg');"
+            " return [c.viewBox.baseVal.width, c.parentNode.clientWidth]; }"
         )
         assert abs(drawn - box) <= 1, (drawn, box)
         await ui.page.click("#decisions-older")
