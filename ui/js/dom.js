@@ -48,7 +48,10 @@ function listen(el, type, fn) {
  * `data-id`, `data-queue`). Only what changed is written. A live view re-rendered every second thus
  * keeps keyboard focus, an open <details>, a text selection and a click in progress (a node replaced
  * between mousedown and mouseup loses the click). Views that patch must not keep references to the
- * nodes they build for it: the nodes kept are the old ones.
+ * nodes they build for it: the nodes kept are the old ones. Unkeyed siblings match by position, so a
+ * control that comes and goes (a button shown in some states only) needs a `data-key`, or the
+ * control after it would take its place, focus and click included. Whether a <details> is open is
+ * the reader's choice: patching neither opens nor closes one.
  */
 export function patch(el, ...children) {
   const next = [];
@@ -95,11 +98,31 @@ function patchChildren(parent, next) {
     }
     return old ? patchNode(old, n) : n;
   });
-  // Remove what is not kept first, so the nodes kept move only where the order really changed (a node
-  // moved in the DOM loses focus).
+  // Remove what is not kept first, then move as few nodes as the new order needs: the longest run of
+  // kept nodes already in order stays where it is (a node moved in the DOM loses focus).
   const used = new Set(plan);
   for (const n of [...parent.childNodes]) if (!used.has(n)) n.remove();
-  plan.forEach((n, i) => { const at = parent.childNodes[i]; if (at !== n) parent.insertBefore(n, at ?? null); });
+  const was = new Map([...parent.childNodes].map((n, i) => [n, i]));
+  const stay = inOrder(plan.map((n) => was.get(n) ?? -1));
+  for (let i = plan.length - 1, before = null; i >= 0; before = plan[i], i -= 1) {
+    if (!stay.has(i)) parent.insertBefore(plan[i], before);
+  }
+}
+
+/** The indices of a longest strictly increasing run (not necessarily contiguous) of the values >= 0. */
+function inOrder(values) {
+  const tails = []; // tails[k]: index of the smallest last value of an increasing run of length k + 1
+  const back = new Array(values.length).fill(-1);
+  values.forEach((v, i) => {
+    if (v < 0) return;
+    let lo = 0, hi = tails.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (values[tails[mid]] < v) lo = mid + 1; else hi = mid; }
+    if (lo > 0) back[i] = tails[lo - 1];
+    tails[lo] = i;
+  });
+  const keep = new Set();
+  for (let i = tails.length ? tails[tails.length - 1] : -1; i >= 0; i = back[i]) keep.add(i);
+  return keep;
 }
 
 function patchNode(old, fresh) {
@@ -107,16 +130,24 @@ function patchNode(old, fresh) {
     if (old.nodeValue !== fresh.nodeValue) old.nodeValue = fresh.nodeValue;
     return old;
   }
+  // A form control's state is the reader's: it follows the view only where the view's value changed.
+  const control = old.nodeName === "INPUT" && old !== document.activeElement;
+  const checked = control && old.hasAttribute("checked") !== fresh.hasAttribute("checked");
+  const value = control && old.getAttribute("value") !== fresh.getAttribute("value");
   for (const a of [...old.attributes]) {
     if (a.name === "open" && old.nodeName === "DETAILS") continue; // the reader opened or closed it
     if (!fresh.hasAttribute(a.name)) old.removeAttribute(a.name);
   }
-  for (const a of fresh.attributes) if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
+  for (const a of fresh.attributes) {
+    if (a.name === "open" && old.nodeName === "DETAILS") continue;
+    if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
+  }
+  if (checked) old.checked = fresh.hasAttribute("checked");
+  if (value) old.value = fresh.getAttribute("value") ?? "";
   const before = LISTENERS.get(old), after = LISTENERS.get(fresh);
   if (before) for (const [type, fn] of before) old.removeEventListener(type, fn);
   LISTENERS.delete(old);
   if (after) for (const [type, fn] of after) listen(old, type, fn);
-  if (old.nodeName === "INPUT" && old !== document.activeElement) { old.checked = fresh.checked; old.value = fresh.value; }
   patchChildren(old, [...fresh.childNodes]);
   return old;
 }

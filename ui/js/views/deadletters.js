@@ -44,8 +44,8 @@ export function mount(root, { params }) {
   const apiFilter = () => Object.fromEntries(Object.entries(applied()).filter(([, v]) => v));
 
   const toPage = (cursor) => go(["dead-letters"], { ...applied(), cursor });
-  const older = (next) => h("button", { "data-page": "older", onclick: () => { newer.push(state.cursor || ""); toPage(next); } }, "Older →");
-  const newerButton = () => (state.cursor ? h("button", { "data-page": "newer", onclick: () => toPage(newer.pop() ?? "") }, "← Newer") : null);
+  const older = (next) => h("button", { "data-page": "older", "data-key": "older", onclick: () => { newer.push(state.cursor || ""); toPage(next); } }, "Older →");
+  const newerButton = () => (state.cursor ? h("button", { "data-page": "newer", "data-key": "newer", onclick: () => toPage(newer.pop() ?? "") }, "← Newer") : null);
   async function load() {
     const cursor = state.cursor || null;
     let items, next;

@@ -55,8 +55,8 @@ function actions(sc, after, onDelete = after) {
   return h("span", { class: "row" },
     has("POST", "/v1/schedules/{id}:pause") && st !== "paused" ? h("button", { "data-action": "pause", onclick: () => act(sc.id, "pause", after) }, "Pause") : null,
     has("POST", "/v1/schedules/{id}:resume") && st === "paused" ? h("button", { "data-action": "resume", onclick: () => act(sc.id, "resume", after) }, "Resume") : null,
-    has("POST", "/v1/schedules/{id}:trigger") ? h("button", { "data-action": "trigger", onclick: () => act(sc.id, "trigger", after) }, "Trigger now") : null,
-    has("DELETE", "/v1/schedules/{id}") && st !== "deleted" ? h("button", { class: "danger", "data-action": "delete", onclick: () => remove(sc, onDelete) }, "Delete…") : null);
+    has("POST", "/v1/schedules/{id}:trigger") ? h("button", { "data-action": "trigger", "data-key": "trigger", onclick: () => act(sc.id, "trigger", after) }, "Trigger now") : null,
+    has("DELETE", "/v1/schedules/{id}") && st !== "deleted" ? h("button", { class: "danger", "data-action": "delete", "data-key": "delete", onclick: () => remove(sc, onDelete) }, "Delete…") : null);
 }
 
 /** The create / edit form: cron, zone, task template and policies. `sc` given = edit (PATCH). */
@@ -154,7 +154,7 @@ const DECISIONS = 20;
 
 function detail(root, id) {
   const head = h("div");
-  const editHost = h("div");
+  const editHost = h("div", { id: "schedule-edit-host" });
   const chart = h("div", { class: "gantt-wrap" });
   const shown = h("div");
   const table = h("div");
@@ -177,7 +177,7 @@ function detail(root, id) {
         nextAfter = page.next_after ?? null;
         decisions = page.events; // newest first
       }
-    } catch (e) { if (mine === generation) patch(head, notice(e.message, "error")); return; }
+    } catch (e) { if (mine === generation) patch(head, notice(e.message, "error"), editHost); return; } // an open edit form stays
     if (mine !== generation) return; // a later page or refresh decides what is shown
     patch(head, h("div", { class: "row" }, sc.name ? h("h2", {}, sc.name) : null, statusBadge(stateOf(sc)), h("span", { class: "spacer" }),
       actions(sc, load, () => go(["schedules"]))),

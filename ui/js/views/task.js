@@ -78,11 +78,11 @@ export function mount(root, { id, params }) {
       act("Retry", "retry", ALLOWED.retry(st), "r"),
       st === "paused" ? act("Resume", "resume", true, "p") : act("Pause", "pause", ALLOWED.pause(st), "p"),
       ["scheduled", "queued", "paused"].includes(st) && has("PATCH", "/v1/tasks/{task_id}")
-        ? h("button", { "data-action": "edit", onclick: () => toggleEdit() }, "Edit…") : null,
+        ? h("button", { "data-action": "edit", "data-key": "edit", onclick: () => toggleEdit() }, "Edit…") : null,
       TERMINAL.has(st) && has("POST", "/v1/tasks/{task_id}:archive") && !task.archived
-        ? h("button", { "data-action": "archive", onclick: () => command("archive") }, "Archive…") : null,
-      h("button", { onclick: async () => { await copyText(task.id); toast("id copied"); } }, "Copy id"),
-      h("button", { onclick: async () => { await copyText(location.href); toast("link copied"); } }, "Copy link"));
+        ? h("button", { "data-action": "archive", "data-key": "archive", onclick: () => command("archive") }, "Archive…") : null,
+      h("button", { "data-key": "copy-id", onclick: async () => { await copyText(task.id); toast("id copied"); } }, "Copy id"),
+      h("button", { "data-key": "copy-link", onclick: async () => { await copyText(location.href); toast("link copied"); } }, "Copy link"));
     const kv = [["created", absTime(task.created_at)], ["started", absTime(task.started_at)], ["finished", absTime(task.finished_at)],
       ["run at", absTime(task.run_at)], ["worker", task.worker_id], ["lease until", absTime(task.lease_until)],
       ["timeout", task.timeout ? `${task.timeout}s` : ""], ["tags", (task.tags || []).join(", ")], ["progress", task.progress ?? ""],

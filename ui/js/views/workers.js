@@ -78,8 +78,8 @@ export function mount(root) {
         cell("cpu", { class: "num" }, w.cpu_pct !== undefined && w.cpu_pct !== null ? `${Number(w.cpu_pct).toFixed(0)}%` : ""),
         cell("memory", { class: "num" }, w.rss_bytes ? `${(w.rss_bytes / 1048576).toFixed(0)} MiB` : ""),
         cell("", { class: "actions" }, killed.has(w.id) ? null : h("span", { class: "row" },
-          canDrain && w.status === "online" ? h("button", { "data-action": "drain", onclick: () => act(w, "drain") }, "Drain…") : null,
-          canKill && w.pid && ["online", "draining"].includes(w.status) ? h("button", { class: "danger", "data-action": "kill", onclick: () => act(w, "kill") }, "Kill…") : null)))))));
+          canDrain && w.status === "online" ? h("button", { "data-action": "drain", "data-key": "drain", onclick: () => act(w, "drain") }, "Drain…") : null,
+          canKill && w.pid && ["online", "draining"].includes(w.status) ? h("button", { class: "danger", "data-action": "kill", "data-key": "kill", onclick: () => act(w, "kill") }, "Kill…") : null)))))));
   }
   /** "late" when a live worker's heartbeat is more than one and a half periods old: killed, hung or cut off. */
   function lateNote(w) {
