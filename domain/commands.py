@@ -127,6 +127,10 @@ class ArchiveTask(Command, frozen=True, kw_only=True):
     pass
 
 
+class UnarchiveTask(Command, frozen=True, kw_only=True):
+    """Undo an archive: the task is listed again."""
+
+
 TaskCommand = (
     SubmitTask
     | EnqueueDue
@@ -143,4 +147,5 @@ TaskCommand = (
     | UpdateTask
     | ReplayTask
     | ArchiveTask
+    | UnarchiveTask
 )

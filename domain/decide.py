@@ -223,6 +223,10 @@ def _archive(c: cmd.ArchiveTask, s: TaskState) -> Events:
     return [ev.Archived()]
 
 
+def _unarchive(c: cmd.UnarchiveTask, s: TaskState) -> Events:
+    return [ev.Unarchived()] if s.archived else []
+
+
 _HANDLERS: dict[type, Callable[[Any, TaskState], Events]] = {
     cmd.EnqueueDue: _enqueue_due,
     cmd.StartAttempt: _start,
@@ -238,4 +242,5 @@ _HANDLERS: dict[type, Callable[[Any, TaskState], Events]] = {
     cmd.UpdateTask: _update,
     cmd.ReplayTask: _replay,
     cmd.ArchiveTask: _archive,
+    cmd.UnarchiveTask: _unarchive,
 }

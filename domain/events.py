@@ -137,6 +137,10 @@ class Archived(Event, frozen=True, tag="archived"):
     pass
 
 
+class Unarchived(Event, frozen=True, tag="unarchived"):
+    pass
+
+
 class ZombieRejected(Event, frozen=True, tag="zombie_rejected"):
     attempt: int
     current_attempt: int
@@ -169,6 +173,7 @@ TaskEvent = (
     | AttemptReleased
     | Replayed
     | Archived
+    | Unarchived
     | ZombieRejected
     | Deduplicated
 )

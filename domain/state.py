@@ -279,6 +279,10 @@ def _archived(s: TaskState, event: ev.Archived, v: int) -> TaskState:
     return _replace(s, version=v, archived=True)
 
 
+def _unarchived(s: TaskState, event: ev.Unarchived, v: int) -> TaskState:
+    return _replace(s, version=v, archived=False)
+
+
 _Step = Callable[[TaskState, Any, int], TaskState]
 # DeadLettered, ZombieRejected, Deduplicated have no step: counted, nothing else.
 _STEPS: dict[type, _Step] = {
@@ -301,6 +305,7 @@ _STEPS: dict[type, _Step] = {
     ev.AttemptReleased: _attempt_released,
     ev.Replayed: _replayed,
     ev.Archived: _archived,
+    ev.Unarchived: _unarchived,
 }
 
 _T = TypeVar("_T")

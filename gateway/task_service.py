@@ -20,6 +20,7 @@ from ordo.domain.commands import (
     ReplayTask,
     ResumeTask,
     SubmitTask,
+    UnarchiveTask,
     UpdateTask,
 )
 from ordo.domain.errors import TaskNotFound
@@ -223,4 +224,9 @@ async def update(svc: Services, who: Principal, task_id: str, body: bytes) -> di
 
 async def archive(svc: Services, who: Principal, task_id: str) -> dict[str, Any]:
     command = ArchiveTask(task_id=check_id(task_id))
+    return accepted(await svc.handler.execute(who.tenant, command), task_id)
+
+
+async def unarchive(svc: Services, who: Principal, task_id: str) -> dict[str, Any]:
+    command = UnarchiveTask(task_id=check_id(task_id))
     return accepted(await svc.handler.execute(who.tenant, command), task_id)

@@ -134,6 +134,10 @@ class AsyncClient:
         """Hide a finished task from the task list (it stays readable by id)."""
         return await self._command(task_id, "archive")
 
+    async def unarchive(self, task_id: str) -> Submitted:
+        """List an archived task again."""
+        return await self._command(task_id, "unarchive")
+
     async def _command(self, task_id: str, verb: str) -> Submitted:
         """A task command; Conflict when the task's status refuses it."""
         response = await self._request("POST", f"/v1/tasks/{_path(task_id)}:{verb}")

@@ -190,6 +190,21 @@ async def test_update_before_start_then_409_once_running(system: System) -> None
     assert (await http.get(f"/v1/tasks/{sub['id']}")).json()["archived"] is True
     queued = (await http.post("/v1/tasks", json={"type": "demo.slow", "delay": 3600})).json()
     assert (await http.post(f"/v1/tasks/{queued['id']}:archive")).status_code == 409
+    # Unarchive: listed again; a second one appends nothing.
+    back = await http.post(f"/v1/tasks/{sub['id']}:unarchive")
+    assert back.status_code == 202, back.text
+    listed = (await _fresh(http, "/v1/tasks", {"min_seq": back.json()["seq"]})).json()
+    assert sub["id"] in {t["id"] for t in listed["items"]}
+    assert (await http.get(f"/v1/tasks/{sub['id']}")).json()["archived"] is False
+    timeline = (await _fresh(http, f"/v1/tasks/{sub['id']}/events", {"min_seq": back.json()["seq"]})).json()[
+        "events"
+    ]
+    assert [e["type"] for e in timeline][-2:] == ["archived", "unarchived"]
+    again = await http.post(f"/v1/tasks/{sub['id']}:unarchive")
+    assert again.status_code == 202 and again.json()["seq"] == back.json()["seq"], again.text
+    assert (
+        await http.post(f"/v1/tasks/{queued['id']}:unarchive")
+    ).status_code == 202  # not archived: as it is
 
 
 async def test_list_filters_compose(gateway_only: System) -> None:

@@ -64,6 +64,7 @@ def commands_for(s: TaskState) -> dict[str, c.TaskCommand]:
         "UpdateTask": c.UpdateTask(task_id="a", now=T0, priority=1),
         "ReplayTask": c.ReplayTask(task_id="a"),
         "ArchiveTask": c.ArchiveTask(task_id="a"),
+        "UnarchiveTask": c.UnarchiveTask(task_id="a"),
     }  # fmt: skip
 
 
@@ -85,6 +86,7 @@ THEN: dict[str, dict[str, str]] = {
         "UpdateTask": "updated",
         "ReplayTask": "!InvalidTransition",
         "ArchiveTask": "!InvalidTransition",
+        "UnarchiveTask": "-",
     },
     "queued": {
         "SubmitTask": "!TaskAlreadyExists",
@@ -102,6 +104,7 @@ THEN: dict[str, dict[str, str]] = {
         "UpdateTask": "updated",
         "ReplayTask": "!InvalidTransition",
         "ArchiveTask": "!InvalidTransition",
+        "UnarchiveTask": "-",
     },
     "paused": {
         "SubmitTask": "!TaskAlreadyExists",
@@ -119,6 +122,7 @@ THEN: dict[str, dict[str, str]] = {
         "UpdateTask": "updated",
         "ReplayTask": "!InvalidTransition",
         "ArchiveTask": "!InvalidTransition",
+        "UnarchiveTask": "-",
     },
     "running": {
         "SubmitTask": "!TaskAlreadyExists",
@@ -136,6 +140,7 @@ THEN: dict[str, dict[str, str]] = {
         "UpdateTask": "!InvalidTransition",
         "ReplayTask": "!InvalidTransition",
         "ArchiveTask": "!InvalidTransition",
+        "UnarchiveTask": "-",
     },
     "retrying": {
         "SubmitTask": "!TaskAlreadyExists",
@@ -153,6 +158,7 @@ THEN: dict[str, dict[str, str]] = {
         "UpdateTask": "!InvalidTransition",
         "ReplayTask": "!InvalidTransition",
         "ArchiveTask": "!InvalidTransition",
+        "UnarchiveTask": "-",
     },
     "cancelling": {
         "SubmitTask": "!TaskAlreadyExists",
@@ -170,6 +176,7 @@ THEN: dict[str, dict[str, str]] = {
         "UpdateTask": "!InvalidTransition",
         "ReplayTask": "!InvalidTransition",
         "ArchiveTask": "!InvalidTransition",
+        "UnarchiveTask": "-",
     },
     "succeeded": {
         "SubmitTask": "!TaskAlreadyExists",
@@ -187,6 +194,7 @@ THEN: dict[str, dict[str, str]] = {
         "UpdateTask": "!InvalidTransition",
         "ReplayTask": "!InvalidTransition",
         "ArchiveTask": "archived",
+        "UnarchiveTask": "-",
     },
     "failed": {
         "SubmitTask": "!TaskAlreadyExists",
@@ -204,6 +212,7 @@ THEN: dict[str, dict[str, str]] = {
         "UpdateTask": "!InvalidTransition",
         "ReplayTask": "replayed",
         "ArchiveTask": "archived",
+        "UnarchiveTask": "-",
     },
     "cancelled": {
         "SubmitTask": "!TaskAlreadyExists",
@@ -221,6 +230,7 @@ THEN: dict[str, dict[str, str]] = {
         "UpdateTask": "!InvalidTransition",
         "ReplayTask": "replayed",
         "ArchiveTask": "archived",
+        "UnarchiveTask": "-",
     },
 }
 
@@ -233,6 +243,16 @@ def _outcome(command: c.TaskCommand, state: TaskState) -> str:
 
 
 CASES = [(status, name) for status in GIVEN for name in THEN[status]]
+
+
+def test_an_archived_task_is_unarchived_once() -> None:
+    state = fold("a", [*GIVEN["succeeded"], ev.Archived()])
+    assert state.archived
+    events = decide(c.UnarchiveTask(task_id="a"), state)
+    assert [ev.event_name(e) for e in events] == ["unarchived"]
+    state = evolve(state, events[0])
+    assert not state.archived and state.status == TaskStatus.SUCCEEDED
+    assert decide(c.UnarchiveTask(task_id="a"), state) == []  # listed already: nothing to append
 
 
 def test_the_table_covers_every_status_and_command() -> None:

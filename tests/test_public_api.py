@@ -139,6 +139,8 @@ async def test_the_client_pauses_resumes_retries_and_archives(system: System) ->
         assert (await client.wait(sub.id, timeout=60)).result == {"x": 1}
         await client.archive(sub.id)
         assert (await client.get(sub.id)).archived
+        await client.unarchive(sub.id)
+        assert not (await client.get(sub.id)).archived
 
 
 async def test_a_task_id_is_one_path_segment_whatever_it_holds(system: System) -> None:

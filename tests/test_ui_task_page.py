@@ -80,7 +80,7 @@ async def test_the_edit_form_drops_a_stale_error_and_the_actions_keep_the_focus(
     assert await page.evaluate(FOCUSED_ACTION) == "pause"
 
 
-async def test_an_archived_task_says_so(ui: Page, system: System) -> None:
+async def test_an_archived_task_says_so_and_is_unarchived(ui: Page, system: System) -> None:
     done = await submit(system, {"type": "demo.echo"})
     await eventually(status_is(system, done, "succeeded"), timeout=60, what="succeeded")
     assert (await system.http.post(f"/v1/tasks/{done}:archive")).status_code == 202
@@ -91,6 +91,10 @@ async def test_an_archived_task_says_so(ui: Page, system: System) -> None:
     await eventually(archived, timeout=60, what="archived in the read model")
     await ui.open(f"/tasks/{done}")
     await ui.page.locator("#task-archived").wait_for()
+    await ui.page.click('#task-actions button[data-action="unarchive"]')
+    await ui.page.locator("#task-archived").wait_for(state="detached")  # `unarchived` re-renders the head
+    assert (await task(system, done)).get("archived") is False
+    await ui.page.locator('#task-actions button[data-action="archive"]').wait_for()
 
 
 async def test_newer_after_the_browser_back_goes_to_the_newer_page(ui: Page, system: System) -> None:

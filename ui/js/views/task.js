@@ -81,6 +81,8 @@ export function mount(root, { id, params }) {
         ? h("button", { "data-action": "edit", "data-key": "edit", onclick: () => toggleEdit() }, "Edit…") : null,
       TERMINAL.has(st) && has("POST", "/v1/tasks/{task_id}:archive") && !task.archived
         ? h("button", { "data-action": "archive", "data-key": "archive", onclick: () => command("archive") }, "Archive…") : null,
+      task.archived && has("POST", "/v1/tasks/{task_id}:unarchive")
+        ? h("button", { "data-action": "unarchive", "data-key": "unarchive", title: "list it again", onclick: () => command("unarchive") }, "Unarchive") : null,
       h("button", { "data-key": "copy-id", onclick: async () => { await copyText(task.id); toast("id copied"); } }, "Copy id"),
       h("button", { "data-key": "copy-link", onclick: async () => { await copyText(location.href); toast("link copied"); } }, "Copy link"));
     const kv = [["created", absTime(task.created_at)], ["started", absTime(task.started_at)], ["finished", absTime(task.finished_at)],
