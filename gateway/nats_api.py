@@ -13,13 +13,14 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from nats.aio.subscription import Subscription
 
 from ordo.gateway import task_service
 from ordo.gateway.auth import Principal, Role, authenticate
+from ordo.gateway.consistency import Consistency
 from ordo.gateway.problems import Problem, classify, problem_body
 from ordo.gateway.services import Services
 from ordo.infra import subjects as sj
@@ -34,7 +35,16 @@ class _IdRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     as_of_seq: Annotated[int, msgspec.Meta(ge=0, le=2**62)] | None = None  # as GET /v1/tasks/{id}
 
 
+class _GetRequest(_IdRequest, forbid_unknown_fields=True, frozen=True):
+    """`get` reads its own writes as GET /v1/tasks/{id} does: `min_seq` (a write's `seq`) waits,
+    bounded, until the read model holds it; `consistency: "wait"` waits for the task's newest event."""
+
+    min_seq: Annotated[int, msgspec.Meta(ge=0, le=2**62)] | None = None
+    consistency: Literal["wait", "eventual"] | None = None
+
+
 _id_decoder = msgspec.json.Decoder(_IdRequest)
+_get_decoder = msgspec.json.Decoder(_GetRequest)
 Handler = Callable[[Services, Principal, bytes], Awaitable[tuple[int, Any]]]
 
 
@@ -54,7 +64,14 @@ async def _batch(svc: Services, who: Principal, data: bytes) -> tuple[int, Any]:
 
 
 async def _get(svc: Services, who: Principal, data: bytes) -> tuple[int, Any]:
-    req = _task_id(data)
+    try:
+        req = _get_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise Problem(422, "invalid-request", f'expected {{"id": "<task id>"}}: {exc}') from exc
+    wait = req.consistency == "wait" or (req.consistency is None and req.min_seq is not None)
+    if req.as_of_seq is None:
+        task_id = task_service.check_id(req.id)
+        await Consistency(wait=wait, min_seq=req.min_seq).ensure(svc, who.tenant, task_id)
     return 200, await task_service.get(svc, who, req.id, req.as_of_seq)
 
 

@@ -43,6 +43,18 @@ async def test_a_service_submits_cancels_and_follows_events_over_nats(gateway_on
         for bad in (-1, 2**62 + 1, 10**30, "1"):  # the bounds of GET /v1/tasks/{id}?as_of_seq=
             response = await _call(service, tenant, "get", {"id": task["id"], "as_of_seq": bad})
             assert response[:2] == (422, "invalid-request"), (bad, response)
+        # Read your own write from the read model, as GET /v1/tasks/{id}?min_seq= does.
+        status, _, got = await _call(service, tenant, "get", {"id": task["id"], "min_seq": task["seq"]})
+        assert status == 200 and got["status"] == "scheduled" and got["last_seq"] >= task["seq"], got
+        status, _, got = await _call(service, tenant, "get", {"id": task["id"], "consistency": "wait"})
+        assert status == 200 and got["last_seq"] >= task["seq"], got
+        beyond = await _call(service, tenant, "get", {"id": task["id"], "min_seq": 2**61})
+        assert beyond[:2] == (422, "invalid-min-seq"), beyond
+        odd = await _call(service, tenant, "get", {"id": task["id"], "consistency": "strong"})
+        assert odd[:2] == (422, "invalid-request"), odd
+        for verb in ("cancel", "pause"):  # only `get` reads
+            refused = await _call(service, tenant, verb, {"id": task["id"], "min_seq": 1})
+            assert refused[:2] == (422, "invalid-request"), (verb, refused)
         status, _, cancelled = await _call(service, tenant, "cancel", {"id": task["id"]})
         assert status == 202 and cancelled["status"] == "cancelled"
         seen: list[tuple[str, str]] = []

@@ -11,9 +11,11 @@ taken from the environment; a test keeps the two in step.
   heartbeat, answer its control subject. Nothing else: a worker
   cannot submit, cancel, forge another kind of event or change a stream.
 - `app-<tenant>`: another service of one tenant: the NATS command API of its tenant, its tenant's
-  lifecycle events (core subscriptions, and durable consumers named `app_<tenant>_1` ..
-  `app_<tenant>_8`, filtered to the tenant, pulled or delivered to `ordo.deliver.<tenant>.>`),
-  replies on its own inbox prefix `_INBOX.<tenant>`. It cannot see or touch any other consumer.
+  lifecycle events (durable consumers named `app_<tenant>_1` .. `app_<tenant>_8`, filtered to the
+  tenant, pulled or delivered to `ordo.deliver.<tenant>.>`), replies on its own inbox prefix
+  `_INBOX.<tenant>`. It cannot see or touch any other consumer. It may not subscribe to the event
+  subjects themselves: a core subscription also sees an append the stream refused (the loser of an
+  optimistic-concurrency race), an event that never happened.
 """
 
 from __future__ import annotations
@@ -178,7 +180,8 @@ def app_permissions(tenant: str) -> Permissions:
             *own,
             "$JS.FC.>",
         ),
-        subscribe=(f"{sj.EVT_PREFIX}.{tenant}.>", f"ordo.deliver.{tenant}.>", f"_INBOX.{tenant}.>"),
+        # Not the event subjects: only what the stream stored reaches an app, through its consumers.
+        subscribe=(f"ordo.deliver.{tenant}.>", f"_INBOX.{tenant}.>"),
     )
 
 
