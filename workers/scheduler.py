@@ -36,6 +36,7 @@ from nats.js.errors import APIError, FetchTimeoutError
 from ordo.domain.commands import EnqueueDue
 from ordo.domain.errors import DomainError, TaskNotFound
 from ordo.domain.schedule_commands import Tick
+from ordo.domain.schedule_state import ScheduleState
 from ordo.domain.state import TaskState
 from ordo.domain.status import TaskStatus
 from ordo.infra import subjects as sj
@@ -57,6 +58,10 @@ _EARLY_RETRY_S = 0.1
 # (about 4 s): a resume's timer can arrive before the resume is stored.
 _PAUSED_TRIES = 6
 _PAUSED_STEP_S = 0.25
+# A schedule's tick that finds the schedule not yet where the tick was armed for (see _hold_tick)
+# comes back this many times, the n-th n steps later (about 7 s in all), then is dropped.
+_AHEAD_TRIES = 8
+_AHEAD_STEP_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -371,7 +376,37 @@ class Scheduler:
             if outcome.state.buffered_at == tick.tick_at:
                 await msg.nak(delay=self._config.buffer_recheck_s)  # waits for the running task
                 return
+            if (
+                not outcome.events
+                and _ahead_of(tick.tick_at, outcome.state)
+                and _deliveries(msg) < _AHEAD_TRIES
+            ):
+                # A schedule's next tick is armed before the event that sets it (fired, resumed,
+                # updated, created) is appended. A tick already due when armed (a late tick on a busy
+                # host, a resume) fires at once and can find the schedule before that event: its
+                # `next_at` still an earlier tick, or paused. Acked away, the schedule would never
+                # fire again. It comes back; one the schedule never reaches is dropped after a few.
+                delay = _AHEAD_STEP_S * _deliveries(msg)
+                self._log.info(
+                    "tick %s of schedule %s/%s: the schedule is not there yet (next %s); back in %gs",
+                    tick.tick_at.isoformat(),
+                    tick.tenant,
+                    tick.schedule_id,
+                    outcome.state.next_at,
+                    delay,
+                )
+                await msg.nak(delay=delay)
+                return
         await msg.ack()
+
+
+def _ahead_of(tick_at: datetime, state: ScheduleState) -> bool:
+    """Whether a tick that decided nothing may be one the schedule has not reached yet: the schedule
+    exists, and is paused or armed for an earlier tick. (A tick before `next_at` is stale or a
+    duplicate: the schedule is past it for good.)"""
+    if not state.exists or state.deleted:
+        return False
+    return state.next_at is None or state.next_at < tick_at
 
 
 # The longest a failed timer waits before it is tried again.
