@@ -4,6 +4,8 @@ table again. A schedule's page refreshes for its own tasks only. Real Chromium, 
 
 from __future__ import annotations
 
+import asyncpg
+
 from tests.conftest import System
 from tests.helpers import eventually
 from tests.test_ui import Page, browser, submit, ui
@@ -97,3 +99,42 @@ async def test_the_overview_queue_table_keeps_the_focus(ui: Page, system: System
         '#queues-table tr[data-queue="patch-q"] td[data-label="depth"]', has_text="2"
     ).wait_for()
     assert await page.evaluate(FOCUSED) == ["pause", "patch-q"]
+
+
+async def test_a_schedule_paused_from_the_list_shows_paused_when_the_read_model_is_slow(
+    ui: Page, system: System
+) -> None:
+    """A schedule's own events reach no live stream: after Pause the view reads until the read model
+    shows it. The read model is held back by a lock on its schedules table (reads still pass), so the
+    view's first read after the click is stale."""
+    await _schedule(system, "patch-slow-pause")
+    page = ui.page
+    await ui.open("/schedules")
+    row = page.locator('#schedules-table tr[data-id="patch-slow-pause"]')
+    await row.locator('.badge[data-status="active"]').wait_for()
+    reads: list[str] = []
+    page.on(
+        "response",
+        lambda r: reads.append(r.url) if r.request.method == "GET" and "/v1/schedules" in r.url else None,
+    )
+    lock = await asyncpg.connect(system.settings.database_url)
+    try:
+        tx = lock.transaction()
+        await tx.start()
+        await lock.execute("LOCK TABLE schedules IN EXCLUSIVE MODE")  # the projector waits; reads pass
+        await row.locator('button[data-action="pause"]').click()
+        await page.locator(".toast", has_text="pause accepted").wait_for()
+        del reads[:]
+        # The view keeps reading while the read model is behind (before, it read once or twice, got
+        # the old state and stopped: a paused schedule makes no task event to read again on).
+        await eventually(
+            lambda: _true(len(reads) >= 3), timeout=15, what="the view reading until it shows the pause"
+        )
+        await tx.rollback()
+    finally:
+        await lock.close()
+    await row.locator('.badge[data-status="paused"]').wait_for(timeout=30_000)
+
+
+async def _true(value: bool) -> bool:
+    return value

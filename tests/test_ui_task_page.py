@@ -126,6 +126,15 @@ async def test_newer_after_the_browser_back_goes_to_the_newer_page(ui: Page, sys
     await page.wait_for_function(
         "f => document.querySelector('#tasks-table tbody tr[data-id]')?.dataset.id !== f", arg=first
     )
+    second = await rows.first.get_attribute("data-id")
+    await page.go_forward()  # the third page again, then reloaded: Newer still knows the second
+    await page.locator("#tasks-info", has_text="20 tasks on this page").wait_for()
+    await page.reload()
+    await page.locator("#tasks-info", has_text="20 tasks on this page").wait_for()
+    await page.click("text=← Newer")
+    await page.wait_for_function(
+        "f => document.querySelector('#tasks-table tbody tr[data-id]')?.dataset.id === f", arg=second
+    )
     await page.click("text=← Newer")  # one click: the first page
     await page.wait_for_function(
         "f => document.querySelector('#tasks-table tbody tr[data-id]')?.dataset.id === f", arg=first

@@ -73,4 +73,9 @@ async def test_a_schedule_page_shows_its_latest_decisions_first(
         await ui.page.click("#decisions-newer")
         await ui.page.locator("#decisions-shown", has_text="The latest").wait_for()
         assert await ui.page.is_disabled("#decisions-newer")
+        # A double click on Older turns one page: Newer then comes back to the latest.
+        await ui.page.dblclick("#decisions-older")
+        await ui.page.locator("#decisions-shown", has_text="older decisions").wait_for()
+        await ui.page.click("#decisions-newer")
+        await ui.page.locator("#decisions-shown", has_text="The latest").wait_for()
         assert ui.unexpected_errors() == []

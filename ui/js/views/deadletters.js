@@ -9,6 +9,7 @@ import { has } from "../caps.js";
 import { coalesce } from "../live.js";
 import { go } from "../router.js";
 import { confirmAction, describeFilter } from "../confirm.js";
+import { rememberNewer, newerOf } from "../pages.js";
 
 const MAX_BULK = 1000; // the gateway's bulk replay limit
 
@@ -30,7 +31,6 @@ export function mount(root, { params }) {
     native ? null : notice("The dead-letter routes are not available on this gateway: showing failed tasks; replay uses the task's retry."),
     form, box));
   let shown = 0;
-  const newer = []; // the cursors of the pages before this one ("" = the first)
 
   const applied = () => ({ queue: state.queue || "", type: state.type || "", error_kind: native ? state.error_kind || "" : "" });
   const formFilter = () => ({ queue: fQueue.value.trim(), type: fType.value.trim(), error_kind: native ? fKind.value.trim() : "" });
@@ -44,8 +44,9 @@ export function mount(root, { params }) {
   const apiFilter = () => Object.fromEntries(Object.entries(applied()).filter(([, v]) => v));
 
   const toPage = (cursor) => go(["dead-letters"], { ...applied(), cursor });
-  const older = (next) => h("button", { "data-page": "older", "data-key": "older", onclick: () => { newer.push(state.cursor || ""); toPage(next); } }, "Older →");
-  const newerButton = () => (state.cursor ? h("button", { "data-page": "newer", "data-key": "newer", onclick: () => toPage(newer.pop() ?? "") }, "← Newer") : null);
+  const list = () => `dead-letters ${JSON.stringify(applied())}`; // the pages of one filter
+  const older = (next) => h("button", { "data-page": "older", "data-key": "older", onclick: () => { rememberNewer(list(), next, state.cursor || ""); toPage(next); } }, "Older →");
+  const newerButton = () => (state.cursor ? h("button", { "data-page": "newer", "data-key": "newer", onclick: () => toPage(newerOf(list(), state.cursor)) }, "← Newer") : null);
   async function load() {
     const cursor = state.cursor || null;
     let items, next;
@@ -116,13 +117,7 @@ export function mount(root, { params }) {
   fillForm();
   load();
   return {
-    update(p) {
-      // Back and Forward change the page without the buttons: the pages before it stay those before it.
-      const back = newer.indexOf(p.cursor || "");
-      if (!p.cursor) newer.length = 0;
-      else if (back >= 0) newer.length = back;
-      state = { ...p }; fillForm(); load();
-    },
+    update(p) { state = { ...p }; fillForm(); load(); },
     onEvent(e) { if (["dead_lettered", "failed", "replayed"].includes(e.type)) refresh(); },
     onLiveStart() { refresh(); },
   };

@@ -38,8 +38,26 @@ function policies(sc) {
 }
 
 async function act(id, action, after) {
-  try { await post(`/v1/schedules/${enc(id)}:${action}`); toast(`${action} accepted`); } catch (e) { toast(e.message, "error"); }
+  try {
+    const r = await post(`/v1/schedules/${enc(id)}:${action}`);
+    toast(`${action} accepted`);
+    // A schedule's own events reach no live stream (only its tasks' do): read until the read model
+    // shows the change (bounded), or the view would show the old state until the schedule next fires,
+    // which a paused one never does.
+    const shown = { pause: (sc) => stateOf(sc) === "paused", resume: (sc) => stateOf(sc) !== "paused",
+      trigger: (sc) => sc.last_task_id === r?.task_id }[action];
+    if (shown) await untilTrue(async () => shown(await get(`/v1/schedules/${enc(id)}`)));
+  } catch (e) { toast(e.message, "error"); }
   after();
+}
+
+/** Poll `test` (every 150 ms, at most `timeoutMs`) until it holds. */
+async function untilTrue(test, timeoutMs = 10_000) {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    try { if (await test()) return; } catch { /* a read that failed: try again */ }
+    await new Promise((r) => setTimeout(r, 150));
+  }
 }
 
 async function remove(sc, after) {
@@ -161,24 +179,27 @@ function detail(root, id) {
   // Paging: `after` is the page shown (null: the latest, kept live); `newer` the pages before it.
   let after = null, nextAfter = null, generation = 0, editedAt;
   const newer = [];
-  const btnNewer = h("button", { id: "decisions-newer", disabled: true, onclick: () => { after = newer.pop() ?? null; load(); } }, "← Newer");
-  const btnOlder = h("button", { id: "decisions-older", disabled: true, onclick: () => { newer.push(after); after = nextAfter; load(); } }, "Older →");
+  // Disabled until the page asked for is shown: a double click must not skip a page.
+  const turn = (to) => { btnNewer.disabled = btnOlder.disabled = true; to(); load(); };
+  const btnNewer = h("button", { id: "decisions-newer", disabled: true, onclick: () => turn(() => { after = newer.pop() ?? null; }) }, "← Newer");
+  const btnOlder = h("button", { id: "decisions-older", disabled: true, onclick: () => turn(() => { newer.push(after); after = nextAfter; }) }, "Older →");
   root.append(h("h1", { class: "page-title" }, "Schedule ", h("span", { class: "mono" }, id)), h("div", { class: "panel" }, head),
     h("div", { class: "panel", style: "margin-top:1rem" }, h("h2", {}, "Decisions"), chart, shown, table, h("div", { class: "pager" }, btnNewer, btnOlder)));
   async function load() {
     const mine = ++generation;
-    let sc, decisions, more = false;
+    let sc, decisions, more = false, next = null;
     try {
       sc = await get(`/v1/schedules/${enc(id)}`);
       decisions = sc.decisions ?? sc.history ?? null;
       if (!decisions && has("GET", "/v1/schedules/{id}/events")) {
         const page = await get(`/v1/schedules/${enc(id)}/events?order=desc&limit=${DECISIONS}${after === null ? "" : `&after=${after}`}`);
         more = page.next_after != null;
-        nextAfter = page.next_after ?? null;
+        next = page.next_after ?? null;
         decisions = page.events; // newest first
       }
     } catch (e) { if (mine === generation) patch(head, notice(e.message, "error"), editHost); return; } // an open edit form stays
     if (mine !== generation) return; // a later page or refresh decides what is shown
+    nextAfter = next;
     patch(head, h("div", { class: "row" }, sc.name ? h("h2", {}, sc.name) : null, statusBadge(stateOf(sc)), h("span", { class: "spacer" }),
       actions(sc, load, () => go(["schedules"]))),
     h("dl", { class: "kv" }, field(sc, "description") ? [h("dt", {}, "description"), h("dd", { id: "description" }, field(sc, "description"))] : null,

@@ -7,6 +7,7 @@ import { hasParam, capsLoaded } from "../caps.js";
 import { coalesce } from "../live.js";
 import { go } from "../router.js";
 import { confirmAction, describeFilter } from "../confirm.js";
+import { rememberNewer, newerOf } from "../pages.js";
 
 /** Mounted before the route table is loaded (main.js): the first page is asked for at once. */
 export const beforeCaps = true;
@@ -24,7 +25,6 @@ export function mount(root, { params }) {
   let state = { ...params };
   let items = [];
   let nextCursor = null;
-  const prevCursors = [];
   const selected = new Set();
   let cursorId = null; // the task under the j/k cursor: a task, not a row position, so rows arriving above do not move it onto another task
   let newSince = 0;
@@ -44,8 +44,9 @@ export function mount(root, { params }) {
     for (const t of items) checkAll.checked ? selected.add(t.id) : selected.delete(t.id);
     renderRows();
   } });
-  const btnPrev = h("button", { onclick: () => { const c = prevCursors.pop(); setState({ ...state, cursor: c || "" }, false); } }, "← Newer");
-  const btnNext = h("button", { onclick: () => { prevCursors.push(state.cursor || ""); setState({ ...state, cursor: nextCursor }, false); } }, "Older →");
+  const pagesOf = () => `tasks ${JSON.stringify(filterQuery())}`; // the pages of one filter
+  const btnPrev = h("button", { onclick: () => setState({ ...state, cursor: newerOf(pagesOf(), state.cursor || "") }) }, "← Newer");
+  const btnNext = h("button", { onclick: () => { rememberNewer(pagesOf(), nextCursor, state.cursor || ""); setState({ ...state, cursor: nextCursor }); } }, "Older →");
   const errorBox = h("div");
 
   // ---- filters ----------------------------------------------------------------------------
@@ -86,13 +87,11 @@ export function mount(root, { params }) {
     fSearch.value = state.q || ""; fFrom.value = toLocalInput(state.created_after); fTo.value = toLocalInput(state.created_before);
   }
   function applyFilters() {
-    prevCursors.length = 0;
     setState({ status: fStatus.value, type: fType.value.trim(), queue: fQueue.value.trim(), tag: fTag.value.trim(), q: fSearch.value.trim(),
       sort: fSort.value === "-created_at" ? "" : fSort.value, archived: fArchived.checked ? "true" : "",
       created_after: fromLocalInput(fFrom.value), created_before: fromLocalInput(fTo.value), cursor: "" });
   }
-  function setState(next, resetStack = true) {
-    if (resetStack && !next.cursor) prevCursors.length = 0;
+  function setState(next) {
     go(["tasks"], next);
   }
 
@@ -312,10 +311,6 @@ export function mount(root, { params }) {
     update(p) {
       const filterChanged = JSON.stringify({ ...p, cursor: "" }) !== JSON.stringify({ ...state, cursor: "" });
       if (filterChanged && allMatching) { selected.clear(); allMatching = false; }
-      // Back and Forward change the page without the buttons: the pages before it stay those before it.
-      const back = prevCursors.indexOf(p.cursor || "");
-      if (!p.cursor) prevCursors.length = 0;
-      else if (back >= 0) prevCursors.length = back;
       state = { ...p }; fillForm(); newSince = 0; newBanner.hidden = true; cursorId = null; load(); },
     onEvent(e) {
       if (inFlight > 0) arrived.push(e); // looked at once the page being read is on screen
