@@ -20,9 +20,8 @@ FOCUSED = """() => {
 
 
 async def _schedule(system: System, sid: str) -> None:
-    r = await system.http.post(
-        "/v1/schedules", json={"cron": "0 0 1 1 *", "task": {"type": "demo.echo"}, "id": sid}
-    )
+    body = {"cron": "0 0 1 1 *", "task": {"type": "demo.echo"}, "id": sid, "description": f"about {sid}"}
+    r = await system.http.post("/v1/schedules", json=body)
     assert r.status_code == 201, r.text
 
 
@@ -64,6 +63,9 @@ async def test_a_schedule_page_keeps_the_focus_and_reads_again_only_for_its_own_
     page.on("request", lambda r: reads.append(r.url) if "/v1/schedules/patch-page" in r.url else None)
     await ui.open("/schedules/patch-page")
     await page.locator("#decisions tbody tr").first.wait_for()
+    # Its description is on its page, and its id (it has no name) is not repeated in a heading.
+    assert await page.inner_text("#description") == "about patch-page"
+    assert await page.locator("h2", has_text="patch-page").count() == 0
     await page.wait_for_function("window.ordo.lastSeq !== null")  # the live stream has started
     await page.locator('button[data-action="trigger"]').focus()
     task_id = await _trigger(system, "patch-page")
