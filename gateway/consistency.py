@@ -28,6 +28,11 @@ class Consistency:
     wait: bool
     min_seq: int | None
 
+    @classmethod
+    def asked(cls, mode: str | None, min_seq: int | None) -> Consistency:
+        """`mode` "wait" waits; none given waits when a sequence is (over HTTP and NATS alike)."""
+        return cls(wait=mode == "wait" or (mode is None and min_seq is not None), min_seq=min_seq)
+
     async def ensure(self, svc: Services, tenant: str, task_id: str | None = None) -> None:
         """Return once the read model has caught up, or raise 503 after the configured bound."""
         if not self.wait:
@@ -76,7 +81,7 @@ async def consistency(
     mode = consistency or (consistency_header or "").strip().lower() or None
     if mode not in (None, "wait", "eventual"):
         raise Problem(400, "invalid-request", "Ordo-Consistency must be 'wait' or 'eventual'")
-    return Consistency(wait=mode == "wait" or (mode is None and seq is not None), min_seq=seq)
+    return Consistency.asked(mode, seq)
 
 
 ReadConsistency = Annotated[Consistency, Depends(consistency)]

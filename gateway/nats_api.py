@@ -48,9 +48,9 @@ _get_decoder = msgspec.json.Decoder(_GetRequest)
 Handler = Callable[[Services, Principal, bytes], Awaitable[tuple[int, Any]]]
 
 
-def _task_id(data: bytes) -> _IdRequest:
+def _task_id(data: bytes, decoder: msgspec.json.Decoder[Any] = _id_decoder) -> Any:
     try:
-        return _id_decoder.decode(data)
+        return decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise Problem(422, "invalid-request", f'expected {{"id": "<task id>"}}: {exc}') from exc
 
@@ -64,14 +64,10 @@ async def _batch(svc: Services, who: Principal, data: bytes) -> tuple[int, Any]:
 
 
 async def _get(svc: Services, who: Principal, data: bytes) -> tuple[int, Any]:
-    try:
-        req = _get_decoder.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise Problem(422, "invalid-request", f'expected {{"id": "<task id>"}}: {exc}') from exc
-    wait = req.consistency == "wait" or (req.consistency is None and req.min_seq is not None)
+    req: _GetRequest = _task_id(data, _get_decoder)
     if req.as_of_seq is None:
         task_id = task_service.check_id(req.id)
-        await Consistency(wait=wait, min_seq=req.min_seq).ensure(svc, who.tenant, task_id)
+        await Consistency.asked(req.consistency, req.min_seq).ensure(svc, who.tenant, task_id)
     return 200, await task_service.get(svc, who, req.id, req.as_of_seq)
 
 

@@ -187,10 +187,10 @@ async def retry_task(task_id: str, svc: Svc, who: Operator) -> dict[str, Any]:
 @router.post("/tasks/{task_id}:archive", status_code=202, response_model=Accepted, responses=_COMMAND_DOC)
 async def archive_task(task_id: str, svc: Svc, who: Operator) -> dict[str, Any]:
     """Hide a finished task from lists (kept in the log and readable by id). 409 unless finished."""
-    return await task_service.archive(svc, who, task_id)
+    return await task_service.simple_command(svc, who, "archive", task_id)
 
 
 @router.post("/tasks/{task_id}:unarchive", status_code=202, response_model=Accepted, responses=_COMMAND_DOC)
 async def unarchive_task(task_id: str, svc: Svc, who: Operator) -> dict[str, Any]:
     """List an archived task again (undo an archive). A task that is not archived is left as it is."""
-    return await task_service.unarchive(svc, who, task_id)
+    return await task_service.simple_command(svc, who, "unarchive", task_id)

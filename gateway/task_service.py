@@ -20,6 +20,7 @@ from ordo.domain.commands import (
     ReplayTask,
     ResumeTask,
     SubmitTask,
+    TaskCommand,
     UnarchiveTask,
     UpdateTask,
 )
@@ -184,7 +185,11 @@ async def get(svc: Services, who: Principal, task_id: str, as_of_seq: int | None
     return task
 
 
-def _simple_command(verb: str, task_id: str) -> CancelTask | PauseTask | ResumeTask | ReplayTask:
+def _simple_command(verb: str, task_id: str) -> TaskCommand:
+    if verb == "archive":
+        return ArchiveTask(task_id=task_id)
+    if verb == "unarchive":
+        return UnarchiveTask(task_id=task_id)
     if verb == "cancel":
         return CancelTask(task_id=task_id)
     if verb == "pause":
@@ -197,7 +202,7 @@ def _simple_command(verb: str, task_id: str) -> CancelTask | PauseTask | ResumeT
 
 
 async def simple_command(svc: Services, who: Principal, verb: str, task_id: str) -> dict[str, Any]:
-    """cancel / pause / resume / retry one task of the caller's tenant."""
+    """cancel / pause / resume / retry / archive / unarchive one task of the caller's tenant."""
     command = _simple_command(verb, check_id(task_id))
     return accepted(await svc.handler.execute(who.tenant, command), task_id)
 
@@ -221,12 +226,3 @@ async def update(svc: Services, who: Principal, task_id: str, body: bytes) -> di
     )
     return accepted(await svc.handler.execute(who.tenant, command), task_id)
 
-
-async def archive(svc: Services, who: Principal, task_id: str) -> dict[str, Any]:
-    command = ArchiveTask(task_id=check_id(task_id))
-    return accepted(await svc.handler.execute(who.tenant, command), task_id)
-
-
-async def unarchive(svc: Services, who: Principal, task_id: str) -> dict[str, Any]:
-    command = UnarchiveTask(task_id=check_id(task_id))
-    return accepted(await svc.handler.execute(who.tenant, command), task_id)

@@ -54,14 +54,12 @@ _PRELOAD_MIN_S = 0.05
 # A retry timer that found its attempt still running comes back after 0.1 s, 0.2 s, ... (its failure
 # is being appended).
 _EARLY_RETRY_S = 0.1
-# A timer that finds its task paused comes back after 0.25, 0.5, ... s, this many times in all
-# (about 4 s): a resume's timer can arrive before the resume is stored.
+# A timer that came before the append it was armed for comes back after 0.25, 0.5, ... s
+# (`_not_yet`): a task's found paused this many times in all (about 4 s; a resume's timer can
+# arrive before the resume is stored), a schedule's tick this many (about 7 s; see _hold_tick).
+_NOT_YET_STEP_S = 0.25
 _PAUSED_TRIES = 6
-_PAUSED_STEP_S = 0.25
-# A schedule's tick that finds the schedule not yet where the tick was armed for (see _hold_tick)
-# comes back this many times, the n-th n steps later (about 7 s in all), then is dropped.
 _AHEAD_TRIES = 8
-_AHEAD_STEP_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -281,8 +279,7 @@ class Scheduler:
             # it would leave the resumed task waiting for ever. A paused task's own timer comes back
             # a few times too, and is dropped quietly.
             held = not out.events and out.state.status is TaskStatus.PAUSED and out.state.due_at == due.due_at
-            if held and _deliveries(msg) < _PAUSED_TRIES:
-                await msg.nak(delay=_PAUSED_STEP_S * _deliveries(msg))
+            if held and await _not_yet(msg, _PAUSED_TRIES) is not None:
                 return
         except TaskNotFound:
             if await self._back_later(msg, f"timer for task {due.tenant}/{due.task_id}"):
@@ -376,28 +373,34 @@ class Scheduler:
             if outcome.state.buffered_at == tick.tick_at:
                 await msg.nak(delay=self._config.buffer_recheck_s)  # waits for the running task
                 return
-            if (
-                not outcome.events
-                and _ahead_of(tick.tick_at, outcome.state)
-                and _deliveries(msg) < _AHEAD_TRIES
-            ):
+            if not outcome.events and _ahead_of(tick.tick_at, outcome.state):
                 # A schedule's next tick is armed before the event that sets it (fired, resumed,
                 # updated, created) is appended. A tick already due when armed (a late tick on a busy
                 # host, a resume) fires at once and can find the schedule before that event: its
                 # `next_at` still an earlier tick, or paused. Acked away, the schedule would never
                 # fire again. It comes back; one the schedule never reaches is dropped after a few.
-                delay = _AHEAD_STEP_S * _deliveries(msg)
-                self._log.info(
-                    "tick %s of schedule %s/%s: the schedule is not there yet (next %s); back in %gs",
-                    tick.tick_at.isoformat(),
-                    tick.tenant,
-                    tick.schedule_id,
-                    outcome.state.next_at,
-                    delay,
-                )
-                await msg.nak(delay=delay)
-                return
+                delay = await _not_yet(msg, _AHEAD_TRIES)
+                if delay is not None:
+                    self._log.info(
+                        "tick %s of schedule %s/%s: the schedule is not there yet (next %s); back in %gs",
+                        tick.tick_at.isoformat(),
+                        tick.tenant,
+                        tick.schedule_id,
+                        outcome.state.next_at,
+                        delay,
+                    )
+                    return
         await msg.ack()
+
+
+async def _not_yet(msg: Msg, tries: int) -> float | None:
+    """NAK a timer that came before the append it was armed for, the n-th time n steps later: the
+    delay, or None (not NAKed) once it has come `tries` times."""
+    if _deliveries(msg) >= tries:
+        return None
+    delay = _NOT_YET_STEP_S * _deliveries(msg)
+    await msg.nak(delay=delay)
+    return delay
 
 
 def _ahead_of(tick_at: datetime, state: ScheduleState) -> bool:

@@ -1,6 +1,6 @@
 // Overview: counts by status, the last hour's throughput and failure rate, queue depths, workers
 // online, projection lag. Re-read when events arrive (coalesced), never on a timer.
-import { h, patch, clear, notice, statusBadge, shortId, absTime, dur, toast } from "../dom.js";
+import { h, patch, notice, statusBadge, shortId, absTime, dur, toast } from "../dom.js";
 import { getOptional, post, enc } from "../api.js";
 import { confirmAction } from "../confirm.js";
 import { has } from "../caps.js";

@@ -51,11 +51,11 @@ async function act(id, action, after) {
   after();
 }
 
-/** Poll `test` (every 150 ms, at most `timeoutMs`) until it holds. */
+/** Poll `test` (every 150 ms, at most `timeoutMs`) until it holds; a failed read is thrown. */
 async function untilTrue(test, timeoutMs = 10_000) {
   const end = Date.now() + timeoutMs;
   while (Date.now() < end) {
-    try { if (await test()) return; } catch { /* a read that failed: try again */ }
+    if (await test()) return;
     await new Promise((r) => setTimeout(r, 150));
   }
 }
@@ -120,14 +120,11 @@ function scheduleForm(sc, done) {
  * Wait (bounded) until the read model shows a write: a new schedule listed (so its page opens without
  * a 404), an edit applied (so the page does not show the old policies).
  */
-async function settled(id, body = null, since = null, timeoutMs = 10_000) {
-  const until = Date.now() + timeoutMs;
-  while (Date.now() < until) {
-    const { items } = await get("/v1/schedules?limit=500");
-    const sc = items.find((x) => x.id === id);
-    if (sc && (!body || ["timezone", "overlap", "catchup"].every((k) => field(sc, k) === body[k]) && (sc.updated_at ?? "") !== since)) return;
-    await new Promise((r) => setTimeout(r, 150));
-  }
+async function settled(id, body = null, since = null) {
+  await untilTrue(async () => {
+    const sc = (await get("/v1/schedules?limit=500")).items.find((x) => x.id === id);
+    return sc && (!body || ["timezone", "overlap", "catchup"].every((k) => field(sc, k) === body[k]) && (sc.updated_at ?? "") !== since);
+  });
 }
 
 export function mount(root, { id }) {

@@ -1,21 +1,14 @@
 // Task detail: the attempt chart, the event list (full / compact / raw), payload/result/error, the
 // time-travel scrubber and the actions, live over the task's own event stream (resumed by sequence).
-import { h, put, patch, clear, statusBadge, absTime, dur, jsonView, notice, copyText, toast } from "../dom.js";
+import { h, put, patch, statusBadge, absTime, dur, jsonView, notice, copyText, toast } from "../dom.js";
 import { api, get, post, enc, HttpError } from "../api.js";
 import { has, hasParam } from "../caps.js";
 import { LiveStream, coalesce } from "../live.js";
 import { replaceParams } from "../router.js";
 import { drawGantt, layout, LEGEND } from "./gantt.js";
 import { confirmAction } from "../confirm.js";
+import { ALLOWED, TERMINAL } from "../commands.js";
 
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-// Which commands a status allows: the buttons and the keyboard shortcuts ask the same.
-const ALLOWED = {
-  cancel: (st) => !TERMINAL.has(st) && st !== "cancelling",
-  retry: (st) => st === "failed" || st === "cancelled",
-  pause: (st) => ["queued", "scheduled", "retrying"].includes(st),
-  resume: (st) => st === "paused",
-};
 const ROW_H = 30;
 
 export function mount(root, { id, params }) {

@@ -8,6 +8,7 @@ import { coalesce } from "../live.js";
 import { go } from "../router.js";
 import { confirmAction, describeFilter } from "../confirm.js";
 import { rememberNewer, newerOf } from "../pages.js";
+import { ALLOWED } from "../commands.js";
 
 /** Mounted before the route table is loaded (main.js): the first page is asked for at once. */
 export const beforeCaps = true;
@@ -263,8 +264,7 @@ export function mount(root, { params }) {
     if (!ids.length) return;
     const verb = action === "cancel" ? "Cancel" : "Retry";
     // Tasks whose last status seen does not allow the command: the gateway refuses each of them.
-    const can = action === "cancel" ? (st) => !["succeeded", "failed", "cancelled", "cancelling"].includes(st) : (st) => st === "failed" || st === "cancelled";
-    const refused = ids.filter((id) => statusById.has(id) && !can(statusById.get(id))).length;
+    const refused = ids.filter((id) => statusById.has(id) && !ALLOWED[action](statusById.get(id))).length;
     const confirmed = await confirmAction({
       title: `${verb} ${ids.length.toLocaleString()} selected task${ids.length === 1 ? "" : "s"}?`,
       lines: [`${allMatching ? "All tasks matching" : "Selected from the list filtered by"}: ${scopeText()}.`,
