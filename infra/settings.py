@@ -42,6 +42,9 @@ class Settings:
     default_max_attempts: int = 3
     cancel_grace_s: float = 5.0
     shutdown_grace_s: float = 10.0
+    # A worker with no handler for a task's type gives its ticket back for a worker that has one (a
+    # rolling deploy) until the ticket has waited this long; then it fails the task (UnknownTaskType).
+    unknown_type_wait_s: float = 300.0
     # Attempts one worker runs at once (async handlers: a wave of fetched dispatches runs together).
     worker_concurrency: int = 100
     fetch_batch: int = 100
@@ -117,6 +120,8 @@ class Settings:
             raise SettingsError("ORDO_WORKER_CONCURRENCY and ORDO_FETCH_BATCH must be >= 1")
         if self.max_payload_bytes < 1 or self.max_body_bytes < self.max_payload_bytes:
             raise SettingsError("need 1 <= ORDO_MAX_PAYLOAD_BYTES <= ORDO_MAX_BODY_BYTES")
+        if self.unknown_type_wait_s < 0:
+            raise SettingsError("ORDO_UNKNOWN_TYPE_WAIT_S must be >= 0")
         if self.default_max_attempts < 1 or self.default_timeout_s <= 0:
             raise SettingsError("ORDO_DEFAULT_MAX_ATTEMPTS >= 1 and ORDO_DEFAULT_TIMEOUT_S > 0")
         if self.rate_limit_per_s <= 0 or self.rate_limit_burst < 1 or self.sse_max_per_key < 1:

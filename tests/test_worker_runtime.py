@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -184,7 +185,8 @@ async def test_fail_outcome_and_unknown_type_fail_without_retry(
 
     refused = await submit(handler, settings, queue, "refuse")
     unknown = await submit(handler, settings, queue, "no.such.type")
-    async with running(Worker(nc, handler, registry, settings, queues=(queue,))):
+    brief = settings.with_(unknown_type_wait_s=0.6)  # how long a type may wait for its handler
+    async with running(Worker(nc, handler, registry, brief, queues=(queue,))):
         s1, h1 = await until_status(handler, settings.tenant, refused, TaskStatus.FAILED)
         s2, h2 = await until_status(handler, settings.tenant, unknown, TaskStatus.FAILED)
     for state, history in ((s1, h1), (s2, h2)):
@@ -198,6 +200,39 @@ async def test_fail_outcome_and_unknown_type_fail_without_retry(
         assert state.attempt == 1
     assert s1.error is not None and (s1.error.kind, s1.error.message) == ("Fail", "bad input")
     assert s2.error is not None and s2.error.kind == "UnknownTaskType"
+    assert "'no.such.type'" in s2.error.message and "0.6 s" in s2.error.message
+
+
+async def test_unknown_type_waits_for_a_worker_with_its_handler(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling deploy: a task of a new type reaches a worker without its handler first. The ticket
+    goes back to the queue, no attempt is used, and the worker with the handler runs it."""
+    caplog.set_level(logging.WARNING, logger="ordo")
+    old, new = Registry(), Registry()
+
+    @old.task("known")
+    async def known(ctx: TaskContext) -> None:
+        return None
+
+    @new.task("brand.new")
+    async def brand_new(ctx: TaskContext) -> str:
+        return "ran"
+
+    patient = settings.with_(unknown_type_wait_s=60.0)
+    task_id = await submit(handler, settings, queue, "brand.new")
+    async with running(Worker(nc, handler, old, patient, queues=(queue,))):
+
+        async def handed_back() -> bool:
+            return any("no handler here for 'brand.new'" in r.getMessage() for r in caplog.records)
+
+        await eventually(handed_back, timeout=10, what="the ticket handed back")
+        state, _, _ = await handler.load(settings.tenant, task_id)
+        assert state.status is TaskStatus.QUEUED and state.attempt == 0
+        async with running(Worker(nc, handler, new, patient, queues=(queue,))):
+            state, history = await until_status(handler, settings.tenant, task_id, TaskStatus.SUCCEEDED)
+    assert names(history) == ["submitted", "attempt_started", "succeeded"]
+    assert state.attempt == 1 and state.result is not None
 
 
 async def test_exception_records_type_message_and_traceback(

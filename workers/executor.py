@@ -62,6 +62,8 @@ _REPORT_TRIES = 10
 # A ticket whose task has no history yet is retried this often, this far apart, before it is poison.
 _UNKNOWN_TASK_TRIES = 20
 _UNKNOWN_TASK_DELAY_S = 1.0
+# A ticket of a type with no handler here comes back at most this far apart (workers.executor._deferred).
+_UNKNOWN_TYPE_STEP_MAX_S = 5.0
 
 
 def utc_now() -> datetime:
@@ -191,6 +193,8 @@ class Executor:
                 if not then.exists:
                     raise TaskNotFound(d.task_id)
                 number, known = then.dispatch, (state, last_seq)
+            if known[0].task_type not in self._registry and await self._deferred(msg, known[0]):
+                return None
             command = StartAttempt(
                 task_id=d.task_id,
                 dispatch=number,
@@ -230,6 +234,27 @@ class Executor:
         await consumer.ack(msg)  # stale ticket, or the task is already over
         return None
 
+    async def _deferred(self, msg: Msg, state: TaskState) -> bool:
+        """A type with no handler here: the ticket goes back for a worker that has one (a rolling
+        deploy) until it has waited `unknown_type_wait_s` since it was stored; True if it went back.
+        After that it starts here and fails (`UnknownTaskType`)."""
+        stored = consumer.stored_at(msg)
+        waited = 0.0 if stored is None else (self._clock() - stored).total_seconds()
+        left = self._settings.unknown_type_wait_s - waited
+        if left <= 0:
+            return False
+        deliveries = _deliveries(msg)
+        if deliveries == 1:
+            self._log.warning(
+                "no handler here for %r (task %s): ticket back for another worker, for up to %g s more",
+                state.task_type,
+                state.task_id,
+                left,
+            )
+        step = self._settings.backoff_base_s * 2 ** min(deliveries - 1, 4)
+        await consumer.nak(msg, delay=min(left, step, _UNKNOWN_TYPE_STEP_MAX_S))
+        return True
+
     async def _forwarded(self, msg: Msg, d: Dispatch) -> bool:
         """Move the dispatch of a limited type to its lane (see workers.limits); True if handled."""
         assert self._limits is not None and self._nc is not None
@@ -256,7 +281,9 @@ class Executor:
     async def _run(self, attempt: Attempt, state: TaskState) -> None:
         fn = self._registry.get(state.task_type)
         if fn is None:
-            error = ErrorInfo(kind="UnknownTaskType", message=f"no handler for {state.task_type!r}")
+            wait = self._settings.unknown_type_wait_s
+            message = f"no handler for {state.task_type!r} on the workers that took it in {wait:g} s"
+            error = ErrorInfo(kind="UnknownTaskType", message=message)
             await self._finish(attempt, self._fail(attempt, error, retryable=False))
             return
         try:

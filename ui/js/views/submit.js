@@ -46,7 +46,7 @@ export function mount(root, { params }) {
   function checkServed() {
     const type = f.type.value.trim(), queue = f.queue.value.trim() || "default";
     typeMsg.textContent = served && served.handlers.size && type && !served.handlers.has(type)
-      ? `No online worker has a handler for ${type}: it would fail with UnknownTaskType.` : "";
+      ? `No online worker has a handler for ${type}: it waits for one (ORDO_UNKNOWN_TYPE_WAIT_S), then fails with UnknownTaskType.` : "";
     queueMsg.textContent = served && served.queues.size && !served.queues.has(queue)
       ? `No online worker serves queue ${queue}: tasks will wait there.` : "";
   }
