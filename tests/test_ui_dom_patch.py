@@ -1,7 +1,7 @@
 """`dom.patch`, the in-place re-render of the live views, in real Chromium: a control that comes and
 goes does not hand its place (focus and click) to the next one, a row moved down moves alone (the
-rows it passes keep their focus), a form control keeps what the reader typed, and an open <details>
-stays open. The module is loaded from the gateway as the UI loads it."""
+rows it passes keep their focus), a form control keeps what the reader typed, an open <details>
+stays open, and a focused control the render removes or disables hands the focus to its neighbour. The module is loaded from the gateway as the UI loads it."""
 
 from __future__ import annotations
 
@@ -60,6 +60,20 @@ async () => {
   patch(box, h("button", { "data-key": "b", onclick: () => { clicked = 2; } }, "b"));
   box.firstChild.click();
   out.clicked = clicked;
+
+  // The focused control disabled by the render: the focus goes to its neighbour, not the page.
+  const bar = () => [h("button", { "data-key": "x", disabled: out.done }, "Cancel"), h("button", { "data-key": "y" }, "Copy")];
+  out.done = false;
+  patch(box, bar());
+  box.firstChild.focus();
+  out.done = true;
+  patch(box, bar());
+  out.afterDisabled = document.activeElement.textContent;
+  // A focused row removed: the focus goes to the row that took its place.
+  patch(box, rows(["A", "B", "C"]));
+  box.querySelector('[data-id="B"] button').focus();
+  patch(box, rows(["A", "C"]));
+  out.afterRemoved = document.activeElement.textContent;
   box.remove();
   return out;
 }
@@ -75,3 +89,4 @@ async def test_patch_keeps_focus_order_form_state_and_listeners(ui: Page, system
     assert out["checked"] is True and out["typed"] == "typed" and out["open"] is True, out
     assert out["viewValue"] == "new", out
     assert out["clicked"] == 2, out
+    assert out["afterDisabled"] == "Copy" and out["afterRemoved"] == "C", out

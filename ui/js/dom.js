@@ -56,8 +56,37 @@ function listen(el, type, fn) {
 export function patch(el, ...children) {
   const next = [];
   collect(children, next);
+  const focused = document.activeElement;
+  const slot = focused && focused !== document.body && el.contains(focused) ? slotOf(focused, el) : null;
   patchChildren(el, next);
+  const now = document.activeElement;
+  if (slot && (now === focused ? !focused.matches(FOCUSABLE) : !now || now === document.body)) refocus(slot);
   return el;
+}
+
+// Where a focused control sat: its ancestors up to the patched element, nearest first, each with the
+// index of the child on the way down. When the patch removes or disables it, the focus goes to the
+// control that took its place (the nearest focusable sibling, ahead first) in the nearest ancestor
+// still there, not to the page: Archive becomes Unarchive under the keyboard, a Cancel disabled
+// when its task finishes hands the focus to its neighbour.
+function slotOf(node, root) {
+  const chain = [];
+  for (let n = node; n && n !== root; n = n.parentNode) chain.push([n.parentNode, [...n.parentNode.children].indexOf(n)]);
+  return chain;
+}
+
+const FOCUSABLE = "button:not([disabled]), a[href], input:not([disabled]), select:not([disabled]), textarea:not([disabled]), [tabindex]:not([tabindex='-1'])";
+
+function refocus(slot) {
+  for (const [parent, index] of slot) {
+    if (!parent.isConnected) continue;
+    const items = [...parent.children];
+    const order = [...items.slice(index), ...items.slice(0, index).reverse()];
+    for (const item of order) {
+      const target = item.matches(FOCUSABLE) ? item : item.querySelector(FOCUSABLE);
+      if (target) { target.focus({ preventScroll: true }); return; }
+    }
+  }
 }
 
 function collect(children, out) {
