@@ -4,6 +4,8 @@ table again. A schedule's page refreshes for its own tasks only. Real Chromium, 
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 
 from tests.conftest import System
@@ -140,3 +142,45 @@ async def test_a_schedule_paused_from_the_list_shows_paused_when_the_read_model_
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_dead_letters_hold_still_under_the_pointer(ui: Page, system: System) -> None:
+    """New dead letters would push the rows down under a pointer about to click Replay: while the
+    mouse rests on the list the update is held (and said so), and shown when it leaves."""
+    rows = ui.page.locator("#dl-table tbody tr[data-id]")
+
+    async def dead(n: int) -> bool:
+        page = (await system.http.get("/v1/dead-letters", params={"type": "demo.fail"})).json()
+        return len(page["items"]) == n
+
+    first = await submit(system, {"type": "demo.fail", "max_attempts": 1})
+    await eventually(lambda: dead(1), timeout=60, what="the first dead letter")
+    await ui.open("/dead-letters")
+    await rows.first.wait_for()
+    await rows.first.hover()
+    second = await submit(system, {"type": "demo.fail", "max_attempts": 1})
+    await eventually(lambda: dead(2), timeout=60, what="the second dead letter")
+    await ui.page.locator("#dl-held").wait_for(state="visible")
+    assert await rows.count() == 1 and await rows.first.get_attribute("data-id") == first
+    await ui.page.mouse.move(0, 0)  # the pointer leaves the list: the held update shows
+    await ui.page.locator(f'#dl-table tr[data-id="{second}"]').wait_for()
+    assert await ui.page.locator("#dl-held").is_hidden()
+
+
+async def test_a_schedule_page_holds_its_decisions_still_under_the_pointer(ui: Page, system: System) -> None:
+    await _schedule(system, "hold-still")
+    rows = ui.page.locator("#decisions tbody tr")
+    await _trigger(system, "hold-still")
+    await ui.open("/schedules/hold-still")
+    await eventually(lambda: _count(rows, 2), timeout=30, what="`created` and `triggered` shown")
+    await rows.first.hover()
+    await _trigger(system, "hold-still")
+    await ui.page.locator("#decisions-held").wait_for(state="visible")
+    assert await rows.count() == 2
+    await ui.page.mouse.move(0, 0)
+    await eventually(lambda: _count(rows, 3), timeout=30, what="the held decision shown")
+    assert await ui.page.locator("#decisions-held").is_hidden()
+
+
+async def _count(rows: Any, n: int) -> bool:
+    return bool(await rows.count() == n)

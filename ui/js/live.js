@@ -84,3 +84,27 @@ export function coalesce(fn, minGapMs = 0) {
   };
   return () => { if (running) dirty = true; else run(); };
 }
+
+/**
+ * A live list that holds still under the mouse: while the pointer rests on `el`, `run` is held and
+ * `note` says that updates wait; when it leaves, the held update runs. Rows do not move under a
+ * pointer about to click one. Touch and pen do not hold (a tap leaves no pointer resting). The
+ * view's own actions (a Replay clicked) call `run` directly and show at once.
+ */
+export function holdWhileHovered(el, run, note) {
+  let over = false;
+  let held = false;
+  el.addEventListener("pointerenter", (ev) => { over = ev.pointerType === "mouse"; });
+  el.addEventListener("pointerleave", () => {
+    over = false;
+    if (!held) return;
+    held = false;
+    note.hidden = true;
+    run();
+  });
+  return () => {
+    if (!over) { run(); return; }
+    held = true;
+    note.hidden = false;
+  };
+}

@@ -6,7 +6,7 @@
 import { h, patch, absTime, ago, notice, shortId, toast } from "../dom.js";
 import { get, post, qs, enc } from "../api.js";
 import { has } from "../caps.js";
-import { coalesce } from "../live.js";
+import { coalesce, holdWhileHovered } from "../live.js";
 import { go } from "../router.js";
 import { confirmAction, describeFilter } from "../confirm.js";
 import { rememberNewer, newerOf } from "../pages.js";
@@ -27,9 +27,10 @@ export function mount(root, { params }) {
     h("label", {}, "Queue", fQueue), h("label", {}, "Type", fType), h("label", {}, "Error kind", fKind),
     h("button", { type: "submit", class: "primary" }, "Filter"), h("span", { class: "spacer" }), dirtyNote, bulkBtn);
   form.addEventListener("input", syncDirty);
+  const heldNote = h("p", { class: "small muted", id: "dl-held", hidden: true, role: "status" }, "New changes are held while the pointer is on the list; they show when it leaves.");
   root.append(h("div", { class: "panel" }, h("h1", {}, "Dead letters"),
     native ? null : notice("The dead-letter routes are not available on this gateway: showing failed tasks; replay uses the task's retry."),
-    form, box));
+    form, heldNote, box));
   let shown = 0;
 
   const applied = () => ({ queue: state.queue || "", type: state.type || "", error_kind: native ? state.error_kind || "" : "" });
@@ -114,11 +115,12 @@ export function mount(root, { params }) {
     refresh();
   }
   const refresh = coalesce(load, 500);
+  const liveRefresh = holdWhileHovered(box, refresh, heldNote); // rows stay put under the pointer
   fillForm();
   load();
   return {
     update(p) { state = { ...p }; fillForm(); load(); },
-    onEvent(e) { if (["dead_lettered", "failed", "replayed"].includes(e.type)) refresh(); },
-    onLiveStart() { refresh(); },
+    onEvent(e) { if (["dead_lettered", "failed", "replayed"].includes(e.type)) liveRefresh(); },
+    onLiveStart() { liveRefresh(); },
   };
 }

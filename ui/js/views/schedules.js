@@ -4,7 +4,7 @@
 import { h, put, patch, s, clear, statusBadge, absTime, ago, dur, notice, shortId, toast } from "../dom.js";
 import { get, post, api, enc } from "../api.js";
 import { has } from "../caps.js";
-import { coalesce } from "../live.js";
+import { coalesce, holdWhileHovered } from "../live.js";
 import { go } from "../router.js";
 import { confirmAction } from "../confirm.js";
 
@@ -173,6 +173,7 @@ function detail(root, id) {
   const chart = h("div", { class: "gantt-wrap" });
   const shown = h("div");
   const table = h("div");
+  const heldNote = h("p", { class: "small muted", id: "decisions-held", hidden: true, role: "status" }, "New decisions are held while the pointer is on the list; they show when it leaves.");
   // Paging: `after` is the page shown (null: the latest, kept live); `newer` the pages before it.
   let after = null, nextAfter = null, generation = 0, editedAt;
   const newer = [];
@@ -181,7 +182,7 @@ function detail(root, id) {
   const btnNewer = h("button", { id: "decisions-newer", disabled: true, onclick: () => turn(() => { after = newer.pop() ?? null; }) }, "← Newer");
   const btnOlder = h("button", { id: "decisions-older", disabled: true, onclick: () => turn(() => { newer.push(after); after = nextAfter; }) }, "Older →");
   root.append(h("h1", { class: "page-title" }, "Schedule ", h("span", { class: "mono" }, id)), h("div", { class: "panel" }, head),
-    h("div", { class: "panel", style: "margin-top:1rem" }, h("h2", {}, "Decisions"), chart, shown, table, h("div", { class: "pager" }, btnNewer, btnOlder)));
+    h("div", { class: "panel", style: "margin-top:1rem" }, h("h2", {}, "Decisions"), chart, shown, heldNote, table, h("div", { class: "pager" }, btnNewer, btnOlder)));
   async function load() {
     const mine = ++generation;
     let sc, decisions, more = false, next = null;
@@ -230,8 +231,9 @@ function detail(root, id) {
         h("td", { class: "small muted", "data-label": "detail" }, r.d.reason ?? (r.d.count ? `${r.d.count} ticks` : "")))))));
   }
   const refresh = coalesce(() => (after === null ? load() : null), 1000); // an older page does not change
+  const liveRefresh = holdWhileHovered(table, refresh, heldNote); // rows stay put under the pointer
   load();
-  return { onEvent(e) { if (fromSchedule(e, id)) refresh(); }, onLiveStart() { refresh(); } };
+  return { onEvent(e) { if (fromSchedule(e, id)) liveRefresh(); }, onLiveStart() { liveRefresh(); } };
 }
 
 /** Ticks on a time line, one colour per decision; a fired tick links to its task. */
