@@ -1,7 +1,8 @@
 """`dom.patch`, the in-place re-render of the live views, in real Chromium: a control that comes and
 goes does not hand its place (focus and click) to the next one, a row moved down moves alone (the
 rows it passes keep their focus), a form control keeps what the reader typed, an open <details>
-stays open, and a focused control the render removes or disables hands the focus to its neighbour. The module is loaded from the gateway as the UI loads it."""
+stays open, and a focused control the render removes or disables hands the focus to its neighbour.
+The module is loaded from the gateway as the UI loads it."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ async () => {
   out.clicked = clicked;
 
   // The focused control disabled by the render: the focus goes to its neighbour, not the page.
-  const bar = () => [h("button", { "data-key": "x", disabled: out.done }, "Cancel"), h("button", { "data-key": "y" }, "Copy")];
+  const bar = () => [h("button", { "data-key": "x", disabled: out.done }, "Cancel"),
+    h("button", { "data-key": "y" }, "Copy")];
   out.done = false;
   patch(box, bar());
   box.firstChild.focus();
