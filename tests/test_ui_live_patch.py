@@ -184,3 +184,24 @@ async def test_a_schedule_page_holds_its_decisions_still_under_the_pointer(ui: P
 
 async def _count(rows: Any, n: int) -> bool:
     return bool(await rows.count() == n)
+
+
+async def test_the_live_event_feed_holds_still_under_the_pointer(ui: Page, system: System) -> None:
+    await ui.open("/overview")
+    items = ui.page.locator("#feed li")
+
+    async def shown() -> bool:  # submits until the live stream is up and shows one
+        if await items.count():
+            return True
+        await submit(system, {"type": "demo.echo"})
+        return False
+
+    await eventually(shown, timeout=30, interval=0.5, what="an event in the live feed")
+    await items.first.hover()
+    top = await items.first.get_attribute("data-seq")
+    second = await submit(system, {"type": "demo.echo"})
+    await ui.page.locator("#feed-held").wait_for(state="visible")
+    assert await items.first.get_attribute("data-seq") == top
+    await ui.page.mouse.move(0, 0)
+    await ui.page.locator(f'#feed li a[href="#/tasks/{second}"]').first.wait_for()
+    assert await ui.page.locator("#feed-held").is_hidden()

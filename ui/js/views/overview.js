@@ -4,7 +4,7 @@ import { h, patch, notice, statusBadge, shortId, absTime, dur, toast } from "../
 import { getOptional, post, enc } from "../api.js";
 import { confirmAction } from "../confirm.js";
 import { has } from "../caps.js";
-import { coalesce } from "../live.js";
+import { coalesce, holdWhileHovered } from "../live.js";
 import { throughputChart } from "../chart.js";
 import { STATUSES } from "./tasks.js";
 
@@ -41,6 +41,7 @@ export function mount(root, { recent = [] } = {}) {
   const totalBox = h("span", { class: "n", id: "total" }, "–");
   const rateBox = h("span", { class: "n", id: "failure-rate" }, "–");
   const feed = h("ol", { class: "feed", id: "feed" });
+  const feedHeld = h("p", { class: "small muted", id: "feed-held", hidden: true, role: "status" }, "New events are held while the pointer is on the feed; they show when it leaves.");
   const latencyBox = h("span", { class: "n", id: "latency" }, "–");
   root.append(h("h1", { class: "page-title" }, "Overview"),
     h("div", { class: "grid cols-stats" },
@@ -57,7 +58,7 @@ export function mount(root, { recent = [] } = {}) {
           h("span", {}, h("i", { style: "background:var(--accent);height:2px" }), "submitted / min"),
           h("span", {}, h("i", { style: "background:var(--warn);height:2px" }), "failure rate (right axis)"))),
       h("div", { class: "panel" }, h("h2", {}, "Queues"), queuesBox)),
-    h("div", { class: "panel", style: "margin-top:1rem" }, h("h2", {}, "Live events"), feed));
+    h("div", { class: "panel", style: "margin-top:1rem" }, h("h2", {}, "Live events"), feedHeld, feed));
 
   let stats = null;
   async function load() {
@@ -124,11 +125,18 @@ export function mount(root, { recent = [] } = {}) {
     while (feed.children.length > 50) feed.lastChild.remove();
   }
   for (const e of recent) showEvent(e);
+  // The feed holds still under the mouse (a task's link is clickable on a busy system): events wait
+  // in `pending` (the newest 50, as many as the feed shows) until the pointer leaves.
+  let pending = [];
+  const flush = () => { const now = pending; pending = []; for (const e of now) showEvent(e); };
+  const liveFeed = holdWhileHovered(feed, flush, feedHeld);
   const refresh = coalesce(load, 1000);
   refresh();
   return {
     onEvent(e) {
-      showEvent(e);
+      pending.push(e);
+      if (pending.length > 50) pending.shift();
+      liveFeed();
       refresh();
     },
     onTheme() { drawChart(); },
