@@ -18,7 +18,8 @@ from typing import Any
 
 import msgspec
 
-MAX_DEPTH = 64
+from ordo.infra.json_depth import MAX_DEPTH as MAX_DEPTH
+from ordo.infra.json_depth import depth, may_nest_deeper
 
 
 class UnsafeJson(ValueError):
@@ -52,28 +53,9 @@ def decoded(raw: msgspec.Raw | bytes, where: str = "payload") -> Any:
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise UnsafeJson(f"{where} is not storable JSON: {why_undecodable(data, exc)}") from exc
     # A value cannot nest deeper than it has opening brackets (brackets in strings only overcount).
-    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+    if may_nest_deeper(data) and depth(value) > MAX_DEPTH:
         raise UnsafeJson(f"{where} nests deeper than {MAX_DEPTH} levels")
     return value
-
-
-def _depth(value: Any) -> int:
-    """How many containers deep `value` nests (iterative: no recursion limit of its own)."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = item.values()
-        elif not isinstance(item, list):
-            continue
-        depth += 1
-        if depth > deepest:
-            deepest = depth
-            if deepest > MAX_DEPTH:
-                return deepest
-        stack.extend((child, depth) for child in item if isinstance(child, (dict, list)))
-    return deepest
 
 
 def check_text(value: Any, where: str = "body") -> None:

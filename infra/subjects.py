@@ -323,5 +323,15 @@ def limited_work_filter(queue: str, lane: str) -> str:
     return f"{WORK_PREFIX}.*.{queue}.lim.{lane}"
 
 
+_LANE_TOKENS = len(limited_work_subject("t", "q", "l").split("."))
+
+
+def is_limited_work_subject(subject: str) -> bool:
+    """Whether `subject` is a type-limited lane's (`ordo.work.<tenant>.<queue>.lim.<lane>`), by its
+    tokens: a queue or tenant named `lim` does not make a band's ticket one."""
+    tokens = subject.split(".")
+    return len(tokens) == _LANE_TOKENS and subject.startswith(WORK_PREFIX + ".") and tokens[4] == "lim"
+
+
 def limited_work_consumer(queue: str, lane: str) -> str:
     return f"lim_{queue}_{lane}"

@@ -12,6 +12,7 @@ from ordo.domain import events as ev
 from ordo.domain.state import TaskState, evolve, initial
 from ordo.domain.status import TERMINAL, TaskStatus
 from ordo.infra.event_store import StoredEvent
+from ordo.infra.json_depth import MAX_DEPTH, depth
 from ordo.projections import cursors, poison
 from ordo.projections.batch_statement import Write, last_param, presumed, run
 from ordo.projections.json_text import json_text, taken_apart
@@ -310,6 +311,12 @@ _COLUMNS = (
 
 def to_resource(rec: asyncpg.Record) -> dict[str, Any]:
     out = dict(rec)
+    for name in ("payload", "result"):
+        value = out[name]
+        if isinstance(value, (dict, list)) and depth(value) > MAX_DEPTH:
+            # Stored by a worker before results were bounded (or not by Ordo's): the API's encoder
+            # stops at 255 levels, and one such task would fail every page it is on.
+            out[name] = {"ordo_not_shown": f"the {name} nests deeper than {MAX_DEPTH} levels"}
     out["timeout"] = out.pop("timeout_s")
     out["tags"] = list(out["tags"])
     out.setdefault("projection_errors", [])

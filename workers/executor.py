@@ -47,7 +47,7 @@ from ordo.infra.settings import Settings
 from ordo.infra.tasks import cancel_and_wait
 from ordo.workers import consumer
 from ordo.workers.context import TaskContext
-from ordo.workers.handlers import Fail, HandlerFn, InvalidPayload, Registry, Retry, awaitable
+from ordo.workers.handlers import Fail, HandlerFn, InvalidPayload, Registry, Retry, awaitable, text_of
 from ordo.workers.lease import Attempt
 from ordo.workers.limits import TypeLimits, is_lane_message
 from ordo.workers.results import UnstorableResult, stored_result
@@ -64,6 +64,11 @@ _UNKNOWN_TASK_TRIES = 20
 _UNKNOWN_TASK_DELAY_S = 1.0
 # A ticket of a type with no handler here comes back at most this far apart (workers.executor._deferred).
 _UNKNOWN_TYPE_STEP_MAX_S = 5.0
+# An attempt's error as stored: the message's first characters, the traceback's last.
+_MESSAGE_CHARS = 8_000
+_TRACEBACK_CHARS = 32_000
+# The error kind of an attempt whose own report could not be stored.
+_UNSTORABLE = "UnstorableOutcome"
 
 
 def utc_now() -> datetime:
@@ -161,7 +166,12 @@ class Executor:
         key = (dispatch.tenant, dispatch.task_id)
         log = logging.LoggerAdapter(
             self._log,
-            {"tenant": dispatch.tenant, "task_id": dispatch.task_id, "attempt": started.event.attempt},
+            {
+                "tenant": dispatch.tenant,
+                "task_id": dispatch.task_id,
+                "attempt": started.event.attempt,
+                "worker_id": self._worker_id,
+            },
         )
         attempt = Attempt(
             msg=msg,
@@ -283,19 +293,19 @@ class Executor:
         if fn is None:
             wait = self._settings.unknown_type_wait_s
             message = f"no handler for {state.task_type!r} on the workers that took it in {wait:g} s"
-            error = ErrorInfo(kind="UnknownTaskType", message=message)
+            error = error_info("UnknownTaskType", message)
             await self._finish(attempt, self._fail(attempt, error, retryable=False))
             return
         try:
             payload: Any = msgspec.json.decode(state.payload)
         except msgspec.DecodeError as exc:
-            error = ErrorInfo(kind="PayloadDecodeError", message=str(exc))
+            error = error_info("PayloadDecodeError", str(exc))
             await self._finish(attempt, self._fail(attempt, error, retryable=False))
             return
         try:
             payload = self._registry.convert_payload(state.task_type, payload)
         except InvalidPayload as exc:
-            error = ErrorInfo(kind="InvalidPayload", message=str(exc))
+            error = error_info("InvalidPayload", str(exc))
             await self._finish(attempt, self._fail(attempt, error, retryable=False))
             return
         ctx = TaskContext(
@@ -340,7 +350,7 @@ class Executor:
             try:
                 result = stored_result(verdict.result, self._nc.max_payload if self._nc is not None else None)
             except UnstorableResult as err:
-                return self._fail(attempt, ErrorInfo(kind=err.kind, message=str(err)), retryable=False)
+                return self._fail(attempt, error_info(err.kind, str(err)), retryable=False)
             return CompleteAttempt(
                 task_id=attempt.task_id,
                 attempt=attempt.number,
@@ -348,15 +358,12 @@ class Executor:
                 result=result,
             )
         if isinstance(exc, Fail):
-            return self._fail(attempt, ErrorInfo(kind="Fail", message=exc.reason), retryable=False)
+            return self._fail(attempt, error_info("Fail", exc.reason), retryable=False)
         if isinstance(exc, Retry):
-            error = ErrorInfo(kind="Retry", message=str(exc))
+            error = error_info("Retry", exc.reason or str(exc))
             return self._fail(attempt, error, retryable=True, after=exc.after)
-        error = ErrorInfo(
-            kind=type(exc).__name__,
-            message=str(exc),
-            traceback="".join(traceback.format_exception(exc)),
-        )
+        raised = exc.exit if isinstance(exc, HandlerExit) else exc
+        error = error_info(type(raised).__name__, text_of(raised), _traceback(exc))
         return self._fail(attempt, error, retryable=True)
 
     def _fail(
@@ -403,6 +410,16 @@ class Executor:
                     attempt.log.error("%s rejected, ticket acked: %s", name, exc)
                     await consumer.ack(attempt.msg)
                     return
+                except Exception as exc:  # noqa: BLE001 - the report itself cannot be stored
+                    # (too large for a message, not encodable): store that instead, once, rather
+                    # than leave the ticket to come back and run the handler again.
+                    if isinstance(command, FailAttempt) and command.error.kind == _UNSTORABLE:
+                        raise
+                    attempt.log.error("%s cannot be stored (%s): recording that instead", name, exc)
+                    reason = f"the attempt's report ({name}) could not be stored: {text_of(exc)}"
+                    command = self._fail(attempt, error_info(_UNSTORABLE, reason), retryable=False)
+                    name = type(command).__name__
+                    continue
                 if attempt.is_fenced():
                     return
                 if out is not None:
@@ -434,6 +451,34 @@ class Executor:
             self.stats.cancelled += 1
 
 
+def error_info(kind: str, message: str, trace: str = "") -> ErrorInfo:
+    """An attempt's error as the log can always store it: text without lone surrogates (they do not
+    encode), a message of at most `_MESSAGE_CHARS` and the last `_TRACEBACK_CHARS` of a traceback
+    (a 3 MB exception message would not fit in one event)."""
+    message = _storable(message)
+    if len(message) > _MESSAGE_CHARS:
+        message = f"{message[:_MESSAGE_CHARS]}… ({len(message) - _MESSAGE_CHARS:,} more characters)"
+    trace = _storable(trace)
+    if len(trace) > _TRACEBACK_CHARS:
+        trace = f"…({len(trace) - _TRACEBACK_CHARS:,} characters before)\n{trace[-_TRACEBACK_CHARS:]}"
+    return ErrorInfo(kind=_storable(kind)[:200], message=message, traceback=trace)
+
+
+def _storable(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception:  # noqa: BLE001 - an exception whose str() raises, and the like
+        return f"(the traceback of {type(exc).__name__} could not be formatted)"
+
+
 def _deliveries(msg: Msg) -> int:
     """How often the ticket was delivered; a message that is not a JetStream delivery counts as its
     first."""
@@ -446,6 +491,18 @@ def _stream_seq(msg: Msg) -> int | None:
     return None if got is None else got[0]
 
 
+class HandlerExit(Exception):
+    """A handler raised SystemExit or KeyboardInterrupt: an exception of its attempt (recorded and
+    retried like any other), not a stop of the worker and its other attempts."""
+
+    def __init__(self, exit: BaseException) -> None:
+        super().__init__(f"the handler raised {type(exit).__name__}")
+        self.exit = exit
+
+
 async def _call(fn: HandlerFn, ctx: TaskContext) -> Any:
     with telemetry.span("ordo.handler", task_id=ctx.task_id, task_type=ctx.task_type, attempt=ctx.attempt):
-        return await awaitable(fn(ctx), ctx.task_type)
+        try:
+            return await awaitable(fn(ctx), ctx.task_type)
+        except (SystemExit, KeyboardInterrupt) as exc:  # would end the event loop, every attempt with it
+            raise HandlerExit(exc) from exc

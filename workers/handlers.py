@@ -14,6 +14,7 @@ On cancellation the handler sees `ctx.cancelled` set; it may stop by returning o
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,26 +27,47 @@ HandlerFn = Callable[["TaskContext"], Awaitable[Any]]
 F = TypeVar("F", bound=HandlerFn)
 
 
-class Retry(Exception):
-    """Fail this attempt and retry, after `after` seconds (None: the configured backoff).
+# The longest `Retry(after=...)`: 30 days.
+MAX_RETRY_AFTER_S = 30 * 24 * 3600.0
+# A task type a handler is registered for: what the API accepts (gateway/schemas.py `TaskType`).
+TASK_TYPE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}\Z")
 
-    Attempts still count: a task out of attempts fails as usual.
+
+class Retry(Exception):
+    """Fail this attempt and retry, after `after` seconds (None: the configured backoff; at most
+    30 days). Attempts still count: a task out of attempts fails as usual.
     """
 
-    def __init__(self, after: float | None = None, reason: str = "") -> None:
-        if after is not None and after < 0:
-            raise ValueError("Retry(after=...) must be >= 0")
+    def __init__(self, after: float | None = None, reason: Any = "") -> None:
+        if after is not None and not (isinstance(after, int | float) and 0 <= after <= MAX_RETRY_AFTER_S):
+            raise ValueError(f"Retry(after=...) must be a number of seconds from 0 to {MAX_RETRY_AFTER_S:g}")
+        reason = text_of(reason)
         super().__init__(reason or (f"retry after {after}s" if after is not None else "retry"))
         self.after = after
         self.reason = reason
 
 
 class Fail(Exception):
-    """Fail the task now, without retry."""
+    """Fail the task now, without retry. `reason` is the error's message: a text, or anything else
+    as its text (an exception as `Type: message`, as in `except ValueError as e: raise Fail(e)`)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: Any) -> None:
+        reason = text_of(reason)
         super().__init__(reason)
         self.reason = reason
+
+
+def text_of(value: Any) -> str:
+    """`value` as a message: a text as it is, an exception as `Type: message`, anything else as its
+    str(), or its type's name when even that raises."""
+    if isinstance(value, str):
+        return value
+    try:
+        if isinstance(value, BaseException):
+            return f"{type(value).__name__}: {value}" if str(value) else type(value).__name__
+        return str(value)
+    except Exception:  # noqa: BLE001 - a __str__ that raises
+        return f"<{type(value).__name__} whose str() failed>"
 
 
 class InvalidPayload(ValueError):
@@ -73,9 +95,17 @@ class Registry:
         return register
 
     def register(self, name: str, fn: HandlerFn, *, payload: type[Any] | None = None) -> None:
-        if not name:
-            raise ValueError("a task type name must not be empty")
+        if not isinstance(name, str) or not TASK_TYPE_RE.match(name):
+            raise ValueError(
+                f"task type {name!r}: 1 to 200 of letters, digits and `_.:-` (what the API accepts;"
+                " a task of any other type cannot be submitted)"
+            )
         plain = inspect.unwrap(fn)
+        if inspect.isasyncgenfunction(plain):
+            raise TypeError(
+                f"the handler of {name!r} is an async generator (`yield` in `async def"
+                f" {plain.__name__}`): a handler returns its result once"
+            )
         if inspect.isfunction(plain) and not inspect.iscoroutinefunction(plain):
             # A plain `def` would run (its side effects too) and then fail on `await`, every attempt.
             raise TypeError(

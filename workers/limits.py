@@ -114,4 +114,4 @@ def copy_headers(msg: Msg, dispatch: Dispatch) -> dict[str, str]:
 
 
 def is_lane_message(msg: Msg) -> bool:
-    return ".lim." in msg.subject
+    return sj.is_limited_work_subject(msg.subject)

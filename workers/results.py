@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from ordo.infra.json_depth import MAX_DEPTH, depth, may_nest_deeper
+
 # Room in one message for the rest of a `succeeded` event and its headers.
 EVENT_ROOM_BYTES = 16 * 1024
 
@@ -28,13 +30,23 @@ class UnstorableResult(ValueError):
 
 
 def stored_result(value: Any, max_message_bytes: int | None) -> msgspec.Raw:
-    """`value` as the JSON the `succeeded` event holds; UnstorableResult if it is not JSON
-    (`ResultNotSerialisable`) or too large for a message of `max_message_bytes` (`ResultTooLarge`;
-    None: not checked)."""
+    """`value` as the JSON the `succeeded` event holds; UnstorableResult if it is not JSON or nests
+    deeper than a payload may (`ResultNotSerialisable`), or is too large for a message of
+    `max_message_bytes` (`ResultTooLarge`; None: not checked)."""
     try:
         encoded = _encoder.encode(value)
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise UnstorableResult("ResultNotSerialisable", str(exc)) from exc
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        # ValueError: text with a lone surrogate (UnicodeEncodeError), among others.
+        raise UnstorableResult("ResultNotSerialisable", f"{type(exc).__name__}: {exc}"[:500]) from exc
+    except RecursionError as exc:
+        raise UnstorableResult(
+            "ResultNotSerialisable", "the result nests too deep to encode (a container that holds itself?)"
+        ) from exc
+    if may_nest_deeper(encoded) and _too_deep(encoded):
+        raise UnstorableResult(
+            "ResultNotSerialisable",
+            f"the result nests deeper than {MAX_DEPTH} levels of lists and objects, as a payload may not",
+        )
     if max_message_bytes is not None and len(encoded) > max_message_bytes - EVENT_ROOM_BYTES:
         most = max_message_bytes - EVENT_ROOM_BYTES
         raise UnstorableResult(
@@ -44,3 +56,10 @@ def stored_result(value: Any, max_message_bytes: int | None) -> msgspec.Raw:
             " a reference to it",
         )
     return msgspec.Raw(encoded)
+
+
+def _too_deep(encoded: bytes) -> bool:
+    try:
+        return depth(msgspec.json.decode(encoded)) > MAX_DEPTH
+    except RecursionError:
+        return True
