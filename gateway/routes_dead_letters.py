@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -158,4 +159,7 @@ async def replay_dead_letters(request: Request, svc: Svc, who: Operator) -> dict
             replayed.append(await _replay(svc, who.tenant, task_id, body.reason))
         except (DomainError, Problem) as exc:
             skipped.append({"id": task_id, "reason": str(exc)})
+        except msgspec.DecodeError as exc:  # one task's unreadable history does not stop the rest
+            reason = f"its history holds an event that cannot be read: {exc}"
+            skipped.append({"id": task_id, "reason": reason})
     return {"replayed": replayed, "skipped": skipped}

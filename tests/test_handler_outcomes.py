@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 
 from ordo import Fail, Registry, Retry, TaskContext
 from ordo.domain.commands import SubmitTask
+from ordo.domain.events import AttemptFailed, ErrorInfo
 from ordo.domain.state import TaskState
 from ordo.domain.status import TaskStatus
 from ordo.infra import subjects as sj
@@ -226,3 +227,27 @@ async def test_a_result_too_deep_for_the_api_does_not_break_the_task_list(system
     [item] = [t for t in listed.json()["items"] if t["id"] == task_id]
     assert item["result"] == {"ordo_not_shown": "the result nests deeper than 64 levels"}
     assert (await system.http.get(f"/v1/tasks/{task_id}")).status_code == 200
+
+
+async def test_one_unreadable_history_does_not_stop_replaying_the_other_dead_letters(system: System) -> None:
+    """A task whose log holds an event written by an older worker (a `Fail` of a number, before
+    reasons were made text): "replay all matching" replays the others and names it as skipped."""
+    ids = []
+    for _ in range(2):
+        r = await system.http.post("/v1/tasks", json={"type": "demo.fail", "max_attempts": 1})
+        ids.append(r.json()["id"])
+
+    async def both_dead() -> bool:
+        page = (await system.http.get("/v1/dead-letters", params={"type": "demo.fail"})).json()
+        return len(page["items"]) == 2
+
+    await eventually(both_dead, timeout=30, what="two dead letters")
+    bad, good = ids
+    state, _, last_seq = await system.handler.load(system.settings.tenant, bad)
+    unreadable = AttemptFailed(attempt=1, error=ErrorInfo(kind="Fail", message=12345))  # type: ignore[arg-type]
+    await system.handler.store.append(system.settings.tenant, state.queue, bad, [unreadable], last_seq)
+    r = await system.http.post("/v1/dead-letters:replay", json={"type": "demo.fail"})
+    assert r.status_code == 202, r.text
+    assert [t["id"] for t in r.json()["replayed"]] == [good]
+    [skipped] = r.json()["skipped"]
+    assert skipped["id"] == bad and "cannot be read" in skipped["reason"]
