@@ -1,7 +1,8 @@
 """Load a user's handlers by import path: `ordo worker --app myapp.tasks:registry` (or ORDO_APP).
 
 The path is `module:attribute`, where the attribute is a `Registry`;
-`module` alone means its attribute `registry`. The current directory is importable, as with uvicorn
+`module` alone means its attribute `registry`. A module that cannot be imported, or whose import
+raises, stops the command with a message saying which (and where), not a traceback. The current directory is importable, as with uvicorn
 and celery, so `--app` works from a project folder without installing it.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 
 from ordo.workers.handlers import Registry
 
@@ -30,6 +32,12 @@ def load_registry(path: str) -> Registry:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise AppError(f"--app {path!r}: cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:  # the module's own code failed (a handler refused at registration, ...)
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+        raise AppError(
+            f"--app {path!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}{where}"
+        ) from exc
     target: object = module
     for name in attribute.split("."):
         if not hasattr(target, name):

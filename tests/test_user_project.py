@@ -148,8 +148,13 @@ def test_ordo_up_runs_the_users_handlers(fresh_venv: Path, tmp_path: Path) -> No
 
 def test_a_bad_app_path_fails_fast_with_a_clear_message(fresh_venv: Path, tmp_path: Path) -> None:
     shutil.copytree(REPO / "examples" / "hello", tmp_path / "project")
+    (tmp_path / "project" / "myapp" / "broken.py").write_text(
+        "from ordo import Registry\n\nregistry = Registry()\n\n\n"
+        "@registry.task('report build')\nasync def build(ctx):\n    return None\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORDO_")}
     for app, says in (
+        ("myapp.broken:registry", "importing 'myapp.broken' raised ValueError: task type 'report build'"),
         ("myapp.nope:registry", "cannot import 'myapp.nope'"),
         ("myapp.tasks:missing", "has no attribute 'missing'"),
         ("myapp.tasks:hello", "not an ordo.Registry"),
