@@ -1,9 +1,9 @@
 """Load a user's handlers by import path: `ordo worker --app myapp.tasks:registry` (or ORDO_APP).
 
-The path is `module:attribute`, where the attribute is a `Registry`;
-`module` alone means its attribute `registry`. A module that cannot be imported, or whose import
-raises, stops the command with a message saying which (and where), not a traceback. The current directory is importable, as with uvicorn
-and celery, so `--app` works from a project folder without installing it.
+The path is `module:attribute`, where the attribute is a `Registry`; `module` alone means its
+attribute `registry`. A module that cannot be imported, or whose import raises, stops the command
+with a message saying which (and where), not a traceback. The current directory is importable, as
+with uvicorn and celery, so `--app` works from a project folder without installing it.
 """
 
 from __future__ import annotations
