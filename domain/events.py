@@ -92,6 +92,16 @@ class AttemptTimedOut(Event, frozen=True, tag="attempt_timed_out"):
     attempt: int
     reason: str = "handler_timeout"  # or "lease_expired"
 
+    def error(self) -> ErrorInfo:
+        """The error this leaves on its task, named like the others (a kind per cause)."""
+        if self.reason == "lease_expired":
+            return ErrorInfo(
+                kind="LeaseExpired",
+                message="the attempt's lease expired: its worker stopped extending it (killed, frozen,"
+                " blocked in its event loop, or cut off from NATS)",
+            )
+        return ErrorInfo(kind="Timeout", message="the handler exceeded the task's timeout")
+
 
 class RetryScheduled(Event, frozen=True, tag="retry_scheduled"):
     attempt: int

@@ -217,8 +217,7 @@ def _attempt_failed(s: TaskState, event: ev.AttemptFailed, v: int) -> TaskState:
 
 
 def _attempt_timed_out(s: TaskState, event: ev.AttemptTimedOut, v: int) -> TaskState:
-    error = ev.ErrorInfo(kind="timed_out", message=event.reason)
-    return _replace(s, version=v, error=error, lease_until=None)
+    return _replace(s, version=v, error=event.error(), lease_until=None)
 
 
 def _retry_scheduled(s: TaskState, event: ev.RetryScheduled, v: int) -> TaskState:

@@ -98,7 +98,7 @@ def _fold(row: _Attempt, stored: StoredEvent) -> None:
         case ev.AttemptFailed():
             _close(row, stored, "failed", _error(event.error))
         case ev.AttemptTimedOut():
-            _close(row, stored, "timed_out", _error(ev.ErrorInfo(kind="timed_out", message=event.reason)))
+            _close(row, stored, "timed_out", _error(event.error()))
         case ev.Failed():
             _close(row, stored, "failed", _error(ev.ErrorInfo(kind="failed", message=event.reason)))
         case ev.Cancelled():

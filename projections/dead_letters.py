@@ -65,7 +65,7 @@ def _fold(task: State, stored: StoredEvent) -> None:
         case ev.AttemptFailed():
             task.error = _json.encode(event.error).decode()
         case ev.AttemptTimedOut():
-            task.error = _json.encode(ev.ErrorInfo(kind="timed_out", message=event.reason)).decode()
+            task.error = _json.encode(event.error()).decode()
         case ev.Succeeded():
             task.error = None
         case ev.DeadLettered():

@@ -363,7 +363,7 @@ class Executor:
             error = error_info("Retry", exc.reason or str(exc))
             return self._fail(attempt, error, retryable=True, after=exc.after)
         raised = exc.exit if isinstance(exc, HandlerExit) else exc
-        error = error_info(type(raised).__name__, text_of(raised), _traceback(exc))
+        error = error_info(type(raised).__name__, _message_of(raised), _traceback(exc))
         return self._fail(attempt, error, retryable=True)
 
     def _fail(
@@ -470,6 +470,14 @@ def _storable(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _message_of(exc: BaseException) -> str:
+    """str(exc), or a note when even that raises."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - a __str__ that raises
+        return f"<{type(exc).__name__} whose str() failed>"
 
 
 def _traceback(exc: BaseException) -> str:
