@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
@@ -67,8 +68,17 @@ _UNKNOWN_TYPE_STEP_MAX_S = 5.0
 # An attempt's error as stored: the message's first characters, the traceback's last.
 _MESSAGE_CHARS = 8_000
 _TRACEBACK_CHARS = 32_000
-# The error kind of an attempt whose own report could not be stored.
+# The error kind of an attempt whose own report could not be stored, and what says it cannot be
+# (the report's encoding, or its size against the server's max_payload; not a connection's trouble).
 _UNSTORABLE = "UnstorableOutcome"
+_UNSTORABLE_ERRORS = (
+    msgspec.EncodeError,
+    TypeError,
+    ValueError,
+    OverflowError,
+    RecursionError,
+    nats.errors.MaxPayloadError,
+)
 
 
 def utc_now() -> datetime:
@@ -410,9 +420,10 @@ class Executor:
                     attempt.log.error("%s rejected, ticket acked: %s", name, exc)
                     await consumer.ack(attempt.msg)
                     return
-                except Exception as exc:  # noqa: BLE001 - the report itself cannot be stored
-                    # (too large for a message, not encodable): store that instead, once, rather
-                    # than leave the ticket to come back and run the handler again.
+                except _UNSTORABLE_ERRORS as exc:
+                    # The report itself cannot be stored (too large for a message, not encodable):
+                    # store that instead, once, rather than leave the ticket to come back and run
+                    # the handler again.
                     if isinstance(command, FailAttempt) and command.error.kind == _UNSTORABLE:
                         raise
                     attempt.log.error("%s cannot be stored (%s): recording that instead", name, exc)
