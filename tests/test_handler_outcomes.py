@@ -96,6 +96,24 @@ def _registry() -> Registry:
     return registry
 
 
+async def submit_null(
+    handler: CommandHandler, settings: Settings, task_type: str, max_attempts: int = 1
+) -> str:
+    """A task of `task_type` with a `null` payload on the default queue; its id."""
+    task_id = uuid.uuid4().hex
+    command = SubmitTask(
+        task_id=task_id,
+        tenant=settings.tenant,
+        queue="default",
+        task_type=task_type,
+        now=datetime.now(UTC),
+        payload=msgspec.Raw(b"null"),
+        max_attempts=max_attempts,
+    )
+    await handler.execute(settings.tenant, command)
+    return task_id
+
+
 async def test_every_outcome_is_stored_at_once_and_readable(
     nc: NATS, handler: CommandHandler, settings: Settings
 ) -> None:
@@ -104,21 +122,7 @@ async def test_every_outcome_is_stored_at_once_and_readable(
     running = asyncio.create_task(worker.run())
     kinds = [*RAISED, *RETURNED, "retry-far"]
     try:
-        ids = {}
-        for kind in kinds:
-            ids[kind] = uuid.uuid4().hex
-            await handler.execute(
-                settings.tenant,
-                SubmitTask(
-                    task_id=ids[kind],
-                    tenant=settings.tenant,
-                    queue="default",
-                    task_type=f"o.{kind}",
-                    now=datetime.now(UTC),
-                    payload=msgspec.Raw(b"null"),
-                    max_attempts=1,
-                ),
-            )
+        ids = {kind: await submit_null(handler, settings, f"o.{kind}") for kind in kinds}
 
         async def final(task_id: str) -> TaskState | None:
             state, _, _ = await handler.load(settings.tenant, task_id)  # the events decode
@@ -132,18 +136,7 @@ async def test_every_outcome_is_stored_at_once_and_readable(
 
             got[kind] = await eventually(done, timeout=30, what=f"o.{kind} finished")
         assert not running.done(), "a handler stopped the worker"
-        ok_id = uuid.uuid4().hex
-        await handler.execute(
-            settings.tenant,
-            SubmitTask(
-                task_id=ok_id,
-                tenant=settings.tenant,
-                queue="default",
-                task_type="o.ok",
-                now=datetime.now(UTC),
-                payload=msgspec.Raw(b"null"),
-            ),
-        )
+        ok_id = await submit_null(handler, settings, "o.ok")
         assert (await eventually(lambda: final(ok_id), timeout=30)).status is TaskStatus.SUCCEEDED
     finally:
         await worker.shutdown()

@@ -6,16 +6,12 @@ end `lease_expired`); `run_handler` checks results the way the worker stores the
 from __future__ import annotations
 
 import asyncio
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
 from ordo import Fail, Registry, TaskContext
-from ordo.domain.commands import SubmitTask
 from ordo.domain.state import TaskState
 from ordo.domain.status import TaskStatus
 from ordo.infra.command_handler import CommandHandler
@@ -23,6 +19,7 @@ from ordo.infra.settings import Settings
 from ordo.testing import UnstorableResult, run_handler
 from ordo.workers.runtime import Worker
 from tests.helpers import eventually
+from tests.test_handler_outcomes import submit_null
 
 
 class _SyncCallable:
@@ -79,21 +76,7 @@ async def test_a_result_too_large_or_no_awaitable_fails_the_task_at_once(
     worker = Worker(nc, handler, _registry(nc.max_payload + 1), settings.with_(ack_wait_s=60.0))
     running = asyncio.create_task(worker.run())
     try:
-        ids = {}
-        for task_type in ("r.big", "r.sync"):
-            ids[task_type] = uuid.uuid4().hex
-            await handler.execute(
-                settings.tenant,
-                SubmitTask(
-                    task_id=ids[task_type],
-                    tenant=settings.tenant,
-                    queue="default",
-                    task_type=task_type,
-                    now=datetime.now(UTC),
-                    payload=msgspec.Raw(b"null"),
-                    max_attempts=3,
-                ),
-            )
+        ids = {t: await submit_null(handler, settings, t, max_attempts=3) for t in ("r.big", "r.sync")}
 
         async def final(task_id: str) -> TaskState | None:
             state, _, _ = await handler.load(settings.tenant, task_id)
