@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from ordo.gateway.services import Services, services
-from ordo.projections import poison
+from ordo.projections import log_identity, poison
 from ordo.projections.runner import checkpoint, leader_present
 
 log = logging.getLogger("ordo.gateway")
@@ -36,6 +36,10 @@ async def readyz(svc: Svc) -> JSONResponse:
             checks["projections"] = await leader_present(conn)
             checks["projection_seq"] = await checkpoint(conn)
             checks["projection_errors"] = sum((await poison.counts(conn)).values())
+            refused = await log_identity.refusal(conn)
+            if refused is not None:  # the projector holds the lock but projects nothing
+                checks["projections"] = False
+                checks["error"] = refused
     except Exception as exc:  # noqa: BLE001 - any failure means not ready; log it, say only that
         log.warning("readiness: PostgreSQL check failed: %s", exc)
         checks["postgres"] = False

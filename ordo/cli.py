@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 from ordo import event_loop
 from ordo.infra.settings import Settings, SettingsError
+from ordo.pool import MAX_WORKERS
 
 log = logging.getLogger("ordo")
 
@@ -110,6 +112,10 @@ def _run_gateway(settings: Settings, host: str, port: int) -> None:
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from ordo.up import run_local
 
+    taken = _port_taken(settings.http_host, args.port)
+    if taken is not None:  # before anything starts: no sign-in link printed for another server
+        print(f"ordo: port {args.port} on {settings.http_host}: {taken}; use another --port", file=sys.stderr)
+        return 1
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     return event_loop.run(
@@ -144,13 +150,39 @@ def _check_app(args: argparse.Namespace) -> str | None:
     return app
 
 
+def _within(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from `low` to `high`, or a usage error saying so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not within {low}..{high}")
+        return value
+
+    return parse
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why `port` cannot be listened on (another server has it), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ordo", description="Ordo task scheduler")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run everything on this machine (embedded NATS and PostgreSQL)")
-    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--port", type=_within(1, 65535), default=8000)
     up.add_argument("--data-dir", default=os.environ.get("ORDO_DATA_DIR", ".ordo"))
-    up.add_argument("--workers", type=int, default=1)
+    up.add_argument("--workers", type=_within(0, MAX_WORKERS), default=1)
     up.add_argument("--app", default=None, help=_APP_HELP)
     up.add_argument("--no-auth", action="store_true", help="switch API keys off (local use only)")
     up.add_argument(

@@ -135,7 +135,8 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
         await watch.start()
         if nats_server is not None:
             nats_url = nats_server.url
-            log.info("embedded nats-server at %s (data in %s)", nats_url, data_dir / "nats")
+            where = data_dir / ("nats-cluster" if isinstance(nats_server, EmbeddedCluster) else "nats")
+            log.info("embedded nats-server at %s (data in %s)", nats_url, where)
         if postgres is not None:
             database_url = postgres.url
             log.info("embedded PostgreSQL at %s (password in %s)", postgres.address, postgres.password_file)
@@ -174,6 +175,12 @@ async def run_local(settings: Settings, data_dir: Path, port: int, workers: int,
             loop.add_signal_handler(sig, lambda: loop.create_task(stop()))
         print(f"UI: http://{settings.http_host}:{port}/", flush=True)
         print(f"NATS: {nats_url} (for workers of your own: ORDO_NATS_URL)", flush=True)
+        if postgres is not None:
+            print(
+                f"PostgreSQL: postgresql://postgres:<password>@{postgres.address}/postgres"
+                f" (ORDO_DATABASE_URL, e.g. for `ordo rebuild`; the password is in {postgres.password_file})",
+                flush=True,
+            )
         if settings.auth:
             print(f"Admin API key (tenant {settings.tenant}): {admin_key}", flush=True)
             print(f"One-time UI sign-in link (10 min): http://{settings.http_host}:{port}{link}", flush=True)

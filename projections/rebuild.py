@@ -27,12 +27,13 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 from nats.aio.client import Client as NATS
 
 from ordo.infra.pg import connect
-from ordo.projections import rollups
+from ordo.projections import log_identity, rollups
 from ordo.projections.batch_apply import PIPELINE_FAILURES, Pipeline, pipeline_gives_way
 from ordo.projections.memory import Memories
 from ordo.projections.reader import LogReader, Record
@@ -103,6 +104,9 @@ class Rebuilder:
         self._dsn = dsn
         self._projections = tuple(projections)
         self._names = [p.name for p in self._projections]
+        # Another log than the read model's (projections/log_identity.py): rebuilt from this one up
+        # to its end, the checkpoints may go back, and the log is recorded as the read model's.
+        self._new_log: tuple[datetime | None, int] | None = None
         self._families = tuple(f for f in families if f.name in {p.family for p in self._projections})
         # A rebuild catches up all the way: batches of the live runner's catch-up size (five times
         # `batch_size`: at 5,000 tasks 8,768 events/s against 5,473 with batches of 1,000); the swap
@@ -133,6 +137,7 @@ class Rebuilder:
             live = str(await conn.fetchval("SELECT current_schema()"))
             async with conn.transaction():
                 await ensure_checkpoints(conn, self._projections)
+            await self._which_log(conn)
             tables = self._tables = await self._prepare_shadow(conn)
             deferred = await self._defer_indexes(conn)
             await self._restart_reader()
@@ -219,12 +224,24 @@ class Rebuilder:
         took = time.perf_counter() - started
         self._log.info("built %d indexes in %.2f s (%d connections)", len(deferred), took, _BUILDERS)
 
+    async def _which_log(self, conn: asyncpg.Connection) -> None:
+        checkpoint = int(await conn.fetchval("SELECT coalesce(max(last_seq), 0) FROM projection_checkpoints"))
+        why = await log_identity.mismatch(conn, self._nc, checkpoint)
+        if why is None:
+            return
+        if set(self._names) != {p.name for p in PROJECTIONS}:
+            raise RebuildError(f"{why}; rebuild every projection (`ordo rebuild` with no names)")
+        self._new_log = await log_identity.current(self._nc)
+        self._log.warning("rebuilding from another event log than the read model's, to its end")
+
     async def _live_target(self, conn: asyncpg.Connection, live: str, lock: bool) -> int:
         recs = await conn.fetch(
             f"SELECT last_seq FROM {live}.projection_checkpoints WHERE name = ANY($1::text[])"
             + (" FOR UPDATE" if lock else ""),
             self._names,
         )
+        if self._new_log is not None:  # the live projector refuses this log: the log's end
+            return max((await last_log_seq(self._nc, self._families)).values(), default=0)
         return max((int(r["last_seq"]) for r in recs), default=0)
 
     async def _next_batch(self, target: int) -> list[Record] | None:
@@ -369,9 +386,11 @@ class Rebuilder:
                     await conn.execute(
                         f"UPDATE {live}.projection_checkpoints l SET last_seq = s.last_seq"
                         f" FROM {SHADOW_SCHEMA}.projection_checkpoints s"
-                        " WHERE l.name = s.name AND l.name = ANY($1::text[]) AND s.last_seq > l.last_seq",
+                        " WHERE l.name = s.name AND l.name = ANY($1::text[])"
+                        + ("" if self._new_log is not None else " AND s.last_seq > l.last_seq"),
                         self._names,
                     )
+
                     await conn.execute(  # the live runner forgets what it remembered of the old tables
                         f"UPDATE {live}.projection_checkpoints SET epoch = epoch + 1"
                         " WHERE name = ANY($1::text[])",
@@ -381,6 +400,8 @@ class Rebuilder:
                     await conn.execute(f"DROP SCHEMA {RETIRED_SCHEMA} CASCADE")
                     await conn.execute(f"DROP SCHEMA {SHADOW_SCHEMA} CASCADE")
                     await conn.execute(f"SET search_path TO {live}")
+                    if self._new_log is not None:  # the live projector takes this log from here on
+                        await log_identity.record(conn, self._new_log[0])
                 return await self._live_target(conn, live, lock=False)
             except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
                 # A deadlock is a backstop: the live runner's one-statement batch, holding the tables,

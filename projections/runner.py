@@ -32,7 +32,7 @@ from ordo.infra.event_store import EventStoreUnavailable
 from ordo.infra.logs import Outage
 from ordo.infra.pg import connect, translate
 from ordo.infra.raw_client import subscribe_payloads, unsubscribe
-from ordo.projections import committed_feed, task_events, tasks
+from ordo.projections import committed_feed, log_identity, task_events, tasks
 from ordo.projections.batch_apply import (
     PIPELINE_FAILURES,
     Pipeline,
@@ -121,6 +121,10 @@ async def locked_checkpoints(conn: asyncpg.Connection, names: Sequence[str]) -> 
     return {r["name"]: r["last_seq"] for r in recs}
 
 
+# How far the furthest projection has applied the log.
+_LAST_APPLIED = "SELECT coalesce(max(last_seq), 0) FROM projection_checkpoints"
+
+
 class ProjectionRunner:
     def __init__(
         self,
@@ -192,7 +196,8 @@ class ProjectionRunner:
             self.active = True
             self._log.info("projector active")
             await ensure_checkpoints(conn, self._projections)
-            await self._consume(conn)
+            if await self._log_accepted(conn):
+                await self._consume(conn)
         finally:
             self.active = False
             await _close(conn)
@@ -201,6 +206,34 @@ class ProjectionRunner:
         while not self._stop.is_set():
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
                 return True
+            try:
+                await asyncio.wait_for(self._stop.wait(), self._config.standby_poll_s)
+            except TimeoutError:
+                pass
+        return False
+
+    async def _log_accepted(self, conn: asyncpg.Connection) -> bool:
+        """Wait until the log is the one the read model was built from (projections/log_identity.py):
+        refused, it says why (readiness, the log) and looks again every `standby_poll_s`; a rebuild
+        from this log clears it. False once stopped."""
+        said = None
+        while not self._stop.is_set():
+            checkpoint = int(await conn.fetchval(_LAST_APPLIED))
+            try:
+                why = await log_identity.mismatch(conn, self._nc, checkpoint)
+            except nats.errors.Error as exc:  # the server away: not a verdict on the log
+                self._log.warning("cannot ask the event log which it is yet: %r", exc)
+                why = said = None
+            else:
+                if why is None:
+                    await log_identity.accepted(conn)
+                    if said is not None:
+                        self._log.info("the event log is the read model's: projecting")
+                    return True
+            if why is not None and why != said:
+                self._log.error("projector refuses the event log: %s", why)
+                await log_identity.refuse(conn, why)
+                said = why
             try:
                 await asyncio.wait_for(self._stop.wait(), self._config.standby_poll_s)
             except TimeoutError:

@@ -107,12 +107,14 @@ async def migrate(conn: asyncpg.Connection) -> None:
 
 
 async def _migrate_once(conn: asyncpg.Connection) -> None:
+    from ordo.projections import log_identity
     from ordo.projections.registry import PROJECTIONS
 
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)  # waits for another migration
         await conn.execute(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_WAIT_MS}")
         await conn.execute(DDL)
+        await conn.execute(log_identity.DDL)
         for projection in PROJECTIONS:
             await conn.execute(projection.ddl)
         await conn.execute(JSON_NOT_JSONB)
