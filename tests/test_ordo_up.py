@@ -213,3 +213,22 @@ def test_up_recovers_after_kill_9_and_finds_every_task(data_dir: Path) -> None:
     finally:
         if second.proc.poll() is None:
             second.proc.kill()
+
+
+def test_up_refuses_a_port_in_use_and_a_bad_worker_count_before_starting_anything(tmp_path: Path) -> None:
+    """Found by an operator's pass: on a port another server had, `ordo up` printed a sign-in link
+    for that server and restarted its gateway forever; `--workers -1` was a traceback after the
+    embedded servers had started."""
+    import socket
+
+    from ordo.cli import main
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        assert main(["up", "--port", str(port), "--data-dir", str(tmp_path / "a")]) == 1
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(SystemExit) as usage:
+        main(["up", "--workers", "-1", "--data-dir", str(tmp_path / "b")])
+    assert usage.value.code == 2 and not (tmp_path / "b").exists()
