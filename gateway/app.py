@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -30,6 +33,8 @@ from ordo.gateway.nul_guard import RefuseNul
 from ordo.gateway.services import Services
 from ordo.infra.settings import Settings
 
+T = TypeVar("T")
+
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 
 # How long an idle HTTP connection stays open. A client drops a connection it has kept idle for its
@@ -40,12 +45,33 @@ UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 KEEP_ALIVE_S = 75
 
 
-def create_app(settings: Settings) -> FastAPI:
+async def _unless_stopped(start: Awaitable[T]) -> T:
+    """`start`, given up on SIGINT or SIGTERM. While uvicorn waits for the app's startup it only
+    notes a signal (for after startup), so a gateway waiting for an unreachable NATS could not be
+    stopped but by SIGKILL; uvicorn's own handlers are put back once started."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(start)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in before:
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    finally:
+        for sig, handler in before.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)
+
+
+def create_app(settings: Settings, *, stoppable_start: bool = False) -> FastAPI:
+    """The gateway. `stoppable_start`: SIGINT and SIGTERM end a startup still waiting for NATS or
+    PostgreSQL (`ordo gateway`, the main thread's own loop)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The gateway's own composition root: its services once, then the NATS command API (a
         # second front door into the same task service).
-        svc = await Services.start(settings)
+        starting = Services.start(settings)
+        svc = await (_unless_stopped(starting) if stoppable_start else starting)
         nats_api = NatsApi(svc)
         try:
             await nats_api.start()

@@ -18,6 +18,7 @@ from ordo.infra import wiring
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.nats_conn import connect, disconnect, provision
 from ordo.infra.pg import Pool, ReadModelUnavailable, create_pool
+from ordo.infra.pg import connect as connect_pg
 from ordo.infra.pg import connect as pg_connect
 from ordo.infra.queue_control import QueueController
 from ordo.infra.schedule_handler import ScheduleHandler
@@ -52,10 +53,14 @@ class Services:
     async def start(cls, settings: Settings) -> Services:
         nc = await connect(settings, name="ordo-gateway")
         await provision(nc, settings)
-        pool = await create_pool(settings.database_url)
+        migrating = await connect_pg(settings.database_url)  # no query timeout: a migration may take long
+        try:
+            await migrate(migrating)
+            await keys.migrate(migrating)
+        finally:
+            await migrating.close()
+        pool = await create_pool(settings.database_url, command_timeout=settings.pg_command_timeout_s)
         async with pool.acquire() as conn:
-            await migrate(conn)
-            await keys.migrate(conn)
             secret = await keys.session_secret(conn)
             if settings.auth and settings.admin_key:
                 # Deployments (compose) bootstrap their first admin key from ORDO_ADMIN_KEY.

@@ -90,11 +90,12 @@ class Pool:
     `acquire()` (with `async with`), `fetch`, `fetchrow`, `fetchval`, `execute` and `executemany`
     are translated; any other attribute is asyncpg's own."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, acquire_timeout: float | None = None) -> None:
         self._inner = inner
+        self._acquire_timeout = acquire_timeout
 
     def acquire(self, *, timeout: float | None = None) -> _Acquire:
-        return _Acquire(self._inner.acquire(timeout=timeout))
+        return _Acquire(self._inner.acquire(timeout=self._acquire_timeout if timeout is None else timeout))
 
     async def fetch(self, query: str, *args: Any, **kw: Any) -> list[Any]:
         async with self.acquire() as conn:
@@ -125,13 +126,19 @@ class Pool:
         return getattr(self._inner, name)
 
 
-async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> Pool:
+async def create_pool(
+    dsn: str, min_size: int = 1, max_size: int = 10, command_timeout: float | None = None
+) -> Pool:
+    """A pool whose queries and waits for a connection give up after `command_timeout` (None:
+    never), as `ReadModelUnavailable`: a hung server would otherwise hold every caller."""
     try:
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10, init=_init)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, timeout=10, init=_init, command_timeout=command_timeout
+        )
     except (OSError, asyncpg.PostgresError) as exc:
         raise ReadModelUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
     assert pool is not None
-    return Pool(pool)
+    return Pool(pool, acquire_timeout=command_timeout)
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

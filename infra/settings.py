@@ -94,6 +94,9 @@ class Settings:
     timeline_page: int = 10_000
     # /metrics: task series of their own for this many task types (the busiest); the rest summed.
     metrics_types: int = 100
+    # A gateway's PostgreSQL query, and its wait for a pooled connection, give up after this long
+    # (503): a hung (not crashed) database answers no query and closes no connection.
+    pg_command_timeout_s: float = 10.0
     # Read-your-writes: how long a `consistency=wait` read may wait for the read model.
     consistency_wait_s: float = 5.0
     # SSE: keep-alive comment interval; a client that does not take a write for this long is dropped.
@@ -140,6 +143,8 @@ class Settings:
             raise SettingsError(
                 "need 0 <= ORDO_PROJECTION_COMMIT_INTERVAL_S <= 1 and 0 <= ORDO_PROJECTION_LINGER_S <= 1"
             )
+        if self.pg_command_timeout_s <= 0:
+            raise SettingsError("ORDO_PG_COMMAND_TIMEOUT_S must be > 0")
         if self.sse_ping_s <= 0 or self.sse_send_timeout_s <= 0 or self.consistency_wait_s < 0:
             raise SettingsError("ORDO_SSE_PING_S, ORDO_SSE_SEND_TIMEOUT_S > 0; ORDO_CONSISTENCY_WAIT_S >= 0")
 

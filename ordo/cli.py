@@ -100,7 +100,7 @@ def _run_gateway(settings: Settings, host: str, port: int) -> None:
 
     from ordo.gateway.app import KEEP_ALIVE_S, create_app
 
-    app = create_app(settings)
+    app = create_app(settings, stoppable_start=True)
     event_loop.tune_gc()  # uvicorn runs its own loop: the tuning applies to it all the same
     uvicorn.run(
         app, host=host, port=port, log_level="info", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,

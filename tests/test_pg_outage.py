@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -322,3 +324,46 @@ async def test_killed_postgres_backends_answer_503_never_500(
         r = await http.post("/v1/tasks", json={"type": "demo.echo"}, headers=o.auth("seen"))
         assert r.status_code == 202, r.text
         print("statuses while backends were killed:", statuses)
+
+
+def _postgres_pids(pg: EmbeddedPostgres) -> list[int]:
+    """The postmaster and its children (the backends), from /proc."""
+    assert pg.process is not None
+    main = pg.process.pid
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == main:
+                kids.append(int(stat.parent.name))
+    return [main, *kids]
+
+
+async def test_a_hung_postgres_answers_503_not_silence(
+    own_pg: EmbeddedPostgres, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """Found by an operator's pass: PostgreSQL frozen (not crashed) left `GET /v1/tasks`, `/readyz`
+    and `/metrics` without an answer for as long as it stayed frozen. Every gateway query now gives
+    up after ORDO_PG_COMMAND_TIMEOUT_S: 503, and everything answers again once it is back."""
+    async with outage_system(own_pg, nats_server, tmp_path, pg_command_timeout_s=1.0) as o:
+        http = o.system.http
+        viewer = o.auth("viewer")
+        assert (await http.get("/v1/tasks", headers=viewer)).status_code == 200
+        pids = _postgres_pids(own_pg)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            r = await http.get("/v1/tasks", headers=viewer, timeout=15)
+            assert _is_unavailable(r), r.text
+            assert (await http.get("/readyz", timeout=15)).status_code == 503
+            assert (
+                await http.post("/v1/tasks", json={"type": "demo.echo"}, headers=o.auth("seen"))
+            ).status_code == 202
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+        async def back() -> bool:
+            return (await http.get("/v1/tasks", headers=viewer)).status_code == 200
+
+        await eventually(back, timeout=30, what="reads back after PostgreSQL resumed")
