@@ -49,6 +49,7 @@ class WorkerPool:
         self._pid_dir = pid_dir
         self._slots: list[tuple[Supervisor, asyncio.Task[None]]] = []
         self._lock = asyncio.Lock()
+        self._stopping: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
 
     @property
@@ -63,7 +64,10 @@ class WorkerPool:
         """Answer scale and kill requests on `ordo.local.ctl`."""
         self._sub = await nc.subscribe(sj.LOCAL_CONTROL, cb=self._on_request)
 
-    async def scale(self, count: int) -> int:
+    async def scale(self, count: int, *, wait: bool = True) -> int:
+        """Start or stop workers until `count` run. Stopping ones finish their running tasks first
+        (up to their grace); `wait=False` returns once they are told (a control request is answered
+        at once: the grace is longer than its caller's timeout), `shutdown` waits for them."""
         if not 0 <= count <= MAX_WORKERS:
             raise ValueError(f"worker count must be within 0..{MAX_WORKERS}")
         async with self._lock:
@@ -76,11 +80,19 @@ class WorkerPool:
             del self._slots[count:]
         if extra:
             self._log.info("scaling down: stopping %d worker(s)", len(extra))
-            await asyncio.gather(*(sup.shutdown() for sup, _ in extra))
-            await asyncio.gather(*(task for _, task in extra), return_exceptions=True)
-        if len(self._slots) != before:  # a second shutdown (signal, then exit) says nothing new
+            stopping = asyncio.create_task(self._stop(extra, len(self._slots)))
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
+            if wait:
+                await stopping
+        elif len(self._slots) != before:
             self._log.info("worker pool at %d", len(self._slots))
         return len(self._slots)
+
+    async def _stop(self, slots: list[tuple[Supervisor, asyncio.Task[None]]], left: int) -> None:
+        await asyncio.gather(*(sup.shutdown() for sup, _ in slots))
+        await asyncio.gather(*(task for _, task in slots), return_exceptions=True)
+        self._log.info("worker pool at %d", left)
 
     def kill(self, pid: int) -> bool:
         """SIGKILL one of the pool's worker processes (its supervisor starts a new one)."""
@@ -97,6 +109,8 @@ class WorkerPool:
                 await self._sub.unsubscribe()
             self._sub = None
         await self.scale(0)
+        if self._stopping:  # those a scale request was still stopping
+            await asyncio.gather(*self._stopping, return_exceptions=True)
 
     async def _on_request(self, msg: Msg) -> None:
         reply: dict[str, Any]
@@ -104,7 +118,7 @@ class WorkerPool:
             request = json.loads(msg.data)
             op = request.get("op")
             if op == "scale":
-                reply = {"ok": True, "count": await self.scale(int(request["count"]))}
+                reply = {"ok": True, "count": await self.scale(int(request["count"]), wait=False)}
             elif op == "kill":
                 pid = int(request["pid"])
                 killed = self.kill(pid)

@@ -58,3 +58,36 @@ async def test_scale_kill_and_scale_down_through_the_gateway(gateway_only: Syste
 
 async def _len_is(rows: Any, n: int) -> bool:
     return len(await rows) == n
+
+
+@pytest.mark.timeout(120)
+async def test_a_scale_down_answers_at_once_while_its_workers_finish(
+    gateway_only: System, tmp_path: Path
+) -> None:
+    """Found by an operator's pass: a scale-down whose workers had tasks running answered 504 (the
+    control request's 5 s ran out while the workers used their shutdown grace) though it worked."""
+    settings = gateway_only.settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDO_")}
+    env.update(settings.to_env(), ORDO_WORKER_HEARTBEAT_S="0.5", ORDO_LOG_LEVEL="WARNING")
+    env["ORDO_SHUTDOWN_GRACE_S"] = "8"  # longer than the control request waits
+
+    def spec(n: int) -> ChildSpec:
+        return ChildSpec(f"worker-{n}", [sys.executable, "-m", "ordo.cli", "worker"], env)
+
+    pool = WorkerPool(spec, logging.getLogger("test.pool"), pid_dir=tmp_path / "pids", shutdown_grace_s=30)
+    await pool.serve(gateway_only.nc)
+    http = gateway_only.http
+    try:
+        assert (await http.post("/v1/workers:scale", json={"count": 1})).status_code == 202
+        r = await http.post("/v1/tasks", json={"type": "demo.sleep", "payload": {"seconds": 30}})
+        task_id = r.json()["id"]
+
+        async def running() -> bool:
+            return bool((await http.get(f"/v1/tasks/{task_id}")).json().get("status") == "running")
+
+        await eventually(running, timeout=60, interval=0.2, what="the long task running")
+        r = await http.post("/v1/workers:scale", json={"count": 0}, timeout=15)
+        assert r.status_code == 202 and r.json() == {"count": 0}, r.text
+    finally:
+        await pool.shutdown()
+    assert pool.count == 0 and pool.pids == []
