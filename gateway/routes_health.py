@@ -24,12 +24,13 @@ Svc = Annotated[Services, Depends(services)]
 
 @router.get("/healthz")
 async def healthz(svc: Svc) -> dict[str, Any]:
-    return {"status": "ok", "nats": svc.nc.is_connected, "workers": []}
+    """Liveness: the process answers (workers are listed by `GET /v1/workers`)."""
+    return {"status": "ok", "nats": svc.nc.is_connected}
 
 
 @router.get("/readyz")
 async def readyz(svc: Svc) -> JSONResponse:
-    checks: dict[str, Any] = {"nats": svc.nc.is_connected}
+    checks: dict[str, Any] = {"nats": svc.nc.is_connected and await _jetstream_answers(svc)}
     try:
         async with svc.pool.acquire(timeout=2) as conn:
             checks["postgres"] = True
@@ -48,3 +49,14 @@ async def readyz(svc: Svc) -> JSONResponse:
     ready = bool(checks["nats"] and checks["postgres"] and checks["projections"])
     degraded = bool(checks.get("projection_errors"))
     return JSONResponse({"ready": ready, "degraded": degraded, **checks}, status_code=200 if ready else 503)
+
+
+async def _jetstream_answers(svc: Services) -> bool:
+    """JetStream answers a request within 2 s: a connected but frozen server does not (submits then
+    fail with 503), so readiness must not be green."""
+    try:
+        await svc.nc.jetstream(timeout=2).account_info()
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        log.warning("readiness: JetStream did not answer: %r", exc)
+        return False
+    return True

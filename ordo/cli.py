@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ordo: set {needs} (or use `ordo up`)", file=sys.stderr)
         return 2
     from ordo.infra.nats_conn import ProvisioningError
+    from ordo.infra.pg import ReadModelUnavailable
 
     try:
         if args.command == "gateway":
@@ -249,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             return event_loop.run(_run_rebuild(settings, args.projection))
         elif args.command == "scheduler":
             event_loop.run(_run_scheduler(settings))
-    except ProvisioningError as exc:  # e.g. NATS refuses the user: say so and stop, no traceback
-        print(f"ordo: {exc}", file=sys.stderr)
+    except (ProvisioningError, ReadModelUnavailable) as exc:  # e.g. NATS refuses the user, a wrong
+        print(f"ordo: {exc}", file=sys.stderr)  # PostgreSQL password: say so and stop, no traceback
         return 1
     return 0
 
