@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ordo.gateway.auth import Principal, Role, require
 from ordo.infra.metrics import Registry
-from ordo.projections import counters, poison
+from ordo.projections import counters, poison, workers
 
 router = APIRouter(tags=["metrics"])
 http_registry = Registry()
@@ -114,6 +114,9 @@ def _task_metrics(snapshot: dict[str, Any]) -> str:
     return registry.render()
 
 
+_WORKER_STATUSES = ("online", "draining", "offline", "lost")
+
+
 async def _gauges(request: Request, tenant: str) -> str:
     svc = request.app.state.services
     registry = Registry()
@@ -127,9 +130,14 @@ async def _gauges(request: Request, tenant: str) -> str:
     depth = registry.gauge("ordo_queue_depth", "Tasks by queue and status", ("tenant", "queue", "status"))
     depth.replace(((r["tenant"], r["queue"], r["status"]), float(r["n"])) for r in rows)
     inflight = registry.gauge("ordo_tasks_in_flight", "Running tasks by queue", ("tenant", "queue"))
-    inflight.replace(
-        ((r["tenant"], r["queue"]), float(r["n"])) for r in rows if r["status"] in ("running", "cancelling")
-    )
+    running: dict[tuple[str, str], float] = {}
+    for r in rows:  # every queue the read model knows, 0 when nothing runs (a series, not a gap)
+        key = (r["tenant"], r["queue"])
+        running[key] = running.get(key, 0.0) + (r["n"] if r["status"] in ("running", "cancelling") else 0)
+    inflight.replace(running.items())
+    seen = await workers.list_workers(svc.nc, tenant)
+    online = registry.gauge("ordo_workers", "Workers by status (as GET /v1/workers derives it)", ("status",))
+    online.replace(((st,), float(sum(w["status"] == st for w in seen))) for st in _WORKER_STATUSES)
     info = await svc.nc.jetstream().stream_info("ORDO_EVENTS")
     last = float(info.state.last_seq)
     lag = registry.gauge(

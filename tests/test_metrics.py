@@ -47,6 +47,8 @@ async def test_metrics_count_a_small_workload(system: System) -> None:
     assert _value(text, "ordo_task_queue_wait_seconds_count", tenant=tenant, type="demo.echo") == 3
     assert _value(text, "ordo_queue_depth", tenant=tenant, queue="default", status="succeeded") == 3
     assert _value(text, "ordo_projection_lag_events", projection="tasks") is not None
+    assert _value(text, "ordo_tasks_in_flight", tenant=tenant, queue="default") == 0  # a sample, not a gap
+    assert _value(text, "ordo_workers", status="online") == 1  # the system's one worker
     assert (
         _value(text, "ordo_http_request_duration_seconds_count", route="/v1/tasks", method="POST") is not None
     )
