@@ -100,6 +100,8 @@ async def connect(settings: Settings, name: str) -> NATS:
     async def on_error(exc: Exception) -> None:
         if not refused.is_set() and _refuses_credentials(exc):
             refused.set()  # before the first connection: a wrong user or password, not an outage
+        if "permissions violation" in str(exc).lower():
+            nc.refused = str(exc)
         await outages.error(exc)
 
     connecting = asyncio.ensure_future(
@@ -264,6 +266,12 @@ async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig, timeout: fl
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError, APIError) as exc:
             if not is_transient(exc):
                 raise  # a real refusal (bad config), not a race or a busy cluster
+            refused = getattr(js._nc, "refused", None)
+            if refused and "$js.api.stream" in refused.lower():  # not a busy server: this user may not
+                raise ProvisioningError(
+                    f"stream {wanted.name}: the NATS server refuses this user ({refused}); creating or"
+                    " updating a stream needs the `admin` user (ORDO_NATS_USER=admin)"
+                ) from exc
             if loop.time() > deadline:
                 raise ProvisioningError(f"stream {wanted.name}: {exc}") from exc
             log.info("stream %s not ready yet (%s); retrying", wanted.name, exc)

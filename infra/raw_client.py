@@ -53,6 +53,9 @@ class RawClient(NATS):
         self._reply_lock = asyncio.Lock()
         self._header_names: set[str] = set()  # names already found valid
         self._ps = WireParser(self)
+        # The server's last "permissions violation" notice (asynchronous: a refused request only
+        # times out), so that a caller retrying on timeouts can tell a refusal from a busy server.
+        self.refused: str | None = None
 
     async def request_data(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None, timeout: float = 2.0

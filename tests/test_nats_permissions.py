@@ -414,3 +414,16 @@ async def test_a_wrong_password_stops_the_process_at_once_saying_so(settings: Se
     right = await connect(settings.with_(nats_user="worker", nats_password=PASSWORDS["worker"]), name="ok")
     assert right.is_connected
     await right.close()
+
+
+async def test_a_user_that_may_not_change_streams_is_told_so_not_kept_waiting(
+    settings: Settings, provisioned: None
+) -> None:
+    """Found by an operator's pass: `ordo rebuild` as the `worker` user logged "stream ORDO_EVENTS not
+    ready yet (nats: timeout); retrying" for a minute, as for a busy cluster."""
+    worker = await connect(_as(settings, "worker"), name="perm-provision")
+    try:
+        with pytest.raises(ProvisioningError, match="needs the `admin` user"):
+            await asyncio.wait_for(provision(worker, _as(settings, "worker")), 20)
+    finally:
+        await worker.close()
