@@ -62,7 +62,7 @@ export function mount(root, { id, params }) {
       task.archived ? h("span", { class: "badge", id: "task-archived", title: "archived: listed only with the task list's archived filter" }, "archived") : null,
       headAsOf,
       h("span", {}, h("b", {}, task.type)),
-      h("span", { class: "muted" }, `queue ${task.queue} · priority ${task.priority} · ${task.attempts > task.max_attempts ? `${task.attempts} attempts in all (a replay gives ${task.max_attempts} more)` : `attempt ${task.attempts}/${task.max_attempts}`}`));
+      h("span", { class: "muted" }, `queue ${task.queue} · priority ${task.priority} · ${task.attempts > task.max_attempts ? `${task.attempts} attempts in all (a replay gives ${task.max_attempts} more; a worker's hand-back at its shutdown does not count)` : `attempt ${task.attempts}/${task.max_attempts}`}`));
     const st = task.status;
     const act = (label, action, enabled, key, cls) => h("button", { class: cls, "data-action": action, disabled: !enabled, title: key ? `${label} (${key})` : label,
       onclick: () => command(action) }, label);
