@@ -38,8 +38,11 @@ async def mismatch(conn: asyncpg.Connection, nc: NATS, checkpoint: int) -> str |
     the first time: a new read model, or one from before this check, whose checkpoint must then
     not be past the log's end)."""
     created, last = await current(nc)
-    recorded = await conn.fetchval("SELECT stream_created FROM read_model_log")
+    row = await conn.fetchrow("SELECT stream_created, refused FROM read_model_log")
+    recorded = None if row is None else row["stream_created"]
     if recorded is None:
+        if row is not None and row["refused"] is not None:
+            return str(row["refused"])  # refused once: the new log growing past the checkpoint is no proof
         if checkpoint > last:
             return _why(f"the read model has applied the log up to {checkpoint}; the log ends at {last}")
         await record(conn, created)

@@ -60,6 +60,12 @@ class LogReader:
     async def start(self) -> None:
         await self._feed.start()
 
+    @property
+    def resets(self) -> int:
+        """How often the reader replaced its consumer (a reconnect, a server restarted): the log
+        behind it may be another one since (projections/log_identity.py)."""
+        return self._feed.resets
+
     async def close(self) -> None:
         await self._feed.close()
 

@@ -196,8 +196,9 @@ class ProjectionRunner:
             self.active = True
             self._log.info("projector active")
             await ensure_checkpoints(conn, self._projections)
-            if await self._log_accepted(conn):
-                await self._consume(conn)
+            while await self._log_accepted(conn):
+                if not await self._consume(conn):
+                    break  # stopped; True: the log behind the reader changed, refuse it first
         finally:
             self.active = False
             await _close(conn)
@@ -240,7 +241,23 @@ class ProjectionRunner:
                 pass
         return False
 
-    async def _consume(self, conn: asyncpg.Connection) -> None:
+    async def _same_log(self, conn: asyncpg.Connection, reader: LogReader, seen: list[int]) -> bool:
+        """After the reader replaced its consumer, whether the log is still the read model's (a
+        server that lost its data comes back with a new, empty log); True when nothing changed."""
+        if reader.resets == seen[0]:
+            return True
+        seen[0] = reader.resets
+        try:
+            why = await log_identity.mismatch(conn, self._nc, self.last_seq)
+        except nats.errors.Error:
+            return True  # asked again on the next batch's check: the server is away, not replaced
+        if why is not None:
+            self._log.error("the event log changed under the projector: %s", why)
+        return why is None
+
+    async def _consume(self, conn: asyncpg.Connection) -> bool:
+        """Apply the log until stopped (False) or until the log behind the reader is not the read
+        model's any more (True)."""
         names = [p.name for p in self._projections]
         async with conn.transaction():
             start = min((await locked_checkpoints(conn, names)).values(), default=0) + 1
@@ -250,16 +267,22 @@ class ProjectionRunner:
         memories = Memories()  # a new election starts from the tables
         wants = await self._listen_for_wants() if self._feed else None
         await reader.start()
+        seen = [reader.resets]
         try:
             while not self._stop.is_set():
+                if not await self._same_log(conn, reader, seen):
+                    return True
                 # Caught up, a batch is what has arrived (small, low latency); behind, larger batches
                 # are applied pipelined (each planned while the one before is written).
                 if reader.buffered() >= config.batch_size:
                     await self._catch_up(conn, reader, memories)
                     continue
                 batch = await reader.batch(config.batch_size, wait=self._stop)
+                if batch and not await self._same_log(conn, reader, seen):
+                    return True  # what came after the reader's new consumer is not applied
                 if batch:
                     await self._apply(conn, await self._paced(reader, batch), memories)
+            return False
         finally:
             await reader.close()
             if wants is not None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import httpx
 from nats.aio.client import Client as NATS
 
 from ordo.infra import subjects as sj
 from ordo.infra.nats_conn import provision
+from ordo.projections import log_identity
 from ordo.projections.rebuild import rebuild
 from ordo.projections.runner import ProjectionRunner
 from tests.conftest import System
@@ -70,3 +72,38 @@ async def test_a_new_log_beside_an_old_read_model_is_refused_until_rebuilt(
 
 async def _listed(http: httpx.AsyncClient, task_id: str) -> bool:
     return await _status(http, task_id) == 200
+
+
+async def test_a_read_model_from_before_the_check_stays_refused_as_the_new_log_grows(
+    gateway_only: System, nc: NATS
+) -> None:
+    """A read model that recorded no log (built before this check) can only tell a new log by its
+    checkpoint being past the log's end; once refused, a new log growing past that checkpoint must
+    not be taken for the old one."""
+    http = gateway_only.http
+    dsn = gateway_only.settings.database_url
+    first = await _submit(http)
+    await eventually(lambda: _listed(http, first), timeout=30, what="the first task in the read model")
+    await gateway_only.projector.shutdown()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DELETE FROM read_model_log")  # as a read model from before the check
+        checkpoint = int(await conn.fetchval("SELECT max(last_seq) FROM projection_checkpoints"))
+        await nc.jetstream().delete_stream(sj.EVENTS_STREAM)
+        await provision(nc, gateway_only.settings)
+        why = await log_identity.mismatch(conn, nc, checkpoint)
+        assert why is not None and "log ends at 0" in why
+        await log_identity.refuse(conn, why)  # what the projector does with it
+        while (await log_identity.current(nc))[1] <= checkpoint:  # the new log passes the checkpoint
+            await _submit(http)
+        assert await log_identity.mismatch(conn, nc, checkpoint) == why
+    finally:
+        await conn.close()
+    report = await rebuild(nc, dsn)  # the way back: the read model of this log, recorded as such
+    assert report.events > checkpoint
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await log_identity.mismatch(conn, nc, report.checkpoint) is None
+        assert await log_identity.refusal(conn) is None
+    finally:
+        await conn.close()
