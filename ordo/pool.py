@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -50,6 +51,11 @@ class WorkerPool:
         self._slots: list[tuple[Supervisor, asyncio.Task[None]]] = []
         self._lock = asyncio.Lock()
         self._stopping: set[asyncio.Task[None]] = set()
+        # The number in each slot's name (`worker-<n>`, its pid file), and those of workers still
+        # stopping: a new slot takes a number neither holds, so it never takes a stopping worker's
+        # pid file for a leftover of a killed run (and SIGKILLs it).
+        self._numbers: list[int] = []
+        self._numbers_stopping: set[int] = set()
         self._sub: Subscription | None = None
 
     @property
@@ -73,14 +79,20 @@ class WorkerPool:
         async with self._lock:
             before = len(self._slots)
             while len(self._slots) < count:
-                spec = self._spec_for(len(self._slots) + 1)
+                taken = {*self._numbers, *self._numbers_stopping}
+                number = next(n for n in itertools.count(1) if n not in taken)
+                spec = self._spec_for(number)
                 sup = Supervisor([spec], self._log, pid_dir=self._pid_dir, shutdown_grace_s=self._grace_s)
                 self._slots.append((sup, asyncio.create_task(sup.run(), name=f"pool-{spec.name}")))
+                self._numbers.append(number)
             extra = self._slots[count:]
             del self._slots[count:]
+            leaving = self._numbers[count:]
+            del self._numbers[count:]
+            self._numbers_stopping.update(leaving)
         if extra:
             self._log.info("scaling down: stopping %d worker(s)", len(extra))
-            stopping = asyncio.create_task(self._stop(extra, len(self._slots)))
+            stopping = asyncio.create_task(self._stop(extra, leaving))
             self._stopping.add(stopping)
             stopping.add_done_callback(self._stopping.discard)
             if wait:
@@ -89,10 +101,15 @@ class WorkerPool:
             self._log.info("worker pool at %d", len(self._slots))
         return len(self._slots)
 
-    async def _stop(self, slots: list[tuple[Supervisor, asyncio.Task[None]]], left: int) -> None:
-        await asyncio.gather(*(sup.shutdown() for sup, _ in slots))
-        await asyncio.gather(*(task for _, task in slots), return_exceptions=True)
-        self._log.info("worker pool at %d", left)
+    async def _stop(self, slots: list[tuple[Supervisor, asyncio.Task[None]]], numbers: list[int]) -> None:
+        try:
+            stopped = await asyncio.gather(*(sup.shutdown() for sup, _ in slots), return_exceptions=True)
+            for error in (e for e in stopped if isinstance(e, BaseException)):
+                self._log.error("stopping a worker failed: %r", error)
+            await asyncio.gather(*(task for _, task in slots), return_exceptions=True)
+        finally:
+            self._numbers_stopping.difference_update(numbers)
+        self._log.info("worker pool at %d", len(self._slots))
 
     def kill(self, pid: int) -> bool:
         """SIGKILL one of the pool's worker processes (its supervisor starts a new one)."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ordo.embedded.processes import read_pidfile
 from ordo.pool import WorkerPool
 from ordo.supervisor import ChildSpec
 from tests.conftest import System
@@ -88,6 +89,25 @@ async def test_a_scale_down_answers_at_once_while_its_workers_finish(
         await eventually(running, timeout=60, interval=0.2, what="the long task running")
         r = await http.post("/v1/workers:scale", json={"count": 0}, timeout=15)
         assert r.status_code == 202 and r.json() == {"count": 0}, r.text
+        # Up again while that worker still finishes: the new one does not take it for a leftover
+        # of a killed run (same name, same pid file) and kill it; it hands its task back.
+        assert (await http.post("/v1/workers:scale", json={"count": 1})).status_code == 202
+
+        async def handed_back() -> list[str] | None:
+            events = (await http.get(f"/v1/tasks/{task_id}/events")).json()["events"]
+            kinds = [e["type"] for e in events]
+            return kinds if "attempt_released" in kinds else None
+
+        kinds = await eventually(handed_back, timeout=60, interval=0.2, what="the task handed back")
+        assert "attempt_timed_out" not in kinds, kinds
+
+        async def stopped_alone() -> bool:  # the stopping worker is gone, the new one still runs
+            return pool.count == 1 and len(pool.pids) == 1
+
+        await eventually(stopped_alone, timeout=60, interval=0.2, what="the old worker stopped")
+        # The running worker's pid file is its own: the stopped one's cleanup did not remove it.
+        files = {info.pid for f in (tmp_path / "pids").glob("*.pid") if (info := read_pidfile(f)) is not None}
+        assert files == set(pool.pids), (files, pool.pids)
     finally:
         await pool.shutdown()
     assert pool.count == 0 and pool.pids == []
