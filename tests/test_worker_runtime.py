@@ -374,3 +374,37 @@ async def test_cancel_subject_matches_event_subjects() -> None:
     from ordo.workers.runtime import cancel_requested_filter
 
     assert cancel_requested_filter() == sj.events_named_filter("cancel_requested")
+
+
+async def test_a_worker_holds_a_bounded_number_of_tasks_it_has_no_handler_for(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each task handed back for another worker holds one of its consumer's ack-pending slots while it
+    waits: past the bound, a worker fails the next one at once instead of stalling its queue."""
+    from ordo.workers import executor
+
+    monkeypatch.setattr(executor, "_PARKED_MAX", 1)
+    registry = Registry()
+
+    @registry.task("known")
+    async def known(ctx: TaskContext) -> None:
+        return None
+
+    ids = [await submit(handler, settings, queue, "not.deployed") for _ in range(2)]
+    patient = settings.with_(unknown_type_wait_s=60.0)
+    async with running(Worker(nc, handler, registry, patient, queues=(queue,))):
+
+        async def one_failed() -> list[TaskState] | None:
+            states = [(await handler.load(settings.tenant, t))[0] for t in ids]
+            failed = [s for s in states if s.status is TaskStatus.FAILED]
+            return states if len(failed) == 1 else None
+
+        states = await eventually(one_failed, timeout=20, what="one of the two failed")
+    failed = next(s for s in states if s.status is TaskStatus.FAILED)
+    waiting = next(s for s in states if s.status is not TaskStatus.FAILED)
+    assert (
+        failed.error is not None
+        and failed.error.kind == "UnknownTaskType"
+        and "at most 1 " in failed.error.message
+    )
+    assert waiting.status is TaskStatus.QUEUED and waiting.attempt == 0

@@ -18,7 +18,6 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import nats.errors
 import nats.js.errors
@@ -415,19 +414,6 @@ def delivery(msg: Msg) -> tuple[int, int] | None:
         return None
     try:
         return int(tokens[at + 1]), int(tokens[at])
-    except ValueError:
-        return None
-
-
-def stored_at(msg: Msg) -> datetime | None:
-    """When the delivered message was stored in its stream (its ack subject's timestamp), or None for
-    a message that is not a JetStream delivery."""
-    tokens = (msg.reply or "").split(".")
-    at = sj.ack_delivered_at(len(tokens))
-    if at is None or tokens[0] != "$JS" or tokens[1] != "ACK":
-        return None
-    try:
-        return datetime.fromtimestamp(int(tokens[at + 3]) / 1e9, UTC)
     except ValueError:
         return None
 

@@ -63,8 +63,10 @@ _REPORT_TRIES = 10
 # A ticket whose task has no history yet is retried this often, this far apart, before it is poison.
 _UNKNOWN_TASK_TRIES = 20
 _UNKNOWN_TASK_DELAY_S = 1.0
-# A ticket of a type with no handler here comes back at most this far apart (workers.executor._deferred).
+# A ticket of a type with no handler here comes back at most this far apart, and a worker holds at
+# most this many such tasks at once (Executor._deferred).
 _UNKNOWN_TYPE_STEP_MAX_S = 5.0
+_PARKED_MAX = 1000
 # An attempt's error as stored: the message's first characters, the traceback's last.
 _MESSAGE_CHARS = 8_000
 _TRACEBACK_CHARS = 32_000
@@ -122,6 +124,8 @@ class Executor:
         self._clock = clock
         self._jitter = jitter
         self._running: dict[tuple[str, str], Attempt] = {}
+        # Tasks of a type with no handler here, handed back for another worker: when first.
+        self._parked: dict[str, float] = {}
 
     @property
     def running(self) -> int:
@@ -204,6 +208,9 @@ class Executor:
 
     async def _start(self, msg: Msg, d: Dispatch) -> _Started | None:
         now = self._clock()
+        snapshot = d.state  # the task as its runnable event carries it (its type never changes)
+        if snapshot is not None and not self._handles(snapshot) and await self._deferred(msg, snapshot):
+            return None
         try:
             if d.state is not None and _deliveries(msg) == 1:
                 # The fast path: decide on the state the event carries, expect its own sequence.
@@ -213,7 +220,7 @@ class Executor:
                 if not then.exists:
                     raise TaskNotFound(d.task_id)
                 number, known = then.dispatch, (state, last_seq)
-            if known[0].task_type not in self._registry and await self._deferred(msg, known[0]):
+            if snapshot is None and not self._handles(known[0]) and await self._deferred(msg, known[0]):
                 return None
             command = StartAttempt(
                 task_id=d.task_id,
@@ -254,26 +261,41 @@ class Executor:
         await consumer.ack(msg)  # stale ticket, or the task is already over
         return None
 
+    def _handles(self, state: TaskState) -> bool:
+        return state.task_type in self._registry
+
     async def _deferred(self, msg: Msg, state: TaskState) -> bool:
         """A type with no handler here: the ticket goes back for a worker that has one (a rolling
-        deploy) until it has waited `unknown_type_wait_s` since it was stored; True if it went back.
-        After that it starts here and fails (`UnknownTaskType`)."""
-        stored = consumer.stored_at(msg)
-        waited = 0.0 if stored is None else (self._clock() - stored).total_seconds()
+        deploy) until it has been handed back for `unknown_type_wait_s` in all (counted from its
+        deliveries: a ticket that waited in a backlog still gets the whole wait); True if it went
+        back. After that, or past `_PARKED_MAX` such tasks here (each holds one of its consumer's
+        ack-pending slots while it waits), it starts here and fails (`UnknownTaskType`)."""
+        deliveries = _deliveries(msg)
+        waited = sum(self._hand_back_delay(n) for n in range(1, deliveries))
         left = self._settings.unknown_type_wait_s - waited
         if left <= 0:
+            self._parked.pop(state.task_id, None)
             return False
-        deliveries = _deliveries(msg)
-        if deliveries == 1:
+        now = asyncio.get_running_loop().time()
+        if state.task_id not in self._parked:
+            horizon = now - self._settings.unknown_type_wait_s - _UNKNOWN_TYPE_STEP_MAX_S
+            for task_id in [t for t, since in self._parked.items() if since < horizon]:
+                del self._parked[task_id]  # started or failed elsewhere long since
+            if len(self._parked) >= _PARKED_MAX:
+                return False
+            self._parked[state.task_id] = now
             self._log.warning(
-                "no handler here for %r (task %s): ticket back for another worker, for up to %g s more",
+                "no handler here for %r (task %s): ticket back for another worker, for up to %g s",
                 state.task_type,
                 state.task_id,
                 left,
             )
-        step = self._settings.backoff_base_s * 2 ** min(deliveries - 1, 4)
-        await consumer.nak(msg, delay=min(left, step, _UNKNOWN_TYPE_STEP_MAX_S))
+        await consumer.nak(msg, delay=min(left, self._hand_back_delay(deliveries)))
         return True
+
+    def _hand_back_delay(self, delivery: int) -> float:
+        """The delay of the `delivery`th hand-back of a ticket of an unknown type."""
+        return float(min(self._settings.backoff_base_s * 2 ** min(delivery - 1, 8), _UNKNOWN_TYPE_STEP_MAX_S))
 
     async def _forwarded(self, msg: Msg, d: Dispatch) -> bool:
         """Move the dispatch of a limited type to its lane (see workers.limits); True if handled."""
@@ -302,7 +324,10 @@ class Executor:
         fn = self._registry.get(state.task_type)
         if fn is None:
             wait = self._settings.unknown_type_wait_s
-            message = f"no handler for {state.task_type!r} on the workers that took it in {wait:g} s"
+            message = (
+                f"no handler for {state.task_type!r} on the workers that took it in {wait:g} s"
+                f" (a worker holds at most {_PARKED_MAX:,} tasks of types it has no handler for)"
+            )
             error = error_info("UnknownTaskType", message)
             await self._finish(attempt, self._fail(attempt, error, retryable=False))
             return
