@@ -76,6 +76,13 @@ async () => {
   box.querySelector('[data-id="B"] button').focus();
   patch(box, rows(["A", "C"]));
   out.afterRemoved = document.activeElement.textContent;
+  // A focused <summary> (no `disabled`, not a button) stays focused through a render.
+  const gone = () => [h("details", { "data-key": "g" }, h("summary", {}, "3 stopped")),
+    h("button", { "data-key": "d" }, "Drain")];
+  patch(box, gone());
+  box.querySelector("summary").focus();
+  patch(box, gone());
+  out.summaryKept = document.activeElement.tagName;
   box.remove();
   return out;
 }
@@ -92,3 +99,4 @@ async def test_patch_keeps_focus_order_form_state_and_listeners(ui: Page, system
     assert out["viewValue"] == "new", out
     assert out["clicked"] == 2, out
     assert out["afterDisabled"] == "Copy" and out["afterRemoved"] == "C", out
+    assert out["summaryKept"] == "SUMMARY", out

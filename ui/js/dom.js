@@ -60,7 +60,9 @@ export function patch(el, ...children) {
   const slot = focused && focused !== document.body && el.contains(focused) ? slotOf(focused, el) : null;
   patchChildren(el, next);
   const now = document.activeElement;
-  if (slot && (now === focused ? !focused.matches(FOCUSABLE) : !now || now === document.body)) refocus(slot);
+  // Only what the patch took away: a control now disabled, or removed (the focus fell to the page);
+  // a focused <summary>, link or row stays where it is.
+  if (slot && (now === focused ? focused.disabled === true : !now || now === document.body)) refocus(slot);
   return el;
 }
 

@@ -27,7 +27,7 @@ export function mount(root, { params }) {
     h("label", {}, "Queue", fQueue), h("label", {}, "Type", fType), h("label", {}, "Error kind", fKind),
     h("button", { type: "submit", class: "primary" }, "Filter"), h("span", { class: "spacer" }), dirtyNote, bulkBtn);
   form.addEventListener("input", syncDirty);
-  const heldNote = h("p", { class: "small muted", id: "dl-held", hidden: true, role: "status" }, "New changes are held while the pointer is on the list; they show when it leaves.");
+  const heldNote = h("p", { class: "held-note", id: "dl-held", hidden: true, role: "status" }, "New changes are held while the pointer is on the list; they show when it leaves.");
   root.append(h("div", { class: "panel" }, h("h1", {}, "Dead letters"),
     native ? null : notice("The dead-letter routes are not available on this gateway: showing failed tasks; replay uses the task's retry."),
     form, heldNote, box));

@@ -41,7 +41,7 @@ export function mount(root, { recent = [] } = {}) {
   const totalBox = h("span", { class: "n", id: "total" }, "–");
   const rateBox = h("span", { class: "n", id: "failure-rate" }, "–");
   const feed = h("ol", { class: "feed", id: "feed" });
-  const feedHeld = h("p", { class: "small muted", id: "feed-held", hidden: true, role: "status" }, "New events are held while the pointer is on the feed; they show when it leaves.");
+  const feedHeld = h("p", { class: "held-note", id: "feed-held", hidden: true, role: "status" }, "New events are held while the pointer is on the feed; they show when it leaves.");
   const latencyBox = h("span", { class: "n", id: "latency" }, "–");
   root.append(h("h1", { class: "page-title" }, "Overview"),
     h("div", { class: "grid cols-stats" },

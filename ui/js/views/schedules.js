@@ -173,7 +173,7 @@ function detail(root, id) {
   const chart = h("div", { class: "gantt-wrap" });
   const shown = h("div");
   const table = h("div");
-  const heldNote = h("p", { class: "small muted", id: "decisions-held", hidden: true, role: "status" }, "New decisions are held while the pointer is on the list; they show when it leaves.");
+  const heldNote = h("p", { class: "held-note", id: "decisions-held", hidden: true, role: "status" }, "New decisions are held while the pointer is on the list; they show when it leaves.");
   // Paging: `after` is the page shown (null: the latest, kept live); `newer` the pages before it.
   let after = null, nextAfter = null, generation = 0, editedAt;
   const newer = [];
