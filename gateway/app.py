@@ -52,14 +52,24 @@ async def _unless_stopped(start: Awaitable[T]) -> T:
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(start)
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    late: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        if task.done():
+            late.append(sig)  # started meanwhile: uvicorn's handlers get it once they are back
+        else:
+            task.cancel()
+
     for sig in before:
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop, sig)
     try:
         return await task
     finally:
         for sig, handler in before.items():
             loop.remove_signal_handler(sig)
             signal.signal(sig, handler)
+        for sig in late:
+            signal.raise_signal(sig)
 
 
 def create_app(settings: Settings, *, stoppable_start: bool = False) -> FastAPI:

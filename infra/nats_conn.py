@@ -256,6 +256,8 @@ async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig, timeout: fl
     assert wanted.name is not None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    if isinstance(js._nc, RawClient):
+        js._nc.refused = None  # only a refusal of this call's requests counts below
     while True:
         try:
             try:

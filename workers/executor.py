@@ -75,8 +75,7 @@ _TRACEBACK_CHARS = 32_000
 _UNSTORABLE = "UnstorableOutcome"
 _UNSTORABLE_ERRORS = (
     msgspec.EncodeError,
-    TypeError,
-    ValueError,
+    UnicodeEncodeError,
     OverflowError,
     RecursionError,
     nats.errors.MaxPayloadError,
