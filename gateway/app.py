@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +33,8 @@ from ordo.gateway.head import HeadAsGet
 from ordo.gateway.nats_api import NatsApi
 from ordo.gateway.nul_guard import RefuseNul
 from ordo.gateway.services import Services
+from ordo.infra.nats_conn import ProvisioningError
+from ordo.infra.pg import ReadModelUnavailable
 from ordo.infra.settings import Settings
 
 T = TypeVar("T")
@@ -54,22 +58,47 @@ async def _unless_stopped(start: Awaitable[T]) -> T:
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     late: list[signal.Signals] = []
 
+    stopped: list[signal.Signals] = []
+
     def stop(sig: signal.Signals) -> None:
         if task.done():
             late.append(sig)  # started meanwhile: uvicorn's handlers get it once they are back
         else:
+            stopped.append(sig)
             task.cancel()
 
     for sig in before:
         loop.add_signal_handler(sig, stop, sig)
     try:
         return await task
+    except asyncio.CancelledError:
+        if stopped:
+            raise StoppedWhileStarting(stopped[0]) from None
+        raise
     finally:
         for sig, handler in before.items():
             loop.remove_signal_handler(sig)
             signal.signal(sig, handler)
         for sig in late:
             signal.raise_signal(sig)
+
+
+class StoppedWhileStarting(Exception):
+    """A signal ended the gateway's start."""
+
+
+async def _start_or_exit(start: Awaitable[T]) -> T:
+    """`ordo gateway`'s start: stopped by a signal, the process ends (0); a server it cannot use
+    (NATS refusing its user, PostgreSQL unreachable) ends it with one line saying why (1), not the
+    traceback uvicorn would print for a failed startup."""
+    try:
+        return await _unless_stopped(start)
+    except StoppedWhileStarting:
+        print("ordo gateway: stopped while starting", file=sys.stderr, flush=True)
+        os._exit(0)
+    except (ProvisioningError, ReadModelUnavailable) as exc:
+        print(f"ordo gateway: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def create_app(settings: Settings, *, stoppable_start: bool = False) -> FastAPI:
@@ -81,7 +110,7 @@ def create_app(settings: Settings, *, stoppable_start: bool = False) -> FastAPI:
         # The gateway's own composition root: its services once, then the NATS command API (a
         # second front door into the same task service).
         starting = Services.start(settings)
-        svc = await (_unless_stopped(starting) if stoppable_start else starting)
+        svc = await (_start_or_exit(starting) if stoppable_start else starting)
         nats_api = NatsApi(svc)
         try:
             await nats_api.start()

@@ -232,3 +232,28 @@ def test_up_refuses_a_port_in_use_and_a_bad_worker_count_before_starting_anythin
     with pytest.raises(SystemExit) as usage:
         main(["up", "--workers", "-1", "--data-dir", str(tmp_path / "b")])
     assert usage.value.code == 2 and not (tmp_path / "b").exists()
+
+
+def test_a_gateway_waiting_for_nats_stops_on_sigterm(tmp_path: Path) -> None:
+    """Found by an operator's pass: `ordo gateway` with NATS unreachable ignored SIGTERM and SIGINT
+    (uvicorn only notes a signal while the app starts); only SIGKILL stopped it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDO_")}
+    env.update(ORDO_NATS_URL=f"nats://127.0.0.1:{free_port()}", ORDO_DATABASE_URL="postgresql://x:y@127.0.0.1:1/z")
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "ordo.cli", "gateway", "--port", str(free_port())],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        assert gateway.stderr is not None
+        while "reconnecting" not in gateway.stderr.readline():  # its start waits for NATS
+            assert time.monotonic() < deadline and gateway.poll() is None, "the gateway never started"
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(timeout=10) == 0
+        assert "stopped while starting" in gateway.stderr.read()
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait()
