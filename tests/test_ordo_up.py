@@ -238,7 +238,9 @@ def test_a_gateway_waiting_for_nats_stops_on_sigterm(tmp_path: Path) -> None:
     """Found by an operator's pass: `ordo gateway` with NATS unreachable ignored SIGTERM and SIGINT
     (uvicorn only notes a signal while the app starts); only SIGKILL stopped it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORDO_")}
-    env.update(ORDO_NATS_URL=f"nats://127.0.0.1:{free_port()}", ORDO_DATABASE_URL="postgresql://x:y@127.0.0.1:1/z")
+    env.update(
+        ORDO_NATS_URL=f"nats://127.0.0.1:{free_port()}", ORDO_DATABASE_URL="postgresql://x:y@127.0.0.1:1/z"
+    )
     gateway = subprocess.Popen(
         [sys.executable, "-m", "ordo.cli", "gateway", "--port", str(free_port())],
         env=env,
