@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from ordo.gateway.services import Services, services
+from ordo.infra import subjects as sj
 from ordo.projections import log_identity, poison
 from ordo.projections.runner import checkpoint, leader_present
 
@@ -52,11 +53,11 @@ async def readyz(svc: Svc) -> JSONResponse:
 
 
 async def _jetstream_answers(svc: Services) -> bool:
-    """JetStream answers a request within 2 s: a connected but frozen server does not (submits then
-    fail with 503), so readiness must not be green."""
+    """JetStream answers for the event log within 2 s: a connected but frozen server does not, nor
+    one that lost its data (no stream: submits then fail with 503), so readiness must not be green."""
     try:
-        await svc.nc.jetstream(timeout=2).account_info()
+        await svc.nc.jetstream(timeout=2).stream_info(sj.EVENTS_STREAM)
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        log.warning("readiness: JetStream did not answer: %r", exc)
+        log.warning("readiness: JetStream did not answer for %s: %r", sj.EVENTS_STREAM, exc)
         return False
     return True

@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 import signal
 
+from nats.aio.client import Client as NATS
+
 from ordo.embedded.nats import EmbeddedNats
+from ordo.infra import subjects as sj
 from tests.conftest import System
 from tests.helpers import eventually
 
@@ -31,3 +34,16 @@ async def test_readiness_is_503_while_jetstream_does_not_answer(
         return (await http.get("/readyz")).status_code == 200
 
     await eventually(ready, timeout=30, what="ready again")
+
+
+async def test_readiness_is_503_while_the_event_log_is_missing(gateway_only: System, nc: NATS) -> None:
+    """Found by a user's pass: the nats-server's data lost while everything ran, submits answered 503
+    for good while readiness stayed green."""
+    http = gateway_only.http
+    await nc.jetstream().delete_stream(sj.EVENTS_STREAM)
+
+    async def not_ready() -> bool:
+        r = await http.get("/readyz")
+        return r.status_code == 503 and r.json()["nats"] is False
+
+    await eventually(not_ready, timeout=30, what="readiness without the event log")

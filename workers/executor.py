@@ -324,8 +324,9 @@ class Executor:
         if fn is None:
             wait = self._settings.unknown_type_wait_s
             message = (
-                f"no handler for {state.task_type!r} on the workers that took it in {wait:g} s"
-                f" (a worker holds at most {_PARKED_MAX:,} tasks of types it has no handler for)"
+                f"no handler for {state.task_type!r} on this worker; handed back for {wait:g} s, it"
+                " reached no worker with one (a worker holds at most"
+                f" {_PARKED_MAX:,} tasks of types it has no handler for)"
             )
             error = error_info("UnknownTaskType", message)
             await self._finish(attempt, self._fail(attempt, error, retryable=False))

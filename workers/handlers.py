@@ -40,7 +40,8 @@ class Retry(Exception):
 
     def __init__(self, after: float | None = None, reason: Any = "") -> None:
         if after is not None and not (isinstance(after, int | float) and 0 <= after <= MAX_RETRY_AFTER_S):
-            raise ValueError(f"Retry(after=...) must be a number of seconds from 0 to {MAX_RETRY_AFTER_S:g}")
+            # A handler's bug another attempt would repeat: the task fails now (a ValueError too).
+            raise InvalidRetry(f"Retry(after={after!r}): after must be a number of seconds from 0 to 30 days")
         reason = text_of(reason)
         super().__init__(reason or (f"retry after {after}s" if after is not None else "retry"))
         self.after = after
@@ -55,6 +56,10 @@ class Fail(Exception):
         reason = text_of(reason)
         super().__init__(reason)
         self.reason = reason
+
+
+class InvalidRetry(Fail, ValueError):
+    """`Retry(after=...)` out of range: the task fails at once, without retry."""
 
 
 def text_of(value: Any) -> str:
