@@ -33,11 +33,12 @@ async def current(nc: NATS) -> tuple[datetime | None, int]:
     return info.created, int(info.state.last_seq)
 
 
-async def mismatch(conn: asyncpg.Connection, nc: NATS, checkpoint: int) -> str | None:
+async def mismatch(conn: asyncpg.Connection, nc: NATS) -> str | None:
     """Why the log is not the one the read model was built from, or None when it is (recording it
-    the first time: a new read model, or one from before this check, whose checkpoint must then
-    not be past the log's end)."""
+    the first time: a new read model, or one from before this check, whose furthest checkpoint must
+    then not be past the log's end)."""
     created, last = await current(nc)
+    checkpoint = int(await conn.fetchval("SELECT coalesce(max(last_seq), 0) FROM projection_checkpoints"))
     row = await conn.fetchrow("SELECT stream_created, refused FROM read_model_log")
     recorded = None if row is None else row["stream_created"]
     if recorded is None:

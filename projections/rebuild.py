@@ -225,8 +225,7 @@ class Rebuilder:
         self._log.info("built %d indexes in %.2f s (%d connections)", len(deferred), took, _BUILDERS)
 
     async def _which_log(self, conn: asyncpg.Connection) -> None:
-        checkpoint = int(await conn.fetchval("SELECT coalesce(max(last_seq), 0) FROM projection_checkpoints"))
-        why = await log_identity.mismatch(conn, self._nc, checkpoint)
+        why = await log_identity.mismatch(conn, self._nc)
         if why is None:
             return
         if set(self._names) != {p.name for p in PROJECTIONS}:

@@ -121,10 +121,6 @@ async def locked_checkpoints(conn: asyncpg.Connection, names: Sequence[str]) -> 
     return {r["name"]: r["last_seq"] for r in recs}
 
 
-# How far the furthest projection has applied the log.
-_LAST_APPLIED = "SELECT coalesce(max(last_seq), 0) FROM projection_checkpoints"
-
-
 class ProjectionRunner:
     def __init__(
         self,
@@ -219,9 +215,8 @@ class ProjectionRunner:
         from this log clears it. False once stopped."""
         said = None
         while not self._stop.is_set():
-            checkpoint = int(await conn.fetchval(_LAST_APPLIED))
             try:
-                why = await log_identity.mismatch(conn, self._nc, checkpoint)
+                why = await log_identity.mismatch(conn, self._nc)
             except nats.errors.Error as exc:  # the server away: not a verdict on the log
                 self._log.warning("cannot ask the event log which it is yet: %r", exc)
                 why = said = None
@@ -248,7 +243,7 @@ class ProjectionRunner:
             return True
         seen[0] = reader.resets
         try:
-            why = await log_identity.mismatch(conn, self._nc, self.last_seq)
+            why = await log_identity.mismatch(conn, self._nc)
         except nats.errors.Error:
             return True  # asked again on the next batch's check: the server is away, not replaced
         if why is not None:

@@ -48,7 +48,7 @@ from ordo.infra.settings import Settings
 from ordo.infra.tasks import cancel_and_wait
 from ordo.workers import consumer
 from ordo.workers.context import TaskContext
-from ordo.workers.handlers import Fail, HandlerFn, InvalidPayload, Registry, Retry, awaitable, text_of
+from ordo.workers.handlers import Fail, HandlerFn, InvalidPayload, Registry, Retry, awaitable, str_of, text_of
 from ordo.workers.lease import Attempt
 from ordo.workers.limits import TypeLimits, is_lane_message
 from ordo.workers.results import UnstorableResult, stored_result
@@ -398,7 +398,7 @@ class Executor:
             error = error_info("Retry", exc.reason or str(exc))
             return self._fail(attempt, error, retryable=True, after=exc.after)
         raised = exc.exit if isinstance(exc, HandlerExit) else exc
-        error = error_info(type(raised).__name__, _message_of(raised), _traceback(exc))
+        error = error_info(type(raised).__name__, str_of(raised), _traceback(exc))
         return self._fail(attempt, error, retryable=True)
 
     def _fail(
@@ -506,14 +506,6 @@ def _storable(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _message_of(exc: BaseException) -> str:
-    """str(exc), or a note when even that raises."""
-    try:
-        return str(exc)
-    except Exception:  # noqa: BLE001 - a __str__ that raises
-        return f"<{type(exc).__name__} whose str() failed>"
 
 
 def _traceback(exc: BaseException) -> str:

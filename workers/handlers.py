@@ -67,9 +67,15 @@ def text_of(value: Any) -> str:
     str(), or its type's name when even that raises."""
     if isinstance(value, str):
         return value
+    text = str_of(value)
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {text}" if text else type(value).__name__
+    return text
+
+
+def str_of(value: Any) -> str:
+    """str(value), or a note naming its type when its __str__ raises."""
     try:
-        if isinstance(value, BaseException):
-            return f"{type(value).__name__}: {value}" if str(value) else type(value).__name__
         return str(value)
     except Exception:  # noqa: BLE001 - a __str__ that raises
         return f"<{type(value).__name__} whose str() failed>"
