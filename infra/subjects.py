@@ -11,6 +11,8 @@ Event log stream ORDO_EVENTS (limits retention, no delete, no purge):
                                                    moved back on resume)
   ordo.work.<tenant>.<queue>.held                  the dispatches of a tenant's paused queue
   ordo.work.<tenant>.<queue>.lim.<lane>            the dispatches of one type-limited task type
+  ordo.work.<tenant>.<queue>.wait.<lane>           a dispatch a worker had no handler for, for one
+                                                   that has it (workers/handover.py)
   ordo.sched.<tenant>.<schedule_id>.<event>        schedule events (created, fired, skipped, missed, ...)
   ordo.queue.<tenant>.<queue>.<event>              queue control events (paused, resumed)
 Timer stream ORDO_TIMERS (purge allowed, message schedules on):
@@ -335,3 +337,28 @@ def is_limited_work_subject(subject: str) -> bool:
 
 def limited_work_consumer(queue: str, lane: str) -> str:
     return f"lim_{queue}_{lane}"
+
+
+# A ticket of a type its worker has no handler for (workers/handover.py): a copy waits on the type's
+# handover subject in ORDO_EVENTS, read by one durable per (queue, type) that only workers with the
+# handler pull from, when told over core NATS (no stream) that a copy waits there.
+#   ordo.work.<tenant>.<queue>.wait.<lane>         the copies of one type's dispatches
+#   ordo.worker.wait.<queue>.<lane>                "a copy of this type waits" (empty body)
+def handover_subject(tenant: str, queue: str, lane: str) -> str:
+    return f"{WORK_PREFIX}.{tenant}.{queue}.wait.{lane}"
+
+
+def handover_filter(queue: str, lane: str) -> str:
+    return f"{WORK_PREFIX}.*.{queue}.wait.{lane}"
+
+
+def handover_consumer(queue: str, lane: str) -> str:
+    return f"wait_{queue}_{lane}"
+
+
+def handover_notice_subject(queue: str, lane: str) -> str:
+    return f"{WORKER_PREFIX}.wait.{queue}.{lane}"
+
+
+def handover_notices_filter(queue: str) -> str:
+    return f"{WORKER_PREFIX}.wait.{queue}.*"

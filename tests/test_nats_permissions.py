@@ -34,6 +34,7 @@ from ordo.infra.nats_conn import ProvisioningError, connect, provision
 from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 from ordo.projections.runner import ProjectionRunner
+from ordo.workers.limits import lane_for
 from ordo.workers.scheduler import Scheduler
 from tests.conftest import uvicorn_gateway
 from tests.helpers import eventually
@@ -267,6 +268,55 @@ async def test_a_paused_queue_holds_and_releases_tickets_on_the_worker_user(
             await eventually(lambda: _is(http, task_id, "succeeded"), timeout=60, what="released and run")
     finally:
         await admin.close()
+    assert _violations(nats_server) == []
+
+
+async def test_a_ticket_is_handed_over_between_workers_on_the_worker_user(
+    settings: Settings, nats_server: EmbeddedNats, provisioned: None
+) -> None:
+    """A worker without a task's handler offers the ticket to one with it (its copy, its notice, the
+    other's durable) with the worker user's permissions."""
+    from ordo.workers import Registry, TaskContext
+    from ordo.workers.demo import registry as demo
+    from ordo.workers.runtime import Worker
+
+    without = Registry()
+
+    @without.task("known")
+    async def known(ctx: TaskContext) -> None:
+        return None
+
+    worker = _as(settings, "worker").with_(unknown_type_wait_s=60.0, backoff_base_s=0.2)
+    admin = await connect(settings, name="perm-admin")
+    conns = [await connect(worker, name="perm-worker-old"), await connect(worker, name="perm-worker-new")]
+    handler = CommandHandler(EventStore(admin), Timers(admin, settings.timer_lead_s))
+    old = Worker(conns[0], CommandHandler(EventStore(conns[0]), Timers(conns[0], 0.5)), without, worker)
+    new = Worker(conns[1], CommandHandler(EventStore(conns[1]), Timers(conns[1], 0.5)), demo, worker)
+    runs = [asyncio.create_task(old.run())]
+    try:
+        task_id = await _submit(handler, TENANT)
+
+        async def handed_over() -> bool:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                subject = sj.handover_subject(TENANT, "default", lane_for("demo.echo"))
+                await admin.jetstream().get_last_msg(sj.EVENTS_STREAM, subject)
+                return True
+            return False
+
+        await eventually(handed_over, timeout=30, what="the ticket's copy handed over")
+        runs.append(asyncio.create_task(new.run()))
+
+        async def succeeded() -> bool:
+            state, _, _ = await handler.load(TENANT, task_id)
+            return state.status.value == "succeeded" and state.attempt == 1
+
+        await eventually(succeeded, timeout=30, what="the task run by the worker with its handler")
+    finally:
+        await old.shutdown()
+        await new.shutdown()
+        await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), 30)
+        for c in (admin, *conns):
+            await c.close()
     assert _violations(nats_server) == []
 
 

@@ -40,7 +40,7 @@ log = logging.getLogger("ordo.worker.consumer")
 def work_consumer_config(queue: str, band: int, settings: Settings) -> ConsumerConfig:
     """A band consumer: it filters the runnable events of its queue and band from the event log."""
     name = sj.work_consumer(queue, band)
-    return _dispatch_consumer_config(
+    return dispatch_consumer_config(
         name, f"Ordo runnable events of queue {queue}, band {band}", sj.runnable_filter(queue, band), settings
     )
 
@@ -48,12 +48,12 @@ def work_consumer_config(queue: str, band: int, settings: Settings) -> ConsumerC
 def copy_consumer_config(queue: str, settings: Settings) -> ConsumerConfig:
     """The consumer of a queue's copied dispatches (a paused queue's, moved back on resume)."""
     name = sj.copy_work_consumer(queue)
-    return _dispatch_consumer_config(
+    return dispatch_consumer_config(
         name, f"Ordo copied dispatches of queue {queue}", sj.copy_work_filter(queue), settings
     )
 
 
-def _dispatch_consumer_config(
+def dispatch_consumer_config(
     name: str, description: str, filter_subject: str, settings: Settings
 ) -> ConsumerConfig:
     return ConsumerConfig(

@@ -40,13 +40,14 @@ from ordo.domain.commands import (
 from ordo.domain.errors import DomainError, LeaseHeld, TaskNotFound
 from ordo.domain.events import AttemptStarted, ErrorInfo
 from ordo.domain.state import TaskState
+from ordo.domain.status import TaskStatus
 from ordo.infra import telemetry
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.dispatch import Dispatch, read_dispatch
 from ordo.infra.event_store import EventStoreError
 from ordo.infra.settings import Settings
 from ordo.infra.tasks import cancel_and_wait
-from ordo.workers import consumer
+from ordo.workers import consumer, handover
 from ordo.workers.context import TaskContext
 from ordo.workers.handlers import Fail, HandlerFn, InvalidPayload, Registry, Retry, awaitable, str_of, text_of
 from ordo.workers.lease import Attempt
@@ -67,6 +68,8 @@ _UNKNOWN_TASK_DELAY_S = 1.0
 # most this many such tasks at once (Executor._deferred).
 _UNKNOWN_TYPE_STEP_MAX_S = 5.0
 _PARKED_MAX = 1000
+# A ticket whose task is in one of these with its dispatch number may still start an attempt.
+_STARTABLE = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.CANCELLING)
 # An attempt's error as stored: the message's first characters, the traceback's last.
 _MESSAGE_CHARS = 8_000
 _TRACEBACK_CHARS = 32_000
@@ -207,20 +210,24 @@ class Executor:
 
     async def _start(self, msg: Msg, d: Dispatch) -> _Started | None:
         now = self._clock()
-        snapshot = d.state  # the task as its runnable event carries it (its type never changes)
-        if snapshot is not None and not self._handles(snapshot) and await self._deferred(msg, snapshot):
+        # The fast path decides on the state the event carries, on its first delivery.
+        snapshot = d.state if _deliveries(msg) == 1 else None
+        if snapshot is not None and not self._handles(snapshot) and await self._deferred(msg, d, snapshot):
             return None
         try:
-            if d.state is not None and _deliveries(msg) == 1:
+            if snapshot is not None:
                 # The fast path: decide on the state the event carries, expect its own sequence.
-                number, known = d.state.dispatch, (d.state, d.seq)
+                number, known = snapshot.dispatch, (snapshot, d.seq)
             else:
                 then, state, last_seq = await self._handler.load_at(d.tenant, d.task_id, d.seq)
                 if not then.exists:
                     raise TaskNotFound(d.task_id)
                 number, known = then.dispatch, (state, last_seq)
-            if snapshot is None and not self._handles(known[0]) and await self._deferred(msg, known[0]):
-                return None
+                # Handed back only while the ticket could still start an attempt: one that another
+                # worker's copy of it started (workers/handover.py) is stale, and acked below.
+                current = state.dispatch == number and state.status in _STARTABLE
+                if current and not self._handles(state) and await self._deferred(msg, d, state):
+                    return None
             command = StartAttempt(
                 task_id=d.task_id,
                 dispatch=number,
@@ -263,7 +270,7 @@ class Executor:
     def _handles(self, state: TaskState) -> bool:
         return state.task_type in self._registry
 
-    async def _deferred(self, msg: Msg, state: TaskState) -> bool:
+    async def _deferred(self, msg: Msg, d: Dispatch, state: TaskState) -> bool:
         """A type with no handler here: the ticket goes back for a worker that has one (a rolling
         deploy) until it has been handed back for `unknown_type_wait_s` in all (counted from its
         deliveries: a ticket that waited in a backlog still gets the whole wait); True if it went
@@ -276,7 +283,8 @@ class Executor:
             self._parked.pop(state.task_id, None)
             return False
         now = asyncio.get_running_loop().time()
-        if state.task_id not in self._parked:
+        first = state.task_id not in self._parked
+        if first:
             horizon = now - self._settings.unknown_type_wait_s - _UNKNOWN_TYPE_STEP_MAX_S
             for task_id in [t for t, since in self._parked.items() if since < horizon]:
                 del self._parked[task_id]  # started or failed elsewhere long since
@@ -290,6 +298,8 @@ class Executor:
                 left,
             )
         await consumer.nak(msg, delay=min(left, self._hand_back_delay(deliveries)))
+        if self._nc is not None:
+            await handover.hand_over(self._nc, d, msg, state.task_type, first=first)
         return True
 
     def _hand_back_delay(self, delivery: int) -> float:

@@ -6,7 +6,8 @@ there are free concurrency slots, so every swept ticket starts at once; a park r
 when every band was empty, may bring a band up to `consumer.PARK_SHARE` tickets beyond them, handed
 out as slots free up (and handed back at once on shutdown). A ticket of a tenant that paused its
 queue is held, not run (workers/queue_pause.py). Cancel requests arrive on core NATS (at most once;
-the lease loop also notices a `cancelling` task on its next extension).
+the lease loop also notices a `cancelling` task on its next extension), and so do the notices of a
+ticket another worker had no handler for: the loop takes such copies first (workers/handover.py).
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from ordo.infra.command_handler import CommandHandler
 from ordo.infra.heartbeats import DEFAULT_HEARTBEAT_S
 from ordo.infra.settings import NAME_RE, Settings
 from ordo.infra.tasks import cancel_and_wait
-from ordo.workers import consumer
+from ordo.workers import consumer, handover
 from ordo.workers.executor import Executor, utc_now
 from ordo.workers.handlers import Registry
-from ordo.workers.limits import TypeLimits, lane_consumer_config
+from ordo.workers.limits import TypeLimits, lane_consumer_config, lane_for
 from ordo.workers.queue_pause import DEFAULT_REFRESH_S, QueuePauses
 from ordo.workers.registry import Announcer
 from ordo.workers.stats import WorkerStats
@@ -146,6 +147,10 @@ class Worker:
         self._free = settings.worker_concurrency
         self._slot_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Handed-over copies waiting for a handler here: noticed (queue, type), their durables.
+        self._handovers: set[tuple[str, str]] = set()
+        self._handover_noticed = asyncio.Event()
+        self._handover_pulls: dict[tuple[str, str], consumer.Pull] = {}
         self._started = False
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
@@ -205,6 +210,7 @@ class Worker:
     async def _serve(self) -> None:
         subs: dict[Key, consumer.Pull] = {}
         cancel_sub: Subscription | None = None
+        notice_subs: list[Subscription] = []
         announced = False
         try:
             await self._pauses.start()
@@ -219,6 +225,10 @@ class Worker:
                     config = lane_consumer_config(queue, task_type, limit, self._settings)
                     subs[(queue, LANE_BASE + len(subs))] = await consumer.open_consumer(self._nc, config)
             cancel_sub = await self._nc.subscribe(cancel_requested_filter(), cb=self._on_cancel)
+            lanes = {lane_for(name): name for name in self._registry.names()}
+            for queue in self.queues:
+                notices = sj.handover_notices_filter(queue)
+                notice_subs.append(await self._nc.subscribe(notices, cb=self._notice_handler(lanes)))
             self._log.info("worker %s serving %s", self.worker_id, ", ".join(self.queues))
             await self._announcer.start()
             announced = True
@@ -230,7 +240,9 @@ class Worker:
                 await self._announcer.stop()
             if cancel_sub is not None:
                 await cancel_sub.unsubscribe()
-            for sub in subs.values():
+            for notice_sub in notice_subs:
+                await notice_sub.unsubscribe()
+            for sub in (*subs.values(), *self._handover_pulls.values()):
                 await consumer.close(sub)
             self._log.info("worker %s stopped", self.worker_id)
 
@@ -247,17 +259,20 @@ class Worker:
                 continue  # stopping
             msgs: list[Msg] = []
             try:
-                # Without waiting: the picked band, else the first other band with tickets by
-                # weight. Only when all were empty, wait for the first ticket on any of them.
-                picked = picker.next()
-                for key in (picked, *(k for k in by_weight if k != picked)):
-                    msgs = await consumer.sweep(subs[key], free)
-                    if msgs:
-                        break
-                else:
-                    pulls = [subs[k] for k in by_weight]
-                    until = (self._stopping, self._draining)
-                    msgs = await consumer.park(pulls, free, self._fetch_wait_s, until=until)
+                if self._handovers:  # copies another worker had no handler for come first
+                    msgs = await self._take_handovers(free)
+                if not msgs:
+                    # Without waiting: the picked band, else the first other band with tickets by
+                    # weight. Only when all were empty, wait for the first ticket on any of them.
+                    picked = picker.next()
+                    for key in (picked, *(k for k in by_weight if k != picked)):
+                        msgs = await consumer.sweep(subs[key], free)
+                        if msgs:
+                            break
+                    else:
+                        pulls = [subs[k] for k in by_weight]
+                        until = (self._stopping, self._draining, self._handover_noticed)
+                        msgs = await consumer.park(pulls, free, self._fetch_wait_s, until=until)
             finally:
                 self._release(free - len(msgs))
             if msgs and (self._draining.is_set() or self._stopping.is_set()):
@@ -281,6 +296,40 @@ class Worker:
                 # loop prepares and sends its next pull request.
                 await asyncio.sleep(0)
                 await asyncio.sleep(0)
+
+    def _notice_handler(self, lanes: Mapping[str, str]) -> Callable[[Msg], Any]:
+        """The callback of handover notices: note those of a type this worker has a handler for."""
+
+        async def on_notice(msg: Msg) -> None:
+            queue, _, lane = msg.subject.rpartition(".")
+            queue = queue.rpartition(".")[2]
+            task_type = lanes.get(lane)
+            if task_type is not None and queue in self.queues and not self._draining.is_set():
+                self._handovers.add((queue, task_type))
+                self._handover_noticed.set()
+
+        return on_notice
+
+    async def _take_handovers(self, most: int) -> list[Msg]:
+        """Up to `most` handed-over copies waiting now on the noticed durables, without waiting."""
+        got: list[Msg] = []
+        noticed, self._handovers = self._handovers, set()
+        self._handover_noticed.clear()
+        for key in noticed:
+            if len(got) >= most:
+                self._handovers.add(key)  # the next turn takes the rest
+                self._handover_noticed.set()
+                continue
+            pull = self._handover_pulls.get(key)
+            if pull is None:
+                try:
+                    config = handover.consumer_config(*key, self._settings)
+                    pull = self._handover_pulls[key] = await consumer.open_consumer(self._nc, config)
+                except Exception as exc:  # the band ticket still carries the task: log, go on
+                    self._log.warning("handed-over tickets of %s not read: %s", key[1], exc)
+                    continue
+            got += await consumer.sweep(pull, most - len(got))
+        return got
 
     async def _take_slots(self, most: int) -> int:
         """Wait for one free slot (or shutdown), then take up to `most` of the free ones."""

@@ -142,9 +142,11 @@ def service_permissions(service: str) -> Permissions:
                 f"{sj.TIMER_PREFIX}.task.>",
                 sj.due_subject("*", "*"),  # a retry due at once, published fired (infra/timers.py)
                 f"{sj.WORKER_PREFIX}.hb.>",
+                f"{sj.WORKER_PREFIX}.wait.>",  # a ticket handed over (workers/handover.py)
             ),
             subscribe=(
                 sj.events_named_filter("cancel_requested"),
+                f"{sj.WORKER_PREFIX}.wait.>",
                 f"{sj.QUEUE_PREFIX}.>",  # queue pause and resume (workers/queue_pause.py)
                 f"{sj.WORKER_PREFIX}.ctl.>",
                 *inbox,
