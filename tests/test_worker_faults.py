@@ -329,3 +329,52 @@ async def test_checker_2000_tasks_with_workers_killed_and_restarted(
     assert len(submitted) == total
     assert lost == [] and duplicate_succeeded == [] and not unexpected
     assert kills >= 5
+
+
+@pytest.mark.timeout(120)
+async def test_sigkill_of_the_worker_a_ticket_was_handed_over_to(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str, procs: list[WorkerProc], tmp_path: Path
+) -> None:
+    """A worker without `demo.sleep` hands its ticket over (workers/handover.py); the worker that
+    took the copy is killed mid-run. The task is not lost, and not failed by the worker without the
+    handler: its lease expires and another worker with the handler runs attempt 2."""
+    from ordo.workers import Registry, TaskContext, Worker
+
+    without = Registry()
+
+    @without.task("known")
+    async def known(ctx: TaskContext) -> None:
+        return None
+
+    patient = settings.with_(unknown_type_wait_s=60.0)
+    old = Worker(nc, handler, without, patient, queues=(queue,), worker_id="old")
+    old_run = asyncio.create_task(old.run())
+    try:
+        task_id = await submit(handler, settings, queue, "demo.sleep", {"seconds": 4})
+        victim = spawn(procs, patient, queue, "victim", tmp_path)
+
+        async def started_on(worker_id: str, attempt: int) -> bool:
+            h = (await histories(handler, settings)).get(task_id, [])
+            return any(
+                isinstance(e.event, AttemptStarted)
+                and (e.event.worker_id, e.event.attempt) == (worker_id, attempt)
+                for e in h
+            )
+
+        await eventually(lambda: started_on("victim", 1), timeout=60, what="the copy run by the victim")
+        victim.signal(signal.SIGKILL)
+        rescuer = spawn(procs, patient, queue, "rescuer", tmp_path)
+        await rescuer.ready(nc)
+
+        async def succeeded() -> list[StoredEvent] | None:
+            h = (await histories(handler, settings)).get(task_id, [])
+            return h if "succeeded" in names(h) else None
+
+        final = await eventually(succeeded, timeout=60, interval=0.2, what="the task run again")
+    finally:
+        await old.shutdown()
+        await old_run
+    assert final is not None
+    started = [e.event for e in final if isinstance(e.event, AttemptStarted)]
+    assert [(s.attempt, s.worker_id) for s in started] == [(1, "victim"), (2, "rescuer")]
+    assert names(final).count("succeeded") == 1 and "failed" not in names(final)
