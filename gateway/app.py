@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from ordo.gateway import (
@@ -32,6 +32,7 @@ from ordo.gateway import (
 from ordo.gateway.head import HeadAsGet
 from ordo.gateway.nats_api import NatsApi
 from ordo.gateway.nul_guard import RefuseNul
+from ordo.gateway.query_names import known_query_only
 from ordo.gateway.services import Services
 from ordo.infra.nats_conn import ProvisioningError
 from ordo.infra.pg import ReadModelUnavailable
@@ -128,6 +129,7 @@ def create_app(settings: Settings, *, stoppable_start: bool = False) -> FastAPI:
         openapi_url=None,  # openapi.install serves the document and pages (behind a key by default)
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(known_query_only)],
     )
     problems.install(app)
     openapi.install(app, settings)

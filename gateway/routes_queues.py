@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, Depends, Request
 
 from ordo.domain.queue_control import PauseQueue, ResumeQueue
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.problems import Problem
+from ordo.gateway.schedule_schemas import InvalidBody, decode_body
 from ordo.gateway.services import Services, services, services_of
 from ordo.infra.queue_control import QueueController, QueueOutcome
 from ordo.infra.settings import NAME_RE
 from ordo.projections import queue_stats, queues_state
+
+MAX_REASON = 500  # characters of a pause's reason
 
 router = APIRouter(prefix="/v1", tags=["queues"])
 Svc = Annotated[Services, Depends(services)]
@@ -68,11 +72,22 @@ def _result(queue: str, outcome: QueueOutcome) -> dict[str, Any]:
     }
 
 
+class _PauseBody(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] = ""
+
+
 @router.post("/queues/{queue}:pause", status_code=202)
-async def pause_queue(queue: str, ctl: Controller, who: Operator) -> dict[str, Any]:
+async def pause_queue(queue: str, request: Request, ctl: Controller, who: Operator) -> dict[str, Any]:
     """Stop dispatch of the caller tenant's tasks from the queue: none of them starts until it is
-    resumed; running tasks finish; submits are still accepted; other tenants are not affected."""
-    outcome = await ctl.execute(who.tenant, PauseQueue(queue=_check(queue)))
+    resumed; running tasks finish; submits are still accepted; other tenants are not affected.
+    An optional body `{"reason": "..."}` is shown as the queue's `paused_reason`."""
+    name = _check(queue)
+    body = await request.body()
+    try:
+        reason = decode_body(body, _PauseBody).reason if body.strip() else ""
+    except InvalidBody as exc:
+        raise Problem(422, "invalid-request", str(exc)) from exc
+    outcome = await ctl.execute(who.tenant, PauseQueue(queue=name, reason=reason))
     return _result(queue, outcome)
 
 

@@ -144,10 +144,11 @@ async def submit_batch(svc: Services, who: Principal, body: bytes) -> dict[str, 
     except AtomicBatchTooLarge as exc:
         raise Problem(422, "atomic-batch-too-large", str(exc)) from exc
     result = {c.task_id: o for c, o in zip(unique.values(), outcomes, strict=True)}
-    items = [
-        {**accepted(result[c.task_id], c.task_id), "created": bool(result[c.task_id].events)}
-        for c in commands
-    ]
+    items, reported = [], set()
+    for c in commands:  # an item repeating an earlier one's key names its task, not created twice
+        created = bool(result[c.task_id].events) and c.task_id not in reported
+        reported.add(c.task_id)
+        items.append({**accepted(result[c.task_id], c.task_id), "created": created})
     return {"items": items, "count": len(items), "seq": max((i["seq"] for i in items), default=0)}
 
 

@@ -100,6 +100,8 @@ async def test_batch_idempotency_keys_are_one_task_and_repeat_safely(gateway_onl
     ]
     first = (await http.post("/v1/tasks:batch", json={"tasks": tasks})).json()
     assert first["items"][0]["id"] == first["items"][1]["id"] != first["items"][2]["id"]
+    # one task created per key: the item repeating the first one's key is not counted as created
+    assert [i["created"] for i in first["items"]] == [True, False, True]
     # The same batch again: the chunk conflicts, is replayed task by task, nothing new is stored.
     before = await _last_seq(gateway_only)
     again = await http.post("/v1/tasks:batch", json={"tasks": tasks})

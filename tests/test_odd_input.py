@@ -182,3 +182,37 @@ async def test_head_answers_as_get_without_a_body(gateway_only: System) -> None:
     assert (await http.head("/v1/tasks/0190aaaa-0000-7000-8000-000000000000")).status_code == 404
     stream = await http.head("/v1/events/stream")
     assert stream.status_code == 405 and stream.headers["allow"] == "GET"
+
+
+async def test_a_queue_pause_reads_its_body_a_reason_or_a_422(gateway_only: System) -> None:
+    """Its body was never read: any bytes paused the queue, and a reason was dropped."""
+    http = gateway_only.http
+    before = await _last_seq(gateway_only)
+    for body in (b'{"role":', b'{"reasn": "typo"}', b'{"reason": 5}', b'[]', b'{"reason": "' + b"x" * 501 + b'"}'):
+        _problem(await http.post("/v1/queues/oddq:pause", content=body), 422)
+    assert await _last_seq(gateway_only) == before  # nothing paused
+    r = await http.post("/v1/queues/oddq:pause", json={"reason": "maintenance until 14:00"})
+    assert r.status_code == 202 and r.json()["paused"], r.text
+    event = await gateway_only.nc.jetstream().get_msg(sj.EVENTS_STREAM, r.json()["seq"])
+    assert b"maintenance until 14:00" in event.data
+    assert (await http.post("/v1/queues/oddq:resume")).status_code == 202
+    assert (await http.post("/v1/queues/oddq:pause")).status_code == 202  # no body: no reason
+    assert (await http.post("/v1/queues/oddq:resume")).status_code == 202
+
+
+async def test_a_query_parameter_an_endpoint_does_not_take_is_a_422(gateway_only: System) -> None:
+    """A misspelt filter was dropped: every row came back as if unfiltered."""
+    http = gateway_only.http
+    for path in (
+        "/v1/dead-letters?before=2000-01-01T00:00:00Z",
+        "/v1/schedules?status=paused",
+        "/v1/tasks?stauts=failed",
+        "/v1/events/stream?types=succeeded",
+    ):
+        body = _problem(await http.get(path), 422)
+        assert "unknown query parameter" in body["detail"], body
+    body = _problem(await http.get("/v1/dead-letters?before=2000-01-01T00:00:00Z"), 422)
+    assert "dead_before" in body["detail"]  # it says what the endpoint takes
+    ok = await http.get("/v1/dead-letters?dead_before=2000-01-01T00:00:00Z&limit=5")
+    assert ok.status_code == 200 and ok.json()["items"] == []
+    assert (await http.get("/v1/tasks?status=failed&limit=1")).status_code == 200

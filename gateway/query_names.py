@@ -1,0 +1,45 @@
+"""Query parameters an endpoint does not take are a 422, not ignored.
+
+FastAPI drops a query parameter no endpoint declares, so a misspelt filter (`before=` for
+`dead_before=`, `types=` for `type=`) answered with every row, as if no filter had been asked for:
+a bulk action on "what died before X" would then take everything. Every API route checks the names
+in its query string against the ones it and its dependencies declare.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+
+from ordo.gateway.problems import Problem
+
+_KNOWN = "ordo_query_names"  # the names a route takes, kept on the route once worked out
+
+
+def _names(dependant: Dependant) -> set[str]:
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _names(sub)
+    return names
+
+
+async def known_query_only(request: Request) -> None:
+    """A dependency of every API route: 422 naming the query parameters the route does not take."""
+    if not request.url.query:
+        return
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known: frozenset[str] | None = getattr(route, _KNOWN, None)
+    if known is None:
+        known = frozenset(_names(route.dependant))
+        setattr(route, _KNOWN, known)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) if known else "none"
+        raise Problem(
+            422,
+            "unknown-parameter",
+            f"unknown query parameter {', '.join(unknown)}: this endpoint takes {takes}",
+        )
