@@ -226,4 +226,3 @@ async def update(svc: Services, who: Principal, task_id: str, body: bytes) -> di
         run_at=req.run_at.astimezone(UTC) if req.run_at is not None else None,
     )
     return accepted(await svc.handler.execute(who.tenant, command), task_id)
-
