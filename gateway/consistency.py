@@ -18,6 +18,7 @@ from fastapi import Depends, Header, Query
 from ordo.gateway.problems import Problem
 from ordo.gateway.services import Services
 from ordo.infra import subjects as sj
+from ordo.projections import schedules, tasks
 from ordo.projections.runner import checkpoint
 
 
@@ -33,24 +34,39 @@ class Consistency:
         """`mode` "wait" waits; none given waits when a sequence is (over HTTP and NATS alike)."""
         return cls(wait=mode == "wait" or (mode is None and min_seq is not None), min_seq=min_seq)
 
-    async def ensure(self, svc: Services, tenant: str, task_id: str | None = None) -> None:
-        """Return once the read model has caught up, or raise 503 after the configured bound."""
+    async def ensure(
+        self,
+        svc: Services,
+        tenant: str,
+        task_id: str | None = None,
+        *,
+        schedule_id: str | None = None,
+    ) -> None:
+        """Return once the read model has caught up, or raise 503 after the configured bound. A
+        schedule's read waits for the `schedules` projection, and by default for its own events."""
         if not self.wait:
             return
         target = self.min_seq
-        if target is not None and target > await svc.handler.store.last_seq(sj.all_events_filter()):
+        family = f"{sj.SCHED_PREFIX}.>" if schedule_id is not None else sj.all_events_filter()
+        if target is not None and target > await svc.handler.store.last_seq(family):
             # Not a sequence any write answered: waiting could never succeed.
             raise Problem(422, "invalid-min-seq", f"min_seq {target} is beyond the end of the event log")
         if target is None:
-            subject = sj.task_events_filter(tenant, task_id) if task_id else sj.tenant_events_filter(tenant)
+            if schedule_id is not None:
+                subject = sj.schedule_events_filter(tenant, schedule_id)
+            elif task_id is not None:
+                subject = sj.task_events_filter(tenant, task_id)
+            else:
+                subject = sj.tenant_events_filter(tenant)
             target = await svc.handler.store.last_seq(subject)
-        await wait_for_seq(svc, target, svc.settings.consistency_wait_s)
+        projection = schedules.NAME if schedule_id is not None else tasks.NAME
+        await wait_for_seq(svc, target, svc.settings.consistency_wait_s, projection)
 
 
-async def wait_for_seq(svc: Services, target: int, bound_s: float) -> None:
+async def wait_for_seq(svc: Services, target: int, bound_s: float, projection: str = tasks.NAME) -> None:
     deadline = time.monotonic() + bound_s
     while True:
-        reached = await checkpoint(svc.pool)
+        reached = await checkpoint(svc.pool, projection)
         if reached >= target:
             return
         left = deadline - time.monotonic()

@@ -25,6 +25,7 @@ from ordo.domain.schedule_decide import (
 from ordo.domain.schedule_events import ScheduleSpec
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.body import read_limited
+from ordo.gateway.consistency import ReadConsistency
 from ordo.gateway.problems import Problem
 from ordo.gateway.schedule_schemas import CreateScheduleBody, InvalidBody, UpdateScheduleBody, decode_body
 from ordo.gateway.services import Services, services, services_of
@@ -102,7 +103,12 @@ async def create_schedule(request: Request, svc: Svc, handler: Handler, who: Ope
 
 
 def _json(value: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in value.items()}
+    """Times as the other schedule answers write them (FastAPI's encoder): UTC with a `Z`."""
+    return {k: _utc_text(v) if isinstance(v, datetime) else v for k, v in value.items()}
+
+
+def _utc_text(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @router.get("/schedules")
@@ -121,9 +127,12 @@ async def list_schedules(
 
 
 @router.get("/schedules/{schedule_id}")
-async def get_schedule(schedule_id: str, svc: Svc, who: Viewer) -> dict[str, Any]:
-    """One schedule with its next five fire times (none while paused or deleted)."""
-    row = await schedules.get_schedule(svc.pool, who.tenant, _check_id(schedule_id))
+async def get_schedule(schedule_id: str, svc: Svc, who: Viewer, rc: ReadConsistency) -> dict[str, Any]:
+    """One schedule with its next five fire times (none while paused or deleted). `consistency=wait`
+    or `min_seq` (as for a task) waits until the read model holds the write just made."""
+    sid = _check_id(schedule_id)
+    await rc.ensure(svc, who.tenant, schedule_id=sid)
+    row = await schedules.get_schedule(svc.pool, who.tenant, sid)
     if row is None:
         raise Problem(404, "schedule-not-found", f"schedule {schedule_id} does not exist")
     fires: list[datetime] = []

@@ -49,6 +49,8 @@ async def _types(system: System, sid: str) -> list[str]:
 async def _create(system: System, **body: Any) -> str:
     r = await system.http.post("/v1/schedules", json=body)
     assert r.status_code == 201, r.text
+    at = r.json().get("next_fire_at")
+    assert at is None or at.endswith("Z"), at  # as every other schedule answer writes times
     return str(r.json()["id"])
 
 
@@ -235,3 +237,17 @@ async def test_overlap_of_a_3s_task_on_a_1s_schedule(system: System, policy: str
         assert not skipped
         assert s2 < e1, "allow runs them concurrently"
     await system.http.delete(f"/v1/schedules/{sid}")
+
+
+async def test_a_schedule_read_right_after_its_create_can_wait_for_it(system: System) -> None:
+    """A 404 for about 20 ms after the 201, and `consistency=wait` was silently ignored."""
+    r = await system.http.post("/v1/schedules", json={"cron": "0 5 * * *", "task": {"type": "demo.echo"}})
+    assert r.status_code == 201, r.text
+    sid, seq = r.json()["id"], r.json()["seq"]
+    try:
+        got = await system.http.get(f"/v1/schedules/{sid}", params={"consistency": "wait"})
+        assert got.status_code == 200 and got.json()["id"] == sid, got.text
+        got = await system.http.get(f"/v1/schedules/{sid}", params={"min_seq": seq})
+        assert got.status_code == 200, got.text
+    finally:
+        assert (await system.http.delete(f"/v1/schedules/{sid}")).status_code in (200, 202)

@@ -95,3 +95,27 @@ async def test_a_change_committed_while_the_page_is_being_read_is_shown(ui: Page
     assert await page.locator(row).count() == 0  # the held read is the one that would show it
     release.set()
     await page.locator(f'{row} .badge[data-status="succeeded"]').wait_for()
+
+
+async def test_a_task_that_moves_into_a_status_filter_appears_without_a_reload(
+    ui: Page, system: System
+) -> None:
+    """A list filtered by status re-read only for rows it showed and for submits: a task that failed
+    (or started running) after the page was read never appeared until a reload."""
+    page = ui.page
+    await ui.open("/tasks?status=failed")
+    await page.locator("#tasks-table").wait_for()
+    # delayed: the re-read that its `submitted` brings comes well before it fails
+    task_id = await submit(system, {"type": "demo.fail", "max_attempts": 1, "delay": 2})
+    await eventually(status_is(system, task_id, "failed"), timeout=60, what="the task failed")
+    await page.locator(f'#tasks-table tr[data-id="{task_id}"] .badge[data-status="failed"]').wait_for()
+
+
+async def test_durations_never_show_sixty_seconds_or_minutes(ui: Page) -> None:
+    await ui.open("/tasks")
+    await ui.page.locator("#tasks-table").wait_for()
+    got = await ui.page.evaluate(
+        """async () => { const { dur } = await import("/js/dom.js");
+                         return [dur(999.7), dur(59_996), dur(119_600), dur(3_599_700), dur(7_199_999)]; }"""
+    )
+    assert got == ["1.00s", "1m 0s", "2m 0s", "1h 0m", "2h 0m"]

@@ -214,10 +214,13 @@ export function dur(ms) {
   if (ms === null || ms === undefined || Number.isNaN(ms)) return "";
   const neg = ms < 0 ? "-" : "";
   ms = Math.abs(ms);
-  if (ms < 1000) return `${neg}${Math.round(ms)}ms`;
-  if (ms < 60_000) return `${neg}${(ms / 1000).toFixed(2)}s`;
-  if (ms < 3_600_000) return `${neg}${Math.floor(ms / 60_000)}m ${Math.round((ms % 60_000) / 1000)}s`;
-  return `${neg}${Math.floor(ms / 3_600_000)}h ${Math.round((ms % 3_600_000) / 60_000)}m`;
+  // Rounded once, then split: rounding the remainder alone gave "1m 60s" and "2h 60m".
+  if (ms < 999.5) return `${neg}${Math.round(ms)}ms`;
+  if (ms < 59_995) return `${neg}${(ms / 1000).toFixed(2)}s`;
+  const s = Math.round(ms / 1000);
+  if (s < 3600) return `${neg}${Math.floor(s / 60)}m ${s % 60}s`;
+  const m = Math.round(ms / 60_000);
+  return `${neg}${Math.floor(m / 60)}h ${m % 60}m`;
 }
 
 /** "3s ago" / "in 2m" relative to now. */

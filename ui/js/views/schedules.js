@@ -96,17 +96,20 @@ function scheduleForm(sc, done) {
   const msg = h("div", { class: "error-text", role: "alert" });
   const form = h("form", { class: "submit schedule-form", id: sc ? "schedule-edit" : "schedule-new", onsubmit: async (ev) => {
     ev.preventDefault();
+    if (form.dataset.saving) return; // one save at a time: a second click sent a second write
     msg.textContent = "";
     let payload;
     try { payload = JSON.parse(f.payload.value || "null"); } catch (e) { msg.textContent = `payload is not valid JSON: ${e.message}`; return; }
     const body = { cron: f.cron.value.trim(), timezone: f.timezone.value.trim() || "UTC", overlap: f.overlap.value, catchup: f.catchup.value,
       description: f.description.value, task: { ...(sc ? tpl : {}), type: f.type.value.trim(), queue: f.queue.value.trim() || "default", payload } };
+    const button = form.querySelector("button[type=submit]");
+    form.dataset.saving = "1"; button.disabled = true;
     try {
       const r = sc ? await api("PATCH", `/v1/schedules/${enc(sc.id)}`, body) : await post("/v1/schedules", body);
       await settled(sc ? sc.id : r.id, sc ? body : null, sc?.updated_at ?? null); // the cron comes back normalised: compare the rest
       toast(sc ? "schedule saved" : "schedule created");
       done(r?.id ?? sc?.id);
-    } catch (e) { msg.textContent = e.message; }
+    } catch (e) { msg.textContent = e.message; } finally { delete form.dataset.saving; button.disabled = false; }
   } },
   h("label", {}, "Cron (5 or 6 fields, or @hourly)", f.cron), h("label", {}, "Time zone (IANA)", f.timezone),
   h("label", {}, "Task type", f.type), h("label", {}, "Queue", f.queue),
@@ -123,7 +126,9 @@ function scheduleForm(sc, done) {
 async function settled(id, body = null, since = null) {
   await untilTrue(async () => {
     const sc = (await get("/v1/schedules?limit=500")).items.find((x) => x.id === id);
-    return sc && (!body || ["timezone", "overlap", "catchup"].every((k) => field(sc, k) === body[k]) && (sc.updated_at ?? "") !== since);
+    // The API leaves a default out (overlap and catch-up "skip", time zone "UTC"): a missing value is the default.
+    const shown = (k) => field(sc, k) ?? (k === "timezone" ? "UTC" : "skip");
+    return sc && (!body || ["timezone", "overlap", "catchup"].every((k) => shown(k) === body[k]) && (sc.updated_at ?? "") !== since);
   });
 }
 

@@ -10,6 +10,11 @@ import { confirmAction, describeFilter } from "../confirm.js";
 import { rememberNewer, newerOf } from "../pages.js";
 import { ALLOWED } from "../commands.js";
 
+/** Events that change a task's status (or archive flag): they can move a task into a filtered list. */
+const MOVES = new Set(["scheduled", "queued", "paused", "resumed", "attempt_started", "attempt_failed",
+  "attempt_timed_out", "retry_scheduled", "succeeded", "failed", "dead_lettered", "cancel_requested", "cancelled",
+  "attempt_released", "replayed", "archived", "unarchived"]);
+
 /** Mounted before the route table is loaded (main.js): the first page is asked for at once. */
 export const beforeCaps = true;
 
@@ -170,13 +175,18 @@ export function mount(root, { params }) {
   }
   const refresh = coalesce(load, 250);
 
-  /** An event touching a listed row re-reads the page; a new task on the first page too, or counts on a later one. */
+  /** An event touching a listed row re-reads the page; a new task on the first page too, or counts on a later one.
+   * On a first page filtered by status (or archived, or sorted by last change), an event that changes a task's
+   * status may move a task not listed into the page: that re-reads it too (coalesced). */
   function onLiveEvent(e) {
     if (rowsById.has(e.task_id)) { refresh(); return; }
     if (e.type === "submitted") {
       if (state.q) return;
       if (!state.cursor) refresh();
       else { newSince += 1; newBanner.hidden = false; newBanner.textContent = `${newSince} new — show newest`; }
+    } else if (!state.cursor && !state.q && MOVES.has(e.type)
+        && (state.status || state.archived === "true" || (state.sort || "").includes("updated"))) {
+      refresh();
     }
   }
 
@@ -317,6 +327,9 @@ export function mount(root, { params }) {
       else onLiveEvent(e);
     },
     onKey(ev) {
+      // Enter and x on a focused button or link are that control's: not the j/k cursor's task too.
+      if ((ev.key === "Enter" || ev.key === "x") && ev.target instanceof Element
+          && ev.target.closest("a, button, summary, [role=button], [role=link]")) return;
       const at = items.findIndex((t) => t.id === cursorId);
       if (ev.key === "j" || ev.key === "k") {
         const next = Math.max(0, Math.min(items.length - 1, at + (ev.key === "j" ? 1 : -1)));
