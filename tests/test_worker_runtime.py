@@ -203,12 +203,8 @@ async def test_fail_outcome_and_unknown_type_fail_without_retry(
     assert "'no.such.type'" in s2.error.message and "0.6 s" in s2.error.message
 
 
-async def test_unknown_type_waits_for_a_worker_with_its_handler(
-    nc: NATS, handler: CommandHandler, settings: Settings, queue: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A rolling deploy: a task of a new type reaches a worker without its handler first. The ticket
-    goes back to the queue, no attempt is used, and the worker with the handler runs it."""
-    caplog.set_level(logging.WARNING, logger="ordo")
+def deploy_registries() -> tuple[Registry, Registry]:
+    """A rolling deploy's registries: the old code's (no `brand.new`) and the new code's (only it)."""
     old, new = Registry(), Registry()
 
     @old.task("known")
@@ -218,6 +214,17 @@ async def test_unknown_type_waits_for_a_worker_with_its_handler(
     @new.task("brand.new")
     async def brand_new(ctx: TaskContext) -> str:
         return "ran"
+
+    return old, new
+
+
+async def test_unknown_type_waits_for_a_worker_with_its_handler(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling deploy: a task of a new type reaches a worker without its handler first. The ticket
+    goes back to the queue, no attempt is used, and the worker with the handler runs it."""
+    caplog.set_level(logging.WARNING, logger="ordo")
+    old, new = deploy_registries()
 
     patient = settings.with_(unknown_type_wait_s=60.0)
     task_id = await submit(handler, settings, queue, "brand.new")
@@ -243,15 +250,7 @@ async def test_tickets_handed_back_reach_an_idle_worker_with_the_handler_at_its_
     twelve 19 s here, a user's 154 s) beside an idle worker with the handler. With it, every one
     starts as soon as that worker hears a hand-back's notice, as attempt 1, and the band tickets
     left over are acked as stale (workers/handover.py)."""
-    old, new = Registry(), Registry()
-
-    @old.task("known")
-    async def known(ctx: TaskContext) -> None:
-        return None
-
-    @new.task("brand.new")
-    async def brand_new(ctx: TaskContext) -> str:
-        return "ran"
+    old, new = deploy_registries()
 
     # hand-backs 1, 2, 4, 5, 5, ... s apart: the worker with the handler hears one within 5 s
     patient = settings.with_(unknown_type_wait_s=120.0, backoff_base_s=1.0)
