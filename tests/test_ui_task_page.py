@@ -182,3 +182,33 @@ async def test_dead_letter_pages_are_in_the_url_with_newer_and_older(ui: Page, s
     await page.click('button[data-page="newer"]')
     await page.locator('button[data-page="older"]').wait_for()
     assert await rows.count() == 100 and "cursor=" not in page.url
+
+
+async def test_an_edit_that_leaves_run_at_alone_keeps_it_to_the_millisecond(ui: Page, system: System) -> None:
+    """The form shows run_at in whole seconds and sent it back every time: changing only the
+    priority moved the task's run time (to the second below)."""
+    waiting = await submit(system, {"type": "demo.echo", "delay": 3600})
+    await eventually(status_is(system, waiting, "scheduled"), timeout=60, what="scheduled")
+    before = (await task(system, waiting))["run_at"]
+    page = ui.page
+    await ui.open(f"/tasks/{waiting}")
+    await page.click('#task-actions button[data-action="edit"]')
+    await page.fill("#task-edit input[name=priority]", "2")
+    await page.click("#task-edit button[type=submit]")
+
+    async def edited() -> dict[str, object] | None:
+        got = await task(system, waiting)
+        return got if got["priority"] == 2 else None
+
+    after = await eventually(edited, timeout=30, what="the priority saved")
+    assert after is not None and after["run_at"] == before
+
+
+async def test_a_finished_task_is_not_labelled_live(ui: Page, system: System) -> None:
+    """The scrubber's label was drawn before the task's new status was read: "· live" stayed."""
+    sleeper = await submit(system, {"type": "demo.sleep", "payload": {"seconds": 2}})
+    page = ui.page
+    await ui.open(f"/tasks/{sleeper}")
+    await page.locator("#scrub-label", has_text="live").wait_for()
+    await eventually(status_is(system, sleeper, "succeeded"), timeout=60, what="succeeded")
+    await page.locator("#scrub-label", has_text="latest (finished)").wait_for()

@@ -13,7 +13,9 @@ export function throughputChart(points, { width = 720, height = 200, minutes = 6
   const byT = new Map(points.map((p) => [Math.floor(p.t / 60000) * 60000, p]));
   const slots = [];
   for (let t = startMin; t <= endMin; t += 60000) slots.push(byT.get(t) || { t, submitted: 0, succeeded: 0, failed: 0 });
-  const maxY = Math.max(1, ...slots.map((p) => Math.max(p.succeeded + p.failed, p.submitted)));
+  // An even top (2 at least), so the three labels 0, half and top are whole and distinct (was "1 / 1 / 0").
+  const peak = Math.max(...slots.map((p) => Math.max(p.succeeded + p.failed, p.submitted)));
+  const maxY = Math.max(2, peak + (peak % 2));
   const w = (width - left - right) / slots.length;
   const y = (v) => top + (height - top - bottom) * (1 - v / maxY);
   const yr = (r) => top + (height - top - bottom) * (1 - r);

@@ -106,10 +106,17 @@ function startLive() {
 function toggleHelp(show) {
   const help = document.getElementById("help");
   const open = show ?? !help.hasAttribute("open");
+  const wasOpen = help.hasAttribute("open");
   help.toggleAttribute("open", open);
   document.getElementById("help-button").setAttribute("aria-expanded", String(open));
-  if (open) help.focus();
+  if (open) { helpOpener = document.activeElement; help.focus(); }
+  else if (wasOpen && help.contains(document.activeElement)) {
+    // Closed: the focus goes back where it was when the help opened (else to its button).
+    const back = helpOpener?.isConnected ? helpOpener : document.getElementById("help-button");
+    back.focus();
+  }
 }
+let helpOpener = null;
 
 // ---- keyboard ---------------------------------------------------------------------------------
 let pendingG = false;

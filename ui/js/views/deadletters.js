@@ -48,13 +48,16 @@ export function mount(root, { params }) {
   const list = () => `dead-letters ${JSON.stringify(applied())}`; // the pages of one filter
   const older = (next) => h("button", { "data-page": "older", "data-key": "older", onclick: () => { rememberNewer(list(), next, state.cursor || ""); toPage(next); } }, "Older →");
   const newerButton = () => (state.cursor ? h("button", { "data-page": "newer", "data-key": "newer", onclick: () => toPage(newerOf(list(), state.cursor)) }, "← Newer") : null);
+  let generation = 0; // the newest load's number: an older answer arriving last is dropped
   async function load() {
+    const mine = ++generation;
     const cursor = state.cursor || null;
     let items, next;
     try {
       if (native) ({ items, next_cursor: next } = await get(`/v1/dead-letters${qs({ ...apiFilter(), limit: 100, cursor })}`));
       else ({ items, next_cursor: next } = await get(`/v1/tasks${qs({ status: "failed", queue: state.queue, type: state.type, limit: 100, cursor })}`));
-    } catch (e) { patch(box, notice(e.message, "error")); return; }
+    } catch (e) { if (mine === generation) patch(box, notice(e.message, "error")); return; }
+    if (mine !== generation) return;
     const rows = items.map((d) => native ? d : { task_id: d.id, type: d.type, queue: d.queue, attempts: d.attempts,
       error_kind: d.error?.kind ?? "", error: d.error, dead_at: d.finished_at ?? d.updated_at });
     shown = rows.length;
@@ -100,7 +103,7 @@ export function mount(root, { params }) {
     const scope = describeFilter(filter, "no filter: every dead letter");
     const ok = await confirmAction({
       title: `Replay ${n > MAX_BULK ? `the ${MAX_BULK.toLocaleString()} oldest of over ${MAX_BULK.toLocaleString()}` : take.toLocaleString()} dead letter${take === 1 ? "" : "s"}?`,
-      lines: [`Filter: ${scope}.`, "Each runs again from attempt 1 with the same id."],
+      lines: [`Filter: ${scope}.`, "Each runs again with the same id and a fresh budget of its max_attempts (attempt numbers continue)."],
       action: `Replay ${take.toLocaleString()}`,
     });
     if (!ok) return;

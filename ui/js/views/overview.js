@@ -93,6 +93,7 @@ export function mount(root, { recent = [] } = {}) {
     else workersBox.textContent = "n/a";
     if (!queues) { patch(queuesBox, notice("Queue depths are not available on this gateway (GET /v1/queues).")); return; }
     const items = queues.items ?? queues;
+    if (!items.length) { patch(queuesBox, notice("No queues yet: a queue shows here once a task is submitted to it.")); return; }
     // A queue with waiting tasks that no online worker consumes: say so, it will not drain by itself.
     const served = new Set((workerItems || []).filter((w) => ["online", "draining"].includes(w.status ?? "online")).flatMap((w) => w.queues || []));
     const canPause = has("POST", "/v1/queues/{queue}:pause");

@@ -82,7 +82,11 @@ export function showSignIn(onSignedIn) {
     msg,
     h("button", { type: "submit", class: "primary" }, "Sign in"));
   dialog.setAttribute("aria-labelledby", "signin-title");
-  dialog.onclose = () => { open = false; };
+  dialog.onclose = () => {
+    open = false;
+    // Escaped without signing in: the focus goes to the page's own "Sign in" (not lost on <body>).
+    if (dialog.returnValue !== "signed-in") document.getElementById("open-signin")?.focus();
+  };
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     msg.textContent = "";
@@ -92,10 +96,11 @@ export function showSignIn(onSignedIn) {
     if (r instanceof Error) { msg.textContent = r.message; return; }
     if (!r.ok) { msg.textContent = r.status === 401 ? "That key was not accepted." : `Sign-in failed (HTTP ${r.status}).`; return; }
     input.value = "";
-    dialog.close();
+    dialog.close("signed-in");
     onSignedIn();
   });
   dialog.append(form);
+  dialog.returnValue = "";
   dialog.showModal();
   input.focus();
 }

@@ -147,17 +147,23 @@ export function mount(root, { id, params }) {
     if (editBox.firstChild) { put(editBox); return; }
     const payload = h("textarea", { name: "payload", rows: 4 });
     payload.value = JSON.stringify(task.payload ?? null, null, 2);
+    const shownPayload = payload.value;
     const priority = h("input", { name: "priority", type: "number", min: 0, max: 9, value: task.priority });
     const runAt = h("input", { name: "run_at", type: "datetime-local", step: 1 });
     if (task.run_at) { const d = new Date(task.run_at); runAt.value = new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19); }
+    const shownRunAt = runAt.value; // the field shows whole seconds: sent only when the user changed it
     const msg = h("div", { class: "error-text", role: "alert" });
     // A message is about the values it was given: it goes once they change (the browser's own checks,
     // such as a priority above 9, stop a submit before this handler could say anything newer).
     put(editBox, h("form", { class: "submit", oninput: () => { msg.textContent = ""; }, onsubmit: async (ev) => {
       ev.preventDefault();
-      let body;
-      try { body = { payload: JSON.parse(payload.value || "null"), priority: Number(priority.value) }; } catch (e) { msg.textContent = `payload is not valid JSON: ${e.message}`; return; }
-      if (runAt.value) body.run_at = new Date(runAt.value).toISOString();
+      // Only what the user changed is sent: a task without a payload shows `null`, and an update to a
+      // null payload is refused (422), so an edit of its priority alone used to fail.
+      const body = { priority: Number(priority.value) };
+      if (payload.value !== shownPayload) {
+        try { body.payload = JSON.parse(payload.value || "null"); } catch (e) { msg.textContent = `payload is not valid JSON: ${e.message}`; return; }
+      }
+      if (runAt.value && runAt.value !== shownRunAt) body.run_at = new Date(runAt.value).toISOString();
       try { await api("PATCH", `/v1/tasks/${enc(id)}`, body); toast("task updated"); put(editBox); reloadTask(); } catch (e) { msg.textContent = e.message; }
     } }, h("label", { class: "wide" }, "Payload (JSON)", payload), h("label", {}, "Priority (0 first … 9)", priority), h("label", {}, "Run at", runAt),
     h("div", { class: "wide row" }, h("button", { type: "submit", class: "primary" }, "Save changes"), h("button", { type: "button", onclick: () => put(editBox) }, "Close"), msg)));
@@ -272,7 +278,8 @@ export function mount(root, { id, params }) {
         h("td", { class: "num small" }, `+${dur(new Date(e.at).getTime() - t0)}`), h("td", { class: "num" }, e.attempt ?? attempt ?? "")];
       if (!small) cells.push(h("td", { class: "small" }, w ?? workers.get(e.attempt ?? attempt) ?? ""), h("td", { class: "mono small", title: JSON.stringify(rest) }, JSON.stringify(rest)));
       tbody.append(h("tr", { class: `ev${e.seq === cursor ? " at-cursor" : ""}`, "data-seq": e.seq, title: small ? `${absTime(e.at)} ${JSON.stringify(rest)}` : null,
-        onclick: () => scrubTo(e.seq) }, cells));
+        tabindex: 0, onclick: () => scrubTo(e.seq),
+        onkeydown: (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); scrubTo(e.seq); } } }, cells));
     }
     tbody.append(h("tr", { style: `height:${(events.length - last) * ROW_H}px` }));
   }
@@ -291,7 +298,8 @@ export function mount(root, { id, params }) {
   }
 
   // ---- data and live ----------------------------------------------------------------------
-  const reloadTask = coalesce(async () => { task = await get(`/v1/tasks/${enc(id)}`); renderHead(); renderClock(); renderGantt(); }, 100);
+  // The scrubber's label says "live" or "latest (finished)" from the task's status: drawn again with it.
+  const reloadTask = coalesce(async () => { task = await get(`/v1/tasks/${enc(id)}`); renderHead(); renderClock(); renderGantt(); renderScrubber(); }, 100);
   function renderAll() { renderClock(); renderHead(); renderTabs(); renderGantt(); renderScrubber(); renderList(); }
 
   async function load() {
@@ -319,6 +327,11 @@ export function mount(root, { id, params }) {
     if (task && task.last_seq < after) {
       try { task = await get(`/v1/tasks/${enc(id)}`); } catch { /* the stream's next event reloads it */ }
       if (gone) return;
+    }
+    if (cursor !== null && !events.some((e) => e.seq === cursor)) {
+      toast(`sequence ${cursor} is not one of this task's events: showing the latest`);
+      cursor = null;
+      replaceParams({ ...params, view, seq: "" });
     }
     renderAll();
     showAsOf();

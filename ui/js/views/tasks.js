@@ -256,9 +256,10 @@ export function mount(root, { params }) {
   const ticker = setInterval(() => { for (const td of tbody.querySelectorAll("td.ago[data-at]")) setText(td, ago(td.dataset.at)); }, 5000);
 
   function updateBulk() {
-    bulkCount.textContent = selected.size ? `${selected.size.toLocaleString()} selected${allMatching ? " (all matching)" : ""}` : "";
+    bulkCount.textContent = bulkRun ? `${bulkRun.verb}: ${bulkRun.done.toLocaleString()} of ${bulkRun.total.toLocaleString()} sent…`
+      : selected.size ? `${selected.size.toLocaleString()} selected${allMatching ? " (all matching)" : ""}` : "";
     btnNone.hidden = selected.size === 0;
-    btnCancel.disabled = btnRetry.disabled = selected.size === 0;
+    btnCancel.disabled = btnRetry.disabled = selected.size === 0 || bulkRun !== null; // one bulk action at a time
     checkAll.checked = items.length > 0 && items.every((t) => selected.has(t.id));
   }
 
@@ -269,30 +270,45 @@ export function mount(root, { params }) {
       "created from": state.created_after, "created to": state.created_before }, "no filter (all tasks)");
   }
 
+  /** A bulk action under way (its progress shown in place of the selection count), or null. The browser
+   * sends it request by request: leaving the page stops it, so the page asks first. */
+  let bulkRun = null;
+  function warnLeaving(ev) { ev.preventDefault(); ev.returnValue = ""; }
   async function bulk(action) {
     const ids = [...selected];
-    if (!ids.length) return;
+    if (!ids.length || bulkRun) return;
     const verb = action === "cancel" ? "Cancel" : "Retry";
     // Tasks whose last status seen does not allow the command: the gateway refuses each of them.
     const refused = ids.filter((id) => statusById.has(id) && !ALLOWED[action](statusById.get(id))).length;
     const confirmed = await confirmAction({
       title: `${verb} ${ids.length.toLocaleString()} selected task${ids.length === 1 ? "" : "s"}?`,
       lines: [`${allMatching ? "All tasks matching" : "Selected from the list filtered by"}: ${scopeText()}.`,
-        action === "cancel" ? "Running tasks are asked to stop; queued and scheduled ones never run." : "Failed and cancelled tasks run again from attempt 1.",
+        action === "cancel" ? "Running tasks are asked to stop; queued and scheduled ones never run." : "Failed and cancelled tasks run again with a fresh budget of their max_attempts (attempt numbers continue).",
         refused ? (action === "cancel" ? `${refused === ids.length ? "All" : refused.toLocaleString()} of them ${refused === 1 ? "has" : "have"} finished or ${refused === 1 ? "is" : "are"} being cancelled: ${refused === 1 ? "it" : "they"} cannot be cancelled and will be refused.`
           : `${refused === ids.length ? "All" : refused.toLocaleString()} of them ${refused === 1 ? "has" : "have"} not failed or been cancelled: ${refused === 1 ? "it" : "they"} cannot be retried and will be refused.`) : null].filter(Boolean),
       action: `${verb} ${ids.length.toLocaleString()}`, danger: action === "cancel",
     });
-    if (!confirmed) return;
+    if (!confirmed || bulkRun) return;
     let ok = 0;
     const failures = [];
     const queue = [...ids];
-    await Promise.all(Array.from({ length: Math.min(8, queue.length) }, async () => {
-      for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
-        try { await post(`/v1/tasks/${enc(id)}:${action}`); ok += 1; selected.delete(id); }
-        catch (e) { failures.push(`${shortId(id)}: ${e instanceof HttpError ? e.message : e}`); }
-      }
-    }));
+    bulkRun = { verb, done: 0, total: ids.length };
+    window.addEventListener("beforeunload", warnLeaving);
+    updateBulk();
+    try {
+      await Promise.all(Array.from({ length: Math.min(8, queue.length) }, async () => {
+        for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+          try { await post(`/v1/tasks/${enc(id)}:${action}`); ok += 1; selected.delete(id); }
+          catch (e) { failures.push(`${shortId(id)}: ${e instanceof HttpError ? e.message : e}`); }
+          bulkRun.done += 1; // going on after a move to another view: only leaving the page stops it
+          updateBulk();
+        }
+      }));
+    } finally {
+      bulkRun = null;
+      window.removeEventListener("beforeunload", warnLeaving);
+      updateBulk();
+    }
     if (!selected.size) allMatching = false;
     toast(`${action}: ${ok} accepted${failures.length ? `, ${failures.length} refused (${failures.slice(0, 3).join("; ")})` : ""}`,
       failures.length ? "error" : "info");
