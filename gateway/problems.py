@@ -113,8 +113,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _UNPARSED_BODY:
+            # FastAPI's own JSON parsing (the routes with a declared body model): a body it could not
+            # read (malformed, or nested past the parser's depth) is a 422 like every other route's.
+            detail = "the body is not JSON this endpoint can read (malformed, or nested too deep)"
+            return problem_response(422, "invalid-request", detail)
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         return problem_response(exc.status_code, slug, str(exc.detail))
+
+
+_UNPARSED_BODY = "There was an error parsing the body"  # fastapi.routing's detail
 
 
 def aware(value: datetime | None, name: str) -> datetime | None:

@@ -194,3 +194,13 @@ async def archive_task(task_id: str, svc: Svc, who: Operator) -> dict[str, Any]:
 async def unarchive_task(task_id: str, svc: Svc, who: Operator) -> dict[str, Any]:
     """List an archived task again (undo an archive). A task that is not archived is left as it is."""
     return await task_service.simple_command(svc, who, "unarchive", task_id)
+
+
+_ACTIONS = ("cancel", "pause", "resume", "retry", "archive", "unarchive")
+
+
+@router.post("/tasks/{task_id}:{action}", include_in_schema=False)
+async def unknown_task_action(task_id: str, action: str, who: Viewer) -> None:
+    """Registered after the actions: a misspelt one is a 404 naming them, not the 405 of the task's
+    own path (which it otherwise matches, its id taken to end in `:<action>`)."""
+    raise Problem(404, "unknown-action", f"no task action {action[:40]!r}: one of {', '.join(_ACTIONS)}")

@@ -222,3 +222,11 @@ async def test_a_query_parameter_an_endpoint_does_not_take_is_a_422(gateway_only
     ok = await http.get("/v1/dead-letters?dead_before=2000-01-01T00:00:00Z&limit=5")
     assert ok.status_code == 200 and ok.json()["items"] == []
     assert (await http.get("/v1/tasks?status=failed&limit=1")).status_code == 200
+
+
+async def test_a_misspelt_task_action_is_a_404_naming_the_actions(gateway_only: System) -> None:
+    r = await gateway_only.http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600})
+    task_id = r.json()["id"]
+    body = _problem(await gateway_only.http.post(f"/v1/tasks/{task_id}:cancle"), 404)
+    assert "cancel" in body["detail"] and "unarchive" in body["detail"], body
+    assert (await gateway_only.http.post(f"/v1/tasks/{task_id}:cancel")).status_code == 202
