@@ -128,6 +128,8 @@ class Executor:
         self._running: dict[tuple[str, str], Attempt] = {}
         # Tasks of a type with no handler here, handed back for another worker: when first.
         self._parked: dict[str, float] = {}
+        # Of those, the ones whose copy is stored for the workers with the handler (workers/handover.py).
+        self._offered: set[str] = set()
 
     @property
     def running(self) -> int:
@@ -281,13 +283,14 @@ class Executor:
         left = self._settings.unknown_type_wait_s - waited
         if left <= 0:
             self._parked.pop(state.task_id, None)
+            self._offered.discard(state.task_id)
             return False
         now = asyncio.get_running_loop().time()
-        first = state.task_id not in self._parked
-        if first:
+        if state.task_id not in self._parked:
             horizon = now - self._settings.unknown_type_wait_s - _UNKNOWN_TYPE_STEP_MAX_S
             for task_id in [t for t, since in self._parked.items() if since < horizon]:
                 del self._parked[task_id]  # started or failed elsewhere long since
+                self._offered.discard(task_id)
             if len(self._parked) >= _PARKED_MAX:
                 return False
             self._parked[state.task_id] = now
@@ -299,7 +302,9 @@ class Executor:
             )
         await consumer.nak(msg, delay=min(left, self._hand_back_delay(deliveries)))
         if self._nc is not None:
-            await handover.hand_over(self._nc, d, msg, state.task_type, first=first)
+            offered = state.task_id in self._offered  # its copy is stored: a notice is enough
+            if await handover.hand_over(self._nc, d, msg, state.task_type, copy=not offered):
+                self._offered.add(state.task_id)
         return True
 
     def _hand_back_delay(self, delivery: int) -> float:

@@ -44,13 +44,13 @@ def consumer_config(queue: str, task_type: str, settings: Settings) -> ConsumerC
     )
 
 
-async def hand_over(nc: NATS, dispatch: Dispatch, msg: Msg, task_type: str, *, first: bool) -> None:
-    """Offer the dispatch to the workers with `task_type`'s handler: its copy on the handover
-    subject (on the `first` hand-back here; the server drops a repeat by its id), then a notice.
-    Best effort: the band ticket, handed back meanwhile, still carries the task."""
+async def hand_over(nc: NATS, dispatch: Dispatch, msg: Msg, task_type: str, *, copy: bool) -> bool:
+    """Offer the dispatch to the workers with `task_type`'s handler: its `copy` on the handover
+    subject (until one is stored; the server drops a repeat by its id), then a notice. True once
+    the copy is stored. Best effort: the band ticket, handed back meanwhile, still carries the task."""
     lane = lane_for(task_type)
     try:
-        if first:
+        if copy:
             headers = copy_headers(msg, dispatch)
             headers[sj.MSG_ID] = f"wait-{dispatch.tenant}-{dispatch.task_id}-{dispatch.seq}"
             subject = sj.handover_subject(dispatch.tenant, dispatch.queue, lane)
@@ -58,3 +58,5 @@ async def hand_over(nc: NATS, dispatch: Dispatch, msg: Msg, task_type: str, *, f
         await nc.publish(sj.handover_notice_subject(dispatch.queue, lane), b"")
     except nats.errors.Error as exc:
         log.warning("ticket of %s not offered to another worker: %s", dispatch.task_id, exc)
+        return False
+    return True
