@@ -47,8 +47,10 @@ class Consistency:
         if not self.wait:
             return
         target = self.min_seq
-        family = f"{sj.SCHED_PREFIX}.>" if schedule_id is not None else sj.all_events_filter()
-        if target is not None and target > await svc.handler.store.last_seq(family):
+        end = await svc.handler.store.last_seq(sj.all_events_filter())
+        if schedule_id is not None:  # a client's last write may be a task's or a schedule's
+            end = max(end, await svc.handler.store.last_seq(f"{sj.SCHED_PREFIX}.>"))
+        if target is not None and target > end:
             # Not a sequence any write answered: waiting could never succeed.
             raise Problem(422, "invalid-min-seq", f"min_seq {target} is beyond the end of the event log")
         if target is None:
@@ -60,6 +62,10 @@ class Consistency:
                 subject = sj.tenant_events_filter(tenant)
             target = await svc.handler.store.last_seq(subject)
         projection = schedules.NAME if schedule_id is not None else tasks.NAME
+        if schedule_id is not None:
+            # The schedules projection's checkpoint moves with schedule events only: a task's write
+            # past the schedule's last event asks only for what the schedules' log holds.
+            target = min(target, await svc.handler.store.last_seq(f"{sj.SCHED_PREFIX}.>"))
         await wait_for_seq(svc, target, svc.settings.consistency_wait_s, projection)
 
 

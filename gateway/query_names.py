@@ -12,8 +12,10 @@ from fastapi import Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
+from ordo.gateway.auth import principal
 from ordo.gateway.problems import Problem
 
+_CHECKED = "/v1/"
 _KNOWN = "ordo_query_names"  # the names a route takes, kept on the route once worked out
 
 
@@ -25,8 +27,11 @@ def _names(dependant: Dependant) -> set[str]:
 
 
 async def known_query_only(request: Request) -> None:
-    """A dependency of every API route: 422 naming the query parameters the route does not take."""
-    if not request.url.query:
+    """A dependency of every route: under /v1, a 422 naming the query parameters the route does not
+    take, once the caller is known (a 401 comes first: the names are not told to strangers). The
+    sign-in link, health, readiness and metrics keep ignoring what they do not read (a link
+    scanner's or a probe's added parameters)."""
+    if not request.url.query or not request.url.path.startswith(_CHECKED):
         return
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
@@ -37,6 +42,7 @@ async def known_query_only(request: Request) -> None:
         setattr(route, _KNOWN, known)
     unknown = sorted(set(request.query_params) - known)
     if unknown:
+        await principal(request)  # 401 for a caller who may not see this route
         takes = ", ".join(sorted(known)) if known else "none"
         raise Problem(
             422,

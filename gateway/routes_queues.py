@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 
 from ordo.domain.queue_control import PauseQueue, ResumeQueue
 from ordo.gateway.auth import Principal, Role, require
+from ordo.gateway.body import read_limited
 from ordo.gateway.problems import Problem
 from ordo.gateway.schedule_schemas import InvalidBody, decode_body
 from ordo.gateway.services import Services, services, services_of
@@ -17,6 +18,7 @@ from ordo.infra.settings import NAME_RE
 from ordo.projections import queue_stats, queues_state
 
 MAX_REASON = 500  # characters of a pause's reason
+_PAUSE_BODY_MAX = 8 * 1024  # bytes: a reason's JSON with room to spare; more is a 413
 
 router = APIRouter(prefix="/v1", tags=["queues"])
 Svc = Annotated[Services, Depends(services)]
@@ -82,7 +84,7 @@ async def pause_queue(queue: str, request: Request, ctl: Controller, who: Operat
     resumed; running tasks finish; submits are still accepted; other tenants are not affected.
     An optional body `{"reason": "..."}` is shown as the queue's `paused_reason`."""
     name = _check(queue)
-    body = await request.body()
+    body = await read_limited(request, _PAUSE_BODY_MAX)
     try:
         reason = decode_body(body, _PauseBody).reason if body.strip() else ""
     except InvalidBody as exc:

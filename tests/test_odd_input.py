@@ -196,6 +196,8 @@ async def test_a_queue_pause_reads_its_body_a_reason_or_a_422(gateway_only: Syst
         b'{"reason": "' + b"x" * 501 + b'"}',
     ):
         _problem(await http.post("/v1/queues/oddq:pause", content=body), 422)
+    big = b'{"reason": "' + b"x" * 200_000 + b'"}'
+    _problem(await http.post("/v1/queues/oddq:pause", content=big), 413)  # read with a limit
     assert await _last_seq(gateway_only) == before  # nothing paused
     r = await http.post("/v1/queues/oddq:pause", json={"reason": "maintenance until 14:00"})
     assert r.status_code == 202 and r.json()["paused"], r.text
@@ -230,3 +232,24 @@ async def test_a_misspelt_task_action_is_a_404_naming_the_actions(gateway_only: 
     body = _problem(await gateway_only.http.post(f"/v1/tasks/{task_id}:cancle"), 404)
     assert "cancel" in body["detail"] and "unarchive" in body["detail"], body
     assert (await gateway_only.http.post(f"/v1/tasks/{task_id}:cancel")).status_code == 202
+
+
+async def test_a_link_scanners_or_probes_added_parameters_are_not_refused(gateway_only: System) -> None:
+    """Only the API (`/v1/…`) checks parameter names: a sign-in link a mail scanner extended, or
+    a probe's cache-buster, keep working."""
+    http = gateway_only.http
+    assert (await http.get("/healthz?_=123")).status_code == 200
+    assert (await http.get("/metrics?_=123")).status_code == 200
+    r = await http.get("/auth/token?t=not-a-token&utm_source=mail", follow_redirects=False)
+    assert r.status_code != 422, r.text
+
+
+async def test_a_schedule_read_waits_for_a_task_writes_seq_too(gateway_only: System) -> None:
+    """A client sends the `seq` of its last write on every read; the last may be a task's, past
+    every schedule event: that read was a 422 ("beyond the end of the event log")."""
+    http = gateway_only.http
+    made = await http.post("/v1/schedules", json={"cron": "0 5 * * *", "task": {"type": "demo.echo"}})
+    assert made.status_code == 201, made.text
+    later = await http.post("/v1/tasks", json={"type": "demo.echo", "delay": 3600})
+    r = await http.get(f"/v1/schedules/{made.json()['id']}", params={"min_seq": later.json()["seq"]})
+    assert r.status_code == 200, r.text

@@ -336,8 +336,10 @@ async def test_sigkill_of_the_worker_a_ticket_was_handed_over_to(
     nc: NATS, handler: CommandHandler, settings: Settings, queue: str, procs: list[WorkerProc], tmp_path: Path
 ) -> None:
     """A worker without `demo.sleep` hands its ticket over (workers/handover.py); the worker that
-    took the copy is killed mid-run. The task is not lost, and not failed by the worker without the
-    handler: its lease expires and another worker with the handler runs attempt 2."""
+    took it is killed mid-run, after the other's `unknown_type_wait_s` ran out. Once the lease
+    lapsed, the worker without the handler got the band ticket and started and failed the task for
+    good (UnknownTaskType). Now it never starts a task another worker started: the task waits for a
+    worker with the handler, which runs attempt 2."""
     from ordo.workers import Registry, TaskContext, Worker
 
     without = Registry()
@@ -346,12 +348,12 @@ async def test_sigkill_of_the_worker_a_ticket_was_handed_over_to(
     async def known(ctx: TaskContext) -> None:
         return None
 
-    patient = settings.with_(unknown_type_wait_s=60.0)
-    old = Worker(nc, handler, without, patient, queues=(queue,), worker_id="old")
+    brief = settings.with_(unknown_type_wait_s=1.0)
+    old = Worker(nc, handler, without, brief, queues=(queue,), worker_id="old")
     old_run = asyncio.create_task(old.run())
     try:
         task_id = await submit(handler, settings, queue, "demo.sleep", {"seconds": 4})
-        victim = spawn(procs, patient, queue, "victim", tmp_path)
+        victim = spawn(procs, settings, queue, "victim", tmp_path)
 
         async def started_on(worker_id: str, attempt: int) -> bool:
             h = (await histories(handler, settings)).get(task_id, [])
@@ -361,9 +363,17 @@ async def test_sigkill_of_the_worker_a_ticket_was_handed_over_to(
                 for e in h
             )
 
-        await eventually(lambda: started_on("victim", 1), timeout=60, what="the copy run by the victim")
+        await eventually(lambda: started_on("victim", 1), timeout=60, what="the task run by the victim")
         victim.signal(signal.SIGKILL)
-        rescuer = spawn(procs, patient, queue, "rescuer", tmp_path)
+        state, _, _ = await handler.load(settings.tenant, task_id)
+        assert state.lease_until is not None
+        lapsed = (state.lease_until - datetime.now(UTC)).total_seconds()
+        # fault timing, not a wait: the band ticket comes back to the worker without the handler
+        # after the lease lapsed, with its wait long over
+        await asyncio.sleep(max(0.0, lapsed) + 4 * settings.backoff_base_s + 3.0)
+        state, history, _ = await handler.load(settings.tenant, task_id)
+        assert state.status.value == "running" and "failed" not in names(history), names(history)
+        rescuer = spawn(procs, settings, queue, "rescuer", tmp_path)
         await rescuer.ready(nc)
 
         async def succeeded() -> list[StoredEvent] | None:

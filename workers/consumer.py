@@ -103,10 +103,11 @@ async def open_work_consumer(nc: NATS, queue: str, band: int, settings: Settings
     return await open_consumer(nc, work_consumer_config(queue, band, settings))
 
 
-async def open_consumer(nc: NATS, config: ConsumerConfig) -> Pull:
-    """Create or update a durable pull consumer on the event-log stream and bind to it."""
+async def open_consumer(nc: NATS, config: ConsumerConfig, timeout: float = 60.0) -> Pull:
+    """Create or update a durable pull consumer on the event-log stream and bind to it (retrying
+    for up to `timeout` while the cluster is not ready)."""
     js = nc.jetstream()
-    await ensure_consumer(js, sj.EVENTS_STREAM, config)
+    await ensure_consumer(js, sj.EVENTS_STREAM, config, timeout=timeout)
     assert config.name is not None
     return Pull(js, config, await js.pull_subscribe_bind(config.name, stream=sj.EVENTS_STREAM))
 

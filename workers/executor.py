@@ -68,6 +68,10 @@ _UNKNOWN_TASK_DELAY_S = 1.0
 # most this many such tasks at once (Executor._deferred).
 _UNKNOWN_TYPE_STEP_MAX_S = 5.0
 _PARKED_MAX = 1000
+# Handover notices (workers/handover.py) go out at most this often per queue and type; the copies
+# stored are remembered for at most this many tasks.
+_NOTICE_EVERY_S = 0.5
+_OFFERED_MAX = 10_000
 # A ticket whose task is in one of these with its dispatch number may still start an attempt.
 _STARTABLE = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.CANCELLING)
 # An attempt's error as stored: the message's first characters, the traceback's last.
@@ -128,8 +132,10 @@ class Executor:
         self._running: dict[tuple[str, str], Attempt] = {}
         # Tasks of a type with no handler here, handed back for another worker: when first.
         self._parked: dict[str, float] = {}
-        # Of those, the ones whose copy is stored for the workers with the handler (workers/handover.py).
-        self._offered: set[str] = set()
+        # Tasks whose ticket's copy is stored for the workers with the handler (workers/handover.py):
+        # the origin sequence of that dispatch; and when a notice last went out, per (queue, type).
+        self._offered: dict[str, int] = {}
+        self._noticed: dict[tuple[str, str], float] = {}
 
     @property
     def running(self) -> int:
@@ -228,8 +234,12 @@ class Executor:
                 # Handed back only while the ticket could still start an attempt: one that another
                 # worker's copy of it started (workers/handover.py) is stale, and acked below.
                 current = state.dispatch == number and state.status in _STARTABLE
-                if current and not self._handles(state) and await self._deferred(msg, d, state):
-                    return None
+                if current and not self._handles(state):
+                    if state.status is not TaskStatus.QUEUED:
+                        await self._hand_back_started(msg, d, state, now)  # never failed here
+                        return None
+                    if await self._deferred(msg, d, state):
+                        return None
             command = StartAttempt(
                 task_id=d.task_id,
                 dispatch=number,
@@ -283,14 +293,14 @@ class Executor:
         left = self._settings.unknown_type_wait_s - waited
         if left <= 0:
             self._parked.pop(state.task_id, None)
-            self._offered.discard(state.task_id)
+            self._offered.pop(state.task_id, None)
             return False
         now = asyncio.get_running_loop().time()
         if state.task_id not in self._parked:
             horizon = now - self._settings.unknown_type_wait_s - _UNKNOWN_TYPE_STEP_MAX_S
             for task_id in [t for t, since in self._parked.items() if since < horizon]:
                 del self._parked[task_id]  # started or failed elsewhere long since
-                self._offered.discard(task_id)
+                self._offered.pop(task_id, None)
             if len(self._parked) >= _PARKED_MAX:
                 return False
             self._parked[state.task_id] = now
@@ -301,11 +311,39 @@ class Executor:
                 left,
             )
         await consumer.nak(msg, delay=min(left, self._hand_back_delay(deliveries)))
-        if self._nc is not None:
-            offered = state.task_id in self._offered  # its copy is stored: a notice is enough
-            if await handover.hand_over(self._nc, d, msg, state.task_type, copy=not offered):
-                self._offered.add(state.task_id)
+        await self._offer(msg, d, state)
         return True
+
+    async def _hand_back_started(self, msg: Msg, d: Dispatch, state: TaskState, now: datetime) -> None:
+        """The ticket of a task another worker started (from a handed-over copy) that has no handler
+        here: never started (and failed) here, however long it waits, and not counted against
+        `unknown_type_wait_s` (only a queued task is). While its lease holds, it comes back when
+        the lease ends; once it lapsed (that worker died), it is offered to the workers with the
+        handler again, whose durable redelivers the copy."""
+        lease = state.lease_until
+        if lease is not None and now < lease:
+            delay = min((lease - now).total_seconds() + _LEASE_SLACK_S, self._settings.ack_wait_s)
+            await consumer.nak(msg, delay=delay)
+            return
+        await consumer.nak(msg, delay=self._hand_back_delay(_deliveries(msg)))
+        await self._offer(msg, d, state)
+
+    async def _offer(self, msg: Msg, d: Dispatch, state: TaskState) -> None:
+        """Offer the ticket to the workers with the handler (workers/handover.py): its copy until one
+        is stored for this dispatch, and a notice at most every `_NOTICE_EVERY_S` per queue and type."""
+        if self._nc is None:
+            return
+        now = asyncio.get_running_loop().time()
+        copy = self._offered.get(state.task_id) != d.seq
+        lane = (d.queue, state.task_type)
+        notify = copy or now - self._noticed.get(lane, -_NOTICE_EVERY_S) >= _NOTICE_EVERY_S
+        if not notify:
+            return
+        if await handover.hand_over(self._nc, d, msg, state.task_type, copy=copy):
+            if len(self._offered) >= _OFFERED_MAX:
+                self._offered.clear()  # a repeat copy is dropped by the server (its id), or stale
+            self._offered[state.task_id] = d.seq
+            self._noticed[lane] = now
 
     def _hand_back_delay(self, delivery: int) -> float:
         """The delay of the `delivery`th hand-back of a ticket of an unknown type."""

@@ -4,8 +4,9 @@ The worker without the handler hands the band ticket back (a NAK with a delay, E
 and a NAK'd ticket goes to whichever pull request of its band the server holds first, often the
 same worker's own long poll. So it also publishes a copy of the dispatch (its origin subject and
 sequence, like a type-limit lane's: infra/dispatch.py) on the type's handover subject
-`ordo.work.<tenant>.<queue>.wait.<lane>`, once per task (a Nats-Msg-Id of task and origin
-sequence), and at every hand-back a notice on core NATS, `ordo.worker.wait.<queue>.<lane>`.
+`ordo.work.<tenant>.<queue>.wait.<lane>`, until one is stored for the dispatch (a Nats-Msg-Id of
+task and origin sequence), and a notice on core NATS, `ordo.worker.wait.<queue>.<lane>` (at most
+every 0.5 s per queue and type: Executor._offer).
 
 A worker with the handler listens for its queues' notices; one for a type it has makes it take what
 waits on that type's durable (`wait_<queue>_<lane>`, created by the first worker that reads it, and
@@ -13,8 +14,9 @@ shared by every worker with the handler), up to its free slots, without waiting.
 ticket like any other: its start expects the origin's sequence, so the copy and the band ticket
 start the task once between them, and the one left over finds it started (a stale ticket, acked).
 Nothing is lost on the way: the band ticket stays on its consumer until the task has started, and
-the copy's worker holds the copy as its attempt's lease. Idle workers pay nothing for this: no long
-poll waits on a handover durable; it is read only when a notice says a copy waits.
+the copy's worker holds the copy as its attempt's lease. A worker without the handler never starts
+a task another worker started (Executor._hand_back_started). No long poll waits on a handover
+durable: it is read only when a notice says a copy waits.
 """
 
 from __future__ import annotations

@@ -46,6 +46,8 @@ from ordo.workers.stats import WorkerStats
 DEFAULT_FETCH_WAIT_S = 1.0
 CANCEL_REQUESTED = "cancel_requested"
 
+# How long the fetch loop may spend creating a handover durable (workers/handover.py) on a notice.
+_HANDOVER_OPEN_S = 2.0
 Key = tuple[str, int]  # (queue, band); the copies and each type-limit lane get a number >= LANE_BASE
 LANE_BASE = 100
 
@@ -322,12 +324,15 @@ class Worker:
                 continue
             pull = self._handover_pulls.get(key)
             if pull is None:
-                try:
+                if self._stopping.is_set():
+                    break
+                try:  # briefly: the fetch loop waits meanwhile; the next notice tries again
                     config = handover.consumer_config(*key, self._settings)
-                    pull = self._handover_pulls[key] = await consumer.open_consumer(self._nc, config)
+                    pull = await consumer.open_consumer(self._nc, config, timeout=_HANDOVER_OPEN_S)
                 except Exception as exc:  # the band ticket still carries the task: log, go on
                     self._log.warning("handed-over tickets of %s not read: %s", key[1], exc)
                     continue
+                self._handover_pulls[key] = pull
             got += await consumer.sweep(pull, most - len(got))
         return got
 
