@@ -161,3 +161,21 @@ async def test_submit_warns_about_a_type_or_queue_no_worker_serves(ui: Page, sys
     await page.locator("#type-warning:empty").wait_for(state="attached")
     await page.fill("input[name=queue]", "emails")
     await page.locator("#queue-warning", has_text="No online worker serves queue emails").wait_for()
+
+
+async def test_saving_a_schedule_with_default_policies_does_not_wait_out_its_check(
+    ui: Page, system: System
+) -> None:
+    """The save waited until the read model showed the values sent, and the API leaves defaults
+    out (`skip`): it never matched, and the save took the check's whole 10 s."""
+    r = await system.http.post("/v1/schedules", json={"cron": "0 5 * * *", "task": {"type": "demo.echo"}})
+    schedule = r.json()["id"]
+    page = ui.page
+    await ui.open(f"/schedules/{schedule}")
+    await page.click("details.create summary")
+    await page.locator("#schedule-edit input[name=cron]").fill("0 6 * * *")
+    await page.click("#schedule-edit button[type=submit]")
+    # well within the check's 10 s: the edit form closes once the saved values show
+    await page.locator("#schedule-edit").wait_for(state="hidden", timeout=6000)
+    got = (await system.http.get(f"/v1/schedules/{schedule}")).json()
+    assert "6" in got["cron"], got

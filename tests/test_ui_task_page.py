@@ -212,3 +212,24 @@ async def test_a_finished_task_is_not_labelled_live(ui: Page, system: System) ->
     await page.locator("#scrub-label", has_text="live").wait_for()
     await eventually(status_is(system, sleeper, "succeeded"), timeout=60, what="succeeded")
     await page.locator("#scrub-label", has_text="latest (finished)").wait_for()
+
+
+async def test_enter_on_a_focused_link_opens_that_link_not_the_cursor_task(ui: Page, system: System) -> None:
+    """Enter on another row's link (or a button) also opened the j/k cursor's task: the page ended
+    on the wrong task, with a history entry the user never asked for."""
+    first = await submit(system, {"type": "demo.echo", "delay": 3600, "tags": ["enter-key"]})
+    second = await submit(system, {"type": "demo.echo", "delay": 3600, "tags": ["enter-key"]})
+    page = ui.page
+    await ui.open("/tasks?tag=enter-key")
+    for task_id in (first, second):
+        await page.locator(f'#tasks-table tr[data-id="{task_id}"]').wait_for()
+    await page.locator("main").focus()
+    await page.keyboard.press("j")  # the cursor on the first row: the newest, `second`
+    link = page.locator(f'#tasks-table tr[data-id="{first}"] a')
+    await link.focus()
+    await page.keyboard.press("Enter")
+    await page.wait_for_function(f"location.hash.startsWith('#/tasks/{first}')")
+    await page.locator("#task-status").wait_for()
+    assert (await page.evaluate("location.hash")).startswith(f"#/tasks/{first}")
+    await page.go_back()
+    await page.wait_for_function("location.hash.startsWith('#/tasks?')")  # back to the list at once
