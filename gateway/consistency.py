@@ -47,25 +47,24 @@ class Consistency:
         if not self.wait:
             return
         target = self.min_seq
-        end = await svc.handler.store.last_seq(sj.all_events_filter())
-        if schedule_id is not None:  # a client's last write may be a task's or a schedule's
-            end = max(end, await svc.handler.store.last_seq(f"{sj.SCHED_PREFIX}.>"))
-        if target is not None and target > end:
-            # Not a sequence any write answered: waiting could never succeed.
-            raise Problem(422, "invalid-min-seq", f"min_seq {target} is beyond the end of the event log")
-        if target is None:
-            if schedule_id is not None:
-                subject = sj.schedule_events_filter(tenant, schedule_id)
-            elif task_id is not None:
-                subject = sj.task_events_filter(tenant, task_id)
-            else:
-                subject = sj.tenant_events_filter(tenant)
-            target = await svc.handler.store.last_seq(subject)
+        store = svc.handler.store
+        # The schedules projection's checkpoint moves with schedule events only: a schedule's read
+        # asks for no more than the schedules' log holds (a client's last write may be a task's).
+        schedules_end = await store.last_seq(f"{sj.SCHED_PREFIX}.>") if schedule_id is not None else None
+        if target is not None:
+            end = await store.last_seq(sj.all_events_filter())
+            if target > max(end, schedules_end or 0):
+                # Not a sequence any write answered: waiting could never succeed.
+                raise Problem(422, "invalid-min-seq", f"min_seq {target} is beyond the end of the event log")
+        elif schedule_id is not None:
+            target = await store.last_seq(sj.schedule_events_filter(tenant, schedule_id))
+        elif task_id is not None:
+            target = await store.last_seq(sj.task_events_filter(tenant, task_id))
+        else:
+            target = await store.last_seq(sj.tenant_events_filter(tenant))
+        if schedules_end is not None:
+            target = min(target, schedules_end)
         projection = schedules.NAME if schedule_id is not None else tasks.NAME
-        if schedule_id is not None:
-            # The schedules projection's checkpoint moves with schedule events only: a task's write
-            # past the schedule's last event asks only for what the schedules' log holds.
-            target = min(target, await svc.handler.store.last_seq(f"{sj.SCHED_PREFIX}.>"))
         await wait_for_seq(svc, target, svc.settings.consistency_wait_s, projection)
 
 

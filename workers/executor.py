@@ -233,12 +233,15 @@ class Executor:
                 number, known = then.dispatch, (state, last_seq)
                 # Handed back only while the ticket could still start an attempt: one that another
                 # worker's copy of it started (workers/handover.py) is stale, and acked below.
+                # A task another worker started is never started here: while its lease holds, the
+                # start below is refused (LeaseHeld) and the ticket comes back at the lease's end.
                 current = state.dispatch == number and state.status in _STARTABLE
                 if current and not self._handles(state):
-                    if state.status is not TaskStatus.QUEUED:
-                        await self._hand_back_started(msg, d, state, now)  # never failed here
-                        return None
-                    if await self._deferred(msg, d, state):
+                    if state.status is TaskStatus.QUEUED:
+                        if await self._deferred(msg, d, state):
+                            return None
+                    elif state.lease_until is None or now >= state.lease_until:
+                        await self._hand_back_lapsed(msg, d, state)
                         return None
             command = StartAttempt(
                 task_id=d.task_id,
@@ -314,17 +317,11 @@ class Executor:
         await self._offer(msg, d, state)
         return True
 
-    async def _hand_back_started(self, msg: Msg, d: Dispatch, state: TaskState, now: datetime) -> None:
-        """The ticket of a task another worker started (from a handed-over copy) that has no handler
-        here: never started (and failed) here, however long it waits, and not counted against
-        `unknown_type_wait_s` (only a queued task is). While its lease holds, it comes back when
-        the lease ends; once it lapsed (that worker died), it is offered to the workers with the
-        handler again, whose durable redelivers the copy."""
-        lease = state.lease_until
-        if lease is not None and now < lease:
-            delay = min((lease - now).total_seconds() + _LEASE_SLACK_S, self._settings.ack_wait_s)
-            await consumer.nak(msg, delay=delay)
-            return
+    async def _hand_back_lapsed(self, msg: Msg, d: Dispatch, state: TaskState) -> None:
+        """The ticket of a task another worker started, whose lease lapsed (that worker died), with
+        no handler here: never started (and failed) here, however long it waits, and not counted
+        against `unknown_type_wait_s` (only a queued task is); offered again to the workers with the
+        handler, whose durable redelivers the copy."""
         await consumer.nak(msg, delay=self._hand_back_delay(_deliveries(msg)))
         await self._offer(msg, d, state)
 

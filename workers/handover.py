@@ -15,7 +15,7 @@ ticket like any other: its start expects the origin's sequence, so the copy and 
 start the task once between them, and the one left over finds it started (a stale ticket, acked).
 Nothing is lost on the way: the band ticket stays on its consumer until the task has started, and
 the copy's worker holds the copy as its attempt's lease. A worker without the handler never starts
-a task another worker started (Executor._hand_back_started). No long poll waits on a handover
+a task another worker started (Executor._start). No long poll waits on a handover
 durable: it is read only when a notice says a copy waits.
 """
 
