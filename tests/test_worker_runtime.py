@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,8 +27,9 @@ from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import StoredEvent
 from ordo.infra.ids import new_task_id
 from ordo.infra.settings import Settings
-from ordo.workers import Fail, Registry, TaskContext, Worker
+from ordo.workers import Fail, Registry, Retry, TaskContext, Worker
 from ordo.workers.demo import registry as demo_registry
+from ordo.workers.limits import lane_for
 from ordo.workers.runtime import WeightedPicker
 from ordo.workers.scheduler import Scheduler
 from tests.helpers import eventually
@@ -281,6 +282,54 @@ async def test_tickets_handed_back_reach_an_idle_worker_with_the_handler_at_its_
     for task_id in ids:
         _, history, _ = await handler.load(settings.tenant, task_id)
         assert names(history) == ["submitted", "attempt_started", "succeeded"]
+
+
+async def test_a_later_dispatch_of_a_handed_over_task_is_offered_again(
+    nc: NATS, handler: CommandHandler, settings: Settings, queue: str
+) -> None:
+    """Copies are remembered per dispatch, not per task: a retry's ticket that reaches only a worker
+    without the handler is copied to the handover subject again (before, the worker remembered the
+    task's first copy, so the retry got a notice but no copy and waited on hand-backs alone)."""
+    old = Registry()
+
+    @old.task("known")
+    async def known(ctx: TaskContext) -> None:
+        return None
+
+    new = Registry()
+
+    @new.task("brand.new")
+    async def brand_new(ctx: TaskContext) -> int:
+        if ctx.attempt == 1:
+            raise Retry(after=3.0)  # due once the worker with the handler has gone
+        return ctx.attempt
+
+    patient = settings.with_(unknown_type_wait_s=120.0)
+    task_id = await submit(handler, settings, queue, "brand.new", max_attempts=3)
+    js = nc.jetstream()
+    subject = sj.handover_subject(settings.tenant, queue, lane_for("brand.new"))
+    stream = await js.find_stream_name_by_subject(subject)
+
+    async def copies() -> int:
+        info = await js.stream_info(stream, subjects_filter=subject)
+        return (info.state.subjects or {}).get(subject, 0)
+
+    async with running(Worker(nc, handler, old, patient, queues=(queue,)), Scheduler(nc, handler)):
+        await eventually(lambda: _at_least(copies, 1), timeout=15, what="the first dispatch's copy")
+        async with running(Worker(nc, handler, new, patient, queues=(queue,))):
+            await until_status(handler, settings.tenant, task_id, TaskStatus.RETRYING)
+        # The retry's ticket now reaches the worker without the handler alone.
+        await eventually(lambda: _at_least(copies, 2), timeout=15, what="the retry's own copy")
+        state, _, _ = await handler.load(settings.tenant, task_id)
+        assert state.status is TaskStatus.QUEUED and state.attempt == 1
+        async with running(Worker(nc, handler, new, patient, queues=(queue,))):
+            state, history = await until_status(handler, settings.tenant, task_id, TaskStatus.SUCCEEDED)
+    assert state.attempt == 2
+    assert names(history).count("attempt_started") == 2
+
+
+async def _at_least(count: Callable[[], Awaitable[int]], n: int) -> bool:
+    return await count() >= n
 
 
 async def test_exception_records_type_message_and_traceback(
