@@ -194,6 +194,9 @@ def _tick(c: sc.Tick, s: ScheduleState) -> list[se.ScheduleEvent]:
         active = tick_task_id(c.tenant, c.schedule_id, buffered)
         events.append(se.ScheduleFired(tick_at=buffered, task_id=active, next_at=nxt, buffered=True))
         buffered = None
+    # The runs of one decision (a catch-up's and the latest tick's) start together, as the catch-up
+    # policy asks: `overlap` weighs them against a run from before (still going, or the buffered one
+    # started just now), never against one another.
     for tick, catch_up in runs:
         task_id = tick_task_id(c.tenant, c.schedule_id, tick)
         cancelled: str | None = None
@@ -212,12 +215,13 @@ def _tick(c: sc.Tick, s: ScheduleState) -> list[se.ScheduleEvent]:
                         )
                     )
                 continue
-            cancelled = active  # cancel_previous
+            # cancel_previous: the latest tick's run cancels it (a caught_up event names no task).
+            if not catch_up:
+                cancelled, active = active, None
         if catch_up:
             events.append(se.ScheduleCaughtUp(tick_at=tick, task_id=task_id, next_at=nxt, missed=len(missed)))
         else:
             events.append(
                 se.ScheduleFired(tick_at=tick, task_id=task_id, next_at=nxt, cancelled_task_id=cancelled)
             )
-        active = task_id
     return events

@@ -176,9 +176,14 @@ def test_overlap_policies() -> None:
         (se.CatchupPolicy.RUN_ALL, [se.ScheduleCaughtUp] * 5 + [se.ScheduleFired]),
     ],
 )
-def test_catch_up_after_downtime(policy: se.CatchupPolicy, types: list[type]) -> None:
+@pytest.mark.parametrize("overlap", list(se.OverlapPolicy))
+def test_catch_up_after_downtime(
+    policy: se.CatchupPolicy, types: list[type], overlap: se.OverlapPolicy
+) -> None:
+    """The runs a catch-up asks for and the latest tick's start together, whatever `overlap` says
+    (with the default `skip`, the first caught_up run skipped every other one)."""
     t0 = utc(2024, 1, 1, 0, 0, 1)
-    state = created(every_second(catchup=policy, overlap=se.OverlapPolicy.ALLOW), utc(2024, 1, 1))
+    state = created(every_second(catchup=policy, overlap=overlap), utc(2024, 1, 1))
     now = t0 + timedelta(seconds=5, milliseconds=300)  # ticks t0..t0+5 are due; t0+5 is on time
     events = tick(state, t0, now)
     assert [type(e) for e in events] == types
@@ -192,6 +197,26 @@ def test_catch_up_after_downtime(policy: se.CatchupPolicy, types: list[type]) ->
         )
     if policy is se.CatchupPolicy.RUN_ONCE:
         assert events[0].count == 4 and events[1].tick_at == t0 + timedelta(seconds=4)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("overlap", "types"),
+    [
+        (se.OverlapPolicy.SKIP, [se.ScheduleSkipped] * 3),
+        (se.OverlapPolicy.BUFFER_ONE, [se.ScheduleSkipped, se.ScheduleSkipped, se.ScheduleBuffered]),
+        (se.OverlapPolicy.CANCEL_PREVIOUS, [se.ScheduleCaughtUp, se.ScheduleCaughtUp, se.ScheduleFired]),
+        (se.OverlapPolicy.ALLOW, [se.ScheduleCaughtUp, se.ScheduleCaughtUp, se.ScheduleFired]),
+    ],
+)
+def test_catch_up_beside_a_run_from_before_the_downtime(overlap: se.OverlapPolicy, types: list[type]) -> None:
+    t0 = utc(2024, 1, 1, 0, 0, 1)
+    state = created(every_second(catchup=se.CatchupPolicy.RUN_ALL, overlap=overlap), utc(2024, 1, 1))
+    running = sc.PreviousRun(task_id="prev", active=True)
+    events = tick(state, t0, t0 + timedelta(seconds=2, milliseconds=300), running)
+    assert [type(e) for e in events] == types
+    fired = events[-1]
+    cancelled = fired.cancelled_task_id if isinstance(fired, se.ScheduleFired) else None
+    assert cancelled == ("prev" if overlap is se.OverlapPolicy.CANCEL_PREVIOUS else None)
 
 
 def test_pause_resume_delete_and_trigger() -> None:

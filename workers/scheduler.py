@@ -36,6 +36,7 @@ from nats.js.errors import APIError, FetchTimeoutError
 from ordo.domain.commands import EnqueueDue
 from ordo.domain.errors import DomainError, TaskNotFound
 from ordo.domain.schedule_commands import Tick
+from ordo.domain.schedule_events import ScheduleBuffered
 from ordo.domain.schedule_state import ScheduleState
 from ordo.domain.state import TaskState
 from ordo.domain.status import TaskStatus
@@ -341,6 +342,12 @@ class Scheduler:
         except EventStoreError:
             return None
 
+    async def _arm_buffered(self, tenant: str, schedule_id: str, tick_at: datetime) -> None:
+        try:
+            await self._schedules.timers.arm(tenant, schedule_id, tick_at)
+        except nats.errors.Error as exc:  # the next regular tick starts it instead
+            self._log.warning("buffered tick of schedule %s/%s not armed: %s", tenant, schedule_id, exc)
+
     async def _hold_tick(self, msg: Msg) -> None:
         try:
             tick = decode_tick(msg.data)
@@ -373,6 +380,13 @@ class Scheduler:
             if outcome.state.buffered_at == tick.tick_at:
                 await msg.nak(delay=self._config.buffer_recheck_s)  # waits for the running task
                 return
+            if outcome.state.buffered_at is not None and any(
+                isinstance(e, ScheduleBuffered) for e in outcome.events
+            ):
+                # A catch-up buffered a later tick than this message's: that tick gets a timer of
+                # its own, due at once, to be rechecked like any buffered tick (not only at the next
+                # regular tick, up to a period late).
+                await self._arm_buffered(tick.tenant, tick.schedule_id, outcome.state.buffered_at)
             if not outcome.events and _ahead_of(tick.tick_at, outcome.state):
                 # A schedule's next tick is armed before the event that sets it (fired, resumed,
                 # updated, created) is appended. A tick already due when armed (a late tick on a busy
