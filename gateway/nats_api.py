@@ -28,6 +28,21 @@ from ordo.infra.raw_client import RawClient
 
 log = logging.getLogger("ordo.nats_api")
 _json = msgspec.json.Encoder()
+# Answers go only to inboxes (`_INBOX.<tenant>.…` for the shipped app users, `_INBOX.…` for a
+# client's default prefix): never to a subject a stream stores, another service's or a tenant's.
+REPLY_PREFIX = b"_INBOX."
+_REFUSED_LOG_EVERY_S = 10.0
+
+
+def reply_allowed(reply: bytes) -> bool:
+    """A reply subject the gateway answers on: under `_INBOX.`, no wildcard, no space."""
+    return (
+        reply.startswith(REPLY_PREFIX)
+        and len(reply) > len(REPLY_PREFIX)
+        and b"*" not in reply
+        and b">" not in reply
+        and not any(c <= 32 for c in reply)
+    )
 
 
 class _IdRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -125,6 +140,8 @@ class NatsApi:
         self._waiting: deque[_Request] = deque()
         self._waiting_bytes = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.refused = 0  # requests not served: their reply subject was not an inbox
+        self._refused_logged = -_REFUSED_LOG_EVERY_S
 
     async def start(self) -> None:
         if self._sub is None:
@@ -142,6 +159,9 @@ class NatsApi:
 
     def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         """Called in the client's read loop: must not block."""
+        if reply and not reply_allowed(reply):
+            self._refuse(subject, reply)
+            return
         request = _Request(
             subject.decode("utf-8", "replace"),
             reply.decode("utf-8", "replace"),
@@ -158,6 +178,22 @@ class NatsApi:
                 503, "busy", "too many command requests waiting; retry shortly", {"Retry-After": "1"}
             )
             self._spawn(self._send_problem(request, busy))
+
+    def _refuse(self, subject: bytes, reply: bytes) -> None:
+        """A request whose reply subject is not an inbox is not served: the answer would be published
+        with the gateway's own rights (every tenant's event log among them) on a subject its sender
+        may not publish to."""
+        self.refused += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_logged >= _REFUSED_LOG_EVERY_S:
+            self._refused_logged = now
+            log.warning(
+                "request on %r not served: its reply subject %r is not an inbox (%s…); %d refused so far",
+                subject[:200].decode("utf-8", "replace"),
+                reply[:200].decode("utf-8", "replace"),
+                REPLY_PREFIX.decode(),
+                self.refused,
+            )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -38,6 +39,7 @@ _BATCH_LIMIT = 1000
 MAX_ATOMIC_BATCH = _BATCH_LIMIT
 _LOAD_PAGE = 1000
 _SCHEMA_VERSION = str(SCHEMA_VERSION)
+log = logging.getLogger("ordo.event_store")
 
 
 class EventStoreError(Exception):
@@ -374,15 +376,19 @@ class EventStore:
     ) -> tuple[list[StoredEvent], int]:
         """Batched direct get of every message matching `subject_filter` from `start_seq`."""
         out: list[StoredEvent] = []
+        last = 0
         seq = start_seq
         while True:
-            page, more = await self._page(subject_filter, seq)
-            for item in page:
-                if up_to_seq is not None and item.seq > up_to_seq:
-                    return out, out[-1].seq if out else 0
-                out.append(item)
+            page, more = await self._page(subject_filter, seq, RawStored)
+            for raw in page:
+                if up_to_seq is not None and raw.seq > up_to_seq:
+                    return out, last
+                last = raw.seq  # a message skipped below still counts for the next append's check
+                item = _event_or_none(raw)
+                if item is not None:
+                    out.append(item)
             if not more or not page:
-                return out, out[-1].seq if out else 0
+                return out, last
             seq = page[-1].seq + 1
 
     async def append_raw(
@@ -424,6 +430,26 @@ class EventStore:
         request = {"seq": seq, "next_by_subj": subject_filter, "batch": _LOAD_PAGE}
         page, more = await direct_get_batch(self._nc, sj.EVENTS_STREAM, request, self._timeout)
         return [convert(r.subject, r.data, _own(r.headers), r.seq, r.stored_at) for r in page], more
+
+
+# Sequences of messages already reported as not events (each is logged once per process).
+_skipped: set[int] = set()
+_SKIPPED_MAX = 10_000
+
+
+def _event_or_none(raw: RawStored) -> StoredEvent | None:
+    """The stored event, or None for a message on an event subject that is not one (a body no
+    decider wrote: the projections skip it too, docs/decisions.md 56). Loading a task must not fail
+    on it, or every command on the task and its timers would fail for good: the log keeps it."""
+    try:
+        return to_stored(raw.subject, raw.data, raw.headers, raw.seq, raw.stored_at)
+    except (msgspec.DecodeError, ValueError) as exc:  # ValidationError is a DecodeError
+        if raw.seq not in _skipped:
+            if len(_skipped) >= _SKIPPED_MAX:
+                _skipped.clear()
+            _skipped.add(raw.seq)
+            log.error("message at seq %d on %s is not an Ordo event, ignored: %s", raw.seq, raw.subject, exc)
+        return None
 
 
 def _own(headers: dict[str, str]) -> dict[str, str]:

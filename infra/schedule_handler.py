@@ -12,6 +12,7 @@ from a read model (a run read ahead as ended is not read again: an ended task st
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,6 +30,8 @@ from ordo.infra.command_handler import CommandHandler
 from ordo.infra.decider_runner import Decision, run_decider
 from ordo.infra.event_store import EventStoreUnavailable, RawStored
 from ordo.infra.schedule_timers import ScheduleTimers
+
+log = logging.getLogger("ordo.schedules")
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,21 @@ class ScheduleHandler:
         self._max_retries = max_retries
 
     async def load(self, tenant: str, schedule_id: str) -> tuple[ScheduleState, list[RawStored], int]:
-        history, last_seq = await self.store.load_raw(sj.schedule_events_filter(tenant, schedule_id))
+        """The schedule's state, its events (a message that is not one is left out, as a task's
+        load leaves it out: infra/event_store.py) and the last sequence of its subjects."""
+        stored, last_seq = await self.store.load_raw(sj.schedule_events_filter(tenant, schedule_id))
         state = initial(schedule_id)
-        for raw in history:
-            state = evolve(state, se.decode_schedule_event(raw.data))
+        history: list[RawStored] = []
+        for raw in stored:
+            try:
+                event = se.decode_schedule_event(raw.data)
+            except (msgspec.DecodeError, ValueError) as exc:
+                log.error(
+                    "message at seq %d on %s is not a schedule event, ignored: %s", raw.seq, raw.subject, exc
+                )
+                continue
+            state = evolve(state, event)
+            history.append(raw)
         return state, history, last_seq
 
     async def execute(

@@ -245,6 +245,45 @@ async def test_raw_succeeded_events_from_the_worker_user_do_not_complete_a_task(
         assert (await http.post(f"/v1/tasks/{task_id}:cancel")).status_code in (200, 202)
 
 
+async def test_no_reply_subject_or_worker_junk_writes_into_a_task_or_breaks_it(
+    settings: Settings, nats_server: EmbeddedNats, provisioned: None
+) -> None:
+    """A tenant's pass (2026-12-06): the gateway answered a command request on whatever reply
+    subject it named, with its own rights, so an app user with no API key stored a 401 on another
+    task's event subject. Such a message, or junk the worker user publishes on an attempt event's
+    subject, then broke the task for good: its every command answered 500 and its timer never
+    fired. The gateway now answers only on inboxes, and a task's load leaves out what is not an
+    event."""
+    async with _services(settings) as http:
+        r = await http.post("/v1/tasks", json={"type": "demo.echo", "payload": 5, "delay": 3})
+        assert r.status_code == 202, r.text
+        task_id = r.json()["id"]
+        target = sj.event_subject(TENANT, "default", task_id, "progressed")
+        errors = Errors()
+        app = await _raw(
+            settings.nats_url, app_user_name(TENANT), errors, inbox_prefix=app_inbox_prefix(TENANT)
+        )
+        wk = await _raw(settings.nats_url, "worker", errors)
+        admin = await connect(settings, name="perm-admin")
+        try:
+            await app.publish(sj.cmd_subject(TENANT, "get"), b"{}", reply=target)
+            # Served in order: once a later request is answered, the one before was seen.
+            answer = await app.request(sj.cmd_subject(TENANT, "get"), b"{}", timeout=10)
+            assert answer.headers and answer.headers[sj.REPLY_STATUS] == "422", answer.data  # no id
+            info = await admin.jetstream().stream_info(sj.EVENTS_STREAM, subjects_filter=target)
+            assert not info.state.subjects, "a reply was stored on the task's event subject"
+            junk = await wk.jetstream(timeout=5.0).publish(target, b'{"not": "an event"}')
+        finally:
+            for c in (app, wk, admin):
+                await c.close()
+        assert errors.seen == []
+        # The task still runs when due (its timer loads it) and answers reads at the junk's seq.
+        await eventually(lambda: _is(http, task_id, "succeeded"), timeout=30, what="the task ran")
+        folded = await http.get(f"/v1/tasks/{task_id}", params={"as_of_seq": junk.seq})
+        assert folded.status_code == 200 and folded.json()["status"] == "scheduled", folded.text
+        assert (await http.post(f"/v1/tasks/{task_id}:archive")).status_code in (200, 202)
+
+
 async def test_a_paused_queue_holds_and_releases_tickets_on_the_worker_user(
     settings: Settings, nats_server: EmbeddedNats, provisioned: None
 ) -> None:

@@ -251,3 +251,17 @@ async def test_a_schedule_read_right_after_its_create_can_wait_for_it(system: Sy
         assert got.status_code == 200, got.text
     finally:
         assert (await system.http.delete(f"/v1/schedules/{sid}")).status_code in (200, 202)
+
+
+async def test_a_message_that_is_no_schedule_event_breaks_no_command(gateway_only: System) -> None:
+    """A message on a schedule's subjects that is no schedule event (a reply once published there,
+    tests/test_nats_permissions.py) made every command on the schedule a 500 for good: the log
+    keeps it. A schedule's load leaves it out, as the projection does."""
+    sid = await _create(gateway_only, id="junk-beside", cron="0 0 1 1 *", task={"type": "demo.echo"})
+    tenant = gateway_only.settings.tenant
+    await gateway_only.nc.jetstream().publish(sj.schedule_event_subject(tenant, sid, "deleted"), b"401")
+    for method, path in (("POST", f"/v1/schedules/{sid}:trigger"), ("PATCH", f"/v1/schedules/{sid}")):
+        body = {"description": "still editable"} if method == "PATCH" else None
+        r = await gateway_only.http.request(method, path, json=body)
+        assert r.status_code in (200, 202), (method, r.status_code, r.text)
+    assert (await gateway_only.http.delete(f"/v1/schedules/{sid}")).status_code in (200, 202, 204)
