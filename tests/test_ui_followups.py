@@ -70,7 +70,8 @@ async def test_a_seq_that_is_not_the_tasks_shows_the_latest_and_says_so(ui: Page
 
 async def test_event_rows_answer_enter_and_space_as_a_click_does(ui: Page, system: System) -> None:
     """The rows of the event list scrubbed on a click only: they were not focusable, and a key did
-    nothing. Each answers Enter and Space now, as its click does."""
+    nothing. Each answers Enter and Space now, as its click does, and keeps the focus through the
+    rows' redraw (a keyboard user could press once, then had to find the list again)."""
     task_id = await submit(system, {"type": "demo.flaky", "payload": {"fail_times": 1}})
     await eventually(status_is(system, task_id, "succeeded"), timeout=60, what="flaky succeeded")
     seqs = [e["seq"] for e in await _events(system, task_id)]
@@ -82,16 +83,19 @@ async def test_event_rows_answer_enter_and_space_as_a_click_does(ui: Page, syste
     await page.evaluate(
         "() => addEventListener('keydown', (e) => { window.__prevented = e.defaultPrevented; })"
     )
+    await page.locator(f'#events-view tr.ev[data-seq="{seqs[0]}"]').focus()
     for key, seq in (("Enter", seqs[0]), ("Space", seqs[1])):
-        row = page.locator(f'#events-view tr.ev[data-seq="{seq}"]')
-        await row.focus()
-        assert await page.evaluate(FOCUSED) == str(seq), f"the row of seq {seq} takes no focus"
+        # A keyboard user's way: the first row focused, Enter, then Tab to the next row and Space.
+        assert await page.evaluate(FOCUSED) == str(seq), f"the row of seq {seq} has no focus"
         await page.keyboard.press(key)
         # The row's handler scrubs at once (in the key's own event): a short wait is enough.
         await page.wait_for_function("s => location.hash.includes(`seq=${s}`)", arg=seq, timeout=10_000)
         await page.locator(f'#events-view tr.ev.at-cursor[data-seq="{seq}"]').wait_for()
         await page.locator(f'#asof[data-seq="{seq}"]').wait_for()  # the state then, as a click shows it
         assert await page.evaluate("() => window.__prevented") is True, f"{key} also did its own default"
+        # The rows are drawn anew: the focus stays on the row (it fell to <body>).
+        assert await page.evaluate(FOCUSED) == str(seq), f"{key} dropped the focus of row {seq}"
+        await page.keyboard.press("Tab")
 
 
 async def test_a_bulk_cancel_shows_its_progress_and_asks_before_the_page_is_left(

@@ -265,6 +265,9 @@ export function mount(root, { id, params }) {
   function drawRows() {
     // Windowed: only the rows in view (plus a margin) exist, so a 10,000-event task stays fast.
     const { box, tbody } = scroller;
+    // The rows are drawn anew: a focused row hands its focus to its successor (Enter, Space, a
+    // scroll or a live event would otherwise drop a keyboard user's place to <body>).
+    const had = tbody.contains(document.activeElement) ? document.activeElement.dataset.seq : null;
     const small = narrow();
     const t0 = events.length ? new Date(events[0].at).getTime() : 0;
     const workers = new Map(layout(events).attempts.map((a) => [a.n, a.worker]));
@@ -282,6 +285,7 @@ export function mount(root, { id, params }) {
         onkeydown: (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); scrubTo(e.seq); } } }, cells));
     }
     tbody.append(h("tr", { style: `height:${(events.length - last) * ROW_H}px` }));
+    if (had != null) tbody.querySelector(`tr[data-seq="${had}"]`)?.focus({ preventScroll: true });
   }
   function compactTable() {
     const { attempts, gaps } = layout(events);
