@@ -2,8 +2,9 @@
 
 Workers serve every tenant, so listing them is open to any viewer, but a worker's in-flight task
 ids are shown to their own tenant only, and what describes the machine or counts every tenant's
-work (host, pid, memory, processed/succeeded/... counters) to admins only (docs/decisions.md).
-Drain, scale and kill change infrastructure: admin only.
+work (host, pid, memory, processed/succeeded/... counters) to the deployment's admins only.
+Drain, scale and kill change infrastructure every tenant shares: an admin of the deployment's own
+tenant (`ORDO_TENANT`) only, and only its admins see the machine-level fields.
 Scale and kill are answered by `ordo up`'s worker pool over NATS (`ordo.local.ctl`); without it
 (a deployment that runs workers itself) they answer 409 `not-local-mode`.
 """
@@ -37,10 +38,26 @@ _ADMIN_ONLY = (
 )  # fmt: skip
 
 
-def _shown(worker: dict[str, Any], who: Principal) -> dict[str, Any]:
-    """A worker as `who` may see it: below admin, the fields naming the machine or counting other
-    tenants' work are null."""
-    if who.role >= Role.ADMIN:
+def _operates(who: Principal, svc: Services) -> bool:
+    """An admin of the deployment's own tenant (`ORDO_TENANT`): workers serve every tenant, so only
+    it sees their machines and counters and may drain, scale or kill them."""
+    return who.role >= Role.ADMIN and who.tenant == svc.settings.tenant
+
+
+def _must_operate(who: Principal, svc: Services) -> None:
+    if not _operates(who, svc):
+        raise Problem(
+            403,
+            "forbidden",
+            "workers serve every tenant: only an admin of the deployment's own tenant"
+            f" ({svc.settings.tenant!r}, ORDO_TENANT) may drain, scale or kill them",
+        )
+
+
+def _shown(worker: dict[str, Any], who: Principal, svc: Services) -> dict[str, Any]:
+    """A worker as `who` may see it: but to the deployment's admins, the fields naming the machine
+    or counting every tenant's work are null."""
+    if _operates(who, svc):
         return worker
     return {**worker, **dict.fromkeys(_ADMIN_ONLY)}
 
@@ -49,17 +66,18 @@ def _shown(worker: dict[str, Any], who: Principal) -> dict[str, Any]:
 async def list_workers(svc: Svc, who: Viewer) -> dict[str, Any]:
     """Every known worker: status (online/draining/offline/lost), load, CPU; for admins also host,
     pid, memory and counters."""
-    return {"items": [_shown(w, who) for w in await workers.list_workers(svc.nc, who.tenant)]}
+    return {"items": [_shown(w, who, svc) for w in await workers.list_workers(svc.nc, who.tenant)]}
 
 
 @router.get("/workers/{worker_id}")
 async def get_worker(worker_id: str, svc: Svc, who: Viewer) -> dict[str, Any]:
-    return _shown(await _known(svc, who, worker_id), who)
+    return _shown(await _known(svc, who, worker_id), who, svc)
 
 
 @router.post("/workers/{worker_id}:drain", status_code=202)
 async def drain_worker(worker_id: str, svc: Svc, who: Admin) -> dict[str, Any]:
     """Ask a worker to stop taking work; it finishes what it runs and stays up."""
+    _must_operate(who, svc)
     known = await _known(svc, who, worker_id)
     if known["status"] in ("offline", "lost"):
         raise Problem(409, "worker-not-running", f"worker {worker_id} is {known['status']}")
@@ -70,6 +88,7 @@ async def drain_worker(worker_id: str, svc: Svc, who: Admin) -> dict[str, Any]:
 @router.post("/workers:scale", status_code=202)
 async def scale_workers(request: Request, svc: Svc, who: Admin) -> dict[str, Any]:
     """Local mode: run `count` worker processes (new ones start, extra ones stop gracefully)."""
+    _must_operate(who, svc)
     body = await read_limited(request, 1024)
     try:
         fields = json.loads(body, object_pairs_hook=_one_count)
@@ -87,6 +106,7 @@ async def scale_workers(request: Request, svc: Svc, who: Admin) -> dict[str, Any
 @router.post("/workers/{worker_id}:kill", status_code=202)
 async def kill_worker(worker_id: str, svc: Svc, who: Admin) -> dict[str, Any]:
     """Local mode: SIGKILL a worker process (the resilience demo); the pool starts a new one."""
+    _must_operate(who, svc)
     known = await _known(svc, who, worker_id)
     reply = await _request(svc, sj.LOCAL_CONTROL, {"op": "kill", "pid": known["pid"]}, "not-local-mode")
     return {"id": worker_id, "pid": known["pid"], "killed": bool(reply.get("killed"))}

@@ -64,12 +64,15 @@ async def test_public_docs_is_an_explicit_setting(
 async def test_workers_show_host_pid_and_counters_to_admins_only(
     settings: Settings, nc: NATS, handler: CommandHandler
 ) -> None:
-    """F18: workers serve every tenant; their machine and all-tenant counters are for admins."""
+    """F18: workers serve every tenant; their machine and all-tenant counters are for admins of
+    the deployment's own tenant, and so are drain, scale and kill (a tenant's pass, 2026-12-06:
+    another tenant's admin drained the shared workers and scaled them to 0)."""
     settings = settings.with_(auth=True)
     async with run_system(settings, nc, handler, worker=True) as system:
         conn = await asyncpg.connect(settings.database_url)
         try:
-            _, admin = await keys.create_key(conn, "tother", "admin", "other admin")
+            _, admin = await keys.create_key(conn, settings.tenant, "admin", "the deployment's admin")
+            _, other = await keys.create_key(conn, "tother", "admin", "other admin")
             _, viewer = await keys.create_key(conn, "tother", "viewer", "other viewer")
         finally:
             await conn.close()
@@ -92,6 +95,16 @@ async def test_workers_show_host_pid_and_counters_to_admins_only(
         full = (await listed(admin))[0]
         assert isinstance(full["host"], str) and isinstance(full["pid"], int)
         assert isinstance(full["processed"], int)
+        assert (await listed(other))[0]["pid"] is None
+        as_other = {"Authorization": f"Bearer {other}"}
+        for path, body in (
+            (f"/v1/workers/{seen['id']}:drain", None),
+            ("/v1/workers:scale", {"count": 0}),
+            (f"/v1/workers/{seen['id']}:kill", None),
+        ):
+            r = await system.http.post(path, json=body, headers=as_other)
+            assert r.status_code == 403 and "deployment's own tenant" in r.json()["detail"], (path, r.text)
+        assert (await listed(admin))[0]["status"] == "online"  # not drained
 
 
 async def test_a_key_revoked_on_one_gateway_is_refused_by_another_within_the_ttl(

@@ -8,8 +8,9 @@ taken from the environment; a test keeps the two in step.
 - `gateway`, `scheduler`, `projector`: what each service touches, on every tenant (they serve all).
 - `worker`: fetch and ack dispatch tickets, read task histories, append the attempt events and the
   tickets and retry timers they imply, hold a paused tenant's tickets, follow queue pauses,
-  heartbeat, answer its control subject. Nothing else: a worker
-  cannot submit, cancel, forge another kind of event or change a stream.
+  heartbeat, answer its control subject. Nothing else: a worker cannot submit, request a cancel,
+  forge another kind of event or change a stream. Within the attempt events it is trusted with
+  every tenant's tasks, as a worker is: it can start one, report its outcome or end it cancelled.
 - `app-<tenant>`: another service of one tenant: the NATS command API of its tenant, its tenant's
   lifecycle events (durable consumers named `app_<tenant>_1` .. `app_<tenant>_8`, filtered to the
   tenant, pulled or delivered to `ordo.deliver.<tenant>.>`), replies on its own inbox prefix
