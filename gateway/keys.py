@@ -50,6 +50,11 @@ class KeyRevoked(Exception):
     """The key with a fixed secret (ORDO_ADMIN_KEY, admin.key) exists and was revoked: it stays so."""
 
 
+class KeyTaken(Exception):
+    """The fixed secret is already another tenant's key, or one of another role: it stays as it is
+    (an ORDO_ADMIN_KEY copied to a second tenant's gateway moved that key there and made it admin)."""
+
+
 @dataclass(frozen=True)
 class ApiKey:
     id: str
@@ -78,23 +83,29 @@ async def create_key(
     conn: asyncpg.Connection | asyncpg.Pool, tenant: str, role: str, name: str = "", secret: str | None = None
 ) -> tuple[ApiKey, str]:
     """A new key and its secret (shown once). `secret` fixes it (ORDO_ADMIN_KEY); idempotent then,
-    except that a revoked key is never revived: `KeyRevoked`."""
+    except that a revoked key is never revived (`KeyRevoked`) and a key of another tenant or role
+    is never changed (`KeyTaken`)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
     key_id = "k" + secrets.token_hex(8)
     plain = secret or f"ordo_{key_id}_{secrets.token_urlsafe(32)}"
     rec = await conn.fetchrow(
         "INSERT INTO api_keys (id, tenant, role, name, hash) VALUES ($1,$2,$3,$4,$5)"
-        " ON CONFLICT (hash) DO UPDATE SET tenant = EXCLUDED.tenant, role = EXCLUDED.role"
-        " WHERE api_keys.revoked_at IS NULL RETURNING *",
+        " ON CONFLICT (hash) DO NOTHING RETURNING *",
         key_id,
         tenant,
         role,
         name,
         digest(plain),
     )
-    if rec is None:
-        raise KeyRevoked("this key was revoked")
+    if rec is None:  # the secret is a key already
+        rec = await conn.fetchrow("SELECT * FROM api_keys WHERE hash = $1", digest(plain))
+        if rec is None:
+            raise KeyRevoked("this key was revoked")  # not reached: keys are never deleted
+        if rec["revoked_at"] is not None:
+            raise KeyRevoked("this key was revoked")
+        if (rec["tenant"], rec["role"]) != (tenant, role):
+            raise KeyTaken(f"this secret is already key {rec['id']}, of another tenant or role")
     return _key(rec), plain
 
 
@@ -102,10 +113,11 @@ async def bootstrap_admin(
     conn: asyncpg.Connection | asyncpg.Pool, tenant: str, name: str, secret: str | None
 ) -> tuple[ApiKey, str, bool]:
     """The bootstrap admin key with `secret` (a new one when None), and whether a new key had to be
-    minted because the stored one was revoked (the caller says so and keeps the new secret)."""
+    minted because the stored one was revoked, or is another tenant's or role's (the caller says
+    so and keeps the new secret)."""
     try:
         key, plain = await create_key(conn, tenant, "admin", name, secret=secret)
-    except KeyRevoked:
+    except (KeyRevoked, KeyTaken):
         key, plain = await create_key(conn, tenant, "admin", name)
         return key, plain, True
     return key, plain, False

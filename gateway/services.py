@@ -70,6 +70,13 @@ class Services:
                     )
                 except keys.KeyRevoked:
                     log.warning("ORDO_ADMIN_KEY was revoked and stays revoked; set a new one")
+                except keys.KeyTaken as exc:
+                    log.error(
+                        "ORDO_ADMIN_KEY is not made an admin key of tenant %r: %s; give each tenant's"
+                        " gateway a secret of its own",
+                        settings.tenant,
+                        exc,
+                    )
         handler = wiring.command_handler(nc, settings)
         limits = Limits(settings.rate_limit_per_s, settings.rate_limit_burst, settings.sse_max_per_key)
         key_cache = KeyCache(pool, settings.key_cache_ttl_s, settings.key_cache_max_stale_s)

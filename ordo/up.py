@@ -53,7 +53,11 @@ async def _local_admin(settings: Settings, database_url: str, data_dir: Path) ->
     finally:
         await conn.close()
     if minted:
-        print("The stored admin key was revoked; a new admin key was minted (below).", flush=True)
+        print(
+            f"The stored admin key was revoked, or is not an admin key of tenant {settings.tenant!r};"
+            " a new admin key was minted (below).",
+            flush=True,
+        )
     if not settings.admin_key:
         key_file.touch(mode=0o600)
         key_file.write_text(secret + "\n")

@@ -4,6 +4,7 @@ bootstrap admin keys that stay revoked (F9)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import asyncpg
@@ -191,3 +192,26 @@ async def test_an_event_stream_ends_when_its_key_is_revoked(
             return lines
 
         assert await asyncio.wait_for(read_until_closed(), 30) >= 1
+
+
+async def test_a_bootstrap_secret_that_is_already_a_key_is_not_moved_or_promoted(settings: Settings) -> None:
+    """A tenant's pass (2026-12-06): a second tenant's gateway given the first tenant's viewer key as
+    its ORDO_ADMIN_KEY moved that key to the second tenant and made it an admin, silently. The key
+    now stays as it was; the gateway logs why, `ordo up` mints a key of its own."""
+    secret = "bootstrap-" + os.urandom(12).hex()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await keys.migrate(conn)
+        viewer, _ = await keys.create_key(conn, "tfirst", "viewer", "copied around", secret=secret)
+        with pytest.raises(keys.KeyTaken):
+            await keys.create_key(conn, "tsecond", "admin", "ORDO_ADMIN_KEY", secret=secret)
+        with pytest.raises(keys.KeyTaken):
+            await keys.create_key(conn, "tfirst", "admin", "ORDO_ADMIN_KEY", secret=secret)
+        still = await keys.verify(conn, secret)
+        assert still is not None and (still.id, still.tenant, still.role) == (viewer.id, "tfirst", "viewer")
+        admin, plain, minted = await keys.bootstrap_admin(conn, "tsecond", "ordo up", secret)
+        assert minted and plain != secret and (admin.tenant, admin.role) == ("tsecond", "admin")
+        again, _ = await keys.create_key(conn, "tfirst", "viewer", "same key again", secret=secret)
+        assert again.id == viewer.id  # the same tenant and role: idempotent, as before
+    finally:
+        await conn.close()
