@@ -52,9 +52,11 @@ from ordo.infra.timers import Due, decode_due
 
 # A timer held at least this long is read ahead of its due time (see Scheduler._preload).
 _PRELOAD_MIN_S = 0.05
-# A retry timer that found its attempt still running comes back after 0.1 s, 0.2 s, ... (its failure
-# is being appended).
-_EARLY_RETRY_S = 0.1
+# A retry timer that found its attempt still running comes back after 10 ms, 20 ms, 40 ms, ... (its
+# failure is being appended: a `Retry(after=0)`'s timer fires at once, before that append), and
+# says so in the log only once that takes longer than the race it expects.
+_EARLY_RETRY_S = 0.01
+_EARLY_RETRY_QUIET = 5
 # A timer that came before the append it was armed for comes back after 0.25, 0.5, ... s
 # (`_not_yet`): a task's found paused this many times in all (about 4 s; a resume's timer can
 # arrive before the resume is stored), a schedule's tick this many (about 7 s; see _hold_tick).
@@ -305,12 +307,16 @@ class Scheduler:
 
         Bounded: a timer armed for a submit whose append then failed never finds its task, and
         is dropped (acked) after `unknown_tries` deliveries. With `step_s`, the n-th return comes
-        n * step_s later (at most `unknown_delay_s`): soon first, for a race expected to end soon."""
-        if _deliveries(msg) < self._config.unknown_tries:
-            self._log.warning("%s: %s; back later", what, why)
+        step_s * 2**(n-1) later (at most `unknown_delay_s`), and the first `_EARLY_RETRY_QUIET`
+        are logged at debug level: soon first, for a race expected to end soon."""
+        n = _deliveries(msg)
+        if n < self._config.unknown_tries:
             delay = self._config.unknown_delay_s
+            level = logging.WARNING
             if step_s is not None:
-                delay = min(delay, step_s * _deliveries(msg))
+                delay = min(delay, step_s * 2 ** min(n - 1, 30))
+                level = logging.DEBUG if n <= _EARLY_RETRY_QUIET else logging.WARNING
+            self._log.log(level, "%s: %s; back later", what, why)
             await msg.nak(delay=delay)
             return True
         self._log.error("%s: still no history after %d deliveries; dropped", what, _deliveries(msg))
