@@ -34,6 +34,16 @@ class ScheduleState(msgspec.Struct, frozen=True, kw_only=True):
     def active(self) -> bool:
         return self.exists and not self.paused
 
+    @property
+    def status(self) -> str:
+        """`deleted`, `paused`, `ended` (active, but nothing is left to fire: past its `end_at`) or
+        `active`."""
+        if self.deleted:
+            return "deleted"
+        if self.paused:
+            return "paused"
+        return "ended" if self.next_at is None and self.buffered_at is None else "active"
+
 
 def initial(schedule_id: str) -> ScheduleState:
     return ScheduleState(schedule_id=schedule_id)

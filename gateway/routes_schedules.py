@@ -68,8 +68,7 @@ async def _run(handler: ScheduleHandler, who: Principal, command: sc.AnySchedule
 
 def _summary(schedule_id: str, outcome: ScheduleOutcome) -> dict[str, Any]:
     s = outcome.state
-    status = "deleted" if s.deleted else "paused" if s.paused else "active"
-    return {"id": schedule_id, "status": status, "next_fire_at": s.next_at, "seq": outcome.last_seq}
+    return {"id": schedule_id, "status": s.status, "next_fire_at": s.next_at, "seq": outcome.last_seq}
 
 
 def _validated(spec: ScheduleSpec) -> ScheduleSpec:

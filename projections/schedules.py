@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS schedule_events (
     data json NOT NULL
 );
 CREATE INDEX IF NOT EXISTS schedule_events_by_schedule ON schedule_events (tenant, schedule_id, seq);
+-- Rows written before `ended` existed said `active` past their end: nothing left to fire.
+UPDATE schedules SET status = 'ended' WHERE status = 'active' AND next_fire_at IS NULL;
 """
 
 
@@ -96,7 +98,7 @@ ON CONFLICT (seq) DO NOTHING
 
 
 def _status(s: ScheduleState) -> str:
-    return "deleted" if s.deleted else "paused" if s.paused else "active"
+    return s.status
 
 
 async def apply(conn: asyncpg.Connection, records: list[ScheduleRecord]) -> None:

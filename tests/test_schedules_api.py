@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -265,3 +265,19 @@ async def test_a_message_that_is_no_schedule_event_breaks_no_command(gateway_onl
         r = await gateway_only.http.request(method, path, json=body)
         assert r.status_code in (200, 202), (method, r.status_code, r.text)
     assert (await gateway_only.http.delete(f"/v1/schedules/{sid}")).status_code in (200, 202, 204)
+
+
+async def test_a_schedule_past_its_end_says_ended(system: System) -> None:
+    end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    sid = await _create(
+        system, id="ends-soon", cron="* * * * * *", end_at=end.isoformat(), task={"type": "demo.echo"}
+    )
+
+    async def ended() -> dict[str, Any] | None:
+        r = await system.http.get(f"/v1/schedules/{sid}")
+        return r.json() if r.status_code == 200 and r.json()["status"] == "ended" else None
+
+    row = await eventually(ended, timeout=WAIT, what="the schedule ended")
+    assert row["next_fire_at"] is None and row["next_fire_times"] == [] and row["fired"] >= 1
+    listed = (await system.http.get("/v1/schedules")).json()["items"]
+    assert next(s for s in listed if s["id"] == sid)["status"] == "ended"

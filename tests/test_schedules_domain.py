@@ -249,3 +249,18 @@ def test_an_update_that_leaves_a_schedule_unable_to_fire_is_refused_but_an_ended
     after_end = utc(2024, 1, 3)  # already past its end: its description may still change
     (edited,) = update(after_end, description="retired")
     assert isinstance(edited, se.ScheduleUpdated) and edited.next_at is None
+
+
+def test_a_schedule_past_its_end_is_ended_and_an_edit_of_its_end_makes_it_active_again() -> None:
+    """A user's pass (2026-12-06): a schedule past its `end_at` said `active` for good."""
+    t0 = utc(2024, 1, 1, 0, 0, 1)
+    state = created(every_second(end_at=t0), utc(2024, 1, 1))
+    assert state.status == "active"
+    for e in tick(state, t0, t0):
+        state = evolve(state, e)
+    assert state.next_at is None and state.status == "ended"
+    later = every_second(end_at=t0 + timedelta(hours=1))
+    (updated,) = decide(sc.UpdateSchedule(schedule_id="s1", spec=later, now=t0 + timedelta(seconds=2)), state)
+    assert evolve(state, updated).status == "active"
+    paused = evolve(state, decide(sc.PauseSchedule(schedule_id="s1"), state)[0])
+    assert paused.status == "paused"
