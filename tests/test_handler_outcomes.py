@@ -222,9 +222,11 @@ async def test_a_result_too_deep_for_the_api_does_not_break_the_task_list(system
     assert (await system.http.get(f"/v1/tasks/{task_id}")).status_code == 200
 
 
-async def test_one_unreadable_history_does_not_stop_replaying_the_other_dead_letters(system: System) -> None:
+async def test_an_unreadable_event_in_a_history_does_not_stop_replaying_dead_letters(system: System) -> None:
     """A task whose log holds an event written by an older worker (a `Fail` of a number, before
-    reasons were made text): "replay all matching" replays the others and names it as skipped."""
+    reasons were made text): that message is left out of the task's history, as the projections
+    leave it out (decision 56), so "replay all matching" replays that task with the others (it was
+    skipped as unreadable, and every command on it answered 500)."""
     ids = []
     for _ in range(2):
         r = await system.http.post("/v1/tasks", json={"type": "demo.fail", "max_attempts": 1})
@@ -241,6 +243,5 @@ async def test_one_unreadable_history_does_not_stop_replaying_the_other_dead_let
     await system.handler.store.append(system.settings.tenant, state.queue, bad, [unreadable], last_seq)
     r = await system.http.post("/v1/dead-letters:replay", json={"type": "demo.fail"})
     assert r.status_code == 202, r.text
-    assert [t["id"] for t in r.json()["replayed"]] == [good]
-    [skipped] = r.json()["skipped"]
-    assert skipped["id"] == bad and "cannot be read" in skipped["reason"]
+    assert sorted(t["id"] for t in r.json()["replayed"]) == sorted([bad, good])
+    assert r.json()["skipped"] == []
