@@ -7,8 +7,9 @@ Event log stream ORDO_EVENTS (limits retention, no delete, no purge):
                                                    dispatch number, `n` on every other event. The band
                                                    consumers filter the log itself: the runnable event
                                                    is its own dispatch ticket (docs/decisions.md 27).
-  ordo.work.<tenant>.<queue>.copy                  a copy of a runnable event (a paused queue's dispatch
-                                                   moved back on resume)
+  ordo.work.<tenant>.<queue>.copy.<b>              a copy of a runnable event of band <b> (b0|b1|b2): a
+                                                   paused queue's dispatch moved back on resume
+  ordo.work.<tenant>.<queue>.copy                  the same, of every band, before decision 57 (read only)
   ordo.work.<tenant>.<queue>.held                  the dispatches of a tenant's paused queue
   ordo.work.<tenant>.<queue>.lim.<lane>            the dispatches of one type-limited task type
   ordo.work.<tenant>.<queue>.wait.<lane>           a dispatch a worker had no handler for, for one
@@ -134,16 +135,31 @@ DISPATCH_SUBJECT = "Ordo-Dispatch-Subject"
 DISPATCH_SEQ = "Ordo-Dispatch-Seq"
 
 
-def copy_work_subject(tenant: str, queue: str) -> str:
-    """Where a paused queue's dispatches go back on resume (read next to the bands)."""
+def copy_work_subject(tenant: str, queue: str, band: int) -> str:
+    """Where a paused queue's dispatches of one band go back on resume (read next to that band, with
+    its weight: docs/decisions.md 57)."""
+    return f"{WORK_PREFIX}.{tenant}.{queue}.copy.{BAND_TOKENS[band]}"
+
+
+def copy_work_filter(queue: str, band: int) -> str:
+    return f"{WORK_PREFIX}.*.{queue}.copy.{BAND_TOKENS[band]}"
+
+
+def copy_work_consumer(queue: str, band: int) -> str:
+    return f"copy_{queue}_{band}"
+
+
+# Before decision 57 every band's dispatches went back to one copy subject per tenant and queue, read
+# in arrival order. Still read (an upgrade may find tickets there), never written by this version.
+def legacy_copy_work_subject(tenant: str, queue: str) -> str:
     return f"{WORK_PREFIX}.{tenant}.{queue}.copy"
 
 
-def copy_work_filter(queue: str) -> str:
+def legacy_copy_work_filter(queue: str) -> str:
     return f"{WORK_PREFIX}.*.{queue}.copy"
 
 
-def copy_work_consumer(queue: str) -> str:
+def legacy_copy_work_consumer(queue: str) -> str:
     return f"work_{queue}_copy"
 
 

@@ -1,7 +1,8 @@
 """The adapter over the JetStream work consumers: the only worker module that touches nats errors.
 
 One durable pull consumer per (queue, band) on the event-log stream, filtering the queue's runnable
-events of that band (each is its own dispatch ticket), and one per queue for copied dispatches.
+events of that band (each is its own dispatch ticket), one per (queue, band) for copied dispatches
+(a paused queue's, moved back on resume), and the one per queue those had before (docs/decisions.md 57).
 Tickets are acked explicitly;
 MaxDeliver is unlimited because the domain counts attempts; the ack wait is the lease. A consumer
 that disappears under a running worker is re-created on the next fetch (see `fetch`).
@@ -45,11 +46,20 @@ def work_consumer_config(queue: str, band: int, settings: Settings) -> ConsumerC
     )
 
 
-def copy_consumer_config(queue: str, settings: Settings) -> ConsumerConfig:
-    """The consumer of a queue's copied dispatches (a paused queue's, moved back on resume)."""
-    name = sj.copy_work_consumer(queue)
+def copy_consumer_config(queue: str, band: int, settings: Settings) -> ConsumerConfig:
+    """The consumer of a queue's copied dispatches of one band (a paused queue's, moved back on
+    resume), fetched with that band's weight."""
+    name = sj.copy_work_consumer(queue, band)
+    description = f"Ordo copied dispatches of queue {queue}, band {band}"
+    return dispatch_consumer_config(name, description, sj.copy_work_filter(queue, band), settings)
+
+
+def legacy_copy_consumer_config(queue: str, settings: Settings) -> ConsumerConfig:
+    """The consumer of the one copy subject of every band that versions before docs/decisions.md 57
+    moved a paused queue's dispatches back to: still read, for the tickets an upgrade finds there."""
+    name = sj.legacy_copy_work_consumer(queue)
     return dispatch_consumer_config(
-        name, f"Ordo copied dispatches of queue {queue}", sj.copy_work_filter(queue), settings
+        name, f"Ordo copied dispatches of queue {queue}", sj.legacy_copy_work_filter(queue), settings
     )
 
 

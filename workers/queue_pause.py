@@ -7,14 +7,18 @@ from the log at start and every `refresh_s`, and followed live on core NATS in b
 
 - A dispatch of a paused pair is not run: a copy of it (infra/dispatch.py: its bytes, its origin
   event's subject and sequence) goes to `ordo.work.<tenant>.<queue>.held`, with header
-  `Ordo-Held-From` saying where it goes back to (the queue's copy subject for a runnable event, the
-  lane it came from for a lane's), and then it is acked. The copy's Nats-Msg-Id is the original's
+  `Ordo-Held-From` saying where it goes back to (the copy subject of its band for a runnable event,
+  read next to that band with its weight; the lane or copy it came from for a lane's or a copy's),
+  and then it is acked. The copy's Nats-Msg-Id is the original's
   stream sequence, so a dispatch delivered twice is held once.
 - A pair that is not paused has its held tickets moved back to where they came from, by any worker
   of the queue (one durable per pair, shared): publish first, then ack the held copy. A crash in
   between leaves a duplicate ticket, which the decider treats as stale; nothing is ever dropped.
   Pairs are released when a worker sees them resumed, and all of them every `sweep_s` (a ticket
-  held by a worker that died before it saw the resume).
+  held by a worker that died before it saw the resume). One copy subject per band keeps the priority
+  order after a resume: the held backlog does not run in arrival order before everything after it
+  (docs/decisions.md 57); a ticket held by an older version for the one copy subject of every band
+  goes back to its band's.
 
 A worker that missed the live pause event holds at most what it fetched before the next refresh;
 tickets it had already started run to the end, exactly like running tasks of a paused queue.
@@ -63,6 +67,15 @@ def held_consumer_config(tenant: str, queue: str, settings: Settings) -> Consume
         max_deliver=-1,
         max_ack_pending=MAX_HELD_PENDING,
     )
+
+
+def _copy_for(tenant: str, queue: str, dispatch_subject: str) -> str:
+    """The copy subject a held dispatch goes back to: its band's, by the runnable event it copies
+    (the older subject of every band only for a ticket that names no band, which Ordo never wrote)."""
+    band = sj.dispatch_band(dispatch_subject)
+    if band is None:
+        return sj.legacy_copy_work_subject(tenant, queue)
+    return sj.copy_work_subject(tenant, queue, band)
 
 
 def _carried(msg: Msg) -> dict[str, str]:
@@ -174,14 +187,18 @@ class QueuePauses:
 
     async def hold(self, msg: Msg, tenant: str, queue: str) -> None:
         """Park a ticket of a paused pair; on a failed publish it comes back after a short delay."""
-        back = msg.subject if sj.is_work_subject(msg.subject) else sj.copy_work_subject(tenant, queue)
-        headers = {**_carried(msg), sj.HELD_FROM: back}
+        headers = _carried(msg)
         with contextlib.suppress(Exception):
             seq = str(msg.metadata.sequence.stream)
             headers[sj.MSG_ID] = f"held-{seq}"
             if sj.DISPATCH_SUBJECT not in headers:  # the runnable event itself: name it
                 headers[sj.DISPATCH_SUBJECT] = msg.subject
                 headers[sj.DISPATCH_SEQ] = seq
+        if sj.is_work_subject(msg.subject) and msg.subject != sj.legacy_copy_work_subject(tenant, queue):
+            back = msg.subject  # a lane's, a band copy's or a handover's ticket goes back there
+        else:
+            back = _copy_for(tenant, queue, headers.get(sj.DISPATCH_SUBJECT, msg.subject))
+        headers[sj.HELD_FROM] = back
         try:
             await self._js.publish(sj.held_work_subject(tenant, queue), msg.data, headers=headers)
         except nats.errors.Error as exc:
@@ -238,6 +255,8 @@ class QueuePauses:
                     await consumer.term(msg, "no Ordo-Held-From of this tenant and queue")
                     continue
                 headers = {**_carried(msg), sj.MSG_ID: f"unheld-{msg.metadata.sequence.stream}"}
+                if origin == sj.legacy_copy_work_subject(*pair):  # held by an older version
+                    origin = _copy_for(*pair, headers.get(sj.DISPATCH_SUBJECT, ""))
                 await self._js.publish(origin, msg.data, headers=headers)
                 await consumer.ack(msg)
             self._log.info("released %d held tickets of %s/%s", len(msgs), *pair)

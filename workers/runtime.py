@@ -1,13 +1,15 @@
 """The worker runtime: the fetch loop across queues and priority bands, limits, graceful shutdown.
 
-One pull subscription per (queue, band). Bands are fetched in smooth weighted round-robin (6:3:1 by
-default), so a busy high band never starves a low one. A sweep never asks for more tickets than
-there are free concurrency slots, so every swept ticket starts at once; a park request, sent only
-when every band was empty, may bring a band up to `consumer.PARK_SHARE` tickets beyond them, handed
-out as slots free up (and handed back at once on shutdown). A ticket of a tenant that paused its
-queue is held, not run (workers/queue_pause.py). Cancel requests arrive on core NATS (at most once;
-the lease loop also notices a `cancelling` task on its next extension), and so do the notices of a
-ticket another worker had no handler for: the loop takes such copies first (workers/handover.py).
+One pull subscription per (queue, band), and one per (queue, band) for the copies of the band's
+tickets a paused queue held, fetched with the band's weight. Bands are fetched in smooth weighted
+round-robin (6:3:1 by default), so a busy high band never starves a low one. A sweep never asks for
+more tickets than there are free concurrency slots, so every swept ticket starts at once; a park
+request, sent only when every band was empty, may bring a band up to `consumer.PARK_SHARE` tickets
+beyond them, handed out as slots free up (and handed back at once on shutdown). A ticket of a
+tenant that paused its queue is held, not run (workers/queue_pause.py). Cancel requests arrive on
+core NATS (at most once; the lease loop also notices a `cancelling` task on its next extension), and
+so do the notices of a ticket another worker had no handler for: the loop takes such copies first
+(workers/handover.py).
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ CANCEL_REQUESTED = "cancel_requested"
 
 # How long the fetch loop may spend creating a handover durable (workers/handover.py) on a notice.
 _HANDOVER_OPEN_S = 2.0
-Key = tuple[str, int]  # (queue, band); the copies and each type-limit lane get a number >= LANE_BASE
+# (queue, band); a band's copies (a paused queue's tickets moved back) get COPY_BASE + band, the
+# copies of every band of older versions and each type-limit lane a number >= LANE_BASE.
+Key = tuple[str, int]
+COPY_BASE = 10
 LANE_BASE = 100
 
 
@@ -67,10 +72,16 @@ def default_worker_id() -> str:
 
 
 def _weight(key: Key) -> int:
-    """Bands by BAND_WEIGHTS; a type-limit lane like the middle band (its tickets were already
-    taken from a band once, in priority order)."""
+    """Bands by BAND_WEIGHTS, and a band's copies like the band (held tickets moved back on resume
+    are taken in priority order, against each other and against newer tickets: decisions.md 57); a
+    type-limit lane like the middle band (its tickets were already taken from a band once, in
+    priority order), and so the copies of every band that older versions wrote."""
     band = key[1]
-    return BAND_WEIGHTS[band] if band < LANE_BASE else BAND_WEIGHTS[len(BAND_WEIGHTS) // 2]
+    if band < COPY_BASE:
+        return BAND_WEIGHTS[band]
+    if band < LANE_BASE:
+        return BAND_WEIGHTS[band - COPY_BASE]
+    return BAND_WEIGHTS[len(BAND_WEIGHTS) // 2]
 
 
 class WeightedPicker:
@@ -221,8 +232,11 @@ class Worker:
                     subs[(queue, band)] = await consumer.open_work_consumer(
                         self._nc, queue, band, self._settings
                     )
-                copies = consumer.copy_consumer_config(queue, self._settings)
-                subs[(queue, LANE_BASE + len(subs))] = await consumer.open_consumer(self._nc, copies)
+                for band in range(len(BAND_WEIGHTS)):
+                    copies = consumer.copy_consumer_config(queue, band, self._settings)
+                    subs[(queue, COPY_BASE + band)] = await consumer.open_consumer(self._nc, copies)
+                legacy = consumer.legacy_copy_consumer_config(queue, self._settings)
+                subs[(queue, LANE_BASE + len(subs))] = await consumer.open_consumer(self._nc, legacy)
                 for task_type, limit in self._limits.limits.items():
                     config = lane_consumer_config(queue, task_type, limit, self._settings)
                     subs[(queue, LANE_BASE + len(subs))] = await consumer.open_consumer(self._nc, config)
