@@ -16,6 +16,8 @@ class ScheduleState(msgspec.Struct, frozen=True, kw_only=True):
     exists: bool = False
     deleted: bool = False
     paused: bool = False
+    # The reason the latest pause gave ('' when none was given, or when the schedule is not paused).
+    paused_reason: str = ""
     spec: se.ScheduleSpec | None = None
     # The armed tick (the one the durable timer fires for); None when nothing is left to fire.
     next_at: datetime | None = None
@@ -58,9 +60,9 @@ def evolve(state: ScheduleState, event: se.ScheduleEvent) -> ScheduleState:  # n
         case se.ScheduleUpdated():
             return r(s, spec=event.spec, next_at=event.next_at, buffered_at=None)
         case se.SchedulePaused():
-            return r(s, paused=True, next_at=None, buffered_at=None)
+            return r(s, paused=True, paused_reason=event.reason, next_at=None, buffered_at=None)
         case se.ScheduleResumed():
-            return r(s, paused=False, next_at=event.next_at)
+            return r(s, paused=False, paused_reason="", next_at=event.next_at)
         case se.ScheduleDeleted():
             return r(s, exists=False, deleted=True, next_at=None, buffered_at=None)
         case se.ScheduleFired():

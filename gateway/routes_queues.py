@@ -4,21 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import msgspec
 from fastapi import APIRouter, Depends, Request
 
 from ordo.domain.queue_control import PauseQueue, ResumeQueue
 from ordo.gateway.auth import Principal, Role, require
-from ordo.gateway.body import read_limited
+from ordo.gateway.pause_body import pause_reason
 from ordo.gateway.problems import Problem
-from ordo.gateway.schedule_schemas import InvalidBody, decode_body
 from ordo.gateway.services import Services, services, services_of
 from ordo.infra.queue_control import QueueController, QueueOutcome
 from ordo.infra.settings import NAME_RE
 from ordo.projections import queue_stats, queues_state
-
-MAX_REASON = 500  # characters of a pause's reason
-_PAUSE_BODY_MAX = 8 * 1024  # bytes: a reason's JSON with room to spare; more is a 413
 
 router = APIRouter(prefix="/v1", tags=["queues"])
 Svc = Annotated[Services, Depends(services)]
@@ -74,21 +69,13 @@ def _result(queue: str, outcome: QueueOutcome) -> dict[str, Any]:
     }
 
 
-class _PauseBody(msgspec.Struct, forbid_unknown_fields=True):
-    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] = ""
-
-
 @router.post("/queues/{queue}:pause", status_code=202)
 async def pause_queue(queue: str, request: Request, ctl: Controller, who: Operator) -> dict[str, Any]:
     """Stop dispatch of the caller tenant's tasks from the queue: none of them starts until it is
     resumed; running tasks finish; submits are still accepted; other tenants are not affected.
     An optional body `{"reason": "..."}` is shown as the queue's `paused_reason`."""
     name = _check(queue)
-    body = await read_limited(request, _PAUSE_BODY_MAX)
-    try:
-        reason = decode_body(body, _PauseBody).reason if body.strip() else ""
-    except InvalidBody as exc:
-        raise Problem(422, "invalid-request", str(exc)) from exc
+    reason = await pause_reason(request)
     outcome = await ctl.execute(who.tenant, PauseQueue(queue=name, reason=reason))
     return _result(queue, outcome)
 

@@ -26,6 +26,7 @@ from ordo.domain.schedule_events import ScheduleSpec
 from ordo.gateway.auth import Principal, Role, require
 from ordo.gateway.body import read_limited
 from ordo.gateway.consistency import ReadConsistency
+from ordo.gateway.pause_body import pause_reason
 from ordo.gateway.problems import Problem
 from ordo.gateway.schedule_schemas import CreateScheduleBody, InvalidBody, UpdateScheduleBody, decode_body
 from ordo.gateway.services import Services, services, services_of
@@ -165,9 +166,15 @@ async def update_schedule(
 
 
 @router.post("/schedules/{schedule_id}:pause", status_code=202)
-async def pause_schedule(schedule_id: str, handler: Handler, who: Operator) -> dict[str, Any]:
-    outcome = await _run(handler, who, sc.PauseSchedule(schedule_id=_check_id(schedule_id)))
-    return _summary(schedule_id, outcome)
+async def pause_schedule(
+    schedule_id: str, request: Request, handler: Handler, who: Operator
+) -> dict[str, Any]:
+    """Pause (the timer is disarmed). An optional body `{"reason": "..."}` is kept in the `paused`
+    event and shown as the schedule's `paused_reason`; any other body is a 422 and pauses nothing."""
+    sid = _check_id(schedule_id)
+    reason = await pause_reason(request)
+    outcome = await _run(handler, who, sc.PauseSchedule(schedule_id=sid, reason=reason))
+    return _summary(sid, outcome)
 
 
 @router.post("/schedules/{schedule_id}:resume", status_code=202)

@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS schedules (
     state bytea NOT NULL,
     PRIMARY KEY (tenant, id)
 );
+-- Added after the first release: a row folded before it shows no reason until the schedule's next
+-- pause (or a rebuild).
+ALTER TABLE schedules ADD COLUMN IF NOT EXISTS paused_reason text;
 CREATE INDEX IF NOT EXISTS schedules_list ON schedules (tenant, created_at DESC, id DESC);
 CREATE TABLE IF NOT EXISTS schedule_events (
     seq bigint PRIMARY KEY,
@@ -81,14 +84,14 @@ _state_dec = msgspec.json.Decoder(ScheduleState)
 
 _UPSERT = """
 INSERT INTO schedules (tenant, id, status, cron, timezone, spec, next_fire_at, last_tick_at,
-    last_task_id, fired, skipped, missed, created_at, updated_at, last_seq, state)
-VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)
+    last_task_id, fired, skipped, missed, created_at, updated_at, last_seq, state, paused_reason)
+VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)
 ON CONFLICT (tenant, id) DO UPDATE SET
     status=EXCLUDED.status, cron=EXCLUDED.cron, timezone=EXCLUDED.timezone, spec=EXCLUDED.spec,
     next_fire_at=EXCLUDED.next_fire_at, last_tick_at=EXCLUDED.last_tick_at,
     last_task_id=EXCLUDED.last_task_id, fired=EXCLUDED.fired, skipped=EXCLUDED.skipped,
     missed=EXCLUDED.missed, updated_at=EXCLUDED.updated_at, last_seq=EXCLUDED.last_seq,
-    state=EXCLUDED.state
+    state=EXCLUDED.state, paused_reason=EXCLUDED.paused_reason
 """
 _INSERT_EVENTS = """
 INSERT INTO schedule_events (seq, tenant, schedule_id, type, at, data)
@@ -139,7 +142,7 @@ async def apply(conn: asyncpg.Connection, records: list[ScheduleRecord]) -> None
                 tenant, sid, _status(state), state.spec.cron, state.spec.timezone,
                 json_text(msgspec.json.encode(state.spec)), state.next_at, state.last_tick_at,
                 state.last_task_id, state.fired, state.skipped, state.missed, created_at,
-                updated_at, last_seq, _state_enc.encode(state),
+                updated_at, last_seq, _state_enc.encode(state), state.paused_reason or None,
             )
         )  # fmt: skip
     if args:
@@ -150,7 +153,7 @@ async def apply(conn: asyncpg.Connection, records: list[ScheduleRecord]) -> None
 
 _COLUMNS = (
     "id, status, cron, timezone, spec, next_fire_at, last_tick_at, last_task_id, fired, skipped,"
-    " missed, created_at, updated_at, last_seq"
+    " missed, created_at, updated_at, last_seq, paused_reason"
 )
 
 

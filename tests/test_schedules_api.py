@@ -281,3 +281,37 @@ async def test_a_schedule_past_its_end_says_ended(system: System) -> None:
     assert row["next_fire_at"] is None and row["next_fire_times"] == [] and row["fired"] >= 1
     listed = (await system.http.get("/v1/schedules")).json()["items"]
     assert next(s for s in listed if s["id"] == sid)["status"] == "ended"
+
+
+async def test_a_schedule_pause_reads_its_body_a_reason_or_a_422(gateway_only: System) -> None:
+    """Its body was never read: any bytes paused the schedule, and a reason was dropped (the
+    `paused` event always had `reason: ''`). Now as a queue's pause: a reason or a 422."""
+    http, tenant = gateway_only.http, gateway_only.settings.tenant
+    sid = await _create(gateway_only, cron="0 0 1 1 *", task={"type": "demo.echo"})
+    pause = f"/v1/schedules/{sid}:pause"
+    paused_subject = sj.schedule_event_subject(tenant, sid, "paused")
+    for body in (b"not json", b'{"foo": 1}', b'{"reason": 5}', b"[]", b'{"reason": "' + b"x" * 501 + b'"}'):
+        r = await http.post(pause, content=body)
+        assert r.status_code == 422, (body, r.status_code, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+    big = b'{"reason": "' + b"x" * 200_000 + b'"}'
+    assert (await http.post(pause, content=big)).status_code == 413  # read with a limit
+    assert (await EventStore(gateway_only.nc).load_raw(paused_subject))[0] == []  # nothing paused
+
+    r = await http.post(pause, json={"reason": "maintenance"})
+    assert r.status_code == 202 and r.json()["status"] == "paused", r.text
+    got = await http.get(f"/v1/schedules/{sid}", params={"min_seq": r.json()["seq"]})
+    assert got.json()["status"] == "paused" and got.json()["paused_reason"] == "maintenance", got.text
+
+    async def paused_event() -> list[dict[str, Any]]:
+        return [e for e in await _events(gateway_only, sid) if e["type"] == "paused"]
+
+    events = await eventually(paused_event, timeout=WAIT, what="the paused event in the timeline")
+    assert events[0]["data"]["reason"] == "maintenance", events
+
+    r = await http.post(f"/v1/schedules/{sid}:resume")
+    got = await http.get(f"/v1/schedules/{sid}", params={"min_seq": r.json()["seq"]})
+    assert got.json()["status"] == "active" and got.json()["paused_reason"] is None, got.text
+    assert (await http.post(pause)).status_code == 202  # no body: no reason
+    raw, _ = await EventStore(gateway_only.nc).load_raw(paused_subject)
+    assert len(raw) == 2 and b"maintenance" not in raw[1].data
