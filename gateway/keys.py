@@ -168,9 +168,10 @@ async def list_keys(conn: asyncpg.Connection | asyncpg.Pool, tenant: str) -> lis
 
 
 async def revoke(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, key_id: str) -> bool:
+    """Revoke the tenant's key; True when the key is the tenant's (revoked now or before: a second
+    revoke keeps the first time), False for an unknown key or another tenant's."""
     done = await conn.fetchval(
-        "UPDATE api_keys SET revoked_at = now() WHERE tenant=$1 AND id=$2 AND revoked_at IS NULL"
-        " RETURNING id",
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE tenant=$1 AND id=$2 RETURNING id",
         tenant,
         key_id,
     )

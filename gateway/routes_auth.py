@@ -230,7 +230,8 @@ async def create_key(body: NewKey, svc: Svc, who: Admin) -> JSONResponse:
 )
 async def revoke_key(key_id: str, svc: Svc, who: Admin) -> Response:
     """Revoke a key of the caller's tenant: it answers 401 and its sessions end, at once on this
-    gateway and within ORDO_KEY_CACHE_TTL_S (default 30 s) on the others."""
+    gateway and within ORDO_KEY_CACHE_TTL_S (default 30 s) on the others. Revoking a revoked key
+    is a 204 again (its revocation time stays); an unknown key or another tenant's is a 404."""
     if len(key_id) > 64 or not await keys.revoke(svc.pool, who.tenant, key_id):
         raise Problem(404, "not-found", f"no key {key_id[:64]!r}")
     svc.keys.forget(key_id)  # at once here; other gateways within ORDO_KEY_CACHE_TTL_S

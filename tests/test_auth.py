@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from nats.aio.client import Client as NATS
@@ -224,3 +225,34 @@ async def test_sql_injection_strings_in_every_filter_and_sort_change_nothing(ten
     # Tables intact, tenant A still sees exactly its 3 tasks and B its 5.
     assert len((await http.get("/v1/tasks", headers=a)).json()["items"]) == 3
     assert len((await http.get("/v1/tasks", headers=b)).json()["items"]) == 5
+
+
+async def test_revoking_a_revoked_key_again_is_a_204_and_keeps_its_revocation(tenants: Tenants) -> None:
+    """A second DELETE of a revoked key was a 404 `no key …`, while `GET /v1/keys` listed it as
+    revoked: revoking is idempotent now; an unknown key or another tenant's stays a 404."""
+    http, admin = tenants.system.http, tenants.auth("a:admin")
+    key_id = tenants.key_id["a:submitter"]
+    assert (await http.delete(f"/v1/keys/{key_id}", headers=admin)).status_code == 204
+
+    def listed(items: list[dict[str, Any]]) -> dict[str, Any]:
+        return next(k for k in items if k["id"] == key_id)
+
+    async def revoked_at() -> Any:
+        conn = await asyncpg.connect(tenants.system.settings.database_url)
+        try:
+            return await conn.fetchval("SELECT revoked_at FROM api_keys WHERE id=$1", key_id)
+        finally:
+            await conn.close()
+
+    first = listed((await http.get("/v1/keys", headers=admin)).json()["items"])
+    assert first["revoked"] is True
+    when = await revoked_at()
+    r = await http.delete(f"/v1/keys/{key_id}", headers=admin)
+    assert r.status_code == 204, r.text
+    assert listed((await http.get("/v1/keys", headers=admin)).json()["items"]) == first
+    assert await revoked_at() == when  # the first revocation's time stays
+    assert (await http.get("/v1/whoami", headers=tenants.auth("a:submitter"))).status_code == 401
+    for unknown in ("k0000000000000000", tenants.key_id["b:viewer"]):
+        r = await http.delete(f"/v1/keys/{unknown}", headers=admin)
+        assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
+    assert (await http.get("/v1/whoami", headers=tenants.auth("b:viewer"))).status_code == 200
