@@ -406,6 +406,9 @@ class Client:
     def archive(self, task_id: str) -> Submitted:
         return self._call(self._async.archive(task_id))
 
+    def unarchive(self, task_id: str) -> Submitted:
+        return self._call(self._async.unarchive(task_id))
+
     def get(self, task_id: str) -> Task:
         return self._call(self._async.get(task_id))
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -141,6 +143,38 @@ async def test_the_client_pauses_resumes_retries_and_archives(system: System) ->
         assert (await client.get(sub.id)).archived
         await client.unarchive(sub.id)
         assert not (await client.get(sub.id)).archived
+
+
+# Backticked words of the README's client section that are not client methods.
+_NOT_METHODS = {"await", "errors", "problem", "retry_after"}
+
+
+def test_both_clients_have_every_method_the_readme_lists(repo_root: Path) -> None:
+    """README listed `unarchive`, which the sync `Client` lacked (the AsyncClient had it)."""
+    readme = (repo_root / "README.md").read_text()
+    section = readme.split("Submit and wait from Python with the client")[1]
+    section = section.split("A handler may type its payload")[0]
+    listed = set(re.findall(r"`([a-z][a-z_]+)[`(]", section)) | set(re.findall(r"ordo\.([a-z_]+)\(", section))
+    listed -= _NOT_METHODS
+    assert {"submit", "submit_many", "wait", "events", "unarchive", "stream"} <= listed, listed
+    for cls in (AsyncClient, Client):
+        missing = sorted(n for n in listed if not callable(getattr(cls, n, None)))
+        assert missing == [], (cls.__name__, missing)
+    async_public = {n for n in vars(AsyncClient) if not n.startswith("_")} - {"aclose"}
+    assert sorted(async_public - set(vars(Client))) == []  # the sync client mirrors the async one
+
+
+async def test_the_sync_client_archives_and_unarchives(gateway_only: System) -> None:
+    def use() -> tuple[bool, bool]:
+        with Client(gateway_only.base_url) as client:
+            sub = client.submit("demo.echo", {"x": 1})
+            client.cancel(sub.id)  # no worker: the queued task is cancelled at once, so finished
+            client.archive(sub.id)
+            archived = client.get(sub.id).archived
+            client.unarchive(sub.id)
+            return archived, client.get(sub.id).archived
+
+    assert await asyncio.to_thread(use) == (True, False)
 
 
 async def test_a_task_id_is_one_path_segment_whatever_it_holds(system: System) -> None:
