@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -47,10 +47,22 @@ def _task_body(type_: str, payload: Any, options: Mapping[str, Any]) -> dict[str
         raise TypeError(f"unknown submit option(s): {', '.join(sorted(unknown))}")
     body: dict[str, Any] = {"type": type_, "payload": payload}
     for name, value in options.items():
-        if value is None:
-            continue
-        body[name] = value.isoformat() if isinstance(value, datetime) else value
+        if value is not None:
+            body[name] = _option(name, value)
     return body
+
+
+def _option(name: str, value: Any) -> Any:
+    """A submit option as JSON: a timedelta (`delay`, `timeout`) as its seconds, an aware datetime
+    (`run_at`) as RFC 3339; a naive datetime is refused here, before any request (which instant
+    it means depends on a zone it does not name)."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            raise ValueError(f"{name} must be an aware datetime (with a tzinfo), not {value.isoformat()!r}")
+        return value.isoformat()
+    return value
 
 
 class AsyncClient:
@@ -83,8 +95,9 @@ class AsyncClient:
 
     # ------------------------------------------------------------------------------------ writes
     async def submit(self, type: str, payload: Any = None, **options: Any) -> Submitted:  # noqa: A002
-        """Submit one task. Options: queue, priority, run_at (aware datetime), delay (seconds),
-        max_attempts, timeout (seconds), idempotency_key, tags."""
+        """Submit one task. Options: queue, priority, run_at (an aware datetime, or RFC 3339 text
+        with an offset; a naive datetime is a ValueError), delay (seconds or a timedelta),
+        max_attempts, timeout (seconds or a timedelta), idempotency_key, tags."""
         response = await self._request("POST", "/v1/tasks", json=_task_body(type, payload, options))
         doc = msgspec.json.decode(response.content)
         sub = Submitted(
@@ -96,7 +109,8 @@ class AsyncClient:
     async def submit_many(
         self, tasks: Iterable[Mapping[str, Any]], *, atomic: bool = False
     ) -> list[Submitted]:
-        """Submit many tasks in one request: each item is a dict with `type`, `payload` and options.
+        """Submit many tasks in one request: each item is a dict with `type`, `payload` and the
+        options of `submit` (a timedelta `delay`, an aware datetime `run_at`).
         All are validated first; an invalid item rejects the whole request (InvalidRequest). Each
         task is then stored by itself; `atomic=True` stores all of them or none (at most 1,000
         events, a delayed task being two)."""

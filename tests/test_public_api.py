@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,17 @@ async def test_the_client_pauses_resumes_retries_and_archives(system: System) ->
 
 
 # Backticked words of the README's client section that are not client methods.
-_NOT_METHODS = {"await", "errors", "problem", "retry_after"}
+_NOT_METHODS = {
+    "await",
+    "errors",
+    "problem",
+    "retry_after",
+    "delay",
+    "timeout",
+    "run_at",
+    "datetime",
+    "timedelta",
+}
 
 
 def test_both_clients_have_every_method_the_readme_lists(repo_root: Path) -> None:
@@ -175,6 +185,40 @@ async def test_the_sync_client_archives_and_unarchives(gateway_only: System) -> 
             return archived, client.get(sub.id).archived
 
     assert await asyncio.to_thread(use) == (True, False)
+
+
+async def test_delay_takes_a_timedelta_and_run_at_an_aware_datetime(gateway_only: System) -> None:
+    """`delay=timedelta(...)` raised `TypeError: Object of type timedelta is not JSON serializable`;
+    a naive `run_at` went out without an offset. Both clients, and `submit_many`'s items."""
+    at = datetime(2031, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=5)))
+    naive = datetime(2031, 1, 2, 3, 4, 5)
+
+    async with AsyncClient(gateway_only.base_url) as client:
+        before = datetime.now(UTC)
+        sub = await client.submit("demo.echo", delay=timedelta(hours=1), timeout=timedelta(seconds=90))
+        task = await client.get(sub.id)
+        assert sub.status == "scheduled" and task.run_at is not None and task.timeout == 90
+        assert before + timedelta(hours=1) <= task.run_at <= datetime.now(UTC) + timedelta(hours=1)
+        subs = await client.submit_many(
+            [{"type": "demo.echo", "run_at": at}, {"type": "demo.echo", "delay": timedelta(days=2)}]
+        )
+        assert [s.status for s in subs] == ["scheduled", "scheduled"]
+        assert (await client.get(subs[0].id)).run_at == at
+        with pytest.raises(ValueError, match="aware"):
+            await client.submit("demo.echo", run_at=naive)
+        with pytest.raises(ValueError, match="aware"):
+            await client.submit_many([{"type": "demo.echo", "run_at": naive}])
+
+    def use() -> list[datetime | None]:
+        with Client(gateway_only.base_url) as sync:
+            with pytest.raises(ValueError, match="aware"):
+                sync.submit("demo.echo", run_at=naive)
+            one = sync.submit("demo.echo", run_at=at)
+            (two,) = sync.submit_many([{"type": "demo.echo", "delay": timedelta(minutes=5)}])
+            return [sync.get(one.id).run_at, sync.get(two.id).run_at]
+
+    got = await asyncio.to_thread(use)
+    assert got[0] == at and got[1] is not None and got[1] > datetime.now(UTC) + timedelta(minutes=4)
 
 
 async def test_a_task_id_is_one_path_segment_whatever_it_holds(system: System) -> None:
