@@ -8,7 +8,7 @@ schedule event in sequence order, the schedule's timeline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -159,8 +159,18 @@ _COLUMNS = (
 
 def to_resource(rec: asyncpg.Record) -> dict[str, Any]:
     out = dict(rec)
-    out["spec"] = msgspec.json.decode(out["spec"]) if isinstance(out["spec"], str) else out["spec"]
+    out["spec"] = utc_spec(msgspec.json.decode(out["spec"]) if isinstance(out["spec"], str) else out["spec"])
     return out
+
+
+def utc_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec as JSON with `start_at`/`end_at` in UTC with a `Z`, as every other time the API answers.
+    The events (and so the stored spec) keep the offset they were written in."""
+    for key in ("start_at", "end_at"):
+        value = spec.get(key)
+        if isinstance(value, str):
+            spec[key] = datetime.fromisoformat(value).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return spec
 
 
 async def get_schedule(
@@ -231,5 +241,7 @@ async def timeline(
     for r in recs:
         data = msgspec.json.decode(r["data"]) if isinstance(r["data"], str) else dict(r["data"])
         data.pop("event", None)
+        if isinstance(data.get("spec"), dict):  # created, updated
+            data["spec"] = utc_spec(data["spec"])
         out.append({"seq": r["seq"], "type": r["type"], "at": r["at"], "data": data})
     return out

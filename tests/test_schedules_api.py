@@ -315,3 +315,34 @@ async def test_a_schedule_pause_reads_its_body_a_reason_or_a_422(gateway_only: S
     assert (await http.post(pause)).status_code == 202  # no body: no reason
     raw, _ = await EventStore(gateway_only.nc).load_raw(paused_subject)
     assert len(raw) == 2 and b"maintenance" not in raw[1].data
+
+
+async def test_a_schedule_s_start_and_end_are_answered_in_utc(gateway_only: System) -> None:
+    """`spec.start_at`/`end_at` came back in the offsets they were written in
+    (`2026-12-06T20:45:02+05:00`) while every other time the API answers is UTC with a `Z`. The
+    stored events keep what was written; the answers say the same instants in UTC."""
+    http = gateway_only.http
+    start, end = "2026-12-06T20:45:02+05:00", "2031-03-01T08:00:00-03:30"
+    r = await http.post(
+        "/v1/schedules",
+        json={"cron": "0 0 1 1 *", "start_at": start, "end_at": end, "task": {"type": "demo.echo"}},
+    )
+    assert r.status_code == 201, r.text
+    sid, seq = r.json()["id"], r.json()["seq"]
+    want = {"start_at": "2026-12-06T15:45:02Z", "end_at": "2031-03-01T11:30:00Z"}
+    got = (await http.get(f"/v1/schedules/{sid}", params={"min_seq": seq})).json()
+    assert {k: got["spec"][k] for k in want} == want, got["spec"]
+    assert got["next_fire_at"].endswith("Z") and got["created_at"].endswith("Z"), got
+    listed = next(s for s in (await http.get("/v1/schedules")).json()["items"] if s["id"] == sid)
+    assert {k: listed["spec"][k] for k in want} == want, listed["spec"]
+    created = next(e for e in await _events(gateway_only, sid) if e["type"] == "created")
+    assert {k: created["data"]["spec"][k] for k in want} == want, created["data"]
+
+    r = await http.patch(f"/v1/schedules/{sid}", json={"end_at": "2032-01-01T00:00:00+01:00"})
+    assert r.status_code == 200, r.text
+    got = (await http.get(f"/v1/schedules/{sid}", params={"min_seq": r.json()["seq"]})).json()
+    assert got["spec"]["end_at"] == "2031-12-31T23:00:00Z", got["spec"]
+    raw, _ = await EventStore(gateway_only.nc).load_raw(
+        sj.schedule_event_subject(gateway_only.settings.tenant, sid, "created")
+    )
+    assert start.encode() in raw[0].data  # the event is kept as written
