@@ -53,6 +53,9 @@ class NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: str = Field(pattern=r"^(viewer|submitter|operator|admin)$")
     name: str = Field(default="", max_length=200, pattern=NO_NUL)
+    # Another tenant's key: an admin of the deployment's own tenant only (a new tenant's first
+    # admin key is how a tenant is created).
+    tenant: str | None = Field(default=None, pattern=r"^[a-z0-9_-]{1,64}$")
 
 
 class CreatedKey(KeyInfo):
@@ -220,8 +223,18 @@ async def list_keys(svc: Svc, who: Admin) -> dict[str, Any]:
 
 @router.post("/v1/keys", status_code=201, response_model=CreatedKey, responses=problems(401, 403, 422, 429))
 async def create_key(body: NewKey, svc: Svc, who: Admin) -> JSONResponse:
-    """A new key of the caller's tenant. The secret is in this answer only; it is stored hashed."""
-    key, secret = await keys.create_key(svc.pool, who.tenant, body.role, body.name)
+    """A new key of the caller's tenant, or (`tenant`, for an admin of the deployment's own tenant,
+    ORDO_TENANT) of another one: a tenant's first admin key creates the tenant. The secret is in
+    this answer only; it is stored hashed."""
+    tenant = body.tenant or who.tenant
+    if tenant != who.tenant and who.tenant != svc.settings.tenant:
+        raise Problem(
+            403,
+            "forbidden",
+            f"only an admin of the deployment's own tenant ({svc.settings.tenant!r}) may create"
+            " another tenant's keys",
+        )
+    key, secret = await keys.create_key(svc.pool, tenant, body.role, body.name)
     return JSONResponse({**_info(key), "key": secret}, status_code=201)
 
 

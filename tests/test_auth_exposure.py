@@ -215,3 +215,38 @@ async def test_a_bootstrap_secret_that_is_already_a_key_is_not_moved_or_promoted
         assert again.id == viewer.id  # the same tenant and role: idempotent, as before
     finally:
         await conn.close()
+
+
+async def test_the_deployments_admin_creates_another_tenant_whose_admin_cannot_reach_back(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """A tenant's pass (2026-12-06): the README gave no way to set up a second tenant, and
+    `POST /v1/keys` refused a `tenant`. An admin of the deployment's own tenant now creates a
+    tenant's first admin key with it; no other tenant's admin may."""
+    async with auth_system(settings, nc, handler) as t:
+        http = t.system.http
+        new = "team-" + os.urandom(4).hex()
+        r = await http.post(
+            "/v1/keys", json={"role": "admin", "name": "team admin", "tenant": new}, headers=t.auth("a:admin")
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["tenant"] == new and r.json()["role"] == "admin"
+        theirs = {"Authorization": f"Bearer {r.json()['key']}"}
+        assert (await http.get("/v1/whoami", headers=theirs)).json()["tenant"] == new
+        # That tenant's admin manages its own keys, but creates none elsewhere.
+        r = await http.post("/v1/keys", json={"role": "viewer"}, headers=theirs)
+        assert r.status_code == 201 and r.json()["tenant"] == new, r.text
+        for tenant in (t.a, t.b):
+            r = await http.post("/v1/keys", json={"role": "admin", "tenant": tenant}, headers=theirs)
+            assert r.status_code == 403 and "deployment's own tenant" in r.json()["detail"], r.text
+        r = await http.post("/v1/keys", json={"role": "admin", "tenant": new}, headers=t.auth("b:admin"))
+        assert r.status_code == 403, r.text
+        r = await http.post(
+            "/v1/keys", json={"role": "viewer", "tenant": "Not Valid"}, headers=t.auth("a:admin")
+        )
+        assert r.status_code == 422, r.text
+        # Its tasks are its own.
+        r = await http.post("/v1/tasks", json={"type": "demo.echo"}, headers=theirs)
+        assert r.status_code == 202, r.text
+        task = r.json()["id"]
+        assert (await http.get(f"/v1/tasks/{task}", headers=t.auth("a:admin"))).status_code == 404
