@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
@@ -40,6 +40,7 @@ MAX_ATOMIC_BATCH = _BATCH_LIMIT
 _LOAD_PAGE = 1000
 _SCHEMA_VERSION = str(SCHEMA_VERSION)
 log = logging.getLogger("ordo.event_store")
+T = TypeVar("T")
 
 
 class EventStoreError(Exception):
@@ -437,6 +438,24 @@ _skipped: set[int] = set()
 _SKIPPED_MAX = 10_000
 
 
+def readable(raw: RawStored, decode: Callable[[bytes], T], what: str) -> T | None:
+    """`decode(raw.data)`, or None for a message on an aggregate's subjects that is not one of its
+    events (logged once per process): a schedule's, a queue's (docs/decisions.md 56)."""
+    try:
+        return decode(raw.data)
+    except (msgspec.DecodeError, ValueError) as exc:  # ValidationError is a DecodeError
+        _skip(raw, what, exc)
+        return None
+
+
+def _skip(raw: RawStored, what: str, exc: Exception) -> None:
+    if raw.seq not in _skipped:
+        if len(_skipped) >= _SKIPPED_MAX:
+            _skipped.clear()
+        _skipped.add(raw.seq)
+        log.error("message at seq %d on %s is not %s, ignored: %s", raw.seq, raw.subject, what, exc)
+
+
 def _event_or_none(raw: RawStored) -> StoredEvent | None:
     """The stored event, or None for a message on an event subject that is not one (a body no
     decider wrote: the projections skip it too, docs/decisions.md 56). Loading a task must not fail
@@ -444,11 +463,7 @@ def _event_or_none(raw: RawStored) -> StoredEvent | None:
     try:
         return to_stored(raw.subject, raw.data, raw.headers, raw.seq, raw.stored_at)
     except (msgspec.DecodeError, ValueError) as exc:  # ValidationError is a DecodeError
-        if raw.seq not in _skipped:
-            if len(_skipped) >= _SKIPPED_MAX:
-                _skipped.clear()
-            _skipped.add(raw.seq)
-            log.error("message at seq %d on %s is not an Ordo event, ignored: %s", raw.seq, raw.subject, exc)
+        _skip(raw, "an Ordo event", exc)
         return None
 
 

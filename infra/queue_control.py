@@ -31,7 +31,7 @@ from ordo.domain.queue_control import (
 )
 from ordo.infra import subjects as sj
 from ordo.infra.decider_runner import Decision, run_decider
-from ordo.infra.event_store import EventStore, EventStoreUnavailable
+from ordo.infra.event_store import EventStore, EventStoreUnavailable, readable
 from ordo.infra.settings import Settings
 
 
@@ -53,7 +53,9 @@ class QueueController:
         history, last_seq = await self._store.load_raw(sj.queue_events_filter(tenant, queue))
         state = QueueState(queue=queue)
         for raw in history:
-            state = evolve(state, decode_queue_event(raw.data))
+            event = readable(raw, decode_queue_event, "a queue event")  # docs/decisions.md 56
+            if event is not None:
+                state = evolve(state, event)
         return state, last_seq
 
     async def execute(self, tenant: str, command: PauseQueue | ResumeQueue) -> QueueOutcome:

@@ -12,7 +12,6 @@ from a read model (a run read ahead as ended is not read again: an ended task st
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,10 +27,8 @@ from ordo.domain.schedule_state import ScheduleState, evolve, initial
 from ordo.infra import subjects as sj
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.decider_runner import Decision, run_decider
-from ordo.infra.event_store import EventStoreUnavailable, RawStored
+from ordo.infra.event_store import EventStoreUnavailable, RawStored, readable
 from ordo.infra.schedule_timers import ScheduleTimers
-
-log = logging.getLogger("ordo.schedules")
 
 
 @dataclass(frozen=True)
@@ -84,15 +81,10 @@ class ScheduleHandler:
         state = initial(schedule_id)
         history: list[RawStored] = []
         for raw in stored:
-            try:
-                event = se.decode_schedule_event(raw.data)
-            except (msgspec.DecodeError, ValueError) as exc:
-                log.error(
-                    "message at seq %d on %s is not a schedule event, ignored: %s", raw.seq, raw.subject, exc
-                )
-                continue
-            state = evolve(state, event)
-            history.append(raw)
+            event = readable(raw, se.decode_schedule_event, "a schedule event")
+            if event is not None:
+                state = evolve(state, event)
+                history.append(raw)
         return state, history, last_seq
 
     async def execute(

@@ -113,3 +113,22 @@ async def test_a_ticket_held_across_pause_resume_pause_is_released_once_resumed(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_message_that_is_no_queue_event_stops_no_worker_and_no_pause(tenants: Tenants) -> None:
+    """A security pass (2026-12-06): one message that is not a queue event on one tenant's queue
+    subject (nats-server stores a JetStream API answer on whatever reply subject a request names)
+    made every worker of that queue name, of every tenant, crash at its start, and that tenant's
+    pause and resume answer 500, for good: the log keeps it. The readers leave it out now."""
+    t = tenants
+    junk = sj.queue_event_subject(t.b, "default", "paused")
+    await t.system.nc.jetstream().publish(junk, b'{"type":"io.nats.jetstream.api.v1.account_info_response"}')
+    async with _worker(t):
+        task_a = await _submit(t, "a:submitter")
+        await _wait(t, t.a, task_a, "succeeded")
+        r = await t.system.http.post("/v1/queues/default:pause", headers=t.auth("b:operator"))
+        assert r.status_code == 202, r.text
+        task_b = await _submit(t, "b:submitter")
+        r = await t.system.http.post("/v1/queues/default:resume", headers=t.auth("b:operator"))
+        assert r.status_code == 202, r.text
+        await _wait(t, t.b, task_b, "succeeded")

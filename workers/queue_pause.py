@@ -39,7 +39,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ordo.domain.queue_control import QueueState, decode_queue_event, evolve
 from ordo.infra import subjects as sj
-from ordo.infra.event_store import EventStore, EventStoreError
+from ordo.infra.event_store import EventStore, EventStoreError, readable
 from ordo.infra.settings import Settings
 from ordo.infra.tasks import cancel_and_wait
 from ordo.workers import consumer
@@ -162,9 +162,12 @@ class QueuePauses:
             history, _ = await self._store.load_raw(sj.queue_events_filter("*", queue))
             states: dict[str, QueueState] = {}
             for raw in history:
+                event = readable(raw, decode_queue_event, "a queue event")  # docs/decisions.md 56
+                if event is None:
+                    continue  # one tenant's junk must not stop the workers of every tenant
                 tenant, _, _ = sj.parse_queue_subject(raw.subject)
                 state = states.get(tenant) or QueueState(queue=queue)
-                states[tenant] = evolve(state, decode_queue_event(raw.data))
+                states[tenant] = evolve(state, event)
             for tenant, state in states.items():
                 pair = (tenant, queue)
                 if self._live.get(pair, 0) == live.get(pair, 0):  # else: the next refresh decides
