@@ -179,7 +179,8 @@ def app_permissions(tenant: str) -> Permissions:
         publish=(
             f"{sj.CMD_PREFIX}.{tenant}.>",
             f"{_API}.INFO",
-            f"{_API}.STREAM.INFO.{_EVENTS}",
+            # Not STREAM.INFO: with a `subjects_filter` it lists every tenant's subjects (task ids,
+            # queues, schedule ids).
             *own,
             "$JS.FC.>",
         ),
