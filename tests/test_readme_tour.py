@@ -82,6 +82,7 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
             cwd=tmp_path, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert key.returncode == 0 and '"role":"submitter"' in key.stdout and '"key":"' in key.stdout, key
+        assert '"tenant":"team-b","role":"admin"' in key.stdout, key  # a second tenant, as README says
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(timeout=60)
