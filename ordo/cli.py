@@ -74,14 +74,21 @@ async def _run_scheduler(settings: Settings) -> None:
     nc = await connect(settings, name="ordo-scheduler")
     await provision(nc, settings)
     handler = wiring.command_handler(nc, settings)
-    scheduler = Scheduler(nc, handler, schedules=wiring.schedule_handler(nc, handler, settings))
-    # The timer sweep (a backstop for scheduled tasks left without a timer) needs the read model.
+    schedules = wiring.schedule_handler(nc, handler, settings)
+    scheduler = Scheduler(nc, handler, schedules=schedules)
+    # The timer sweep (a backstop for scheduled tasks and schedules left without a timer) needs the
+    # read model.
     from ordo.infra.pg import create_pool
+    from ordo.projections import schedules as schedule_rows
     from ordo.projections.tasks import scheduled_before
     from ordo.workers.timer_sweep import TimerSweep
 
     sweep = TimerSweep(
-        lambda: create_pool(settings.database_url, max_size=2), handler, overdue=scheduled_before
+        lambda: create_pool(settings.database_url, max_size=2),
+        handler,
+        overdue=scheduled_before,
+        schedules=schedules,
+        overdue_schedules=schedule_rows.overdue,
     )
     components: list[Scheduler | TimerSweep] = [scheduler, sweep] if settings.database_url else [scheduler]
 

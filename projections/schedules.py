@@ -245,3 +245,21 @@ async def timeline(
             data["spec"] = utc_spec(data["spec"])
         out.append({"seq": r["seq"], "type": r["type"], "at": r["at"], "data": data})
     return out
+
+
+async def overdue(
+    conn: asyncpg.Connection | asyncpg.Pool, before: datetime, limit: int
+) -> list[tuple[str, str]]:
+    """(tenant, id) of active schedules whose next tick is before `before`, oldest first: the timer
+    sweep's candidates (workers/timer_sweep.py), checked against the log before anything is done.
+    None before the projector first created the table."""
+    try:
+        rows = await conn.fetch(
+            "SELECT tenant, id FROM schedules WHERE status = 'active' AND next_fire_at < $1"
+            " ORDER BY next_fire_at LIMIT $2",
+            before,
+            limit,
+        )
+    except asyncpg.UndefinedTableError:
+        return []
+    return [(r["tenant"], r["id"]) for r in rows]

@@ -39,6 +39,7 @@ from ordo.infra.schedule_handler import ScheduleHandler
 from ordo.infra.schedule_timers import ScheduleTimers
 from ordo.infra.settings import Settings, SettingsError
 from ordo.infra.timers import Due, Timers, schedule_header
+from ordo.projections import schedules as schedule_rows
 from ordo.projections import tasks
 from ordo.projections.runner import ProjectionRunner
 from ordo.projections.tasks import scheduled_before
@@ -378,6 +379,59 @@ async def test_the_sweep_rearms_a_scheduled_task_left_without_a_timer(
         state, _, _ = await handler.load(tenant, waiting.task_id)
         assert state.status is TaskStatus.SCHEDULED
     finally:
+        await projector.shutdown()
+        await scheduler.shutdown()
+        await asyncio.wait_for(asyncio.gather(*running), 30)
+        await pool.close()
+
+
+async def test_the_sweep_rearms_a_schedule_whose_timer_was_lost(
+    nc: NATS, settings: Settings, handler: CommandHandler
+) -> None:
+    """A schedule whose pending timer is gone (expired while every scheduler was down, or replaced
+    on its subject by a stored message: a security pass, 2026-12-06) never fired again, silently,
+    until it was paused and resumed. The sweep gives its overdue tick a timer again."""
+    tenant, sid = settings.tenant, "lost-" + uuid.uuid4().hex[:8]
+    schedules = ScheduleHandler(handler, ScheduleTimers(nc, settings.timer_lead_s))
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    spec = se.ScheduleSpec(
+        cron=normalize("* * * * * *"), timezone="UTC", task=se.TaskTemplate(type="demo.echo"), start_at=start
+    )
+    created = await schedules.execute(
+        tenant, sc.CreateSchedule(schedule_id=sid, tenant=tenant, spec=spec, now=datetime.now(UTC))
+    )
+    first = created.state.next_at
+    assert first is not None
+    await schedules.timers.disarm(tenant, sid, first)  # the timer is lost before it fires
+    projector = ProjectionRunner(nc, settings.database_url)
+    scheduler = Scheduler(nc, handler, schedules=schedules)
+    running = [asyncio.create_task(projector.run()), asyncio.create_task(scheduler.run())]
+    pool = await create_pool(settings.database_url)
+
+    async def fired() -> bool:
+        _, history, _ = await schedules.load(tenant, sid)
+        return any(isinstance(se.decode_schedule_event(r.data), se.ScheduleFired) for r in history)
+
+    try:
+
+        async def overdue() -> bool:
+            past = datetime.now(UTC) > first + timedelta(seconds=1.5)
+            return past and bool(await schedule_rows.overdue(pool, first + timedelta(seconds=1), 10))
+
+        await eventually(overdue, timeout=60, what="the schedule overdue in the read model")
+        assert not await fired()
+        sweep = TimerSweep(
+            lambda: create_pool(settings.database_url),
+            handler,
+            SweepConfig(grace_s=1.0),
+            overdue=scheduled_before,
+            schedules=schedules,
+            overdue_schedules=schedule_rows.overdue,
+        )
+        assert await sweep.sweep_once() == 1
+        await eventually(fired, timeout=30, what="the schedule firing again")
+    finally:
+        await schedules.execute(tenant, sc.DeleteSchedule(schedule_id=sid))
         await projector.shutdown()
         await scheduler.shutdown()
         await asyncio.wait_for(asyncio.gather(*running), 30)

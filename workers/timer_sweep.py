@@ -8,6 +8,10 @@ TTL, a timer dropped after the scheduler's `unknown_tries`. Candidates come from
 scheduled with that old due time gets a timer for exactly that due time, which fires at once. A task
 that moved on meanwhile gets at worst a stale timer, which the decider ignores. Retrying tasks are
 left out: their due time is not in the read model, and no known path strands them.
+
+Schedules likewise: an active schedule whose next tick is long past (its timer lost: expired while
+every scheduler was down, or replaced on its subject by a stored message, docs/decisions.md 58)
+gets a timer for that tick again, which fires at once and runs the tick's catch-up decision.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from ordo.domain.status import TaskStatus
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.pg import Pool, ReadModelUnavailable
+from ordo.infra.schedule_handler import ScheduleHandler
 
 
 def utc_now() -> datetime:
@@ -53,11 +58,17 @@ class TimerSweep:
         clock: Callable[[], datetime] = utc_now,
         *,
         overdue: Overdue,
+        schedules: ScheduleHandler | None = None,
+        overdue_schedules: Overdue | None = None,
     ) -> None:
         """`pool` opens the read model's pool on first use (PostgreSQL may be down at start);
         `overdue(pool, before, limit)` lists (tenant, task id) of scheduled tasks due before then
-        (the read model's query, ordo.projections.tasks.scheduled_before, given by the wiring)."""
+        (the read model's query, ordo.projections.tasks.scheduled_before, given by the wiring), and
+        `overdue_schedules` (tenant, schedule id) of active schedules whose next tick is
+        (ordo.projections.schedules.overdue), re-armed through `schedules`."""
         self._overdue = overdue
+        self._schedules = schedules
+        self._overdue_schedules = overdue_schedules
         self._open_pool = pool
         self._pool: Pool | None = None
         self._handler = handler
@@ -110,5 +121,27 @@ class TimerSweep:
                 self._log.warning("timer of %s/%s not re-armed (next sweep): %s", tenant, task_id, exc)
                 continue
             self._log.warning("task %s/%s was due at %s without a timer: re-armed", tenant, task_id, due)
+            rearmed += 1
+        return rearmed + await self._sweep_schedules(cutoff)
+
+    async def _sweep_schedules(self, cutoff: datetime) -> int:
+        if self._schedules is None or self._overdue_schedules is None or self._pool is None:
+            return 0
+        rearmed = 0
+        for tenant, schedule_id in await self._overdue_schedules(self._pool, cutoff, self._config.batch):
+            try:
+                state, _, _ = await self._schedules.load(tenant, schedule_id)
+                tick = state.next_at
+                if not state.active or tick is None or tick >= cutoff:
+                    continue  # the read model was behind: the schedule moved on
+                await self._schedules.timers.arm(tenant, schedule_id, tick)
+            except Exception as exc:  # noqa: BLE001 - a backstop must not stop on one schedule
+                self._log.warning(
+                    "timer of schedule %s/%s not re-armed (next sweep): %s", tenant, schedule_id, exc
+                )
+                continue
+            self._log.warning(
+                "schedule %s/%s was due at %s without a timer: re-armed", tenant, schedule_id, tick
+            )
             rearmed += 1
         return rearmed
