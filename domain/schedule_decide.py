@@ -117,10 +117,13 @@ def decide(command: sc.AnyScheduleCommand, state: ScheduleState) -> list[se.Sche
             # already past its end may still be edited (its description, say).
             if first is None and next_fire(before, command.now) is not None:
                 raise InvalidSchedule("the schedule would never fire (past its end, or an impossible date)")
-            return [se.ScheduleUpdated(spec=spec, next_at=None if state.paused else first)]
+            updated = se.ScheduleUpdated(spec=spec, next_at=None if state.paused else first)
+            return [*_drop_buffered(state, "updated"), updated]
         case sc.PauseSchedule():
             _must_exist(command.schedule_id, state)
-            return [] if state.paused else [se.SchedulePaused(reason=command.reason)]
+            if state.paused:
+                return []
+            return [*_drop_buffered(state, "paused"), se.SchedulePaused(reason=command.reason)]
         case sc.ResumeSchedule():
             spec = _must_exist(command.schedule_id, state)
             return [se.ScheduleResumed(next_at=next_fire(spec, command.now))] if state.paused else []
@@ -128,13 +131,26 @@ def decide(command: sc.AnyScheduleCommand, state: ScheduleState) -> list[se.Sche
             if state.deleted:
                 return []
             _must_exist(command.schedule_id, state)
-            return [se.ScheduleDeleted()]
+            return [*_drop_buffered(state, "deleted"), se.ScheduleDeleted()]
         case sc.TriggerSchedule():
             _must_exist(command.schedule_id, state)
             return [se.ScheduleTriggered(at=command.now, task_id=command.task_id)]
         case sc.Tick():
             return _tick(command, state)
     raise AssertionError(f"unknown command {command!r}")
+
+
+def _drop_buffered(state: ScheduleState, reason: str) -> list[se.ScheduleEvent]:
+    """A tick buffered behind a running task that a pause, an edit or a delete drops: recorded as
+    skipped with that reason, so no tick goes without an outcome (it vanished before)."""
+    if state.buffered_at is None:
+        return []
+    running = state.last_task_id or ""
+    return [
+        se.ScheduleSkipped(
+            tick_at=state.buffered_at, running_task_id=running, next_at=state.next_at, reason=reason
+        )
+    ]
 
 
 def _must_exist(schedule_id: str, state: ScheduleState) -> se.ScheduleSpec:

@@ -264,3 +264,26 @@ def test_a_schedule_past_its_end_is_ended_and_an_edit_of_its_end_makes_it_active
     assert evolve(state, updated).status == "active"
     paused = evolve(state, decide(sc.PauseSchedule(schedule_id="s1"), state)[0])
     assert paused.status == "paused"
+
+
+@pytest.mark.parametrize("reason", ["paused", "updated", "deleted"])
+def test_a_buffered_tick_dropped_by_a_pause_an_edit_or_a_delete_is_recorded_as_skipped(reason: str) -> None:
+    """A user's pass (2026-12-06): a tick buffered behind a running task vanished when the schedule
+    was paused, with no fired, skipped or missed decision and in no counter."""
+    t0 = utc(2024, 1, 1, 0, 0, 1)
+    state = created(every_second(overlap=se.OverlapPolicy.BUFFER_ONE), utc(2024, 1, 1))
+    running = sc.PreviousRun(task_id="prev", active=True)
+    state = evolve(state, tick(state, t0, t0, running)[0])
+    assert state.buffered_at == t0
+    command: sc.AnyScheduleCommand = sc.DeleteSchedule(schedule_id="s1")
+    if reason == "paused":
+        command = sc.PauseSchedule(schedule_id="s1")
+    elif reason == "updated":
+        command = sc.UpdateSchedule(schedule_id="s1", spec=every_second(description="x"), now=t0)
+    events = decide(command, state)
+    skipped = events[0]
+    assert isinstance(skipped, se.ScheduleSkipped) and len(events) == 2
+    assert (skipped.tick_at, skipped.reason) == (t0, reason)
+    for e in events:
+        state = evolve(state, e)
+    assert state.buffered_at is None and state.skipped == 1
