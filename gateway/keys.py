@@ -100,9 +100,7 @@ async def create_key(
     )
     if rec is None:  # the secret is a key already
         rec = await conn.fetchrow("SELECT * FROM api_keys WHERE hash = $1", digest(plain))
-        if rec is None:
-            raise KeyRevoked("this key was revoked")  # not reached: keys are never deleted
-        if rec["revoked_at"] is not None:
+        if rec is None or rec["revoked_at"] is not None:  # keys are never deleted: revoked
             raise KeyRevoked("this key was revoked")
         if (rec["tenant"], rec["role"]) != (tenant, role):
             raise KeyTaken(f"this secret is already key {rec['id']}, of another tenant or role")

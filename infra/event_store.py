@@ -380,7 +380,7 @@ class EventStore:
         last = 0
         seq = start_seq
         while True:
-            page, more = await self._page(subject_filter, seq, RawStored)
+            page, more = await self._page(subject_filter, seq)
             for raw in page:
                 if up_to_seq is not None and raw.seq > up_to_seq:
                     return out, last
@@ -418,19 +418,16 @@ class EventStore:
         out: list[RawStored] = []
         seq = 1
         while True:
-            page, more = await self._page(subject_filter, seq, RawStored)
+            page, more = await self._page(subject_filter, seq)
             out.extend(page)
             if not more or not page:
                 return out, out[-1].seq if out else 0
             seq = page[-1].seq + 1
 
-    async def _page(
-        self, subject_filter: str, seq: int, convert: Callable[..., Any] | None = None
-    ) -> tuple[list[Any], bool]:
-        convert = convert or to_stored
+    async def _page(self, subject_filter: str, seq: int) -> tuple[list[RawStored], bool]:
         request = {"seq": seq, "next_by_subj": subject_filter, "batch": _LOAD_PAGE}
         page, more = await direct_get_batch(self._nc, sj.EVENTS_STREAM, request, self._timeout)
-        return [convert(r.subject, r.data, _own(r.headers), r.seq, r.stored_at) for r in page], more
+        return [RawStored(r.subject, r.data, _own(r.headers), r.seq, r.stored_at) for r in page], more
 
 
 # Sequences of messages already reported as not events (each is logged once per process).

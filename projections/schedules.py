@@ -100,10 +100,6 @@ ON CONFLICT (seq) DO NOTHING
 """
 
 
-def _status(s: ScheduleState) -> str:
-    return s.status
-
-
 async def apply(conn: asyncpg.Connection, records: list[ScheduleRecord]) -> None:
     """Fold a batch into the schedules' rows and append it to the timeline."""
     if not records:
@@ -139,7 +135,7 @@ async def apply(conn: asyncpg.Connection, records: list[ScheduleRecord]) -> None
             continue
         args.append(
             (
-                tenant, sid, _status(state), state.spec.cron, state.spec.timezone,
+                tenant, sid, state.status, state.spec.cron, state.spec.timezone,
                 json_text(msgspec.json.encode(state.spec)), state.next_at, state.last_tick_at,
                 state.last_task_id, state.fired, state.skipped, state.missed, created_at,
                 updated_at, last_seq, _state_enc.encode(state), state.paused_reason or None,
