@@ -32,6 +32,7 @@ from ordo.infra.event_store import (
     Runnable,
     StoredEvent,
 )
+from ordo.infra.read_gate import ReadGate
 from ordo.infra.timers import Timers
 
 
@@ -69,15 +70,26 @@ class Outcome:
 class CommandHandler:
     """`pipelined_batches`: a batch submit of tasks that are not delayed goes out as one message per
     task (decision 45). False where nats-server fsyncs every write (`sync_interval: always`): each
-    message is then an fsync of its own and one atomic batch per 1,000 is the cheaper way."""
+    message is then an fsync of its own and one atomic batch per 1,000 is the cheaper way.
+    `gate`: a batch submit goes out in pieces, each waiting while the read model trails the log
+    (infra/read_gate.py, decision 59); None: unpaced."""
 
     def __init__(
-        self, store: EventStore, timers: Timers, max_retries: int = 8, *, pipelined_batches: bool = True
+        self,
+        store: EventStore,
+        timers: Timers,
+        max_retries: int = 8,
+        *,
+        pipelined_batches: bool = True,
+        gate: ReadGate | None = None,
     ) -> None:
         self.store = store
         self.timers = timers
         self._max_retries = max_retries
         self.pipelined_batches = pipelined_batches
+        self.gate = gate
+        # The last sequence a batch submit of this handler stored (what the gate measures against).
+        self._log_end = 0
 
     async def load(self, tenant: str, task_id: str) -> tuple[TaskState, list[StoredEvent], int]:
         history, last_seq = await self.store.load(tenant, task_id)
@@ -202,15 +214,31 @@ class CommandHandler:
         outcomes: list[Outcome] = []
         chunk: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]] = []
         size = 0
+        limit = MAX_ATOMIC_BATCH if atomic or self.gate is None else min(MAX_ATOMIC_BATCH, self.gate.piece)
         for entry in decided:
             count = len(entry[2])
-            if chunk and size + count > MAX_ATOMIC_BATCH:
-                outcomes += await self._flush(tenant, chunk, meta, atomic)
+            if chunk and size + count > limit:
+                outcomes += await self._paced_flush(tenant, chunk, meta, atomic)
                 chunk, size = [], 0
             chunk.append(entry)
             size += count
         if chunk:
-            outcomes += await self._flush(tenant, chunk, meta, atomic)
+            outcomes += await self._paced_flush(tenant, chunk, meta, atomic)
+        return outcomes
+
+    async def _paced_flush(
+        self,
+        tenant: str,
+        chunk: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]],
+        meta: Metadata | None,
+        atomic: bool,
+    ) -> list[Outcome]:
+        """`_flush`, once the read model is near enough the last event stored (with a gate)."""
+        if self.gate is not None:
+            await self.gate.admit(self._log_end)
+        outcomes = await self._flush(tenant, chunk, meta, atomic)
+        if outcomes:
+            self._log_end = max(self._log_end, max(o.last_seq for o in outcomes))
         return outcomes
 
     async def _flush(

@@ -73,7 +73,7 @@ async def _run_scheduler(settings: Settings) -> None:
 
     nc = await connect(settings, name="ordo-scheduler")
     await provision(nc, settings)
-    handler = wiring.command_handler(nc, settings)
+    handler = wiring.command_handler(nc, settings, batch_submits=False)
     schedules = wiring.schedule_handler(nc, handler, settings)
     scheduler = Scheduler(nc, handler, schedules=schedules)
     # The timer sweep (a backstop for scheduled tasks and schedules left without a timer) needs the

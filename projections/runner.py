@@ -32,6 +32,9 @@ from ordo.infra.event_store import EventStoreUnavailable
 from ordo.infra.logs import Outage
 from ordo.infra.pg import connect, translate
 from ordo.infra.raw_client import subscribe_payloads, unsubscribe
+from ordo.infra.read_gate import ASK_SUBJECT as POSITION_ASK_SUBJECT
+from ordo.infra.read_gate import SUBJECT as POSITION_SUBJECT
+from ordo.infra.read_gate import announcement
 from ordo.projections import committed_feed, log_identity, task_events, tasks
 from ordo.projections.batch_apply import (
     PIPELINE_FAILURES,
@@ -49,6 +52,8 @@ from ordo.projections.schema import migrate
 __all__ = ["PoisonEvent", "ProjectionRunner", "RunnerConfig", "apply_batch", "checkpoint", "lag"]
 
 NOTIFY_CHANNEL = "ordo_events"
+# A caught-up runner announces its position again this often (a commit announces it at once).
+ANNOUNCE_EVERY_S = 0.5
 LEADER_LOCK = 7_404_002
 
 DEFAULT_PROJECTIONS: tuple[Projection, ...] = PROJECTIONS
@@ -143,6 +148,7 @@ class ProjectionRunner:
         # of them asks for it (loop time until which it is wanted).
         self._feed = any(p.name == task_events.NAME for p in self._projections)
         self._feed_wanted_until = float("-inf")
+        self._answers: set[asyncio.Task[None]] = set()  # announcements asked for, in flight
         self._stop = asyncio.Event()
         self.last_seq = 0
         self.committed_at = 0.0  # loop time of the last commit
@@ -263,6 +269,8 @@ class ProjectionRunner:
         wants = await self._listen_for_wants() if self._feed else None
         await reader.start()
         seen = [reader.resets]
+        beat = asyncio.create_task(self._announce_while_idle(reader)) if self._feed else None
+        asks = await self._listen_for_asks(reader) if self._feed else None
         try:
             while not self._stop.is_set():
                 if not await self._same_log(conn, reader, seen):
@@ -279,9 +287,40 @@ class ProjectionRunner:
                     await self._apply(conn, await self._paced(reader, batch), memories)
             return False
         finally:
+            if beat is not None:
+                beat.cancel()
+            if asks is not None:
+                await unsubscribe(self._nc, asks)
             await reader.close()
             if wants is not None:
                 await unsubscribe(self._nc, wants)
+
+    async def _listen_for_asks(self, reader: LogReader) -> Subscription | None:
+        """Answer a batch submitter that begins to listen: at once while caught up (busy, the next
+        commit announces)."""
+
+        def asked(_data: bytes) -> None:
+            if reader.buffered() == 0:
+                task = asyncio.get_running_loop().create_task(self._announce())
+                self._answers.add(task)
+                task.add_done_callback(self._answers.discard)
+
+        try:
+            return await subscribe_payloads(self._nc, POSITION_ASK_SUBJECT, asked)
+        except nats.errors.Error as exc:
+            self._log.warning("position requests not heard (batch submits wait for a commit): %s", exc)
+            return None
+
+    async def _announce_while_idle(self, reader: LogReader) -> None:
+        """While caught up (nothing arrived that is not applied) and without a commit for
+        `ANNOUNCE_EVERY_S`, announce the position again: a burst's first pieces are then paced from
+        its start. A runner stuck in a commit (a hung PostgreSQL) holds arrived events and stays
+        silent, so the submitters stop waiting on it (infra/read_gate.py)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(ANNOUNCE_EVERY_S)
+            if reader.buffered() == 0 and loop.time() - self.committed_at >= ANNOUNCE_EVERY_S:
+                await self._announce()
 
     async def _listen_for_wants(self) -> Subscription | None:
         """Subscribe to the gateways' requests for the committed feed (None if NATS refuses)."""
@@ -319,6 +358,7 @@ class ProjectionRunner:
         done = await apply_batch_committed(conn, self._projections, batch, memories, NOTIFY_CHANNEL)
         self.skipped_duplicates += done.skipped
         await self._committed(batch, feed=done.whole)  # an isolated batch is read back by the gateways
+        await self._announce()
 
     async def _committed(self, batch: list[Record], feed: bool = True) -> None:
         """After the commit that holds `batch`: move `last_seq`, hand the batch to the committed feed
@@ -383,6 +423,17 @@ class ProjectionRunner:
         self.skipped_duplicates += skipped
         for batch in batches:  # committed together; handed on batch by batch, as `_apply` does
             await self._committed(batch)
+        await self._announce()
+
+    async def _announce(self) -> None:
+        """Tell the batch submitters where the read model stands (infra/read_gate.py; best effort:
+        unheard, they do not wait)."""
+        if not self._feed:
+            return
+        try:
+            await self._nc.publish(POSITION_SUBJECT, announcement(self.last_seq))
+        except nats.errors.Error as exc:
+            self._log.debug("position not announced: %s", exc)
 
 
 def _arrived_only() -> asyncio.Event:

@@ -121,8 +121,10 @@ def service_permissions(service: str) -> Permissions:
                 f"{_API}.CONSUMER.INFO.{_EVENTS}.>",
                 "$JS.FC.>",
                 "ordo.committed",  # projections/committed_feed.py: what a batch committed, to gateways
+                "ordo.projected",  # infra/read_gate.py: the read model's position, to batch submitters
             ),
-            subscribe=("ordo.committed.want", *inbox),  # gateways asking for the feed
+            # gateways asking for the feed; batch submitters asking for the read model's position
+            subscribe=("ordo.committed.want", "ordo.projected.ask", *inbox),
         )
     if service == "worker":
         return Permissions(

@@ -1,0 +1,127 @@
+"""Batch submits keep pace with the read side (decision 59).
+
+A batch submit can store events far faster than the projector folds them: 20,000 tasks reach the
+log in under a second, and the read model then trails it by over a second for every tenant (every
+read, timeline and live update) until the backlog drains. The workers do not run the tasks any
+sooner for it: they take a few thousand a second either way.
+
+So a batch submit goes out in pieces, and before each piece it waits while the read model is more
+than `backlog` events behind the last event this process stored. The live projector announces its
+position after each commit on core NATS (`ordo.projected`, the sequence as ASCII digits), and
+again every half second while it is caught up; the gate listens from its creation (inside an event
+loop) or its first use, and asks for the position when it begins (`ordo.projected.ask`).
+
+The gate never stops a submit for long and never depends on the read side being up:
+- no announcement heard in the last `fresh_s` (the projector idle, stopped, or not allowed to
+  announce): no wait;
+- a read model more than `far_behind` events behind (it is catching up after an outage or a
+  rebuild, not being outrun by a burst): no wait, pacing would only hold intake for minutes;
+- at most `max_wait_s` per piece.
+Single submits never wait here: their latency is the point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
+
+from ordo.infra.raw_client import subscribe_payloads
+
+SUBJECT = "ordo.projected"
+# A gate that begins to listen asks here (empty payload); a caught-up projector announces at once.
+ASK_SUBJECT = "ordo.projected.ask"
+# Without an announcement for this long the projector is taken as idle or gone: no pacing.
+FRESH_S = 1.0
+# A read model this many times `backlog` behind is catching up, not being outrun: no pacing.
+FAR_BEHIND_FACTOR = 50
+
+_log = logging.getLogger("ordo.read_gate")
+
+
+def announcement(seq: int) -> bytes:
+    """The projector's announcement of its committed position."""
+    return str(seq).encode()
+
+
+class ReadGate:
+    """Paces one process's batch submits to the read model's position (see the module)."""
+
+    def __init__(self, nc: NATS, backlog: int, max_wait_s: float, fresh_s: float = FRESH_S) -> None:
+        if backlog < 1 or max_wait_s < 0 or fresh_s <= 0:
+            raise ValueError("backlog >= 1, max_wait_s >= 0 and fresh_s > 0 required")
+        self._nc = nc
+        self.backlog = backlog
+        self.far_behind = FAR_BEHIND_FACTOR * backlog
+        self.max_wait_s = max_wait_s
+        self.fresh_s = fresh_s
+        self.position = 0
+        self._heard_at = float("-inf")
+        self._moved = asyncio.Event()
+        self._sub: Subscription | None = None
+        self._subscribing: asyncio.Lock | None = None
+        self._listening: asyncio.Task[None] | None = None
+        try:
+            self._listening = asyncio.get_running_loop().create_task(self._listen())
+        except RuntimeError:
+            pass  # no loop yet: the first `admit` subscribes
+        # Seconds spent waiting, and the pieces that waited (gateway metrics).
+        self.waited_s = 0.0
+        self.waits = 0
+
+    @property
+    def piece(self) -> int:
+        """The most tasks a batch submit appends between two looks at the read model."""
+        return max(1, self.backlog // 2)
+
+    def _heard(self, data: bytes) -> None:
+        try:
+            seq = int(data)
+        except ValueError:
+            return
+        self.position = seq
+        self._heard_at = time.monotonic()
+        self._moved.set()
+        self._moved = asyncio.Event()
+
+    async def _listen(self) -> None:
+        if self._sub is not None:
+            return
+        if self._subscribing is None:
+            self._subscribing = asyncio.Lock()
+        async with self._subscribing:
+            if self._sub is None:
+                try:
+                    self._sub = await subscribe_payloads(self._nc, SUBJECT, self._heard)
+                    await self._nc.publish(ASK_SUBJECT, b"")
+                except nats.errors.Error as exc:  # then nothing is heard: no pacing
+                    _log.warning("the read model's position is not heard (batch submits unpaced): %s", exc)
+
+    def behind(self, log_end: int) -> int | None:
+        """Events the read model trails `log_end` by, while that is worth waiting on; else None."""
+        if time.monotonic() - self._heard_at > self.fresh_s:
+            return None
+        gap = log_end - self.position
+        return gap if self.backlog < gap <= self.far_behind else None
+
+    async def admit(self, log_end: int) -> float:
+        """Wait while the read model trails `log_end` (the last sequence this process stored) by more
+        than `backlog` events, within the limits above; the seconds waited."""
+        await self._listen()
+        if self.behind(log_end) is None:
+            return 0.0
+        started = time.monotonic()
+        deadline = started + self.max_wait_s
+        while self.behind(log_end) is not None and (left := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(self._moved.wait(), min(left, self.fresh_s))
+            except TimeoutError:
+                pass
+        waited = time.monotonic() - started
+        self.waited_s += waited
+        self.waits += 1
+        return waited

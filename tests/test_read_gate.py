@@ -1,0 +1,175 @@
+"""Batch submits keep pace with the read side (infra/read_gate.py, decision 59): a batch submit goes
+out in pieces, each waiting while the read model trails the log by more than the backlog, and it
+never waits on a projector that is gone, stuck, or catching up from far behind."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from nats.aio.client import Client as NATS
+
+from ordo.infra import read_gate
+from ordo.infra import subjects as sj
+from ordo.infra.command_handler import CommandHandler
+from ordo.infra.event_store import EventStore
+from ordo.infra.read_gate import ReadGate
+from ordo.infra.settings import Settings
+from ordo.infra.timers import Timers
+from ordo.infra.wiring import command_handler
+from ordo.projections.runner import ProjectionRunner, RunnerConfig
+from tests.helpers import eventually
+from tests.test_projections_failover import submissions
+
+
+async def _announce(nc: NATS, seq: int) -> None:
+    await nc.publish(read_gate.SUBJECT, read_gate.announcement(seq))
+    await nc.flush()
+
+
+async def _pending_after(task: asyncio.Task[float], seconds: float) -> bool:
+    """Whether `task` is still running `seconds` from now (it waits on something)."""
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    return not done
+
+
+async def test_the_gate_waits_while_the_read_model_trails_and_goes_on_when_it_moves(nc: NATS) -> None:
+    gate = ReadGate(nc, backlog=10, max_wait_s=30)
+    await gate.admit(0)  # subscribed
+    await _announce(nc, 100)
+    await eventually(lambda: _at(gate, 100), timeout=10, what="the position heard")
+    assert await gate.admit(105) == 0.0  # within the backlog: at once
+    waiting = asyncio.create_task(gate.admit(200))
+    assert await _pending_after(waiting, 0.3), "100 events behind, the piece went out"
+    await _announce(nc, 150)
+    assert await _pending_after(waiting, 0.3), "still 50 behind"
+    await _announce(nc, 195)
+    waited = await asyncio.wait_for(waiting, 10)
+    assert 0.5 <= waited < 10
+    assert gate.waits == 1
+
+
+async def test_the_gate_does_not_wait_on_a_silent_or_far_behind_read_model(nc: NATS) -> None:
+    gate = ReadGate(nc, backlog=10, max_wait_s=30, fresh_s=0.5)
+    await gate.admit(0)
+    # Nothing heard yet: no projector, no pacing.
+    assert await gate.admit(1_000) == 0.0
+    # Far behind (more than 50 x the backlog): catching up, not outrun; no pacing either.
+    await _announce(nc, 1)
+    await eventually(lambda: _at(gate, 1), timeout=10, what="the position heard")
+    assert await gate.admit(1 + gate.far_behind + 1) == 0.0
+    # Behind within reach, then the projector falls silent: the wait ends once the last word is
+    # older than `fresh_s`, far before `max_wait_s`.
+    started = time.monotonic()
+    waited = await gate.admit(100)
+    assert 0 < waited < 5 and time.monotonic() - started < 5
+
+
+async def test_the_gate_waits_at_most_max_wait_s_per_piece(nc: NATS) -> None:
+    gate = ReadGate(nc, backlog=10, max_wait_s=0.3, fresh_s=30)
+    await gate.admit(0)
+    await _announce(nc, 1)
+    await eventually(lambda: _at(gate, 1), timeout=10, what="the position heard")
+    waited = await asyncio.wait_for(gate.admit(100), 10)
+    assert 0.3 <= waited < 5
+
+
+async def _at(gate: ReadGate, seq: int) -> bool:
+    return gate.position == seq
+
+
+async def test_a_batch_submit_keeps_the_read_model_within_its_backlog(settings: Settings, nc: NATS) -> None:
+    """A projector that commits at most every 50 ms against a submit of 400 tasks: unpaced, the
+    log runs hundreds of events ahead of the read model; paced, never more than the backlog and one
+    piece (plus what a commit in flight has not announced yet)."""
+    backlog = 40
+    gate = ReadGate(nc, backlog=backlog, max_wait_s=30)
+    paced = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s), gate=gate)
+    unpaced = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
+    runner = ProjectionRunner(
+        nc, settings.database_url, RunnerConfig(batch_size=1000, commit_interval_s=0.05)
+    )
+    running = asyncio.create_task(runner.run())
+    js = nc.jetstream()
+    try:
+        await gate.admit(0)
+        warm = await paced.submit_many(settings.tenant, submissions(settings.tenant, 1))
+        await eventually(lambda: _projected(runner, warm[-1].last_seq), timeout=30, what="the projector up")
+
+        async def widest_gap(handler: CommandHandler) -> int:
+            """The most the log ran ahead of the projector's commits during a 400-task submit."""
+            widest = 0
+            submit = asyncio.create_task(
+                handler.submit_many(settings.tenant, submissions(settings.tenant, 400))
+            )
+            while not submit.done():
+                last = (await js.stream_info(sj.EVENTS_STREAM)).state.last_seq
+                widest = max(widest, last - runner.last_seq)
+                await asyncio.wait({submit}, timeout=0.005)
+            outcomes = submit.result()
+            assert len(outcomes) == 400
+            await eventually(lambda: _projected(runner, outcomes[-1].last_seq), timeout=30, what="applied")
+            return widest
+
+        assert await widest_gap(unpaced) > 200, "the test's projector keeps up unpaced: it proves nothing"
+        gap = await widest_gap(paced)
+        # Admitted at `backlog` or less, a piece adds `piece`; a commit's announcement follows it.
+        assert gap <= backlog + gate.piece + 5, gap
+        assert gate.waits > 0
+    finally:
+        await runner.shutdown()
+        await asyncio.wait_for(running, 30)
+
+
+async def _projected(runner: ProjectionRunner, seq: int) -> bool:
+    return runner.last_seq >= seq
+
+
+async def test_a_batch_submit_does_not_wait_on_a_projector_stuck_in_a_commit(
+    settings: Settings, nc: NATS
+) -> None:
+    """The projector hangs after a commit (as in a hung PostgreSQL): it holds the events that
+    arrive and falls silent, and a batch submit goes on within the gate's `fresh_s`, not piece after
+    piece of `max_wait_s`."""
+    stuck = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hang(_seq: int) -> None:
+        if stuck.is_set():
+            await release.wait()
+
+    gate = ReadGate(nc, backlog=10, max_wait_s=20)
+    paced = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s), gate=gate)
+    runner = ProjectionRunner(nc, settings.database_url, after_commit=hang)
+    running = asyncio.create_task(runner.run())
+    try:
+        await gate.admit(0)
+        warm = await paced.submit_many(settings.tenant, submissions(settings.tenant, 5))
+        await eventually(lambda: _projected(runner, warm[-1].last_seq), timeout=30, what="the projector up")
+        stuck.set()
+        started = time.monotonic()
+        outcomes = await paced.submit_many(settings.tenant, submissions(settings.tenant, 200))
+        assert len(outcomes) == 200
+        # 40 pieces of 5 against a projector that never announces again: 20 s each unless the gate
+        # lets go once it has heard nothing for `fresh_s`.
+        assert time.monotonic() - started < read_gate.FRESH_S + 10
+    finally:
+        release.set()
+        await runner.shutdown()
+        await asyncio.wait_for(running, 30)
+
+
+def test_the_gate_is_a_setting() -> None:
+    on = Settings.from_env({})
+    assert on.submit_backlog > 0
+    off = Settings.from_env({"ORDO_SUBMIT_BACKLOG": "0"})
+    assert off.submit_backlog == 0
+
+
+async def test_the_wired_handler_is_paced_unless_switched_off(settings: Settings, nc: NATS) -> None:
+    paced = command_handler(nc, settings)
+    assert paced.gate is not None and paced.gate.backlog == settings.submit_backlog
+    off = Settings(nats_url=settings.nats_url, database_url=settings.database_url, submit_backlog=0)
+    assert command_handler(nc, off).gate is None
+    # A worker and the scheduler submit no batches: no gate, no subscription their NATS user lacks.
+    assert command_handler(nc, settings, batch_submits=False).gate is None
