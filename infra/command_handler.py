@@ -215,15 +215,16 @@ class CommandHandler:
         chunk: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]] = []
         size = 0
         limit = MAX_ATOMIC_BATCH if atomic or self.gate is None else min(MAX_ATOMIC_BATCH, self.gate.piece)
+        budget = [self.gate.max_wait_s if self.gate is not None else 0.0]  # the call's wait, left
         for entry in decided:
             count = len(entry[2])
             if chunk and size + count > limit:
-                outcomes += await self._paced_flush(tenant, chunk, meta, atomic)
+                outcomes += await self._paced_flush(tenant, chunk, meta, atomic, budget)
                 chunk, size = [], 0
             chunk.append(entry)
             size += count
         if chunk:
-            outcomes += await self._paced_flush(tenant, chunk, meta, atomic)
+            outcomes += await self._paced_flush(tenant, chunk, meta, atomic, budget)
         return outcomes
 
     async def _paced_flush(
@@ -232,10 +233,12 @@ class CommandHandler:
         chunk: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]],
         meta: Metadata | None,
         atomic: bool,
+        budget: list[float],
     ) -> list[Outcome]:
-        """`_flush`, once the read model is near enough the last event stored (with a gate)."""
-        if self.gate is not None:
-            await self.gate.admit(self._log_end)
+        """`_flush`, once the read model is near enough the last event stored (with a gate, within
+        what is left of the call's `budget` of waiting)."""
+        if self.gate is not None and budget[0] > 0:
+            budget[0] -= await self.gate.admit(self._log_end, budget[0])
         outcomes = await self._flush(tenant, chunk, meta, atomic)
         if outcomes:
             self._log_end = max(self._log_end, max(o.last_seq for o in outcomes))

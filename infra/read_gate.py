@@ -16,7 +16,8 @@ The gate never stops a submit for long and never depends on the read side being 
   announce): no wait;
 - a read model more than `far_behind` events behind (it is catching up after an outage or a
   rebuild, not being outrun by a burst): no wait, pacing would only hold intake for minutes;
-- at most `max_wait_s` per piece.
+- at most `max_wait_s` in all for one batch submit (an HTTP client waiting for its answer must
+  not time out and send the batch again).
 Single submits never wait here: their latency is the point.
 """
 
@@ -108,14 +109,16 @@ class ReadGate:
         gap = log_end - self.position
         return gap if self.backlog < gap <= self.far_behind else None
 
-    async def admit(self, log_end: int) -> float:
+    async def admit(self, log_end: int, budget: float | None = None) -> float:
         """Wait while the read model trails `log_end` (the last sequence this process stored) by more
-        than `backlog` events, within the limits above; the seconds waited."""
+        than `backlog` events, within the limits above and at most `budget` seconds (default
+        `max_wait_s`); the seconds waited."""
         await self._listen()
-        if self.behind(log_end) is None:
+        budget = self.max_wait_s if budget is None else budget
+        if budget <= 0 or self.behind(log_end) is None:
             return 0.0
         started = time.monotonic()
-        deadline = started + self.max_wait_s
+        deadline = started + budget
         while self.behind(log_end) is not None and (left := deadline - time.monotonic()) > 0:
             try:
                 await asyncio.wait_for(self._moved.wait(), min(left, self.fresh_s))

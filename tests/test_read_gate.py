@@ -65,13 +65,30 @@ async def test_the_gate_does_not_wait_on_a_silent_or_far_behind_read_model(nc: N
     assert 0 < waited < 5 and time.monotonic() - started < 5
 
 
-async def test_the_gate_waits_at_most_max_wait_s_per_piece(nc: NATS) -> None:
+async def test_the_gate_waits_at_most_its_budget(nc: NATS) -> None:
     gate = ReadGate(nc, backlog=10, max_wait_s=0.3, fresh_s=30)
     await gate.admit(0)
     await _announce(nc, 1)
     await eventually(lambda: _at(gate, 1), timeout=10, what="the position heard")
     waited = await asyncio.wait_for(gate.admit(100), 10)
     assert 0.3 <= waited < 5
+    assert await gate.admit(100, budget=0) == 0.0
+
+
+async def test_one_batch_submit_waits_at_most_max_wait_s_in_all(settings: Settings, nc: NATS) -> None:
+    """A read model that answers but never moves (announced by hand, fresh): a batch of 40 pieces
+    waits its budget once, not per piece."""
+    gate = ReadGate(nc, backlog=4, max_wait_s=0.5, fresh_s=30)
+    paced = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s), gate=gate)
+    await gate.admit(0)
+    first = await paced.submit_many(settings.tenant, submissions(settings.tenant, 2))
+    await _announce(nc, first[0].last_seq - 1)  # behind, within reach, and never moving
+    await eventually(lambda: _at(gate, first[0].last_seq - 1), timeout=10, what="the position heard")
+    started = time.monotonic()
+    outcomes = await paced.submit_many(settings.tenant, submissions(settings.tenant, 80))
+    assert len(outcomes) == 80
+    assert 0.5 <= gate.waited_s < 1.5
+    assert time.monotonic() - started < 10
 
 
 async def _at(gate: ReadGate, seq: int) -> bool:
