@@ -150,6 +150,12 @@ async def _gauges(request: Request, tenant: str) -> str:
         ("projection",),
     )
     errors.replace(((r["name"],), float(skipped.get(r["name"], 0))) for r in checkpoints)
+    gate = svc.handler.gate
+    if gate is not None:  # batch submits paced by the read model (decision 59)
+        waited = "Seconds this gateway's batch submits waited for the read model to catch up"
+        registry.counter("ordo_submit_paced_seconds_total", waited).inc(by=gate.waited_s)
+        pieces = "Pieces of this gateway's batch submits that waited for the read model"
+        registry.counter("ordo_submit_paced_total", pieces).inc(by=float(gate.waits))
     return registry.render()
 
 

@@ -18,6 +18,7 @@ from ordo.infra.settings import Settings
 from ordo.infra.timers import Timers
 from ordo.infra.wiring import command_handler
 from ordo.projections.runner import ProjectionRunner
+from tests.conftest import run_system
 from tests.helpers import eventually
 from tests.test_projections_failover import submissions
 
@@ -192,3 +193,27 @@ async def test_the_wired_handler_is_paced_unless_switched_off(settings: Settings
     assert command_handler(nc, off).gate is None
     # A worker and the scheduler submit no batches: no gate, no subscription their NATS user lacks.
     assert command_handler(nc, settings, batch_submits=False).gate is None
+
+
+async def test_the_gateway_paces_its_batch_submits_and_counts_the_waits(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """`POST /v1/tasks:batch` through the gateway's own (wired) handler: paced, every task accepted,
+    and /metrics says how long the pieces waited."""
+    paced = settings.with_(submit_backlog=20)
+    async with run_system(paced, nc, handler, worker=False) as system:
+        body = {"tasks": [{"type": "demo.echo", "payload": i} for i in range(1000)]}
+        r = await system.http.post("/v1/tasks:batch", json=body)
+        assert r.status_code == 202, r.text
+        assert r.json()["count"] == 1000
+        text = (await system.http.get("/metrics")).text
+        pieces = _metric(text, "ordo_submit_paced_total")
+        assert pieces is not None and pieces > 0, text
+        assert (_metric(text, "ordo_submit_paced_seconds_total") or 0) > 0
+
+
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
