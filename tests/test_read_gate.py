@@ -5,7 +5,9 @@ never waits on a projector that is gone, stuck, or catching up from far behind."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 
@@ -102,19 +104,13 @@ async def test_a_batch_submit_keeps_the_read_model_within_its_backlog(settings: 
     the backlog and one piece (plus what a commit in flight has not announced yet)."""
     backlog = 100
     gate = ReadGate(nc, backlog=backlog, max_wait_s=60)
-    paced = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s), gate=gate)
     unpaced = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
     js = nc.jetstream()
 
     async def slow(_seq: int) -> None:
         await asyncio.sleep(0.05)  # the read side's pace, not a wait for something
 
-    runner = ProjectionRunner(nc, settings.database_url, after_commit=slow)
-    running = asyncio.create_task(runner.run())
-    try:
-        await gate.admit(0)
-        warm = await paced.submit_many(settings.tenant, submissions(settings.tenant, 1))
-        await eventually(lambda: _projected(runner, warm[-1].last_seq), timeout=30, what="the projector up")
+    async with _projecting(settings, nc, gate, slow) as (paced, runner):
 
         async def widest_gap(handler: CommandHandler) -> int:
             """The most the log ran ahead of the projector's commits during a 1,000-task submit and
@@ -136,6 +132,22 @@ async def test_a_batch_submit_keeps_the_read_model_within_its_backlog(settings: 
         # Admitted at `backlog` or less, a piece adds `piece`; a commit's announcement follows it.
         assert gap <= backlog + gate.piece + 10, gap
         assert gate.waits > 0
+
+
+@contextlib.asynccontextmanager
+async def _projecting(
+    settings: Settings, nc: NATS, gate: ReadGate, after_commit: Callable[[int], Awaitable[None]]
+) -> AsyncIterator[tuple[CommandHandler, ProjectionRunner]]:
+    """A projector running with `after_commit`, and a handler paced by `gate` whose first submit
+    the projector has applied."""
+    paced = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s), gate=gate)
+    runner = ProjectionRunner(nc, settings.database_url, after_commit=after_commit)
+    running = asyncio.create_task(runner.run())
+    try:
+        await gate.admit(0)
+        warm = await paced.submit_many(settings.tenant, submissions(settings.tenant, 1))
+        await eventually(lambda: _projected(runner, warm[-1].last_seq), timeout=30, what="the projector up")
+        yield paced, runner
     finally:
         await runner.shutdown()
         await asyncio.wait_for(running, 30)
@@ -159,24 +171,17 @@ async def test_a_batch_submit_does_not_wait_on_a_projector_stuck_in_a_commit(
             await release.wait()
 
     gate = ReadGate(nc, backlog=10, max_wait_s=20)
-    paced = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s), gate=gate)
-    runner = ProjectionRunner(nc, settings.database_url, after_commit=hang)
-    running = asyncio.create_task(runner.run())
-    try:
-        await gate.admit(0)
-        warm = await paced.submit_many(settings.tenant, submissions(settings.tenant, 5))
-        await eventually(lambda: _projected(runner, warm[-1].last_seq), timeout=30, what="the projector up")
-        stuck.set()
-        started = time.monotonic()
-        outcomes = await paced.submit_many(settings.tenant, submissions(settings.tenant, 200))
-        assert len(outcomes) == 200
-        # 40 pieces of 5 against a projector that never announces again: 20 s each unless the gate
-        # lets go once it has heard nothing for `fresh_s`.
-        assert time.monotonic() - started < read_gate.FRESH_S + 10
-    finally:
-        release.set()
-        await runner.shutdown()
-        await asyncio.wait_for(running, 30)
+    async with _projecting(settings, nc, gate, hang) as (paced, _runner):
+        try:
+            stuck.set()
+            started = time.monotonic()
+            outcomes = await paced.submit_many(settings.tenant, submissions(settings.tenant, 200))
+            assert len(outcomes) == 200
+            # 40 pieces of 5 against a projector that never announces again: a 20 s budget unless
+            # the gate lets go once it has heard nothing for `fresh_s`.
+            assert time.monotonic() - started < read_gate.FRESH_S + 10
+        finally:
+            release.set()
 
 
 def test_the_gate_is_a_setting() -> None:
