@@ -12,8 +12,8 @@ again every half second while it is caught up; the gate listens from its creatio
 loop) or its first use, and asks for the position when it begins (`ordo.projected.ask`).
 
 The gate never stops a submit for long and never depends on the read side being up:
-- no announcement heard in the last `fresh_s` (the projector idle, stopped, or not allowed to
-  announce): no wait;
+- no announcement heard in the last `fresh_s` (no projector, a stopped one, one stuck in a commit,
+  which holds what arrives and stays silent, or one not allowed to announce): no wait;
 - a read model more than `far_behind` events behind (it is catching up after an outage or a
   rebuild, not being outrun by a burst): no wait, pacing would only hold intake for minutes;
 - at most `max_wait_s` in all for one batch submit (an HTTP client waiting for its answer must
