@@ -211,37 +211,15 @@ class CommandHandler:
             decided.append((command, new, events, item))
         if atomic and (messages := sum(len(events) for _, _, events, _ in decided)) > MAX_ATOMIC_BATCH:
             raise AtomicBatchTooLarge(messages)
-        outcomes: list[Outcome] = []
-        chunk: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]] = []
-        size = 0
         limit = MAX_ATOMIC_BATCH if atomic or self.gate is None else min(MAX_ATOMIC_BATCH, self.gate.piece)
-        budget = [self.gate.max_wait_s if self.gate is not None else 0.0]  # the call's wait, left
-        for entry in decided:
-            count = len(entry[2])
-            if chunk and size + count > limit:
-                outcomes += await self._paced_flush(tenant, chunk, meta, atomic, budget)
-                chunk, size = [], 0
-            chunk.append(entry)
-            size += count
-        if chunk:
-            outcomes += await self._paced_flush(tenant, chunk, meta, atomic, budget)
-        return outcomes
-
-    async def _paced_flush(
-        self,
-        tenant: str,
-        chunk: list[tuple[SubmitTask, TaskState, list[Event], AppendItem]],
-        meta: Metadata | None,
-        atomic: bool,
-        budget: list[float],
-    ) -> list[Outcome]:
-        """`_flush`, once the read model is near enough the last event stored (with a gate, within
-        what is left of the call's `budget` of waiting)."""
-        if self.gate is not None and budget[0] > 0:
-            budget[0] -= await self.gate.admit(self._log_end, budget[0])
-        outcomes = await self._flush(tenant, chunk, meta, atomic)
-        if outcomes:
-            self._log_end = max(self._log_end, max(o.last_seq for o in outcomes))
+        budget = self.gate.max_wait_s if self.gate is not None else 0.0  # the call's waiting, left
+        outcomes: list[Outcome] = []
+        for chunk in _chunks(decided, limit):
+            if self.gate is not None and budget > 0:  # the read model near enough what we stored
+                budget -= await self.gate.admit(self._log_end, budget)
+            done = await self._flush(tenant, chunk, meta, atomic)
+            self._log_end = max([self._log_end, *(o.last_seq for o in done)])
+            outcomes += done
         return outcomes
 
     async def _flush(
@@ -353,6 +331,23 @@ def _decided(command: TaskCommand, state: TaskState) -> _Decision:
     disarm = state.due_at if moved else None
     runnable = _runnable(state, new, events) if events else None
     return _Decision(events, new, runnable, arm, disarm)
+
+
+_Decided = tuple[SubmitTask, TaskState, list[Event], AppendItem]
+
+
+def _chunks(decided: list[_Decided], limit: int) -> list[list[_Decided]]:
+    """`decided` in order, in chunks of at most `limit` events (a task's events stay together)."""
+    chunks: list[list[_Decided]] = []
+    size = 0
+    for entry in decided:
+        count = len(entry[2])
+        if not chunks or size + count > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(entry)
+        size += count
+    return chunks
 
 
 def _runnable(state: TaskState, new: TaskState, events: list[Event]) -> Runnable | None:

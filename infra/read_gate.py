@@ -64,7 +64,7 @@ class ReadGate:
         self._heard_at = float("-inf")
         self._moved = asyncio.Event()
         self._sub: Subscription | None = None
-        self._subscribing: asyncio.Lock | None = None
+        self._subscribing = asyncio.Lock()
         self._listening: asyncio.Task[None] | None = None
         try:
             self._listening = asyncio.get_running_loop().create_task(self._listen())
@@ -92,8 +92,6 @@ class ReadGate:
     async def _listen(self) -> None:
         if self._sub is not None:
             return
-        if self._subscribing is None:
-            self._subscribing = asyncio.Lock()
         async with self._subscribing:
             if self._sub is None:
                 try:
