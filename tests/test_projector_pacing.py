@@ -1,7 +1,8 @@
 """The projector's commit pacing (projections/runner.py `_paced`): a steady stream of events is applied
 in at most one commit per interval (ORDO_PROJECTION_COMMIT_INTERVAL_S); an event after a quiet spell
 is applied at once when there is no linger, and after the linger (ORDO_PROJECTION_LINGER_S) together
-with what arrived meanwhile when there is one."""
+with what arrived meanwhile when there is one; events that arrived while a batch was applied are not
+held on top of that apply."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from nats.aio.client import Client as NATS
 
 from ordo.domain.commands import CancelTask
 from ordo.infra.command_handler import CommandHandler
+from ordo.infra.pg import connect
 from ordo.infra.settings import Settings
 from ordo.projections.runner import ProjectionRunner, RunnerConfig
 from tests.helpers import eventually
@@ -101,3 +103,58 @@ async def test_after_a_quiet_spell_the_first_event_lingers_and_takes_what_comes_
     finally:
         await runner.shutdown()
         await asyncio.wait_for(running, 30)
+
+
+async def test_events_that_arrived_during_a_long_apply_are_not_held_after_it(
+    settings: Settings, nc: NATS, handler: CommandHandler
+) -> None:
+    """Behind (events arrived while the last batch was applied), the next batch's interval began when
+    the batch before was cut: after an apply that lasted the interval it is applied at once, not
+    held for another interval after the commit."""
+    commands = submissions(settings.tenant, 3)
+    (first,) = await handler.submit_many(settings.tenant, commands[:1])
+    loop = asyncio.get_running_loop()
+    commits: list[tuple[int, float]] = []
+
+    async def committed(seq: int) -> None:
+        commits.append((seq, loop.time()))
+
+    interval = 2.0
+    config = RunnerConfig(batch_size=100, commit_interval_s=interval)
+    runner = ProjectionRunner(nc, settings.database_url, config, after_commit=committed)
+    running = asyncio.create_task(runner.run())
+    holder = await connect(settings.database_url)
+    try:
+        await eventually(lambda: _reached(commits, first.last_seq), timeout=30, what="the first task")
+        async with holder.transaction():  # the next apply waits on the checkpoints (a slow apply)
+            await holder.execute("SELECT name FROM projection_checkpoints FOR UPDATE")
+            (second,) = await handler.submit_many(settings.tenant, commands[1:2])
+
+            async def waiting() -> bool:
+                return bool(
+                    await holder.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+
+            await eventually(waiting, timeout=interval + 10, what="the second event's apply waiting")
+            blocked = loop.time()
+            (third,) = await handler.submit_many(settings.tenant, commands[2:])  # arrives meanwhile
+            await eventually(lambda: _passed(blocked, interval), timeout=interval + 5, what="an interval")
+        await eventually(lambda: _reached(commits, third.last_seq), timeout=30, what="the third event")
+        at = dict(commits)
+        assert second.last_seq in at and third.last_seq in at, commits  # two commits, not one
+        assert at[third.last_seq] - at[second.last_seq] < interval / 2, "held after the slow apply"
+    finally:
+        await holder.close()
+        await runner.shutdown()
+        await asyncio.wait_for(running, 30)
+
+
+async def _reached(commits: list[tuple[int, float]], seq: int) -> bool:
+    return bool(commits) and commits[-1][0] >= seq
+
+
+async def _passed(since: float, seconds: float) -> bool:
+    return asyncio.get_running_loop().time() - since >= seconds
