@@ -74,9 +74,8 @@ class RunnerConfig:
     `commit_interval_s`: a batch whose first event comes sooner than this after the last commit
     waits out the rest of the interval and takes what arrived meanwhile, so a steady stream of
     events costs at most one commit per interval (each commit has a fixed cost in both processes,
-    whatever it holds); for a batch of events that arrived while the one before was applied, the
-    interval runs from when that one was cut, so an apply longer than the interval is not followed
-    by a wait. `linger_s`: an event after a quiet spell (no commit for `commit_interval_s`)
+    whatever it holds); events that arrived during an apply that itself lasted the interval are
+    applied at once after it. `linger_s`: an event after a quiet spell (no commit for `commit_interval_s`)
     waits this long, with what arrives meanwhile, before it is applied (decision 50): at a trickle the
     projector's work then comes after the worker's start of the task instead of competing with it
     for the cores, and a short task's events share one commit. 0 applies it at once."""
@@ -338,18 +337,19 @@ class ProjectionRunner:
         self._feed_wanted_until = asyncio.get_running_loop().time() + self._config.feed_want_ttl_s
 
     async def _paced(self, reader: LogReader, batch: list[Record], busy: bool) -> list[Record]:
-        """`batch`, and what arrives until `commit_interval_s` has passed since the last batch was
-        cut (`busy`: it arrived while the batch before was applied) or since the last commit (after a
-        quiet spell: for `linger_s`). Busy, the batch holds what arrived during the last apply: its
-        interval began when the batch before was cut, so a projector behind does not wait on top of
-        its apply (it did: 4 ms of every 38 ms cycle under W1's load, docs/benchmarks.md)."""
+        """`batch`, and what arrives until `commit_interval_s` has passed since the last commit (after
+        a quiet spell: for `linger_s`). `busy`: the batch arrived while the one before was applied;
+        when that apply itself lasted the interval, the batch goes at once: a projector behind does
+        not wait on top of its applies (it did: 4 ms of every 38 ms cycle under W1's load,
+        docs/benchmarks.md), while a steady trickle, applied in less, still commits at most once
+        per interval after the last commit."""
         loop = asyncio.get_running_loop()
-        if busy:
-            hold = self._cut_at + self._config.commit_interval_s - loop.time()
-        else:
-            hold = self.committed_at + self._config.commit_interval_s - loop.time()
-            if hold <= 0:
-                hold = self._config.linger_s
+        interval = self._config.commit_interval_s
+        hold = self.committed_at + interval - loop.time()
+        if busy and self.committed_at - self._cut_at >= interval:
+            hold = 0.0
+        elif hold <= 0 and not busy:
+            hold = self._config.linger_s
         room = self._config.batch_size - len(batch)
         if hold > 0 and room > 0:
             try:
