@@ -74,11 +74,12 @@ class RunnerConfig:
     `commit_interval_s`: a batch whose first event comes sooner than this after the last commit
     waits out the rest of the interval and takes what arrived meanwhile, so a steady stream of
     events costs at most one commit per interval (each commit has a fixed cost in both processes,
-    whatever it holds); events that arrived during an apply that itself lasted the interval are
-    applied at once after it. `linger_s`: an event after a quiet spell (no commit for `commit_interval_s`)
-    waits this long, with what arrives meanwhile, before it is applied (decision 50): at a trickle the
-    projector's work then comes after the worker's start of the task instead of competing with it
-    for the cores, and a short task's events share one commit. 0 applies it at once."""
+    whatever it holds); a batch of a tenth of `batch_size` or more that arrived while the one
+    before was applied goes at once. `linger_s`: an event after a quiet spell (no commit for
+    `commit_interval_s`) waits this long, with what arrives meanwhile, before it is applied
+    (decision 50): at a trickle the projector's work then comes after the worker's start of the task
+    instead of competing with it for the cores, and a short task's events share one commit. 0
+    applies it at once."""
 
     batch_size: int = 1000
     standby_poll_s: float = 1.0
@@ -153,7 +154,6 @@ class ProjectionRunner:
         self._stop = asyncio.Event()
         self.last_seq = 0
         self.committed_at = 0.0  # loop time of the last commit
-        self._cut_at = 0.0  # loop time the last batch was cut (`_paced`)
         self.active = False
         # Records skipped because their checkpoint had passed them (observability and tests).
         self.skipped_duplicates = 0
@@ -338,27 +338,24 @@ class ProjectionRunner:
 
     async def _paced(self, reader: LogReader, batch: list[Record], busy: bool) -> list[Record]:
         """`batch`, and what arrives until `commit_interval_s` has passed since the last commit (after
-        a quiet spell: for `linger_s`). `busy`: the batch arrived while the one before was applied;
-        when that apply itself lasted the interval, the batch goes at once: a projector behind does
-        not wait on top of its applies (it did: 4 ms of every 38 ms cycle under W1's load,
-        docs/benchmarks.md), while a steady trickle, applied in less, still commits at most once
-        per interval after the last commit."""
+        a quiet spell: for `linger_s`). A batch of at least a tenth of `batch_size` that arrived while
+        the one before was applied (`busy`) goes at once: the projector is behind, and a hold would
+        only add to every event's wait (4 ms of every 38 ms cycle under W1's load,
+        docs/benchmarks.md); a trickle's few events still wait out the interval."""
         loop = asyncio.get_running_loop()
-        interval = self._config.commit_interval_s
-        hold = self.committed_at + interval - loop.time()
-        if busy and self.committed_at - self._cut_at >= interval:
+        hold = self.committed_at + self._config.commit_interval_s - loop.time()
+        if busy and len(batch) >= max(1, self._config.batch_size // 10):
             hold = 0.0
-        elif hold <= 0 and not busy:
+        elif hold <= 0:
             hold = self._config.linger_s
         room = self._config.batch_size - len(batch)
-        if hold > 0 and room > 0:
-            try:
-                await asyncio.wait_for(self._stop.wait(), hold)
-            except TimeoutError:
-                pass
-            batch = batch + await reader.batch(room, wait=_arrived_only())
-        self._cut_at = loop.time()
-        return batch
+        if hold <= 0 or room <= 0:
+            return batch
+        try:
+            await asyncio.wait_for(self._stop.wait(), hold)
+        except TimeoutError:
+            pass
+        return batch + await reader.batch(room, wait=_arrived_only())
 
     async def _apply(
         self, conn: asyncpg.Connection, batch: list[Record], memories: Memories | None = None
