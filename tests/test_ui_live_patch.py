@@ -22,16 +22,13 @@ FOCUSED = """() => {
 
 
 async def _schedule(system: System, sid: str) -> None:
-    """Create the schedule and wait until the read model has it: a page opened sooner reads it as
-    404, which the browser logs as a console error (the page then shows it on its next refresh)."""
+    """Create the schedule and read it back once the read model has it (`consistency=wait`): a page
+    opened sooner reads it as 404, which the browser logs as a console error."""
     body = {"cron": "0 0 1 1 *", "task": {"type": "demo.echo"}, "id": sid, "description": f"about {sid}"}
     r = await system.http.post("/v1/schedules", json=body)
     assert r.status_code == 201, r.text
-
-    async def projected() -> bool:
-        return (await system.http.get(f"/v1/schedules/{sid}")).status_code == 200
-
-    await eventually(projected, timeout=60, what=f"schedule {sid} in the read model")
+    r = await system.http.get(f"/v1/schedules/{sid}", params={"consistency": "wait"})
+    assert r.status_code == 200, r.text
 
 
 async def _trigger(system: System, sid: str) -> str:
