@@ -87,6 +87,7 @@ async def test_a_scale_down_answers_at_once_while_its_workers_finish(
             return bool((await http.get(f"/v1/tasks/{task_id}")).json().get("status") == "running")
 
         await eventually(running, timeout=60, interval=0.2, what="the long task running")
+        stopping = set(pool.pids)
         r = await http.post("/v1/workers:scale", json={"count": 0}, timeout=15)
         assert r.status_code == 202 and r.json() == {"count": 0}, r.text
         # Up again while that worker still finishes: the new one does not take it for a leftover
@@ -101,12 +102,18 @@ async def test_a_scale_down_answers_at_once_while_its_workers_finish(
         kinds = await eventually(handed_back, timeout=60, interval=0.2, what="the task handed back")
         assert "attempt_timed_out" not in kinds, kinds
 
-        async def stopped_alone() -> bool:  # the stopping worker is gone, the new one still runs
-            return pool.count == 1 and len(pool.pids) == 1
+        def pid_files() -> set[int]:
+            infos = (read_pidfile(f) for f in (tmp_path / "pids").glob("*.pid"))
+            return {info.pid for info in infos if info is not None}
+
+        # The stopping worker is gone (its supervisor removes its pid file once it has exited; the
+        # pool's own list leaves it out as soon as it is told to stop), the new one still runs.
+        async def stopped_alone() -> bool:
+            return pool.count == 1 and len(pool.pids) == 1 and not stopping & pid_files()
 
         await eventually(stopped_alone, timeout=60, interval=0.2, what="the old worker stopped")
         # The running worker's pid file is its own: the stopped one's cleanup did not remove it.
-        files = {info.pid for f in (tmp_path / "pids").glob("*.pid") if (info := read_pidfile(f)) is not None}
+        files = pid_files()
         assert files == set(pool.pids), (files, pool.pids)
     finally:
         await pool.shutdown()
