@@ -66,7 +66,7 @@ class Settings:
     # After a quiet spell the projector holds the first event this long, with what arrives meanwhile,
     # before applying it: the worker's start of the task goes first (decision 50). 0: at once.
     projection_linger_s: float = 0.003
-    # A batch submit goes out in pieces of half this many tasks, each waiting while the read model
+    # A batch submit goes out in pieces of a quarter of this many tasks, each waiting while the read model
     # trails the log by more than this many events; one batch submit waits at most
     # ORDO_SUBMIT_BACKLOG_WAIT_S in all (infra/read_gate.py, decision 59). 0: batch submits are not
     # paced.
