@@ -79,8 +79,8 @@ async def test_the_gate_waits_at_most_its_budget(nc: NATS) -> None:
 
 
 async def test_one_batch_submit_waits_at_most_max_wait_s_in_all(settings: Settings, nc: NATS) -> None:
-    """A read model that answers but never moves (announced by hand, fresh): a batch of 40 pieces
-    waits its budget once, not per piece."""
+    """A read model that answers but never moves (announced by hand, fresh): a batch of 80 pieces
+    (of one task: a quarter of the backlog) waits its budget once, not per piece."""
     gate = ReadGate(nc, backlog=4, max_wait_s=0.5, fresh_s=30)
     paced = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s), gate=gate)
     await gate.admit(0)
@@ -177,7 +177,7 @@ async def test_a_batch_submit_does_not_wait_on_a_projector_stuck_in_a_commit(
             started = time.monotonic()
             outcomes = await paced.submit_many(settings.tenant, submissions(settings.tenant, 200))
             assert len(outcomes) == 200
-            # 40 pieces of 5 against a projector that never announces again: a 20 s budget unless
+            # 100 pieces of 2 against a projector that never announces again: a 20 s budget unless
             # the gate lets go once it has heard nothing for `fresh_s`.
             assert time.monotonic() - started < read_gate.FRESH_S + 10
         finally:
