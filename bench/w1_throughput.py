@@ -215,6 +215,7 @@ async def run(
             await asyncio.sleep(ahead)  # pacing: the next chunk's time has not come yet
         await handler.submit_many(tenant, commands[start : start + chunk])
     t_submitted = time.perf_counter()
+    gate = handler.gate
     t_done, succeeded = await _wait_projected(dsn, tenant, n, timeout)
     dup, total = await _counts(dsn, tenant)
     await asyncio.sleep(0.5)  # the last NOTIFY
@@ -235,6 +236,8 @@ async def run(
         "lost": n - total,  # tasks missing from the read model (0 also when a run timed out)
         "duplicate_succeeded": dup,
         "projection_lag_ms": lag,
+        # The batch submits' pieces that waited for the read model, and for how long in all.
+        "paced": {"waits": gate.waits, "waited_s": round(gate.waited_s, 2)} if gate is not None else None,
     }
 
 

@@ -156,6 +156,8 @@ async def _gauges(request: Request, tenant: str) -> str:
         registry.counter("ordo_submit_paced_seconds_total", waited).inc(by=gate.waited_s)
         pieces = "Pieces of this gateway's batch submits that waited for the read model"
         registry.counter("ordo_submit_paced_total", pieces).inc(by=float(gate.waits))
+        window = "Events the read model may trail this gateway's batch submits by now"
+        registry.gauge("ordo_submit_window", window).replace([((), float(gate.window))])
     return registry.render()
 
 

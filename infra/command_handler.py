@@ -219,6 +219,8 @@ class CommandHandler:
                 budget -= await self.gate.admit(self._log_end, budget)
             done = await self._flush(tenant, chunk, meta, atomic)
             self._log_end = max([self._log_end, *(o.last_seq for o in done)])
+            if self.gate is not None:
+                self.gate.stored(self._log_end)  # timed until the read model shows it
             outcomes += done
         return outcomes
 

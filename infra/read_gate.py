@@ -6,7 +6,16 @@ read, timeline and live update) until the backlog drains. The workers do not run
 sooner for it: they take a few thousand a second either way.
 
 So a batch submit goes out in pieces, and before each piece it waits while the read model is more
-than `backlog` events behind the last event this process stored. The live projector announces its
+than a window of events behind the last event this process stored. The window moves between a
+quarter of `backlog` and `backlog`, as a congestion window does: the gate times each piece from its
+store to the announcement that covers it, and
+- a piece shown within `lag_s` (50 ms) widens the window by a sixteenth of `backlog`;
+- a piece shown later narrows it by a third, once for all the pieces stored before that (they were
+  on their way already): a host or a read side slower than the backlog assumed keeps its lag
+  instead of its backlog (W1 on a slow hour: lag p99 well over 100 ms at a fixed 400 events);
+- a burst after a quiet second starts at the quarter: the read side may be cold (its first batch
+  took 45-80 ms for 400-750 events under W1, and those events were W1's worst; docs/benchmarks.md).
+A piece is a quarter of the window. The live projector announces its
 position after each commit on core NATS (`ordo.projected`, the sequence as ASCII digits), and
 again every half second while it is caught up; the gate listens from its creation (inside an event
 loop) or its first use, and asks for the position when it begins (`ordo.projected.ask`).
@@ -26,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -40,6 +50,9 @@ ASK_SUBJECT = "ordo.projected.ask"
 FRESH_S = 1.0
 # A read model this many times `backlog` behind is catching up, not being outrun: no pacing.
 FAR_BEHIND_FACTOR = 50
+# A piece the read model shows later than this after it was stored narrows the window (the default).
+LAG_S = 0.05
+_TIMED = 1024  # pieces timed at most (a read model that went silent leaves them unshown)
 
 _log = logging.getLogger("ordo.read_gate")
 
@@ -52,11 +65,21 @@ def announcement(seq: int) -> bytes:
 class ReadGate:
     """Paces one process's batch submits to the read model's position (see the module)."""
 
-    def __init__(self, nc: NATS, backlog: int, max_wait_s: float, fresh_s: float = FRESH_S) -> None:
-        if backlog < 1 or max_wait_s < 0 or fresh_s <= 0:
-            raise ValueError("backlog >= 1, max_wait_s >= 0 and fresh_s > 0 required")
+    def __init__(
+        self, nc: NATS, backlog: int, max_wait_s: float, fresh_s: float = FRESH_S, lag_s: float = LAG_S
+    ) -> None:
+        if backlog < 1 or max_wait_s < 0 or fresh_s <= 0 or lag_s <= 0:
+            raise ValueError("backlog >= 1, max_wait_s >= 0, fresh_s > 0 and lag_s > 0 required")
         self._nc = nc
         self.backlog = backlog
+        self.lag_s = lag_s
+        self.floor = max(1, backlog // 4)
+        self.window = self.floor  # the events the read model may trail by now: floor..backlog
+        self._step = max(1, backlog // 16)
+        self._timed: deque[tuple[int, float]] = deque(maxlen=_TIMED)  # pieces stored: (seq, when)
+        self._stored_seq = 0
+        self._stored_at = float("-inf")
+        self._narrowed_at = 0  # the last sequence stored when the window last narrowed
         self.far_behind = FAR_BEHIND_FACTOR * backlog
         self.max_wait_s = max_wait_s
         self.fresh_s = fresh_s
@@ -77,13 +100,21 @@ class ReadGate:
     @property
     def piece(self) -> int:
         """The most tasks a batch submit appends between two looks at the read model: a quarter of the
-        backlog. The read model's lag is the backlog over the read side's rate, and its tail is how
+        window. The read model's lag is the backlog over the read side's rate, and its tail is how
         unevenly that backlog refills: a piece lands in the log at once, so the projector's next
         batch holds it whole. With pieces of a quarter (100 at the default 400) instead of a half,
         W1's lag p99 was at most 100 ms in 14 of 15 runs against 12 of 15, p50 33-39 against 41-50
         ms, for 2 % of its rate (smaller pieces make every process work in smaller waves;
         docs/benchmarks.md, 2026-12-07, decision 59)."""
-        return max(1, self.backlog // 4)
+        return max(1, self.window // 4)
+
+    def stored(self, seq: int, at: float | None = None) -> None:
+        """This process stored a piece, up to `seq`, at `at` (`time.monotonic()`, default now): it is
+        timed until the read model shows it."""
+        if seq > self._stored_seq:
+            self._stored_seq = seq
+            self._stored_at = at = time.monotonic() if at is None else at
+            self._timed.append((seq, at))
 
     def _heard(self, data: bytes) -> None:
         try:
@@ -91,7 +122,19 @@ class ReadGate:
         except ValueError:
             return
         self.position = seq
-        self._heard_at = time.monotonic()
+        self._heard_at = now = time.monotonic()
+        timed = self._timed
+        while timed and timed[0][0] <= seq:
+            piece, at = timed.popleft()
+            self._shown(piece, now - at)
+
+    def _shown(self, seq: int, lag: float) -> None:
+        """The read model shows the piece up to `seq`, `lag` seconds after it was stored."""
+        if lag <= self.lag_s:
+            self.window = min(self.backlog, self.window + self._step)
+        elif seq > self._narrowed_at:  # stored after the last narrowing, which it did not see
+            self.window = max(self.floor, self.window * 2 // 3)
+            self._narrowed_at = self._stored_seq
         self._moved.set()
         self._moved = asyncio.Event()
 
@@ -111,13 +154,16 @@ class ReadGate:
         if time.monotonic() - self._heard_at > self.fresh_s:
             return None
         gap = log_end - self.position
-        return gap if self.backlog < gap <= self.far_behind else None
+        return gap if self.window < gap <= self.far_behind else None
 
     async def admit(self, log_end: int, budget: float | None = None) -> float:
         """Wait while the read model trails `log_end` (the last sequence this process stored) by more
-        than `backlog` events, within the limits above and at most `budget` seconds (default
+        than the window, within the limits above and at most `budget` seconds (default
         `max_wait_s`); the seconds waited."""
         await self._listen()
+        if time.monotonic() - self._stored_at > self.fresh_s:  # a new burst: it starts small
+            self.window = self.floor
+            self._timed.clear()
         budget = self.max_wait_s if budget is None else budget
         if budget <= 0 or self.behind(log_end) is None:
             return 0.0

@@ -66,12 +66,14 @@ class Settings:
     # After a quiet spell the projector holds the first event this long, with what arrives meanwhile,
     # before applying it: the worker's start of the task goes first (decision 50). 0: at once.
     projection_linger_s: float = 0.003
-    # A batch submit goes out in pieces of a quarter of this many tasks, each waiting while the read model
-    # trails the log by more than this many events; one batch submit waits at most
+    # A batch submit goes out in pieces, each waiting while the read model trails the log by more than
+    # a window of at most this many events (pieces of a quarter of it), which narrows while pieces take
+    # longer than ORDO_SUBMIT_LAG_S to show; one batch submit waits at most
     # ORDO_SUBMIT_BACKLOG_WAIT_S in all (infra/read_gate.py, decision 59). 0: batch submits are not
     # paced.
     submit_backlog: int = 400
     submit_backlog_wait_s: float = 5.0
+    submit_lag_s: float = 0.05
     # Gateway auth: API keys stored hashed in PostgreSQL. Off here (library and test default); the
     # `ordo` entry points switch it on unless ORDO_AUTH=false or `ordo up --no-auth`.
     auth: bool = False
@@ -131,6 +133,8 @@ class Settings:
             raise SettingsError("need 1 <= ORDO_MAX_PAYLOAD_BYTES <= ORDO_MAX_BODY_BYTES")
         if self.submit_backlog < 0 or self.submit_backlog_wait_s < 0:
             raise SettingsError("ORDO_SUBMIT_BACKLOG and ORDO_SUBMIT_BACKLOG_WAIT_S must be >= 0")
+        if not 0 < self.submit_lag_s <= 60:
+            raise SettingsError("ORDO_SUBMIT_LAG_S must be > 0 and <= 60")
         if self.unknown_type_wait_s < 0:
             raise SettingsError("ORDO_UNKNOWN_TYPE_WAIT_S must be >= 0")
         if self.default_max_attempts < 1 or self.default_timeout_s <= 0:

@@ -28,7 +28,9 @@ def command_handler(nc: NATS, settings: Settings, *, batch_submits: bool = True)
     timers = Timers(nc, settings.timer_lead_s, fired_ttl_s=settings.timer_fired_ttl_s)
     gate = None
     if batch_submits and settings.submit_backlog > 0:
-        gate = ReadGate(nc, settings.submit_backlog, settings.submit_backlog_wait_s)
+        gate = ReadGate(
+            nc, settings.submit_backlog, settings.submit_backlog_wait_s, lag_s=settings.submit_lag_s
+        )
     return CommandHandler(EventStore(nc), timers, pipelined_batches=not settings.sync_always, gate=gate)
 
 

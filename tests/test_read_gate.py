@@ -1,6 +1,7 @@
 """Batch submits keep pace with the read side (infra/read_gate.py, decision 59): a batch submit goes
-out in pieces, each waiting while the read model trails the log by more than the backlog, and it
-never waits on a projector that is gone, stuck, or catching up from far behind."""
+out in pieces, each waiting while the read model trails the log by more than the window (at most the
+backlog, narrowed while pieces show late), and it never waits on a projector that is gone, stuck, or
+catching up from far behind."""
 
 from __future__ import annotations
 
@@ -41,15 +42,53 @@ async def test_the_gate_waits_while_the_read_model_trails_and_goes_on_when_it_mo
     await gate.admit(0)  # subscribed
     await _announce(nc, 100)
     await eventually(lambda: _at(gate, 100), timeout=10, what="the position heard")
-    assert await gate.admit(105) == 0.0  # within the backlog: at once
+    assert gate.window == 2  # a burst starts at a quarter of the backlog
+    assert await gate.admit(102) == 0.0  # within the window: at once
     waiting = asyncio.create_task(gate.admit(200))
     assert await _pending_after(waiting, 0.3), "100 events behind, the piece went out"
     await _announce(nc, 150)
     assert await _pending_after(waiting, 0.3), "still 50 behind"
-    await _announce(nc, 195)
+    await _announce(nc, 199)
     waited = await asyncio.wait_for(waiting, 10)
     assert 0.5 <= waited < 10
     assert gate.waits == 1
+
+
+async def test_the_window_widens_while_pieces_show_in_time_and_narrows_once_a_round_when_late(
+    nc: NATS,
+) -> None:
+    """How far the read model may trail moves as a congestion window: a burst starts at a quarter of
+    the backlog; each piece shown within `lag_s` of its store widens it by a sixteenth, up to the
+    backlog; a late piece narrows it by a third, once for all the pieces stored before it narrowed,
+    never below the quarter; a burst after a quiet spell (`fresh_s`) starts at the quarter again.
+    (A piece's store time is given: "shown late" needs no waiting.)"""
+    gate = ReadGate(nc, backlog=160, max_wait_s=30, fresh_s=30, lag_s=2.0)
+    await gate.admit(0)
+    assert (gate.floor, gate.window, gate.piece) == (40, 40, 10)
+    last = 0
+
+    async def shown(age_s: float, pieces: int = 1) -> int:
+        """Store `pieces` pieces `age_s` ago, announce the read model past them: the window after."""
+        nonlocal last
+        at = time.monotonic() - age_s
+        for _ in range(pieces):
+            last += 10
+            gate.stored(last, at=at)
+        await _announce(nc, last)
+        await eventually(lambda: _at(gate, last), timeout=10, what="the position heard")
+        return gate.window
+
+    assert await shown(0.0) == 50
+    assert await shown(0.0, pieces=20) == 160  # at most the backlog
+    assert gate.piece == 40
+    assert await shown(10.0, pieces=3) == 106  # three late pieces stored before it narrowed: once
+    assert await shown(10.0) == 70  # stored after that: again
+    assert await shown(10.0, pieces=1) == 46
+    assert await shown(10.0, pieces=1) == 40  # never below the quarter
+    assert await shown(0.0, pieces=10) == 140
+    gate.stored(last + 1, at=time.monotonic() - 31)  # the burst's last piece, longer ago than fresh_s
+    await gate.admit(last + 1)
+    assert gate.window == 40
 
 
 async def test_the_gate_does_not_wait_on_a_silent_or_far_behind_read_model(nc: NATS) -> None:
@@ -103,7 +142,7 @@ async def test_a_batch_submit_keeps_the_read_model_within_its_backlog(settings: 
     tasks: unpaced, the log runs hundreds of events ahead of the read model; paced, never more than
     the backlog and one piece (plus what a commit in flight has not announced yet)."""
     backlog = 100
-    gate = ReadGate(nc, backlog=backlog, max_wait_s=60)
+    gate = ReadGate(nc, backlog=backlog, max_wait_s=60, lag_s=30)
     unpaced = CommandHandler(EventStore(nc), Timers(nc, settings.timer_lead_s))
     js = nc.jetstream()
 
@@ -132,6 +171,9 @@ async def test_a_batch_submit_keeps_the_read_model_within_its_backlog(settings: 
         # Admitted at `backlog` or less, a piece adds `piece`; a commit's announcement follows it.
         assert gap <= backlog + gate.piece + 10, gap
         assert gate.waits > 0
+        # Every piece showed within `lag_s` (30 s here): the handler timed each, and the window
+        # widened from a quarter of the backlog to all of it.
+        assert gate.window == backlog
 
 
 @contextlib.asynccontextmanager
@@ -215,6 +257,8 @@ async def test_the_gateway_paces_its_batch_submits_and_counts_the_waits(
         pieces = _metric(text, "ordo_submit_paced_total")
         assert pieces is not None and pieces > 0, text
         assert (_metric(text, "ordo_submit_paced_seconds_total") or 0) > 0
+        window = _metric(text, "ordo_submit_window")
+        assert window is not None and 5 <= window <= 20, text
 
 
 def _metric(text: str, name: str) -> float | None:
