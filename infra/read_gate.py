@@ -127,6 +127,8 @@ class ReadGate:
         while timed and timed[0][0] <= seq:
             piece, at = timed.popleft()
             self._shown(piece, now - at)
+        self._moved.set()
+        self._moved = asyncio.Event()
 
     def _shown(self, seq: int, lag: float) -> None:
         """The read model shows the piece up to `seq`, `lag` seconds after it was stored."""
@@ -135,8 +137,6 @@ class ReadGate:
         elif seq > self._narrowed_at:  # stored after the last narrowing, which it did not see
             self.window = max(self.floor, self.window * 2 // 3)
             self._narrowed_at = self._stored_seq
-        self._moved.set()
-        self._moved = asyncio.Event()
 
     async def _listen(self) -> None:
         if self._sub is not None:

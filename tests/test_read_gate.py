@@ -38,7 +38,8 @@ async def _pending_after(task: asyncio.Task[float], seconds: float) -> bool:
 
 
 async def test_the_gate_waits_while_the_read_model_trails_and_goes_on_when_it_moves(nc: NATS) -> None:
-    gate = ReadGate(nc, backlog=10, max_wait_s=30)
+    # `fresh_s` 30: a waiting piece looks again on an announcement, not on a timeout.
+    gate = ReadGate(nc, backlog=10, max_wait_s=30, fresh_s=30)
     await gate.admit(0)  # subscribed
     await _announce(nc, 100)
     await eventually(lambda: _at(gate, 100), timeout=10, what="the position heard")
