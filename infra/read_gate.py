@@ -15,7 +15,10 @@ store to the announcement that covers it, and
   instead of its backlog (W1 on a slow hour: lag p99 well over 100 ms at a fixed 400 events);
 - a burst after a quiet second starts at the quarter: the read side may be cold (its first batch
   took 45-80 ms for 400-750 events under W1, and those events were W1's worst; docs/benchmarks.md).
-A piece is a quarter of the window. The live projector announces its
+A piece is a quarter of the window, and a piece that waits looks again when the read model shows an
+earlier piece (or, with none on its way, at every announcement): one goes out as one is shown. In
+W1 that left the rate as it was, where looking again at every announcement cost about 5 % of it
+(docs/benchmarks.md, 2026-12-07). The live projector announces its
 position after each commit on core NATS (`ordo.projected`, the sequence as ASCII digits), and
 again every half second while it is caught up; the gate listens from its creation (inside an event
 loop) or its first use, and asks for the position when it begins (`ordo.projected.ask`).
@@ -124,11 +127,17 @@ class ReadGate:
         self.position = seq
         self._heard_at = now = time.monotonic()
         timed = self._timed
+        shown = False
         while timed and timed[0][0] <= seq:
             piece, at = timed.popleft()
             self._shown(piece, now - at)
-        self._moved.set()
-        self._moved = asyncio.Event()
+            shown = True
+        # A waiting piece looks again when the read model shows one of this process's pieces (one
+        # goes out as one is shown, as acknowledgements clock a sender), or at every announcement
+        # while none is on its way.
+        if shown or not timed:
+            self._moved.set()
+            self._moved = asyncio.Event()
 
     def _shown(self, seq: int, lag: float) -> None:
         """The read model shows the piece up to `seq`, `lag` seconds after it was stored."""

@@ -55,6 +55,25 @@ async def test_the_gate_waits_while_the_read_model_trails_and_goes_on_when_it_mo
     assert gate.waits == 1
 
 
+async def test_a_waiting_piece_goes_when_an_earlier_piece_is_shown(nc: NATS) -> None:
+    """With a piece of this process on its way, a waiting piece looks again when the read model shows
+    it (one goes out as one is shown), not at an announcement that falls short of it."""
+    gate = ReadGate(nc, backlog=8, max_wait_s=30, fresh_s=30)
+    await gate.admit(0)
+    assert gate.window == 2
+    await _announce(nc, 5)
+    await eventually(lambda: _at(gate, 5), timeout=10, what="the position heard")
+    gate.stored(10)
+    waiting = asyncio.create_task(gate.admit(10))
+    assert await _pending_after(waiting, 0.3), "5 events behind a window of 2, the piece went out"
+    await _announce(nc, 9)
+    await eventually(lambda: _at(gate, 9), timeout=10, what="the position heard")
+    assert await _pending_after(waiting, 0.3), "the piece up to 10 is not shown yet"
+    await _announce(nc, 10)
+    assert await asyncio.wait_for(waiting, 10) < 10
+    assert gate.waits == 1
+
+
 async def test_the_window_widens_while_pieces_show_in_time_and_narrows_once_a_round_when_late(
     nc: NATS,
 ) -> None:
