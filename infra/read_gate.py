@@ -105,10 +105,10 @@ class ReadGate:
         """The most tasks a batch submit appends between two looks at the read model: a quarter of the
         window. The read model's lag is the backlog over the read side's rate, and its tail is how
         unevenly that backlog refills: a piece lands in the log at once, so the projector's next
-        batch holds it whole. With pieces of a quarter (100 at the default 400) instead of a half,
-        W1's lag p99 was at most 100 ms in 14 of 15 runs against 12 of 15, p50 33-39 against 41-50
-        ms, for 2 % of its rate (smaller pieces make every process work in smaller waves;
-        docs/benchmarks.md, 2026-12-07, decision 59)."""
+        batch holds it whole. With pieces of a quarter (100 at the default 400, the window at its
+        widest) instead of a half, W1's lag p99 was at most 100 ms in 14 of 15 runs against 12 of
+        15, p50 33-39 against 41-50 ms, for 2 % of its rate (smaller pieces make every process work
+        in smaller waves; docs/benchmarks.md, 2026-12-07, decision 59)."""
         return max(1, self.window // 4)
 
     def stored(self, seq: int, at: float | None = None) -> None:
