@@ -72,7 +72,9 @@ class CommandHandler:
     task (decision 45). False where nats-server fsyncs every write (`sync_interval: always`): each
     message is then an fsync of its own and one atomic batch per 1,000 is the cheaper way.
     `gate`: a batch submit goes out in pieces, each waiting while the read model trails the log
-    (infra/read_gate.py, decision 59); None: unpaced."""
+    (infra/read_gate.py, decision 59); None: unpaced. `pace` (a worker's): every event `execute`
+    appends is timed until the read model shows it, and the worker takes new tickets only while
+    `pace.keep_up()` lets it (decision 60); None: not timed."""
 
     def __init__(
         self,
@@ -82,12 +84,14 @@ class CommandHandler:
         *,
         pipelined_batches: bool = True,
         gate: ReadGate | None = None,
+        pace: ReadGate | None = None,
     ) -> None:
         self.store = store
         self.timers = timers
         self._max_retries = max_retries
         self.pipelined_batches = pipelined_batches
         self.gate = gate
+        self.pace = pace
         # The last sequence a batch submit of this handler stored (what the gate measures against).
         self._log_end = 0
 
@@ -124,7 +128,22 @@ class CommandHandler:
         (the append expects its sequence) and a reload; a no-op or a refusal decided on it is decided
         again on the log, so a stale state never answers for the task. `prepared` (from `prepare`,
         on that same `known`) is the first try already decided and encoded: it is only published.
+        What it appended is timed by `pace`, where there is one.
         """
+        out = await self._execute(tenant, command, meta, known, prepared)
+        if self.pace is not None and out.events:
+            self.pace.stored(out.last_seq)
+        return out
+
+    async def _execute(
+        self,
+        tenant: str,
+        command: TaskCommand,
+        meta: Metadata | None,
+        known: tuple[TaskState, int] | None,
+        prepared: Prepared | None,
+    ) -> Outcome:
+        """`execute` without the timing."""
         if prepared is not None and prepared.command is command:
             try:
                 seqs = await self.store.publish(prepared.msgs)

@@ -23,13 +23,22 @@ position after each commit on core NATS (`ordo.projected`, the sequence as ASCII
 again every half second while it is caught up; the gate listens from its creation (inside an event
 loop) or its first use, and asks for the position when it begins (`ordo.projected.ask`).
 
-The gate never stops a submit for long and never depends on the read side being up:
+Workers keep pace too (decision 60). A worker's events (an attempt's start and its end, two of
+every three events of a short task) are not paced by the batch submits: when the workers have a
+backlog of tickets, as at the end of W1 once the submitter is done, they store events faster than a
+slow host's read side folds them, and W1's lag p99 went to 105-265 ms. So a worker's gate times
+every event it appends (`stored`), and before the worker takes new tickets it waits while the oldest
+of its events the read model does not show yet was stored more than `lag_s` ago (`keep_up`; 60 ms
+by default, above the submits' 50 so that a read side keeping up never holds it). The attempts it
+has taken run on: their starts, heartbeats and results never wait.
+
+The gate never stops a submit or a worker for long and never depends on the read side being up:
 - no announcement heard in the last `fresh_s` (no projector, a stopped one, one stuck in a commit,
   which holds what arrives and stays silent, or one not allowed to announce): no wait;
 - a read model more than `far_behind` events behind (it is catching up after an outage or a
   rebuild, not being outrun by a burst): no wait, pacing would only hold intake for minutes;
 - at most `max_wait_s` in all for one batch submit (an HTTP client waiting for its answer must
-  not time out and send the batch again).
+  not time out and send the batch again), or for a worker before one take of tickets.
 Single submits never wait here: their latency is the point.
 """
 
@@ -55,6 +64,8 @@ FRESH_S = 1.0
 FAR_BEHIND_FACTOR = 50
 # A piece the read model shows later than this after it was stored narrows the window (the default).
 LAG_S = 0.05
+# The most a worker waits for the read model before one take of tickets.
+WORKER_WAIT_S = 1.0
 _TIMED = 1024  # pieces timed at most (a read model that went silent leaves them unshown)
 
 _log = logging.getLogger("ordo.read_gate")
@@ -99,6 +110,7 @@ class ReadGate:
         # Seconds spent waiting, and the pieces that waited (gateway metrics).
         self.waited_s = 0.0
         self.waits = 0
+        self.holding = 0  # callers waiting in `keep_up` now
 
     @property
     def piece(self) -> int:
@@ -164,6 +176,40 @@ class ReadGate:
             return None
         gap = log_end - self.position
         return gap if self.window < gap <= self.far_behind else None
+
+    def late(self) -> bool:
+        """Whether the oldest event this process stored that the read model does not show yet was
+        stored more than `lag_s` ago, while that is worth waiting on (see the module)."""
+        timed = self._timed
+        if not timed:
+            return False
+        now = time.monotonic()
+        if now - timed[0][1] <= self.lag_s or now - self._heard_at > self.fresh_s:
+            return False
+        return self._stored_seq - self.position <= self.far_behind
+
+    async def keep_up(self, budget: float | None = None) -> float:
+        """Wait while `late()`, at most `budget` seconds (default `max_wait_s`); the seconds waited.
+        A worker calls it before it takes new tickets."""
+        await self._listen()
+        if not self.late():
+            return 0.0
+        budget = self.max_wait_s if budget is None else budget
+        started = time.monotonic()
+        deadline = started + budget
+        self.holding += 1
+        try:
+            while self.late() and (left := deadline - time.monotonic()) > 0:
+                try:
+                    await asyncio.wait_for(self._moved.wait(), min(left, self.fresh_s))
+                except TimeoutError:
+                    pass
+        finally:
+            self.holding -= 1
+        waited = time.monotonic() - started
+        self.waited_s += waited
+        self.waits += 1
+        return waited
 
     async def admit(self, log_end: int, budget: float | None = None) -> float:
         """Wait while the read model trails `log_end` (the last sequence this process stored) by more

@@ -74,6 +74,9 @@ class Settings:
     submit_backlog: int = 400
     submit_backlog_wait_s: float = 5.0
     submit_lag_s: float = 0.05
+    # A worker takes new tickets only while the read model shows its own events within this many
+    # seconds (at most 1 s of waiting per take; infra/read_gate.py, decision 60). 0: not paced.
+    worker_lag_s: float = 0.06
     # Gateway auth: API keys stored hashed in PostgreSQL. Off here (library and test default); the
     # `ordo` entry points switch it on unless ORDO_AUTH=false or `ordo up --no-auth`.
     auth: bool = False
@@ -135,6 +138,8 @@ class Settings:
             raise SettingsError("ORDO_SUBMIT_BACKLOG and ORDO_SUBMIT_BACKLOG_WAIT_S must be >= 0")
         if not 0 < self.submit_lag_s <= 60:
             raise SettingsError("ORDO_SUBMIT_LAG_S must be > 0 and <= 60")
+        if not 0 <= self.worker_lag_s <= 60:
+            raise SettingsError("ORDO_WORKER_LAG_S must be >= 0 and <= 60 (0: workers not paced)")
         if self.unknown_type_wait_s < 0:
             raise SettingsError("ORDO_UNKNOWN_TYPE_WAIT_S must be >= 0")
         if self.default_max_attempts < 1 or self.default_timeout_s <= 0:

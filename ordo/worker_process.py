@@ -58,7 +58,7 @@ async def run_worker(
     try:
         # A worker's own NATS user may not change streams: it waits for them and checks them.
         await provision(nc, settings, manage=not settings.nats_user)
-        handler = wiring.command_handler(nc, settings, batch_submits=False)
+        handler = wiring.command_handler(nc, settings, batch_submits=False, worker=True)
         worker = Worker(nc, handler, registry, settings, queues=tuple(queues), logger=log, **options)
         loop = asyncio.get_running_loop()
         stops: list[asyncio.Task[None]] = []

@@ -141,6 +141,7 @@ class Worker:
         self._settings = settings
         self._log = logger or logging.getLogger("ordo.worker")
         self._fetch_wait_s = fetch_wait_s
+        self._pace = handler.pace
         self._executor = Executor(
             handler,
             registry,
@@ -270,6 +271,8 @@ class Worker:
             if self._draining.is_set():
                 await self._stopping.wait()
                 break
+            if self._pace is not None:  # the read model shows this worker's events (decision 60)
+                await self._pace.keep_up()
             free = await self._take_slots(batch)
             if free == 0:
                 continue  # stopping
