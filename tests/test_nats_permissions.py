@@ -27,6 +27,7 @@ from ordo.embedded.nats import EmbeddedNats, NatsServerConfig
 from ordo.embedded.nats_auth import SERVICES, app_inbox_prefix, app_user_name, render_authorization, users_for
 from ordo.embedded.processes import free_port
 from ordo.infra import subjects as sj
+from ordo.infra import wiring
 from ordo.infra.command_handler import CommandHandler
 from ordo.infra.event_store import EventStore
 from ordo.infra.ids import new_task_id
@@ -112,7 +113,10 @@ async def _services(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
     worker_nc, sched_nc, proj_nc = await conn("worker"), await conn("scheduler"), await conn("projector")
     await provision(worker_nc, _as(settings, "worker"), manage=False)
-    worker = Worker(worker_nc, handler_on(worker_nc), registry, _as(settings, "worker"))
+    # The worker's handler as `ordo worker` wires it: it listens to the read model's position.
+    paced = wiring.command_handler(worker_nc, _as(settings, "worker"), batch_submits=False, worker=True)
+    assert paced.pace is not None
+    worker = Worker(worker_nc, paced, registry, _as(settings, "worker"))
     scheduler = Scheduler(sched_nc, handler_on(sched_nc))
     projector = ProjectionRunner(proj_nc, settings.database_url)
     port = free_port()

@@ -146,12 +146,14 @@ def service_permissions(service: str) -> Permissions:
                 sj.due_subject("*", "*"),  # a retry due at once, published fired (infra/timers.py)
                 f"{sj.WORKER_PREFIX}.hb.>",
                 f"{sj.WORKER_PREFIX}.wait.>",  # a ticket handed over (workers/handover.py)
+                "ordo.projected.ask",  # infra/read_gate.py: a worker keeps pace (decision 60)
             ),
             subscribe=(
                 sj.events_named_filter("cancel_requested"),
                 f"{sj.WORKER_PREFIX}.wait.>",
                 f"{sj.QUEUE_PREFIX}.>",  # queue pause and resume (workers/queue_pause.py)
                 f"{sj.WORKER_PREFIX}.ctl.>",
+                "ordo.projected",  # the read model's position (infra/read_gate.py, decision 60)
                 *inbox,
             ),
             responses=True,
