@@ -35,6 +35,7 @@ _CONTROL_TIMEOUT_S = 5.0
 
 _ADMIN_ONLY = (
     "host", "pid", "rss_bytes", "processed", "succeeded", "failed", "cancelled", "released", "poison",
+    "paced_waits", "paced_s",
 )  # fmt: skip
 
 

@@ -38,6 +38,9 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     cancelled: int = 0
     released: int = 0
     poison: int = 0
+    # Takes of tickets that waited for the read model, and the seconds waited (decision 60).
+    paced_waits: int = 0
+    paced_s: float = 0.0
     cpu_pct: float = 0.0
     rss_bytes: int = 0
     started_at: datetime

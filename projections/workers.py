@@ -55,6 +55,8 @@ def view(hb: Heartbeat, stored_at: datetime, now: datetime, tenant: str) -> dict
         "cancelled": hb.cancelled,
         "released": hb.released,
         "poison": hb.poison,
+        "paced_waits": hb.paced_waits,
+        "paced_s": hb.paced_s,
         "cpu_pct": hb.cpu_pct,
         "rss_bytes": hb.rss_bytes,
         "started_at": hb.started_at.isoformat(),

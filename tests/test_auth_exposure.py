@@ -86,7 +86,16 @@ async def test_workers_show_host_pid_and_counters_to_admins_only(
 
         await eventually(lambda: listed(viewer), timeout=30, what="a worker heartbeat")
         seen = (await listed(viewer))[0]
-        for name in ("host", "pid", "rss_bytes", "processed", "succeeded", "failed"):
+        for name in (
+            "host",
+            "pid",
+            "rss_bytes",
+            "processed",
+            "succeeded",
+            "failed",
+            "paced_waits",
+            "paced_s",
+        ):
             assert seen[name] is None, (name, seen)
         assert seen["status"] == "online" and seen["id"]
         one = await system.http.get(

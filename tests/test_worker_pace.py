@@ -10,6 +10,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -19,6 +20,7 @@ from ordo.infra.command_handler import CommandHandler
 from ordo.infra.read_gate import ReadGate
 from ordo.infra.settings import Settings, SettingsError
 from ordo.infra.wiring import command_handler
+from ordo.projections import workers
 from ordo.workers import Worker
 from ordo.workers.demo import registry as demo_registry
 from tests.helpers import eventually
@@ -144,6 +146,9 @@ async def test_a_worker_takes_no_new_ticket_while_the_read_model_does_not_show_i
                 await eventually(taken, timeout=0.5, what="the second task taken")
             shown[0] = started[-1].seq  # the read model shows the first task's events
             await until(handler, settings, second, "succeeded")
+            # The registry's heartbeat carries the waits (`GET /v1/workers`, admins).
+            hb = workers.view(worker._announcer.heartbeat(), datetime.now(UTC), datetime.now(UTC), "t")
+            assert hb["paced_waits"] >= 1 and hb["paced_s"] > 0
     assert pace.waits >= 1
 
 

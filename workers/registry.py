@@ -122,6 +122,8 @@ class Announcer:
             state=state or self._worker.state,
             in_flight=len(snap["tasks"]),
             tasks=tuple(snap["tasks"]),
+            paced_waits=int(snap.get("paced_waits", 0)),
+            paced_s=float(snap.get("paced_s", 0.0)),
             cpu_pct=cpu,
             rss_bytes=rss,
             started_at=self._started_at,

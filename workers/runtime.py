@@ -199,6 +199,9 @@ class Worker:
             "concurrency": self._settings.worker_concurrency,
             "type_limits": self._limits.limits,
             "tasks": self._executor.attempts(),
+            # Takes of tickets that waited for the read model, and the seconds waited (decision 60).
+            "paced_waits": self._pace.waits if self._pace is not None else 0,
+            "paced_s": round(self._pace.waited_s, 3) if self._pace is not None else 0.0,
         }
 
     async def run(self) -> None:
