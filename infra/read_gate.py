@@ -45,9 +45,11 @@ Single submits never wait here: their latency is the point.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -110,7 +112,7 @@ class ReadGate:
         # Seconds spent waiting, and the pieces that waited (gateway metrics).
         self.waited_s = 0.0
         self.waits = 0
-        self.holding = 0  # callers waiting in `keep_up` now
+        self.holding = 0  # callers waiting now (`admit`, `keep_up`)
 
     @property
     def piece(self) -> int:
@@ -194,22 +196,7 @@ class ReadGate:
         await self._listen()
         if not self.late():
             return 0.0
-        budget = self.max_wait_s if budget is None else budget
-        started = time.monotonic()
-        deadline = started + budget
-        self.holding += 1
-        try:
-            while self.late() and (left := deadline - time.monotonic()) > 0:
-                try:
-                    await asyncio.wait_for(self._moved.wait(), min(left, self.fresh_s))
-                except TimeoutError:
-                    pass
-        finally:
-            self.holding -= 1
-        waited = time.monotonic() - started
-        self.waited_s += waited
-        self.waits += 1
-        return waited
+        return await self._wait_while(self.late, self.max_wait_s if budget is None else budget)
 
     async def admit(self, log_end: int, budget: float | None = None) -> float:
         """Wait while the read model trails `log_end` (the last sequence this process stored) by more
@@ -222,13 +209,20 @@ class ReadGate:
         budget = self.max_wait_s if budget is None else budget
         if budget <= 0 or self.behind(log_end) is None:
             return 0.0
+        return await self._wait_while(lambda: self.behind(log_end) is not None, budget)
+
+    async def _wait_while(self, blocked: Callable[[], bool], budget: float) -> float:
+        """Wait while `blocked()`, looking again whenever the read model moves (see `_heard`) and at
+        least every `fresh_s`, at most `budget` seconds; counted in `waits` and `waited_s`."""
         started = time.monotonic()
         deadline = started + budget
-        while self.behind(log_end) is not None and (left := deadline - time.monotonic()) > 0:
-            try:
-                await asyncio.wait_for(self._moved.wait(), min(left, self.fresh_s))
-            except TimeoutError:
-                pass
+        self.holding += 1
+        try:
+            while blocked() and (left := deadline - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._moved.wait(), min(left, self.fresh_s))
+        finally:
+            self.holding -= 1
         waited = time.monotonic() - started
         self.waited_s += waited
         self.waits += 1
